@@ -1,0 +1,118 @@
+"""SAE checkpoints: a folder holding ``sae.safetensors`` and ``cfg.json``.
+
+``cfg.json`` records what is needed to use the SAE correctly and to know where it
+came from: base model, layer, hook site, d_in, normalisation statistics, BOS/EOS
+policy and data provenance. :func:`check_compatible` refuses a model it does not fit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import SAEConfig, from_dict
+from .plm import ModelMismatchError, ProteinLM
+from .sae import SAE
+
+WEIGHTS = "sae.safetensors"
+CFG = "cfg.json"
+
+
+def save_sae(sae: SAE, folder: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Write the checkpoint folder atomically (build in a temp folder, then swap)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
+    save_file(tensors, str(tmp / WEIGHTS))
+    cfg = {
+        "esmsae_version": __version__,
+        "sae": {**sae.cfg.__dict__, "d_in": sae.d_in},
+        "d_in": sae.d_in,
+        "normalization": {
+            "mode": sae.cfg.normalize,
+            "scale": float(sae.norm_scale),
+            "mean": "tensor 'norm_mean' in sae.safetensors" if sae.cfg.normalize in ("center", "center_scalar") else None,
+        },
+        "bos_eos": "stripped",
+        **meta,
+    }
+    (tmp / CFG).write_text(json.dumps(cfg, indent=2) + "\n")
+    # keep anything else already in the folder (eval.json, index) across the swap
+    if folder.exists():
+        for extra in folder.iterdir():
+            if extra.name not in (WEIGHTS, CFG) and not (tmp / extra.name).exists():
+                os.replace(extra, tmp / extra.name)
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    return folder
+
+
+def read_cfg(folder: str | os.PathLike) -> dict[str, Any]:
+    folder = Path(folder)
+    p = folder / CFG
+    if not p.exists():
+        raise FileNotFoundError(f"{folder} is not an SAE checkpoint (no {CFG})")
+    return json.loads(p.read_text())
+
+
+def load_sae(folder: str | os.PathLike, plm: ProteinLM | None = None, device: str = "cpu") -> tuple[SAE, dict[str, Any]]:
+    """Load an SAE checkpoint; with ``plm`` given, check that it fits that model first."""
+    folder = Path(folder)
+    meta = read_cfg(folder)
+    if plm is not None:
+        check_compatible(meta, plm)
+    scfg = from_dict(SAEConfig, meta["sae"])
+    sae = SAE(scfg, meta["d_in"], seed=None)
+    state = load_file(str(folder / WEIGHTS))
+    missing = set(sae.state_dict()) - set(state)
+    if missing:
+        raise ValueError(f"{folder / WEIGHTS} lacks tensors {sorted(missing)}")
+    for k, v in state.items():
+        if k in sae.state_dict() and sae.state_dict()[k].shape != v.shape:
+            raise ValueError(f"{folder / WEIGHTS}: tensor {k} has shape {tuple(v.shape)}, cfg.json implies {tuple(sae.state_dict()[k].shape)}")
+    sae.load_state_dict(state)
+    return sae.to(device).eval(), meta
+
+
+def check_compatible(meta: dict[str, Any], plm: ProteinLM, strict_name: bool = True) -> None:
+    """Raise :class:`ModelMismatchError` when an SAE checkpoint does not fit ``plm``."""
+    base = meta.get("base_model", {})
+    problems = []
+    if meta["d_in"] != plm.d_model:
+        problems.append(f"SAE d_in is {meta['d_in']} but {plm.name} has hidden size {plm.d_model}")
+    if base.get("n_layers") is not None and base["n_layers"] != plm.n_layers:
+        problems.append(f"SAE was trained on a {base['n_layers']}-layer model, {plm.name} has {plm.n_layers} layers")
+    layer, site = meta.get("layer"), meta.get("site")
+    lo = 0 if site == "resid" else 1
+    if layer is not None and not lo <= layer <= plm.n_layers:
+        problems.append(f"SAE layer {layer} ({site}) does not exist in {plm.name}")
+    if strict_name and base.get("name") and os.path.abspath(base["name"]) != os.path.abspath(plm.name) and base["name"] != plm.name:
+        problems.append(f"SAE was trained on {base['name']!r}, not {plm.name!r}")
+    if problems:
+        raise ModelMismatchError("SAE checkpoint does not fit this model: " + "; ".join(problems))
+
+
+def list_runs(workspace: str | os.PathLike) -> list[Path]:
+    """Every SAE checkpoint folder below ``workspace`` (sorted)."""
+    ws = Path(workspace)
+    if not ws.exists():
+        return []
+    return sorted(p.parent for p in ws.rglob(CFG) if (p.parent / WEIGHTS).exists() and not p.parent.name.endswith((".tmp", ".old")))
+
+
+def to_device(sae: SAE, device: str) -> SAE:
+    return sae.to(torch.device(device))

@@ -1,0 +1,132 @@
+"""Command line: ``python -m esmsae embed|train|evaluate|pipeline|init-model ...``.
+
+Every option is generated from the config dataclasses (``esmsae.config``); the
+settings page of the app is generated from the same classes. ``--config FILE``
+loads a JSON file written by ``--save-config FILE`` (options given on the command
+line override it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import (ConfigError, EmbedConfig, EvalConfig, HookConfig, ModelConfig, SAEConfig, TrainConfig,
+                     add_args, from_args, from_dict)
+
+SECTIONS = {"model": ModelConfig, "hook": HookConfig, "embed": EmbedConfig, "sae": SAEConfig, "train": TrainConfig, "eval": EvalConfig}
+SKIPS: dict[str, dict[str, tuple[str, ...]]] = {
+    "embed": {"model": (), "hook": (), "embed": ()},
+    "train": {"sae": (), "train": ()},
+    "evaluate": {"eval": ()},
+    "pipeline": {"model": (), "hook": (), "embed": ("store",), "sae": (), "train": ("store", "out", "layers"), "eval": ("seed",)},
+}
+
+
+def _build(sub: argparse.ArgumentParser, cmd: str) -> None:
+    sub.add_argument("--config", help="JSON file with sections " + ", ".join(SKIPS[cmd]) + " (command-line options override it)")
+    sub.add_argument("--save-config", help="write the resolved configuration to this JSON file and exit")
+    for section, skip in SKIPS[cmd].items():
+        add_args(sub, SECTIONS[section], skip=skip)
+    if cmd == "evaluate":
+        sub.add_argument("checkpoint", nargs="+", help="SAE checkpoint folder(s) (containing cfg.json)")
+        sub.add_argument("--store", help="activation store with held-out proteins (default: the one the SAE was trained on)")
+        sub.add_argument("--model-name", help="use this protein LM for the downstream loss instead of the one recorded in cfg.json")
+    if cmd == "pipeline":
+        sub.add_argument("--out", required=True, help="run folder: store/, one checkpoint folder per layer, metrics.jsonl, eval.json")
+
+
+def _resolve(ns: argparse.Namespace, cmd: str) -> dict:
+    base = json.loads(Path(ns.config).read_text()) if ns.config else {}
+    unknown = set(base) - set(SKIPS[cmd])
+    if unknown:
+        raise ConfigError(f"{ns.config}: unknown section(s) {sorted(unknown)} for `{cmd}`; expected {list(SKIPS[cmd])}")
+    out = {}
+    for section in SKIPS[cmd]:
+        cls = SECTIONS[section]
+        b = from_dict(cls, base[section]) if section in base else None
+        out[section] = from_args(cls, ns, b)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m esmsae", description="Sparse autoencoders for protein language models.")
+    subs = p.add_subparsers(dest="cmd", required=True)
+    helps = {
+        "embed": "stream a FASTA through a protein LM into a sharded activation store (resumable)",
+        "train": "train one SAE per layer of an activation store (resumable: rerun to continue)",
+        "evaluate": "write the evaluation card eval.json of SAE checkpoint(s) on held-out proteins",
+        "pipeline": "embed -> train -> evaluate in one command",
+    }
+    for cmd, h in helps.items():
+        _build(subs.add_parser(cmd, help=h, description=h, formatter_class=argparse.ArgumentDefaultsHelpFormatter), cmd)
+    im = subs.add_parser("init-model", help="build a randomly initialised ESM-2 model (Hugging Face format) from a config folder",
+                         description="Build a randomly initialised ESM-2 model of the architecture in --config-dir, saved in Hugging Face format.")
+    im.add_argument("--config-dir", required=True, help="folder with config.json and vocab.txt, e.g. ../shared/data/esm2_t6_8M_config")
+    im.add_argument("--out", required=True, help="output folder")
+    im.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    ns = p.parse_args(argv)
+    try:
+        return _dispatch(ns)
+    except (ConfigError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"esmsae {ns.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(ns: argparse.Namespace) -> int:
+    if ns.cmd == "init-model":
+        from .plm import save_initial_esm2
+
+        print(save_initial_esm2(ns.config_dir, ns.out, ns.seed))
+        return 0
+    cfg = _resolve(ns, ns.cmd)
+    if ns.save_config:
+        Path(ns.save_config).write_text(json.dumps({k: asdict(v) for k, v in cfg.items()}, indent=2) + "\n")
+        print(f"wrote {ns.save_config}")
+        return 0
+    if ns.cmd == "embed":
+        from .store import embed_fasta
+
+        path = embed_fasta(cfg["embed"], cfg["model"], cfg["hook"])
+        print(f"activation store: {path}")
+    elif ns.cmd == "train":
+        from .train import train
+
+        for d in train(cfg["train"], cfg["sae"]):
+            print(f"checkpoint: {d}")
+    elif ns.cmd == "evaluate":
+        from .evaluate import evaluate
+
+        for ck in ns.checkpoint:
+            card = evaluate(ck, cfg["eval"], store_path=ns.store, model_name=ns.model_name)
+            print(json.dumps(summary(card)))
+    elif ns.cmd == "pipeline":
+        run_pipeline(cfg, ns.out)
+    return 0
+
+
+def run_pipeline(cfg: dict, out: str, progress: bool = True) -> list[Path]:
+    from .evaluate import evaluate
+    from .store import embed_fasta
+    from .train import train
+
+    outp = Path(out)
+    embed = EmbedConfig(**{**asdict(cfg["embed"]), "store": str(outp / "store")})
+    store = embed_fasta(embed, cfg["model"], cfg["hook"], progress=progress)
+    tcfg = TrainConfig(**{**asdict(cfg["train"]), "store": str(store), "out": str(outp), "layers": list(cfg["hook"].layers)})
+    dirs = train(tcfg, cfg["sae"], progress=progress)
+    ecfg = EvalConfig(**{**asdict(cfg["eval"]), "seed": tcfg.seed})
+    for d in dirs:
+        card = evaluate(d, ecfg)
+        print(json.dumps(summary(card)))
+    return dirs
+
+
+def summary(card: dict) -> dict:
+    keys = ("hook", "n_tokens", "fvu", "mse", "l0", "dead_fraction", "dense_fraction")
+    s = {k: card[k] for k in keys if k in card}
+    if "downstream" in card:
+        s.update({k: card["downstream"][k] for k in ("ce_orig", "ce_sae", "ce_zero", "pct_loss_recovered")})
+    return s

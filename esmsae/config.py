@@ -1,0 +1,337 @@
+"""Configuration dataclasses: one per concern, validated in ``__post_init__``.
+
+Every dataclass round-trips through JSON (:func:`to_dict` / :func:`from_dict`) and
+generates its own argparse options (:func:`add_args` / :func:`from_args`), so the
+CLI and the app's settings page are built from the same definitions.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+SITES = ("resid", "mlp", "attn")
+ARCHITECTURES = ("topk", "batchtopk", "relu")
+NORMALIZATIONS = ("none", "scalar", "layernorm", "center", "center_scalar")
+FAMILIES = ("auto", "esm2", "esmc")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return {"help": text, **kw}
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None, **kw: Any) -> Any:
+    """A dataclass field with CLI/UI help text (optional choices, optional CLI flag name)."""
+    meta = _help(help)
+    if flag:
+        meta["flag"] = flag
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+def _check(cond: bool, cls: str, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{cls}.{name}: {msg}")
+
+
+def _check_choices(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        if choices and getattr(obj, f.name) not in choices:
+            raise ConfigError(
+                f"{type(obj).__name__}.{f.name}: {getattr(obj, f.name)!r} is not one of {list(choices)}"
+            )
+
+
+@dataclass
+class ModelConfig:
+    """Which protein language model to run, and how to feed it."""
+
+    name: str = opt(
+        "facebook/esm2_t6_8M_UR50D",
+        flag="model",
+        help="Protein LM: a Hugging Face hub name (facebook/esm2_t6_8M_UR50D ... esm2_t36_3B_UR50D), "
+        "a local Hugging Face folder, a fair-esm .pt checkpoint, esmc_300m / esmc_600m, or a local ESM C weights file",
+    )
+    family: str = opt("auto", "Model family; 'auto' guesses from the name", choices=FAMILIES)
+    device: str = opt("cpu", "Torch device (cpu, cuda, cuda:1, mps)")
+    dtype: str = opt("float32", "Compute dtype of the protein LM", choices=("float32", "bfloat16", "float16"))
+    max_residues: int = opt(
+        0,
+        "Residues per forward window (0 = the model's limit: 1022 for ESM-2, 2046 for ESM C). "
+        "Longer proteins are split into overlapping windows and stitched",
+    )
+    window_overlap: int = opt(256, "Overlap between consecutive windows of a long protein, in residues")
+    batch_tokens: int = opt(8192, "Padded tokens per forward batch (proteins are batched by length)")
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        c = "ModelConfig"
+        _check(bool(self.name), c, "name", "must not be empty")
+        _check(self.max_residues >= 0, c, "max_residues", "must be >= 0")
+        _check(self.window_overlap >= 0, c, "window_overlap", "must be >= 0")
+        _check(
+            self.max_residues == 0 or self.window_overlap < self.max_residues // 2,
+            c, "window_overlap", "must be less than half of max_residues",
+        )
+        _check(self.batch_tokens >= 64, c, "batch_tokens", "must be >= 64")
+
+    def resolved_family(self) -> str:
+        if self.family != "auto":
+            return self.family
+        n = os.path.basename(self.name.rstrip("/")).lower()
+        if n.startswith("esmc") or n.endswith(".pth"):
+            return "esmc"
+        return "esm2"
+
+
+@dataclass
+class HookConfig:
+    """Where in the model activations are read.
+
+    Layers follow the ``output_hidden_states`` convention: for ``resid``, layer 0 is
+    the embedding output and layer L (1..n_layers) the residual stream after block L
+    (for the last block of ESM-2 this includes the final layer norm, exactly as the
+    model's own last hidden state). For ``mlp`` and ``attn``, layer L (1..n_layers)
+    is the output of that sublayer of block L, before it is added to the residual.
+    """
+
+    layers: list[int] = opt([3], "Layer(s) to read; several layers are read in one forward pass")
+    site: str = opt("resid", "Hook site: residual stream after the block, MLP output, or attention output", choices=SITES)
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        if isinstance(self.layers, int):
+            self.layers = [self.layers]
+        _check(len(self.layers) > 0, "HookConfig", "layers", "needs at least one layer")
+        _check(all(isinstance(x, int) and x >= 0 for x in self.layers), "HookConfig", "layers", f"must be non-negative integers, got {self.layers}")
+        _check(len(set(self.layers)) == len(self.layers), "HookConfig", "layers", f"has duplicates: {self.layers}")
+        _check(self.site == "resid" or min(self.layers) >= 1, "HookConfig", "layers", f"site {self.site!r} has no layer 0 (blocks are 1-based)")
+
+    def names(self) -> list[str]:
+        return [hook_name(layer, self.site) for layer in self.layers]
+
+
+def hook_name(layer: int, site: str) -> str:
+    return f"L{layer}_{site}"
+
+
+@dataclass
+class EmbedConfig:
+    """Streaming FASTA -> sharded activation store."""
+
+    fasta: str = opt("", "Input FASTA (plain or .gz); UniRef Tax=/TaxID= and UniProt OS=/OX= headers are parsed")
+    store: str = opt("", "Output activation store folder (resumable: rerun the same command to continue)")
+    shard_tokens: int = opt(262_144, "Residues per shard file (bounds memory while embedding)")
+    max_proteins: int = opt(0, "Stop after this many proteins (0 = all)")
+    holdout_fraction: float = opt(0.05, "Fraction of proteins held out for evaluation, split by sequence hash (no identical sequence on both sides)")
+    on_invalid: str = opt("error", "What to do with an invalid or empty sequence: stop with an error, or skip it and count it", choices=("error", "skip"))
+
+    def __post_init__(self) -> None:
+        c = "EmbedConfig"
+        _check_choices(self)
+        _check(self.shard_tokens >= 1024, c, "shard_tokens", "must be >= 1024")
+        _check(self.max_proteins >= 0, c, "max_proteins", "must be >= 0")
+        _check(0.0 <= self.holdout_fraction < 1.0, c, "holdout_fraction", "must be in [0, 1)")
+
+
+@dataclass
+class SAEConfig:
+    """Sparse autoencoder architecture."""
+
+    architecture: str = opt("topk", "topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024) or relu with L1 penalty", choices=ARCHITECTURES)
+    n_latents: int = opt(4096, "Number of latents (dictionary size)")
+    k: int = opt(32, "Active latents per token (topk) or mean active per token (batchtopk)")
+    normalize: str = opt(
+        "scalar",
+        "Input normalisation: none; scalar (dataset-wide scale to unit mean squared norm); "
+        "layernorm (per token); center (subtract dataset mean); center_scalar (both)",
+        choices=NORMALIZATIONS,
+    )
+    l1_coef: float = opt(1.0, "L1 penalty weight (relu architecture)")
+    auxk_coef: float = opt(1 / 32, "AuxK loss weight for dead latents (Gao et al. 2024 use 1/32); 0 disables")
+    auxk_k: int = opt(256, "Dead latents used by the AuxK loss per token")
+    dead_tokens: int = opt(1_000_000, "A latent is dead when it has not fired in this many training tokens")
+    d_in: int = opt(0, "Input width (0 = taken from the activation store)")
+
+    def __post_init__(self) -> None:
+        c = "SAEConfig"
+        _check_choices(self)
+        _check(self.n_latents >= 1, c, "n_latents", "must be >= 1")
+        _check(1 <= self.k <= self.n_latents, c, "k", f"must be in [1, n_latents={self.n_latents}]")
+        _check(self.l1_coef >= 0, c, "l1_coef", "must be >= 0")
+        _check(self.auxk_coef >= 0, c, "auxk_coef", "must be >= 0")
+        _check(self.auxk_k >= 1, c, "auxk_k", "must be >= 1")
+        _check(self.dead_tokens >= 1, c, "dead_tokens", "must be >= 1")
+        _check(self.d_in >= 0, c, "d_in", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of an SAE training run."""
+
+    store: str = opt("", "Activation store folder written by `esmsae embed`")
+    out: str = opt("", "Run folder: checkpoints, metrics.jsonl, eval.json")
+    layers: list[int] = opt([], "Train one SAE per listed layer of the store (empty = every layer in the store)")
+    lr: float = opt(0.0, "Adam learning rate (0 = 2e-4 / sqrt(n_latents / 16384), the scaling of Gao et al. 2024)")
+    warmup_steps: int = opt(100, "Linear learning-rate warm-up steps")
+    decay_start: float = opt(0.8, "Fraction of training after which the learning rate decays linearly to 0")
+    l1_warmup_steps: int = opt(500, "Steps over which the L1 coefficient ramps from 0 (relu architecture)")
+    token_budget: int = opt(10_000_000, "Training tokens (residues), summed over epochs of the store")
+    batch_size: int = opt(4096, "Tokens per optimisation step")
+    buffer_shards: int = opt(4, "Shards loaded and shuffled together (bounds memory)")
+    checkpoint_every: int = opt(500, "Write a checkpoint every N steps (and at the end)")
+    log_every: int = opt(20, "Append a metrics.jsonl row every N steps")
+    seed: int = opt(0, "Random seed (initialisation and data order)")
+    threads: int = opt(0, "Torch CPU threads (0 = torch default)")
+    use_wandb: bool = opt(False, "Also log to Weights & Biases (imported only when set)")
+    wandb_project: str = opt("esmsae", "Weights & Biases project")
+
+    def __post_init__(self) -> None:
+        c = "TrainConfig"
+        if isinstance(self.layers, int):
+            self.layers = [self.layers]
+        _check(self.lr >= 0, c, "lr", "must be >= 0")
+        _check(self.warmup_steps >= 0, c, "warmup_steps", "must be >= 0")
+        _check(0.0 < self.decay_start <= 1.0, c, "decay_start", "must be in (0, 1]")
+        _check(self.token_budget >= 1, c, "token_budget", "must be >= 1")
+        _check(self.batch_size >= 1, c, "batch_size", "must be >= 1")
+        _check(self.buffer_shards >= 1, c, "buffer_shards", "must be >= 1")
+        _check(self.checkpoint_every >= 1, c, "checkpoint_every", "must be >= 1")
+        _check(self.log_every >= 1, c, "log_every", "must be >= 1")
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.token_budget // self.batch_size)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation card of a trained SAE on held-out proteins."""
+
+    max_tokens: int = opt(200_000, "Held-out tokens used for reconstruction metrics")
+    lm_proteins: int = opt(64, "Held-out proteins used for the spliced-in masked-LM loss (0 skips it)")
+    mask_prob: float = opt(0.15, "Fraction of residues masked for the masked-LM loss")
+    dense_threshold: float = opt(0.1, "A latent is dense when it fires on more than this fraction of tokens")
+    seed: int = opt(0, "Seed for the masked positions")
+
+    def __post_init__(self) -> None:
+        c = "EvalConfig"
+        _check(self.max_tokens >= 1, c, "max_tokens", "must be >= 1")
+        _check(self.lm_proteins >= 0, c, "lm_proteins", "must be >= 0")
+        _check(0.0 < self.mask_prob < 1.0, c, "mask_prob", "must be in (0, 1)")
+
+
+# ---------------------------------------------------------------- JSON round trip
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+    return cls(**d)
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def load_json(cls: type[T], path: str | os.PathLike) -> T:
+    return from_dict(cls, json.loads(Path(path).read_text()))
+
+
+# ---------------------------------------------------------------- argparse generation
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _parse_int_list(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.replace(" ", "").split(",") if x != ""]
+    except ValueError as e:  # pragma: no cover - argparse reports it
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
+
+
+def _parse_bool(s: str) -> bool:
+    v = s.lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def add_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (), prefix: str = "") -> None:
+    """Add one ``--option`` per dataclass field, with its help text and default."""
+    group = parser.add_argument_group(f"{cls.__name__} ({(cls.__doc__ or '').strip().splitlines()[0]})")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        typ = _field_type(cls, f)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS}
+        helptext = f.metadata.get("help", "")
+        if typ in (list[int], "list[int]"):
+            kw["type"] = _parse_int_list
+            kw["metavar"] = "N[,N...]"
+        elif typ in (bool, "bool"):
+            kw["type"] = _parse_bool
+            kw["nargs"] = "?"
+            kw["const"] = True
+            kw["metavar"] = "BOOL"
+        else:
+            kw["type"] = {int: int, float: float, str: str, "int": int, "float": float, "str": str}[typ]
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        kw["help"] = f"{helptext} (default: {default!r})"
+        flag = f.metadata.get("flag", f.name)
+        group.add_argument("--" + (prefix + flag).replace("_", "-"), **kw)
+
+
+def from_args(cls: type[T], ns: argparse.Namespace, base: T | None = None, prefix: str = "") -> T:
+    """Build ``cls`` from parsed args; options not given keep ``base``'s values (or defaults)."""
+    d = to_dict(base) if base is not None else {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if hasattr(ns, prefix + f.name):
+            d[f.name] = getattr(ns, prefix + f.name)
+    return cls(**d)
+
+
+def field_specs(cls: type) -> list[dict[str, Any]]:
+    """Describe fields for UI generation (name, type, default, help, choices)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append({
+            "name": f.name,
+            "type": _field_type(cls, f),
+            "default": default,
+            "help": f.metadata.get("help", ""),
+            "choices": f.metadata.get("choices"),
+        })
+    return out

@@ -1,0 +1,258 @@
+"""Sparse autoencoder: one ``nn.Module`` for TopK, BatchTopK and ReLU+L1 SAEs.
+
+Shapes in names: B tokens in a batch, D input width (d_in), F latents, K active
+latents kept per token.
+
+The TopK path never materialises a dense gradient for the encoder: only the K
+selected pre-activations of each token receive gradient, so the encoder weight
+gradient is a scatter of B*K rows instead of an (F x B) @ (B x D) matmul, and the
+decoder is an ``embedding_bag`` over the K active rows (Gao et al. 2024, "Scaling
+and evaluating sparse autoencoders", sec. 3 and appendix on sparse kernels).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import SAEConfig
+
+
+class Latents(NamedTuple):
+    acts_BK: Tensor  # activation values (zeros are padding)
+    idx_BK: Tensor  # latent indices
+
+
+class ForwardOutput(NamedTuple):
+    recon_BD: Tensor  # reconstruction, in the input's (raw) space
+    acts_BK: Tensor
+    idx_BK: Tensor
+    fvu: Tensor  # fraction of variance unexplained (normalised space, batch variance)
+    mse: Tensor  # per-token squared error summed over D, averaged over B (normalised space)
+    auxk_loss: Tensor
+    l1_loss: Tensor
+    loss: Tensor
+
+
+class _TopKEncode(torch.autograd.Function):
+    """pre = x @ W^T + b; keep the top-k of ReLU(pre) per row.
+
+    Backward only touches the K selected latents of each token (sparse scatter),
+    see module docstring.
+    """
+
+    @staticmethod
+    def forward(ctx, x_BD: Tensor, W_FD: Tensor, b_F: Tensor, k: int):  # type: ignore[override]
+        pre_BF = torch.addmm(b_F, x_BD, W_FD.t())
+        vals_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
+        acts_BK = vals_BK.clamp_min_(0.0)
+        ctx.save_for_backward(x_BD, W_FD, acts_BK, idx_BK)
+        ctx.mark_non_differentiable(idx_BK)
+        return acts_BK, idx_BK
+
+    @staticmethod
+    def backward(ctx, grad_acts_BK: Tensor, _grad_idx: Tensor | None):  # type: ignore[override]
+        x_BD, W_FD, acts_BK, idx_BK = ctx.saved_tensors
+        # ReLU gate: no gradient through latents that were clamped to zero.
+        g_BK = grad_acts_BK * (acts_BK > 0)
+        flat_idx = idx_BK.reshape(-1)
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(idx_BK, W_FD, per_sample_weights=g_BK, mode="sum")
+        if ctx.needs_input_grad[1]:
+            B, K = idx_BK.shape
+            # sparse (F x B) @ (B x D): rows = latent index, cols = token
+            rows = flat_idx
+            cols = torch.arange(B, device=x_BD.device).repeat_interleave(K)
+            sp = torch.sparse_coo_tensor(
+                torch.stack([rows, cols]), g_BK.reshape(-1), (W_FD.shape[0], B), check_invariants=False
+            )
+            grad_W = torch.sparse.mm(sp, x_BD)
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(W_FD.shape[0], dtype=g_BK.dtype, device=g_BK.device)
+            grad_b.index_add_(0, flat_idx, g_BK.reshape(-1))
+        return grad_x, grad_W, grad_b, None
+
+
+class SAE(nn.Module):
+    def __init__(self, cfg: SAEConfig, d_in: int | None = None, *, seed: int | None = 0):
+        super().__init__()
+        d_in = d_in or cfg.d_in
+        if not d_in:
+            raise ValueError("SAE needs d_in (from SAEConfig.d_in or the d_in argument)")
+        self.cfg = cfg
+        self.d_in = d_in
+        Fn = cfg.n_latents
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        # Decoder rows are unit-norm dictionary directions; the encoder starts as the
+        # decoder transpose, which avoids early dead latents (Gao et al. 2024, sec. 2.4;
+        # Conerly et al. 2024 "Update on how we train SAEs").
+        W_dec_FD = torch.randn(Fn, d_in, generator=gen)
+        W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec_FD)
+        self.W_enc = nn.Parameter(W_dec_FD.clone())
+        self.b_enc = nn.Parameter(torch.zeros(Fn))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # Normalisation statistics (set by fit_normalization before training).
+        self.register_buffer("norm_mean", torch.zeros(d_in))
+        self.register_buffer("norm_scale", torch.ones(()))
+        # BatchTopK inference threshold (Bussmann et al. 2024): running mean of the
+        # smallest activation kept in each training batch.
+        self.register_buffer("threshold", torch.zeros(()))
+
+    # ------------------------------------------------------------ normalisation
+    @torch.no_grad()
+    def fit_normalization(self, sample_ND: Tensor) -> None:
+        """Estimate dataset statistics for the configured normalisation and set b_dec."""
+        x = sample_ND.float()
+        mode = self.cfg.normalize
+        mean = x.mean(0)
+        if mode in ("center", "center_scalar"):
+            self.norm_mean.copy_(mean)
+        else:
+            self.norm_mean.zero_()
+        if mode in ("scalar", "center_scalar"):
+            xc = x - self.norm_mean
+            self.norm_scale.fill_(1.0 / float(xc.pow(2).sum(-1).mean().sqrt().clamp_min(1e-8)))
+        else:
+            self.norm_scale.fill_(1.0)
+        # b_dec starts at the data mean in normalised space (a cheap stand-in for the
+        # geometric median of Bricken et al. 2023).
+        xn, _ = self.normalize(x)
+        self.b_dec.copy_(xn.mean(0))
+
+    def normalize(self, x_BD: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        if self.cfg.normalize == "layernorm":
+            mu_B1 = x_BD.mean(-1, keepdim=True)
+            sd_B1 = x_BD.std(-1, keepdim=True, unbiased=False).clamp_min(1e-5)
+            return (x_BD - mu_B1) / sd_B1, (mu_B1, sd_B1)
+        return (x_BD - self.norm_mean) * self.norm_scale, None
+
+    def denormalize(self, xn_BD: Tensor, stats: tuple[Tensor, Tensor] | None) -> Tensor:
+        if self.cfg.normalize == "layernorm":
+            assert stats is not None
+            return xn_BD * stats[1] + stats[0]
+        return xn_BD / self.norm_scale + self.norm_mean
+
+    # ------------------------------------------------------------ encode / decode
+    def pre_acts(self, xn_BD: Tensor) -> Tensor:
+        return torch.addmm(self.b_enc, xn_BD - self.b_dec, self.W_enc.t())
+
+    def _encode_norm(self, xn_BD: Tensor, train: bool = False) -> Latents:
+        arch = self.cfg.architecture
+        if arch == "topk":
+            acts, idx = _TopKEncode.apply(xn_BD - self.b_dec, self.W_enc, self.b_enc, self.cfg.k)
+            return Latents(acts, idx)
+        pre_BF = F.relu(self.pre_acts(xn_BD))
+        if arch == "batchtopk":
+            if train:
+                B = pre_BF.shape[0]
+                flat = pre_BF.flatten()
+                n_keep = min(self.cfg.k * B, flat.numel())
+                vals, pos = flat.topk(n_keep, sorted=False)
+                mask = torch.zeros_like(flat, dtype=torch.bool)
+                mask[pos] = True
+                pos_min = vals[vals > 0]
+                if pos_min.numel():
+                    with torch.no_grad():
+                        t = pos_min.min()
+                        self.threshold.mul_(0.99).add_(0.01 * t) if self.threshold > 0 else self.threshold.copy_(t)
+                dense_BF = pre_BF * mask.view_as(pre_BF)
+            else:
+                dense_BF = pre_BF * (pre_BF > self.threshold)
+            return _to_sparse(dense_BF)
+        return _to_sparse(pre_BF)
+
+    def encode(self, x_BD: Tensor) -> Latents:
+        """Raw activations -> sparse latents (acts_BK, idx_BK); zeros in acts are padding."""
+        xn, _ = self.normalize(x_BD.to(self.W_enc.dtype))
+        return self._encode_norm(xn)
+
+    def encode_dense(self, x_BD: Tensor) -> Tensor:
+        lat = self.encode(x_BD)
+        out = torch.zeros(x_BD.shape[0], self.cfg.n_latents, dtype=lat.acts_BK.dtype, device=x_BD.device)
+        return out.scatter_(1, lat.idx_BK, lat.acts_BK)
+
+    def _decode_norm(self, acts_BK: Tensor, idx_BK: Tensor) -> Tensor:
+        return F.embedding_bag(idx_BK, self.W_dec, per_sample_weights=acts_BK, mode="sum") + self.b_dec
+
+    def decode(self, acts_BK: Tensor, idx_BK: Tensor, x_BD: Tensor | None = None) -> Tensor:
+        """Sparse latents -> reconstruction in raw space.
+
+        With ``layernorm`` normalisation the per-token statistics come from ``x_BD``.
+        """
+        stats = None
+        if self.cfg.normalize == "layernorm":
+            if x_BD is None:
+                raise ValueError("decode() with layernorm normalisation needs the input x_BD for its statistics")
+            _, stats = self.normalize(x_BD.to(self.W_enc.dtype))
+        return self.denormalize(self._decode_norm(acts_BK, idx_BK), stats)
+
+    # ------------------------------------------------------------ forward / loss
+    def forward(self, x_BD: Tensor, dead_mask_F: Tensor | None = None, l1_coef: float | None = None) -> ForwardOutput:
+        x_BD = x_BD.to(self.W_enc.dtype)
+        xn_BD, stats = self.normalize(x_BD)
+        arch = self.cfg.architecture
+        if arch == "relu":
+            pre_BF = F.relu(self.pre_acts(xn_BD))
+            recon_n = pre_BF @ self.W_dec + self.b_dec
+            coef = self.cfg.l1_coef if l1_coef is None else l1_coef
+            # decoder rows are unit norm, so the norm-weighted L1 of Conerly et al. is sum |z|
+            l1 = pre_BF.sum(-1).mean()
+            lat = _to_sparse(pre_BF.detach()) if not self.training else Latents(pre_BF.new_zeros(x_BD.shape[0], 0), torch.zeros(x_BD.shape[0], 0, dtype=torch.long))
+        else:
+            lat = self._encode_norm(xn_BD, train=self.training)
+            recon_n = self._decode_norm(*lat)
+            coef, l1 = 0.0, xn_BD.new_zeros(())
+        err_BD = recon_n - xn_BD
+        mse = err_BD.pow(2).sum(-1).mean()
+        total_var = (xn_BD - xn_BD.mean(0)).pow(2).sum(-1).mean()
+        fvu = mse / total_var.clamp_min(1e-12)
+
+        auxk = xn_BD.new_zeros(())
+        if dead_mask_F is not None and self.cfg.auxk_coef > 0 and arch != "relu" and bool(dead_mask_F.any()):
+            # AuxK (Gao et al. 2024, sec. 2.4 / appendix A.2): the top-k_aux *dead* latents
+            # model the residual error, giving them gradient so they can revive.
+            k_aux = min(self.cfg.auxk_k, int(dead_mask_F.sum()))
+            pre_BF = self.pre_acts(xn_BD)
+            pre_BF = pre_BF.masked_fill(~dead_mask_F, -torch.inf)
+            a_vals, a_idx = pre_BF.topk(k_aux, dim=-1, sorted=False)
+            a_vals = F.relu(a_vals)
+            e_hat = F.embedding_bag(a_idx, self.W_dec, per_sample_weights=a_vals, mode="sum")
+            e_BD = (xn_BD - recon_n).detach()
+            auxk = (e_hat - e_BD).pow(2).sum(-1).mean() / (e_BD - e_BD.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+            auxk = torch.nan_to_num(auxk, nan=0.0)
+
+        loss = mse + self.cfg.auxk_coef * auxk + coef * l1
+        recon = self.denormalize(recon_n, stats)
+        return ForwardOutput(recon, lat.acts_BK, lat.idx_BK, fvu, mse, auxk, l1, loss)
+
+    # ------------------------------------------------------------ decoder constraints
+    @torch.no_grad()
+    def set_decoder_norm_to_unit(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder(self) -> None:
+        """Project out the gradient component that would change decoder row norms."""
+        if self.W_dec.grad is None:
+            return
+        g = self.W_dec.grad
+        parallel_F1 = (g * self.W_dec).sum(-1, keepdim=True)
+        g.sub_(parallel_F1 * self.W_dec)
+
+
+def _to_sparse(dense_BF: Tensor) -> Latents:
+    """Dense non-negative latents -> padded (acts_BK, idx_BK) with K = max active per row."""
+    nnz = int((dense_BF > 0).sum(-1).max()) if dense_BF.numel() else 0
+    k = max(nnz, 1)
+    vals, idx = dense_BF.topk(k, dim=-1, sorted=False)
+    return Latents(vals, idx)
+
+
+def default_lr(n_latents: int) -> float:
+    """Learning-rate scaling with dictionary size (Gao et al. 2024, sec. 2.4)."""
+    return 2e-4 / math.sqrt(n_latents / 2**14)

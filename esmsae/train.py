@@ -1,0 +1,301 @@
+"""SAE trainer: streams batches from an activation store, trains one SAE per layer.
+
+* Bounded memory: ``buffer_shards`` shards are loaded and shuffled together; the
+  next group is prefetched by a background thread while the current one trains.
+* Exact resume: the data order is a pure function of (seed, epoch, group), and
+  ``state.pt`` (written atomically) holds parameters, optimiser moments, step,
+  loader position and dead-latent counters, so a resumed run reproduces the
+  uninterrupted one bit for bit.
+* Outputs in ``out``: one checkpoint folder per SAE (``L3_resid/sae.safetensors``
+  + ``cfg.json``), ``state.pt``, ``metrics.jsonl`` and ``train_cfg.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import save_sae
+from .config import SAEConfig, TrainConfig, hook_name, save_json
+from .sae import SAE, default_lr
+from .store import ActivationStore
+
+STATE = "state.pt"
+METRICS = "metrics.jsonl"
+
+
+class TrainError(ValueError):
+    pass
+
+
+class ShardBatches:
+    """Deterministic, resumable batches of training tokens from a store."""
+
+    def __init__(self, store: ActivationStore, names: list[str], batch_size: int, buffer_shards: int, seed: int):
+        self.store, self.names, self.bs, self.group_size, self.seed = store, names, batch_size, buffer_shards, seed
+        self.pos = (0, 0, 0)  # (epoch, group, batch within group)
+        if store.n_tokens("train") < batch_size:
+            raise TrainError(
+                f"the store has {store.n_tokens('train')} training tokens, fewer than one batch of {batch_size}; "
+                "embed more proteins or lower batch_size"
+            )
+
+    def _groups(self, epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.store.shards))
+        return [sorted(order[i : i + self.group_size].tolist()) for i in range(0, len(order), self.group_size)]
+
+    def _load(self, shards: list[int]) -> dict[str, np.ndarray]:
+        return {n: np.concatenate([self.store.split_tokens(i, n, "train") for i in shards]) for n in self.names}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch, g0, b0 = self.pos
+        prefetch: dict[tuple[int, int], Any] = {}
+
+        def start(e: int, g: int, groups: list[list[int]]) -> None:
+            box: dict[str, Any] = {}
+            t = threading.Thread(target=lambda: box.update(data=self._load(groups[g])), daemon=True)
+            t.start()
+            prefetch[(e, g)] = (t, box)
+
+        while True:
+            groups = self._groups(epoch)
+            for g in range(g0, len(groups)):
+                if (epoch, g) not in prefetch:
+                    start(epoch, g, groups)
+                t, box = prefetch.pop((epoch, g))
+                t.join()
+                data = box["data"]
+                # prefetch the next group while this one trains
+                if g + 1 < len(groups):
+                    start(epoch, g + 1, groups)
+                else:
+                    start(epoch + 1, 0, self._groups(epoch + 1))
+                T = len(next(iter(data.values())))
+                perm = np.random.default_rng([self.seed, epoch, g]).permutation(T)
+                for b in range(b0, T // self.bs):
+                    sel = np.sort(perm[b * self.bs : (b + 1) * self.bs])
+                    batch = {n: torch.from_numpy(data[n][sel].astype(np.float32)) for n in self.names}
+                    self.pos = (epoch, g, b + 1)
+                    yield batch
+                b0 = 0
+                self.pos = (epoch, g + 1, 0)
+            g0 = 0
+            epoch += 1
+            self.pos = (epoch, 0, 0)
+
+
+def lr_at(step: int, tcfg: TrainConfig, base_lr: float) -> float:
+    """Linear warm-up, constant, then linear decay to zero over the last (1 - decay_start)."""
+    total = tcfg.total_steps
+    if tcfg.warmup_steps and step < tcfg.warmup_steps:
+        return base_lr * (step + 1) / tcfg.warmup_steps
+    decay_from = int(total * tcfg.decay_start)
+    if step >= decay_from and total > decay_from:
+        return base_lr * max(0.0, (total - step) / (total - decay_from))
+    return base_lr
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rewrite_metrics(path: Path, max_step: int) -> None:
+    """On resume, drop metric rows logged after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= max_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+def sae_meta(store: ActivationStore, layer: int, tcfg: TrainConfig, step: int, tokens: int) -> dict[str, Any]:
+    info = store.manifest["model_info"]
+    return {
+        "base_model": {"name": info["name"], "family": info["family"], "n_layers": info["n_layers"], "d_model": info["d_model"]},
+        "model_config": store.manifest["model"],
+        "layer": layer,
+        "site": store.site,
+        "hook": hook_name(layer, store.site),
+        "provenance": {
+            "store": str(store.path.resolve()),
+            "fasta": store.manifest["provenance"]["fasta"],
+            "n_proteins": store.manifest["n_proteins"],
+            "n_tokens": store.manifest["n_tokens"],
+            "holdout_fraction": store.manifest["embed"]["holdout_fraction"],
+            "tokens_trained": tokens,
+            "steps": step,
+        },
+        "train": asdict(tcfg),
+    }
+
+
+def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_steps: int | None = None) -> list[Path]:
+    """Train (or resume) one SAE per layer; return their checkpoint folders.
+
+    ``stop_after_steps`` ends the run early after a checkpoint, as an interruption would.
+    """
+    if not tcfg.out:
+        raise TrainError("TrainConfig.out: no run folder given")
+    store = ActivationStore(tcfg.store)
+    layers = tcfg.layers or store.layers
+    names = [hook_name(layer, store.site) for layer in layers]
+    for n in names:
+        store.check_hook(n)
+    if scfg.d_in and scfg.d_in != store.d_in:
+        raise TrainError(f"SAEConfig.d_in is {scfg.d_in} but the store's activations have width {store.d_in}")
+    scfg = SAEConfig(**{**asdict(scfg), "d_in": store.d_in})
+    out = Path(tcfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    base_lr = tcfg.lr or default_lr(scfg.n_latents)
+
+    torch.manual_seed(tcfg.seed)
+    saes = {n: SAE(scfg, store.d_in, seed=tcfg.seed + j) for j, n in enumerate(names)}
+    opts = {n: torch.optim.Adam(s.parameters(), lr=base_lr, betas=(0.9, 0.999), eps=1e-8) for n, s in saes.items()}
+    since_fired = {n: torch.zeros(scfg.n_latents, dtype=torch.long) for n in names}
+    loader = ShardBatches(store, names, tcfg.batch_size, tcfg.buffer_shards, tcfg.seed)
+    step = 0
+    state_path = out / STATE
+    cfg_path = out / "train_cfg.json"
+    if state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        if st["train"] != asdict(tcfg) or st["sae"] != asdict(scfg):
+            raise TrainError(
+                f"{out} holds a run with other settings; resume needs the same configuration "
+                f"(saved in {cfg_path}) or a new --out folder"
+            )
+        for n in names:
+            saes[n].load_state_dict(st["saes"][n])
+            opts[n].load_state_dict(st["opts"][n])
+            since_fired[n] = st["since_fired"][n]
+        step = st["step"]
+        loader.pos = tuple(st["loader_pos"])
+        _rewrite_metrics(out / METRICS, step)
+    else:
+        save_json({"train": asdict(tcfg), "sae": asdict(scfg)}, cfg_path)
+        for n, s in saes.items():
+            s.fit_normalization(store.sample(n, 65_536, seed=tcfg.seed))
+        (out / METRICS).unlink(missing_ok=True)
+
+    wandb_run = None
+    if tcfg.use_wandb:
+        import wandb  # optional dependency, imported only when asked for
+
+        wandb_run = wandb.init(project=tcfg.wandb_project, config={"train": asdict(tcfg), "sae": asdict(scfg)}, resume="allow", dir=str(out))
+
+    def checkpoint() -> None:
+        tokens = step * tcfg.batch_size
+        for layer, n in zip(layers, names):
+            save_sae(saes[n], out / n, sae_meta(store, layer, tcfg, step, tokens))
+        _atomic_torch_save({
+            "step": step, "loader_pos": list(loader.pos), "train": asdict(tcfg), "sae": asdict(scfg),
+            "saes": {n: s.state_dict() for n, s in saes.items()},
+            "opts": {n: o.state_dict() for n, o in opts.items()},
+            "since_fired": since_fired, "esmsae_version": __version__,
+        }, state_path)
+
+    total = tcfg.total_steps
+    for s in saes.values():
+        s.train()
+    bar = tqdm(total=total, initial=step, unit="step", desc="train", disable=not progress)
+    it = iter(loader)
+    acc: dict[str, dict[str, float]] = {n: {} for n in names}
+    t_last, tok_last = time.perf_counter(), 0
+    metrics_f = open(out / METRICS, "a")
+    try:
+        while step < total:
+            batch = next(it)
+            lr = lr_at(step, tcfg, base_lr)
+            l1c = scfg.l1_coef * min(1.0, (step + 1) / max(1, tcfg.l1_warmup_steps))
+            for n in names:
+                sae, opt = saes[n], opts[n]
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x = batch[n]
+                dead = since_fired[n] >= scfg.dead_tokens
+                o = sae(x, dead_mask_F=dead, l1_coef=l1c)
+                opt.zero_grad(set_to_none=True)
+                o.loss.backward()
+                sae.remove_gradient_parallel_to_decoder()
+                opt.step()
+                sae.set_decoder_norm_to_unit()
+                with torch.no_grad():
+                    if scfg.architecture == "relu":
+                        fired = (sae.pre_acts(sae.normalize(x)[0]) > 0).any(0)
+                        l0 = float((sae.pre_acts(sae.normalize(x)[0]) > 0).float().sum(-1).mean())
+                    else:
+                        live = o.acts_BK > 0
+                        fired = torch.zeros(scfg.n_latents, dtype=torch.bool)
+                        fired[o.idx_BK[live]] = True
+                        l0 = float(live.float().sum(-1).mean())
+                    since_fired[n] += x.shape[0]
+                    since_fired[n][fired] = 0
+                a = acc[n]
+                for key, val in (("loss", o.loss), ("mse", o.mse), ("fvu", o.fvu), ("auxk", o.auxk_loss), ("l1", o.l1_loss)):
+                    a[key] = a.get(key, 0.0) + float(val.detach())
+                a["l0"] = a.get("l0", 0.0) + l0
+                a["n"] = a.get("n", 0) + 1
+            step += 1
+            bar.update(1)
+            if step % tcfg.log_every == 0 or step == total:
+                now = time.perf_counter()
+                tokens = step * tcfg.batch_size
+                tps = (tokens - tok_last) / max(now - t_last, 1e-9) if tok_last or step > tcfg.log_every else (tcfg.log_every * tcfg.batch_size) / max(now - t_last, 1e-9)
+                t_last, tok_last = now, tokens
+                rows = []
+                for n in names:
+                    a = acc[n]
+                    cnt = max(1, a.pop("n", 1))
+                    row = {"step": step, "tokens": tokens, "sae": n, "lr": lr, "tokens_per_s": tps}
+                    row.update({k: v / cnt for k, v in a.items()})
+                    row["dead_frac"] = float((since_fired[n] >= scfg.dead_tokens).float().mean())
+                    rows.append(row)
+                    acc[n] = {}
+                for r in rows:
+                    metrics_f.write(json.dumps(r) + "\n")
+                metrics_f.flush()
+                bar.set_postfix(fvu=f"{rows[0]['fvu']:.3f}", l0=f"{rows[0]['l0']:.1f}", dead=f"{rows[0]['dead_frac']:.2f}")
+                if wandb_run is not None:
+                    for r in rows:
+                        wandb_run.log({f"{r['sae']}/{k}": v for k, v in r.items() if k not in ("sae", "step")}, step=step)
+            if step % tcfg.checkpoint_every == 0 or step == total:
+                checkpoint()
+            if stop_after_steps is not None and step >= stop_after_steps:
+                if step % tcfg.checkpoint_every != 0:
+                    checkpoint()
+                break
+    finally:
+        metrics_f.close()
+        bar.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+    return [out / n for n in names]
+
+
+def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
+    p = Path(run) / METRICS
+    if not p.exists():
+        return []
+    rows = []
+    for ln in p.read_text().splitlines():
+        if ln.strip():
+            try:
+                rows.append(json.loads(ln))
+            except json.JSONDecodeError:  # a line being written right now
+                pass
+    return rows
+
+

@@ -1,0 +1,68 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ESMSAE_SHARED", ROOT.parent / "shared" / "data"))
+ESM2_CONFIG = SHARED / "esm2_t6_8M_config"
+MGEN = SHARED / "uniprot" / "mgenitalium" / "mgenitalium.fasta"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs (still run in CI)")
+
+
+@pytest.fixture(scope="session")
+def shared():
+    if not SHARED.exists():
+        pytest.fail(f"shared data not found at {SHARED} (set ESMSAE_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def esm2_dir(tmp_path_factory, shared):
+    """ESM-2 8M architecture (real config from ../shared/data), random weights, HF format."""
+    from esmsae.plm import save_initial_esm2
+
+    return save_initial_esm2(ESM2_CONFIG, tmp_path_factory.mktemp("esm2") / "esm2_8M_init", seed=0)
+
+
+@pytest.fixture(scope="session")
+def esmc_file(tmp_path_factory):
+    """A small ESM C (real architecture, 3 blocks, d_model 128) saved as a weights file."""
+    from esmsae.plm import build_esmc
+
+    m = build_esmc(128, 2, 3, seed=0)
+    p = tmp_path_factory.mktemp("esmc") / "esmc_tiny.pth"
+    torch.save(m.state_dict(), p)
+    return p
+
+
+@pytest.fixture(scope="session")
+def mgen_fasta(tmp_path_factory, shared):
+    """The first 120 M. genitalium proteins (real UniProt records, cut to 150 residues to keep tests fast)."""
+    from esmsae.fasta import read_fasta
+
+    out = tmp_path_factory.mktemp("fa") / "mgen120.fasta"
+    with open(out, "w") as fh:
+        for i, (h, s) in enumerate(read_fasta(MGEN)):
+            if i >= 120:
+                break
+            fh.write(f">{h}\n{s[:150]}\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory, esm2_dir, mgen_fasta):
+    from esmsae.config import EmbedConfig, HookConfig, ModelConfig
+    from esmsae.store import embed_fasta
+
+    out = tmp_path_factory.mktemp("store") / "store"
+    embed_fasta(EmbedConfig(fasta=str(mgen_fasta), store=str(out), shard_tokens=8192, holdout_fraction=0.15),
+                ModelConfig(name=str(esm2_dir)), HookConfig(layers=[2, 4], site="resid"), progress=False)
+    return out

@@ -1,0 +1,56 @@
+"""End-to-end on real proteins: FASTA -> embed -> train -> evaluate through the CLI."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from esmsae.fasta import read_fasta
+
+
+@pytest.mark.slow
+def test_cli_pipeline_learns_on_real_uniref90_proteins(tmp_path, shared, esm2_dir):
+    fa = tmp_path / "uniref90_400.fasta"
+    n = 0
+    with open(fa, "w") as fh:
+        for h, s in read_fasta(shared / "af3_samples" / "uniref90__subsampled_1000.fasta"):
+            if 50 <= len(s) <= 300:
+                fh.write(f">{h}\n{s}\n")
+                n += 1
+            if n == 400:
+                break
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "esmsae", "pipeline", "--fasta", str(fa), "--model", str(esm2_dir), "--layers", "3",
+           "--out", str(out), "--n-latents", "1024", "--k", "16", "--token-budget", "600000", "--batch-size", "1024",
+           "--holdout-fraction", "0.1", "--lm-proteins", "16", "--dead-tokens", "100000", "--shard-tokens", "32768",
+           "--checkpoint-every", "200"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = json.loads((out / "L3_resid" / "eval.json").read_text())
+    assert card["n_tokens"] > 2000
+    assert card["fvu"] < 0.3, card  # the SAE learns: held-out FVU well below 1
+    assert abs(card["l0"] - 16) < 1e-6
+    assert 0 <= card["dead_fraction"] < 0.9
+    ds = card["downstream"]
+    assert ds["n_masked_tokens"] > 100 and ds["ce_orig"] > 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 600000 // 1024 and rows[-1]["fvu"] < rows[0]["fvu"]
+    store = json.loads((out / "store" / "manifest.json").read_text())
+    assert store["n_proteins"] == 400 and store["complete"]
+
+
+def test_cli_help_and_config_round_trip(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "esmsae", "train", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--token-budget" in r.stdout and "--n-latents" in r.stdout and "AuxK" in r.stdout
+    cfgp = tmp_path / "c.json"
+    r = subprocess.run([sys.executable, "-m", "esmsae", "train", "--k", "48", "--n-latents", "8192", "--save-config", str(cfgp)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(cfgp.read_text())
+    assert cfg["sae"]["k"] == 48 and cfg["sae"]["n_latents"] == 8192
+    cfg2 = tmp_path / "c2.json"
+    r = subprocess.run([sys.executable, "-m", "esmsae", "train", "--config", str(cfgp), "--lr", "0.001", "--save-config", str(cfg2)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    c2 = json.loads(cfg2.read_text())
+    assert c2["sae"]["k"] == 48 and c2["train"]["lr"] == 0.001
+    r = subprocess.run([sys.executable, "-m", "esmsae", "train", "--k", "99999", "--n-latents", "16", "--save-config", str(cfg2)], capture_output=True, text=True)
+    assert r.returncode == 2 and "SAEConfig.k" in r.stderr

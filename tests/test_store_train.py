@@ -1,0 +1,126 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from esmsae.checkpoint import check_compatible, load_sae, read_cfg
+from esmsae.config import ConfigError, EmbedConfig, HookConfig, ModelConfig, SAEConfig, TrainConfig, load_json, save_json
+from esmsae.fasta import SequenceError
+from esmsae.plm import ModelMismatchError, load_plm
+from esmsae.store import ActivationStore, StoreError, embed_fasta
+from esmsae.train import TrainError, read_metrics, train
+
+
+def test_store_contents_match_direct_embedding(small_store, esm2_dir, mgen_fasta):
+    st = ActivationStore(small_store)
+    assert st.hook_names == ["L2_resid", "L4_resid"] and st.d_in == 320
+    prots = st.proteins()
+    assert len(prots) == 120 and prots["pidx"].tolist() == list(range(120))
+    assert prots["organism"].str.contains("Mycoplasma genitalium").all() and (prots["taxid"] == 243273).all()
+    assert sum(s["n_tokens"] for s in st.shards) == prots["length"].sum() == st.manifest["n_tokens"]
+    assert len(st.shards) > 3  # bounded shards
+    # the held-out split is by sequence hash and both sides are non-empty
+    assert 0 < (prots["split"] == "heldout").sum() < 120
+    # activations of protein 5 equal a direct forward pass (fp16 storage)
+    plm = load_plm(ModelConfig(name=str(esm2_dir)))
+    from esmsae.plm import Hook
+
+    direct = plm.embed([prots.loc[5, "sequence"]], [Hook(4, "resid")])[0]["L4_resid"].numpy()
+    for i in range(len(st.shards)):
+        pr = np.asarray(st.shard_meta(i, "protein"))
+        if (pr == 5).any():
+            stored = np.asarray(st.shard_array(i, "L4_resid"))[pr == 5].astype(np.float32)
+            pos = np.asarray(st.shard_meta(i, "position"))[pr == 5]
+            assert pos.tolist() == list(range(len(direct)))
+            np.testing.assert_allclose(stored, direct, rtol=2e-3, atol=2e-3)
+
+
+def test_embed_resumes_after_interruption(tmp_path, esm2_dir, mgen_fasta, small_store):
+    model, hooks = ModelConfig(name=str(esm2_dir)), HookConfig(layers=[2, 4])
+    out = tmp_path / "store"
+    cfg = EmbedConfig(fasta=str(mgen_fasta), store=str(out), shard_tokens=8192, holdout_fraction=0.15)
+    # interrupted run: stop after 40 proteins (a crash mid-shard leaves only a .tmp folder)
+    embed_fasta(EmbedConfig(**{**cfg.__dict__, "max_proteins": 40}), model, hooks, progress=False)
+    man = json.loads((out / "manifest.json").read_text())
+    man["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(man))
+    (out / "shard_99999.tmp").mkdir()
+    embed_fasta(cfg, model, hooks, progress=False)
+    a, b = ActivationStore(out), ActivationStore(small_store)
+    assert a.manifest["n_proteins"] == b.manifest["n_proteins"] == 120
+    assert not (out / "shard_99999.tmp").exists()
+    ta = np.concatenate([np.asarray(a.shard_array(i, "L4_resid")) for i in range(len(a.shards))])
+    tb = np.concatenate([np.asarray(b.shard_array(i, "L4_resid")) for i in range(len(b.shards))])
+    assert ta.shape == tb.shape
+    np.testing.assert_allclose(ta.astype(np.float32), tb.astype(np.float32), atol=3e-3, rtol=1e-2)
+    assert a.proteins()["md5"].tolist() == b.proteins()["md5"].tolist()
+    with pytest.raises(StoreError, match="other settings"):
+        embed_fasta(cfg, model, HookConfig(layers=[3]), progress=False)
+
+
+def test_bad_fasta_is_reported(tmp_path, esm2_dir):
+    fa = tmp_path / "bad.fasta"
+    fa.write_text(">a\nMKTAYIAK\n>b\nMKT1AY\n>c\n\n>d\nMSLLK\n")
+    model, hooks = ModelConfig(name=str(esm2_dir)), HookConfig(layers=[1])
+    with pytest.raises(SequenceError, match=r"record 'b'.*'1' at position 4"):
+        embed_fasta(EmbedConfig(fasta=str(fa), store=str(tmp_path / "s1")), model, hooks, progress=False)
+    embed_fasta(EmbedConfig(fasta=str(fa), store=str(tmp_path / "s2"), on_invalid="skip", holdout_fraction=0), model, hooks, progress=False)
+    st = ActivationStore(tmp_path / "s2")
+    assert st.manifest["n_skipped"] == 2 and st.proteins()["id"].tolist() == ["a", "d"]
+    dup = tmp_path / "dup.fasta"
+    dup.write_text(">a\nMKT\n>a\nMKT\n")
+    with pytest.raises(SequenceError, match="duplicate record id 'a'"):
+        embed_fasta(EmbedConfig(fasta=str(dup), store=str(tmp_path / "s3")), model, hooks, progress=False)
+
+
+def _tcfg(store, out, **kw):
+    base = dict(store=str(store), out=str(out), token_budget=24 * 256, batch_size=256, buffer_shards=2,
+                checkpoint_every=6, log_every=3, warmup_steps=4, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_gives_identical_parameters(tmp_path, small_store):
+    scfg = SAEConfig(n_latents=512, k=8, dead_tokens=1000)
+    full = train(_tcfg(small_store, tmp_path / "full"), scfg, progress=False)
+    part = _tcfg(small_store, tmp_path / "part")
+    train(part, scfg, progress=False, stop_after_steps=9)  # interrupted between checkpoints (checkpoint at 9)
+    assert torch.load(tmp_path / "part" / "state.pt", weights_only=False)["step"] == 9
+    train(part, scfg, progress=False)  # resume
+    for d in full:
+        a, _ = load_sae(d)
+        b, _ = load_sae(tmp_path / "part" / d.name)
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(va, vb), k
+    steps = [r["step"] for r in read_metrics(tmp_path / "part") if r["sae"] == "L2_resid"]
+    assert steps == sorted(set(steps)) and steps[-1] == 24
+    with pytest.raises(TrainError, match="other settings"):
+        train(_tcfg(small_store, tmp_path / "part", lr=1e-3), scfg, progress=False)
+
+
+def test_checkpoint_metadata_and_mismatch_errors(tmp_path, small_store, esm2_dir, esmc_file):
+    dirs = train(_tcfg(small_store, tmp_path / "run", layers=[4], token_budget=6 * 256), SAEConfig(n_latents=256, k=4), progress=False)
+    assert [d.name for d in dirs] == ["L4_resid"]
+    cfg = read_cfg(dirs[0])
+    assert cfg["d_in"] == 320 and cfg["layer"] == 4 and cfg["site"] == "resid" and cfg["bos_eos"] == "stripped"
+    assert cfg["base_model"]["n_layers"] == 6 and cfg["normalization"]["mode"] == "scalar" and cfg["normalization"]["scale"] > 0
+    assert cfg["provenance"]["fasta"]["path"].endswith("mgen120.fasta") and cfg["provenance"]["tokens_trained"] == 6 * 256
+    sae, _ = load_sae(dirs[0], plm=load_plm(ModelConfig(name=str(esm2_dir))))
+    with torch.no_grad():
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(256))
+    with pytest.raises(ModelMismatchError, match="d_in is 320"):
+        load_sae(dirs[0], plm=load_plm(ModelConfig(name=str(esmc_file))))
+
+
+def test_config_validation_and_json_round_trip(tmp_path):
+    with pytest.raises(ConfigError, match=r"SAEConfig.k"):
+        SAEConfig(n_latents=16, k=32)
+    with pytest.raises(ConfigError, match=r"HookConfig.site"):
+        HookConfig(site="mlp_out")
+    with pytest.raises(ConfigError, match=r"HookConfig.layers"):
+        HookConfig(layers=[0], site="mlp")
+    cfg = SAEConfig(architecture="batchtopk", n_latents=2048, k=16, normalize="center")
+    save_json(cfg, tmp_path / "s.json")
+    assert load_json(SAEConfig, tmp_path / "s.json") == cfg
