@@ -63,6 +63,6 @@ def small_store(tmp_path_factory, esm2_dir, mgen_fasta):
     from esmsae.store import embed_fasta
 
     out = tmp_path_factory.mktemp("store") / "store"
-    embed_fasta(EmbedConfig(fasta=str(mgen_fasta), store=str(out), shard_tokens=8192, holdout_fraction=0.15),
+    embed_fasta(EmbedConfig(fasta=str(mgen_fasta), store=str(out), shard_tokens=4096, holdout_fraction=0.15),
                 ModelConfig(name=str(esm2_dir)), HookConfig(layers=[2, 4], site="resid"), progress=False)
     return out

@@ -40,7 +40,7 @@ def test_store_contents_match_direct_embedding(small_store, esm2_dir, mgen_fasta
 def test_embed_resumes_after_interruption(tmp_path, esm2_dir, mgen_fasta, small_store):
     model, hooks = ModelConfig(name=str(esm2_dir)), HookConfig(layers=[2, 4])
     out = tmp_path / "store"
-    cfg = EmbedConfig(fasta=str(mgen_fasta), store=str(out), shard_tokens=8192, holdout_fraction=0.15)
+    cfg = EmbedConfig(fasta=str(mgen_fasta), store=str(out), shard_tokens=4096, holdout_fraction=0.15)
     # interrupted run: stop after 40 proteins (a crash mid-shard leaves only a .tmp folder)
     embed_fasta(EmbedConfig(**{**cfg.__dict__, "max_proteins": 40}), model, hooks, progress=False)
     man = json.loads((out / "manifest.json").read_text())
