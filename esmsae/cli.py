@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("--config-dir", required=True, help="folder with config.json and vocab.txt, e.g. ../shared/data/esm2_t6_8M_config")
     im.add_argument("--out", required=True, help="output folder")
     im.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    from .lmtrain import LMTrainConfig
+
+    lm = subs.add_parser("train-lm", help="train a small protein LM (masked LM) for the demo, Hugging Face format",
+                         description="Masked-LM training of a protein LM of the architecture in --config-dir on FASTA files (resumable).",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_args(lm, LMTrainConfig, skip=("fasta",))
+    lm.add_argument("--fasta", nargs="+", required=True, help="FASTA files (plain or .gz) to train on")
     ns = p.parse_args(argv)
     try:
         return _dispatch(ns)
@@ -76,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(ns: argparse.Namespace) -> int:
+    if ns.cmd == "train-lm":
+        from .lmtrain import LMTrainConfig, train_lm
+
+        lcfg = from_args(LMTrainConfig, ns)
+        report = train_lm(lcfg)
+        print(json.dumps({k: report[k] for k in ("heldout_ppl", "unigram_ppl", "steps", "tokens_seen", "finished")}))
+        return 0
     if ns.cmd == "init-model":
         from .plm import save_initial_esm2
 
