@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: venv app test test-fast demo clean
+.PHONY: venv app test test-fast bench clean
 
 $(STAMP): requirements.txt requirements-esm.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/lm_amp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
@@ -104,15 +103,3 @@ def check_compatible(meta: dict[str, Any], plm: ProteinLM, strict_name: bool = T
         problems.append(f"SAE was trained on {base['name']!r}, not {plm.name!r}")
     if problems:
         raise ModelMismatchError("SAE checkpoint does not fit this model: " + "; ".join(problems))
-
-
-def list_runs(workspace: str | os.PathLike) -> list[Path]:
-    """Every SAE checkpoint folder below ``workspace`` (sorted)."""
-    ws = Path(workspace)
-    if not ws.exists():
-        return []
-    return sorted(p.parent for p in ws.rglob(CFG) if (p.parent / WEIGHTS).exists() and not p.parent.name.endswith((".tmp", ".old")))
-
-
-def to_device(sae: SAE, device: str) -> SAE:
-    return sae.to(torch.device(device))

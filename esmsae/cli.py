@@ -13,8 +13,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import (ConfigError, EmbedConfig, EvalConfig, HookConfig, ModelConfig, SAEConfig, TrainConfig,
-                     add_args, from_args, from_dict)
+from .config import (ConfigError, EmbedConfig, EvalConfig, HookConfig, LMTrainConfig, ModelConfig, SAEConfig,
+                     TrainConfig, add_args, from_args, from_dict)
 
 SECTIONS = {"model": ModelConfig, "hook": HookConfig, "embed": EmbedConfig, "sae": SAEConfig, "train": TrainConfig, "eval": EvalConfig}
 SKIPS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -67,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("--config-dir", required=True, help="folder with config.json and vocab.txt, e.g. ../shared/data/esm2_t6_8M_config")
     im.add_argument("--out", required=True, help="output folder")
     im.add_argument("--seed", type=int, default=0, help="initialisation seed")
-    from .lmtrain import LMTrainConfig
-
     lm = subs.add_parser("train-lm", help="train a small protein LM (masked LM) for the demo, Hugging Face format",
                          description="Masked-LM training of a protein LM of the architecture in --config-dir on FASTA files (resumable).",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -84,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(ns: argparse.Namespace) -> int:
     if ns.cmd == "train-lm":
-        from .lmtrain import LMTrainConfig, train_lm
+        from .lmtrain import train_lm
 
         lcfg = from_args(LMTrainConfig, ns)
         report = train_lm(lcfg)

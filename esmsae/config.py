@@ -27,13 +27,9 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return {"help": text, **kw}
-
-
 def opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None, **kw: Any) -> Any:
     """A dataclass field with CLI/UI help text (optional choices, optional CLI flag name)."""
-    meta = _help(help)
+    meta: dict[str, Any] = {"help": help}
     if flag:
         meta["flag"] = flag
     if choices:
@@ -236,6 +232,45 @@ class EvalConfig:
         _check(0.0 < self.mask_prob < 1.0, c, "mask_prob", "must be in (0, 1)")
 
 
+@dataclass
+class LMTrainConfig:
+    """Masked-LM training of the demo protein LM."""
+
+    config_dir: str = opt("", "Model config folder (config.json + vocab.txt), e.g. ../shared/data/esm2_t6_8M_config")
+    out: str = opt("", "Output folder (Hugging Face format model + lm_state.pt + lm_eval.json)")
+    fasta: list = opt([], "FASTA files to train on (de-duplicated by sequence)")
+    holdout_fraction: float = opt(0.01, "Proteins held out for perplexity, by sequence hash")
+    crop: int = opt(254, "Residues per training crop")
+    batch_tokens: int = opt(16384, "Tokens per optimisation step")
+    lr: float = opt(1e-3, "Peak AdamW learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    warmup_steps: int = opt(300, "Linear warm-up steps")
+    token_budget: int = opt(20_000_000, "Training tokens")
+    mask_prob: float = opt(0.15, "Masked fraction of residues")
+    eval_proteins: int = opt(400, "Held-out proteins for perplexity")
+    checkpoint_every: int = opt(200, "Checkpoint every N steps")
+    time_limit_s: float = opt(0.0, "Stop cleanly after this many seconds, with a checkpoint (0 = none)")
+    seed: int = opt(0, "Seed")
+    threads: int = opt(0, "Torch threads (0 = default)")
+    device: str = opt("cpu", "Torch device")
+    amp: str = opt("bfloat16", "Autocast dtype for the forward pass (bench/lm_amp.py: bfloat16 2.3x faster than float32 on an AVX512-BF16 CPU)", choices=("bfloat16", "float16", "none"))
+
+    def __post_init__(self) -> None:
+        c = "LMTrainConfig"
+        _check(self.crop >= 16, c, "crop", "must be >= 16")
+        _check(self.batch_tokens >= self.crop + 2, c, "batch_tokens", "must hold at least one crop")
+        _check(0 < self.mask_prob < 1, c, "mask_prob", "must be in (0, 1)")
+        _check(0 < self.holdout_fraction < 1, c, "holdout_fraction", "must be in (0, 1)")
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_tokens // (self.crop + 2)
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.token_budget // (self.batch_size * (self.crop + 2)))
+
+
 # ---------------------------------------------------------------- JSON round trip
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -320,18 +355,3 @@ def from_args(cls: type[T], ns: argparse.Namespace, base: T | None = None, prefi
         if hasattr(ns, prefix + f.name):
             d[f.name] = getattr(ns, prefix + f.name)
     return cls(**d)
-
-
-def field_specs(cls: type) -> list[dict[str, Any]]:
-    """Describe fields for UI generation (name, type, default, help, choices)."""
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append({
-            "name": f.name,
-            "type": _field_type(cls, f),
-            "default": default,
-            "help": f.metadata.get("help", ""),
-            "choices": f.metadata.get("choices"),
-        })
-    return out

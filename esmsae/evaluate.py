@@ -36,7 +36,7 @@ def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = 0.1, batch
     Fn = sae.cfg.n_latents
     fired = torch.zeros(Fn, dtype=torch.long)
     act_sum = torch.zeros(Fn, dtype=torch.float64)
-    sse = sum_x = sum_x2 = 0.0
+    sse = sum_x2 = 0.0
     sum_vec = None
     n = l0 = 0
     for arr in chunks:
@@ -50,9 +50,8 @@ def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = 0.1, batch
             sum_x2 += float(xd.pow(2).sum())
             live = lat.acts_BK > 0
             l0 += int(live.sum())
-            f = torch.zeros(len(x), Fn, dtype=torch.bool)
-            f.scatter_(1, lat.idx_BK, live)
-            fired += f.sum(0)
+            # indices within a row are distinct, so this counts tokens on which each latent fired
+            fired += torch.bincount(lat.idx_BK[live], minlength=Fn)
             act_sum.index_add_(0, lat.idx_BK[live], lat.acts_BK[live].double())
             n += len(x)
     if n == 0:
@@ -95,14 +94,12 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
     for batch in length_batches([len(s) for s in seqs], plm.cfg.batch_tokens, extra=2):
         sub = [seqs[i] for i in batch]
         ids, attn = plm.tokenize(sub)
-        target = ids.clone()
+        target = ids
         sel = torch.zeros_like(ids, dtype=torch.bool)
         for r, i in enumerate(batch):
             sel[r, 1 : len(seqs[i]) + 1] = torch.from_numpy(masks[i])
         masked_ids = ids.masked_fill(sel, plm.mask_id)
-        resid = torch.zeros_like(ids, dtype=torch.bool)  # residue positions (no BOS/EOS/pad)
-        for r, i in enumerate(batch):
-            resid[r, 1 : len(seqs[i]) + 1] = True
+        resid = attn & (ids != plm.cls_id) & (ids != plm.eos_id)  # residue positions (no BOS/EOS/pad)
 
         def via_sae(acts_BLD: torch.Tensor) -> torch.Tensor:
             x = acts_BLD[resid].float()

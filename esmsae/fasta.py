@@ -7,7 +7,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 # The 20 standard residues plus the ambiguity / rare codes every ESM tokenizer knows:
 # X (unknown), B (D/N), Z (E/Q), U (selenocysteine), O (pyrrolysine).
@@ -74,25 +74,30 @@ def parse_header(header: str) -> tuple[str, str, str, int | None]:
     return pid, rest.strip(), organism, taxid
 
 
-def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
-    """Yield (header, raw sequence) records, streaming. Blank lines are ignored."""
+def _records(lines: Iterable[str], source: str) -> Iterator[tuple[str, str]]:
+    """(header, raw sequence) records from FASTA lines. Blank lines are ignored."""
     header: str | None = None
     chunks: list[str] = []
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith(">"):
-                if header is not None:
-                    yield header, "".join(chunks)
-                header, chunks = line[1:], []
-            elif header is None:
-                raise SequenceError(f"{path}:{lineno}: sequence data before the first '>' header")
-            else:
-                chunks.append(line)
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith(">"):
+            if header is not None:
+                yield header, "".join(chunks)
+            header, chunks = line[1:], []
+        elif header is None:
+            raise SequenceError(f"{source}:{lineno}: sequence data before the first '>' header")
+        else:
+            chunks.append(line)
     if header is not None:
         yield header, "".join(chunks)
+
+
+def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
+    """Yield (header, raw sequence) records from a FASTA file (plain or .gz), streaming."""
+    with open_text(path) as fh:
+        yield from _records(fh, str(path))
 
 
 def clean_sequence(seq: str, record: str = "sequence") -> str:
@@ -145,15 +150,8 @@ def parse_fasta_text(text: str) -> list[Protein]:
     if not text.startswith(">"):
         return [Protein(id="query", sequence=clean_sequence(text, "pasted sequence"))]
     out: list[Protein] = []
-    header, chunks = None, []
-    for line in text.splitlines() + [">"]:
-        line = line.strip()
-        if line.startswith(">"):
-            if header is not None:
-                pid, desc, org, taxid = parse_header(header)
-                pid = pid or f"record{len(out) + 1}"
-                out.append(Protein(pid, clean_sequence("".join(chunks), f"record {pid!r}"), desc, org, taxid))
-            header, chunks = line[1:], []
-        elif line:
-            chunks.append(line)
+    for header, raw in _records(text.splitlines(), "pasted text"):
+        pid, desc, org, taxid = parse_header(header)
+        pid = pid or f"record{len(out) + 1}"
+        out.append(Protein(pid, clean_sequence(raw, f"record {pid!r}"), desc, org, taxid))
     return out

@@ -15,12 +15,11 @@ loads through exactly the same code path as ``facebook/esm2_t6_8M_UR50D``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,56 +27,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import _check, opt, save_json
+from .config import LMTrainConfig, save_json
 from .fasta import SequenceError, clean_sequence, read_fasta
-from .plm import ESM_VOCAB, make_esm2_model
+from .plm import ESM_VOCAB, EsmTokens, make_esm2_model, save_hf
 from .store import is_heldout
 
 STANDARD_IDS = [ESM_VOCAB.index(a) for a in "ACDEFGHIKLMNPQRSTVWY"]
 
 
-@dataclass
-class LMTrainConfig:
-    """Masked-LM training of the demo protein LM."""
-
-    config_dir: str = opt("", "Model config folder (config.json + vocab.txt), e.g. ../shared/data/esm2_t6_8M_config")
-    out: str = opt("", "Output folder (Hugging Face format model + lm_state.pt + lm_eval.json)")
-    fasta: list = opt([], "FASTA files to train on (de-duplicated by sequence)")
-    holdout_fraction: float = opt(0.01, "Proteins held out for perplexity, by sequence hash")
-    crop: int = opt(254, "Residues per training crop")
-    batch_tokens: int = opt(16384, "Tokens per optimisation step")
-    lr: float = opt(1e-3, "Peak AdamW learning rate")
-    weight_decay: float = opt(0.01, "AdamW weight decay")
-    warmup_steps: int = opt(300, "Linear warm-up steps")
-    token_budget: int = opt(20_000_000, "Training tokens")
-    mask_prob: float = opt(0.15, "Masked fraction of residues")
-    eval_proteins: int = opt(400, "Held-out proteins for perplexity")
-    checkpoint_every: int = opt(200, "Checkpoint every N steps")
-    time_limit_s: float = opt(0.0, "Stop cleanly (after a checkpoint) after this many seconds (0 = none)")
-    seed: int = opt(0, "Seed")
-    threads: int = opt(0, "Torch threads (0 = default)")
-    device: str = opt("cpu", "Torch device")
-    amp: str = opt("bfloat16", "Autocast dtype for the forward pass (bfloat16 is ~1.8x faster than float32 on CPUs with AVX512-BF16)", choices=("bfloat16", "float16", "none"))
-
-    def __post_init__(self) -> None:
-        c = "LMTrainConfig"
-        _check(self.crop >= 16, c, "crop", "must be >= 16")
-        _check(self.batch_tokens >= self.crop + 2, c, "batch_tokens", "must hold at least one crop")
-        _check(0 < self.mask_prob < 1, c, "mask_prob", "must be in (0, 1)")
-        _check(0 < self.holdout_fraction < 1, c, "holdout_fraction", "must be in (0, 1)")
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch_tokens // (self.crop + 2)
-
-    @property
-    def total_steps(self) -> int:
-        return max(1, self.token_budget // (self.batch_size * (self.crop + 2)))
-
-
 def load_corpus(fastas: list[str], holdout_fraction: float) -> tuple[list[str], list[str], dict]:
     """Unique valid sequences from the FASTA files, split by sequence hash."""
-    seen: set[bytes] = set()
+    seen: set[str] = set()
     train, held = [], []
     n_records = n_bad = 0
     for fa in fastas:
@@ -88,10 +48,9 @@ def load_corpus(fastas: list[str], holdout_fraction: float) -> tuple[list[str], 
             except SequenceError:
                 n_bad += 1
                 continue
-            h = hashlib.md5(s.encode()).digest()
-            if h in seen:
+            if s in seen:
                 continue
-            seen.add(h)
+            seen.add(s)
             (held if is_heldout(s, holdout_fraction) else train).append(s)
     info = {"files": [os.path.abspath(f) for f in fastas], "records": n_records, "invalid": n_bad,
             "unique": len(seen), "train": len(train), "heldout": len(held),
@@ -99,25 +58,7 @@ def load_corpus(fastas: list[str], holdout_fraction: float) -> tuple[list[str], 
     return train, held, info
 
 
-class _Tok:
-    def __init__(self):
-        self.lut = np.full(256, ESM_VOCAB.index("<unk>"), dtype=np.int64)
-        for i, t in enumerate(ESM_VOCAB):
-            if len(t) == 1:
-                self.lut[ord(t)] = i
-        self.cls, self.eos, self.pad, self.mask = (ESM_VOCAB.index(t) for t in ("<cls>", "<eos>", "<pad>", "<mask>"))
-
-    def batch(self, seqs: list[str]) -> torch.Tensor:
-        L = max(map(len, seqs)) + 2
-        ids = np.full((len(seqs), L), self.pad, dtype=np.int64)
-        for i, s in enumerate(seqs):
-            ids[i, 0] = self.cls
-            ids[i, 1 : len(s) + 1] = self.lut[np.frombuffer(s.encode(), dtype=np.uint8)]
-            ids[i, len(s) + 1] = self.eos
-        return torch.from_numpy(ids)
-
-
-def mask_tokens(ids: torch.Tensor, tok: _Tok, p: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(ids: torch.Tensor, tok: EsmTokens, p: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT/ESM masking: choose p of residues; 80% -> <mask>, 10% -> random residue, 10% unchanged."""
     residue = (ids != tok.pad) & (ids != tok.cls) & (ids != tok.eos)
     chosen = (torch.rand(ids.shape, generator=gen) < p) & residue
@@ -131,7 +72,7 @@ def mask_tokens(ids: torch.Tensor, tok: _Tok, p: float, gen: torch.Generator) ->
 
 def unigram_ce(train: list[str], held_ids: torch.Tensor, chosen: torch.Tensor) -> float:
     counts = np.zeros(len(ESM_VOCAB))
-    tok = _Tok()
+    tok = EsmTokens()
     for s in train[:: max(1, len(train) // 20000)]:
         np.add.at(counts, tok.lut[np.frombuffer(s.encode(), dtype=np.uint8)], 1)
     probs = (counts + 1) / (counts + 1).sum()
@@ -139,7 +80,7 @@ def unigram_ce(train: list[str], held_ids: torch.Tensor, chosen: torch.Tensor) -
 
 
 @torch.no_grad()
-def heldout_ce(model, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: _Tok, device: str, bs: int = 32) -> float:
+def heldout_ce(model, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: EsmTokens, device: str, bs: int = 32) -> float:
     model.eval()
     tot, n = 0.0, 0
     for i in range(0, len(ids), bs):
@@ -161,7 +102,7 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
     train, held, info = load_corpus(cfg.fasta, cfg.holdout_fraction)
     if not train or not held:
         raise ValueError(f"need training and held-out proteins, got {info}")
-    tok = _Tok()
+    tok = EsmTokens()
     # fixed held-out evaluation set: first crop of each of the first eval_proteins proteins
     g_eval = torch.Generator().manual_seed(12345)
     held_ids = tok.batch([s[: cfg.crop] for s in held[: cfg.eval_proteins]])
@@ -197,7 +138,7 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
         frac = (s - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))  # cosine to 0
 
-    def save(final: bool = False) -> None:
+    def save() -> None:
         tmp = state_p.with_name(state_p.name + ".tmp")
         torch.save({"model": model.state_dict(), "opt": opt_.state_dict(), "step": step, "history": history,
                     "rng": rng.bit_generator.state, "gen": gen.get_state(), "cfg": asdict(cfg)}, tmp)
@@ -233,7 +174,8 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
         run_loss += float(loss.detach())
         run_n += 1
         bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == total:
+        out_of_time = bool(cfg.time_limit_s) and time.time() - t_start > cfg.time_limit_s
+        if step % cfg.checkpoint_every == 0 or step == total or out_of_time:
             ce = heldout_ce(model, held_ids, held_inp, held_chosen, tok, cfg.device)
             history.append({"step": step, "tokens": step * cfg.batch_size * (cfg.crop + 2), "train_ce": run_loss / run_n,
                             "heldout_ce": ce, "heldout_ppl": math.exp(ce), "unigram_ppl": math.exp(uni),
@@ -243,12 +185,12 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
             save()
             with open(out / "lm_metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(history[-1]) + "\n")
-            if cfg.time_limit_s and time.time() - t_start > cfg.time_limit_s:
+            if out_of_time and step < total:
                 stopped_early = True
                 break
     bar.close()
     ce = heldout_ce(model, held_ids, held_inp, held_chosen, tok, cfg.device)
-    export_hf(model, cfg.config_dir, out)
+    save_hf(model, cfg.config_dir, out)
     report = {
         "heldout_ppl": math.exp(ce), "heldout_ce": ce, "unigram_ppl": math.exp(uni), "unigram_ce": uni,
         "steps": step, "total_steps": total, "tokens_seen": step * cfg.batch_size * (cfg.crop + 2),
@@ -257,13 +199,3 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
     }
     save_json(report, out / "lm_eval.json")
     return report
-
-
-def export_hf(model, config_dir: str, out: Path) -> None:
-    """Save the model (fp32 safetensors) and tokenizer files in Hugging Face layout."""
-    import shutil
-
-    model.save_pretrained(str(out), safe_serialization=True)
-    for f in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-        if (Path(config_dir) / f).exists():
-            shutil.copy(Path(config_dir) / f, out / f)

@@ -57,6 +57,26 @@ class Hook:
         return hook_name(self.layer, self.site)
 
 
+class EsmTokens:
+    """Fast ESM tokenisation (ESM-2 and ESM C share the alphabet): BOS + residues + EOS, right-padded."""
+
+    def __init__(self, vocab: Sequence[str] = ESM_VOCAB):
+        tok = {t: i for i, t in enumerate(vocab)}
+        self.cls, self.eos, self.pad, self.mask = tok["<cls>"], tok["<eos>"], tok["<pad>"], tok["<mask>"]
+        self.lut = np.full(256, tok.get("<unk>", 3), dtype=np.int64)
+        for aa in ALPHABET:
+            self.lut[ord(aa)] = tok[aa]
+
+    def batch(self, seqs: Sequence[str]) -> Tensor:
+        """Token ids ``[B, Lmax + 2]`` for validated (upper-case) sequences."""
+        ids = np.full((len(seqs), max(len(s) for s in seqs) + 2), self.pad, dtype=np.int64)
+        for i, s in enumerate(seqs):
+            ids[i, 0] = self.cls
+            ids[i, 1 : len(s) + 1] = self.lut[np.frombuffer(s.encode("ascii"), dtype=np.uint8)]
+            ids[i, len(s) + 1] = self.eos
+        return torch.from_numpy(ids)
+
+
 class ProteinLM:
     """Common machinery; subclasses say where each hook lives and how to run the model."""
 
@@ -73,12 +93,8 @@ class ProteinLM:
         self.dtype = getattr(torch, cfg.dtype)
         self.model.to(self.device, self.dtype)
         self.max_residues = cfg.max_residues or self.default_max_residues
-        tok = {t: i for i, t in enumerate(vocab)}
-        self.cls_id, self.eos_id, self.pad_id = tok["<cls>"], tok["<eos>"], tok["<pad>"]
-        self.mask_id = tok["<mask>"]
-        self._lut = np.full(256, tok.get("<unk>", 3), dtype=np.int64)
-        for aa in ALPHABET:
-            self._lut[ord(aa)] = tok[aa]
+        self.tokens = EsmTokens(vocab)
+        self.cls_id, self.eos_id, self.pad_id, self.mask_id = self.tokens.cls, self.tokens.eos, self.tokens.pad, self.tokens.mask
         self.vocab = list(vocab)
 
     # ---------------------------------------------------------------- description
@@ -110,14 +126,8 @@ class ProteinLM:
     # ---------------------------------------------------------------- tokenisation
     def tokenize(self, seqs: Sequence[str]) -> tuple[Tensor, Tensor]:
         """BOS + residues + EOS, right-padded. Returns (ids_BL, attention mask_BL)."""
-        Lmax = max(len(s) for s in seqs) + 2
-        ids = np.full((len(seqs), Lmax), self.pad_id, dtype=np.int64)
-        for i, s in enumerate(seqs):
-            ids[i, 0] = self.cls_id
-            ids[i, 1 : len(s) + 1] = self._lut[np.frombuffer(s.encode("ascii"), dtype=np.uint8)]
-            ids[i, len(s) + 1] = self.eos_id
-        ids_t = torch.from_numpy(ids).to(self.device)
-        return ids_t, ids_t != self.pad_id
+        ids = self.tokens.batch(seqs).to(self.device)
+        return ids, ids != self.pad_id
 
     # ---------------------------------------------------------------- forward with hooks
     @torch.inference_mode()
@@ -131,7 +141,6 @@ class ProteinLM:
             self.check_hook(h)
         out: dict[str, Tensor] = {}
         handles = []
-        deepest = max(hooks, key=lambda h: (h.layer, h.site == "resid"))
         remaining = {h.name for h in hooks}
 
         def make(h: Hook, get: Callable[[object], Tensor]):
@@ -153,9 +162,8 @@ class ProteinLM:
         finally:
             for hd in handles:
                 hd.remove()
-        missing = remaining
-        if missing:  # pragma: no cover - would be a bug in _hook_target
-            raise RuntimeError(f"hooks never fired: {sorted(missing)} (deepest {deepest.name})")
+        if remaining:  # pragma: no cover - would be a bug in _hook_target
+            raise RuntimeError(f"hooks never fired: {sorted(remaining)}")
         return out
 
     @torch.inference_mode()
@@ -438,14 +446,18 @@ def make_esm2_model(config_dir: str | Path, seed: int = 0, **overrides) -> nn.Mo
     return EsmForMaskedLM(c)
 
 
-def save_initial_esm2(config_dir: str | Path, out: str | Path, seed: int = 0) -> Path:
-    """Save a randomly initialised ESM-2 (Hugging Face format, with tokenizer files)."""
+def save_hf(model: nn.Module, config_dir: str | Path, out: str | Path) -> Path:
+    """Save an ESM-2 model (safetensors) with the tokenizer files of ``config_dir``, in Hugging Face layout."""
     import shutil
 
     out = Path(out)
-    model = make_esm2_model(config_dir, seed=seed)
-    model.save_pretrained(str(out))
+    model.save_pretrained(str(out), safe_serialization=True)
     for f in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         if (Path(config_dir) / f).exists():
             shutil.copy(Path(config_dir) / f, out / f)
     return out
+
+
+def save_initial_esm2(config_dir: str | Path, out: str | Path, seed: int = 0) -> Path:
+    """Save a randomly initialised ESM-2 (Hugging Face format, with tokenizer files)."""
+    return save_hf(make_esm2_model(config_dir, seed=seed), config_dir, out)

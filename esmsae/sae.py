@@ -155,11 +155,14 @@ class SAE(nn.Module):
                 vals, pos = flat.topk(n_keep, sorted=False)
                 mask = torch.zeros_like(flat, dtype=torch.bool)
                 mask[pos] = True
-                pos_min = vals[vals > 0]
-                if pos_min.numel():
+                kept_pos = vals[vals > 0]
+                if kept_pos.numel():
                     with torch.no_grad():
-                        t = pos_min.min()
-                        self.threshold.mul_(0.99).add_(0.01 * t) if self.threshold > 0 else self.threshold.copy_(t)
+                        t = kept_pos.min()
+                        if self.threshold > 0:
+                            self.threshold.lerp_(t, 0.01)  # running mean
+                        else:
+                            self.threshold.copy_(t)
                 dense_BF = pre_BF * mask.view_as(pre_BF)
             else:
                 dense_BF = pre_BF * (pre_BF > self.threshold)

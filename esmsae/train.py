@@ -213,7 +213,7 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
     bar = tqdm(total=total, initial=step, unit="step", desc="train", disable=not progress)
     it = iter(loader)
     acc: dict[str, dict[str, float]] = {n: {} for n in names}
-    t_last, tok_last = time.perf_counter(), 0
+    t_last, tok_last = time.perf_counter(), step * tcfg.batch_size
     metrics_f = open(out / METRICS, "a")
     try:
         while step < total:
@@ -234,8 +234,9 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
                 sae.set_decoder_norm_to_unit()
                 with torch.no_grad():
                     if scfg.architecture == "relu":
-                        fired = (sae.pre_acts(sae.normalize(x)[0]) > 0).any(0)
-                        l0 = float((sae.pre_acts(sae.normalize(x)[0]) > 0).float().sum(-1).mean())
+                        active_BF = sae.pre_acts(sae.normalize(x)[0]) > 0
+                        fired = active_BF.any(0)
+                        l0 = float(active_BF.float().sum(-1).mean())
                     else:
                         live = o.acts_BK > 0
                         fired = torch.zeros(scfg.n_latents, dtype=torch.bool)
@@ -253,7 +254,7 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
             if step % tcfg.log_every == 0 or step == total:
                 now = time.perf_counter()
                 tokens = step * tcfg.batch_size
-                tps = (tokens - tok_last) / max(now - t_last, 1e-9) if tok_last or step > tcfg.log_every else (tcfg.log_every * tcfg.batch_size) / max(now - t_last, 1e-9)
+                tps = (tokens - tok_last) / max(now - t_last, 1e-9)
                 t_last, tok_last = now, tokens
                 rows = []
                 for n in names:

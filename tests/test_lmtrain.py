@@ -4,13 +4,13 @@ import pytest
 
 import torch
 
-from esmsae.config import ModelConfig
-from esmsae.lmtrain import LMTrainConfig, _Tok, load_corpus, mask_tokens, train_lm
-from esmsae.plm import Hook, load_plm
+from esmsae.config import LMTrainConfig, ModelConfig
+from esmsae.lmtrain import load_corpus, mask_tokens, train_lm
+from esmsae.plm import EsmTokens, Hook, load_plm
 
 
 def test_masking_follows_80_10_10_and_skips_special_tokens():
-    tok = _Tok()
+    tok = EsmTokens()
     ids = tok.batch(["MKTAYIAKQR" * 50] * 40)
     inp, chosen = mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
     assert not chosen[:, 0].any() and not chosen[:, -1].any()
