@@ -65,7 +65,13 @@ def read_cfg(folder: str | os.PathLike) -> dict[str, Any]:
     p = folder / CFG
     if not p.exists():
         raise FileNotFoundError(f"{folder} is not an SAE checkpoint (no {CFG})")
-    return json.loads(p.read_text())
+    meta = json.loads(p.read_text())
+    # a bundle (e.g. data/demo) records its model relative to the checkpoint folder
+    base = meta.get("base_model", {})
+    name = base.get("name", "")
+    if name.startswith(("./", "../")):
+        base["name"] = str((folder / name).resolve())
+    return meta
 
 
 def load_sae(folder: str | os.PathLike, plm: ProteinLM | None = None, device: str = "cpu") -> tuple[SAE, dict[str, Any]]:

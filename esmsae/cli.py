@@ -13,15 +13,17 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import (ConfigError, EmbedConfig, EvalConfig, HookConfig, LMTrainConfig, ModelConfig, SAEConfig,
+from .config import (ConfigError, EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig,
                      TrainConfig, add_args, from_args, from_dict)
 
-SECTIONS = {"model": ModelConfig, "hook": HookConfig, "embed": EmbedConfig, "sae": SAEConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = {"model": ModelConfig, "hook": HookConfig, "embed": EmbedConfig, "sae": SAEConfig, "train": TrainConfig, "eval": EvalConfig,
+            "index": IndexConfig}
 SKIPS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed": {"model": (), "hook": (), "embed": ()},
     "train": {"sae": (), "train": ()},
     "evaluate": {"eval": ()},
     "pipeline": {"model": (), "hook": (), "embed": ("store",), "sae": (), "train": ("store", "out", "layers"), "eval": ("seed",)},
+    "index": {"index": ()},
 }
 
 
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": "train one SAE per layer of an activation store (resumable: rerun to continue)",
         "evaluate": "write the evaluation card eval.json of SAE checkpoint(s) on held-out proteins",
         "pipeline": "embed -> train -> evaluate in one command",
+        "index": "build the DuckDB feature index of an SAE over a protein set (top examples, concepts, groups, feature map)",
     }
     for cmd, h in helps.items():
         _build(subs.add_parser(cmd, help=h, description=h, formatter_class=argparse.ArgumentDefaultsHelpFormatter), cmd)
@@ -72,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_args(lm, LMTrainConfig, skip=("fasta",))
     lm.add_argument("--fasta", nargs="+", required=True, help="FASTA files (plain or .gz) to train on")
+    dm = subs.add_parser("demo", help="build the demo bundle data/demo/ (self-trained ESM-2 8M architecture LM, SAE, index)",
+                         description="Build the demo bundle from ../shared/data: protein LM, SAE on a middle layer, feature index.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .demo import add_demo_args
+
+    add_demo_args(dm)
     ns = p.parse_args(argv)
     try:
         return _dispatch(ns)
@@ -87,6 +96,11 @@ def _dispatch(ns: argparse.Namespace) -> int:
         lcfg = from_args(LMTrainConfig, ns)
         report = train_lm(lcfg)
         print(json.dumps({k: report[k] for k in ("heldout_ppl", "unigram_ppl", "steps", "tokens_seen", "finished")}))
+        return 0
+    if ns.cmd == "demo":
+        from .demo import build_demo
+
+        print(json.dumps(build_demo(ns), indent=2, default=str))
         return 0
     if ns.cmd == "init-model":
         from .plm import save_initial_esm2
@@ -116,6 +130,10 @@ def _dispatch(ns: argparse.Namespace) -> int:
             print(json.dumps(summary(card)))
     elif ns.cmd == "pipeline":
         run_pipeline(cfg, ns.out)
+    elif ns.cmd == "index":
+        from .index import build_index
+
+        print(f"index: {build_index(cfg['index'])}")
     return 0
 
 

@@ -271,6 +271,39 @@ class LMTrainConfig:
         return max(1, self.token_budget // (self.batch_size * (self.crop + 2)))
 
 
+@dataclass
+class IndexConfig:
+    """Feature index (DuckDB) of an SAE over a protein set."""
+
+    sae: str = opt("", "SAE checkpoint folder (sae.safetensors + cfg.json)")
+    out: str = opt("", "Index file to write (DuckDB), e.g. runs/x/index.duckdb; built under a temporary name, then renamed")
+    fasta: list = opt([], "FASTA files (plain or .gz) of the proteins to index")
+    model: str = opt("", "Protein LM to run (default: the base model recorded in the checkpoint)")
+    concepts: str = opt("", "Folder with per-residue label sets laid out as ../shared/data; labelled proteins are matched by sequence")
+    add_labelled: bool = opt(False, "Also index every labelled protein found under --concepts, not only FASTA proteins that match")
+    groups: list = opt([], "Grouping files: TSV (protein id <tab> group) or JSON {group: [[sequence, header], ...]}")
+    lineage_rank: int = opt(1, "Lineage rank used for the 'lineage' grouping (0 = superkingdom)")
+    top_n: int = opt(20, "Strongest proteins kept per feature, with their full activation tracks")
+    quantile_bins: int = opt(5, "Activation ranges (equal parts of the feature's max) for quantile examples")
+    per_bin: int = opt(5, "Examples kept per activation range")
+    reservoir: int = opt(40, "Firing proteins sampled uniformly per feature to draw quantile examples from")
+    max_proteins: int = opt(0, "Index at most this many proteins (0 = all)")
+    batch_tokens: int = opt(8192, "Padded tokens per forward batch")
+    on_invalid: str = opt("skip", "Sequences the model cannot take: skip them (reported with a count) or stop with an error", choices=("skip", "error"))
+    umap: bool = opt(True, "Compute the 2-D UMAP feature map of decoder directions")
+    seed: int = opt(0, "Seed (reservoir sampling, UMAP)")
+    threads: int = opt(0, "Torch threads (0 = default)")
+
+    def __post_init__(self) -> None:
+        c = "IndexConfig"
+        _check(self.top_n >= 1, c, "top_n", "must be >= 1")
+        _check(self.quantile_bins >= 1 and self.per_bin >= 1, c, "quantile_bins", "quantile_bins and per_bin must be >= 1")
+        _check(self.reservoir >= self.per_bin, c, "reservoir", "must be >= per_bin")
+        _check(self.max_proteins >= 0, c, "max_proteins", "must be >= 0")
+        _check(self.batch_tokens >= 64, c, "batch_tokens", "must be >= 64")
+        _check(self.lineage_rank >= 0, c, "lineage_rank", "must be >= 0")
+
+
 # ---------------------------------------------------------------- JSON round trip
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -331,7 +364,11 @@ def add_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         kw: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS}
         helptext = f.metadata.get("help", "")
-        if typ in (list[int], "list[int]"):
+        if typ in (list, "list"):
+            kw["nargs"] = "+"
+            kw["type"] = str
+            kw["metavar"] = "PATH"
+        elif typ in (list[int], "list[int]"):
             kw["type"] = _parse_int_list
             kw["metavar"] = "N[,N...]"
         elif typ in (bool, "bool"):

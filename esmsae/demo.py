@@ -1,0 +1,199 @@
+"""The built-in demo bundle (``data/demo/``), built from the real data in ``../shared/data``.
+
+Steps (each skipped when its output already exists in ``--work``, so a rerun resumes):
+
+1. protein LM: the ESM-2 8M architecture trained with masked-LM loss on every unique
+   sequence of shared/data (``esmsae.lmtrain``), or ``--model facebook/esm2_t6_8M_UR50D``
+   where the Hugging Face hub is reachable;
+2. activation store of a kingdom-balanced proteome sample at the middle layer;
+3. TopK SAE + evaluation card;
+4. feature index over every labelled protein plus a kingdom-balanced proteome sample;
+5. copy into the bundle: model (fp16), SAE, index, linked structures, ATTRIBUTION.md.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .concepts import PROTEOME_KINGDOM
+from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig, TrainConfig
+from .fasta import parse_header, read_fasta
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data" / "demo"
+ARCHAEA_TAXID = {"Haloferax": (309800, "Haloferax volcanii DS2"), "Namag": (547559, "Natrialba magadii ATCC 43099")}
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"), help="the shared data folder")
+    p.add_argument("--work", default=str(Path.home() / ".cache" / "esmsae" / "demo_work"), help="work folder (resumable)")
+    p.add_argument("--out", default=str(DEMO), help="bundle folder")
+    p.add_argument("--model", default="", help="use this protein LM (e.g. facebook/esm2_t6_8M_UR50D) instead of training one")
+    p.add_argument("--lm-dir", default="", help="an already trained demo LM folder (Hugging Face format) to use")
+    p.add_argument("--lm-token-budget", type=int, default=12_000_000, help="masked-LM training tokens")
+    p.add_argument("--lm-time-limit-s", type=float, default=5400, help="stop LM training after this long (CPU)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for LM training")
+    p.add_argument("--layer", type=int, default=3, help="hooked layer (resid); 3 is the middle of ESM-2 8M's 6 blocks")
+    p.add_argument("--n-latents", type=int, default=4096, help="SAE latents")
+    p.add_argument("--k", type=int, default=32, help="TopK active latents")
+    p.add_argument("--sae-proteins", type=int, default=12000, help="proteome proteins embedded for SAE training")
+    p.add_argument("--sae-token-budget", type=int, default=30_000_000, help="SAE training tokens (several epochs over the store)")
+    p.add_argument("--index-proteome-sample", type=int, default=3000, help="proteome proteins in the index (balanced over kingdoms)")
+    p.add_argument("--max-len", type=int, default=1000, help="skip proteins longer than this in the samples")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def lm_fastas(shared: Path) -> list[Path]:
+    u = shared / "uniprot"
+    return (sorted((u / "proteomes15").glob("*.fasta.gz")) + sorted((u / "archaea2").glob("*.fasta")) + [u / "mgenitalium" / "mgenitalium.fasta", u / "core" / "uniprot_core.fasta"]
+            + sorted((shared / "af3_samples").glob("*.fa*")) + sorted((shared / "labels_flip").glob("*/sequences.fasta")))
+
+
+def balanced_sample(shared: Path, n: int, out: Path, seed: int, max_len: int, exclude: set[str] = frozenset()) -> Path:
+    """Kingdom-balanced sample of the proteomes (n/3 per kingdom, spread evenly over each
+    kingdom's organisms), written as FASTA with UniProt-style OS=/OX= headers."""
+    rng = random.Random(seed)
+    by_org: dict[str, list[tuple[str, str]]] = {}
+    kingdom_of_org: dict[str, str] = {}
+    u = shared / "uniprot"
+    for f in sorted((u / "proteomes15").glob("*.fasta.gz")) + [u / "mgenitalium" / "mgenitalium.fasta"]:
+        for h, s in read_fasta(f):
+            _, _, org, taxid = parse_header(h)
+            if taxid in PROTEOME_KINGDOM and len(s) <= max_len and s not in exclude:
+                by_org.setdefault(f.name, []).append((h, s))
+                kingdom_of_org[f.name] = PROTEOME_KINGDOM[taxid]
+    for f in sorted((u / "archaea2").glob("*.fasta")):
+        taxid, org = next(v for k, v in ARCHAEA_TAXID.items() if f.name.startswith(k))
+        for h, s in read_fasta(f):
+            if len(s) <= max_len and s not in exclude:
+                pid, _, rest = h.partition(" ")
+                by_org.setdefault(f.name, []).append((f"{pid} {rest} OS={org} OX={taxid}", s))
+                kingdom_of_org[f.name] = "Archaea"
+    chosen: list[tuple[str, str]] = []
+    kingdoms = sorted(set(kingdom_of_org.values()))
+    for k in kingdoms:
+        orgs = [o for o in sorted(by_org) if kingdom_of_org[o] == k]
+        per = max(1, n // len(kingdoms) // len(orgs))
+        for o in orgs:
+            chosen += rng.sample(by_org[o], min(per, len(by_org[o])))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fh:
+        for h, s in chosen:
+            fh.write(f">{h}\n{s}\n")
+    return out
+
+
+def _step(name: str, t0: float) -> None:
+    print(f"[demo] {name} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def build_demo(ns: argparse.Namespace) -> dict:
+    from .cli import summary
+    from .concepts import load_all
+    from .evaluate import evaluate
+    from .index import build_index
+    from .lmtrain import train_lm
+    from .store import embed_fasta
+    from .train import train
+
+    t0 = time.time()
+    shared, work, out = Path(ns.shared), Path(ns.work), Path(ns.out)
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict = {}
+    # 1. protein LM
+    if ns.model:
+        model_name = ns.model
+    else:
+        lm = Path(ns.lm_dir) if ns.lm_dir else work / "lm"
+        if not (lm / "model.safetensors").exists() or not (lm / "lm_eval.json").exists():
+            train_lm(LMTrainConfig(config_dir=str(shared / "esm2_t6_8M_config"), out=str(lm), fasta=[str(f) for f in lm_fastas(shared)],
+                                   token_budget=ns.lm_token_budget, time_limit_s=ns.lm_time_limit_s, device=ns.device, checkpoint_every=100))
+        report["lm"] = {k: v for k, v in json.loads((lm / "lm_eval.json").read_text()).items() if k not in ("config",)}
+        model_name = str(lm)
+    _step("protein LM ready", t0)
+    # 2. activation store for SAE training: a balanced proteome sample
+    labelled = load_all(shared)
+    lab_seqs = {lab.sequence for lab in labelled}
+    sae_fa = work / "sae_train.fasta"
+    if not sae_fa.exists():
+        balanced_sample(shared, ns.sae_proteins, sae_fa, ns.seed + 1, ns.max_len)
+    model = ModelConfig(name=model_name, batch_tokens=8192)
+    store = embed_fasta(EmbedConfig(fasta=str(sae_fa), store=str(work / "store"), shard_tokens=262_144, holdout_fraction=0.05),
+                        model, HookConfig(layers=[ns.layer], site="resid"))
+    _step("activation store ready", t0)
+    # 3. SAE
+    scfg = SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize="scalar")
+    tcfg = TrainConfig(store=str(store), out=str(work / "sae"), layers=[ns.layer], token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed)
+    sae_dir = work / "sae" / f"L{ns.layer}_resid"
+    if not (sae_dir / "eval.json").exists():
+        (sae_dir,) = train(tcfg, scfg)
+        evaluate(sae_dir, EvalConfig(lm_proteins=128))
+    report["sae"] = summary(json.loads((sae_dir / "eval.json").read_text()))
+    _step("SAE trained and evaluated", t0)
+    # 4. index: every labelled protein + a kingdom-balanced proteome sample
+    idx_fa = work / "index_sample.fasta"
+    if not idx_fa.exists():
+        balanced_sample(shared, ns.index_proteome_sample, idx_fa, ns.seed + 2, ns.max_len, exclude=lab_seqs)
+    index_path = work / "index.duckdb"
+    if not index_path.exists():
+        icfg = IndexConfig(sae=str(sae_dir), out=str(index_path), fasta=[str(idx_fa)], concepts=str(shared), add_labelled=True)
+        import resource
+
+        build_index(icfg)
+        report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _step("index built", t0)
+    # 5. bundle
+    report.update(bundle(out, model_name, sae_dir, index_path, shared))
+    report["build_seconds"] = round(time.time() - t0)
+    (out / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: Path) -> dict:
+    """Copy model (fp16), SAE, index and linked structures into the bundle folder."""
+    import duckdb
+    from safetensors.torch import load_file, save_file
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "model").mkdir(parents=True)
+    if Path(model_name).exists():
+        for f in Path(model_name).iterdir():
+            if f.name == "model.safetensors":  # fp16 halves the size; loads back into fp32 parameters
+                save_file({k: v.half().contiguous() for k, v in load_file(str(f)).items()}, str(tmp / "model" / f.name), metadata={"format": "pt"})
+            elif f.suffix in (".json", ".txt") and f.name not in ("lm_metrics.jsonl",):
+                shutil.copy(f, tmp / "model" / f.name)
+        rel_model = "../model"
+    else:
+        rel_model = model_name  # a hub name
+    shutil.copytree(sae_dir, tmp / "sae", ignore=shutil.ignore_patterns("*.npy", "state.pt"))
+    cfg = json.loads((tmp / "sae" / "cfg.json").read_text())
+    cfg["base_model"]["name"] = rel_model
+    (tmp / "sae" / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    shutil.copy(index_path, tmp / "index.duckdb")
+    con = duckdb.connect(str(tmp / "index.duckdb"))
+    files = [r[0] for r in con.execute("SELECT DISTINCT structure FROM proteins WHERE structure <> ''").fetchall()]
+    meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+    con.execute("UPDATE meta SET value = ? WHERE key = 'sae'", [json.dumps("sae")])
+    con.close()
+    for f in files:  # gzip: 3Dmol reads the text, the app decompresses
+        src = shared / "structures" / f
+        dst = tmp / "structures" / (f + ".gz")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as a, gzip.open(dst, "wb", compresslevel=9) as b:
+            shutil.copyfileobj(a, b)
+    shutil.copy(ROOT / "esmsae" / "ATTRIBUTION.md", tmp / "ATTRIBUTION.md")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    sizes = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    return {"bundle_mb": round(sum(sizes.values()) / 2**20, 1), "largest_file_mb": round(max(sizes.values()) / 2**20, 1),
+            "n_structure_files": len(files), "index_meta": {k: json.loads(v) for k, v in meta.items() if k in ("n_proteins", "n_residues", "build_seconds", "skipped_model")}}
