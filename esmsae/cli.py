@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     from .demo import add_demo_args
 
+    jb = subs.add_parser("job", help="run a job folder written by the app's training page (embed, train, evaluate, index)")
+    jb.add_argument("run_dir", help="job folder containing job.json")
+
     add_demo_args(dm)
     ns = p.parse_args(argv)
     try:
@@ -97,6 +100,10 @@ def _dispatch(ns: argparse.Namespace) -> int:
         report = train_lm(lcfg)
         print(json.dumps({k: report[k] for k in ("heldout_ppl", "unigram_ppl", "steps", "tokens_seen", "finished")}))
         return 0
+    if ns.cmd == "job":
+        from .jobs import run_job
+
+        return run_job(ns.run_dir)
     if ns.cmd == "demo":
         from .demo import build_demo
 

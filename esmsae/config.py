@@ -392,3 +392,30 @@ def from_args(cls: type[T], ns: argparse.Namespace, base: T | None = None, prefi
         if hasattr(ns, prefix + f.name):
             d[f.name] = getattr(ns, prefix + f.name)
     return cls(**d)
+
+
+# ---------------------------------------------------------------- UI generation
+
+@dataclass
+class FieldSpec:
+    """One config field as the settings page draws it."""
+
+    section: str
+    name: str
+    kind: str  # int | float | str | bool | choice | int_list | path_list
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+
+def field_specs(cls: type, section: str) -> list[FieldSpec]:
+    """The fields of a config dataclass with their kinds, defaults, help texts and choices."""
+    out = []
+    for f in dataclasses.fields(cls):
+        typ = _field_type(cls, f)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        choices = f.metadata.get("choices")
+        kind = ("choice" if choices else {int: "int", float: "float", str: "str", bool: "bool"}.get(typ)
+                or ("int_list" if typ in (list[int], "list[int]") else "path_list"))
+        out.append(FieldSpec(section, f.name, kind, default, f.metadata.get("help", ""), choices))
+    return out

@@ -428,6 +428,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
     scratch = Path(tempfile.mkdtemp(prefix="esmsae_index_", dir=out.parent))
     csr = _CSRWriter(scratch)
     skipped_model: list[str] = []
+    struct_rows: list[tuple] = []
     order = sorted(range(N), key=lambda i: len(items[i].sequence))  # length-sorted: little padding
     bar = tqdm(total=sum(len(it.sequence) for it in items), desc="index", unit="res", disable=not progress, unit_scale=True)
     try:
@@ -475,6 +476,8 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
                     sum_max_G[g][gi, feats] += vmax
                 if it.labels:
                     csr.add(i, r_R, f_R, v_R, L)
+                if it.structure:  # full tracks of proteins with a structure, to colour it by any feature
+                    struct_rows.extend((i, int(f), float(m), t[0].tolist(), t[1].tolist()) for f, m, t in zip(feats, vmax, tracks))
                 rows.append((i, len(feats)))
             _write_proteins(con, items, rows)
             bar.update(sum(len(s) for s in seqs))
@@ -561,6 +564,8 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         con.execute("CREATE TABLE top_examples AS SELECT * FROM top_df ORDER BY feature, rank")
         con.register("q_df", _quantile_frame(res, max_F, cfg.quantile_bins, cfg.per_bin))
         con.execute("CREATE TABLE quantile_examples AS SELECT * FROM q_df ORDER BY feature, bin, max_act DESC")
+        con.register("struct_df", pd.DataFrame(struct_rows, columns=["pidx", "feature", "max_act", "positions", "values"]))
+        con.execute("CREATE TABLE structure_tracks AS SELECT * FROM struct_df ORDER BY feature, max_act DESC")
         con.register("concepts_df", pd.DataFrame({"concept": concept_names, "source": [source_names[s] for s in concept_source],
                                                   "n_residues": n_res_C, "n_domains": n_dom_C, "n_proteins": n_prot_C}))
         con.execute("CREATE TABLE concepts AS SELECT * FROM concepts_df")

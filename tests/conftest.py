@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from esmsae.fasta import read_fasta
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ESMSAE_SHARED", ROOT.parent / "shared" / "data"))
 ESM2_CONFIG = SHARED / "esm2_t6_8M_config"
@@ -66,3 +68,59 @@ def small_store(tmp_path_factory, esm2_dir, mgen_fasta):
     embed_fasta(EmbedConfig(fasta=str(mgen_fasta), store=str(out), shard_tokens=4096, holdout_fraction=0.15),
                 ModelConfig(name=str(esm2_dir)), HookConfig(layers=[2, 4], site="resid"), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def mgen_full(tmp_path_factory, shared):
+    """60 whole M. genitalium proteins of <= 300 residues (their UniProt features match)."""
+    out = tmp_path_factory.mktemp("fa") / "mgen60.fasta"
+    n = 0
+    with open(out, "w") as fh:
+        for h, s in read_fasta(MGEN):
+            if len(s) <= 300:
+                fh.write(f">{h}\n{s}\n")
+                n += 1
+            if n == 60:
+                break
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sae(tmp_path_factory, small_store):
+    """A 128-latent TopK SAE on layer 4 of the random ESM-2 8M model."""
+    from esmsae.config import SAEConfig, TrainConfig
+    from esmsae.train import train
+
+    out = tmp_path_factory.mktemp("sae")
+    (d,) = train(TrainConfig(store=str(small_store), out=str(out), layers=[4], token_budget=60_000, batch_size=512, seed=0),
+                 SAEConfig(n_latents=128, k=8), progress=False)
+    return d
+
+
+
+@pytest.fixture(scope="session")
+def structure_fasta(tmp_path_factory, shared):
+    """Three real structure chains (atom-record sequences) from shared/data/structures."""
+    import csv
+
+    out = tmp_path_factory.mktemp("fa") / "chains.fasta"
+    rows = list(csv.DictReader(open(shared / "structures" / "links" / "structure_chains.tsv"), delimiter="\t"))
+    rows = [r for r in rows if 60 <= len(r["atom_seq"]) <= 200 and set(r["atom_seq"]) <= set("ACDEFGHIKLMNPQRSTVWY")][:3]
+    with open(out, "w") as fh:
+        for r in rows:
+            fh.write(f">{Path(r['file']).stem}_{r['chain']}\n{r['atom_seq']}\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def app_workspace(tmp_path_factory, tiny_sae, mgen_full, structure_fasta, shared):
+    """A workspace with one run (the tiny SAE) and its index, as a training job leaves it."""
+    from esmsae.config import IndexConfig
+    from esmsae.index import build_index
+
+    ws = tmp_path_factory.mktemp("ws")
+    ck = ws / "tiny" / "L4_resid"
+    shutil.copytree(tiny_sae, ck)
+    build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[str(mgen_full), str(structure_fasta)], concepts=str(shared),
+                            top_n=5, umap=True, batch_tokens=2048), progress=False)
+    return ws

@@ -16,30 +16,6 @@ from esmsae.index import THRESHOLDS, IndexError_, build_index, collect, enrichme
 from esmsae.plm import Hook, ModelMismatchError, load_plm
 from esmsae.train import train
 
-from conftest import MGEN
-
-
-@pytest.fixture(scope="session")
-def mgen_full(tmp_path_factory, shared):
-    """60 whole M. genitalium proteins of <= 300 residues (their UniProt features match)."""
-    out = tmp_path_factory.mktemp("fa") / "mgen60.fasta"
-    n = 0
-    with open(out, "w") as fh:
-        for h, s in read_fasta(MGEN):
-            if len(s) <= 300:
-                fh.write(f">{h}\n{s}\n")
-                n += 1
-            if n == 60:
-                break
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_sae(tmp_path_factory, small_store):
-    out = tmp_path_factory.mktemp("sae")
-    (d,) = train(TrainConfig(store=str(small_store), out=str(out), layers=[4], token_budget=60_000, batch_size=512, seed=0),
-                 SAEConfig(n_latents=128, k=8), progress=False)
-    return d
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,106 @@
+"""Run protein LM + SAE on a user's sequence (the app's sequence inspector)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .checkpoint import load_sae
+from .config import ModelConfig
+from .evaluate import hook_of
+from .fasta import SequenceError, parse_fasta_text
+from .plm import load_plm
+
+MAX_PASTE = 200_000  # characters; a bigger paste gets a message, not a hang
+MAX_SEQUENCES = 50
+
+
+class InputError(ValueError):
+    """The pasted text cannot be analysed; the message says why."""
+
+
+def parse_input(text: str) -> list[tuple[str, str]]:
+    """A pasted sequence or FASTA -> [(name, sequence)], with clear errors."""
+    if text is None or not text.strip():
+        raise InputError("Paste a protein sequence or FASTA first (the box is empty).")
+    if len(text) > MAX_PASTE:
+        raise InputError(f"The paste is {len(text):,} characters; the inspector takes at most {MAX_PASTE:,} "
+                         f"(index large sets with `python -m esmsae index`).")
+    body = text.strip()
+    if not body.startswith(">"):
+        body = ">query\n" + body
+    try:
+        prots = parse_fasta_text(body)
+    except SequenceError as e:
+        raise InputError(str(e)) from e
+    if not prots:
+        raise InputError("No sequence found in the paste.")
+    if len(prots) > MAX_SEQUENCES:
+        raise InputError(f"{len(prots)} sequences pasted; the inspector takes at most {MAX_SEQUENCES} at a time.")
+    return [(p.id, p.sequence) for p in prots]
+
+
+@dataclass
+class Result:
+    name: str
+    sequence: str
+    acts_LK: np.ndarray  # activations of the active latents per residue
+    idx_LK: np.ndarray  # their latent ids
+    seconds: float
+
+    def dense(self, features: list[int]) -> np.ndarray:
+        """[L, len(features)] activations of the chosen features."""
+        out = np.zeros((len(self.sequence), len(features)), np.float32)
+        col = {f: j for j, f in enumerate(features)}
+        for i in range(self.idx_LK.shape[0]):
+            for v, f in zip(self.acts_LK[i], self.idx_LK[i]):
+                if v > 0 and int(f) in col:
+                    out[i, col[int(f)]] = v
+        return out
+
+    def top_features(self, n: int = 20) -> pd.DataFrame:
+        on = self.acts_LK > 0
+        f = self.idx_LK[on]
+        v = self.acts_LK[on]
+        pos = np.nonzero(on)[0]
+        if len(f) == 0:
+            return pd.DataFrame(columns=["feature", "max_act", "mean_act", "n_residues", "max_pos"])
+        df = pd.DataFrame({"feature": f, "v": v, "pos": pos})
+        g = df.groupby("feature")
+        out = pd.DataFrame({"max_act": g["v"].max(), "mean_act": g["v"].mean(), "n_residues": g.size(),
+                            "max_pos": g.apply(lambda d: int(d.loc[d["v"].idxmax(), "pos"]) + 1, include_groups=False)}).reset_index()
+        return out.sort_values("max_act", ascending=False).head(n).reset_index(drop=True)
+
+    def track(self, f: int) -> tuple[np.ndarray, np.ndarray]:
+        col = self.dense([f])[:, 0]
+        pos = np.flatnonzero(col > 0)
+        return pos, col[pos]
+
+    def to_csv(self, features: list[int] | None = None) -> str:
+        feats = features if features is not None else sorted(set(self.idx_LK[self.acts_LK > 0].tolist()))
+        m = self.dense(feats)
+        df = pd.DataFrame(m, columns=[f"f{f}" for f in feats])
+        df.insert(0, "residue", list(self.sequence))
+        df.insert(0, "position", np.arange(1, len(self.sequence) + 1))
+        return df.to_csv(index=False)
+
+
+class Analyzer:
+    """Protein LM + SAE of a checkpoint, loaded once (the app caches it with st.cache_resource)."""
+
+    def __init__(self, sae_dir: str | Path, device: str = "cpu"):
+        self.sae, self.meta = load_sae(sae_dir)
+        base = self.meta["base_model"]
+        self.plm = load_plm(ModelConfig(name=base["name"], family=base.get("family", "auto"), device=device))
+        self.hook = hook_of(self.meta)
+
+    @torch.no_grad()
+    def run(self, name: str, sequence: str) -> Result:
+        t = time.perf_counter()
+        x_LD = self.plm.embed([sequence], [self.hook])[0][self.hook.name]
+        lat = self.sae.encode(x_LD)
+        return Result(name, sequence, lat.acts_BK.float().numpy(), lat.idx_BK.numpy(), time.perf_counter() - t)

@@ -1,0 +1,160 @@
+"""Background training jobs launched from the app: embed -> train -> evaluate -> index.
+
+A job is a folder in the workspace: ``job.json`` (the config sections), ``status.json``
+(atomic), ``job.log`` and the outputs of each stage. It runs as its own process
+(``python -m esmsae job RUN_DIR``, an argv list, never a shell string) in a new session,
+so it survives a browser reload or a restart of the app; every stage is resumable, so
+"resume" just starts the process again on the same folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, ModelConfig, SAEConfig, TrainConfig, from_dict, save_json
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SECTIONS = {"model": ModelConfig, "hook": HookConfig, "embed": EmbedConfig, "sae": SAEConfig, "train": TrainConfig, "eval": EvalConfig}
+STAGES = ("embed", "train", "evaluate", "index")
+
+
+class JobError(ValueError):
+    pass
+
+
+def run_dir(ws: Path, name: str) -> Path:
+    """The folder of a run, confined to the workspace."""
+    if not NAME.match(name or ""):
+        raise JobError(f"run name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+    d = (Path(ws) / name).resolve()
+    if d.parent != Path(ws).resolve():
+        raise JobError(f"run name {name!r} leaves the workspace")
+    return d
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Build every config section (raises ConfigError naming the field) and check the data file."""
+    out = {k: from_dict(cls, cfg.get(k, {})) for k, cls in SECTIONS.items()}
+    if len(out["hook"].layers) != 1:
+        raise JobError("train one layer per run from the app (HookConfig.layers has several)")
+    if not out["embed"].fasta or not Path(out["embed"].fasta).exists():
+        raise JobError(f"EmbedConfig.fasta: data file not found: {out['embed'].fasta!r}")
+    return out
+
+
+def start(ws: Path, name: str, cfg: dict[str, Any], index_concepts: str = "") -> Path:
+    """Write the job folder and launch the job process; returns the run folder."""
+    sections = validate(cfg)
+    d = run_dir(ws, name)
+    if d.exists() and (d / "job.json").exists():
+        old = json.loads((d / "job.json").read_text())
+        if old.get("config") != {k: asdict(v) for k, v in sections.items()}:
+            raise JobError(f"run {name!r} already exists with another configuration; choose a new name (or resume it as it is)")
+    d.mkdir(parents=True, exist_ok=True)
+    save_json({"config": {k: asdict(v) for k, v in sections.items()}, "index_concepts": index_concepts, "created": time.time()}, d / "job.json")
+    return launch(d)
+
+
+def launch(d: Path) -> Path:
+    st = status(d)
+    if st.get("alive"):
+        raise JobError(f"run {d.name} is already running (pid {st['pid']})")
+    log = open(d / "job.log", "ab")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "esmsae", "job", str(d)], cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    _write_status(d, state="starting", stage="", pid=p.pid)
+    return d
+
+
+def _write_status(d: Path, **kw: Any) -> None:
+    cur = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {}
+    cur.update(kw, updated=time.time())
+    save_json(cur, d / "status.json")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a finished child not yet reaped is a zombie: not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def status(d: Path) -> dict[str, Any]:
+    p = Path(d) / "status.json"
+    st = json.loads(p.read_text()) if p.exists() else {"state": "new"}
+    st["alive"] = _alive(st.get("pid"))
+    if st.get("state") in ("starting", "running") and not st["alive"]:
+        st["state"] = "interrupted"
+    return st
+
+
+def cancel(d: Path) -> bool:
+    st = status(d)
+    if not st["alive"]:
+        return False
+    os.killpg(os.getpgid(st["pid"]), signal.SIGTERM)
+    _write_status(d, state="cancelled")
+    return True
+
+
+def list_jobs(ws: Path) -> list[dict[str, Any]]:
+    out = []
+    for j in sorted(Path(ws).glob("*/job.json"), key=lambda p: -p.stat().st_mtime) if Path(ws).exists() else []:
+        st = status(j.parent)
+        out.append({"run": j.parent.name, **{k: st.get(k) for k in ("state", "stage", "error")}})
+    return out
+
+
+def run_job(d: Path) -> int:
+    """The job process: every stage in turn, status written as it goes."""
+    from .evaluate import evaluate
+    from .index import build_index
+    from .store import embed_fasta
+    from .train import train
+
+    d = Path(d).resolve()
+    job = json.loads((d / "job.json").read_text())
+    c = {k: from_dict(cls, job["config"][k]) for k, cls in SECTIONS.items()}
+    _write_status(d, state="running", pid=os.getpid(), error=None, started=time.time())
+
+    def on_term(*_):
+        _write_status(d, state="cancelled")
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        _write_status(d, stage="embed")
+        embed = EmbedConfig(**{**asdict(c["embed"]), "store": str(d / "store")})
+        store = embed_fasta(embed, c["model"], c["hook"], progress=False)
+        _write_status(d, stage="train")
+        tcfg = TrainConfig(**{**asdict(c["train"]), "store": str(store), "out": str(d), "layers": list(c["hook"].layers)})
+        (ck,) = train(tcfg, c["sae"], progress=False)
+        _write_status(d, stage="evaluate")
+        evaluate(ck, c["eval"])
+        _write_status(d, stage="index")
+        build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[c["embed"].fasta], concepts=job.get("index_concepts", ""),
+                                umap=True), progress=False)
+        _write_status(d, state="done", stage="", finished=time.time())
+        return 0
+    except Exception as e:  # recorded for the page; the traceback goes to job.log
+        traceback.print_exc()
+        _write_status(d, state="failed", error=f"{type(e).__name__}: {e}")
+        return 1

@@ -1,0 +1,68 @@
+"""Streamlit glue shared by the pages: cached resources and the run picker (no analysis here)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from .explore import FeatureIndex, Run, list_runs
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _index(path: str, mtime: float) -> FeatureIndex:
+    # keyed by mtime: a job that renames a new index into place gets a fresh read-only connection
+    return FeatureIndex(path)
+
+
+def index_of(run: Run) -> FeatureIndex | None:
+    if run.index is None or not run.index.exists():
+        return None
+    return _index(str(run.index), run.index.stat().st_mtime)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading protein LM and SAE...")
+def _analyzer(sae_dir: str, mtime: float):
+    from .analyze import Analyzer
+
+    return Analyzer(sae_dir)
+
+
+def analyzer_of(run: Run):
+    return _analyzer(str(run.sae_dir), (run.sae_dir / "sae.safetensors").stat().st_mtime)
+
+
+def pick_run() -> Run | None:
+    """Sidebar run picker; the choice is kept in the session and in the URL (?run=...)."""
+    runs = list_runs()
+    if not runs:
+        st.sidebar.warning("No SAE runs found: build the demo (`make demo`) or train one on the Training page.")
+        return None
+    names = [r.name for r in runs]
+    want = st.query_params.get("run") or st.session_state.get("run") or names[0]
+    i = names.index(want) if want in names else 0
+    name = st.sidebar.selectbox("SAE run", names, index=i, format_func=lambda n: next(r.label for r in runs if r.name == n), key="run_picker")
+    st.session_state["run"] = name
+    if name != names[0] or "run" in st.query_params:
+        st.query_params["run"] = name
+    return runs[names.index(name)]
+
+
+def require_index(run: Run | None) -> FeatureIndex:
+    if run is None:
+        st.stop()
+    idx = index_of(run)
+    if idx is None:
+        st.info(f"Run **{run.name}** has no feature index yet (it is built at the end of a training job, or with `python -m esmsae index`).")
+        st.stop()
+    return idx
+
+
+def feature_link(f: int, run: Run | None = None) -> None:
+    qp = {"feature": str(f)}
+    if run is not None and run.name != "demo":
+        qp["run"] = run.name
+    st.page_link("pages/features.py", label=f"Open feature {f}", query_params=qp)
+
+
+def page_path(name: str) -> Path:
+    return Path(__file__).resolve().parents[1] / "pages" / name

@@ -1,0 +1,118 @@
+"""Feature browser: searchable table; a feature's page (deep link ?feature=N)."""
+import numpy as np
+import streamlit as st
+
+from esmsae.explore import activation_hist, group_bar, normalise, parse_structure, read_text, set_label, structure_file, structure_html, track_html
+from esmsae.ui import pick_run, require_index
+
+run = pick_run()
+idx = require_index(run)
+
+
+def show_table() -> None:
+    st.title("Feature browser")
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+    search = c1.text_input("Search label / concept / id", key="search")
+    concept = c2.selectbox("Best concept", [""] + idx.concepts(), key="concept_filter")
+    min_freq = c3.number_input("Min. protein frequency", 0.0, 1.0, 0.0, 0.01, key="min_freq")
+    hide_dead = c4.checkbox("Hide dead", True, key="hide_dead")
+    df = idx.features(search=search, concept=concept, min_freq=min_freq, hide_dead=hide_dead)
+    st.caption(f"{len(df)} features - click a row to open it, or use ?feature=N")
+    ev = st.dataframe(df, hide_index=True, on_select="rerun", selection_mode="single-row", key="ftable",
+                      column_config={"best_f1": st.column_config.NumberColumn(format="%.2f"),
+                                     "freq_residue": st.column_config.NumberColumn(format="%.2e"),
+                                     "freq_protein": st.column_config.NumberColumn(format="%.3f"),
+                                     "max_act": st.column_config.NumberColumn(format="%.3f")})
+    rows = ev.selection.rows if ev and hasattr(ev, "selection") else []
+    if rows:
+        st.query_params["feature"] = str(int(df.iloc[rows[0]]["feature"]))
+        st.rerun()
+
+
+def show_feature(f: int) -> None:
+    info = idx.feature(f)
+    if st.button("Back to all features"):
+        del st.query_params["feature"]
+        st.rerun()
+    st.title(f"Feature {f}" + (f": {info['user_label'] or info['label']}" if (info["user_label"] or info["label"]) else ""))
+    m = st.columns(6)
+    m[0].metric("Frequency (residues)", f"{info['freq_residue']:.2e}")
+    m[1].metric("Frequency (proteins)", f"{info['freq_protein']:.3f}")
+    m[2].metric("Max activation", f"{info['max_act']:.3f}")
+    m[3].metric("IDF", f"{info['idf']:.2f}")
+    m[4].metric("Best concept F1", f"{info['best_f1']:.2f}", help=info["best_concept"] or "none")
+    m[5].metric("Top group", info["top_group"] or "-")
+    if info["dead"]:
+        st.warning("This feature never fired on the indexed proteins (dead).")
+    with st.form("label_form"):
+        text = st.text_input("Your label for this feature", value=info["user_label"], key="label_text")
+        if st.form_submit_button("Save label"):
+            set_label(idx.path, f, text)
+            st.success("Label saved (kept across index rebuilds).")
+    mode = st.radio("Activation scale", ["raw", "max", "idf"], horizontal=True, key="norm_mode",
+                    format_func={"raw": "raw", "max": "/ feature max (0-1)", "idf": "/ max x IDF (ESM C SAE)"}.get)
+    vmax = float(normalise(np.array([info["max_act"]]), info["max_act"], info["idf"], mode)[0]) or 1.0
+    tabs = st.tabs(["Top examples", "Activation ranges", "Concepts", "Groups", "Structure"])
+    with tabs[0]:
+        ex = idx.examples(f, "top", 20)
+        if ex.empty:
+            st.info("No examples: the feature never fires.")
+        for _, r in ex.iterrows():
+            vals = normalise(np.asarray(r["values"]), info["max_act"], info["idf"], mode)
+            title = f"#{r['rank'] + 1}  {r['id']}  {r['organism'] or ''}  (max {r['max_act']:.3f} at {r['sequence'][r['max_pos']]}{r['max_pos'] + 1}, {r['length']} aa)"
+            st.html(track_html(r["sequence"], r["positions"], vals, vmax, highlight=int(r["max_pos"]), title=title))
+    with tabs[1]:
+        st.plotly_chart(activation_hist(idx.feature_hist(f)), key="ahist")
+        qx = idx.examples(f, "quantile", 100)
+        for b, grp in qx.groupby("bin", sort=False):
+            st.markdown(f"**Range {grp['bin_lo'].iloc[0]:.3f} - {grp['bin_hi'].iloc[0]:.3f}**")
+            for _, r in grp.iterrows():
+                vals = normalise(np.asarray(r["values"]), info["max_act"], info["idf"], mode)
+                st.html(track_html(r["sequence"], r["positions"], vals, vmax, highlight=int(r["max_pos"]), title=f"{r['id']} (max {r['max_act']:.3f})"))
+    with tabs[2]:
+        ct = idx.concept_table(f)
+        st.caption("Precision per residue, recall per annotated domain, at thresholds of the feature's max (InterPLM).")
+        st.dataframe(ct, hide_index=True)
+    with tabs[3]:
+        gs = idx.groupings()
+        if gs:
+            g = st.selectbox("Grouping", gs, index=gs.index("kingdom") if "kingdom" in gs else 0, key="feat_grouping")
+            gt = idx.group_table(f, g)
+            st.plotly_chart(group_bar(gt, g), key="gbar")
+            st.dataframe(gt, hide_index=True)
+    with tabs[4]:
+        sx = idx.structure_examples(f)
+        if sx.empty:
+            st.info("None of the proteins with a structure activates this feature.")
+        else:
+            choice = st.selectbox("Protein with a structure", list(range(len(sx))), key="struct_pick",
+                                  format_func=lambda i: f"{sx.iloc[i]['id']} ({sx.iloc[i]['structure']} chain {sx.iloc[i]['chain']}, max {sx.iloc[i]['max_act']:.3f})")
+            r = sx.iloc[choice]
+            path = structure_file(idx, r["structure"])
+            if path is None:
+                st.warning(f"Structure file {r['structure']} is not available here.")
+            else:
+                fmt = "cif" if ".cif" in path.name else "pdb"
+                chains = parse_structure(read_text(path), fmt)
+                seq, resi = chains.get(r["chain"], ("", []))
+                if seq != r["sequence"]:
+                    st.warning(f"Chain {r['chain']} of {path.name} does not match the indexed sequence; colouring skipped.")
+                else:
+                    vals = np.zeros(len(seq))
+                    vals[np.asarray(r["positions"], int)] = r["values"]
+                    st.iframe(structure_html(read_text(path), fmt, r["chain"], resi, vals, float(r["max_act"])), height=440)
+                    st.html(track_html(seq, r["positions"], r["values"], float(r["max_act"]), title=f"{r['id']} chain {r['chain']}"))
+
+
+q = st.query_params.get("feature")
+if q is None:
+    show_table()
+else:
+    try:
+        f = int(q)
+        idx.feature(f)
+    except (ValueError, KeyError) as e:
+        st.error(f"Cannot open feature {q!r}: {e}")
+        show_table()
+    else:
+        show_feature(f)

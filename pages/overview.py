@@ -1,0 +1,32 @@
+"""Overview: the run card, frequency histogram and the feature map."""
+import pandas as pd
+import streamlit as st
+
+from esmsae.explore import feature_map, freq_histogram
+from esmsae.ui import pick_run, require_index
+
+run = pick_run()
+idx = require_index(run)
+st.title("esmsae: sparse autoencoder features of protein language models")
+st.caption(f"Run **{run.name}** - checkpoint `{run.sae_dir}`")
+card = idx.card()
+cols = st.columns(6)
+for i, (k, v) in enumerate(card.items()):
+    cols[i % 6].metric(k, "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v)))
+left, right = st.columns([1, 2])
+feats = idx.features(hide_dead=False)
+with left:
+    st.plotly_chart(freq_histogram(feats), key="freq_hist")
+    st.markdown("**Most common concepts (F1 > 0.5)**")
+    best = feats[feats.best_f1 > 0.5].groupby("best_concept").size().sort_values(ascending=False).head(12)
+    st.dataframe(pd.DataFrame({"concept": best.index, "features": best.values}), hide_index=True)
+with right:
+    color = st.radio("Colour by", ["best concept", "frequency"], horizontal=True, key="map_color")
+    ev = st.plotly_chart(feature_map(idx, "frequency" if color == "frequency" else "best_concept"), key="fmap", on_select="rerun",
+                         selection_mode="points")
+    pts = (ev.selection.points if ev and hasattr(ev, "selection") else []) or []
+    if pts:
+        f = int(pts[0]["customdata"][0])
+        qp = {"feature": str(f)} | ({"run": run.name} if run.name != "demo" else {})
+        st.switch_page("pages/features.py", query_params=qp)
+    st.caption("Select a point to open that feature.")

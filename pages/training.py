@@ -1,0 +1,111 @@
+"""Training (settings page): a form generated from the config dataclasses; background jobs."""
+import time
+
+import pandas as pd
+import streamlit as st
+
+from esmsae import jobs
+from esmsae.config import ConfigError, field_specs
+from esmsae.explore import DEMO, workspace
+from esmsae.train import read_metrics
+
+st.title("Train an SAE")
+ws = workspace()
+MAIN = {("model", "name"), ("hook", "layers"), ("hook", "site"), ("embed", "fasta"), ("sae", "architecture"), ("sae", "n_latents"),
+        ("sae", "k"), ("train", "lr"), ("train", "token_budget"), ("train", "batch_size")}
+SKIP = {("embed", "store"), ("train", "store"), ("train", "out"), ("train", "layers"), ("sae", "d_in"), ("model", "device")}
+DEFAULTS = {("model", "name"): str(DEMO / "model") if (DEMO / "model").exists() else "facebook/esm2_t6_8M_UR50D",
+            ("embed", "fasta"): str(DEMO / "sample.fasta"), ("sae", "n_latents"): 1024, ("train", "token_budget"): 2_000_000,
+            ("train", "batch_size"): 2048}
+
+
+def widget(spec, container):
+    key = f"cfg_{spec.section}_{spec.name}"
+    default = DEFAULTS.get((spec.section, spec.name), spec.default)
+    label = f"{spec.section}.{spec.name}"
+    if spec.kind == "choice":
+        return container.selectbox(label, spec.choices, index=list(spec.choices).index(default), help=spec.help, key=key)
+    if spec.kind == "bool":
+        return container.checkbox(label, value=bool(default), help=spec.help, key=key)
+    if spec.kind == "int":
+        return container.number_input(label, value=int(default), step=1, help=spec.help, key=key)
+    if spec.kind == "float":
+        return container.number_input(label, value=float(default), format="%g", help=spec.help, key=key)
+    if spec.kind == "int_list":
+        raw = container.text_input(label, value=",".join(map(str, default)), help=spec.help, key=key)
+        return [int(x) for x in raw.replace(" ", "").split(",") if x.strip().lstrip("-").isdigit()]
+    return container.text_input(label, value=str(default), help=spec.help, key=key)
+
+
+specs = [s for sec, cls in jobs.SECTIONS.items() for s in field_specs(cls, sec) if (s.section, s.name) not in SKIP and s.kind != "path_list"]
+with st.form("train_form"):
+    name = st.text_input("Run name", value=f"run-{time.strftime('%Y%m%d-%H%M%S')}", key="run_name",
+                         help="Outputs go to the workspace folder " + str(ws))
+    cols = st.columns(2)
+    cfg: dict = {sec: {} for sec in jobs.SECTIONS}
+    main = [s for s in specs if (s.section, s.name) in MAIN]
+    for i, s in enumerate(main):
+        cfg[s.section][s.name] = widget(s, cols[i % 2])
+    with st.expander("Advanced settings"):
+        for s in specs:
+            if (s.section, s.name) not in MAIN:
+                cfg[s.section][s.name] = widget(s, st)
+    upload = st.file_uploader("...or upload a FASTA file to train on", type=["fasta", "fa", "faa", "txt"], key="fasta_upload")
+    submitted = st.form_submit_button("Start", type="primary")
+
+if submitted:
+    try:
+        if upload is not None:
+            dest = ws / "uploads" / jobs.run_dir(ws, name).name
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / "data.fasta").write_bytes(upload.getvalue())
+            cfg["embed"]["fasta"] = str(dest / "data.fasta")
+        concepts = str(jobs.ROOT.parent / "shared" / "data") if (jobs.ROOT.parent / "shared" / "data").exists() else ""
+        jobs.start(ws, name, cfg, index_concepts=concepts)
+        st.session_state["watch"] = name
+        st.success(f"Started run {name}.")
+    except (ConfigError, jobs.JobError, ValueError, OSError) as e:
+        st.error(str(e))
+
+st.subheader("Jobs")
+listing = jobs.list_jobs(ws)
+if not listing:
+    st.caption("No jobs yet.")
+else:
+    names = [j["run"] for j in listing]
+    watch = st.session_state.get("watch") if st.session_state.get("watch") in names else names[0]
+    sel = st.selectbox("Job", names, index=names.index(watch), key="job_pick")
+    st.session_state["watch"] = sel
+    d = jobs.run_dir(ws, sel)
+    b1, b2 = st.columns(2)
+    if b1.button("Cancel", key="cancel"):
+        st.toast("Cancelled" if jobs.cancel(d) else "Not running")
+    if b2.button("Resume", key="resume"):
+        try:
+            jobs.launch(d)
+            st.toast("Resumed")
+        except jobs.JobError as e:
+            st.error(str(e))
+
+    @st.fragment(run_every=2)
+    def progress():
+        stt = jobs.status(d)
+        state = stt.get("state")
+        st.markdown(f"**{sel}**: {state}" + (f" - stage **{stt.get('stage')}**" if stt.get("stage") else "")
+                    + (f" - {stt['error']}" if stt.get("error") else ""), help="status.json in the run folder")
+        rows = read_metrics(d)
+        if rows:
+            df = pd.DataFrame(rows)
+            c = st.columns(4)
+            for col, (k, t) in zip(c, [("loss", "loss"), ("fvu", "FVU"), ("l0", "L0"), ("dead_frac", "dead fraction")]):
+                if k in df:
+                    col.caption(t)
+                    col.line_chart(df, x="step", y=k, height=180)
+        if state == "done":
+            st.success("Finished: the run is in the run picker (sidebar).")
+        log = d / "job.log"
+        if log.exists():
+            with st.expander("Log"):
+                st.code(log.read_text(errors="replace")[-3000:])
+
+    progress()

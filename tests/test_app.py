@@ -1,0 +1,155 @@
+"""AppTest for every page, on a tiny index the tests build (and on the demo bundle when present)."""
+import os
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from esmsae.explore import DEMO, FeatureIndex, get_labels, list_runs, parse_structure, set_label, structure_html, track_html
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120
+
+
+@pytest.fixture()
+def env(app_workspace, monkeypatch, tmp_path):
+    monkeypatch.setenv("ESMSAE_WORKSPACE", str(app_workspace))
+    monkeypatch.setenv("ESMSAE_DEMO", str(tmp_path / "no-demo"))  # only the tiny run
+    monkeypatch.chdir(ROOT)
+    return app_workspace
+
+
+def page(name: str, **qp) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.switch_page(f"pages/{name}.py")
+    for k, v in qp.items():
+        at.query_params[k] = v
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_overview(env):
+    at = ok(page("overview"))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["latents"] == "128" and metrics["layer"] == "4" and metrics["hook site"] == "resid"
+    assert "features with concept F1 > 0.5" in metrics
+    assert len(at.get("plotly_chart")) == 2  # frequency histogram + feature map
+
+
+def test_feature_browser_table_search_and_deep_link(env):
+    at = ok(page("features"))
+    table = at.dataframe[0].value
+    assert len(table) > 10 and {"feature", "label", "best_concept", "best_f1", "freq_residue", "max_act", "top_group"} <= set(table.columns)
+    idx = FeatureIndex(env / "tiny" / "L4_resid" / "index.duckdb")
+    f = int(idx.q("SELECT feature FROM features WHERE NOT dead ORDER BY n_proteins DESC LIMIT 1").iloc[0, 0])
+    at.text_input(key="search").input(str(f)).run()
+    assert f in at.dataframe[0].value["feature"].tolist()
+    at = ok(page("features", feature=str(f)))
+    assert at.title[0].value.startswith(f"Feature {f}")
+    assert len(at.tabs) == 5
+    htmls = [h.proto.body for h in at.get("html")]
+    assert any("esmsae-track" in h for h in htmls)  # per-residue tracks of the top examples
+    # label editing survives in the separate labels file
+    at.text_input(key="label_text").input("my test label")
+    next(b for b in at.button if b.label == "Save label").click().run()
+    assert "Label saved" in at.success[0].value
+    assert get_labels(idx.path)[f] == "my test label"
+    at = ok(page("features", feature=str(f)))
+    assert "my test label" in at.title[0].value
+    # a bad deep link shows a message and the table
+    at = ok(page("features", feature="99999"))
+    assert "does not exist" in at.error[0].value and at.dataframe
+
+
+def test_feature_page_structure(env):
+    idx = FeatureIndex(env / "tiny" / "L4_resid" / "index.duckdb")
+    s = idx.q("SELECT feature FROM structure_tracks ORDER BY max_act DESC LIMIT 1")
+    assert len(s), "the tiny index has structure proteins"
+    at = ok(page("features", feature=str(int(s.iloc[0, 0]))))
+    frames = at.get("iframe")
+    assert frames and "3Dmol-min.js" in str(frames[0].proto)
+
+
+def test_inspector(env):
+    at = ok(page("inspector"))
+    at.text_area(key="seq_text").input(">q1\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ").run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert "residues - protein LM + SAE" in at.caption[0].value
+    assert len(at.dataframe[0].value) > 0
+    assert at.get("download_button")
+
+
+@pytest.mark.parametrize("text,msg", [("", "empty"), ("MKV1LL", "'1'"), ("M" * 300_000, "at most")])
+def test_inspector_bad_input(env, text, msg):
+    at = ok(page("inspector"))
+    at.text_area(key="seq_text").input(text).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert msg in at.error[0].value
+
+
+def test_groups(env):
+    at = ok(page("groups"))
+    assert "kingdom" in at.selectbox(key="grouping").options
+    assert at.dataframe  # enriched table
+    at.selectbox(key="grouping").set_value(at.selectbox(key="grouping").options[-1]).run()
+    assert not at.exception
+
+
+def test_training_page_form_and_validation(env):
+    at = ok(page("training"))
+    labels = {w.label for w in at.text_input} | {w.label for w in at.number_input} | {w.label for w in at.selectbox}
+    for want in ("model.name", "hook.layers", "hook.site", "embed.fasta", "sae.architecture", "sae.n_latents", "sae.k", "train.lr",
+                 "train.token_budget", "train.batch_size"):
+        assert want in labels
+    at.text_input(key="cfg_embed_fasta").input("/nonexistent.fasta")
+    at.button[0].click().run()
+    assert "data file not found" in at.error[0].value
+    at.text_input(key="run_name").input("../escape")
+    at.text_input(key="cfg_embed_fasta").input(str(ROOT / "README.md"))
+    at.button[0].click().run()
+    assert "run name" in at.error[0].value
+
+
+def test_no_runs_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("ESMSAE_WORKSPACE", str(tmp_path / "empty"))
+    monkeypatch.setenv("ESMSAE_DEMO", str(tmp_path / "none"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception and "No SAE runs" in at.sidebar.warning[0].value
+
+
+def test_structure_parsing_and_html(shared):
+    text = (shared / "structures" / "foldseek" / "1tim.pdb").read_text()
+    chains = parse_structure(text, "pdb")
+    seq, resi = chains["A"]
+    assert len(seq) == len(resi) > 200
+    html = structure_html(text, "pdb", "A", resi, np.linspace(0, 1, len(resi)), 1.0)
+    assert "/app/static/3Dmol-min.js" in html and "colorfunc" in html
+    with pytest.raises(ValueError, match="empty|no protein|no models|could not read"):
+        parse_structure("garbage\n", "pdb")
+    t = track_html("MKV", [1], [0.5], 1.0)
+    assert 'title="K2: 0.500"' in t and t.count("<span") == 3
+
+
+@pytest.mark.skipif(not (DEMO / "index.duckdb").exists(), reason="demo bundle not built")
+def test_demo_bundle_pages(monkeypatch):
+    monkeypatch.delenv("ESMSAE_DEMO", raising=False)
+    monkeypatch.chdir(ROOT)
+    runs = list_runs()
+    assert runs[0].name == "demo"
+    con = duckdb.connect(str(DEMO / "index.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM proteins").fetchall()[0][0] >= 15000
+    for name in ("overview", "features", "groups", "training"):
+        ok(page(name))
+    f = con.execute("SELECT feature FROM features ORDER BY best_f1 DESC LIMIT 1").fetchall()[0][0]
+    at = ok(page("features", feature=str(f)))
+    assert at.title[0].value.startswith(f"Feature {f}")
