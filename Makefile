@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8501
+THREEDMOL := static/3Dmol-min.js
 
-.PHONY: venv app test test-fast bench clean
+.PHONY: venv app test test-fast browser demo bench clean
 
 $(STAMP): requirements.txt requirements-esm.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,19 +20,32 @@ $(STAMP): requirements.txt requirements-esm.txt
 	$(BIN)/python -c "import esm.models.esmc, transformers, torch, duckdb, streamlit; print('esmsae environment ok, torch', torch.__version__)"
 	touch $(STAMP)
 
-venv: $(STAMP)
+# 3Dmol.js served by Streamlit's static file serving (py3Dmol would fetch it from a CDN, which fails offline)
+$(THREEDMOL):
+	mkdir -p static .npm
+	npm install --silent --no-audit --no-fund --prefix .npm 3dmol@2.5.5
+	cp .npm/node_modules/3dmol/build/3Dmol-min.js $(THREEDMOL)
 
-app: $(STAMP)
+venv: $(STAMP) $(THREEDMOL)
+
+app: venv
 	$(BIN)/streamlit run app.py --server.port $(PORT) --server.headless true
 
-test: $(STAMP)
+# Debian's Chromium for the Playwright journeys (tests/test_browser.py)
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$(command -v sudo || true); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: venv browser
 	$(BIN)/python -m pytest -q -ra tests
 
-test-fast: $(STAMP)
+test-fast: venv
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
 
-bench: $(STAMP)
+demo: venv
+	$(BIN)/python -m esmsae demo $(DEMO_ARGS)
+
+bench: venv
 	$(BIN)/python bench/lm_amp.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .npm static/3Dmol-min.js

@@ -9,4 +9,10 @@ pages = [
     st.Page("pages/groups.py", title="Group comparison", url_path="groups"),
     st.Page("pages/training.py", title="Training", url_path="training"),
 ]
-st.navigation(pages).run()
+# our own sidebar links: with a pages/ folder Streamlit would otherwise also list the raw file names
+current = st.navigation(pages, position="hidden")
+st.sidebar.markdown("### esmsae")
+for p in pages:
+    st.sidebar.page_link(p)
+st.sidebar.divider()
+current.run()

@@ -32,6 +32,29 @@ DEMO = ROOT / "data" / "demo"
 ARCHAEA_TAXID = {"Haloferax": (309800, "Haloferax volcanii DS2"), "Namag": (547559, "Natrialba magadii ATCC 43099")}
 
 
+ATTRIBUTION = """# Demo bundle: data sources and licences
+
+Everything in this folder was derived by `python -m esmsae demo` from public data gathered in
+`../shared/data` (see each folder's SOURCE.txt there). No raw source file is copied except the
+structure files listed below (gzipped, unchanged).
+
+| what | source | licence |
+|---|---|---|
+| protein sequences, organisms, taxonomy, UniProt feature annotations (proteomes, M. genitalium, core entries, UniProtKB/UniRef90 samples) | UniProt Consortium, https://www.uniprot.org | CC BY 4.0 |
+| PDB structures (`structures/pdb`, `structures/plip`, `structures/foldseek`) and PDB seqres sample | RCSB Protein Data Bank / wwPDB, https://www.rcsb.org | CC0 1.0 |
+| AlphaFold models (`structures/alphafold`) | AlphaFold Protein Structure Database (DeepMind / EMBL-EBI), https://alphafold.ebi.ac.uk | CC BY 4.0 |
+| TM helix / TM strand / signal peptide / topology labels | TMbed data sets (Bernhofer & Rost 2022), https://github.com/BernhoferM/TMbed | Apache-2.0 |
+| secondary structure, binding residues, conservation labels | FLIP benchmark (Dallago et al. 2021), https://github.com/J-SNACKKB/FLIP | AFL-3.0 (data from CC BY 4.0 papers) |
+| NMR disorder (CheZOD Z-scores) | CheZOD (Nielsen & Mulder), via the ODiNPred/ADOPT benchmark repositories | MIT |
+| MGnify sequence sample | MGnify, EMBL-EBI | CC0 1.0 |
+| model architecture and tokenizer of ESM-2 8M (config only, no weights) | Meta AI, facebook/esm2_t6_8M_UR50D | MIT |
+
+The protein language model in `model/` was trained by esmsae (masked-LM loss) on those
+sequences; the SAE in `sae/` and the index `index.duckdb` were computed from it. Derived
+data are shared under CC BY 4.0 with the attributions above.
+"""
+
+
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"), help="the shared data folder")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "esmsae" / "demo_work"), help="work folder (resumable)")
@@ -190,7 +213,12 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
         dst.parent.mkdir(parents=True, exist_ok=True)
         with open(src, "rb") as a, gzip.open(dst, "wb", compresslevel=9) as b:
             shutil.copyfileobj(a, b)
-    shutil.copy(ROOT / "esmsae" / "ATTRIBUTION.md", tmp / "ATTRIBUTION.md")
+    (tmp / "ATTRIBUTION.md").write_text(ATTRIBUTION)
+    # a small real FASTA for the Training page's default data file (first 200 M. genitalium proteins)
+    with open(tmp / "sample.fasta", "w") as fh:
+        for i, (h, s) in enumerate(read_fasta(shared / "uniprot" / "mgenitalium" / "mgenitalium.fasta")):
+            if i < 200:
+                fh.write(f">{h}\n{s}\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

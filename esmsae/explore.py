@@ -306,8 +306,8 @@ def structure_html(text: str, fmt: str, chain: str, resi: list[int], values: np.
   var v = $3Dmol.createViewer(document.getElementById("v"), {{backgroundColor: "white"}});
   v.addModel({payload}, "{'cif' if fmt in ('cif', 'mmcif') else 'pdb'}");
   var colors = {json.dumps(colors)};
-  v.setStyle({{}}, {{cartoon: {{color: "#dddddd"}}}});
-  v.setStyle({{chain: {json.dumps(chain)}}}, {{cartoon: {{colorfunc: function(a) {{ return colors[a.resi] || "#f2f2f2"; }}}}}});
+  v.setStyle({{}}, {{}});  // other chains hidden: the view is about this chain
+  v.setStyle({{chain: {json.dumps(chain)}, hetflag: false}}, {{cartoon: {{colorfunc: function(a) {{ return colors[a.resi] || "#f2f2f2"; }}}}}});
   v.zoomTo({{chain: {json.dumps(chain)}}}); v.render();
   window.esmsaeViewer = v;
 }})();

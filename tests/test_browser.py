@@ -1,0 +1,170 @@
+"""The main user journeys in a real browser: Playwright driving Debian's Chromium against
+`streamlit run` on a free localhost port. Screenshots go to test-artifacts/."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ART = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DEMO = ROOT / "data" / "demo"
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make browser)")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, app_workspace):
+    ws = tmp_path_factory.mktemp("browser_ws")
+    shutil.copytree(app_workspace, ws, dirs_exist_ok=True)
+    port = _free_port()
+    env = {**os.environ, "ESMSAE_WORKSPACE": str(ws), "PYTHONPATH": str(ROOT)}
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
+    p = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+                          "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        p.kill()
+        pytest.fail("streamlit did not start: " + Path(log.name).read_text()[-2000:])
+    yield url, ws
+    p.terminate()
+    p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    ART.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                               args=["--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--ignore-gpu-blocklist",
+                                     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def _page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    return ctx.new_page()
+
+
+def _structure_feature(index: Path) -> int:
+    con = duckdb.connect(str(index), read_only=True)
+    try:
+        return int(con.execute("SELECT feature FROM structure_tracks ORDER BY max_act DESC LIMIT 1").fetchall()[0][0])
+    finally:
+        con.close()
+
+
+def test_journey_feature_deep_link_with_structure(server, browser):
+    url, ws = server
+    if (DEMO / "index.duckdb").exists():
+        f, run_q = _structure_feature(DEMO / "index.duckdb"), ""
+    else:
+        f, run_q = _structure_feature(ws / "tiny" / "L4_resid" / "index.duckdb"), "&run=tiny/L4_resid"
+    page = _page(browser)
+    page.goto(f"{url}/features?feature={f}{run_q}")
+    page.get_by_role("heading", name=f"Feature {f}").first.wait_for(timeout=90_000)
+    page.locator(".esmsae-track").first.wait_for(timeout=60_000)  # top examples drawn as residue tracks
+    page.get_by_role("tab", name="Structure").click()
+    frame_el = page.locator("iframe").first
+    frame_el.wait_for(timeout=60_000)
+    frame = frame_el.content_frame
+    canvas = frame.locator("canvas").first
+    canvas.wait_for(timeout=60_000)
+    time.sleep(3)  # let WebGL draw
+    shot = ART / "journey1_feature_structure.png"
+    page.screenshot(path=str(shot), full_page=True)
+    png = frame_el.screenshot(path=str(ART / "journey1_structure_canvas.png"))
+    from io import BytesIO
+
+    from PIL import Image
+
+    img = np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(int)
+    assert img.std() > 5, "the 3D structure canvas is blank"
+    # the reload keeps the feature (deep link survives)
+    page.reload()
+    page.get_by_role("heading", name=f"Feature {f}").first.wait_for(timeout=90_000)
+
+
+def test_journey_inspector(server, browser):
+    url, _ = server
+    page = _page(browser)
+    page.goto(f"{url}/inspector")
+    box = page.get_by_label("Protein sequence or FASTA", exact=True)
+    box.wait_for(timeout=90_000)
+    box.fill(">lysozyme\nKVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLCNIPCSALLSSDITASVNCAKKIVSDGNGMNAWVAWRNRCKGTDVQAWIRGCRL")
+    page.get_by_role("button", name="Analyse").click()
+    page.get_by_text("Features that fire most").wait_for(timeout=120_000)
+    page.get_by_text("Open feature").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ART / "journey2_inspector.png"), full_page=True)
+
+
+def test_journey_training(server, browser):
+    url, ws = server
+    page = _page(browser)
+    page.goto(f"{url}/training")
+    page.get_by_label("Run name", exact=True).wait_for(timeout=90_000)
+    page.get_by_label("Run name", exact=True).fill("browser-run")
+    fasta = ws / "train.fasta"
+    from esmsae.fasta import read_fasta
+
+    with open(fasta, "w") as fh:
+        for i, (h, s) in enumerate(read_fasta(ROOT.parent / "shared" / "data" / "uniprot" / "mgenitalium" / "mgenitalium.fasta")):
+            if i < 80:
+                fh.write(f">{h}\n{s[:200]}\n")
+    model = str(DEMO / "model") if (DEMO / "model").exists() else _tiny_model(ws)
+    page.get_by_label("model.name", exact=True).fill(model)
+    page.get_by_label("embed.fasta", exact=True).fill(str(fasta))
+    page.get_by_label("hook.layers", exact=True).fill("2")
+    page.get_by_label("sae.n_latents", exact=True).fill("256")
+    page.get_by_label("sae.k", exact=True).fill("8")
+    page.get_by_label("train.token_budget", exact=True).fill("40000")
+    page.get_by_label("train.batch_size", exact=True).fill("512")
+    page.get_by_text("Advanced settings").click()
+    page.get_by_label("embed.holdout_fraction", exact=True).fill("0.2")
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.get_by_text("Started run browser-run").wait_for(timeout=60_000)
+    import re
+
+    page.get_by_text(re.compile(r"Finished: the run is in the run picker|browser-run\*\*: failed")).first.wait_for(timeout=400_000)
+    status = (ws / "browser-run" / "status.json").read_text()
+    assert '"done"' in status, status
+    page.screenshot(path=str(ART / "journey3_training_done.png"), full_page=True)
+    page.goto(f"{url}/overview")
+    picker = page.get_by_test_id("stSelectbox").first
+    picker.wait_for(timeout=60_000)
+    picker.click()
+    page.get_by_role("option", name="browser-run/L2_resid").click()
+    page.get_by_text("Run browser-run/L2_resid").wait_for(timeout=60_000)  # its card opens
+    page.screenshot(path=str(ART / "journey3_run_picker.png"), full_page=True)
+
+
+def _tiny_model(ws: Path) -> str:
+    from esmsae.plm import save_initial_esm2
+
+    out = ws / "_model"
+    if not out.exists():
+        save_initial_esm2(ROOT.parent / "shared" / "data" / "esm2_t6_8M_config", out)
+    return str(out)
