@@ -46,6 +46,7 @@ demo: venv
 
 bench: venv
 	$(BIN)/python bench/lm_amp.py
+	$(BIN)/python bench/inspector_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .npm static/3Dmol-min.js

@@ -1,0 +1,60 @@
+"""Background training jobs: confinement to the workspace, validation, cancel and resume."""
+import json
+import time
+
+import pytest
+
+from esmsae import jobs
+from esmsae.config import ConfigError
+
+
+def _cfg(esm2_dir, fasta, budget):
+    return {"model": {"name": str(esm2_dir)}, "hook": {"layers": [2]}, "embed": {"fasta": str(fasta), "holdout_fraction": 0.2},
+            "sae": {"n_latents": 128, "k": 8}, "train": {"token_budget": budget, "batch_size": 256, "checkpoint_every": 20}, "eval": {"lm_proteins": 4}}
+
+
+def test_run_dir_is_confined(tmp_path):
+    assert jobs.run_dir(tmp_path, "ok-run_1.x") == (tmp_path / "ok-run_1.x").resolve()
+    for bad in ("../x", "a/b", "", ".hidden", "x" * 80):
+        with pytest.raises(jobs.JobError, match="run name"):
+            jobs.run_dir(tmp_path, bad)
+
+
+def test_validation_names_the_field(tmp_path, esm2_dir, mgen_fasta):
+    cfg = _cfg(esm2_dir, mgen_fasta, 1000)
+    cfg["sae"]["k"] = 0
+    with pytest.raises(ConfigError, match="SAEConfig.k"):
+        jobs.start(tmp_path, "r", cfg)
+    cfg = _cfg(esm2_dir, tmp_path / "missing.fasta", 1000)
+    with pytest.raises(jobs.JobError, match="data file not found"):
+        jobs.start(tmp_path, "r", cfg)
+    assert not (tmp_path / "r").exists()  # nothing written for a refused job
+
+
+@pytest.mark.slow
+def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
+    d = jobs.start(tmp_path, "run1", _cfg(esm2_dir, mgen_fasta, 400_000))
+    for _ in range(600):
+        st = jobs.status(d)
+        if st.get("stage") == "train" and (d / "metrics.jsonl").exists():
+            break
+        assert st["state"] not in ("failed",), (d / "job.log").read_text()
+        time.sleep(0.2)
+    assert jobs.cancel(d)
+    time.sleep(1)
+    st = jobs.status(d)
+    assert st["state"] == "cancelled" and not st["alive"]
+    assert jobs.list_jobs(tmp_path)[0]["run"] == "run1"
+    # the same name with another configuration is refused; resume continues the run
+    with pytest.raises(jobs.JobError, match="another configuration"):
+        jobs.start(tmp_path, "run1", _cfg(esm2_dir, mgen_fasta, 500_000))
+    jobs.launch(d)
+    for _ in range(1500):
+        st = jobs.status(d)
+        if st["state"] in ("done", "failed"):
+            break
+        time.sleep(0.2)
+    assert st["state"] == "done", (d / "job.log").read_text()[-2000:]
+    assert (d / "L2_resid" / "index.duckdb").exists() and (d / "L2_resid" / "eval.json").exists()
+    steps = [json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # resumed, not restarted with duplicated steps
