@@ -50,14 +50,9 @@ class IndexError_(ValueError):
 
 
 @dataclass
-class Item:
-    """One protein to index."""
+class Item(Protein):
+    """One protein to index: a FASTA protein plus taxonomy, labels, structure and groups."""
 
-    id: str
-    sequence: str
-    description: str = ""
-    organism: str = ""
-    taxid: int | None = None
     kingdom: str = ""
     lineage: str = ""
     source: str = ""
@@ -144,7 +139,7 @@ def collect(cfg: IndexConfig, labelled: list[Labeled] | None = None, skipped: li
     sk: list = [] if skipped is None else skipped
     for f in cfg.fasta:
         for p in read_proteins(f, on_invalid=cfg.on_invalid, skipped=sk):
-            add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom_of(p.taxid), source=Path(f).name.split(".")[0]))
+            add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom=kingdom_of(p.taxid), source=Path(f).name.split(".")[0]))
     report["skipped_invalid"] = len(sk)
     by_md5 = {h: it for h, it in items.items()}
     for lab in labelled or []:
@@ -156,13 +151,13 @@ def collect(cfg: IndexConfig, labelled: list[Labeled] | None = None, skipped: li
                 if not getattr(it, k) and getattr(lab, k):
                     setattr(it, k, getattr(lab, k))
         elif cfg.add_labelled:
-            by_md5[h] = add(Item(lab.id, lab.sequence, "", lab.organism, lab.taxid, lab.kingdom, lab.lineage, lab.source,
-                                 lab.structure, lab.chain, [lab]))
+            by_md5[h] = add(Item(lab.id, lab.sequence, "", lab.organism, lab.taxid, kingdom=lab.kingdom, lineage=lab.lineage, source=lab.source,
+                                 structure=lab.structure, chain=lab.chain, labels=[lab]))
     for gf in cfg.groups:
         name, mapping, extra = read_grouping(gf)
         for p in extra:
             if md5(p.sequence) not in items:
-                add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom_of(p.taxid), source=name))
+                add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom=kingdom_of(p.taxid), source=name))
         unknown = 0
         for key, group in mapping.items():
             # ids as in the FASTA header's first word, or as parsed (sp|P12345|NAME -> P12345)
@@ -613,7 +608,11 @@ def _write_proteins(con, items: list[Item], rows: list[tuple[int, int]]) -> None
         it = items[i]
         recs.append((i, it.id, it.description, len(it.sequence), it.sequence, it.organism, it.taxid if it.taxid is not None else -1,
                      it.kingdom, it.lineage, it.source, ",".join(sorted({lab.source for lab in it.labels})), it.structure, it.chain, n_act))
-    con.executemany("INSERT INTO proteins VALUES (" + ",".join("?" * 14) + ")", recs)
+    df = pd.DataFrame(recs, columns=["pidx", "id", "description", "length", "sequence", "organism", "taxid", "kingdom", "lineage",
+                                     "source", "label_sources", "structure", "chain", "n_active_features"])
+    con.register("_new_proteins", df)
+    con.execute("INSERT INTO proteins SELECT * FROM _new_proteins")
+    con.unregister("_new_proteins")
 
 
 def _hist_quantiles(hist_FH: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
