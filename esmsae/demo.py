@@ -71,6 +71,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae-token-budget", type=int, default=8_000_000, help="SAE training tokens (about two epochs over the store)")
     p.add_argument("--index-proteome-sample", type=int, default=3000, help="proteome proteins in the index (balanced over kingdoms)")
     p.add_argument("--max-len", type=int, default=1000, help="skip proteins longer than this in the samples")
+    p.add_argument("--labelled-limit", type=int, default=0, help="index at most this many labelled proteins per label source (0 = all)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -170,7 +171,16 @@ def build_demo(ns: argparse.Namespace) -> dict:
         icfg = IndexConfig(sae=str(sae_dir), out=str(index_path), fasta=[str(idx_fa)], concepts=str(shared), add_labelled=True)
         import resource
 
-        build_index(icfg)
+        from .index import collect
+
+        if ns.labelled_limit:  # smoke runs: a few labelled proteins of every source
+            rng = random.Random(ns.seed)
+            by_src: dict[str, list] = {}
+            for lab in labelled:
+                by_src.setdefault(lab.source, []).append(lab)
+            labelled = [x for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))]
+        items, rep = collect(icfg, labelled)
+        build_index(icfg, items=items, report=rep)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _step("index built", t0)
     # 5. bundle

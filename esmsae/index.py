@@ -366,7 +366,8 @@ def labels_path(index_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".labels.duckdb")
 
 
-def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item] | None = None, progress: bool = True) -> Path:
+def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item] | None = None, progress: bool = True,
+                report: dict | None = None) -> Path:
     """Build the DuckDB feature index of ``cfg.sae`` over a protein set; returns its path."""
     t0 = time.time()
     out = Path(cfg.out)
@@ -384,7 +385,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
     check_compatible(meta, plm, strict_name=not cfg.model)
     hook = hook_of(meta)
     plm.check_hook(hook)
-    report: dict[str, Any] = {}
+    report = dict(report or {})
     if items is None:
         labelled = load_all(Path(cfg.concepts)) if cfg.concepts else []
         items, report = collect(cfg, labelled)
