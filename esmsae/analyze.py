@@ -104,3 +104,92 @@ class Analyzer:
         x_LD = self.plm.embed([sequence], [self.hook])[0][self.hook.name]
         lat = self.sae.encode(x_LD)
         return Result(name, sequence, lat.acts_BK.float().numpy(), lat.idx_BK.numpy(), time.perf_counter() - t)
+
+
+MAX_GROUP_PROTEINS = 500
+
+
+def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, list[tuple[str, str]]], int]:
+    """An uploaded grouping file -> ({group: [(id, sequence)]}, number of unknown ids).
+
+    TSV ``id<TAB>group`` (ids looked up with ``lookup(ids) -> {id: sequence}``, e.g. the index's
+    proteins) or JSON ``{group: [[sequence, header], ...]}`` (esm-sae's sampled_sequences.json).
+    """
+    import json
+
+    from .fasta import clean_sequence
+
+    text = data.decode("utf-8", errors="replace")
+    groups: dict[str, list[tuple[str, str]]] = {}
+    unknown = 0
+    if name.lower().endswith(".json"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{name}: not valid JSON ({e})") from e
+        if not isinstance(obj, dict):
+            raise InputError(f"{name}: expected {{group: [[sequence, header], ...]}}")
+        for g, members in obj.items():
+            if not isinstance(members, list):
+                raise InputError(f"{name}: group {g!r} is not a list of [sequence, header] pairs")
+            for j, m in enumerate(members):
+                if not (isinstance(m, (list, tuple)) and m and isinstance(m[0], str)):
+                    raise InputError(f"{name}: group {g!r}, entry {j}: expected [sequence, header]")
+                try:
+                    seq = clean_sequence(m[0], f"group {g!r} entry {j}")
+                except SequenceError as e:
+                    raise InputError(f"{name}: {e}") from e
+                groups.setdefault(str(g), []).append((str(m[1]) if len(m) > 1 else f"{g}_{j}", seq))
+    else:
+        pairs = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.split("\t")
+            if len(parts) < 2:
+                raise InputError(f"{name}, line {n}: expected 'protein_id<TAB>group', got {line[:60]!r}")
+            if n == 1 and parts[0].lower() in ("id", "protein", "protein_id"):
+                continue
+            pairs.append((parts[0].strip(), parts[1].strip()))
+        seqs = lookup([p for p, _ in pairs])
+        for pid, g in pairs:
+            if pid in seqs:
+                groups.setdefault(g, []).append((pid, seqs[pid]))
+            else:
+                unknown += 1
+        if pairs and unknown == len(pairs):
+            raise InputError(f"{name}: none of its {len(pairs)} protein ids is in this index (first: {pairs[0][0]!r})")
+    if not groups:
+        raise InputError(f"{name}: no groups found")
+    n = sum(len(v) for v in groups.values())
+    if n > MAX_GROUP_PROTEINS:
+        raise InputError(f"{name}: {n} proteins; the app computes uploaded groupings for at most {MAX_GROUP_PROTEINS} "
+                         f"(pass it to `python -m esmsae index --groups` for more)")
+    return groups, unknown
+
+
+def group_usage(analyzer: "Analyzer", groups: dict[str, list[tuple[str, str]]]) -> pd.DataFrame:
+    """Per group x feature: proteins where it fires, fraction, mean per-protein max, and
+    enrichment against the other groups (log odds, one-sided Fisher, BH q), as in the index."""
+    from .index import enrichment
+
+    names = sorted(groups)
+    F = analyzer.sae.cfg.n_latents
+    fire = np.zeros((len(names), F), np.int64)
+    summax = np.zeros((len(names), F))
+    for gi, g in enumerate(names):
+        seqs = [s for _, s in groups[g]]
+        with torch.no_grad():
+            for x_LD in (a[analyzer.hook.name] for a in analyzer.plm.embed(seqs, [analyzer.hook])):
+                lat = analyzer.sae.encode(x_LD)
+                dense = np.zeros(F)
+                np.maximum.at(dense, lat.idx_BK.numpy().ravel(), lat.acts_BK.float().numpy().ravel())
+                fire[gi] += dense > 0
+                summax[gi] += dense
+    sizes = np.array([len(groups[g]) for g in names])
+    enr = enrichment(fire, sizes)
+    G = len(names)
+    df = pd.DataFrame({"grp": np.repeat(names, F), "feature": np.tile(np.arange(F), G), "n_proteins": np.repeat(sizes, F),
+                       "n_fire": fire.ravel(), "frac": (fire / sizes[:, None]).ravel(), "mean_act": (summax / sizes[:, None]).ravel(),
+                       "log_odds": enr["log_odds"].ravel(), "p": enr["p"].ravel(), "q": enr["q"].ravel()})
+    return df[df.n_fire > 0].reset_index(drop=True)

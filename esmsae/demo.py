@@ -72,6 +72,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index-proteome-sample", type=int, default=3000, help="proteome proteins in the index (balanced over kingdoms)")
     p.add_argument("--max-len", type=int, default=1000, help="skip proteins longer than this in the samples")
     p.add_argument("--labelled-limit", type=int, default=0, help="index at most this many labelled proteins per label source (0 = all)")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="protein LM compute dtype for the store and index passes")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -149,7 +150,8 @@ def build_demo(ns: argparse.Namespace) -> dict:
     sae_fa = work / "sae_train.fasta"
     if not sae_fa.exists():
         balanced_sample(shared, ns.sae_proteins, sae_fa, ns.seed + 1, ns.max_len)
-    model = ModelConfig(name=model_name, batch_tokens=8192)
+    # bf16 forward for the bulk passes (store, index): 1.3x faster than fp32 on an AVX512-BF16 CPU
+    model = ModelConfig(name=model_name, batch_tokens=8192, dtype=ns.dtype)
     store = embed_fasta(EmbedConfig(fasta=str(sae_fa), store=str(work / "store"), shard_tokens=262_144, holdout_fraction=0.05),
                         model, HookConfig(layers=[ns.layer], site="resid"))
     _step("activation store ready", t0)
@@ -180,7 +182,9 @@ def build_demo(ns: argparse.Namespace) -> dict:
                 by_src.setdefault(lab.source, []).append(lab)
             labelled = [x for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))]
         items, rep = collect(icfg, labelled)
-        build_index(icfg, items=items, report=rep)
+        from .plm import load_plm
+
+        build_index(icfg, plm=load_plm(model), items=items, report=rep)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _step("index built", t0)
     # 5. bundle

@@ -171,41 +171,54 @@ class FeatureIndex:
         return self.q("SELECT * FROM proteins WHERE pidx = ?", [pidx]).iloc[0].to_dict()
 
     # -------------------------------------------------------- groups
-    def group_heatmap(self, grouping: str, n_features: int = 40, value: str = "frac") -> pd.DataFrame:
-        """Groups x features matrix of the most group-specific features (largest spread of usage)."""
-        df = self.q(f"SELECT grp, feature, {value} AS v FROM group_usage WHERE grouping = ?", [grouping])
-        if df.empty:
-            return pd.DataFrame()
-        m = df.pivot_table(index="grp", columns="feature", values="v", fill_value=0.0)
-        spread = (m.max(0) - m.min(0)).sort_values(ascending=False)
-        return m[spread.index[:n_features]]
+    def group_usage(self, grouping: str) -> pd.DataFrame:
+        return self.q("""SELECT grp, feature, n_proteins, n_fire, frac, mean_act, log_odds, p, q FROM group_usage
+                         WHERE grouping = ?""", [grouping])
 
-    def enriched(self, grouping: str, group: str, n: int = 20, max_q: float = 0.05) -> pd.DataFrame:
-        df = self.q("""SELECT u.feature, f.label, f.best_concept, u.n_fire, u.n_proteins, u.frac, u.mean_act, u.log_odds, u.p, u.q
-                       FROM group_usage u JOIN features f USING (feature)
-                       WHERE u.grouping = ? AND u.grp = ? AND u.q <= ? ORDER BY u.log_odds DESC LIMIT ?""", [grouping, group, max_q, n])
-        labels = self.labels()
-        df["label"] = df["feature"].map(labels).fillna(df["label"])
-        return df
+    def sequences(self, ids: list[str]) -> dict[str, str]:
+        """id -> sequence for the proteins of the index among ``ids``."""
+        if not ids:
+            return {}
+        df = self.q("SELECT id, sequence FROM proteins WHERE list_contains(?, id)", [list(ids)])
+        return dict(zip(df["id"], df["sequence"]))
 
-    def compare(self, grouping: str, a: str, b: str, n: int = 25) -> pd.DataFrame:
-        """Features whose usage differs most between two groups."""
-        df = self.q("""SELECT feature, grp, frac FROM group_usage WHERE grouping = ? AND grp IN (?, ?)""", [grouping, a, b])
-        m = df.pivot_table(index="feature", columns="grp", values="frac", fill_value=0.0)
-        for g in (a, b):
-            if g not in m:
-                m[g] = 0.0
-        m["difference"] = m[a] - m[b]
-        return m.reindex(m["difference"].abs().sort_values(ascending=False).index).head(n).reset_index()
-
-    # -------------------------------------------------------- labels (separate, writable file)
     def labels(self) -> dict[int, str]:
+        """User-written labels (separate, writable file beside the index)."""
         return get_labels(self.path)
 
-    def normalised(self, f: int, values: np.ndarray, mode: str = "raw") -> np.ndarray:
-        """Activations raw, divided by the feature's max (0..1), or x IDF (ESM C SAE release)."""
-        row = self.q("SELECT max_act, idf FROM features WHERE feature = ?", [f]).iloc[0]
-        return normalise(values, float(row.max_act), float(row.idf), mode)
+    def with_labels(self, df: pd.DataFrame) -> pd.DataFrame:
+        f = self.q("SELECT feature, label, best_concept FROM features")
+        out = df.merge(f, on="feature", how="left")
+        out["label"] = out["feature"].map(self.labels()).fillna(out["label"])
+        return out
+
+
+def group_heatmap(usage: pd.DataFrame, n_features: int = 40, value: str = "frac") -> pd.DataFrame:
+    """Groups x features matrix of the most group-specific features (largest spread of usage)."""
+    if usage.empty:
+        return pd.DataFrame()
+    m = usage.pivot_table(index="grp", columns="feature", values=value, fill_value=0.0)
+    spread = (m.max(0) - m.min(0)).sort_values(ascending=False)
+    return m[spread.index[:n_features]]
+
+
+def enriched(usage: pd.DataFrame, group: str, n: int = 20, max_q: float = 0.05) -> pd.DataFrame:
+    """The group's features with FDR q <= max_q, by effect size (log odds)."""
+    df = usage[(usage.grp == group) & (usage.q <= max_q)]
+    return df.sort_values("log_odds", ascending=False).head(n).reset_index(drop=True)
+
+
+def compare(usage: pd.DataFrame, a: str, b: str, n: int = 25) -> pd.DataFrame:
+    """Features whose usage differs most between two groups."""
+    m = usage[usage.grp.isin([a, b])].pivot_table(index="feature", columns="grp", values="frac", fill_value=0.0)
+    for g in (a, b):
+        if g not in m:
+            m[g] = 0.0
+    m = m[[a, b]] if a != b else m[[a]]
+    m["difference"] = m[a] - m[b]
+    return m.reindex(m["difference"].abs().sort_values(ascending=False).index).head(n).reset_index()
+
+
 
 
 def normalise(values: np.ndarray, fmax: float, idf: float, mode: str) -> np.ndarray:

@@ -1,32 +1,59 @@
 """Group comparison: feature usage across taxonomic (or user) groups, with enrichment."""
+import hashlib
+
 import streamlit as st
 
-from esmsae.explore import heatmap
-from esmsae.ui import pick_run, require_index
+from esmsae.analyze import InputError, group_usage, read_uploaded_grouping
+from esmsae.explore import compare, enriched, group_heatmap, heatmap
+from esmsae.ui import analyzer_of, pick_run, require_index
 
 run = pick_run()
 idx = require_index(run)
 st.title("Group comparison")
-gs = idx.groupings()
-if not gs:
-    st.info("This index has no groupings (add --groups files or proteins with taxonomy when building it).")
-    st.stop()
-g = st.selectbox("Grouping", gs, index=gs.index("kingdom") if "kingdom" in gs else 0, key="grouping")
-sizes = idx.q("SELECT grp, n_proteins FROM groups WHERE grouping = ? ORDER BY n_proteins DESC", [g])
-st.caption(" - ".join(f"{r.grp}: {r.n_proteins} proteins" for r in sizes.head(20).itertuples()))
+source = st.radio("Grouping", ["from the index", "upload a grouping file"], horizontal=True, key="group_source")
+usage = None
+if source == "from the index":
+    gs = idx.groupings()
+    if not gs:
+        st.info("This index has no groupings (add --groups files or proteins with taxonomy when building it).")
+        st.stop()
+    g = st.selectbox("Grouping", gs, index=gs.index("kingdom") if "kingdom" in gs else 0, key="grouping")
+    usage = idx.group_usage(g)
+else:
+    g = "uploaded"
+    up = st.file_uploader("TSV (protein id <TAB> group, ids from this index) or JSON {group: [[sequence, header], ...]}",
+                          type=["tsv", "txt", "json"], key="group_upload")
+    if up is None:
+        st.stop()
+    key = hashlib.md5(up.getvalue()).hexdigest()
+    if st.session_state.get("group_upload_key") != key:
+        try:
+            groups, unknown = read_uploaded_grouping(up.name, up.getvalue(), idx.sequences)
+        except InputError as e:
+            st.error(str(e))
+            st.stop()
+        with st.spinner(f"Running the protein LM + SAE on {sum(map(len, groups.values()))} proteins..."):
+            st.session_state["group_upload_usage"] = group_usage(analyzer_of(run), groups)
+        st.session_state["group_upload_key"] = key
+        st.session_state["group_upload_unknown"] = unknown
+    usage = st.session_state["group_upload_usage"]
+    if st.session_state.get("group_upload_unknown"):
+        st.warning(f"{st.session_state['group_upload_unknown']} ids in the file are not in this index and were skipped.")
+
+sizes = usage.groupby("grp")["n_proteins"].first().sort_values(ascending=False)
+st.caption(" - ".join(f"{k}: {v} proteins" for k, v in sizes.head(20).items()))
 value = st.radio("Heatmap value", ["frac", "mean_act"], horizontal=True, key="heat_value",
                  format_func={"frac": "fraction of proteins where it fires", "mean_act": "mean of per-protein max activation"}.get)
-m = idx.group_heatmap(g, 40, value)
+m = group_heatmap(usage, 40, value)
 if not m.empty:
     st.plotly_chart(heatmap(m.head(30), f"Most group-specific features by {g}", ylab=g), key="group_heat")
-groups = sizes["grp"].tolist()
-grp = st.selectbox("Most enriched features in group", groups, key="enriched_group")
-enr = idx.enriched(g, grp)
+groups_list = sizes.index.tolist()
+grp = st.selectbox("Most enriched features in group", groups_list, key="enriched_group")
 st.caption("One-sided Fisher's exact test against all other groups, Benjamini-Hochberg FDR (q); effect size = log odds ratio.")
-st.dataframe(enr, hide_index=True, key="enriched_table")
-if len(groups) >= 2:
+st.dataframe(idx.with_labels(enriched(usage, grp)), hide_index=True, key="enriched_table")
+if len(groups_list) >= 2:
     st.subheader("Two groups side by side")
     a, b = st.columns(2)
-    ga = a.selectbox("Group A", groups, index=0, key="ga")
-    gb = b.selectbox("Group B", groups, index=1, key="gb")
-    st.dataframe(idx.compare(g, ga, gb), hide_index=True, key="compare_table")
+    ga = a.selectbox("Group A", groups_list, index=0, key="ga")
+    gb = b.selectbox("Group B", groups_list, index=1, key="gb")
+    st.dataframe(compare(usage, ga, gb), hide_index=True, key="compare_table")

@@ -54,7 +54,10 @@ if state:
     c1, c2 = st.columns([2, 3])
     with c1:
         st.markdown("**Features that fire most**")
-        st.dataframe(top, hide_index=True, key="top_feats")
+        run_q = "" if run.name == "demo" else f"&run={run.name}"
+        top["page"] = [f"/features?feature={int(f)}{run_q}" for f in top["feature"]]
+        st.dataframe(top, hide_index=True, key="top_feats",
+                     column_config={"page": st.column_config.LinkColumn("feature page", display_text="open")})
         for f in top["feature"].head(5):
             feature_link(int(f), run)
     with c2:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import torch
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -102,6 +103,30 @@ def test_groups(env):
     assert at.dataframe  # enriched table
     at.selectbox(key="grouping").set_value(at.selectbox(key="grouping").options[-1]).run()
     assert not at.exception
+
+
+def test_uploaded_grouping(env, mgen_full, esm2_dir):
+    from esmsae.analyze import Analyzer, InputError, group_usage, read_uploaded_grouping
+    from esmsae.fasta import read_fasta
+
+    idx = FeatureIndex(env / "tiny" / "L4_resid" / "index.duckdb")
+    recs = list(read_fasta(mgen_full))[:12]
+    ids = [h.split()[0].split("|")[1] for h, _ in recs]
+    tsv = "id\tgroup\n" + "".join(f"{pid}\t{'A' if i < 6 else 'B'}\n" for i, pid in enumerate(ids)) + "NOPE\tA\n"
+    groups, unknown = read_uploaded_grouping("g.tsv", tsv.encode(), idx.sequences)
+    assert unknown == 1 and sorted(groups) == ["A", "B"] and len(groups["A"]) == 6
+    an = Analyzer(env / "tiny" / "L4_resid")
+    usage = group_usage(an, groups)
+    # brute force: fraction of group A proteins where feature f fires
+    f = int(usage.feature.iloc[0])
+    with torch.no_grad():
+        fires = [float(an.sae.encode_dense(an.plm.embed([s], [an.hook])[0][an.hook.name])[:, f].max()) > 0 for _, s in groups["A"]]
+    row = usage[(usage.grp == "A") & (usage.feature == f)]
+    assert (row.n_fire.iloc[0] if len(row) else 0) == sum(fires)
+    with pytest.raises(InputError, match="none of its"):
+        read_uploaded_grouping("g.tsv", b"X1\tA\n", idx.sequences)
+    with pytest.raises(InputError, match="entry 0"):
+        read_uploaded_grouping("g.json", b'{"A": [["MK1", "h"]]}', idx.sequences)
 
 
 def test_training_page_form_and_validation(env):
