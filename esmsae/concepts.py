@@ -128,7 +128,9 @@ def load_tmbed(folder: Path) -> list[Labeled]:
             if not seq or len(lab) != len(seq):
                 continue
             parts = head.split("|")
-            out.append(Labeled(parts[0], seq, "TMbed", _from_codes(lab, TMBED_CODES, "TMbed"),
+            codes = TMBED_CODES if any(c in lab for c in "HhBb") else {"S": "signal peptide"}
+            # inside/outside only for membrane proteins: a globular protein is all "1" by default
+            out.append(Labeled(parts[0], seq, "TMbed", _from_codes(lab, codes, "TMbed"),
                                kingdom=TMBED_KINGDOM.get(parts[1], "") if len(parts) > 1 else ""))
     return out
 

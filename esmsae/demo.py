@@ -65,7 +65,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-time-limit-s", type=float, default=5400, help="stop LM training after this long (CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for LM training")
     p.add_argument("--layer", type=int, default=3, help="hooked layer (resid); 3 is the middle of ESM-2 8M's 6 blocks")
-    p.add_argument("--n-latents", type=int, default=4096, help="SAE latents")
+    p.add_argument("--n-latents", type=int, default=2048, help="SAE latents (2048 = 6.4x d_in: at 4096 half of them never fired on the demo LM, whose layer-3 activations are low-dimensional)")
     p.add_argument("--k", type=int, default=32, help="TopK active latents")
     p.add_argument("--sae-proteins", type=int, default=10000, help="proteome proteins embedded for SAE training")
     p.add_argument("--sae-token-budget", type=int, default=8_000_000, help="SAE training tokens (about two epochs over the store)")

@@ -43,6 +43,7 @@ THRESHOLDS = (0.0, 0.15, 0.5, 0.6, 0.8)  # fractions of each feature's max (Inte
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-4, 4, 161)])  # activation histogram bin edges (20 per decade)
 DENSE_FREQ = 0.1  # a feature firing on more than this fraction of residues is "dense"
 MIN_DOMAINS = 10  # a concept needs this many annotated domains to be a feature's best concept
+MAX_COVERAGE = 0.5  # ...and may cover at most this fraction of its source's residues (not "everything")
 
 
 class IndexError_(ValueError):
@@ -246,14 +247,16 @@ class _CSRWriter:
         self.offsets.append(self.offsets[-1] + len(key))
         self.pidx.append(pidx)
 
-    def close(self) -> tuple[np.memmap | np.ndarray, np.memmap | np.ndarray]:
+    def close(self) -> None:
         self.f_idx.close()
         self.f_val.close()
-        n = self.offsets[-1]
-        if n == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return (np.memmap(self.folder / "idx.bin", dtype=np.int64, mode="r", shape=(n,)),
-                np.memmap(self.folder / "val.bin", dtype=np.float32, mode="r", shape=(n,)))
+
+    def read(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(protein, keys, values) in written order, one protein in memory at a time."""
+        with open(self.folder / "idx.bin", "rb") as fi, open(self.folder / "val.bin", "rb") as fv:
+            for j, pidx in enumerate(self.pidx):
+                n = self.offsets[j + 1] - self.offsets[j]
+                yield pidx, np.fromfile(fi, dtype=np.int64, count=n), np.fromfile(fv, dtype=np.float32, count=n)
 
 
 def _pairs(rows_R: np.ndarray, idx_R: np.ndarray, val_R: np.ndarray, n_features: int):
@@ -268,8 +271,8 @@ def _pairs(rows_R: np.ndarray, idx_R: np.ndarray, val_R: np.ndarray, n_features:
 
 
 # ---------------------------------------------------------------- concept pass
-def _concept_counts(csr_idx, csr_val, offsets, csr_pidx, items: list[Item], fmax_F: np.ndarray, concept_ids: dict[str, int],
-                    source_ids: dict[str, int], concept_source: np.ndarray) -> dict[str, np.ndarray]:
+def _concept_counts(csr: "_CSRWriter", items: list[Item], fmax_F: np.ndarray, concept_ids: dict[str, int],
+                    source_ids: dict[str, int]) -> dict[str, np.ndarray]:
     """Per feature x concept x threshold: true-positive residues and hit domains; per
     feature x source x threshold: active residues (the precision denominator)."""
     F, C, S, T = len(fmax_F), len(concept_ids), len(source_ids), len(THRESHOLDS)
@@ -278,10 +281,7 @@ def _concept_counts(csr_idx, csr_val, offsets, csr_pidx, items: list[Item], fmax
     act = np.zeros((S, F, T), np.int64)
     thr = np.asarray(THRESHOLDS, np.float32)
     safe_max = np.where(fmax_F > 0, fmax_F, 1.0).astype(np.float32)
-    for j, pidx in enumerate(csr_pidx):
-        a, b = offsets[j], offsets[j + 1]
-        key = np.asarray(csr_idx[a:b])
-        val = np.asarray(csr_val[a:b])
+    for pidx, key, val in csr.read():
         res, feat = key >> 20, key & ((1 << 20) - 1)
         # level = how many thresholds the normalised activation exceeds (t=0 means "fires")
         level = (val[:, None] / safe_max[feat][:, None] > thr[None, :]).sum(1)
@@ -489,7 +489,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         if batch:
             run(batch)
         bar.close()
-        csr_idx, csr_val = csr.close()
+        csr.close()
 
         # ------------------------------------------------ features
         n_done = int(con.execute("SELECT count(*) FROM proteins").fetchall()[0][0])
@@ -500,7 +500,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         qs = _hist_quantiles(hist_FH, (0.5, 0.9, 0.99))
 
         # ------------------------------------------------ concepts
-        conc = _concept_counts(csr_idx, csr_val, csr.offsets, csr.pidx, items, max_F, concept_ids, source_ids, concept_source)
+        conc = _concept_counts(csr, items, max_F, concept_ids, source_ids)
         n_res_C = np.zeros(len(concept_names), np.int64)
         n_dom_C = np.zeros(len(concept_names), np.int64)
         n_prot_C = np.zeros(len(concept_names), np.int64)
@@ -512,7 +512,12 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
                     n_res_C[c] += sum(y - x for x, y in spans)
                     n_dom_C[c] += len(spans)
                     n_prot_C[c] += 1
-        f1_df, best = _concept_table(conc, concept_names, concept_source, n_res_C, n_dom_C)
+        src_res = np.zeros(len(source_names), np.int64)
+        for i in done:
+            for s_name in {lab.source for lab in items[i].labels}:
+                src_res[source_ids[s_name]] += len(items[i].sequence)
+        coverage_C = n_res_C / np.maximum(src_res[concept_source], 1) if len(concept_names) else np.zeros(0)
+        f1_df, best = _concept_table(conc, concept_names, concept_source, n_res_C, n_dom_C, coverage_C)
 
         # ------------------------------------------------ groups
         group_rows = []
@@ -563,7 +568,8 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         con.register("struct_df", pd.DataFrame(struct_rows, columns=["pidx", "feature", "max_act", "positions", "values"]))
         con.execute("CREATE TABLE structure_tracks AS SELECT * FROM struct_df ORDER BY feature, max_act DESC")
         con.register("concepts_df", pd.DataFrame({"concept": concept_names, "source": [source_names[s] for s in concept_source],
-                                                  "n_residues": n_res_C, "n_domains": n_dom_C, "n_proteins": n_prot_C}))
+                                                  "n_residues": n_res_C, "n_domains": n_dom_C, "n_proteins": n_prot_C,
+                                                  "coverage": coverage_C, "best_eligible": (n_dom_C >= MIN_DOMAINS) & (coverage_C <= MAX_COVERAGE)}))
         con.execute("CREATE TABLE concepts AS SELECT * FROM concepts_df")
         con.register("f1_df", f1_df)
         con.execute("CREATE TABLE concept_f1 AS SELECT * FROM f1_df ORDER BY feature, f1 DESC")
@@ -628,7 +634,7 @@ def _hist_quantiles(hist_FH: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
     return out
 
 
-def _concept_table(conc, concept_names, concept_source, n_res_C, n_dom_C):
+def _concept_table(conc, concept_names, concept_source, n_res_C, n_dom_C, coverage_C):
     tp, dom, act = conc["tp"], conc["dom"], conc["act"]
     C, F, T = tp.shape
     rows = []
@@ -636,7 +642,7 @@ def _concept_table(conc, concept_names, concept_source, n_res_C, n_dom_C):
             "precision": np.zeros(F), "recall": np.zeros(F)}
     for c in range(C):
         a = act[concept_source[c]]  # [F, T]
-        eligible = n_dom_C[c] >= MIN_DOMAINS
+        eligible = n_dom_C[c] >= MIN_DOMAINS and coverage_C[c] <= MAX_COVERAGE
         prec = tp[c] / np.maximum(a, 1)
         rec_dom = dom[c] / max(n_dom_C[c], 1)
         rec_res = tp[c] / max(n_res_C[c], 1)
