@@ -296,7 +296,8 @@ def parse_structure(text: str, fmt: str) -> dict[str, tuple[str, list[int]]]:
         raise StructureError(f"no models with atoms in this {fmt.upper()} file")
     chains = {}
     for ch in models[0]:
-        res = [r for r in ch if r.id[0] == " " and is_aa(r, standard=False)]
+        # standard residues, plus modified amino acids written as HETATM (e.g. TPO), as in the atom sequence
+        res = [r for r in ch if (r.id[0] == " " and is_aa(r, standard=False)) or (r.id[0].startswith("H_") and "CA" in r and "N" in r)]
         if res:
             seq = "".join(seq1(r.get_resname(), undef_code="X") for r in res)
             chains[ch.id] = (seq, [r.id[1] for r in res])
