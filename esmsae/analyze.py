@@ -115,31 +115,17 @@ def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, li
     TSV ``id<TAB>group`` (ids looked up with ``lookup(ids) -> {id: sequence}``, e.g. the index's
     proteins) or JSON ``{group: [[sequence, header], ...]}`` (esm-sae's sampled_sequences.json).
     """
-    import json
-
-    from .fasta import clean_sequence
-
     text = data.decode("utf-8", errors="replace")
     groups: dict[str, list[tuple[str, str]]] = {}
     unknown = 0
     if name.lower().endswith(".json"):
+        from .index import grouping_json
+
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{name}: not valid JSON ({e})") from e
-        if not isinstance(obj, dict):
-            raise InputError(f"{name}: expected {{group: [[sequence, header], ...]}}")
-        for g, members in obj.items():
-            if not isinstance(members, list):
-                raise InputError(f"{name}: group {g!r} is not a list of [sequence, header] pairs")
-            for j, m in enumerate(members):
-                if not (isinstance(m, (list, tuple)) and m and isinstance(m[0], str)):
-                    raise InputError(f"{name}: group {g!r}, entry {j}: expected [sequence, header]")
-                try:
-                    seq = clean_sequence(m[0], f"group {g!r} entry {j}")
-                except SequenceError as e:
-                    raise InputError(f"{name}: {e}") from e
-                groups.setdefault(str(g), []).append((str(m[1]) if len(m) > 1 else f"{g}_{j}", seq))
+            for g, header, seq in grouping_json(text, name):
+                groups.setdefault(g, []).append((header, seq))
+        except ValueError as e:  # IndexError_ and SequenceError name the group and entry
+            raise InputError(str(e)) from e
     else:
         pairs = []
         for n, line in enumerate(text.splitlines(), 1):

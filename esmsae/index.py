@@ -68,6 +68,24 @@ def md5(seq: str) -> str:
 
 
 # ---------------------------------------------------------------- protein sets and groupings
+def grouping_json(text: str, name: str) -> Iterator[tuple[str, str, str]]:
+    """(group, header, sequence) from esm-sae style JSON ``{group: [[sequence, header], ...]}``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IndexError_(f"{name}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise IndexError_(f"{name}: expected an object {{group: [[sequence, header], ...]}}")
+    for group, members in data.items():
+        if not isinstance(members, list):
+            raise IndexError_(f"{name}: group {group!r} is not a list of [sequence, header] pairs")
+        for j, m in enumerate(members):
+            if not (isinstance(m, (list, tuple)) and len(m) >= 1 and isinstance(m[0], str)):
+                raise IndexError_(f"{name}: group {group!r}, entry {j}: expected [sequence, header]")
+            header = m[1] if len(m) > 1 and isinstance(m[1], str) else f"{group}_{j}"
+            yield str(group), header, clean_sequence(m[0], f"{name} group {group!r} entry {j}")
+
+
 def read_grouping(path: str | os.PathLike) -> tuple[str, dict[str, str], list[Protein]]:
     """A grouping file -> (grouping name, {protein id or 'md5:<hash>': group}, extra proteins).
 
@@ -82,23 +100,10 @@ def read_grouping(path: str | os.PathLike) -> tuple[str, dict[str, str], list[Pr
     mapping: dict[str, str] = {}
     extra: list[Protein] = []
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise IndexError_(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise IndexError_(f"{path}: expected an object {{group: [[sequence, header], ...]}}")
-        for group, members in data.items():
-            if not isinstance(members, list):
-                raise IndexError_(f"{path}: group {group!r} is not a list of [sequence, header] pairs")
-            for j, m in enumerate(members):
-                if not (isinstance(m, (list, tuple)) and len(m) >= 1 and isinstance(m[0], str)):
-                    raise IndexError_(f"{path}: group {group!r}, entry {j}: expected [sequence, header]")
-                header = m[1] if len(m) > 1 and isinstance(m[1], str) else f"{group}_{j}"
-                seq = clean_sequence(m[0], f"{path.name} group {group!r} entry {j}")
-                pid, desc, org, taxid = parse_header(header)
-                extra.append(Protein(pid, seq, desc, org, taxid))
-                mapping["md5:" + md5(seq)] = str(group)
+        for group, header, seq in grouping_json(path.read_text(), path.name):
+            pid, desc, org, taxid = parse_header(header)
+            extra.append(Protein(pid, seq, desc, org, taxid))
+            mapping["md5:" + md5(seq)] = group
         return name, mapping, extra
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
