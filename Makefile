@@ -48,6 +48,7 @@ demo: venv
 bench: venv
 	$(BIN)/python bench/lm_amp.py
 	$(BIN)/python bench/inspector_latency.py
+	$(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .npm static/3Dmol-min.js

@@ -1,0 +1,101 @@
+"""SAE training-step throughput and quality at equal tokens: esmsae vs EleutherAI sparsify.
+
+Both run on the same activation file, TopK, same d_in / latents / k / batch / threads /
+optimizer (Adam, the Gao et al. learning rate), fp32 on the CPU. sparsify runs in its own
+virtual environment (bench/venv-sparsify, created here: it needs other transformers/datasets
+versions than esm). Sizes: (320, 10,240, k 32) on real activations of the demo LM's layer 3,
+and (960, 16,384, k 64) on synthetic activations (no d=960 model is available offline).
+Each side is measured in alternating runs; the result is the ratio of medians.
+Writes bench/results/train_throughput.json.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CACHE = ROOT / "bench" / "cache"
+PEER_VENV = ROOT / "bench" / "venv-sparsify"
+PEER_PY = PEER_VENV / "bin" / "python"
+
+
+def ensure_peer() -> None:
+    if PEER_PY.exists() and subprocess.run([str(PEER_PY), "-c", "import sparsify"], capture_output=True).returncode == 0:
+        return
+    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    subprocess.run([str(PEER_PY), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)  # the CPU wheel
+    subprocess.run([str(PEER_PY), "-m", "pip", "install", "-q", "eai-sparsify==1.3.3"], check=True)
+
+
+def real_acts(n_proteins: int = 700) -> Path:
+    out = CACHE / "demo_L3_acts.npy"
+    if out.exists():
+        return out
+    from esmsae.analyze import Analyzer
+    from esmsae.fasta import read_fasta
+
+    an = Analyzer(ROOT / "data" / "demo" / "sae")
+    seqs = [s for i, (_, s) in enumerate(read_fasta(ROOT.parent / "shared" / "data" / "uniprot" / "proteomes15" / "UP000000625-E.coli.fasta.gz"))
+            if i < n_proteins and len(s) <= 1000]
+    acts = np.concatenate([a[an.hook.name].numpy() for a in an.plm.embed(seqs, [an.hook])])
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(out, acts.astype(np.float32))
+    return out
+
+
+def synthetic_acts(d: int = 960, n: int = 120_000) -> Path:
+    out = CACHE / f"synthetic_{d}.npy"
+    if not out.exists():
+        rng = np.random.default_rng(0)
+        # a sparse sum of 2,000 random directions plus noise: roughly the structure SAEs assume
+        D = rng.standard_normal((2000, d)).astype(np.float32)
+        codes = rng.exponential(1.0, (n, 24)).astype(np.float32)
+        idx = rng.integers(0, 2000, (n, 24))
+        X = np.einsum("nk,nkd->nd", codes, D[idx]) + 0.1 * rng.standard_normal((n, d)).astype(np.float32)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        np.save(out, X.astype(np.float32))
+    return out
+
+
+def run(py: Path | str, impl: str, acts: Path, *args: str) -> dict:
+    r = subprocess.run([str(py), str(ROOT / "bench" / "sae_step.py"), "--impl", impl, "--acts", str(acts), *args],
+                       capture_output=True, text=True, cwd=ROOT)
+    if r.returncode:
+        raise RuntimeError(f"{impl} failed: {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(repeats: int = 3) -> dict:
+    ensure_peer()
+    sizes = [("esm2_8M_interplm", real_acts(), 10240, 32), ("esmc_300m", synthetic_acts(), 16384, 64)]
+    out = {"cpu": platform.processor() or platform.machine(), "threads": 2, "batch": 4096, "dtype": "float32", "throughput": [], "quality": []}
+    for name, acts, F, k in sizes:
+        tps = {"esmsae": [], "sparsify": []}
+        for _ in range(repeats):  # alternate the two sides: the machine's noise hits both
+            for impl, py in (("esmsae", sys.executable), ("sparsify", PEER_PY)):
+                tps[impl].append(run(py, impl, acts, "--n-latents", str(F), "--k", str(k), "--steps", "8")["tokens_per_s"])
+        med = {i: statistics.median(v) for i, v in tps.items()}
+        out["throughput"].append({"size": name, "d_in": int(np.load(acts, mmap_mode="r").shape[1]), "n_latents": F, "k": k,
+                                  "esmsae_tokens_per_s": med["esmsae"], "sparsify_tokens_per_s": med["sparsify"],
+                                  "ratio": med["esmsae"] / med["sparsify"], "runs": tps})
+        print(json.dumps(out["throughput"][-1]))
+    acts = real_acts()
+    q = {impl: run(py, impl, acts, "--n-latents", "10240", "--k", "32", "--train-tokens", "400000")
+         for impl, py in (("esmsae", sys.executable), ("sparsify", PEER_PY))}
+    out["quality"].append({"size": "esm2_8M_interplm", "train_tokens": q["esmsae"]["train_tokens"],
+                           "esmsae_heldout_fvu": q["esmsae"]["heldout_fvu"], "sparsify_heldout_fvu": q["sparsify"]["heldout_fvu"]})
+    print(json.dumps(out["quality"][-1]))
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "train_throughput.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
