@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import load_sae
-from .config import ModelConfig
+from .checkpoint import load_sae, model_config_of
 from .evaluate import hook_of
 from .fasta import SequenceError, parse_fasta_text
 from .plm import load_plm
@@ -55,11 +54,12 @@ class Result:
     def dense(self, features: list[int]) -> np.ndarray:
         """[L, len(features)] activations of the chosen features."""
         out = np.zeros((len(self.sequence), len(features)), np.float32)
-        col = {f: j for j, f in enumerate(features)}
-        for i in range(self.idx_LK.shape[0]):
-            for v, f in zip(self.acts_LK[i], self.idx_LK[i]):
-                if v > 0 and int(f) in col:
-                    out[i, col[int(f)]] = v
+        feats = np.asarray(features, dtype=np.int64)
+        order = np.argsort(feats)
+        pos = np.searchsorted(feats[order], self.idx_LK).clip(max=len(feats) - 1) if len(feats) else np.zeros_like(self.idx_LK)
+        hit = (self.acts_LK > 0) & (feats[order][pos] == self.idx_LK) if len(feats) else np.zeros(self.idx_LK.shape, bool)
+        rows, _ = np.nonzero(hit)
+        out[rows, order[pos[hit]]] = self.acts_LK[hit]
         return out
 
     def top_features(self, n: int = 20) -> pd.DataFrame:
@@ -94,8 +94,9 @@ class Analyzer:
 
     def __init__(self, sae_dir: str | Path, device: str = "cpu"):
         self.sae, self.meta = load_sae(sae_dir)
-        base = self.meta["base_model"]
-        self.plm = load_plm(ModelConfig(name=base["name"], family=base.get("family", "auto"), device=device))
+        mcfg = model_config_of(self.meta)
+        mcfg.device = device
+        self.plm = load_plm(mcfg)
         self.hook = hook_of(self.meta)
 
     @torch.no_grad()
@@ -118,33 +119,26 @@ def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, li
     text = data.decode("utf-8", errors="replace")
     groups: dict[str, list[tuple[str, str]]] = {}
     unknown = 0
-    if name.lower().endswith(".json"):
-        from .index import grouping_json
+    from .index import grouping_json, grouping_tsv
 
-        try:
+    try:
+        if name.lower().endswith(".json"):
             for g, header, seq in grouping_json(text, name):
                 groups.setdefault(g, []).append((header, seq))
-        except ValueError as e:  # IndexError_ and SequenceError name the group and entry
-            raise InputError(str(e)) from e
-    else:
-        pairs = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            parts = line.split("\t")
-            if len(parts) < 2:
-                raise InputError(f"{name}, line {n}: expected 'protein_id<TAB>group', got {line[:60]!r}")
-            if n == 1 and parts[0].lower() in ("id", "protein", "protein_id"):
-                continue
-            pairs.append((parts[0].strip(), parts[1].strip()))
-        seqs = lookup([p for p, _ in pairs])
-        for pid, g in pairs:
-            if pid in seqs:
-                groups.setdefault(g, []).append((pid, seqs[pid]))
-            else:
-                unknown += 1
-        if pairs and unknown == len(pairs):
-            raise InputError(f"{name}: none of its {len(pairs)} protein ids is in this index (first: {pairs[0][0]!r})")
+        else:
+            pairs = grouping_tsv(text, name)
+            seqs = lookup([p for p, _ in pairs])
+            for pid, g in pairs:
+                if pid in seqs:
+                    groups.setdefault(g, []).append((pid, seqs[pid]))
+                else:
+                    unknown += 1
+            if pairs and unknown == len(pairs):
+                raise InputError(f"{name}: none of its {len(pairs)} protein ids is in this index (first: {pairs[0][0]!r})")
+    except InputError:
+        raise
+    except ValueError as e:  # IndexError_ and SequenceError name the line, group or entry
+        raise InputError(str(e)) from e
     if not groups:
         raise InputError(f"{name}: no groups found")
     n = sum(len(v) for v in groups.values())

@@ -15,7 +15,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .config import SAEConfig, from_dict
+from .config import ModelConfig, SAEConfig, from_dict
 from .plm import ModelMismatchError, ProteinLM
 from .sae import SAE
 
@@ -91,6 +91,19 @@ def load_sae(folder: str | os.PathLike, plm: ProteinLM | None = None, device: st
             raise ValueError(f"{folder / WEIGHTS}: tensor {k} has shape {tuple(v.shape)}, cfg.json implies {tuple(sae.state_dict()[k].shape)}")
     sae.load_state_dict(state)
     return sae.to(device).eval(), meta
+
+
+def model_config_of(meta: dict[str, Any], name: str = "") -> ModelConfig:
+    """The protein LM a checkpoint was trained on, with the recorded window / batch / dtype
+    settings; the base model's name comes from ``base_model`` (resolved by :func:`read_cfg`).
+    ``name`` runs another model instead (its family is then guessed from the name)."""
+    base = meta.get("base_model", {})
+    rec = dict(meta.get("model_config") or {})
+    rec["name"] = name or base.get("name") or rec.get("name", "")
+    if not rec["name"]:
+        raise ValueError("cfg.json records no base model; pass a model name")
+    rec["family"] = "auto" if name else base.get("family", rec.get("family", "auto"))
+    return from_dict(ModelConfig, rec)
 
 
 def check_compatible(meta: dict[str, Any], plm: ProteinLM, strict_name: bool = True) -> None:

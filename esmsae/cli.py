@@ -144,16 +144,20 @@ def _dispatch(ns: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline(cfg: dict, out: str, progress: bool = True) -> list[Path]:
+def run_pipeline(cfg: dict, out: str, progress: bool = True, on_stage=lambda stage: None) -> list[Path]:
+    """embed -> train -> evaluate into the run folder ``out``; ``on_stage(name)`` is told as each starts."""
     from .evaluate import evaluate
     from .store import embed_fasta
     from .train import train
 
     outp = Path(out)
+    on_stage("embed")
     embed = EmbedConfig(**{**asdict(cfg["embed"]), "store": str(outp / "store")})
     store = embed_fasta(embed, cfg["model"], cfg["hook"], progress=progress)
+    on_stage("train")
     tcfg = TrainConfig(**{**asdict(cfg["train"]), "store": str(store), "out": str(outp), "layers": list(cfg["hook"].layers)})
     dirs = train(tcfg, cfg["sae"], progress=progress)
+    on_stage("evaluate")
     ecfg = EvalConfig(**{**asdict(cfg["eval"]), "seed": tcfg.seed})
     for d in dirs:
         card = evaluate(d, ecfg)

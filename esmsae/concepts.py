@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .fasta import ALPHABET, read_fasta
+from .fasta import ALPHABET
 
 
 @dataclass
@@ -63,28 +63,19 @@ def _tsv_gz(path: Path) -> Iterator[dict]:
 
 
 # ---------------------------------------------------------------- UniProt feature tables
-# UniProt feature types (flat-file codes and the XML names used in mgenitalium) -> concept
-UNIPROT_TYPES = {
-    "BINDING": "binding site", "binding site": "binding site",
-    "ACT_SITE": "active site", "active site": "active site",
-    "METAL": "metal-binding site", "metal ion-binding site": "metal-binding site",
-    "DOMAIN": "domain", "domain": "domain",
-    "MOTIF": "motif", "short sequence motif": "motif",
-    "ZN_FING": "zinc finger", "zinc finger region": "zinc finger",
-    "TRANSMEM": "transmembrane", "transmembrane region": "transmembrane",
-    "SIGNAL": "signal peptide", "signal peptide": "signal peptide",
-    "DISULFID": "disulfide bond", "disulfide bond": "disulfide bond",
-    "HELIX": "helix", "helix": "helix", "STRAND": "strand", "strand": "strand", "TURN": "turn", "turn": "turn",
-    "COILED": "coiled coil", "coiled-coil region": "coiled coil",
-    "COMPBIAS": "compositional bias", "compositionally biased region": "compositional bias",
-    "REPEAT": "repeat", "repeat": "repeat",
-    "LIPID": "lipidation", "lipid moiety-binding region": "lipidation",
-    "NP_BIND": "nucleotide-binding region", "nucleotide phosphate-binding region": "nucleotide-binding region",
-    "MOD_RES": "modified residue", "modified residue": "modified residue",
-    "CARBOHYD": "glycosylation", "TOPO_DOM": "topological domain", "topological domain": "topological domain",
-    "DNA_BIND": "DNA-binding region", "DNA-binding region": "DNA-binding region",
-    "CROSSLNK": "cross-link", "SITE": "site", "site": "site",
+# concept -> UniProt feature types naming it (flat-file code, and the XML name used in mgenitalium)
+_UNIPROT_CONCEPTS = {
+    "binding site": ("BINDING",), "active site": ("ACT_SITE",), "metal-binding site": ("METAL", "metal ion-binding site"),
+    "domain": ("DOMAIN",), "motif": ("MOTIF", "short sequence motif"), "zinc finger": ("ZN_FING", "zinc finger region"),
+    "transmembrane": ("TRANSMEM", "transmembrane region"), "signal peptide": ("SIGNAL",), "disulfide bond": ("DISULFID",),
+    "helix": ("HELIX",), "strand": ("STRAND",), "turn": ("TURN",), "coiled coil": ("COILED", "coiled-coil region"),
+    "compositional bias": ("COMPBIAS", "compositionally biased region"), "repeat": ("REPEAT",),
+    "lipidation": ("LIPID", "lipid moiety-binding region"), "nucleotide-binding region": ("NP_BIND", "nucleotide phosphate-binding region"),
+    "modified residue": ("MOD_RES",), "glycosylation": ("CARBOHYD",), "topological domain": ("TOPO_DOM",),
+    "DNA-binding region": ("DNA_BIND",), "cross-link": ("CROSSLNK",), "site": ("SITE",),
 }
+# feature type -> concept; the concept's own name is also accepted as a type
+UNIPROT_TYPES = {t: c for c, types in _UNIPROT_CONCEPTS.items() for t in (c, *types)}
 
 
 def load_uniprot(proteins_tsv: Path, features_tsv: Path) -> list[Labeled]:

@@ -18,7 +18,6 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -121,13 +120,12 @@ def _step(name: str, t0: float) -> None:
 
 
 def build_demo(ns: argparse.Namespace) -> dict:
-    from .cli import summary
+    import resource
+
+    from .cli import run_pipeline, summary
     from .concepts import load_all
-    from .evaluate import evaluate
-    from .index import build_index
+    from .index import build_index, collect
     from .lmtrain import train_lm
-    from .store import embed_fasta
-    from .train import train
 
     t0 = time.time()
     shared, work, out = Path(ns.shared), Path(ns.work), Path(ns.out)
@@ -150,18 +148,16 @@ def build_demo(ns: argparse.Namespace) -> dict:
     sae_fa = work / "sae_train.fasta"
     if not sae_fa.exists():
         balanced_sample(shared, ns.sae_proteins, sae_fa, ns.seed + 1, ns.max_len)
-    # bf16 forward for the bulk passes (store, index): 1.3x faster than fp32 on an AVX512-BF16 CPU
-    model = ModelConfig(name=model_name, batch_tokens=8192, dtype=ns.dtype)
-    store = embed_fasta(EmbedConfig(fasta=str(sae_fa), store=str(work / "store"), shard_tokens=262_144, holdout_fraction=0.05),
-                        model, HookConfig(layers=[ns.layer], site="resid"))
-    _step("activation store ready", t0)
-    # 3. SAE
-    scfg = SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize="scalar")
-    tcfg = TrainConfig(store=str(store), out=str(work / "sae"), layers=[ns.layer], token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed)
+    # 3. activation store, SAE and its evaluation card: the `esmsae pipeline` steps (each resumable).
+    # bf16 forward (1.3x faster than fp32 on an AVX512-BF16 CPU); it is recorded in cfg.json, so
+    # the index and the app's inspector run the model the same way.
     sae_dir = work / "sae" / f"L{ns.layer}_resid"
     if not (sae_dir / "eval.json").exists():
-        (sae_dir,) = train(tcfg, scfg)
-        evaluate(sae_dir, EvalConfig(lm_proteins=128))
+        cfg = {"model": ModelConfig(name=model_name, batch_tokens=8192, dtype=ns.dtype), "hook": HookConfig(layers=[ns.layer], site="resid"),
+               "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=262_144, holdout_fraction=0.05),
+               "sae": SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize="scalar"),
+               "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed), "eval": EvalConfig(lm_proteins=128)}
+        (sae_dir,) = run_pipeline(cfg, str(work / "sae"))
     report["sae"] = summary(json.loads((sae_dir / "eval.json").read_text()))
     _step("SAE trained and evaluated", t0)
     # 4. index: every labelled protein + a kingdom-balanced proteome sample
@@ -171,10 +167,6 @@ def build_demo(ns: argparse.Namespace) -> dict:
     index_path = work / "index.duckdb"
     if not index_path.exists():
         icfg = IndexConfig(sae=str(sae_dir), out=str(index_path), fasta=[str(idx_fa)], concepts=str(shared), add_labelled=True)
-        import resource
-
-        from .index import collect
-
         if ns.labelled_limit:  # smoke runs: a few labelled proteins of every source
             rng = random.Random(ns.seed)
             by_src: dict[str, list] = {}
@@ -182,9 +174,7 @@ def build_demo(ns: argparse.Namespace) -> dict:
                 by_src.setdefault(lab.source, []).append(lab)
             labelled = [x for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))]
         items, rep = collect(icfg, labelled)
-        from .plm import load_plm
-
-        build_index(icfg, plm=load_plm(model), items=items, report=rep)
+        build_index(icfg, items=items, report=rep)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _step("index built", t0)
     # 5. bundle

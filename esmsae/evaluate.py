@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import check_compatible, load_sae
-from .config import EvalConfig, ModelConfig
+from .checkpoint import check_compatible, load_sae, model_config_of
+from .config import EvalConfig
 from .plm import Hook, ProteinLM, length_batches, load_plm
 from .sae import SAE
 from .store import ActivationStore
@@ -156,10 +156,7 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
     }
     if ecfg.lm_proteins > 0:
         if plm is None:
-            mcfg = ModelConfig(**meta["model_config"])
-            if model_name:
-                mcfg = ModelConfig(**{**meta["model_config"], "name": model_name})
-            plm = load_plm(mcfg)
+            plm = load_plm(model_config_of(meta, model_name or ""))
         check_compatible(meta, plm, strict_name=model_name is None)
         prots = store.proteins()
         held = prots[prots["split"] == "heldout"].sort_values("pidx").head(ecfg.lm_proteins)

@@ -167,9 +167,6 @@ class FeatureIndex:
         return self.q("""SELECT s.max_act, s.positions, s."values", p.* FROM structure_tracks s JOIN proteins p USING (pidx)
                          WHERE s.feature = ? ORDER BY s.max_act DESC LIMIT ?""", [f, n])
 
-    def protein(self, pidx: int) -> dict[str, Any]:
-        return self.q("SELECT * FROM proteins WHERE pidx = ?", [pidx]).iloc[0].to_dict()
-
     # -------------------------------------------------------- groups
     def group_usage(self, grouping: str) -> pd.DataFrame:
         return self.q("""SELECT grp, feature, n_proteins, n_fire, frac, mean_act, log_odds, p, q FROM group_usage

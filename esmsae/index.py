@@ -7,8 +7,8 @@ Algorithm R), and the sparse codes of *labelled* proteins go to a temporary CSR 
 on disk so the concept pass can run once the feature maxima are known (InterPLM
 normalises each feature by its max before thresholding, Simon & Zou 2024).
 
-Tables (see :data:`SCHEMA`): meta, proteins, features, feature_hist, top_examples,
-quantile_examples, concepts, concept_f1, groups, group_usage. The file is built under
+Tables: meta, proteins, features, feature_hist, top_examples, quantile_examples,
+structure_tracks, concepts, concept_f1, groups, group_usage. The file is built under
 ``<out>.tmp`` and renamed, so a reader never sees half an index. User labels live in
 a separate file (:func:`labels_path`) so that rebuilding never loses them.
 """
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
+import shutil
 import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import duckdb
 import numpy as np
@@ -32,9 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import WEIGHTS, check_compatible, load_sae
+from .checkpoint import WEIGHTS, check_compatible, load_sae, model_config_of
 from .concepts import Labeled, kingdom_of, load_all
-from .config import IndexConfig, ModelConfig
+from .config import IndexConfig
 from .evaluate import hook_of, read_eval
 from .fasta import Protein, SequenceError, clean_sequence, parse_header, read_proteins
 from .plm import ProteinLM, load_plm
@@ -86,6 +86,21 @@ def grouping_json(text: str, name: str) -> Iterator[tuple[str, str, str]]:
             yield str(group), header, clean_sequence(m[0], f"{name} group {group!r} entry {j}")
 
 
+def grouping_tsv(text: str, name: str) -> list[tuple[str, str]]:
+    """(protein id, group) pairs of a ``protein_id<TAB>group`` file (an ``id<TAB>group`` header is allowed)."""
+    pairs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise IndexError_(f"{name}, line {n}: expected 'protein_id<TAB>group', got {line[:80]!r}")
+        if n == 1 and parts[0].lower() in ("id", "protein", "protein_id"):
+            continue
+        pairs.append((parts[0].strip(), parts[1].strip()))
+    return pairs
+
+
 def read_grouping(path: str | os.PathLike) -> tuple[str, dict[str, str], list[Protein]]:
     """A grouping file -> (grouping name, {protein id or 'md5:<hash>': group}, extra proteins).
 
@@ -105,16 +120,17 @@ def read_grouping(path: str | os.PathLike) -> tuple[str, dict[str, str], list[Pr
             extra.append(Protein(pid, seq, desc, org, taxid))
             mapping["md5:" + md5(seq)] = group
         return name, mapping, extra
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) < 2:
-            raise IndexError_(f"{path}, line {n}: expected 'protein_id<TAB>group', got {line[:80]!r}")
-        if n == 1 and parts[0].lower() in ("id", "protein", "protein_id"):
-            continue
-        mapping[parts[0].strip()] = parts[1].strip()
-    return name, mapping, extra
+    return name, dict(grouping_tsv(path.read_text(), str(path))), extra
+
+
+_INHERITED = ("organism", "taxid", "kingdom", "lineage", "structure", "chain", "description")
+
+
+def _fill_missing(dst, src) -> None:
+    """Copy metadata that ``dst`` lacks from ``src`` (another record of the same sequence)."""
+    for k in _INHERITED:
+        if not getattr(dst, k, None) and getattr(src, k, None):
+            setattr(dst, k, getattr(src, k))
 
 
 def collect(cfg: IndexConfig, labelled: list[Labeled] | None = None, skipped: list | None = None) -> tuple[list[Item], dict[str, Any]]:
@@ -129,9 +145,7 @@ def collect(cfg: IndexConfig, labelled: list[Labeled] | None = None, skipped: li
         if h in items:
             report["duplicate_sequences"] += 1
             old = items[h]
-            for k in ("organism", "taxid", "kingdom", "lineage", "structure", "chain", "description"):
-                if not getattr(old, k) and getattr(item, k):
-                    setattr(old, k, getattr(item, k))
+            _fill_missing(old, item)
             old.labels += item.labels
             if item.source and item.source not in old.source.split(","):
                 old.source += "," + item.source
@@ -147,17 +161,13 @@ def collect(cfg: IndexConfig, labelled: list[Labeled] | None = None, skipped: li
         for p in read_proteins(f, on_invalid=cfg.on_invalid, skipped=sk):
             add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom=kingdom_of(p.taxid), source=Path(f).name.split(".")[0]))
     report["skipped_invalid"] = len(sk)
-    by_md5 = {h: it for h, it in items.items()}
     for lab in labelled or []:
         h = md5(lab.sequence)
-        if h in by_md5:
-            it = by_md5[h]
-            it.labels.append(lab)
-            for k in ("organism", "taxid", "kingdom", "lineage", "structure", "chain"):
-                if not getattr(it, k) and getattr(lab, k):
-                    setattr(it, k, getattr(lab, k))
+        if h in items:
+            items[h].labels.append(lab)
+            _fill_missing(items[h], lab)
         elif cfg.add_labelled:
-            by_md5[h] = add(Item(lab.id, lab.sequence, "", lab.organism, lab.taxid, kingdom=lab.kingdom, lineage=lab.lineage, source=lab.source,
+            add(Item(lab.id, lab.sequence, "", lab.organism, lab.taxid, kingdom=lab.kingdom, lineage=lab.lineage, source=lab.source,
                                  structure=lab.structure, chain=lab.chain, labels=[lab]))
     for gf in cfg.groups:
         name, mapping, extra = read_grouping(gf)
@@ -196,11 +206,11 @@ class _TopN:
     """Per-feature running top-N of (protein max activation, protein, sparse track)."""
 
     def __init__(self, n_features: int, n: int):
-        self.n = n
         self.val_FN = np.full((n_features, n), -np.inf, dtype=np.float32)
         self.items: list[dict[int, tuple]] = [dict() for _ in range(n_features)]  # slot -> (pidx, pos, vals)
 
-    def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx_P: np.ndarray, tracks: list[tuple[np.ndarray, np.ndarray]], ids: np.ndarray) -> None:
+    def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx: int, tracks: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """One protein's (feature, max activation, track) triples."""
         # only pairs beating the feature's current N-th best need Python work
         cand = np.flatnonzero(vmax_P > self.val_FN[f_P].min(1))
         for j in cand[np.argsort(-vmax_P[cand], kind="stable")]:
@@ -209,7 +219,7 @@ class _TopN:
             if vmax_P[j] <= self.val_FN[f, slot]:
                 continue
             self.val_FN[f, slot] = vmax_P[j]
-            self.items[f][slot] = (int(pidx_P[j]), *tracks[ids[j]])
+            self.items[f][slot] = (pidx, *tracks[j])
 
 
 class _Reservoir:
@@ -221,7 +231,7 @@ class _Reservoir:
         self.items: list[dict[int, tuple]] = [dict() for _ in range(n_features)]
         self.rng = np.random.default_rng(seed)
 
-    def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx_P: np.ndarray, tracks, ids) -> None:
+    def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx: int, tracks: list[tuple[np.ndarray, np.ndarray]]) -> None:
         order = np.argsort(f_P, kind="stable")
         f_sorted = f_P[order]
         # ordinal of each pair among all firing proteins seen so far for its feature (1-based)
@@ -231,7 +241,7 @@ class _Reservoir:
         slot = np.where(ordinal <= self.r, ordinal - 1, (self.rng.random(len(ordinal)) * ordinal).astype(np.int64))
         keep = slot < self.r
         for j, s in zip(order[keep], slot[keep]):
-            self.items[f_P[j]][int(s)] = (int(pidx_P[j]), float(vmax_P[j]), *tracks[ids[j]])
+            self.items[f_P[j]][int(s)] = (pidx, float(vmax_P[j]), *tracks[j])
 
 
 class _CSRWriter:
@@ -244,7 +254,7 @@ class _CSRWriter:
         self.offsets = [0]
         self.pidx: list[int] = []
 
-    def add(self, pidx: int, rows_R: np.ndarray, idx_R: np.ndarray, val_R: np.ndarray, length: int) -> None:
+    def add(self, pidx: int, rows_R: np.ndarray, idx_R: np.ndarray, val_R: np.ndarray) -> None:
         # stored per protein as (residue, feature, value) triples: residue packed in the high bits
         key = rows_R.astype(np.int64) * (1 << 20) + idx_R.astype(np.int64)
         key.tofile(self.f_idx)
@@ -264,7 +274,7 @@ class _CSRWriter:
                 yield pidx, np.fromfile(fi, dtype=np.int64, count=n), np.fromfile(fv, dtype=np.float32, count=n)
 
 
-def _pairs(rows_R: np.ndarray, idx_R: np.ndarray, val_R: np.ndarray, n_features: int):
+def _pairs(rows_R: np.ndarray, idx_R: np.ndarray, val_R: np.ndarray):
     """Residue-level sparse entries of one protein -> per-feature max, count and track slices."""
     order = np.lexsort((rows_R, idx_R))  # by feature, then residue
     f, r, v = idx_R[order], rows_R[order], val_R[order]
@@ -382,11 +392,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         torch.set_num_threads(cfg.threads)
     sae, meta = load_sae(cfg.sae)
     if plm is None:
-        mname = cfg.model or meta.get("base_model", {}).get("name", "")
-        if not mname:
-            raise IndexError_(f"{cfg.sae}/cfg.json records no base model; pass --model")
-        base = meta.get("base_model", {})
-        plm = load_plm(ModelConfig(name=mname, family="auto" if cfg.model else base.get("family", "auto")))
+        plm = load_plm(model_config_of(meta, cfg.model))
     check_compatible(meta, plm, strict_name=not cfg.model)
     hook = hook_of(meta)
     plm.check_hook(hook)
@@ -399,11 +405,12 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
     F = sae.cfg.n_latents
     N = len(items)
 
-    concept_names = sorted({c for it in items for lab in it.labels for c in lab.spans})
+    source_of = {c: lab.source for it in items for lab in it.labels for c in lab.spans}  # concept names carry their source
+    concept_names = sorted(source_of)
     concept_ids = {c: i for i, c in enumerate(concept_names)}
     source_names = sorted({lab.source for it in items for lab in it.labels})
     source_ids = {s: i for i, s in enumerate(source_names)}
-    concept_source = np.array([source_ids[next(lab.source for it in items for lab in it.labels if c in lab.spans)] for c in concept_names], np.int64)
+    concept_source = np.array([source_ids[source_of[c]] for c in concept_names], np.int64)
     groupings = sorted({g for it in items for g in it.groups})
     group_names = {g: sorted({it.groups[g] for it in items if g in it.groups}) for g in groupings}
     group_ids = {g: {n: i for i, n in enumerate(names)} for g, names in group_names.items()}
@@ -457,7 +464,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
                 v_R = acts_LK[nz]
                 L = a_LD.shape[0]
                 n_res += L
-                feats, vmax, counts, starts, r_sorted, v_sorted = _pairs(r_R, f_R, v_R, F)
+                feats, vmax, counts, starts, r_sorted, v_sorted = _pairs(r_R, f_R, v_R)
                 fire_res_F[feats] += counts
                 fire_prot_F[feats] += 1
                 np.add.at(sum_F, f_R, v_R)
@@ -466,17 +473,15 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
                 np.add.at(hist_FH, (f_R, hb), 1)
                 ends = np.r_[starts[1:], len(r_sorted)] if len(starts) else starts
                 tracks = [(r_sorted[s:e].astype(np.int32), v_sorted[s:e].astype(np.float32)) for s, e in zip(starts, ends)]
-                ids = np.arange(len(feats))
-                pidx_P = np.full(len(feats), i, np.int64)
-                top.offer(feats, vmax, pidx_P, tracks, ids)
-                res.offer(feats, vmax, pidx_P, tracks, ids)
+                top.offer(feats, vmax, i, tracks)
+                res.offer(feats, vmax, i, tracks)
                 it = items[i]
                 for g, grp in it.groups.items():
                     gi = group_ids[g][grp]
                     n_fire_G[g][gi, feats] += 1
                     sum_max_G[g][gi, feats] += vmax
                 if it.labels:
-                    csr.add(i, r_R, f_R, v_R, L)
+                    csr.add(i, r_R, f_R, v_R)
                 if it.structure:  # full tracks of proteins with a structure, to colour it by any feature
                     struct_rows.extend((i, int(f), float(m), t[0].tolist(), t[1].tolist()) for f, m, t in zip(feats, vmax, tracks))
                 rows.append((i, len(feats)))
@@ -509,16 +514,14 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         n_res_C = np.zeros(len(concept_names), np.int64)
         n_dom_C = np.zeros(len(concept_names), np.int64)
         n_prot_C = np.zeros(len(concept_names), np.int64)
-        done = set(csr.pidx)
-        for i in done:
+        src_res = np.zeros(len(source_names), np.int64)
+        for i in set(csr.pidx):
             for lab in items[i].labels:
                 for cname, spans in lab.spans.items():
                     c = concept_ids[cname]
                     n_res_C[c] += sum(y - x for x, y in spans)
                     n_dom_C[c] += len(spans)
                     n_prot_C[c] += 1
-        src_res = np.zeros(len(source_names), np.int64)
-        for i in done:
             for s_name in {lab.source for lab in items[i].labels}:
                 src_res[source_ids[s_name]] += len(items[i].sequence)
         coverage_C = n_res_C / np.maximum(src_res[concept_source], 1) if len(concept_names) else np.zeros(0)
@@ -606,9 +609,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         tmp_db.unlink(missing_ok=True)
         raise
     finally:
-        for p in scratch.iterdir() if scratch.exists() else []:
-            p.unlink()
-        scratch.rmdir() if scratch.exists() else None
+        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 

@@ -20,12 +20,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, ModelConfig, SAEConfig, TrainConfig, from_dict, save_json
+from .cli import SECTIONS as _ALL_SECTIONS, SKIPS, run_pipeline
+from .config import IndexConfig, from_dict, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SECTIONS = {"model": ModelConfig, "hook": HookConfig, "embed": EmbedConfig, "sae": SAEConfig, "train": TrainConfig, "eval": EvalConfig}
-STAGES = ("embed", "train", "evaluate", "index")
+SECTIONS = {k: _ALL_SECTIONS[k] for k in SKIPS["pipeline"]}  # the config sections of `esmsae pipeline`
 
 
 class JobError(ValueError):
@@ -125,10 +125,7 @@ def list_jobs(ws: Path) -> list[dict[str, Any]]:
 
 def run_job(d: Path) -> int:
     """The job process: every stage in turn, status written as it goes."""
-    from .evaluate import evaluate
     from .index import build_index
-    from .store import embed_fasta
-    from .train import train
 
     d = Path(d).resolve()
     job = json.loads((d / "job.json").read_text())
@@ -141,14 +138,7 @@ def run_job(d: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        _write_status(d, stage="embed")
-        embed = EmbedConfig(**{**asdict(c["embed"]), "store": str(d / "store")})
-        store = embed_fasta(embed, c["model"], c["hook"], progress=False)
-        _write_status(d, stage="train")
-        tcfg = TrainConfig(**{**asdict(c["train"]), "store": str(store), "out": str(d), "layers": list(c["hook"].layers)})
-        (ck,) = train(tcfg, c["sae"], progress=False)
-        _write_status(d, stage="evaluate")
-        evaluate(ck, c["eval"])
+        (ck,) = run_pipeline(c, str(d), progress=False, on_stage=lambda stage: _write_status(d, stage=stage))
         _write_status(d, stage="index")
         build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[c["embed"].fasta], concepts=job.get("index_concepts", ""),
                                 umap=True), progress=False)

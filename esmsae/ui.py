@@ -1,7 +1,6 @@
 """Streamlit glue shared by the pages: cached resources and the run picker (no analysis here)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import streamlit as st
 
@@ -63,6 +62,3 @@ def feature_link(f: int, run: Run | None = None) -> None:
         qp["run"] = run.name
     st.page_link("pages/features.py", label=f"Open feature {f}", query_params=qp)
 
-
-def page_path(name: str) -> Path:
-    return Path(__file__).resolve().parents[1] / "pages" / name

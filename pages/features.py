@@ -93,14 +93,15 @@ def show_feature(f: int) -> None:
                 st.warning(f"Structure file {r['structure']} is not available here.")
             else:
                 fmt = "cif" if ".cif" in path.name else "pdb"
-                chains = parse_structure(read_text(path), fmt)
+                text = read_text(path)
+                chains = parse_structure(text, fmt)
                 seq, resi = chains.get(r["chain"], ("", []))
                 if seq != r["sequence"]:
                     st.warning(f"Chain {r['chain']} of {path.name} does not match the indexed sequence; colouring skipped.")
                 else:
                     vals = np.zeros(len(seq))
                     vals[np.asarray(r["positions"], int)] = r["values"]
-                    st.iframe(structure_html(read_text(path), fmt, r["chain"], resi, vals, float(r["max_act"])), height=440)
+                    st.iframe(structure_html(text, fmt, r["chain"], resi, vals, float(r["max_act"])), height=440)
                     st.html(track_html(seq, r["positions"], r["values"], float(r["max_act"]), title=f"{r['id']} chain {r['chain']}"))
 
 

@@ -1,5 +1,4 @@
 """AppTest for every page, on a tiny index the tests build (and on the demo bundle when present)."""
-import os
 from pathlib import Path
 
 import duckdb
@@ -8,7 +7,7 @@ import torch
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from esmsae.explore import DEMO, FeatureIndex, get_labels, list_runs, parse_structure, set_label, structure_html, track_html
+from esmsae.explore import DEMO, FeatureIndex, get_labels, list_runs, parse_structure, structure_html, track_html
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120

@@ -3,18 +3,16 @@ import json
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.stats import fisher_exact
 
 from esmsae.checkpoint import load_sae
 from esmsae.concepts import load_all, load_tmbed, runs
-from esmsae.config import ConfigError, IndexConfig, ModelConfig, SAEConfig, TrainConfig
+from esmsae.config import ConfigError, IndexConfig, ModelConfig
 from esmsae.fasta import read_fasta
-from esmsae.index import THRESHOLDS, IndexError_, build_index, collect, enrichment, md5, read_grouping
+from esmsae.index import IndexError_, build_index, collect, enrichment, read_grouping
 from esmsae.plm import Hook, ModelMismatchError, load_plm
-from esmsae.train import train
 
 
 
@@ -178,3 +176,16 @@ def test_concept_loaders_on_shared(shared):
     helix = [t for t in tm if "TMbed: TM helix" in t.spans]
     assert helix and all(b - a >= 5 for t in helix[:50] for a, b in t.spans["TMbed: TM helix"])
     assert runs(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
+
+
+def test_user_labels_survive_a_rebuild(built_index):
+    from esmsae.explore import get_labels, set_label
+    from esmsae.index import labels_path
+
+    path, cfg = built_index
+    set_label(path, 3, "kept across rebuilds")
+    before = path.stat().st_mtime_ns
+    build_index(cfg, progress=False)  # written as .tmp, then renamed over the old index
+    assert path.stat().st_mtime_ns != before and labels_path(path).exists()
+    assert get_labels(path)[3] == "kept across rebuilds"
+    assert not path.with_name(path.name + ".tmp").exists()

@@ -28,6 +28,19 @@ def test_esm2_resid_hooks_equal_output_hidden_states(esm2):
         torch.testing.assert_close(acts[h.name], hs[h.layer], rtol=0, atol=0)
 
 
+def test_sdpa_attention_equals_transformers_eager(esm2, esm2_dir):
+    """The adapter's fused attention gives the hidden states of an untouched transformers model."""
+    from transformers import EsmForMaskedLM
+
+    ref = EsmForMaskedLM.from_pretrained(str(esm2_dir)).eval()
+    ids, mask = esm2.tokenize(SEQS)  # three lengths: padding is masked the same way
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    got = esm2.forward_hooks(SEQS, [Hook(esm2.n_layers, "resid")])[f"L{esm2.n_layers}_resid"]
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[esm2.n_layers][real], rtol=1e-4, atol=1e-5)
+
+
 def test_esm2_tokenizer_matches_hf_tokenizer(esm2, esm2_dir):
     from transformers import AutoTokenizer
 

@@ -1,11 +1,10 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from esmsae.checkpoint import check_compatible, load_sae, read_cfg
+from esmsae.checkpoint import load_sae, read_cfg
 from esmsae.config import ConfigError, EmbedConfig, HookConfig, ModelConfig, SAEConfig, TrainConfig, load_json, save_json
 from esmsae.fasta import SequenceError
 from esmsae.plm import ModelMismatchError, load_plm
