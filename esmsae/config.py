@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import threading
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,7 +324,9 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
-    tmp = path.with_name(path.name + ".tmp")
+    # a temp name of its own per writer: two processes (a job and the app cancelling it) may
+    # write the same file at once, and a shared ".tmp" would be renamed away under the other
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
 

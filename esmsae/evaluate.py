@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import check_compatible, load_sae, model_config_of
-from .config import EvalConfig
+from .config import EvalConfig, save_json
 from .plm import Hook, ProteinLM, length_batches, load_plm
 from .sae import SAE
 from .store import ActivationStore
@@ -163,9 +163,7 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
         if len(held):
             card["downstream"] = spliced_lm_loss(plm, sae, hook_of(meta), held["sequence"].tolist(), ecfg.mask_prob, ecfg.seed)
     card["eval_seconds"] = time.perf_counter() - t0
-    tmp = sae_dir / (EVAL + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, sae_dir / EVAL)
+    save_json(card, sae_dir / EVAL)
     np.save(sae_dir / "latent_freq.npy", np.asarray(freq, dtype=np.float32))
     return card
 
