@@ -35,6 +35,32 @@ def make(impl: str, d: int, n_latents: int, k: int, sample: torch.Tensor):
         def after():
             sae.set_decoder_norm_to_unit()
         return sae, loss, post, after
+    if impl.startswith("saelens"):
+        # SAELens' TopK training SAE, stepped as its SAETrainer does (training_forward_pass,
+        # backward, clip_grad_norm_ 1.0, Adam). "saelens-sparse" sets its
+        # use_sparse_activations option (COO latents, "worthwhile in float32" per its docs).
+        from sae_lens.saes.sae import TrainStepInput
+        from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+        torch.manual_seed(0)
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=n_latents, k=k, dtype="float32", device="cpu",
+                                                    use_sparse_activations=impl == "saelens-sparse"))
+        with torch.no_grad():
+            sae.b_dec.copy_(sample.mean(0))
+
+        def loss(x, dead):
+            o = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
+                                                         n_training_steps=0, is_logging_step=False))
+            with torch.no_grad():
+                fvu = (o.sae_out - x).pow(2).sum(-1).mean() / (x - x.mean(0)).pow(2).sum(-1).mean()
+            return o.loss, fvu
+
+        def post():
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+
+        def after():
+            pass
+        return sae, loss, post, after
     from sparsify import SparseCoder, SparseCoderConfig
 
     torch.manual_seed(0)
@@ -55,7 +81,7 @@ def make(impl: str, d: int, n_latents: int, k: int, sample: torch.Tensor):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--impl", choices=("esmsae", "sparsify"), required=True)
+    ap.add_argument("--impl", choices=("esmsae", "sparsify", "saelens", "saelens-sparse"), required=True)
     ap.add_argument("--acts", required=True, help=".npy [N, d] float32")
     ap.add_argument("--n-latents", type=int, required=True)
     ap.add_argument("--k", type=int, required=True)
@@ -63,6 +89,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--train-tokens", type=int, default=0, help="instead: train this many tokens, report held-out FVU")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--adam", choices=("own", "fused"), default="own")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     X = torch.from_numpy(np.load(a.acts)).float()
@@ -71,7 +98,10 @@ def main() -> None:
     d = X.shape[1]
     sae, loss_fn, post, after = make(a.impl, d, a.n_latents, a.k, train[:8192])
     lr = 2e-4 / (a.n_latents / 2**14) ** 0.5  # both trainers' default (Gao et al. 2024)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, eps=6.25e-10)
+    # --adam own: each side's own trainer's choice (esmsae: fused kernel; sparsify's trainer:
+    # torch.optim.Adam defaults, i.e. foreach). --adam fused: the fused kernel on both sides.
+    fused = a.adam == "fused" or (a.adam == "own" and a.impl == "esmsae")  # SAELens' trainer: torch Adam defaults too
+    opt = torch.optim.Adam(sae.parameters(), lr=lr, eps=6.25e-10, fused=fused)
     dead = torch.zeros(a.n_latents, dtype=torch.bool)
     g = torch.Generator().manual_seed(0)
 
@@ -90,9 +120,11 @@ def main() -> None:
             idx = torch.randint(len(train), (a.batch,), generator=g)
             step(train[idx])
             n += a.batch
+        sae.eval()
         with torch.no_grad():
-            if a.impl == "esmsae":
-                fvu = float(sae(held).fvu)
+            if a.impl.startswith("saelens"):
+                rec = sae(held)
+                fvu = float((rec - held).pow(2).sum(-1).mean() / (held - held.mean(0)).pow(2).sum(-1).mean())
             else:
                 fvu = float(sae(held).fvu)
         print(json.dumps({"impl": a.impl, "train_tokens": n, "heldout_fvu": fvu}))
@@ -107,7 +139,7 @@ def main() -> None:
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
     print(json.dumps({"impl": a.impl, "d_in": d, "n_latents": a.n_latents, "k": a.k, "batch": a.batch, "threads": a.threads,
-                      "median_step_s": med, "tokens_per_s": a.batch / med, "steps": a.steps}))
+                      "median_step_s": med, "tokens_per_s": a.batch / med, "steps": a.steps, "adam_fused": fused}))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ and evaluating sparse autoencoders", sec. 3 and appendix on sparse kernels).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -40,44 +41,49 @@ class ForwardOutput(NamedTuple):
 ENC_INIT_SCALE = 3 ** -0.5
 
 
-class _TopKEncode(torch.autograd.Function):
-    """pre = x @ W^T + b; keep the top-k of ReLU(pre) per row.
+class _GatheredPre(torch.autograd.Function):
+    """The pre-activations ``x @ W^T + b`` at K chosen latents per token, with a sparse backward.
 
-    Backward only touches the K selected latents of each token (sparse scatter),
-    see module docstring.
+    The forward takes the values already computed (by one dense matmul, no graph), so
+    autograd never keeps or differentiates the dense [B, F] pre-activations: gradient
+    reaches only the K chosen latents of each token. The encoder weight gradient is then a
+    sparse (F x B) @ (B x D) product over B*K non-zeros instead of a dense matmul (Gao et
+    al. 2024, "Scaling and evaluating sparse autoencoders", appendix on sparse kernels),
+    which halves the dense FLOPs of a training step. Used for the TopK latents and for
+    the AuxK dead latents alike.
     """
 
     @staticmethod
-    def forward(ctx, x_BD: Tensor, W_FD: Tensor, b_F: Tensor, k: int):  # type: ignore[override]
-        pre_BF = torch.addmm(b_F, x_BD, W_FD.t())
-        vals_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
-        acts_BK = vals_BK.clamp_min_(0.0)
-        ctx.save_for_backward(x_BD, W_FD, acts_BK, idx_BK)
-        ctx.mark_non_differentiable(idx_BK)
-        return acts_BK, idx_BK
+    def forward(ctx, x_BD: Tensor, W_FD: Tensor, b_F: Tensor, vals_BK: Tensor, idx_BK: Tensor):  # type: ignore[override]
+        ctx.save_for_backward(x_BD, W_FD, idx_BK)
+        return vals_BK.clone()
 
     @staticmethod
-    def backward(ctx, grad_acts_BK: Tensor, _grad_idx: Tensor | None):  # type: ignore[override]
-        x_BD, W_FD, acts_BK, idx_BK = ctx.saved_tensors
-        # ReLU gate: no gradient through latents that were clamped to zero.
-        g_BK = grad_acts_BK * (acts_BK > 0)
+    def backward(ctx, g_BK: Tensor):  # type: ignore[override]
+        x_BD, W_FD, idx_BK = ctx.saved_tensors
+        g_BK = g_BK.contiguous()
+        Fn, (B, K) = W_FD.shape[0], idx_BK.shape
         flat_idx = idx_BK.reshape(-1)
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(idx_BK, W_FD, per_sample_weights=g_BK, mode="sum")
         if ctx.needs_input_grad[1]:
-            B, K = idx_BK.shape
-            # sparse (F x B) @ (B x D): rows = latent index, cols = token
-            rows = flat_idx
-            cols = torch.arange(B, device=x_BD.device).repeat_interleave(K)
-            sp = torch.sparse_coo_tensor(
-                torch.stack([rows, cols]), g_BK.reshape(-1), (W_FD.shape[0], B), check_invariants=False
-            )
-            grad_W = torch.sparse.mm(sp, x_BD)
+            # CSR with one row per latent: sort the B*K (token, latent) pairs by latent.
+            # Each gradient row is then written once (measured 2.7x faster than a COO
+            # sparse.mm at d_in 960, 16,384 latents, k 64).
+            order = torch.argsort(flat_idx)
+            crow = torch.zeros(Fn + 1, dtype=torch.long, device=x_BD.device)
+            torch.cumsum(torch.bincount(flat_idx, minlength=Fn), 0, out=crow[1:])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+                G_FB = torch.sparse_csr_tensor(
+                    crow, torch.div(order, K, rounding_mode="floor"), g_BK.reshape(-1)[order], (Fn, B),
+                    check_invariants=False,
+                )
+                grad_W = G_FB @ x_BD
         if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(W_FD.shape[0], dtype=g_BK.dtype, device=g_BK.device)
-            grad_b.index_add_(0, flat_idx, g_BK.reshape(-1))
-        return grad_x, grad_W, grad_b, None
+            grad_b = torch.bincount(flat_idx, weights=g_BK.reshape(-1), minlength=Fn).to(g_BK.dtype)
+        return grad_x, grad_W, grad_b, None, None
 
 
 class SAE(nn.Module):
@@ -109,6 +115,7 @@ class SAE(nn.Module):
         # BatchTopK inference threshold (Bussmann et al. 2024): running mean of the
         # smallest activation kept in each training batch.
         self.register_buffer("threshold", torch.zeros(()))
+        self._pre_buf_BF: Tensor | None = None  # training-only workspace, see _dense_pre
 
     # ------------------------------------------------------------ normalisation
     @torch.no_grad()
@@ -145,14 +152,37 @@ class SAE(nn.Module):
         return xn_BD / self.norm_scale + self.norm_mean
 
     # ------------------------------------------------------------ encode / decode
+    def _dense_pre(self, xc_BD: Tensor) -> Tensor:
+        """Dense pre-activations of centred inputs, computed without an autograd graph.
+
+        In training mode the [B, F] result is written into a buffer kept across steps: a
+        fresh one (168 MB at 4,096 x 10,240 fp32) is a new mmap every step, and its page
+        faults cost about a fifth of the step on CPU (bench/train_throughput.py). Eval mode
+        allocates, so threads sharing one model (the app) never share a buffer.
+        """
+        with torch.no_grad():
+            if not self.training:
+                return torch.addmm(self.b_enc, xc_BD, self.W_enc.t())
+            shape = (xc_BD.shape[0], self.W_enc.shape[0])
+            buf = self._pre_buf_BF
+            if buf is None or buf.shape != shape or buf.dtype != xc_BD.dtype or buf.device != xc_BD.device:
+                buf = self._pre_buf_BF = torch.empty(shape, dtype=xc_BD.dtype, device=xc_BD.device)
+            return torch.addmm(self.b_enc, xc_BD, self.W_enc.t(), out=buf)
+
+    def _topk(self, xc_BD: Tensor) -> tuple[Latents, Tensor]:
+        """TopK latents of centred inputs, and the dense pre-activations (no graph) they came from."""
+        pre_BF = self._dense_pre(xc_BD)
+        vals_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=-1, sorted=False)
+        acts_BK = F.relu(_GatheredPre.apply(xc_BD, self.W_enc, self.b_enc, vals_BK, idx_BK))
+        return Latents(acts_BK, idx_BK), pre_BF
+
     def pre_acts(self, xn_BD: Tensor) -> Tensor:
         return torch.addmm(self.b_enc, xn_BD - self.b_dec, self.W_enc.t())
 
     def _encode_norm(self, xn_BD: Tensor, train: bool = False) -> Latents:
         arch = self.cfg.architecture
         if arch == "topk":
-            acts, idx = _TopKEncode.apply(xn_BD - self.b_dec, self.W_enc, self.b_enc, self.cfg.k)
-            return Latents(acts, idx)
+            return self._topk(xn_BD - self.b_dec)[0]
         pre_BF = F.relu(self.pre_acts(xn_BD))
         if arch == "batchtopk":
             if train:
@@ -213,6 +243,11 @@ class SAE(nn.Module):
             # decoder rows are unit norm, so the norm-weighted L1 of Conerly et al. is sum |z|
             l1 = pre_BF.sum(-1).mean()
             lat = _to_sparse(pre_BF.detach()) if not self.training else Latents(pre_BF.new_zeros(x_BD.shape[0], 0), torch.zeros(x_BD.shape[0], 0, dtype=torch.long))
+        elif arch == "topk":
+            xc_BD = xn_BD - self.b_dec
+            lat, pre_BF = self._topk(xc_BD)
+            recon_n = self._decode_norm(*lat)
+            coef, l1 = 0.0, xn_BD.new_zeros(())
         else:
             lat = self._encode_norm(xn_BD, train=self.training)
             recon_n = self._decode_norm(*lat)
@@ -226,11 +261,15 @@ class SAE(nn.Module):
         if dead_mask_F is not None and self.cfg.auxk_coef > 0 and arch != "relu" and bool(dead_mask_F.any()):
             # AuxK (Gao et al. 2024, sec. 2.4 / appendix A.2): the top-k_aux *dead* latents
             # model the residual error, giving them gradient so they can revive.
+            # The dead latents' pre-activations come from the TopK pass's dense matmul (no
+            # second one), and their gradient is sparse like the TopK latents'.
             k_aux = min(self.cfg.auxk_k, int(dead_mask_F.sum()))
-            pre_BF = self.pre_acts(xn_BD)
-            pre_BF = pre_BF.masked_fill(~dead_mask_F, -torch.inf)
-            a_vals, a_idx = pre_BF.topk(k_aux, dim=-1, sorted=False)
-            a_vals = F.relu(a_vals)
+            if arch != "topk":
+                xc_BD = xn_BD - self.b_dec
+                pre_BF = self._dense_pre(xc_BD)
+            pre_BF.masked_fill_(~dead_mask_F, -torch.inf)
+            a_pre, a_idx = pre_BF.topk(k_aux, dim=-1, sorted=False)
+            a_vals = F.relu(_GatheredPre.apply(xc_BD, self.W_enc, self.b_enc, a_pre, a_idx))
             e_hat = F.embedding_bag(a_idx, self.W_dec, per_sample_weights=a_vals, mode="sum")
             e_BD = (xn_BD - recon_n).detach()
             auxk = (e_hat - e_BD).pow(2).sum(-1).mean() / (e_BD - e_BD.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
@@ -250,9 +289,10 @@ class SAE(nn.Module):
         """Project out the gradient component that would change decoder row norms."""
         if self.W_dec.grad is None:
             return
-        g = self.W_dec.grad
-        parallel_F1 = (g * self.W_dec).sum(-1, keepdim=True)
-        g.sub_(parallel_F1 * self.W_dec)
+        g_FD, W_FD = self.W_dec.grad, self.W_dec
+        # row-wise dot products as a batched matmul, then an in-place update: no F x D temporary
+        parallel_F1 = torch.bmm(g_FD.unsqueeze(1), W_FD.unsqueeze(2)).view(-1, 1)
+        g_FD.addcmul_(parallel_F1, W_FD, value=-1.0)
 
 
 def _to_sparse(dense_BF: Tensor) -> Latents:

@@ -51,6 +51,41 @@ def test_sparse_topk_gradients_match_dense_reference():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=f"grad of {n}")
 
 
+def test_auxk_sparse_gradients_match_dense_reference_and_buffer_reuse_is_safe():
+    """AuxK reuses the TopK pass's dense pre-activations (a training buffer) and has a
+    sparse backward; both must equal plain autograd on the dense maths, on every call."""
+    x = _data(64, 16)
+    cfg = SAEConfig(n_latents=64, k=4, normalize="none", auxk_coef=0.5, auxk_k=6)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True
+    sae = SAE(cfg, 16, seed=2)
+    with torch.no_grad():
+        sae.b_enc.normal_()
+    for _ in range(2):  # the second call reuses the buffer the first one wrote
+        sae.zero_grad(set_to_none=True)
+        out = sae(x, dead_mask_F=dead)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+        ref = SAE(cfg, 16, seed=2)
+        ref.load_state_dict(sae.state_dict())
+        pre = (x - ref.b_dec) @ ref.W_enc.t() + ref.b_enc
+        v, i = pre.topk(4, dim=-1)
+        recon = torch.zeros_like(pre).scatter(1, i, v.clamp_min(0)) @ ref.W_dec + ref.b_dec
+        mse = (recon - x).pow(2).sum(-1).mean()
+        av, ai = pre.masked_fill(~dead, -torch.inf).topk(6, dim=-1)
+        e_hat = torch.zeros_like(pre).scatter(1, ai, av.clamp_min(0)) @ ref.W_dec
+        e = (x - recon).detach()
+        auxk = (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
+        loss = mse + 0.5 * auxk
+        loss.backward()
+        assert float(out.auxk_loss) > 0
+        torch.testing.assert_close(out.loss, loss)
+        for n, p in ref.named_parameters():
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=f"grad of {n}")
+        # dead latents get encoder gradient only through AuxK, so it must be non-zero there
+        assert float(grads["W_enc"][dead].abs().sum()) > 0
+
+
 def test_decoder_unit_norm_and_parallel_gradient_removed():
     x = _data()
     sae = SAE(SAEConfig(n_latents=128, k=8), 32)
