@@ -1,12 +1,13 @@
-"""SAE training-step throughput and quality at equal tokens: esmsae vs EleutherAI sparsify.
+"""SAE training-step throughput and quality at equal tokens: esmsae vs EleutherAI sparsify and SAELens.
 
-Both run on the same activation file, TopK, same d_in / latents / k / batch / threads /
-optimizer (Adam, the Gao et al. learning rate), fp32 on the CPU. sparsify runs in its own
-virtual environment (bench/venv-sparsify, created here: it needs other transformers/datasets
-versions than esm). Sizes: (320, 10,240, k 32) on real activations of the demo LM's layer 3,
-and (960, 16,384, k 64) on synthetic activations (no d=960 model is available offline).
-Each side is measured in alternating runs; the result is the ratio of medians.
-Writes bench/results/train_throughput.json.
+All sides run on the same activation file, TopK, same d_in / latents / k / batch / threads, Adam
+with the Gao et al. learning rate, fp32 on the CPU. Each peer runs in its own virtual environment
+(bench/venv-sparsify, bench/venv-saelens, created here: they need other transformers versions than
+esm). Sizes: (320, 10,240, k 32) on real activations of the demo LM's layer 3, and (960, 16,384,
+k 64) on synthetic activations (no d=960 model is available offline). Sides alternate run by run;
+the result is the ratio of medians. Adam: each side as its own trainer runs it (esmsae: the fused
+kernel; sparsify and SAELens: torch.optim.Adam defaults), plus a row with the fused kernel on both
+esmsae and sparsify. Writes bench/results/train_throughput.json.
 """
 from __future__ import annotations
 
@@ -22,16 +23,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "bench" / "cache"
-PEER_VENV = ROOT / "bench" / "venv-sparsify"
-PEER_PY = PEER_VENV / "bin" / "python"
+PEERS = {  # impl -> (venv, pip requirement)
+    "sparsify": (ROOT / "bench" / "venv-sparsify", "eai-sparsify==1.3.3", "sparsify"),
+    "saelens": (ROOT / "bench" / "venv-saelens", "sae-lens==6.54.12", "sae_lens"),
+}
 
 
-def ensure_peer() -> None:
-    if PEER_PY.exists() and subprocess.run([str(PEER_PY), "-c", "import sparsify"], capture_output=True).returncode == 0:
-        return
-    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-    subprocess.run([str(PEER_PY), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)  # the CPU wheel
-    subprocess.run([str(PEER_PY), "-m", "pip", "install", "-q", "eai-sparsify==1.3.3"], check=True)
+def peer_python(impl: str) -> Path:
+    venv, req, module = PEERS[impl]
+    py = venv / "bin" / "python"
+    if py.exists() and subprocess.run([str(py), "-c", f"import {module}"], capture_output=True).returncode == 0:
+        return py
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)  # the CPU wheel first
+    subprocess.run([str(py), "-m", "pip", "install", "-q", req], check=True)
+    return py
 
 
 def real_acts(n_proteins: int = 700) -> Path:
@@ -72,25 +78,29 @@ def run(py: Path | str, impl: str, acts: Path, *args: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def main(repeats: int = 3) -> dict:
-    ensure_peer()
+def main(repeats: int = 3, steps: int = 6) -> dict:
+    pys = {"esmsae": Path(sys.executable), **{p: peer_python(p) for p in PEERS}}
     sizes = [("esm2_8M_interplm", real_acts(), 10240, 32), ("esmc_300m", synthetic_acts(), 16384, 64)]
-    out = {"cpu": platform.processor() or platform.machine(), "threads": 2, "batch": 4096, "dtype": "float32", "throughput": [], "quality": []}
+    out = {"cpu": platform.processor() or platform.machine(), "threads": 2, "batch": 4096, "dtype": "float32",
+           "peers": {p: PEERS[p][1] for p in PEERS}, "throughput": [], "quality": []}
     for name, acts, F, k in sizes:
-        tps = {"esmsae": [], "sparsify": []}
-        for _ in range(repeats):  # alternate the two sides: the machine's noise hits both
-            for impl, py in (("esmsae", sys.executable), ("sparsify", PEER_PY)):
-                tps[impl].append(run(py, impl, acts, "--n-latents", str(F), "--k", str(k), "--steps", "8")["tokens_per_s"])
-        med = {i: statistics.median(v) for i, v in tps.items()}
-        out["throughput"].append({"size": name, "d_in": int(np.load(acts, mmap_mode="r").shape[1]), "n_latents": F, "k": k,
-                                  "esmsae_tokens_per_s": med["esmsae"], "sparsify_tokens_per_s": med["sparsify"],
-                                  "ratio": med["esmsae"] / med["sparsify"], "runs": tps})
-        print(json.dumps(out["throughput"][-1]))
+        d = int(np.load(acts, mmap_mode="r").shape[1])
+        args = ["--n-latents", str(F), "--k", str(k), "--steps", str(steps)]
+        for adam, impls in (("own", ("esmsae", "sparsify", "saelens")), ("fused", ("esmsae", "sparsify"))):
+            tps: dict[str, list[float]] = {i: [] for i in impls}
+            for _ in range(repeats):  # alternate the sides: the machine's noise hits all of them
+                for impl in impls:
+                    tps[impl].append(run(pys[impl], impl, acts, *args, "--adam", adam)["tokens_per_s"])
+            med = {i: statistics.median(v) for i, v in tps.items()}
+            row = {"size": name, "d_in": d, "n_latents": F, "k": k, "adam": adam, "tokens_per_s": med,
+                   **{f"ratio_vs_{p}": med["esmsae"] / med[p] for p in impls if p != "esmsae"}, "runs": tps}
+            out["throughput"].append(row)
+            print(json.dumps(row))
     acts = real_acts()
-    q = {impl: run(py, impl, acts, "--n-latents", "10240", "--k", "32", "--train-tokens", "400000")
-         for impl, py in (("esmsae", sys.executable), ("sparsify", PEER_PY))}
+    q = {impl: run(pys[impl], impl, acts, "--n-latents", "10240", "--k", "32", "--train-tokens", "400000")
+         for impl in ("esmsae", "sparsify", "saelens")}
     out["quality"].append({"size": "esm2_8M_interplm", "train_tokens": q["esmsae"]["train_tokens"],
-                           "esmsae_heldout_fvu": q["esmsae"]["heldout_fvu"], "sparsify_heldout_fvu": q["sparsify"]["heldout_fvu"]})
+                           **{f"{i}_heldout_fvu": r["heldout_fvu"] for i, r in q.items()}})
     print(json.dumps(out["quality"][-1]))
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "train_throughput.json").write_text(json.dumps(out, indent=2) + "\n")

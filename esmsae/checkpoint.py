@@ -94,11 +94,13 @@ def load_sae(folder: str | os.PathLike, plm: ProteinLM | None = None, device: st
 
 
 def model_config_of(meta: dict[str, Any], name: str = "") -> ModelConfig:
-    """The protein LM a checkpoint was trained on, with the recorded window / batch / dtype
-    settings; the base model's name comes from ``base_model`` (resolved by :func:`read_cfg`).
-    ``name`` runs another model instead (its family is then guessed from the name)."""
+    """The protein LM a checkpoint was trained on, with the recorded window / dtype settings;
+    the base model's name comes from ``base_model`` (resolved by :func:`read_cfg`). ``name``
+    runs another model instead (its family is then guessed from the name). The forward batch
+    size is not a property of the model: it is left to the machine that runs it (auto)."""
     base = meta.get("base_model", {})
     rec = dict(meta.get("model_config") or {})
+    rec.pop("batch_tokens", None)
     rec["name"] = name or base.get("name") or rec.get("name", "")
     if not rec["name"]:
         raise ValueError("cfg.json records no base model; pass a model name")

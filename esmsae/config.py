@@ -73,7 +73,11 @@ class ModelConfig:
         "Longer proteins are split into overlapping windows and stitched",
     )
     window_overlap: int = opt(256, "Overlap between consecutive windows of a long protein, in residues")
-    batch_tokens: int = opt(8192, "Padded tokens per forward batch (proteins are batched by length)")
+    batch_tokens: int = opt(
+        0,
+        "Padded tokens per forward batch, proteins batched by length (0 = auto: 1024 on CPU, where "
+        "bigger batches spill the caches and run slower, 16384 on a GPU; bench/extract_throughput.py)",
+    )
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -85,7 +89,10 @@ class ModelConfig:
             self.max_residues == 0 or self.window_overlap < self.max_residues // 2,
             c, "window_overlap", "must be less than half of max_residues",
         )
-        _check(self.batch_tokens >= 64, c, "batch_tokens", "must be >= 64")
+        _check(self.batch_tokens == 0 or self.batch_tokens >= 64, c, "batch_tokens", "must be 0 (auto) or >= 64")
+
+    def resolved_batch_tokens(self) -> int:
+        return self.batch_tokens or auto_batch_tokens(self.device)
 
     def resolved_family(self) -> str:
         if self.family != "auto":
@@ -94,6 +101,13 @@ class ModelConfig:
         if n.startswith("esmc") or n.endswith(".pth"):
             return "esmc"
         return "esm2"
+
+
+def auto_batch_tokens(device: str) -> int:
+    """Forward-batch size in padded tokens when the config says 0. On a 2-core CPU 1,024
+    tokens ran 1.8x faster per residue than 8,192 (intermediates stay in cache); a GPU
+    needs large batches to fill it."""
+    return 1024 if str(device).startswith("cpu") else 16384
 
 
 @dataclass
@@ -289,7 +303,7 @@ class IndexConfig:
     per_bin: int = opt(5, "Examples kept per activation range")
     reservoir: int = opt(40, "Firing proteins sampled uniformly per feature to draw quantile examples from")
     max_proteins: int = opt(0, "Index at most this many proteins (0 = all)")
-    batch_tokens: int = opt(8192, "Padded tokens per forward batch")
+    batch_tokens: int = opt(0, "Padded tokens per forward batch (0 = auto: 1024 on CPU, 16384 on a GPU)")
     on_invalid: str = opt("skip", "Sequences the model cannot take: skip them (reported with a count) or stop with an error", choices=("skip", "error"))
     umap: bool = opt(True, "Compute the 2-D UMAP feature map of decoder directions")
     seed: int = opt(0, "Seed (reservoir sampling, UMAP)")
@@ -301,7 +315,7 @@ class IndexConfig:
         _check(self.quantile_bins >= 1 and self.per_bin >= 1, c, "quantile_bins", "quantile_bins and per_bin must be >= 1")
         _check(self.reservoir >= self.per_bin, c, "reservoir", "must be >= per_bin")
         _check(self.max_proteins >= 0, c, "max_proteins", "must be >= 0")
-        _check(self.batch_tokens >= 64, c, "batch_tokens", "must be >= 64")
+        _check(self.batch_tokens == 0 or self.batch_tokens >= 64, c, "batch_tokens", "must be 0 (auto) or >= 64")
         _check(self.lineage_rank >= 0, c, "lineage_rank", "must be >= 0")
 
 

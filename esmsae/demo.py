@@ -153,7 +153,7 @@ def build_demo(ns: argparse.Namespace) -> dict:
     # the index and the app's inspector run the model the same way.
     sae_dir = work / "sae" / f"L{ns.layer}_resid"
     if not (sae_dir / "eval.json").exists():
-        cfg = {"model": ModelConfig(name=model_name, batch_tokens=8192, dtype=ns.dtype), "hook": HookConfig(layers=[ns.layer], site="resid"),
+        cfg = {"model": ModelConfig(name=model_name, dtype=ns.dtype), "hook": HookConfig(layers=[ns.layer], site="resid"),
                "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=262_144, holdout_fraction=0.05),
                "sae": SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize="scalar"),
                "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed), "eval": EvalConfig(lm_proteins=128)}

@@ -91,7 +91,7 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
         masks.append(m)
     totals = {"orig": 0.0, "sae": 0.0, "zero": 0.0}
     n_masked = 0
-    for batch in length_batches([len(s) for s in seqs], plm.cfg.batch_tokens, extra=2):
+    for batch in length_batches([len(s) for s in seqs], plm.cfg.resolved_batch_tokens(), extra=2):
         sub = [seqs[i] for i in batch]
         ids, attn = plm.tokenize(sub)
         target = ids

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import WEIGHTS, check_compatible, load_sae, model_config_of
 from .concepts import Labeled, kingdom_of, load_all
-from .config import IndexConfig
+from .config import IndexConfig, auto_batch_tokens
 from .evaluate import hook_of, read_eval
 from .fasta import Protein, SequenceError, clean_sequence, parse_header, read_proteins
 from .plm import ProteinLM, load_plm
@@ -394,6 +394,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
     if plm is None:
         plm = load_plm(model_config_of(meta, cfg.model))
     check_compatible(meta, plm, strict_name=not cfg.model)
+    batch_tokens = cfg.batch_tokens or auto_batch_tokens(plm.cfg.device)
     hook = hook_of(meta)
     plm.check_hook(hook)
     report = dict(report or {})
@@ -491,7 +492,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         for i in order:
             L = len(items[i].sequence) + 2
             cost = min(L, plm.max_residues + 2)
-            if batch and (len(batch) + 1) * max(cost, budget) > cfg.batch_tokens:
+            if batch and (len(batch) + 1) * max(cost, budget) > batch_tokens:
                 run(batch)
                 batch, budget = [], 0
             batch.append(i)

@@ -211,7 +211,7 @@ class ProteinLM:
         for i, s in enumerate(seqs):
             pieces.extend((i, a, b) for a, b in self.windows(len(s)))
         results: dict[tuple[int, int], dict[str, Tensor]] = {}
-        for batch in length_batches([b - a for _, a, b in pieces], self.cfg.batch_tokens, extra=2):
+        for batch in length_batches([b - a for _, a, b in pieces], self.cfg.resolved_batch_tokens(), extra=2):
             sub = [seqs[pieces[j][0]][pieces[j][1] : pieces[j][2]] for j in batch]
             acts = self.forward_hooks(sub, hooks)
             for row, j in enumerate(batch):

@@ -1,0 +1,123 @@
+"""Index build: proteins/s, peak memory and the share of time spent in the protein-LM forward,
+for a 10,240-latent SAE on the demo LM, at N and 10 N proteins (random proteome proteins from
+../shared/data). Each size runs in its own process so its peak RSS is its own.
+
+The SAE (TopK, 10,240 latents, k 32, layer 3) is trained here for a few hundred steps on the
+demo LM's activations (bench/cache/demo_L3_acts.npy, made by bench/train_throughput.py), which
+gives realistic firing statistics. Writes bench/results/index_scaling.json.
+"""
+from __future__ import annotations
+
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CACHE = ROOT / "bench" / "cache"
+N_LATENTS, K = 10_240, 32
+
+
+def make_sae() -> Path:
+    out = CACHE / "sae_10240"
+    if (out / "cfg.json").exists():
+        return out
+    import numpy as np
+    import torch
+
+    from esmsae.checkpoint import read_cfg, save_sae
+    from esmsae.config import SAEConfig
+    from esmsae.sae import SAE, default_lr
+    from bench.train_throughput import real_acts
+
+    torch.manual_seed(0)
+    X = torch.from_numpy(np.load(real_acts()))
+    sae = SAE(SAEConfig(architecture="topk", n_latents=N_LATENTS, k=K, normalize="scalar"), X.shape[1], seed=0)
+    sae.fit_normalization(X[:65536])
+    opt = torch.optim.Adam(sae.parameters(), lr=default_lr(N_LATENTS), fused=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        o = sae(X[torch.randint(len(X), (4096,), generator=g)])
+        opt.zero_grad(set_to_none=True)
+        o.loss.backward()
+        sae.remove_gradient_parallel_to_decoder()
+        opt.step()
+        sae.set_decoder_norm_to_unit()
+    demo = read_cfg(ROOT / "data" / "demo" / "sae")  # same model, layer and site as the demo SAE
+    meta = {k: demo[k] for k in ("base_model", "model_config", "layer", "site", "hook")}
+    meta["provenance"] = {"note": "bench/index_scaling.py: 300 steps on bench/cache/demo_L3_acts.npy", "fvu_last_batch": float(o.fvu)}
+    save_sae(sae.eval(), out, meta)
+    return out
+
+
+def proteins_fasta(n: int) -> Path:
+    from bench.extract_throughput import sample_proteins
+
+    out = CACHE / f"index_proteins_{n}.fasta"
+    if not out.exists():
+        seqs = sample_proteins(n, seed=7)
+        out.write_text("".join(f">bench{i}\n{s}\n" for i, s in enumerate(seqs)))
+    return out
+
+
+def one(n: int) -> dict:
+    """Runs in its own process: build the index of n proteins, time the forward inside it."""
+    import torch
+
+    from esmsae.checkpoint import model_config_of, read_cfg
+    from esmsae.config import IndexConfig
+    from esmsae.index import build_index
+    from esmsae.plm import load_plm
+
+    torch.set_num_threads(2)
+    sae_dir = make_sae()
+    plm = load_plm(model_config_of(read_cfg(sae_dir)))
+    spent = {"forward_s": 0.0}
+    embed = plm.embed
+
+    def timed_embed(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return embed(*a, **kw)
+        finally:
+            spent["forward_s"] += time.perf_counter() - t
+    plm.embed = timed_embed
+    out = CACHE / f"index_{n}.duckdb"
+    cfg = IndexConfig(sae=str(sae_dir), out=str(out), fasta=[str(proteins_fasta(n))], umap=False, threads=2)
+    t = time.perf_counter()
+    build_index(cfg, plm=plm, progress=False)
+    total = time.perf_counter() - t
+    out.unlink(missing_ok=True)
+    return {"proteins": n, "total_s": total, "proteins_per_s": n / total, "forward_s": spent["forward_s"],
+            "forward_fraction": spent["forward_s"] / total,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main(n: int = 500) -> dict:
+    make_sae()  # once, outside the timed processes
+    for m in (n, 10 * n):
+        proteins_fasta(m)
+    runs = []
+    for m in (n, 10 * n):
+        r = subprocess.run([sys.executable, __file__, "--one", str(m)], capture_output=True, text=True, cwd=ROOT)
+        if r.returncode:
+            raise RuntimeError(r.stderr[-3000:])
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(runs[-1]))
+    out = {"sae": {"n_latents": N_LATENTS, "k": K, "d_in": 320, "model": "demo LM (ESM-2 8M architecture), layer 3"},
+           "threads": 2, "runs": runs, "peak_rss_ratio_10x": runs[1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]}
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "index_scaling.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        random.seed(0)
+        print(json.dumps(one(int(sys.argv[2]))))
+    else:
+        main()
