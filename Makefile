@@ -46,9 +46,12 @@ demo: venv
 	$(BIN)/python -m esmsae demo $(DEMO_ARGS)
 
 bench: venv
-	$(BIN)/python bench/lm_amp.py
-	$(BIN)/python bench/inspector_latency.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/extract_throughput.py
+	$(BIN)/python bench/index_scaling.py
+	$(BIN)/python bench/app_queries.py
+	$(BIN)/python bench/inspector_latency.py
+	$(BIN)/python bench/lm_amp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .npm static/3Dmol-min.js

@@ -37,10 +37,10 @@ def build(path: Path) -> Path:
     for (t,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = 'demo'").fetchall():
         con.execute(f"CREATE TABLE {t} AS SELECT * FROM demo.{t} LIMIT 0")
     F, P = N_FEATURES, N_PROTEINS
-    track = f"list_transform(range({TRACK}), x -> (x * 11)::INTEGER) AS positions, list_transform(range({TRACK}), x -> random()) AS \"values\""
+    track = f"list_transform(range({TRACK}), lambda x: (x * 11)::INTEGER) AS positions, list_transform(range({TRACK}), lambda x: random()) AS \"values\""
     con.execute("SELECT setseed(0.42)")
     con.execute(f"""INSERT INTO proteins SELECT i, 'SYN' || i, 'synthetic protein ' || i, 350,
-        array_to_string(list_transform(range(350), x -> substr('ACDEFGHIKLMNPQRSTVWY', 1 + (random() * 19.99)::INTEGER, 1)), ''),
+        array_to_string(list_transform(range(350), lambda x: substr('ACDEFGHIKLMNPQRSTVWY', 1 + (random() * 19.99)::INTEGER, 1)), ''),
         'organism ' || (i % 300), i % 300, ['Bacteria', 'Archaea', 'Eukaryota'][1 + i % 3], 'cellular organisms', 'synthetic', '',
         CASE WHEN i < 200 THEN 'structures/s' || i || '.pdb' END, CASE WHEN i < 200 THEN 'A' END, 40 FROM range({P}) t(i)""")
     con.execute(f"""INSERT INTO features SELECT f, random() * 0.01, random() * 0.2, 100, 1000, 1 + random() * 9, random(),

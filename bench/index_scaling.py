@@ -49,7 +49,7 @@ def make_sae() -> Path:
         sae.set_decoder_norm_to_unit()
     demo = read_cfg(ROOT / "data" / "demo" / "sae")  # same model, layer and site as the demo SAE
     meta = {k: demo[k] for k in ("base_model", "model_config", "layer", "site", "hook")}
-    meta["provenance"] = {"note": "bench/index_scaling.py: 300 steps on bench/cache/demo_L3_acts.npy", "fvu_last_batch": float(o.fvu)}
+    meta["provenance"] = {"note": "bench/index_scaling.py: 300 steps on bench/cache/demo_L3_acts.npy", "fvu_last_batch": float(o.fvu.detach())}
     save_sae(sae.eval(), out, meta)
     return out
 
@@ -97,7 +97,10 @@ def one(n: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def main(n: int = 500) -> dict:
+def main(n: int = 2000) -> dict:
+    """n and 10 n proteins. n must be large enough to fill the per-feature buffers (20 top
+    examples and a 40-protein reservoir for each of 10,240 features, about 600k example slots):
+    below that, memory grows as they fill, up to their fixed bound."""
     make_sae()  # once, outside the timed processes
     for m in (n, 10 * n):
         proteins_fasta(m)
@@ -120,4 +123,4 @@ if __name__ == "__main__":
         random.seed(0)
         print(json.dumps(one(int(sys.argv[2]))))
     else:
-        main()
+        main(int(sys.argv[1]) if len(sys.argv) == 2 else 2000)
