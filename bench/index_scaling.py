@@ -9,10 +9,12 @@ gives realistic firing statistics. Writes bench/results/index_scaling.json.
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,8 +78,16 @@ def one(n: int) -> dict:
     torch.set_num_threads(2)
     sae_dir = make_sae()
     plm = load_plm(model_config_of(read_cfg(sae_dir)))
-    spent = {"forward_s": 0.0}
+    spent = {"forward_s": 0.0, "rss_max": 0, "streaming_peak": 0}
     embed = plm.embed
+    page = os.sysconf("SC_PAGE_SIZE")
+    done = threading.Event()
+
+    def sample_rss():  # RSS every 20 ms, to tell the streaming pass's peak from the final tables'
+        while not done.is_set():
+            with open("/proc/self/statm") as fh:
+                spent["rss_max"] = max(spent["rss_max"], int(fh.read().split()[1]) * page)
+            time.sleep(0.02)
 
     def timed_embed(*a, **kw):
         t = time.perf_counter()
@@ -85,7 +95,9 @@ def one(n: int) -> dict:
             return embed(*a, **kw)
         finally:
             spent["forward_s"] += time.perf_counter() - t
+            spent["streaming_peak"] = spent["rss_max"]  # the max so far, as of the latest forward
     plm.embed = timed_embed
+    threading.Thread(target=sample_rss, daemon=True).start()
     out = CACHE / f"index_{n}.duckdb"
     cfg = IndexConfig(sae=str(sae_dir), out=str(out), fasta=[str(proteins_fasta(n))], umap=False, threads=2)
     t = time.perf_counter()
@@ -94,7 +106,8 @@ def one(n: int) -> dict:
     out.unlink(missing_ok=True)
     return {"proteins": n, "total_s": total, "proteins_per_s": n / total, "forward_s": spent["forward_s"],
             "forward_fraction": spent["forward_s"] / total,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_streaming_mb": spent["streaming_peak"] / 2**20}
 
 
 def main(n: int = 2000) -> dict:

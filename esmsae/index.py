@@ -23,11 +23,12 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
@@ -42,6 +43,7 @@ from .plm import ProteinLM, load_plm
 THRESHOLDS = (0.0, 0.15, 0.5, 0.6, 0.8)  # fractions of each feature's max (InterPLM)
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-4, 4, 161)])  # activation histogram bin edges (20 per decade)
 DENSE_FREQ = 0.1  # a feature firing on more than this fraction of residues is "dense"
+EXAMPLE_BLOCK = 2048  # features per block when the example tables are written
 MIN_DOMAINS = 10  # a concept needs this many annotated domains to be a feature's best concept
 MAX_COVERAGE = 0.5  # ...and may cover at most this fraction of its source's residues (not "everything")
 
@@ -207,10 +209,11 @@ class _TopN:
 
     def __init__(self, n_features: int, n: int):
         self.val_FN = np.full((n_features, n), -np.inf, dtype=np.float32)
-        self.items: list[dict[int, tuple]] = [dict() for _ in range(n_features)]  # slot -> (pidx, pos, vals)
+        self.items: list[dict[int, tuple]] = [dict() for _ in range(n_features)]  # slot -> (pidx, track offset, length)
 
-    def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx: int, tracks: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """One protein's (feature, max activation, track) triples."""
+    def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx: int, put: Callable[[int], tuple[int, int]]) -> None:
+        """One protein's (feature, max activation) pairs; ``put(j)`` spills pair j's track and
+        returns where it lies (see _TrackSpill)."""
         # only pairs beating the feature's current N-th best need Python work
         cand = np.flatnonzero(vmax_P > self.val_FN[f_P].min(1))
         for j in cand[np.argsort(-vmax_P[cand], kind="stable")]:
@@ -219,7 +222,7 @@ class _TopN:
             if vmax_P[j] <= self.val_FN[f, slot]:
                 continue
             self.val_FN[f, slot] = vmax_P[j]
-            self.items[f][slot] = (pidx, *tracks[j])
+            self.items[f][slot] = (pidx, *put(j))
 
 
 class _Reservoir:
@@ -231,7 +234,7 @@ class _Reservoir:
         self.items: list[dict[int, tuple]] = [dict() for _ in range(n_features)]
         self.rng = np.random.default_rng(seed)
 
-    def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx: int, tracks: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx: int, put: Callable[[int], tuple[int, int]]) -> None:
         order = np.argsort(f_P, kind="stable")
         f_sorted = f_P[order]
         # ordinal of each pair among all firing proteins seen so far for its feature (1-based)
@@ -241,7 +244,37 @@ class _Reservoir:
         slot = np.where(ordinal <= self.r, ordinal - 1, (self.rng.random(len(ordinal)) * ordinal).astype(np.int64))
         keep = slot < self.r
         for j, s in zip(order[keep], slot[keep]):
-            self.items[f_P[j]][int(s)] = (pidx, float(vmax_P[j]), *tracks[j])
+            self.items[f_P[j]][int(s)] = (pidx, float(vmax_P[j]), *put(j))
+
+
+class _TrackSpill:
+    """Append-only file of the sparse tracks (positions int32, then values float32) that the
+    top-N and the reservoir keep; they hold only (offset, length). Memory then stays at a
+    few integers per example slot however many proteins stream by: held in memory, the
+    tracks grew with the protein count (1.7 GB peak at 2,000 proteins, 3.0 GB at 20,000 with
+    10,240 latents, bench/index_scaling.py) as slots filled with longer tracks. The file grows
+    only with the accepted offers, O(slots x log N)."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "tracks.bin"
+        self.fh = open(self.path, "wb")
+        self.n_words = 0
+        self.words: np.ndarray | None = None
+
+    def put(self, pos: np.ndarray, vals: np.ndarray) -> tuple[int, int]:
+        off, n = self.n_words, len(pos)
+        self.fh.write(pos.astype(np.int32).tobytes())
+        self.fh.write(vals.astype(np.float32).tobytes())
+        self.n_words += 2 * n
+        return off, n
+
+    def finish(self) -> None:
+        self.fh.close()
+        self.words = np.memmap(self.path, dtype=np.int32, mode="r") if self.n_words else np.zeros(0, np.int32)
+
+    def get(self, off: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self.words is not None, "finish() first"
+        return self.words[off:off + n], self.words[off + n:off + 2 * n].view(np.float32)
 
 
 class _CSRWriter:
@@ -436,6 +469,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
     con.execute(f"CREATE TABLE proteins ({SCHEMA['proteins']})")
     scratch = Path(tempfile.mkdtemp(prefix="esmsae_index_", dir=out.parent))
     csr = _CSRWriter(scratch)
+    spill = _TrackSpill(scratch)
     skipped_model: list[str] = []
     struct_rows: list[tuple] = []
     order = sorted(range(N), key=lambda i: len(items[i].sequence))  # length-sorted: little padding
@@ -474,8 +508,14 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
                 np.add.at(hist_FH, (f_R, hb), 1)
                 ends = np.r_[starts[1:], len(r_sorted)] if len(starts) else starts
                 tracks = [(r_sorted[s:e].astype(np.int32), v_sorted[s:e].astype(np.float32)) for s, e in zip(starts, ends)]
-                top.offer(feats, vmax, i, tracks)
-                res.offer(feats, vmax, i, tracks)
+                spilled: dict[int, tuple[int, int]] = {}
+
+                def put(j: int) -> tuple[int, int]:  # a track goes to disk once, when first kept
+                    if j not in spilled:
+                        spilled[j] = spill.put(*tracks[j])
+                    return spilled[j]
+                top.offer(feats, vmax, i, put)
+                res.offer(feats, vmax, i, put)
                 it = items[i]
                 for g, grp in it.groups.items():
                     gi = group_ids[g][grp]
@@ -570,10 +610,18 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         hist_f, hist_b = np.nonzero(hist_FH)
         con.register("hist_df", pd.DataFrame({"feature": hist_f, "bin_lo": HIST_EDGES[hist_b], "bin_hi": HIST_EDGES[hist_b + 1], "count": hist_FH[hist_f, hist_b]}))
         con.execute("CREATE TABLE feature_hist AS SELECT * FROM hist_df")
-        con.register("top_df", _top_frame(top))
-        con.execute("CREATE TABLE top_examples AS SELECT * FROM top_df ORDER BY feature, rank")
-        con.register("q_df", _quantile_frame(res, max_F, cfg.quantile_bins, cfg.per_bin))
-        con.execute("CREATE TABLE quantile_examples AS SELECT * FROM q_df ORDER BY feature, bin, max_act DESC")
+        spill.finish()
+        # written in blocks of features, in feature order (DuckDB keeps insertion order), so the
+        # tracks in memory at once are bounded by the block, not by the whole index
+        for lo in range(0, F, EXAMPLE_BLOCK):
+            hi = min(F, lo + EXAMPLE_BLOCK)
+            verb = "CREATE TABLE {} AS" if lo == 0 else "INSERT INTO {}"
+            con.register("top_df", _top_frame(top, spill, lo, hi))
+            con.execute(verb.format("top_examples") + " SELECT * FROM top_df ORDER BY feature, rank")
+            con.register("q_df", _quantile_frame(res, spill, max_F, cfg.quantile_bins, cfg.per_bin, lo, hi))
+            con.execute(verb.format("quantile_examples") + " SELECT * FROM q_df ORDER BY feature, bin, max_act DESC")
+            con.unregister("top_df")
+            con.unregister("q_df")
         con.register("struct_df", pd.DataFrame(struct_rows, columns=["pidx", "feature", "max_act", "positions", "values"]))
         con.execute("CREATE TABLE structure_tracks AS SELECT * FROM struct_df ORDER BY feature, max_act DESC")
         con.register("concepts_df", pd.DataFrame({"concept": concept_names, "source": [source_names[s] for s in concept_source],
@@ -610,6 +658,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         tmp_db.unlink(missing_ok=True)
         raise
     finally:
+        spill.fh.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return out
 
@@ -692,25 +741,52 @@ def _feature_map(W_dec_FD: np.ndarray, seed: int, use_umap: bool) -> tuple[np.nd
     return np.asarray(xy, np.float32), cluster.astype(np.int32)
 
 
-def _top_frame(top: _TopN) -> pd.DataFrame:
-    rows = []
-    for f, slots in enumerate(top.items):
-        ranked = sorted(slots.items(), key=lambda kv: -top.val_FN[f, kv[0]])
-        for rank, (slot, (pidx, pos, vals)) in enumerate(ranked):
-            rows.append((f, rank, pidx, float(top.val_FN[f, slot]), int(pos[vals.argmax()]), pos.tolist(), vals.tolist()))
-    return pd.DataFrame(rows, columns=["feature", "rank", "pidx", "max_act", "max_pos", "positions", "values"])
+def _track_table(cols: dict[str, list], tracks: list[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+    """Scalar columns plus the sparse tracks as Arrow list columns (INTEGER[] / DOUBLE[]).
+
+    Arrow keeps each track as a slice of one flat array (4 or 8 bytes a value); the same
+    tracks as Python lists in a DataFrame took 32+ bytes a value and set the build's peak
+    memory (bench/index_scaling.py).
+    """
+    lens = np.fromiter((len(p) for p, _ in tracks), np.int64, len(tracks))
+    offsets = pa.array(np.r_[0, np.cumsum(lens)].astype(np.int32))
+    flat_pos = np.concatenate([p for p, _ in tracks]).astype(np.int32) if tracks else np.zeros(0, np.int32)
+    flat_val = np.concatenate([v for _, v in tracks]).astype(np.float64) if tracks else np.zeros(0, np.float64)
+    floats = ("max_act", "bin_lo", "bin_hi")
+    return pa.table({**{k: pa.array(v, type=pa.float64() if k in floats else pa.int64()) for k, v in cols.items()},
+                     "positions": pa.ListArray.from_arrays(offsets, pa.array(flat_pos)),
+                     "values": pa.ListArray.from_arrays(offsets, pa.array(flat_val))})
 
 
-def _quantile_frame(res: _Reservoir, max_F: np.ndarray, n_bins: int, per_bin: int) -> pd.DataFrame:
-    rows = []
-    for f, slots in enumerate(res.items):
+def _top_frame(top: _TopN, spill: _TrackSpill, lo: int, hi: int) -> pa.Table:
+    cols: dict[str, list] = {"feature": [], "rank": [], "pidx": [], "max_act": [], "max_pos": []}
+    tracks = []
+    for f in range(lo, hi):
+        ranked = sorted(top.items[f].items(), key=lambda kv: -top.val_FN[f, kv[0]])
+        for rank, (slot, (pidx, off, n)) in enumerate(ranked):
+            pos, vals = spill.get(off, n)
+            for k, v in zip(cols, (f, rank, pidx, float(top.val_FN[f, slot]), int(pos[vals.argmax()]))):
+                cols[k].append(v)
+            tracks.append((pos, vals))
+    return _track_table(cols, tracks)
+
+
+def _quantile_frame(res: _Reservoir, spill: _TrackSpill, max_F: np.ndarray, n_bins: int, per_bin: int, lo: int, hi: int) -> pa.Table:
+    cols: dict[str, list] = {"feature": [], "bin": [], "bin_lo": [], "bin_hi": [], "pidx": [], "max_act": [], "max_pos": []}
+    tracks = []
+    for f in range(lo, hi):
+        slots = res.items[f]
         if not slots or max_F[f] <= 0:
             continue
         by_bin: dict[int, list] = defaultdict(list)
-        for pidx, vmax, pos, vals in slots.values():
+        for pidx, vmax, off, n in slots.values():
             b = min(int(vmax / max_F[f] * n_bins), n_bins - 1)
-            by_bin[b].append((pidx, vmax, pos, vals))
+            by_bin[b].append((pidx, vmax, off, n))
         for b, lst in by_bin.items():
-            for pidx, vmax, pos, vals in sorted(lst, key=lambda x: -x[1])[:per_bin]:
-                rows.append((f, b, float(b / n_bins * max_F[f]), float((b + 1) / n_bins * max_F[f]), pidx, vmax, int(pos[vals.argmax()]), pos.tolist(), vals.tolist()))
-    return pd.DataFrame(rows, columns=["feature", "bin", "bin_lo", "bin_hi", "pidx", "max_act", "max_pos", "positions", "values"])
+            for pidx, vmax, off, n in sorted(lst, key=lambda x: -x[1])[:per_bin]:
+                pos, vals = spill.get(off, n)
+                row = (f, b, float(b / n_bins * max_F[f]), float((b + 1) / n_bins * max_F[f]), pidx, vmax, int(pos[vals.argmax()]))
+                for k, v in zip(cols, row):
+                    cols[k].append(v)
+                tracks.append((pos, vals))
+    return _track_table(cols, tracks)

@@ -10,10 +10,10 @@ from scipy.stats import fisher_exact
 from esmsae.checkpoint import load_sae
 from esmsae.concepts import load_all, load_tmbed, runs
 from esmsae.config import ConfigError, IndexConfig, ModelConfig
+import esmsae.index as idx_mod
 from esmsae.fasta import read_fasta
 from esmsae.index import IndexError_, build_index, collect, enrichment, read_grouping
 from esmsae.plm import Hook, ModelMismatchError, load_plm
-
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,12 @@ def built_index(tmp_path_factory, tiny_sae, mgen_full, shared, esm2_dir):
     groups.write_text("id\tgroup\n" + "".join(f"{pid}\t{'A' if i % 3 == 0 else 'B'}\n" for i, pid in enumerate(ids)) + "NOT_A_PROTEIN\tA\n")
     cfg = IndexConfig(sae=str(tiny_sae), out=str(tmp / "index.duckdb"), fasta=[str(mgen_full)], concepts=str(shared),
                       groups=[str(groups)], top_n=5, umap=False, batch_tokens=2048)
-    path = build_index(cfg, progress=False)
+    # a tiny example block, so the brute-force tests also cover the blocked table writes
+    block, idx_mod.EXAMPLE_BLOCK = idx_mod.EXAMPLE_BLOCK, 7
+    try:
+        path = build_index(cfg, progress=False)
+    finally:
+        idx_mod.EXAMPLE_BLOCK = block
     return path, cfg
 
 
