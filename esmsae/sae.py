@@ -23,7 +23,7 @@ from .config import SAEConfig
 
 
 class Latents(NamedTuple):
-    acts_BK: Tensor  # activation values (zeros are padding)
+    acts_BK: Tensor  # activation values (zeros are padding; a padding entry's index may repeat a real one)
     idx_BK: Tensor  # latent indices
 
 
@@ -39,6 +39,7 @@ class ForwardOutput(NamedTuple):
 
 
 ENC_INIT_SCALE = 3 ** -0.5
+ENCODE_CHUNK = 2048  # rows per dense pre-activation block at inference (bounds memory)
 
 
 class _GatheredPre(torch.autograd.Function):
@@ -172,7 +173,7 @@ class SAE(nn.Module):
     def _topk(self, xc_BD: Tensor) -> tuple[Latents, Tensor]:
         """TopK latents of centred inputs, and the dense pre-activations (no graph) they came from."""
         pre_BF = self._dense_pre(xc_BD)
-        vals_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=-1, sorted=False)
+        vals_BK, idx_BK = topk_rows(pre_BF, self.cfg.k)
         acts_BK = F.relu(_GatheredPre.apply(xc_BD, self.W_enc, self.b_enc, vals_BK, idx_BK))
         return Latents(acts_BK, idx_BK), pre_BF
 
@@ -206,15 +207,25 @@ class SAE(nn.Module):
             return _to_sparse(dense_BF)
         return _to_sparse(pre_BF)
 
-    def encode(self, x_BD: Tensor) -> Latents:
-        """Raw activations -> sparse latents (acts_BK, idx_BK); zeros in acts are padding."""
+    def encode(self, x_BD: Tensor, chunk: int = ENCODE_CHUNK) -> Latents:
+        """Raw activations -> sparse latents (acts_BK, idx_BK); zeros in acts are padding.
+
+        Rows are encoded ``chunk`` at a time: the dense [rows, F] pre-activations of a whole
+        long protein (35,000 residues x 10,240 latents = 1.4 GB) set the index build's peak
+        memory, which then grew with the longest protein in the set (bench/index_scaling.py).
+        """
+        if x_BD.shape[0] > chunk:
+            parts = [self.encode(x_BD[i:i + chunk], chunk) for i in range(0, x_BD.shape[0], chunk)]
+            K = max(p.idx_BK.shape[1] for p in parts)  # relu / batchtopk: K varies by chunk
+            return Latents(torch.cat([F.pad(p.acts_BK, (0, K - p.acts_BK.shape[1])) for p in parts]),
+                           torch.cat([F.pad(p.idx_BK, (0, K - p.idx_BK.shape[1])) for p in parts]))
         xn, _ = self.normalize(x_BD.to(self.W_enc.dtype))
         return self._encode_norm(xn)
 
     def encode_dense(self, x_BD: Tensor) -> Tensor:
         lat = self.encode(x_BD)
         out = torch.zeros(x_BD.shape[0], self.cfg.n_latents, dtype=lat.acts_BK.dtype, device=x_BD.device)
-        return out.scatter_(1, lat.idx_BK, lat.acts_BK)
+        return out.scatter_add_(1, lat.idx_BK, lat.acts_BK)  # add: padding (act 0) may repeat an index
 
     def _decode_norm(self, acts_BK: Tensor, idx_BK: Tensor) -> Tensor:
         return F.embedding_bag(idx_BK, self.W_dec, per_sample_weights=acts_BK, mode="sum") + self.b_dec
@@ -293,6 +304,31 @@ class SAE(nn.Module):
         # row-wise dot products as a batched matmul, then an in-place update: no F x D temporary
         parallel_F1 = torch.bmm(g_FD.unsqueeze(1), W_FD.unsqueeze(2)).view(-1, 1)
         g_FD.addcmul_(parallel_F1, W_FD, value=-1.0)
+
+
+TOPK_GROUPS = 16
+
+
+def topk_rows(x_BF: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Exact row-wise top-k (unsorted), faster than ``Tensor.topk`` over wide rows on CPU.
+
+    View each row as G strided groups of C = F / G columns and take the max over the groups
+    for every column (one vectorised pass). The row's top-k elements all lie in the k columns
+    with the largest maxima: a column whose max is below the k-th largest element cannot
+    hold any of them, and at most k columns can have a max at or above it. So top-k runs on
+    C column maxima and then on the G * k candidates instead of on all F values.
+    """
+    B, Fn = x_BF.shape
+    G = TOPK_GROUPS
+    if x_BF.device.type != "cpu" or Fn % G or Fn // G < 4 * k:
+        return x_BF.topk(k, dim=-1, sorted=False)
+    C = Fn // G
+    x_BGC = x_BF.view(B, G, C)
+    _, col_BK = x_BGC.amax(1).topk(k, dim=-1, sorted=False)
+    cand_BGK = x_BGC.gather(2, col_BK.unsqueeze(1).expand(B, G, k))
+    vals_BK, j_BK = cand_BGK.reshape(B, G * k).topk(k, dim=-1, sorted=False)
+    full_BGK = torch.arange(0, Fn, C, device=x_BF.device).view(1, G, 1) + col_BK.unsqueeze(1)
+    return vals_BK, full_BGK.reshape(B, G * k).gather(1, j_BK)
 
 
 def _to_sparse(dense_BF: Tensor) -> Latents:
