@@ -4,9 +4,9 @@ Shapes in names: B tokens in a batch, D input width (d_in), F latents, K active
 latents kept per token.
 
 The TopK path never materialises a dense gradient for the encoder: only the K
-selected pre-activations of each token receive gradient, so the encoder weight
-gradient is a scatter of B*K rows instead of an (F x B) @ (B x D) matmul, and the
-decoder is an ``embedding_bag`` over the K active rows (Gao et al. 2024, "Scaling
+selected pre-activations of each token receive gradient (``_GatheredPre``), so the
+encoder weight gradient is a sparse CSR product over B*K entries instead of an
+(F x B) @ (B x D) matmul, and the decoder is an ``embedding_bag`` over the K active rows (Gao et al. 2024, "Scaling
 and evaluating sparse autoencoders", sec. 3 and appendix on sparse kernels).
 """
 from __future__ import annotations

@@ -27,6 +27,33 @@ def test_topk_exactly_k_and_forward_equals_decode_encode(norm):
     assert bool(((dense > 0).sum(-1) == 8).all())
 
 
+def _assert_grads_match_dense(sae, cfg, x, seed, dead=None):
+    """Backward through ``sae`` equals plain autograd on the dense TopK (+ AuxK) maths;
+    returns the SAE's gradients."""
+    sae.zero_grad(set_to_none=True)
+    out = sae(x, dead_mask_F=dead)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    ref = SAE(cfg, x.shape[1], seed=seed)
+    ref.load_state_dict(sae.state_dict())
+    pre = (x - ref.b_dec) @ ref.W_enc.t() + ref.b_enc
+    v, i = pre.topk(cfg.k, dim=-1)
+    recon = torch.zeros_like(pre).scatter(1, i, v.clamp_min(0)) @ ref.W_dec + ref.b_dec
+    loss = (recon - x).pow(2).sum(-1).mean()
+    if dead is not None:
+        av, ai = pre.masked_fill(~dead, -torch.inf).topk(cfg.auxk_k, dim=-1)
+        e_hat = torch.zeros_like(pre).scatter(1, ai, av.clamp_min(0)) @ ref.W_dec
+        e = (x - recon).detach()
+        auxk = (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
+        assert float(out.auxk_loss) > 0
+        loss = loss + cfg.auxk_coef * auxk
+    loss.backward()
+    torch.testing.assert_close(out.loss, loss)
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=f"grad of {n}")
+    return grads
+
+
 def test_sparse_topk_gradients_match_dense_reference():
     x = _data(64, 16)
     cfg = SAEConfig(n_latents=64, k=4, normalize="none", auxk_coef=0)
@@ -34,21 +61,7 @@ def test_sparse_topk_gradients_match_dense_reference():
     with torch.no_grad():
         sae.b_enc.normal_()
         sae.b_dec.normal_()
-    out = sae(x)
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
-    # dense reference: same maths with plain autograd
-    ref = SAE(cfg, 16, seed=1)
-    ref.load_state_dict(sae.state_dict())
-    pre = (x - ref.b_dec) @ ref.W_enc.t() + ref.b_enc
-    v, i = pre.topk(4, dim=-1)
-    z = torch.zeros_like(pre).scatter(1, i, v.clamp_min(0))
-    recon = z @ ref.W_dec + ref.b_dec
-    loss = (recon - x).pow(2).sum(-1).mean()
-    loss.backward()
-    torch.testing.assert_close(out.loss, loss)
-    for n, p in ref.named_parameters():
-        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=f"grad of {n}")
+    _assert_grads_match_dense(sae, cfg, x, seed=1)
 
 
 def test_auxk_sparse_gradients_match_dense_reference_and_buffer_reuse_is_safe():
@@ -62,26 +75,7 @@ def test_auxk_sparse_gradients_match_dense_reference_and_buffer_reuse_is_safe():
     with torch.no_grad():
         sae.b_enc.normal_()
     for _ in range(2):  # the second call reuses the buffer the first one wrote
-        sae.zero_grad(set_to_none=True)
-        out = sae(x, dead_mask_F=dead)
-        out.loss.backward()
-        grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
-        ref = SAE(cfg, 16, seed=2)
-        ref.load_state_dict(sae.state_dict())
-        pre = (x - ref.b_dec) @ ref.W_enc.t() + ref.b_enc
-        v, i = pre.topk(4, dim=-1)
-        recon = torch.zeros_like(pre).scatter(1, i, v.clamp_min(0)) @ ref.W_dec + ref.b_dec
-        mse = (recon - x).pow(2).sum(-1).mean()
-        av, ai = pre.masked_fill(~dead, -torch.inf).topk(6, dim=-1)
-        e_hat = torch.zeros_like(pre).scatter(1, ai, av.clamp_min(0)) @ ref.W_dec
-        e = (x - recon).detach()
-        auxk = (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
-        loss = mse + 0.5 * auxk
-        loss.backward()
-        assert float(out.auxk_loss) > 0
-        torch.testing.assert_close(out.loss, loss)
-        for n, p in ref.named_parameters():
-            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=f"grad of {n}")
+        grads = _assert_grads_match_dense(sae, cfg, x, seed=2, dead=dead)
         # dead latents get encoder gradient only through AuxK, so it must be non-zero there
         assert float(grads["W_enc"][dead].abs().sum()) > 0
 
