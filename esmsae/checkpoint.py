@@ -82,7 +82,14 @@ def load_sae(folder: str | os.PathLike, plm: ProteinLM | None = None, device: st
         check_compatible(meta, plm)
     scfg = from_dict(SAEConfig, meta["sae"])
     sae = SAE(scfg, meta["d_in"], seed=None)
-    state = load_file(str(folder / WEIGHTS))
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder} is not a complete SAE checkpoint: {WEIGHTS} is missing") from None
+    except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
+        raise ValueError(f"{folder / WEIGHTS} cannot be read (truncated or corrupt?): {e}") from None
+    # optional reference display statistics (shipped by Biohub, or computed over a reference set)
+    sae.set_display_stats(state.get("display_max"), state.get("display_idf"))
     missing = set(sae.state_dict()) - set(state)
     if missing:
         raise ValueError(f"{folder / WEIGHTS} lacks tensors {sorted(missing)}")

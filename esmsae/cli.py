@@ -84,6 +84,26 @@ def main(argv: list[str] | None = None) -> int:
     jb.add_argument("run_dir", help="job folder containing job.json")
 
     add_demo_args(dm)
+    ip = subs.add_parser("import", help="import a published SAE (InterPLM, InterProt, Biohub ESM C, plm-sae, esm-sae, SAELens, sparsify) as an esmsae checkpoint",
+                         description="Write a published SAE (hub id, or a local file/folder in its source's own layout) as an esmsae "
+                         "checkpoint folder (sae.safetensors + cfg.json). No model weights are needed: --model is recorded and checked when the SAE is used.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ip.add_argument("source", help="hub repo id (Elana/InterPLM-esm2-8m, liambai/InterProt-ESM2-SAEs, biohub/ESMC-600M-sae-layer27-k64-codebook16384, "
+                    "evillegasgarcia/sae_esm2_6_l3, ...) or a local file or folder")
+    ip.add_argument("--out", required=True, help="checkpoint folder to write")
+    ip.add_argument("--format", default="auto", choices=("auto", "interplm", "interprot", "esmc", "plm-sae", "esm-sae", "saelens", "sparsify"),
+                    help="source format (auto: from the hub id or the files)")
+    ip.add_argument("--layer", type=int, default=None, help="layer, in esmsae's convention (hidden_states index: layer L = output of block L); "
+                    "picks the file of that layer where a repo has several")
+    ip.add_argument("--k", type=int, default=None, help="active latents per token, for sources that do not store it (InterProt, esm-sae)")
+    ip.add_argument("--model", default="", help="base protein LM to record (default: from the source; required where it names none)")
+    ip.add_argument("--file", default="", help="file or subfolder inside a repo/folder holding several SAEs")
+    ip.add_argument("--input-norm", default="", choices=("", "none", "layernorm"), help="esm-sae only: the per-token layer norm its run used (not stored)")
+    ex = subs.add_parser("export", help="write an esmsae checkpoint as a SAELens or sparsify folder",
+                         description="Export an esmsae SAE checkpoint for SAELens / Neuronpedia-style tooling or EleutherAI sparsify.")
+    ex.add_argument("checkpoint", help="esmsae checkpoint folder")
+    ex.add_argument("--format", required=True, choices=("saelens", "sparsify"))
+    ex.add_argument("--out", required=True, help="folder to write")
     ns = p.parse_args(argv)
     try:
         return _dispatch(ns)
@@ -93,6 +113,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(ns: argparse.Namespace) -> int:
+    if ns.cmd == "import":
+        from .published import import_sae
+
+        out = import_sae(ns.source, ns.out, ns.format, layer=ns.layer, k=ns.k, model=ns.model, file=ns.file, input_norm=ns.input_norm)
+        meta = json.loads((out / "cfg.json").read_text())
+        print(json.dumps({"checkpoint": str(out), "format": meta["provenance"]["format"], "base_model": meta["base_model"]["name"],
+                          "layer": meta["layer"], "site": meta["site"], "n_latents": meta["sae"]["n_latents"],
+                          "architecture": meta["sae"]["architecture"], "k": meta["sae"]["k"], "notes": meta["provenance"]["notes"]}, indent=2))
+        return 0
+    if ns.cmd == "export":
+        from .published import export_sae
+
+        print(f"exported: {export_sae(ns.checkpoint, ns.out, ns.format)}")
+        return 0
     if ns.cmd == "train-lm":
         from .lmtrain import train_lm
 

@@ -19,8 +19,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 SITES = ("resid", "mlp", "attn")
-ARCHITECTURES = ("topk", "batchtopk", "relu")
-NORMALIZATIONS = ("none", "scalar", "layernorm", "center", "center_scalar")
+ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu")
+TRAINABLE_ARCHITECTURES = ("topk", "batchtopk", "relu")  # jumprelu: imported (SAELens) SAEs only
+# Per-token normalisations of published SAEs (esmsae.published): layernorm_eps is InterProt's,
+# SAELens' "layer_norm" and Biohub's z-score, (x - mean) / (unbiased std + 1e-5); layernorm_biased_eps
+# is esm-sae's (biased std + 1e-5); unit_norm_sqrt_d is SAELens' constant_norm_rescale, x * sqrt(d) / |x|.
+TOKEN_NORMALIZATIONS = ("layernorm", "layernorm_eps", "layernorm_biased_eps", "unit_norm_sqrt_d")
+NORMALIZATIONS = ("none", "scalar", "layernorm", "center", "center_scalar", "layernorm_eps", "layernorm_biased_eps", "unit_norm_sqrt_d")
 FAMILIES = ("auto", "esm2", "esmc")
 
 
@@ -178,12 +183,18 @@ class SAEConfig:
     auxk_k: int = opt(256, "Dead latents used by the AuxK loss per token")
     dead_tokens: int = opt(1_000_000, "A latent is dead when it has not fired in this many training tokens")
     d_in: int = opt(0, "Input width (0 = taken from the activation store)")
+    decode_denormalize: bool = opt(
+        True, "Map reconstructions back to the input's scale (False only for SAEs that reconstruct in normalised space, "
+        "like Biohub's ESM C SAEs)")
 
     def __post_init__(self) -> None:
         c = "SAEConfig"
         _check_choices(self)
         _check(self.n_latents >= 1, c, "n_latents", "must be >= 1")
-        _check(1 <= self.k <= self.n_latents, c, "k", f"must be in [1, n_latents={self.n_latents}]")
+        if self.architecture in ("relu", "jumprelu"):  # k is unused there (0 = not applicable)
+            _check(0 <= self.k <= self.n_latents, c, "k", f"must be in [0, n_latents={self.n_latents}]")
+        else:
+            _check(1 <= self.k <= self.n_latents, c, "k", f"must be in [1, n_latents={self.n_latents}]")
         _check(self.l1_coef >= 0, c, "l1_coef", "must be >= 0")
         _check(self.auxk_coef >= 0, c, "auxk_coef", "must be >= 0")
         _check(self.auxk_k >= 1, c, "auxk_k", "must be >= 1")

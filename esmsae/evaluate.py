@@ -43,7 +43,7 @@ def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = 0.1, batch
         for s in range(0, len(arr), batch):
             x = torch.as_tensor(np.asarray(arr[s : s + batch]), dtype=torch.float32)
             lat = sae.encode(x)
-            recon = sae.decode(lat.acts_BK, lat.idx_BK, x)
+            recon = sae.decode(lat.acts_BK, lat.idx_BK, x, denormalize=True)
             sse += float((recon - x).double().pow(2).sum())
             xd = x.double()
             sum_vec = xd.sum(0) if sum_vec is None else sum_vec + xd.sum(0)
@@ -105,7 +105,7 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
             x = acts_BLD[resid].float()
             lat = sae.encode(x)
             out = acts_BLD.clone()
-            out[resid] = sae.decode(lat.acts_BK, lat.idx_BK, x).to(acts_BLD.dtype)
+            out[resid] = sae.decode(lat.acts_BK, lat.idx_BK, x, denormalize=True).to(acts_BLD.dtype)
             return out
 
         def zero(acts_BLD: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig, hook_name
+from .config import SITES, ModelConfig, hook_name
 from .fasta import ALPHABET, SequenceError
 
 # The ESM alphabet (ESM-2 and ESM C share it, in this order).
@@ -110,6 +110,8 @@ class ProteinLM:
         }
 
     def check_hook(self, hook: Hook) -> None:
+        if hook.site not in SITES:
+            raise ModelMismatchError(f"hook site {hook.site!r} cannot be read from {self.name}: esmsae reads {', '.join(SITES)}")
         lo = 0 if hook.site == "resid" else 1
         if not lo <= hook.layer <= self.n_layers:
             raise ModelMismatchError(
@@ -412,7 +414,13 @@ class ESMCAdapter(ProteinLM):
         if site == "resid":
             if L == 0:
                 return (self.model.embed, *ident)
-            # ESM C's own hidden_states[L-1] is block L's output before the final norm.
+            if L == self.n_layers:
+                # The last layer includes the final norm, as ESM-2's last hidden state and as
+                # Biohub's ESM C SAE layer n_layers ("post-norm output"); it is the esm
+                # package's ``embeddings`` output.
+                return (self.model.transformer.norm, *ident)
+            # Otherwise the esm package's hidden_states[L-1]: block L's output, which is
+            # Biohub's "layer L" (the input of 0-based block L).
             return (self.model.transformer.blocks[L - 1], *ident)
         blk = self.model.transformer.blocks[L - 1]
         return (blk.ffn if site == "mlp" else blk.attn, *ident)
@@ -443,12 +451,17 @@ def _load_esmc(cfg: ModelConfig) -> ESMCAdapter:
         model.load_state_dict(state)
         return ESMCAdapter(model, cfg)
     if key in ESMC_SIZES:
-        from esm.models.esmc import ESMC
+        # The esm package's own builder (what ESMC.from_pretrained calls): it fetches
+        # EvolutionaryScale/esmc-{300m,600m}-2024-12 from the hub (or its cache) and loads
+        # data/weights/esmc_*_2024_12_v0.pth. Flash attention stays off: with flash-attn
+        # installed on a GPU the blocks would see unpadded [tokens, d] tensors, which the
+        # hooks and the padded splicing here do not expect.
+        from esm.pretrained import LOCAL_MODEL_REGISTRY
 
         try:
-            model = ESMC.from_pretrained(key, device=torch.device(cfg.device))
+            model = LOCAL_MODEL_REGISTRY[key](torch.device(cfg.device), use_flash_attn=False)
         except Exception as e:  # network or hub errors
-            raise OSError(f"could not load ESM C model {key!r} from the hub: {e}") from e
+            raise OSError(f"could not load ESM C model {key!r} from the hub (EvolutionaryScale/{key.replace('_', '-')}-2024-12): {e}") from e
         return ESMCAdapter(model.float(), cfg)
     raise FileNotFoundError(f"ESM C model {cfg.name!r}: not esmc_300m/esmc_600m and no such weights file")
 

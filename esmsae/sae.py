@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import SAEConfig
+from .config import TOKEN_NORMALIZATIONS, SAEConfig
 
 
 class Latents(NamedTuple):
@@ -114,9 +114,31 @@ class SAE(nn.Module):
         self.register_buffer("norm_mean", torch.zeros(d_in))
         self.register_buffer("norm_scale", torch.ones(()))
         # BatchTopK inference threshold (Bussmann et al. 2024): running mean of the
-        # smallest activation kept in each training batch.
-        self.register_buffer("threshold", torch.zeros(()))
+        # smallest activation kept in each training batch. JumpReLU SAEs (Rajamanoharan et
+        # al. 2024; imported from SAELens) have one threshold per latent instead.
+        self.register_buffer("threshold", torch.zeros(Fn) if cfg.architecture == "jumprelu" else torch.zeros(()))
         self._pre_buf_BF: Tensor | None = None  # training-only workspace, see _dense_pre
+
+    # ------------------------------------------------------------ reference display statistics
+    def set_display_stats(self, max_F: Tensor | None, idf_F: Tensor | None) -> None:
+        """Per-latent reference max and IDF shipped with the SAE (Biohub's ``max``/``idf``, or
+        computed over a stated reference protein set), used by :meth:`encode_scaled`. They are
+        saved in ``sae.safetensors`` as ``display_max`` / ``display_idf``."""
+        Fn = self.cfg.n_latents
+        for name, t in (("display_max", max_F), ("display_idf", idf_F)):
+            if t is None:
+                continue
+            t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
+            if t.numel() != Fn:
+                raise ValueError(f"{name} has {t.numel()} entries, the SAE has {Fn} latents")
+            if name in self._buffers:
+                self._buffers[name] = t.to(self.W_enc.device)
+            else:
+                self.register_buffer(name, t.to(self.W_enc.device))
+
+    def display_stats(self) -> tuple[Tensor | None, Tensor | None]:
+        """(reference max [F], reference IDF [F]); None where the SAE carries none."""
+        return self._buffers.get("display_max"), self._buffers.get("display_idf")
 
     # ------------------------------------------------------------ normalisation
     @torch.no_grad()
@@ -140,14 +162,25 @@ class SAE(nn.Module):
         self.b_dec.copy_(xn.mean(0))
 
     def normalize(self, x_BD: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        if self.cfg.normalize == "layernorm":
+        """Input normalisation; per-token modes return their (shift, scale) statistics for
+        :meth:`denormalize`, dataset-wide modes use the fitted buffers."""
+        mode = self.cfg.normalize
+        if mode in TOKEN_NORMALIZATIONS:
+            if mode == "unit_norm_sqrt_d":  # SAELens constant_norm_rescale: x * sqrt(d) / |x|
+                mu_B1 = x_BD.new_zeros(x_BD.shape[0], 1)
+                sd_B1 = x_BD.norm(dim=-1, keepdim=True) / math.sqrt(x_BD.shape[-1])
+                return x_BD / sd_B1, (mu_B1, sd_B1)
             mu_B1 = x_BD.mean(-1, keepdim=True)
-            sd_B1 = x_BD.std(-1, keepdim=True, unbiased=False).clamp_min(1e-5)
-            return (x_BD - mu_B1) / sd_B1, (mu_B1, sd_B1)
+            xc_BD = x_BD - mu_B1
+            if mode == "layernorm":  # esmsae's own: biased std, floored
+                sd_B1 = xc_BD.std(-1, keepdim=True, unbiased=False).clamp_min(1e-5)
+            else:  # published SAEs put eps on the std: InterProt / SAELens / Biohub unbiased, esm-sae biased
+                sd_B1 = xc_BD.std(-1, keepdim=True, unbiased=mode == "layernorm_eps") + 1e-5
+            return xc_BD / sd_B1, (mu_B1, sd_B1)
         return (x_BD - self.norm_mean) * self.norm_scale, None
 
     def denormalize(self, xn_BD: Tensor, stats: tuple[Tensor, Tensor] | None) -> Tensor:
-        if self.cfg.normalize == "layernorm":
+        if self.cfg.normalize in TOKEN_NORMALIZATIONS:
             assert stats is not None
             return xn_BD * stats[1] + stats[0]
         return xn_BD / self.norm_scale + self.norm_mean
@@ -184,6 +217,9 @@ class SAE(nn.Module):
         arch = self.cfg.architecture
         if arch == "topk":
             return self._topk(xn_BD - self.b_dec)[0]
+        if arch == "jumprelu":  # relu(h) * (h > threshold), per latent (SAELens' JumpReLU)
+            pre_BF = self.pre_acts(xn_BD)
+            return _to_sparse(F.relu(pre_BF) * (pre_BF > self.threshold))
         pre_BF = F.relu(self.pre_acts(xn_BD))
         if arch == "batchtopk":
             if train:
@@ -222,23 +258,63 @@ class SAE(nn.Module):
         xn, _ = self.normalize(x_BD.to(self.W_enc.dtype))
         return self._encode_norm(xn)
 
+    @torch.no_grad()
     def encode_dense(self, x_BD: Tensor) -> Tensor:
+        """Raw activations ``[N, d_in]`` -> dense latents ``[N, F]`` (no autograd graph)."""
+        x_BD = self._check_input(x_BD)
         lat = self.encode(x_BD)
         out = torch.zeros(x_BD.shape[0], self.cfg.n_latents, dtype=lat.acts_BK.dtype, device=x_BD.device)
         return out.scatter_add_(1, lat.idx_BK, lat.acts_BK)  # add: padding (act 0) may repeat an index
 
+    @torch.no_grad()
+    def encode_sparse(self, x_BD: Tensor) -> Tensor:
+        """Raw activations ``[N, d_in]`` -> a sparse COO tensor ``[N, F]`` (as Biohub's ``sae_outputs``)."""
+        x_BD = self._check_input(x_BD)
+        lat = self.encode(x_BD)
+        live = lat.acts_BK > 0
+        rows = torch.arange(x_BD.shape[0], device=x_BD.device).unsqueeze(1).expand_as(lat.idx_BK)[live]
+        return torch.sparse_coo_tensor(torch.stack([rows, lat.idx_BK[live]]), lat.acts_BK[live],
+                                       (x_BD.shape[0], self.cfg.n_latents), check_invariants=False).coalesce()
+
+    @torch.no_grad()
+    def encode_scaled(self, x_BD: Tensor, scale: str = "max") -> Tensor:
+        """Dense latents divided by the reference per-latent max (``scale="max"``, 0-1 at the
+        reference set's maximum) or by max then times IDF (``"max_idf"``, Biohub's "TF-IDF"
+        normalisation). Needs display statistics (:meth:`set_display_stats`); a latent whose
+        reference max is 0 (never fired there) gives 0, not NaN."""
+        if scale not in ("max", "max_idf"):
+            raise ValueError(f"scale must be 'max' or 'max_idf', got {scale!r}")
+        ref_max, ref_idf = self.display_stats()
+        if ref_max is None or (scale == "max_idf" and ref_idf is None):
+            raise ValueError("this SAE carries no reference display statistics (display_max / display_idf); "
+                             "import a release that ships them or compute them with `esmsae index`")
+        dense = self.encode_dense(x_BD)
+        mx = ref_max.to(dense)
+        out = torch.where(mx > 0, dense / mx.clamp_min(1e-30), torch.zeros_like(dense))
+        return out * ref_idf.to(dense) if scale == "max_idf" else out
+
+    def _check_input(self, x_BD: Tensor) -> Tensor:
+        x_BD = torch.as_tensor(x_BD)
+        if x_BD.dim() != 2 or x_BD.shape[1] != self.d_in:
+            raise ValueError(f"SAE input must be [N, {self.d_in}] activations, got shape {tuple(x_BD.shape)}")
+        return x_BD.to(self.W_enc.device)
+
     def _decode_norm(self, acts_BK: Tensor, idx_BK: Tensor) -> Tensor:
         return F.embedding_bag(idx_BK, self.W_dec, per_sample_weights=acts_BK, mode="sum") + self.b_dec
 
-    def decode(self, acts_BK: Tensor, idx_BK: Tensor, x_BD: Tensor | None = None) -> Tensor:
-        """Sparse latents -> reconstruction in raw space.
+    def decode(self, acts_BK: Tensor, idx_BK: Tensor, x_BD: Tensor | None = None, denormalize: bool | None = None) -> Tensor:
+        """Sparse latents -> reconstruction, in raw space unless the SAE reconstructs in its
+        normalised space (``cfg.decode_denormalize`` False, Biohub's ESM C SAEs) and
+        ``denormalize`` is not forced. Evaluation and splicing pass ``denormalize=True``.
 
-        With ``layernorm`` normalisation the per-token statistics come from ``x_BD``.
+        With per-token normalisation the statistics come from ``x_BD``.
         """
+        if not (self.cfg.decode_denormalize if denormalize is None else denormalize):
+            return self._decode_norm(acts_BK, idx_BK)
         stats = None
-        if self.cfg.normalize == "layernorm":
+        if self.cfg.normalize in TOKEN_NORMALIZATIONS:
             if x_BD is None:
-                raise ValueError("decode() with layernorm normalisation needs the input x_BD for its statistics")
+                raise ValueError(f"decode() with {self.cfg.normalize} normalisation needs the input x_BD for its statistics")
             _, stats = self.normalize(x_BD.to(self.W_enc.dtype))
         return self.denormalize(self._decode_norm(acts_BK, idx_BK), stats)
 

@@ -63,9 +63,11 @@ def test_esmc_hooks_equal_hidden_states(esmc):
     acts = esmc.forward_hooks(SEQS, hooks)
     ids, mask = esmc.tokenize(SEQS)
     with torch.no_grad():
-        hs = esmc.model(sequence_tokens=ids, sequence_id=mask).hidden_states
-    for h in hooks:
-        torch.testing.assert_close(acts[h.name], hs[h.layer - 1], rtol=0, atol=0)
+        out = esmc.model(sequence_tokens=ids, sequence_id=mask)
+    for h in hooks[:-1]:
+        torch.testing.assert_close(acts[h.name], out.hidden_states[h.layer - 1], rtol=0, atol=0)
+    # the last layer includes the final norm (ESM-2's and Biohub's convention): the package's `embeddings`
+    torch.testing.assert_close(acts[hooks[-1].name], out.embeddings, rtol=0, atol=0)
     # tokenizer agrees with the esm package's own
     ref = [esmc.model.tokenizer(s).input_ids for s in SEQS]
     for r, row in zip(ref, ids):
