@@ -132,13 +132,21 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
     ecfg = ecfg or EvalConfig()
     sae_dir = Path(sae_dir)
     sae, meta = load_sae(sae_dir)
-    store = ActivationStore(store_path or meta["provenance"]["store"])
+    prov = meta.get("provenance", {})
+    imported = "format" in prov  # a published SAE (esmsae.published): none of the user's proteins trained it
+    store_path = store_path or prov.get("store")
+    if not store_path:
+        raise ValueError(f"{sae_dir} was imported ({prov.get('format')} from {prov.get('source')}) and has no activation store: "
+                         "embed your proteins at its layer first (python -m esmsae embed ... --layers "
+                         f"{meta.get('layer')} --site {meta.get('site')}) and pass --store")
+    store = ActivationStore(store_path)
     name = meta["hook"]
     store.check_hook(name)
     if store.d_in != sae.d_in:
         raise ValueError(f"store {store.path} has width {store.d_in}, SAE d_in is {sae.d_in}")
+    split = "all" if imported and store_path != prov.get("store") else "heldout"
     t0 = time.perf_counter()
-    rec = reconstruction_metrics(sae, (a for a, _, _ in store.iter_split(name, "heldout", ecfg.max_tokens)), ecfg.dense_threshold)
+    rec = reconstruction_metrics(sae, (a for a, _, _ in store.iter_split(name, split, ecfg.max_tokens)), ecfg.dense_threshold)
     freq = rec.pop("_freq")
     card: dict[str, Any] = {
         "checkpoint": str(sae_dir),
@@ -150,8 +158,10 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
         "n_latents": sae.cfg.n_latents,
         "k": sae.cfg.k,
         "architecture": sae.cfg.architecture,
-        "tokens_trained": meta["provenance"]["tokens_trained"],
-        "eval_split": "heldout proteins (sequence-hash split)",
+        "tokens_trained": prov.get("tokens_trained"),
+        "eval_split": ("all proteins of the store (an imported SAE saw none of them)" if split == "all"
+                       else "heldout proteins (sequence-hash split)"),
+        "source": {k: prov[k] for k in ("format", "source") if k in prov},
         **rec,
     }
     if ecfg.lm_proteins > 0:
@@ -159,7 +169,7 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
             plm = load_plm(model_config_of(meta, model_name or ""))
         check_compatible(meta, plm, strict_name=model_name is None)
         prots = store.proteins()
-        held = prots[prots["split"] == "heldout"].sort_values("pidx").head(ecfg.lm_proteins)
+        held = (prots if split == "all" else prots[prots["split"] == "heldout"]).sort_values("pidx").head(ecfg.lm_proteins)
         if len(held):
             card["downstream"] = spliced_lm_loss(plm, sae, hook_of(meta), held["sequence"].tolist(), ecfg.mask_prob, ecfg.seed)
     card["eval_seconds"] = time.perf_counter() - t0

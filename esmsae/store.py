@@ -264,11 +264,12 @@ class ActivationStore:
         return sum(s[key] for s in self.shards)
 
     def iter_split(self, name: str, split: str, max_tokens: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield (acts fp16 [T, D], protein [T], position [T]) per shard for a split, up to max_tokens."""
+        """Yield (acts fp16 [T, D], protein [T], position [T]) per shard for a split ('train',
+        'heldout' or 'all'), up to max_tokens."""
         seen = 0
         for i in range(len(self.shards)):
             ho = np.asarray(self.shard_meta(i, "heldout"))
-            mask = ho if split == "heldout" else ~ho
+            mask = np.ones_like(ho) if split == "all" else ho if split == "heldout" else ~ho
             if not mask.any():
                 continue
             acts = np.asarray(self.shard_array(i, name)[mask])
