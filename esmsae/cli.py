@@ -36,6 +36,12 @@ def _build(sub: argparse.ArgumentParser, cmd: str) -> None:
         sub.add_argument("checkpoint", nargs="+", help="SAE checkpoint folder(s) (containing cfg.json)")
         sub.add_argument("--store", help="activation store with held-out proteins (default: the one the SAE was trained on)")
         sub.add_argument("--model-name", help="use this protein LM for the downstream loss instead of the one recorded in cfg.json")
+    if cmd == "train":
+        sub.add_argument("--npy-dir", help="train on a folder of .npy [N, d] activation arrays instead of a store (esm-sae's --np_dir); "
+                         "they are cut into an activation store under the run folder first")
+        sub.add_argument("--npy-layer", type=int, default=0, help="with --npy-dir: the layer the arrays come from (recorded in the checkpoint)")
+        sub.add_argument("--npy-site", default="resid", choices=("resid", "mlp", "attn"), help="with --npy-dir: their hook site")
+        sub.add_argument("--npy-model", default="", help="with --npy-dir: the protein LM they come from (recorded)")
     if cmd == "pipeline":
         sub.add_argument("--out", required=True, help="run folder: store/, one checkpoint folder per layer, metrics.jsonl, eval.json")
 
@@ -161,7 +167,15 @@ def _dispatch(ns: argparse.Namespace) -> int:
     elif ns.cmd == "train":
         from .train import train
 
-        for d in train(cfg["train"], cfg["sae"]):
+        tcfg = cfg["train"]
+        if ns.npy_dir:
+            from .store import store_from_npy
+
+            if not tcfg.out:
+                raise ConfigError("TrainConfig.out: give the run folder (--out)")
+            store = store_from_npy(ns.npy_dir, Path(tcfg.out) / "npy_store", ns.npy_layer, ns.npy_site, ns.npy_model)
+            tcfg = TrainConfig(**{**asdict(tcfg), "store": str(store), "layers": [ns.npy_layer]})
+        for d in train(tcfg, cfg["sae"]):
             print(f"checkpoint: {d}")
     elif ns.cmd == "evaluate":
         from .evaluate import evaluate

@@ -33,13 +33,19 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None, **kw: Any) -> Any:
-    """A dataclass field with CLI/UI help text (optional choices, optional CLI flag name)."""
+def opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None, ui: bool = True,
+        ui_choices: tuple | None = None, **kw: Any) -> Any:
+    """A dataclass field with CLI/UI help text (optional choices, optional CLI flag name).
+    ``ui=False`` keeps a field off the settings page; ``ui_choices`` narrows what it offers."""
     meta: dict[str, Any] = {"help": help}
     if flag:
         meta["flag"] = flag
     if choices:
         meta["choices"] = choices
+    if not ui:
+        meta["ui"] = False
+    if ui_choices:
+        meta["ui_choices"] = ui_choices
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -156,6 +162,8 @@ class EmbedConfig:
     max_proteins: int = opt(0, "Stop after this many proteins (0 = all)")
     holdout_fraction: float = opt(0.05, "Fraction of proteins held out for evaluation, split by sequence hash (no identical sequence on both sides)")
     on_invalid: str = opt("error", "What to do with an invalid or empty sequence: stop with an error, or skip it and count it", choices=("error", "skip"))
+    pool: str = opt("none", "none: one vector per residue; mean / last: one vector per protein (mean over residues, or the last "
+                    "residue's vector as esm-sae uses), for protein-level SAEs", choices=("none", "mean", "last"))
 
     def __post_init__(self) -> None:
         c = "EmbedConfig"
@@ -169,14 +177,16 @@ class EmbedConfig:
 class SAEConfig:
     """Sparse autoencoder architecture."""
 
-    architecture: str = opt("topk", "topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024) or relu with L1 penalty", choices=ARCHITECTURES)
+    architecture: str = opt("topk", "topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024) or relu with L1 penalty "
+                            "(jumprelu: imported SAELens SAEs only)", choices=ARCHITECTURES, ui_choices=TRAINABLE_ARCHITECTURES)
     n_latents: int = opt(4096, "Number of latents (dictionary size)")
     k: int = opt(32, "Active latents per token (topk) or mean active per token (batchtopk)")
     normalize: str = opt(
         "scalar",
         "Input normalisation: none; scalar (dataset-wide scale to unit mean squared norm); "
-        "layernorm (per token); center (subtract dataset mean); center_scalar (both)",
-        choices=NORMALIZATIONS,
+        "layernorm (per token); center (subtract dataset mean); center_scalar (both). "
+        "layernorm_eps, layernorm_biased_eps and unit_norm_sqrt_d reproduce published SAEs (esmsae.published)",
+        choices=NORMALIZATIONS, ui_choices=("none", "scalar", "layernorm", "center", "center_scalar"),
     )
     l1_coef: float = opt(1.0, "L1 penalty weight (relu architecture)")
     auxk_coef: float = opt(1 / 32, "AuxK loss weight for dead latents (Gao et al. 2024 use 1/32); 0 disables")
@@ -185,7 +195,7 @@ class SAEConfig:
     d_in: int = opt(0, "Input width (0 = taken from the activation store)")
     decode_denormalize: bool = opt(
         True, "Map reconstructions back to the input's scale (False only for SAEs that reconstruct in normalised space, "
-        "like Biohub's ESM C SAEs)")
+        "like Biohub's ESM C SAEs)", ui=False)
 
     def __post_init__(self) -> None:
         c = "SAEConfig"
@@ -440,9 +450,11 @@ def field_specs(cls: type, section: str) -> list[FieldSpec]:
     """The fields of a config dataclass with their kinds, defaults, help texts and choices."""
     out = []
     for f in dataclasses.fields(cls):
+        if not f.metadata.get("ui", True):
+            continue
         typ = _field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        choices = f.metadata.get("choices")
+        choices = f.metadata.get("ui_choices") or f.metadata.get("choices")
         kind = ("choice" if choices else {int: "int", float: "float", str: "str", bool: "bool"}.get(typ)
                 or ("int_list" if typ in (list[int], "list[int]") else "path_list"))
         out.append(FieldSpec(section, f.name, kind, default, f.metadata.get("help", ""), choices))

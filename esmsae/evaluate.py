@@ -164,7 +164,10 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
         "source": {k: prov[k] for k in ("format", "source") if k in prov},
         **rec,
     }
-    if ecfg.lm_proteins > 0:
+    pool = store.manifest.get("embed", {}).get("pool", "none")
+    if ecfg.lm_proteins > 0 and pool != "none":
+        card["downstream_skipped"] = f"the store holds one vector per protein or rows without sequences (pool {pool!r}): no spliced LM loss"
+    elif ecfg.lm_proteins > 0:
         if plm is None:
             plm = load_plm(model_config_of(meta, model_name or ""))
         check_compatible(meta, plm, strict_name=model_name is None)

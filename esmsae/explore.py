@@ -218,6 +218,16 @@ def compare(usage: pd.DataFrame, a: str, b: str, n: int = 25) -> pd.DataFrame:
 
 
 
+def display_scale(info: dict[str, Any]) -> tuple[float, float, str]:
+    """(max, IDF, where they come from) for the max / max x IDF display scales of a feature: the
+    reference statistics shipped with the SAE (Biohub's max / idf, InterPLM's folded max) when
+    the index recorded them, so two indexes of one SAE agree; otherwise this index's own."""
+    rm, ri = info.get("ref_max"), info.get("ref_idf")
+    if rm is not None and np.isfinite(rm):
+        return float(rm), float(ri) if ri is not None and np.isfinite(ri) else float(info["idf"]), "reference statistics shipped with the SAE"
+    return float(info["max_act"]), float(info["idf"]), "this index's proteins"
+
+
 def normalise(values: np.ndarray, fmax: float, idf: float, mode: str) -> np.ndarray:
     v = np.asarray(values, float)
     if mode == "raw":

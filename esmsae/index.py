@@ -414,6 +414,11 @@ def labels_path(index_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".labels.duckdb")
 
 
+def _ref_stat(sae, which: int, F: int) -> np.ndarray:
+    t = sae.display_stats()[which]
+    return np.full(F, np.nan) if t is None else t.detach().float().cpu().numpy().astype(np.float64)
+
+
 def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item] | None = None, progress: bool = True,
                 report: dict | None = None) -> Path:
     """Build the DuckDB feature index of ``cfg.sae`` over a protein set; returns its path."""
@@ -606,7 +611,9 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
             "best_concept": best["concept"], "best_f1": best["f1"], "best_threshold": best["threshold"],
             "best_precision": best["precision"], "best_recall": best["recall"],
             "label": np.where(best["f1"] > 0.5, best["concept"], ""), "top_group": top_group,
-            "cluster": cluster, "umap_x": umap_xy[:, 0], "umap_y": umap_xy[:, 1]})
+            "cluster": cluster, "umap_x": umap_xy[:, 0], "umap_y": umap_xy[:, 1],
+            # reference display statistics shipped with the SAE (NaN when it has none)
+            "ref_max": _ref_stat(sae, 0, F), "ref_idf": _ref_stat(sae, 1, F)})
         con.register("features_df", features)
         con.execute("CREATE TABLE features AS SELECT * FROM features_df")
         hist_f, hist_b = np.nonzero(hist_FH)

@@ -65,6 +65,49 @@ def start(ws: Path, name: str, cfg: dict[str, Any], index_concepts: str = "") ->
     return launch(d)
 
 
+IMPORT_KEYS = ("source", "format", "layer", "k", "model", "file")
+
+
+def start_import(ws: Path, name: str, spec: dict[str, Any], fasta: str, index_concepts: str = "") -> Path:
+    """An import job: a published SAE (``spec``: source, format, layer, k, model, file, as
+    ``python -m esmsae import``) written as a checkpoint, then indexed over ``fasta``."""
+    unknown = set(spec) - set(IMPORT_KEYS)
+    if unknown:
+        raise JobError(f"import: unknown field(s) {sorted(unknown)}")
+    if not str(spec.get("source", "")).strip():
+        raise JobError("import: give a hub id (ORG/NAME) or a local file or folder")
+    if not fasta or not Path(fasta).exists():
+        raise JobError(f"import: FASTA to index not found: {fasta!r}")
+    for key in ("layer", "k"):
+        v = spec.get(key)
+        if v is not None and (not isinstance(v, int) or v < 0):
+            raise JobError(f"import: {key} must be a non-negative integer, got {v!r}")
+    d = run_dir(ws, name)
+    job = {"kind": "import", "import": {k: spec.get(k) for k in IMPORT_KEYS}, "fasta": str(fasta), "index_concepts": index_concepts}
+    if d.exists() and (d / "job.json").exists():
+        old = json.loads((d / "job.json").read_text())
+        if {k: old.get(k) for k in ("kind", "import", "fasta")} != {k: job[k] for k in ("kind", "import", "fasta")}:
+            raise JobError(f"run {name!r} already exists with another configuration; choose a new name (or resume it as it is)")
+    d.mkdir(parents=True, exist_ok=True)
+    save_json({**job, "created": time.time()}, d / "job.json")
+    return launch(d)
+
+
+def _run_import(d: Path, job: dict[str, Any]) -> None:
+    from .index import build_index
+    from .published import import_sae
+
+    spec = job["import"]
+    ck = d / "sae"
+    if not (ck / "cfg.json").exists():
+        _write_status(d, stage="import")
+        import_sae(spec["source"], ck, spec.get("format") or "auto", layer=spec.get("layer"), k=spec.get("k"),
+                   model=spec.get("model") or "", file=spec.get("file") or "")
+    _write_status(d, stage="index")
+    build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[job["fasta"]], concepts=job.get("index_concepts", ""),
+                            umap=True), progress=False)
+
+
 def launch(d: Path) -> Path:
     st = status(d)
     if st.get("alive"):
@@ -129,7 +172,8 @@ def run_job(d: Path) -> int:
 
     d = Path(d).resolve()
     job = json.loads((d / "job.json").read_text())
-    c = {k: from_dict(cls, job["config"][k]) for k, cls in SECTIONS.items()}
+    kind = job.get("kind", "train")
+    c = {k: from_dict(cls, job["config"][k]) for k, cls in SECTIONS.items()} if kind == "train" else {}
     _write_status(d, state="running", pid=os.getpid(), error=None, started=time.time())
 
     def on_term(*_):
@@ -138,6 +182,10 @@ def run_job(d: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
+        if kind == "import":
+            _run_import(d, job)
+            _write_status(d, state="done", stage="", finished=time.time())
+            return 0
         (ck,) = run_pipeline(c, str(d), progress=False, on_stage=lambda stage: _write_status(d, stage=stage))
         _write_status(d, stage="index")
         build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[c["embed"].fasta], concepts=job.get("index_concepts", ""),

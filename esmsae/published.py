@@ -731,5 +731,24 @@ def export_sae(folder: str | os.PathLike, out: str | os.PathLike, fmt: str) -> P
     return out
 
 
+def import_catalogue() -> list[dict[str, Any]]:
+    """The known releases (for the app's import tab)."""
+    return [dict(e) for e in CATALOGUE]
+
+
+def parse_optional_int(text: str, field_name: str) -> int | None:
+    """'' -> None, '12' -> 12; anything else is an error naming the field."""
+    t = (text or "").strip()
+    if not t:
+        return None
+    try:
+        v = int(t)
+    except ValueError:
+        raise ImportError_(f"{field_name}: expected a whole number, got {t!r}") from None
+    if v < 0:
+        raise ImportError_(f"{field_name}: must be >= 0, got {v}")
+    return v
+
+
 __all__ = ["FORMATS", "CATALOGUE", "KNOWN_MODELS", "Canonical", "ImportError_", "detect_format", "read_source", "to_sae",
-           "import_sae", "load_any", "export_sae"]
+           "import_sae", "load_any", "export_sae", "import_catalogue", "parse_optional_int"]

@@ -6,9 +6,14 @@ Layout of a store folder::
     shard_00000/
         L3_resid.npy         float16 [T, D] per hook (memory-mappable)
         protein.npy          int32 [T]  global protein index of each token
-        position.npy         int32 [T]  0-based residue position in that protein
+        position.npy         int32 [T]  0-based residue position in that protein (pooled stores: the
+                             last residue for pool=last, -1 for pool=mean)
         heldout.npy          bool  [T]  token belongs to a held-out protein
         proteins.parquet     one row per protein of the shard (id, sequence, organism, taxid, split...)
+
+With ``EmbedConfig.pool`` mean / last a token is a whole protein (one vector per protein), for
+protein-level SAEs such as esm-sae's. ``store_from_npy`` makes a store from a folder of
+``.npy`` ``[N, d]`` activation batches (esm-sae's ``--np_dir``).
 
 Writing streams: memory is bounded by one shard whatever the dataset size. A shard
 is written to ``shard_xxxxx.tmp`` and renamed when complete, and only then entered
@@ -31,7 +36,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import EmbedConfig, HookConfig, ModelConfig, save_json
+from .config import EmbedConfig, HookConfig, ModelConfig, hook_name, save_json
 from .fasta import Protein, read_proteins
 from .plm import Hook, ProteinLM, load_plm
 
@@ -149,6 +154,8 @@ def _check_resume(man: dict, embed: EmbedConfig, model: ModelConfig, hooks: Hook
         problems.append(f"input FASTA {man['provenance']['fasta']} != {provenance['fasta']}")
     if man["embed"]["holdout_fraction"] != embed.holdout_fraction:
         problems.append("holdout_fraction differs")
+    if man["embed"].get("pool", "none") != embed.pool:
+        problems.append(f"pool {man['embed'].get('pool', 'none')!r} != {embed.pool!r}")
     if problems:
         raise StoreError(
             f"{embed.store} already holds a store made with other settings ({'; '.join(problems)}); "
@@ -160,7 +167,8 @@ def _write_shard(out: Path, i: int, prots: list[Protein], first_pidx: int, plm: 
     name = f"shard_{i:05d}"
     tmp = out / (name + ".tmp")
     tmp.mkdir()
-    n_tok = sum(len(p.sequence) for p in prots)
+    pooled = embed.pool != "none"  # protein-level: one vector (token) per protein
+    n_tok = len(prots) if pooled else sum(len(p.sequence) for p in prots)
     D = plm.d_model
     bufs = {h.name: np.empty((n_tok, D), dtype=np.float16) for h in hooks}
     protein = np.empty(n_tok, dtype=np.int32)
@@ -175,14 +183,18 @@ def _write_shard(out: Path, i: int, prots: list[Protein], first_pidx: int, plm: 
         acts = plm.embed([p.sequence for p in part], hooks)
         for j, (p, a) in enumerate(zip(part, acts)):
             L = len(p.sequence)
+            T = 1 if pooled else L
             for h in hooks:
-                bufs[h.name][off : off + L] = a[h.name].numpy().astype(np.float16)
+                v = a[h.name]
+                if pooled:
+                    v = (v.mean(0) if embed.pool == "mean" else v[-1]).unsqueeze(0)
+                bufs[h.name][off : off + T] = v.numpy().astype(np.float16)
             gi = first_pidx + c + j
             ho = is_heldout(p.sequence, embed.holdout_fraction)
-            protein[off : off + L] = gi
-            position[off : off + L] = np.arange(L)
-            heldout[off : off + L] = ho
-            off += L
+            protein[off : off + T] = gi
+            position[off : off + T] = (L - 1 if embed.pool == "last" else -1) if pooled else np.arange(L)
+            heldout[off : off + T] = ho
+            off += T
             rows.append({
                 "pidx": gi, "id": p.id, "description": p.description, "organism": p.organism,
                 "taxid": p.taxid if p.taxid is not None else -1, "length": L, "sequence": p.sequence,
@@ -201,6 +213,94 @@ def _write_shard(out: Path, i: int, prots: list[Protein], first_pidx: int, plm: 
     })
     man["n_proteins"] += len(prots)
     man["n_tokens"] += int(n_tok)
+
+
+def store_from_npy(npy_dir: str | os.PathLike, out: str | os.PathLike, layer: int, site: str = "resid", model: str = "",
+                   holdout_fraction: float = 0.05, shard_tokens: int = 262_144) -> Path:
+    """An activation store from a folder of ``.npy`` ``[N, d]`` float arrays (esm-sae's ``--np_dir``),
+    read in file-name order through memory maps and re-cut into shards of ``shard_tokens`` rows,
+    so memory is bounded by one shard. Each file counts as one record of the store's protein
+    table (no sequences: the downstream LM loss is skipped on such stores); a row is held out by
+    a hash of its global index. The arrays' layer and site are what you say they are: they are
+    recorded in the manifest and in every checkpoint trained on the store. Rerunning on the same
+    folder with the same files reuses the finished store."""
+    src = Path(npy_dir)
+    files = sorted(src.glob("*.npy"))
+    if not files:
+        raise StoreError(f"{src}: no .npy files")
+    out = Path(out)
+    fp = [{"name": f.name, "size": f.stat().st_size} for f in files]
+    mp = out / MANIFEST
+    if mp.exists():
+        man = json.loads(mp.read_text())
+        if man.get("complete") and man["provenance"].get("npy_files") == fp and man["hooks"] == {"layers": [layer], "site": site}:
+            return out
+        shutil.rmtree(out)
+    arrays = []
+    d = None
+    for f in files:
+        a = np.load(f, mmap_mode="r")
+        if a.ndim != 2:
+            raise StoreError(f"{f}: expected a 2-D [N, d] array, got shape {a.shape}")
+        if d is not None and a.shape[1] != d:
+            raise StoreError(f"{f}: width {a.shape[1]}, the earlier files have {d}")
+        d = a.shape[1]
+        arrays.append(a)
+    out.mkdir(parents=True, exist_ok=True)
+    name = hook_name(layer, site)
+    man = {"version": STORE_VERSION, "model": {"name": model or f"npy:{src.resolve()}"},
+           "model_info": {"name": model or f"npy:{src.resolve()}", "family": "auto", "n_layers": None, "d_model": d},
+           "hooks": {"layers": [layer], "site": site}, "hook_names": [name], "d_in": d, "bos_eos": "as in the .npy files",
+           "embed": {"holdout_fraction": holdout_fraction, "pool": "unknown (.npy input)"},
+           "provenance": {"fasta": {"path": str(src.resolve()), "size": sum(x["size"] for x in fp)}, "npy_files": fp},
+           "shards": [], "n_proteins": len(files), "n_tokens": 0, "n_skipped": 0, "skipped_examples": [], "complete": False,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    rows = [{"pidx": i, "id": f.stem, "description": f.name, "organism": "", "taxid": -1, "length": int(a.shape[0]),
+             "sequence": "", "md5": "", "split": "mixed"} for i, (f, a) in enumerate(zip(files, arrays))]
+    # rows as (file index, row) runs, cut into shards
+    buf_a, buf_p, buf_pos, n_buf = [], [], [], 0
+
+    def flush() -> None:
+        nonlocal buf_a, buf_p, buf_pos, n_buf
+        if not n_buf:
+            return
+        i = len(man["shards"])
+        tmp = out / f"shard_{i:05d}.tmp"
+        tmp.mkdir()
+        acts = np.concatenate(buf_a).astype(np.float16)
+        prot, pos = np.concatenate(buf_p), np.concatenate(buf_pos)
+        gidx = np.arange(man["n_tokens"], man["n_tokens"] + len(acts), dtype=np.uint64)
+        held = ((gidx * np.uint64(2654435761)) % np.uint64(1_000_003)).astype(np.float64) / 1_000_003 < holdout_fraction
+        np.save(tmp / f"{name}.npy", acts)
+        np.save(tmp / "protein.npy", prot)
+        np.save(tmp / "position.npy", pos)
+        np.save(tmp / "heldout.npy", held)
+        pd.DataFrame([r for r in rows if r["pidx"] in set(np.unique(prot).tolist())]).to_parquet(tmp / "proteins.parquet", index=False)
+        os.replace(tmp, out / tmp.name[:-4])
+        man["shards"].append({"name": tmp.name[:-4], "n_tokens": len(acts), "n_train_tokens": int((~held).sum()),
+                              "n_heldout_tokens": int(held.sum()), "first_protein": int(prot[0]), "n_proteins": int(len(np.unique(prot)))})
+        man["n_tokens"] += len(acts)
+        save_json(man, mp)
+        buf_a, buf_p, buf_pos, n_buf = [], [], [], 0
+
+    for fi, a in enumerate(arrays):
+        start = 0
+        while start < a.shape[0]:
+            take = min(shard_tokens - n_buf, a.shape[0] - start)
+            buf_a.append(np.asarray(a[start:start + take], dtype=np.float32))
+            if not np.isfinite(buf_a[-1]).all():
+                bad = np.argwhere(~np.isfinite(buf_a[-1]))[0]
+                raise StoreError(f"{files[fi]}: non-finite value at row {start + bad[0]}, column {bad[1]}")
+            buf_p.append(np.full(take, fi, np.int32))
+            buf_pos.append(np.arange(start, start + take, dtype=np.int32))
+            n_buf += take
+            start += take
+            if n_buf >= shard_tokens:
+                flush()
+    flush()
+    man["complete"] = True
+    save_json(man, mp)
+    return out
 
 
 class ActivationStore:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoint import save_sae
-from .config import SAEConfig, TrainConfig, hook_name, save_json
+from .config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, save_json
 from .sae import SAE, default_lr
 from .store import ActivationStore
 
@@ -127,6 +127,7 @@ def sae_meta(store: ActivationStore, layer: int, tcfg: TrainConfig, step: int, t
         "model_config": store.manifest["model"],
         "layer": layer,
         "site": store.site,
+        "pool": store.manifest.get("embed", {}).get("pool", "none"),
         "hook": hook_name(layer, store.site),
         "provenance": {
             "store": str(store.path.resolve()),
@@ -156,6 +157,9 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
     if scfg.d_in and scfg.d_in != store.d_in:
         raise TrainError(f"SAEConfig.d_in is {scfg.d_in} but the store's activations have width {store.d_in}")
     scfg = SAEConfig(**{**asdict(scfg), "d_in": store.d_in})
+    if scfg.architecture not in TRAINABLE_ARCHITECTURES:
+        raise TrainError(f"SAEConfig.architecture {scfg.architecture!r} can be imported (python -m esmsae import), not trained; "
+                         f"train one of {list(TRAINABLE_ARCHITECTURES)}")
     out = Path(tcfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if tcfg.threads:

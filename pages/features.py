@@ -2,7 +2,7 @@
 import numpy as np
 import streamlit as st
 
-from esmsae.explore import activation_hist, group_bar, normalise, parse_structure, read_text, set_label, structure_file, structure_html, track_html
+from esmsae.explore import activation_hist, display_scale, group_bar, normalise, parse_structure, read_text, set_label, structure_file, structure_html, track_html
 from esmsae.ui import pick_run, require_index
 
 run = pick_run()
@@ -49,16 +49,18 @@ def show_feature(f: int) -> None:
         if st.form_submit_button("Save label"):
             set_label(idx.path, f, text)
             st.success("Label saved (kept across index rebuilds).")
+    ref_max, ref_idf, ref_from = display_scale(info)
     mode = st.radio("Activation scale", ["raw", "max", "idf"], horizontal=True, key="norm_mode",
-                    format_func={"raw": "raw", "max": "/ feature max (0-1)", "idf": "/ max x IDF (ESM C SAE)"}.get)
-    vmax = float(normalise(np.array([info["max_act"]]), info["max_act"], info["idf"], mode)[0]) or 1.0
+                    format_func={"raw": "raw", "max": "/ feature max (0-1)", "idf": "/ max x IDF (ESM C SAE)"}.get,
+                    help=f"max and IDF from {ref_from}")
+    vmax = float(normalise(np.array([info["max_act"]]), ref_max, ref_idf, mode)[0]) or 1.0
     tabs = st.tabs(["Top examples", "Activation ranges", "Concepts", "Groups", "Structure"])
     with tabs[0]:
         ex = idx.examples(f, "top", 20)
         if ex.empty:
             st.info("No examples: the feature never fires.")
         for _, r in ex.iterrows():
-            vals = normalise(np.asarray(r["values"]), info["max_act"], info["idf"], mode)
+            vals = normalise(np.asarray(r["values"]), ref_max, ref_idf, mode)
             title = f"#{r['rank'] + 1}  {r['id']}  {r['organism'] or ''}  (max {r['max_act']:.3f} at {r['sequence'][r['max_pos']]}{r['max_pos'] + 1}, {r['length']} aa)"
             st.html(track_html(r["sequence"], r["positions"], vals, vmax, highlight=int(r["max_pos"]), title=title))
     with tabs[1]:
@@ -67,7 +69,7 @@ def show_feature(f: int) -> None:
         for b, grp in qx.groupby("bin", sort=False):
             st.markdown(f"**Range {grp['bin_lo'].iloc[0]:.3f} - {grp['bin_hi'].iloc[0]:.3f}**")
             for _, r in grp.iterrows():
-                vals = normalise(np.asarray(r["values"]), info["max_act"], info["idf"], mode)
+                vals = normalise(np.asarray(r["values"]), ref_max, ref_idf, mode)
                 st.html(track_html(r["sequence"], r["positions"], vals, vmax, highlight=int(r["max_pos"]), title=f"{r['id']} (max {r['max_act']:.3f})"))
     with tabs[2]:
         ct = idx.concept_table(f)

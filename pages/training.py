@@ -6,6 +6,7 @@ import streamlit as st
 
 from esmsae import jobs
 from esmsae.config import ConfigError, field_specs
+from esmsae.published import import_catalogue, parse_optional_int
 from esmsae.explore import DEMO, workspace
 from esmsae.train import read_metrics
 
@@ -38,7 +39,41 @@ def widget(spec, container):
 
 
 specs = [s for sec, cls in jobs.SECTIONS.items() for s in field_specs(cls, sec) if (s.section, s.name) not in SKIP and s.kind != "path_list"]
-with st.form("train_form"):
+tab_train, tab_import = st.tabs(["Train an SAE", "Import a published SAE"])
+concepts = str(jobs.ROOT.parent / "shared" / "data") if (jobs.ROOT.parent / "shared" / "data").exists() else ""
+with tab_import:
+    st.caption("A published SAE (hub id, or a local file/folder in its source's own layout) becomes an esmsae run: "
+               "imported as a checkpoint, then indexed over a FASTA you choose. Model weights are needed for the index, "
+               "not for the import.")
+    entries = import_catalogue()
+    labels = [f"{e['source']}{' / ' + e['file'] if e.get('file') else ''}: {e['what']}" for e in entries] + ["Other: a hub id or a local path"]
+    pick = st.selectbox("Release", range(len(labels)), format_func=lambda i: labels[i], key="imp_pick")
+    entry = entries[pick] if pick < len(entries) else {}
+    with st.form("import_form"):
+        source = st.text_input("Hub id or path (for 'Other')", value="", key="imp_source", disabled=pick < len(entries),
+                               help="ORG/NAME on the Hugging Face hub, or a file/folder: InterPLM .pt, InterProt .safetensors, "
+                               "Biohub config.json + layer_N.safetensors, plm-sae, esm-sae .npy, SAELens or sparsify folders")
+        c1, c2, c3 = st.columns(3)
+        layer_txt = c1.text_input("Layer", value=str(entry["layers"][0]) if entry.get("layers") else "", key=f"imp_layer_{pick}",
+                                  help=f"esmsae's convention (hidden_states index); this release has {entry.get('layers') or 'one or unknown'}")
+        k_txt = c2.text_input("k (active latents)", value=str(entry["k"]) if entry.get("k") else "", key=f"imp_k_{pick}",
+                              help="needed where the source does not store it (InterProt, esm-sae)")
+        model = c3.text_input("Base model", value=entry.get("model", ""), key=f"imp_model_{pick}", help="recorded, and run by the index")
+        imp_fasta = st.text_input("FASTA to index", value=str(DEMO / "sample.fasta"), key="imp_fasta")
+        imp_name = st.text_input("Run name", value=f"import-{time.strftime('%Y%m%d-%H%M%S')}", key="imp_name")
+        go = st.form_submit_button("Import and index", type="primary")
+    if go:
+        try:
+            spec = {"source": (source.strip() if pick == len(entries) else entry["source"]), "file": entry.get("file", ""),
+                    "format": entry.get("format", "auto"), "model": model.strip(),
+                    "layer": parse_optional_int(layer_txt, "Layer"), "k": parse_optional_int(k_txt, "k")}
+            jobs.start_import(ws, imp_name, spec, imp_fasta.strip(), index_concepts=concepts)
+            st.session_state["watch"] = imp_name
+            st.success(f"Started import {imp_name}.")
+        except (ConfigError, jobs.JobError, ValueError, OSError) as e:
+            st.error(str(e))
+
+with tab_train, st.form("train_form"):
     name = st.text_input("Run name", value=f"run-{time.strftime('%Y%m%d-%H%M%S')}", key="run_name",
                          help="Outputs go to the workspace folder " + str(ws))
     cols = st.columns(2)
@@ -60,7 +95,6 @@ if submitted:
             dest.mkdir(parents=True, exist_ok=True)
             (dest / "data.fasta").write_bytes(upload.getvalue())
             cfg["embed"]["fasta"] = str(dest / "data.fasta")
-        concepts = str(jobs.ROOT.parent / "shared" / "data") if (jobs.ROOT.parent / "shared" / "data").exists() else ""
         jobs.start(ws, name, cfg, index_concepts=concepts)
         st.session_state["watch"] = name
         st.success(f"Started run {name}.")
