@@ -60,7 +60,7 @@ with tab_import:
                               help="needed where the source does not store it (InterProt, esm-sae)")
         model = c3.text_input("Base model", value=entry.get("model", ""), key=f"imp_model_{pick}", help="recorded, and run by the index")
         imp_fasta = st.text_input("FASTA to index", value=str(DEMO / "sample.fasta"), key="imp_fasta")
-        imp_name = st.text_input("Run name", value=f"import-{time.strftime('%Y%m%d-%H%M%S')}", key="imp_name")
+        imp_name = st.text_input("Name of the imported run", value=f"import-{time.strftime('%Y%m%d-%H%M%S')}", key="imp_name")
         go = st.form_submit_button("Import and index", type="primary")
     if go:
         try:

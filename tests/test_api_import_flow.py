@@ -64,6 +64,20 @@ def test_api_batch_pool_sparse_and_scaled(lm, mgen_fasta, tmp_path):
     scaled = esmsae.features(lm, imp, seqs[0], scale="max_idf")
     torch.testing.assert_close(scaled[:, 1:], raw[:, 1:] / mx[1:] * 2.0)
     assert torch.all(scaled[:, 0] == 0)
+    # the inspector's analyzer runs the imported checkpoint at its recorded layer, with the recorded model
+    from esmsae.analyze import Analyzer
+    from esmsae.checkpoint import check_compatible
+    from esmsae.plm import ModelMismatchError
+    from esmsae.published import import_sae
+
+    ck = import_sae(str(repo), tmp_path / "ck", model=str(DEMO_LM))
+    res = Analyzer(ck).run("p", seqs[0])
+    dense = torch.zeros(len(seqs[0]), 256).scatter_add_(1, torch.from_numpy(res.idx_LK), torch.from_numpy(res.acts_LK))
+    torch.testing.assert_close(dense, raw)
+    # the recorded model is checked when the SAE is used: a 1280-wide SAE does not run on the 320-wide LM
+    wide = dict(imp.meta, d_in=1280)
+    with pytest.raises(ModelMismatchError, match="d_in is 1280"):
+        check_compatible(wide, lm.plm)
 
 
 def test_embed_pool_last_store_and_npy_dir_training(tmp_path, mgen_fasta, lm):
