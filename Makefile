@@ -32,9 +32,11 @@ app: venv
 	$(BIN)/streamlit run app.py --server.port $(PORT) --server.headless true
 
 # Debian's Chromium for the Playwright journeys (tests/test_browser.py)
+# In CI (CI=true) a missing browser fails the run: the journeys must run there, not be skipped.
 browser:
 	@command -v chromium >/dev/null || { SUDO=$$(command -v sudo || true); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
-	  || echo "WARNING: could not install Debian's chromium: the browser journeys (tests/test_browser.py) will be skipped"
+	  || { if [ "$$CI" = "true" ]; then echo "ERROR: could not install Debian's chromium, which CI needs for tests/test_browser.py"; exit 1; \
+	       else echo "WARNING: could not install Debian's chromium: the browser journeys (tests/test_browser.py) will be skipped"; fi; }
 
 test: venv browser
 	$(BIN)/python -m pytest -q -ra tests

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from .checkpoint import load_sae, model_config_of
-from .evaluate import hook_of
+from .checkpoint import hook_of
 from .fasta import SequenceError, parse_fasta_text
 from .plm import load_plm
 
@@ -119,7 +119,7 @@ def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, li
     text = data.decode("utf-8", errors="replace")
     groups: dict[str, list[tuple[str, str]]] = {}
     unknown = 0
-    from .index import grouping_json, grouping_tsv
+    from .index.proteins import grouping_json, grouping_tsv
 
     try:
         if name.lower().endswith(".json"):
@@ -151,7 +151,7 @@ def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, li
 def group_usage(analyzer: "Analyzer", groups: dict[str, list[tuple[str, str]]]) -> pd.DataFrame:
     """Per group x feature: proteins where it fires, fraction, mean per-protein max, and
     enrichment against the other groups (log odds, one-sided Fisher, BH q), as in the index."""
-    from .index import enrichment
+    from .index.enrichment import enrichment
 
     names = sorted(groups)
     F = analyzer.sae.cfg.n_latents

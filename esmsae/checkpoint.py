@@ -16,11 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import ModelConfig, SAEConfig, from_dict
-from .plm import ModelMismatchError, ProteinLM
+from .plm import Hook, ModelMismatchError, ProteinLM
 from .sae import SAE
 
 WEIGHTS = "sae.safetensors"
 CFG = "cfg.json"
+EVAL = "eval.json"  # the evaluation card (esmsae.evaluate)
 
 
 def save_sae(sae: SAE, folder: str | os.PathLike, meta: dict[str, Any]) -> Path:
@@ -131,3 +132,13 @@ def check_compatible(meta: dict[str, Any], plm: ProteinLM, strict_name: bool = T
         problems.append(f"SAE was trained on {base['name']!r}, not {plm.name!r}")
     if problems:
         raise ModelMismatchError("SAE checkpoint does not fit this model: " + "; ".join(problems))
+
+
+def hook_of(meta: dict[str, Any]) -> Hook:
+    """The hook (layer, site) a checkpoint reads."""
+    return Hook(int(meta["layer"]), meta["site"])
+
+
+def read_eval(sae_dir: str | os.PathLike) -> dict[str, Any] | None:
+    p = Path(sae_dir) / EVAL
+    return json.loads(p.read_text()) if p.exists() else None

@@ -13,19 +13,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import (ConfigError, EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig,
-                     TrainConfig, add_args, from_args, from_dict)
-
-SECTIONS = {"model": ModelConfig, "hook": HookConfig, "embed": EmbedConfig, "sae": SAEConfig, "train": TrainConfig, "eval": EvalConfig,
-            "index": IndexConfig}
-SKIPS: dict[str, dict[str, tuple[str, ...]]] = {
-    "embed": {"model": (), "hook": (), "embed": ()},
-    "train": {"sae": (), "train": ()},
-    "evaluate": {"eval": ()},
-    "pipeline": {"model": (), "hook": (), "embed": ("store",), "sae": (), "train": ("store", "out", "layers"), "eval": ("seed",)},
-    "index": {"index": ()},
-}
-
+from .config import ConfigError, LMTrainConfig, TrainConfig, add_args, from_args, from_dict
+from .pipeline import SECTIONS, SKIPS, run_pipeline, summary
 
 def _build(sub: argparse.ArgumentParser, cmd: str) -> None:
     sub.add_argument("--config", help="JSON file with sections " + ", ".join(SKIPS[cmd]) + " (command-line options override it)")
@@ -186,36 +175,16 @@ def _dispatch(ns: argparse.Namespace) -> int:
     elif ns.cmd == "pipeline":
         run_pipeline(cfg, ns.out)
     elif ns.cmd == "index":
-        from .index import build_index
+        from .index.build import build_index
 
-        print(f"index: {build_index(cfg['index'])}")
+        path = build_index(cfg["index"])
+        from .explore import FeatureIndex
+
+        rep = FeatureIndex(path).meta.get("collect") or {}
+        if rep.get("duplicate_sequences"):
+            print(f"note: {rep['duplicate_sequences']} records repeat a sequence already in the set; each unique sequence is "
+                  "indexed once, under its first id", file=sys.stderr)
+        if rep.get("skipped_invalid"):
+            print(f"note: {rep['skipped_invalid']} invalid records skipped (--on-invalid skip)", file=sys.stderr)
+        print(f"index: {path}")
     return 0
-
-
-def run_pipeline(cfg: dict, out: str, progress: bool = True, on_stage=lambda stage: None) -> list[Path]:
-    """embed -> train -> evaluate into the run folder ``out``; ``on_stage(name)`` is told as each starts."""
-    from .evaluate import evaluate
-    from .store import embed_fasta
-    from .train import train
-
-    outp = Path(out)
-    on_stage("embed")
-    embed = EmbedConfig(**{**asdict(cfg["embed"]), "store": str(outp / "store")})
-    store = embed_fasta(embed, cfg["model"], cfg["hook"], progress=progress)
-    on_stage("train")
-    tcfg = TrainConfig(**{**asdict(cfg["train"]), "store": str(store), "out": str(outp), "layers": list(cfg["hook"].layers)})
-    dirs = train(tcfg, cfg["sae"], progress=progress)
-    on_stage("evaluate")
-    ecfg = EvalConfig(**{**asdict(cfg["eval"]), "seed": tcfg.seed})
-    for d in dirs:
-        card = evaluate(d, ecfg)
-        print(json.dumps(summary(card)))
-    return dirs
-
-
-def summary(card: dict) -> dict:
-    keys = ("hook", "n_tokens", "fvu", "mse", "l0", "dead_fraction", "dense_fraction")
-    s = {k: card[k] for k in keys if k in card}
-    if "downstream" in card:
-        s.update({k: card["downstream"][k] for k in ("ce_orig", "ce_sae", "ce_zero", "pct_loss_recovered")})
-    return s

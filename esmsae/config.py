@@ -57,6 +57,14 @@ def _check(cond: bool, cls: str, name: str, msg: str) -> None:
 
 
 def _check_choices(obj: Any) -> None:
+    """Choices of every field, and no NaN / infinity in any float field (``nan >= 0`` is False, but
+    ``nan <= 1`` style checks would let it through)."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{type(obj).__name__}.{f.name}: must be a finite number, got {v!r}")
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
         if choices and getattr(obj, f.name) not in choices:
@@ -235,6 +243,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
+        _check_choices(self)
         if isinstance(self.layers, int):
             self.layers = [self.layers]
         _check(self.lr >= 0, c, "lr", "must be >= 0")
@@ -263,6 +272,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         c = "EvalConfig"
+        _check_choices(self)
         _check(self.max_tokens >= 1, c, "max_tokens", "must be >= 1")
         _check(self.lm_proteins >= 0, c, "lm_proteins", "must be >= 0")
         _check(0.0 < self.mask_prob < 1.0, c, "mask_prob", "must be in (0, 1)")
@@ -293,6 +303,7 @@ class LMTrainConfig:
 
     def __post_init__(self) -> None:
         c = "LMTrainConfig"
+        _check_choices(self)
         _check(self.crop >= 16, c, "crop", "must be >= 16")
         _check(self.batch_tokens >= self.crop + 2, c, "batch_tokens", "must hold at least one crop")
         _check(0 < self.mask_prob < 1, c, "mask_prob", "must be in (0, 1)")
@@ -332,6 +343,7 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         c = "IndexConfig"
+        _check_choices(self)
         _check(self.top_n >= 1, c, "top_n", "must be >= 1")
         _check(self.quantile_bins >= 1 and self.per_bin >= 1, c, "quantile_bins", "quantile_bins and per_bin must be >= 1")
         _check(self.reservoir >= self.per_bin, c, "reservoir", "must be >= per_bin")
@@ -376,10 +388,20 @@ def _field_type(cls: type, f: dataclasses.Field) -> Any:
     return typing.get_type_hints(cls)[f.name]
 
 
+def parse_int_list(s: str, field_name: str = "value") -> list[int]:
+    """'3, 6' -> [3, 6]; anything that is not a comma-separated list of whole numbers is an
+    error naming the field (never silently dropped)."""
+    parts = [x for x in s.replace(" ", "").split(",") if x != ""]
+    try:
+        return [int(x) for x in parts]
+    except ValueError:
+        raise ConfigError(f"{field_name}: expected comma-separated whole numbers, got {s!r}") from None
+
+
 def _parse_int_list(s: str) -> list[int]:
     try:
-        return [int(x) for x in s.replace(" ", "").split(",") if x != ""]
-    except ValueError as e:  # pragma: no cover - argparse reports it
+        return parse_int_list(s)
+    except ConfigError as e:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
 
 

@@ -20,8 +20,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from .concepts import PROTEOME_KINGDOM
 from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig, TrainConfig
 from .fasta import parse_header, read_fasta
@@ -62,7 +60,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-dir", default="", help="an already trained demo LM folder (Hugging Face format) to use")
     p.add_argument("--lm-token-budget", type=int, default=12_000_000, help="masked-LM training tokens")
     p.add_argument("--lm-time-limit-s", type=float, default=5400, help="stop LM training after this long (CPU)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for LM training")
+    p.add_argument("--device", default="auto", help="device for LM training (auto: cuda when present, else cpu)")
     p.add_argument("--layer", type=int, default=3, help="hooked layer (resid); 3 is the middle of ESM-2 8M's 6 blocks")
     p.add_argument("--n-latents", type=int, default=2048, help="SAE latents (2048 = 6.4x d_in: at 4096 half of them never fired on the demo LM, whose layer-3 activations are low-dimensional)")
     p.add_argument("--k", type=int, default=32, help="TopK active latents")
@@ -122,12 +120,16 @@ def _step(name: str, t0: float) -> None:
 def build_demo(ns: argparse.Namespace) -> dict:
     import resource
 
-    from .cli import run_pipeline, summary
+    import torch
+
     from .concepts import load_all
-    from .index import build_index, collect
+    from .index.build import build_index
+    from .index.proteins import collect
     from .lmtrain import train_lm
+    from .pipeline import run_pipeline, summary
 
     t0 = time.time()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
     shared, work, out = Path(ns.shared), Path(ns.work), Path(ns.out)
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {}
@@ -138,7 +140,7 @@ def build_demo(ns: argparse.Namespace) -> dict:
         lm = Path(ns.lm_dir) if ns.lm_dir else work / "lm"
         if not (lm / "model.safetensors").exists() or not (lm / "lm_eval.json").exists():
             train_lm(LMTrainConfig(config_dir=str(shared / "esm2_t6_8M_config"), out=str(lm), fasta=[str(f) for f in lm_fastas(shared)],
-                                   token_budget=ns.lm_token_budget, time_limit_s=ns.lm_time_limit_s, device=ns.device, checkpoint_every=100))
+                                   token_budget=ns.lm_token_budget, time_limit_s=ns.lm_time_limit_s, device=device, checkpoint_every=100))
         report["lm"] = {k: v for k, v in json.loads((lm / "lm_eval.json").read_text()).items() if k not in ("config",)}
         model_name = str(lm)
     _step("protein LM ready", t0)

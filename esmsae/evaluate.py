@@ -11,7 +11,6 @@ activations zero-ablated; "% loss recovered" = (CE_zero - CE_sae) / (CE_zero - C
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -21,13 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import check_compatible, load_sae, model_config_of
+from .checkpoint import EVAL, check_compatible, hook_of, load_sae, model_config_of
 from .config import EvalConfig, save_json
 from .plm import Hook, ProteinLM, length_batches, load_plm
 from .sae import SAE
 from .store import ActivationStore
 
-EVAL = "eval.json"
 
 
 @torch.no_grad()
@@ -179,12 +177,3 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
     save_json(card, sae_dir / EVAL)
     np.save(sae_dir / "latent_freq.npy", np.asarray(freq, dtype=np.float32))
     return card
-
-
-def hook_of(meta: dict[str, Any]) -> Hook:
-    return Hook(int(meta["layer"]), meta["site"])
-
-
-def read_eval(sae_dir: str | os.PathLike) -> dict[str, Any] | None:
-    p = Path(sae_dir) / EVAL
-    return json.loads(p.read_text()) if p.exists() else None

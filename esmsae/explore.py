@@ -7,10 +7,9 @@ feature labels live in a separate writable file (:func:`esmsae.index.labels_path
 from __future__ import annotations
 
 import gzip
-import html
-import io
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .index import labels_path
+from .index.tables import labels_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -70,13 +69,21 @@ class FeatureIndex:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no feature index at {self.path} (build one with `python -m esmsae index`)")
-        self.con = duckdb.connect(str(self.path), read_only=True)
+        # A DuckDB instance of its own (in-memory, with the file attached read-only): duckdb.connect
+        # on a path hands back the instance already open for that path in this process, which
+        # still reads the old file after a rebuild renamed a new one into place.
+        self.con = duckdb.connect()
+        self.con.execute("ATTACH ? AS idx (READ_ONLY)", [str(self.path)])
+        self.con.execute("USE idx")
         self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta").fetchall()}
         self.n_features = int(self.meta["n_latents"])
 
     def q(self, sql: str, params: list | None = None) -> pd.DataFrame:
-        # one cursor per query: Streamlit runs sessions in threads
-        return self.con.cursor().execute(sql, params or []).df()
+        # one cursor per query: Streamlit runs sessions in threads (a cursor starts in the
+        # instance's default catalog, so it selects the attached index first)
+        cur = self.con.cursor()
+        cur.execute("USE idx")
+        return cur.execute(sql, params or []).df()
 
     # -------------------------------------------------------- run card
     def card(self) -> dict[str, Any]:
@@ -236,30 +243,46 @@ def normalise(values: np.ndarray, fmax: float, idf: float, mode: str) -> np.ndar
     return v * idf if mode == "idf" else v
 
 
-def get_labels(index_path: Path) -> dict[int, str]:
+class LabelStoreBusy(RuntimeError):
+    """The labels file stayed locked (another process writing) through every retry."""
+
+
+_LABELS_LOCK = threading.Lock()  # sessions are threads of one process: one labels connection at a time
+_LABELS_DDL = "CREATE TABLE IF NOT EXISTS labels (feature INTEGER PRIMARY KEY, label VARCHAR, updated DOUBLE)"
+
+
+def _with_labels(index_path: Path, fn):
+    """Run ``fn(con)`` on the labels file. Reads and writes use one connection configuration
+    (read-write): DuckDB refuses a read-only and a read-write connection to one file in one
+    process, which made two sessions saving and reading labels at once fail. Another process
+    holding the file's lock is waited for, then reported as :class:`LabelStoreBusy`."""
     p = labels_path(index_path)
-    if not p.exists():
-        return {}
-    for _ in range(5):
-        try:
-            con = duckdb.connect(str(p), read_only=True)
+    last: Exception | None = None
+    with _LABELS_LOCK:
+        for attempt in range(30):
             try:
-                return {int(f): t for f, t in con.execute("SELECT feature, label FROM labels").fetchall() if t}
+                con = duckdb.connect(str(p))
+            except (duckdb.IOException, duckdb.ConnectionException) as e:
+                last = e
+                time.sleep(min(0.02 * (attempt + 1), 0.3))
+                continue
+            try:
+                con.execute(_LABELS_DDL)
+                return fn(con)
             finally:
                 con.close()
-        except duckdb.IOException:  # a writer holds the file for a moment
-            time.sleep(0.1)
-    return {}
+    raise LabelStoreBusy(f"the labels file {p} is locked by another process; try again ({last})")
+
+
+def get_labels(index_path: Path) -> dict[int, str]:
+    if not labels_path(index_path).exists():
+        return {}
+    return _with_labels(index_path, lambda con: {int(f): t for f, t in con.execute("SELECT feature, label FROM labels").fetchall() if t})
 
 
 def set_label(index_path: Path, feature: int, text: str) -> None:
-    p = labels_path(index_path)
-    con = duckdb.connect(str(p))
-    try:
-        con.execute("CREATE TABLE IF NOT EXISTS labels (feature INTEGER PRIMARY KEY, label VARCHAR, updated DOUBLE)")
-        con.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?)", [int(feature), text.strip()[:200], time.time()])
-    finally:
-        con.close()
+    _with_labels(index_path, lambda con: con.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?)",
+                                                     [int(feature), text.strip()[:200], time.time()]))
 
 
 # ---------------------------------------------------------------- structures
@@ -275,139 +298,3 @@ def structure_file(index: FeatureIndex, rel: str) -> Path | None:
 def read_text(path: Path) -> str:
     data = path.read_bytes()
     return (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8", errors="replace")
-
-
-class StructureError(ValueError):
-    pass
-
-
-def parse_structure(text: str, fmt: str) -> dict[str, tuple[str, list[int]]]:
-    """Chains of a PDB / mmCIF text -> {chain: (sequence, residue numbers)} (amino acids only)."""
-    import warnings
-
-    from Bio.PDB import MMCIFParser, PDBParser
-    from Bio.PDB.Polypeptide import is_aa
-    from Bio.SeqUtils import seq1
-
-    if not text.strip():
-        raise StructureError("the structure file is empty")
-    parser = MMCIFParser(QUIET=True) if fmt in ("cif", "mmcif") else PDBParser(QUIET=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            s = parser.get_structure("x", io.StringIO(text))
-    except Exception as e:  # Bio raises a variety of errors on broken files
-        raise StructureError(f"could not read this {fmt.upper()} file: {e}") from e
-    models = list(s)
-    if not models:
-        raise StructureError(f"no models with atoms in this {fmt.upper()} file")
-    chains = {}
-    for ch in models[0]:
-        # standard residues, plus modified amino acids written as HETATM (e.g. TPO), as in the atom sequence
-        res = [r for r in ch if (r.id[0] == " " and is_aa(r, standard=False)) or (r.id[0].startswith("H_") and "CA" in r and "N" in r)]
-        if res:
-            seq = "".join(seq1(r.get_resname(), undef_code="X") for r in res)
-            chains[ch.id] = (seq, [r.id[1] for r in res])
-    if not chains:
-        raise StructureError(f"no protein chains found in this {fmt.upper()} file")
-    return chains
-
-
-def structure_html(text: str, fmt: str, chain: str, resi: list[int], values: np.ndarray, vmax: float, height: int = 420,
-                   js_src: str = "/app/static/3Dmol-min.js") -> str:
-    """A 3Dmol.js viewer (served locally, no CDN) with the chain's cartoon coloured by activation."""
-    vmax = vmax if vmax > 0 else 1.0
-    colors = {int(r): _hex(float(v) / vmax) for r, v in zip(resi, values)}
-    payload = json.dumps(text)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><script src="{js_src}"></script>
-<style>html,body{{margin:0;height:100%;background:#fff}}#v{{width:100%;height:{height}px;position:relative}}
-#err{{font:14px sans-serif;color:#a00;padding:8px}}</style></head><body><div id="v"></div><div id="err"></div><script>
-(function(){{
-  if (typeof $3Dmol === "undefined") {{ document.getElementById("err").textContent = "3Dmol.js could not be loaded from {js_src}"; return; }}
-  var v = $3Dmol.createViewer(document.getElementById("v"), {{backgroundColor: "white"}});
-  v.addModel({payload}, "{'cif' if fmt in ('cif', 'mmcif') else 'pdb'}");
-  var colors = {json.dumps(colors)};
-  v.setStyle({{}}, {{}});  // other chains hidden: the view is about this chain
-  v.setStyle({{chain: {json.dumps(chain)}, hetflag: false}}, {{cartoon: {{colorfunc: function(a) {{ return colors[a.resi] || "#f2f2f2"; }}}}}});
-  v.zoomTo({{chain: {json.dumps(chain)}}}); v.render();
-  window.esmsaeViewer = v;
-}})();
-</script></body></html>"""
-
-
-def _hex(x: float) -> str:
-    """White -> red ramp for an activation in [0, 1]."""
-    x = min(max(x, 0.0), 1.0)
-    g = int(round(245 * (1 - x) + 10))
-    return f"#ff{g:02x}{g:02x}" if x > 0 else "#f2f2f2"
-
-
-# ---------------------------------------------------------------- tracks and figures
-def track_html(sequence: str, positions, values, vmax: float, highlight: int | None = None, title: str = "") -> str:
-    """Per-residue activation track: every residue coloured by activation; hover shows
-    residue, position (1-based) and value."""
-    vals = np.zeros(len(sequence))
-    pos = np.asarray(positions, int)
-    if len(pos):
-        vals[pos] = np.asarray(values, float)
-    vmax = vmax if vmax > 0 else 1.0
-    cells = []
-    for i, aa in enumerate(sequence):
-        v = vals[i]
-        style = f"background:{_hex(v / vmax)}" + (";outline:2px solid #333" if highlight == i else "")
-        cells.append(f'<span title="{aa}{i + 1}: {v:.3f}" style="{style}">{html.escape(aa)}</span>')
-    head = f'<div class="esmsae-track-title">{html.escape(title)}</div>' if title else ""
-    return (f'{head}<div class="esmsae-track" style="font-family:monospace;font-size:12px;line-height:1.5;word-break:break-all;'
-            f'letter-spacing:0.5px">{"".join(cells)}</div>')
-
-
-def freq_histogram(features: pd.DataFrame):
-    import plotly.express as px
-
-    df = features[features["freq_residue"] > 0].assign(log10_freq=lambda d: np.log10(d["freq_residue"]))
-    fig = px.histogram(df, x="log10_freq", nbins=50, labels={"log10_freq": "log10 firing frequency (per residue)"})
-    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title="Feature frequency")
-    return fig
-
-
-def feature_map(index: FeatureIndex, color: str = "best_concept"):
-    """UMAP of decoder directions, one WebGL point per feature."""
-    import plotly.express as px
-
-    df = index.q("SELECT feature, umap_x, umap_y, best_concept, best_f1, freq_residue, cluster, dead, label FROM features")
-    df["log10_freq"] = np.log10(df["freq_residue"].clip(lower=1e-7))
-    df["best_concept"] = np.where(df["best_f1"] > 0.5, df["best_concept"], "(none > 0.5)")
-    c = "log10_freq" if color == "frequency" else "best_concept"
-    fig = px.scatter(df, x="umap_x", y="umap_y", color=c, hover_data=["feature", "label", "best_f1", "freq_residue"],
-                     render_mode="webgl", custom_data=["feature"])
-    fig.update_traces(marker=dict(size=4))
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=30, b=10), title="Feature map (UMAP of decoder directions)",
-                      legend=dict(font=dict(size=9)))
-    return fig
-
-
-def activation_hist(hist: pd.DataFrame):
-    import plotly.graph_objects as go
-
-    fig = go.Figure(go.Bar(x=np.sqrt(hist["bin_lo"].clip(lower=1e-4) * hist["bin_hi"]), y=hist["count"], width=(hist["bin_hi"] - hist["bin_lo"])))
-    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Activation histogram (residues)", xaxis_title="activation",
-                      yaxis_title="residues")
-    return fig
-
-
-def group_bar(df: pd.DataFrame, grouping: str):
-    import plotly.express as px
-
-    fig = px.bar(df, x="grp", y="frac", hover_data=["n_fire", "n_proteins", "mean_act", "log_odds", "q"],
-                 labels={"grp": grouping, "frac": "fraction of proteins where it fires"})
-    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title=f"Usage by {grouping}")
-    return fig
-
-
-def heatmap(m: pd.DataFrame, title: str, xlab: str = "feature", ylab: str = ""):
-    import plotly.express as px
-
-    fig = px.imshow(m.values, x=[str(c) for c in m.columns], y=[str(i) for i in m.index], aspect="auto",
-                    color_continuous_scale="Reds", labels=dict(x=xlab, y=ylab, color="value"))
-    fig.update_layout(height=max(250, 22 * len(m.index) + 120), margin=dict(l=10, r=10, t=40, b=10), title=title)
-    return fig

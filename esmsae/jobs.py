@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .cli import SECTIONS as _ALL_SECTIONS, SKIPS, run_pipeline
+from .pipeline import SECTIONS as _ALL_SECTIONS, SKIPS, run_pipeline
 from .config import IndexConfig, from_dict, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def start_import(ws: Path, name: str, spec: dict[str, Any], fasta: str, index_co
 
 
 def _run_import(d: Path, job: dict[str, Any]) -> None:
-    from .index import build_index
+    from .index.build import build_index
     from .published import import_sae
 
     spec = job["import"]
@@ -112,10 +112,10 @@ def launch(d: Path) -> Path:
     st = status(d)
     if st.get("alive"):
         raise JobError(f"run {d.name} is already running (pid {st['pid']})")
-    log = open(d / "job.log", "ab")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "esmsae", "job", str(d)], cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    with open(d / "job.log", "ab") as log:  # the child keeps its own copy of the handle
+        p = subprocess.Popen([sys.executable, "-m", "esmsae", "job", str(Path(d).resolve())], cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     _write_status(d, state="starting", stage="", pid=p.pid)
     return d
 
@@ -126,7 +126,19 @@ def _write_status(d: Path, **kw: Any) -> None:
     save_json(cur, d / "status.json")
 
 
-def _alive(pid: int | None) -> bool:
+def _is_job_process(pid: int, d: Path | None) -> bool:
+    """The pid still runs ``esmsae job <d>`` (a stored pid may have been reused by another process)."""
+    if d is None:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return True  # no /proc (not Linux): trust the pid
+    return b"job" in argv and str(Path(d).resolve()).encode() in argv  # launch() passes the resolved folder
+
+
+def _alive(pid: int | None, d: Path | None = None) -> bool:
     if not pid:
         return False
     try:
@@ -135,15 +147,17 @@ def _alive(pid: int | None) -> bool:
         return False
     try:  # a finished child not yet reaped is a zombie: not alive
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ")[-1][:1] != "Z"
+            if fh.read().split(") ")[-1][:1] == "Z":
+                return False
     except OSError:
         return True
+    return _is_job_process(pid, d)
 
 
 def status(d: Path) -> dict[str, Any]:
     p = Path(d) / "status.json"
     st = json.loads(p.read_text()) if p.exists() else {"state": "new"}
-    st["alive"] = _alive(st.get("pid"))
+    st["alive"] = _alive(st.get("pid"), Path(d))
     if st.get("state") in ("starting", "running") and not st["alive"]:
         st["state"] = "interrupted"
     return st
@@ -168,7 +182,7 @@ def list_jobs(ws: Path) -> list[dict[str, Any]]:
 
 def run_job(d: Path) -> int:
     """The job process: every stage in turn, status written as it goes."""
-    from .index import build_index
+    from .index.build import build_index
 
     d = Path(d).resolve()
     job = json.loads((d / "job.json").read_text())
@@ -176,9 +190,20 @@ def run_job(d: Path) -> int:
     c = {k: from_dict(cls, job["config"][k]) for k, cls in SECTIONS.items()} if kind == "train" else {}
     _write_status(d, state="running", pid=os.getpid(), error=None, started=time.time())
 
+    from .train import TrainInterrupted
+
+    now = {"stage": "", "stop": False}
+
+    def on_stage(stage: str) -> None:
+        now["stage"] = stage
+        _write_status(d, stage=stage)
+
     def on_term(*_):
         _write_status(d, state="cancelled")
-        os._exit(143)
+        if now["stage"] == "train":  # let the training loop write a checkpoint first (cancel before the first one lost the run)
+            now["stop"] = True
+            return
+        os._exit(143)  # embed / evaluate / index resume from their own finished parts
 
     signal.signal(signal.SIGTERM, on_term)
     try:
@@ -186,8 +211,13 @@ def run_job(d: Path) -> int:
             _run_import(d, job)
             _write_status(d, state="done", stage="", finished=time.time())
             return 0
-        (ck,) = run_pipeline(c, str(d), progress=False, on_stage=lambda stage: _write_status(d, stage=stage))
-        _write_status(d, stage="index")
+        try:
+            (ck,) = run_pipeline(c, str(d), progress=False, on_stage=on_stage, should_stop=lambda: now["stop"])
+        except TrainInterrupted as e:
+            print(f"cancelled: {e}", flush=True)
+            _write_status(d, state="cancelled")
+            return 143
+        on_stage("index")
         build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[c["embed"].fasta], concepts=job.get("index_concepts", ""),
                                 umap=True), progress=False)
         _write_status(d, state="done", stage="", finished=time.time())

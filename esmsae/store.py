@@ -139,6 +139,11 @@ def embed_fasta(embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: 
     flush()
     bar.close()
     man["n_skipped"] += len(skipped)
+    if man["n_proteins"] == 0:
+        # nothing to train on: say so, and leave no empty store behind to be mistaken for a result
+        shutil.rmtree(out, ignore_errors=True)
+        why = f"every record was invalid and skipped ({man['n_skipped']}, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "the file has no records"
+        raise StoreError(f"{embed.fasta}: no proteins to embed: {why}")
     man["complete"] = True
     save_json(man, manifest_path)
     return out

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ from .store import ActivationStore
 
 STATE = "state.pt"
 METRICS = "metrics.jsonl"
+
+
+class TrainInterrupted(Exception):
+    """Training stopped on request (``should_stop``) after writing a checkpoint; rerun to resume."""
 
 
 class TrainError(ValueError):
@@ -142,10 +146,14 @@ def sae_meta(store: ActivationStore, layer: int, tcfg: TrainConfig, step: int, t
     }
 
 
-def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_steps: int | None = None) -> list[Path]:
+def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_steps: int | None = None,
+          should_stop: Callable[[], bool] | None = None) -> list[Path]:
     """Train (or resume) one SAE per layer; return their checkpoint folders.
 
     ``stop_after_steps`` ends the run early after a checkpoint, as an interruption would.
+    ``should_stop()`` is asked after every step; when it says yes the run writes a checkpoint
+    (so a cancel before the first periodic checkpoint loses nothing) and raises
+    :class:`TrainInterrupted`.
     """
     if not tcfg.out:
         raise TrainError("TrainConfig.out: no run folder given")
@@ -284,6 +292,10 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
                 if step % tcfg.checkpoint_every != 0:
                     checkpoint()
                 break
+            if should_stop is not None and step < total and should_stop():
+                if step % tcfg.checkpoint_every != 0:
+                    checkpoint()
+                raise TrainInterrupted(f"training stopped at step {step} of {total}, checkpoint written; rerun to resume")
     finally:
         metrics_f.close()
         bar.close()

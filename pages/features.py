@@ -2,7 +2,8 @@
 import numpy as np
 import streamlit as st
 
-from esmsae.explore import activation_hist, display_scale, group_bar, normalise, parse_structure, read_text, set_label, structure_file, structure_html, track_html
+from esmsae.explore import LabelStoreBusy, display_scale, normalise, read_text, set_label, structure_file
+from esmsae.render import activation_hist, group_bar, parse_structure, structure_html, track_html
 from esmsae.ui import pick_run, require_index
 
 run = pick_run()
@@ -47,8 +48,11 @@ def show_feature(f: int) -> None:
     with st.form("label_form"):
         text = st.text_input("Your label for this feature", value=info["user_label"], key="label_text")
         if st.form_submit_button("Save label"):
-            set_label(idx.path, f, text)
-            st.success("Label saved (kept across index rebuilds).")
+            try:
+                set_label(idx.path, f, text)
+                st.success("Label saved (kept across index rebuilds).")
+            except LabelStoreBusy as e:
+                st.error(f"Label not saved: {e}")
     ref_max, ref_idf, ref_from = display_scale(info)
     mode = st.radio("Activation scale", ["raw", "max", "idf"], horizontal=True, key="norm_mode",
                     format_func={"raw": "raw", "max": "/ feature max (0-1)", "idf": "/ max x IDF (ESM C SAE)"}.get,

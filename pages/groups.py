@@ -4,7 +4,8 @@ import hashlib
 import streamlit as st
 
 from esmsae.analyze import InputError, group_usage, read_uploaded_grouping
-from esmsae.explore import compare, enriched, group_heatmap, heatmap
+from esmsae.explore import compare, enriched, group_heatmap
+from esmsae.render import heatmap
 from esmsae.ui import analyzer_of, pick_run, require_index
 
 run = pick_run()

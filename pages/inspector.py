@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from esmsae.analyze import InputError, parse_input
-from esmsae.explore import StructureError, heatmap, parse_structure, structure_html, track_html
+from esmsae.render import StructureError, heatmap, parse_structure, structure_html, track_html
 from esmsae.ui import analyzer_of, feature_link, index_of, pick_run
 
 run = pick_run()

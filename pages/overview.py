@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from esmsae.explore import feature_map, freq_histogram
+from esmsae.render import feature_map, freq_histogram
 from esmsae.ui import pick_run, require_index
 
 run = pick_run()

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from esmsae import jobs
-from esmsae.config import ConfigError, field_specs
+from esmsae.config import ConfigError, field_specs, parse_int_list
 from esmsae.published import import_catalogue, parse_optional_int
 from esmsae.explore import DEMO, workspace
 from esmsae.train import read_metrics
@@ -32,9 +32,8 @@ def widget(spec, container):
         return container.number_input(label, value=int(default), step=1, help=spec.help, key=key)
     if spec.kind == "float":
         return container.number_input(label, value=float(default), format="%g", help=spec.help, key=key)
-    if spec.kind == "int_list":
-        raw = container.text_input(label, value=",".join(map(str, default)), help=spec.help, key=key)
-        return [int(x) for x in raw.replace(" ", "").split(",") if x.strip().lstrip("-").isdigit()]
+    if spec.kind == "int_list":  # parsed on Start: a bad list is an error, not silently dropped
+        return ("int_list", label, container.text_input(label, value=",".join(map(str, default)), help=spec.help, key=key))
     return container.text_input(label, value=str(default), help=spec.help, key=key)
 
 
@@ -69,6 +68,7 @@ with tab_import:
                     "layer": parse_optional_int(layer_txt, "Layer"), "k": parse_optional_int(k_txt, "k")}
             jobs.start_import(ws, imp_name, spec, imp_fasta.strip(), index_concepts=concepts)
             st.session_state["watch"] = imp_name
+            st.session_state["job_pick"] = imp_name
             st.success(f"Started import {imp_name}.")
         except (ConfigError, jobs.JobError, ValueError, OSError) as e:
             st.error(str(e))
@@ -90,6 +90,10 @@ with tab_train, st.form("train_form"):
 
 if submitted:
     try:
+        for sec in cfg.values():
+            for k, v in list(sec.items()):
+                if isinstance(v, tuple) and v and v[0] == "int_list":
+                    sec[k] = parse_int_list(v[2], v[1])
         if upload is not None:
             dest = ws / "uploads" / jobs.run_dir(ws, name).name
             dest.mkdir(parents=True, exist_ok=True)
@@ -97,6 +101,7 @@ if submitted:
             cfg["embed"]["fasta"] = str(dest / "data.fasta")
         jobs.start(ws, name, cfg, index_concepts=concepts)
         st.session_state["watch"] = name
+        st.session_state["job_pick"] = name  # the Jobs box follows the job just started (Cancel / Resume act on it)
         st.success(f"Started run {name}.")
     except (ConfigError, jobs.JobError, ValueError, OSError) as e:
         st.error(str(e))
@@ -108,7 +113,9 @@ if not listing:
 else:
     names = [j["run"] for j in listing]
     watch = st.session_state.get("watch") if st.session_state.get("watch") in names else names[0]
-    sel = st.selectbox("Job", names, index=names.index(watch), key="job_pick")
+    if st.session_state.get("job_pick") not in names:
+        st.session_state["job_pick"] = watch
+    sel = st.selectbox("Job", names, key="job_pick")
     st.session_state["watch"] = sel
     d = jobs.run_dir(ws, sel)
     b1, b2 = st.columns(2)

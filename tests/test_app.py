@@ -7,7 +7,8 @@ import torch
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from esmsae.explore import DEMO, FeatureIndex, get_labels, list_runs, parse_structure, structure_html, track_html
+from esmsae.explore import DEMO, FeatureIndex, get_labels, list_runs
+from esmsae.render import parse_structure, structure_html, track_html
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120

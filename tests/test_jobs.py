@@ -33,7 +33,9 @@ def test_validation_names_the_field(tmp_path, esm2_dir, mgen_fasta):
 
 @pytest.mark.slow
 def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
-    d = jobs.start(tmp_path, "run1", _cfg(esm2_dir, mgen_fasta, 400_000))
+    cfg = _cfg(esm2_dir, mgen_fasta, 400_000)
+    cfg["train"]["checkpoint_every"] = 100_000  # cancel comes before the first periodic checkpoint
+    d = jobs.start(tmp_path, "run1", cfg)
     for _ in range(600):
         st = jobs.status(d)
         if st.get("stage") == "train" and (d / "metrics.jsonl").exists():
@@ -41,13 +43,22 @@ def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
         assert st["state"] not in ("failed",), (d / "job.log").read_text()
         time.sleep(0.2)
     assert jobs.cancel(d)
-    time.sleep(1)
-    st = jobs.status(d)
+    for _ in range(300):  # the job finishes its step, writes a checkpoint and exits
+        st = jobs.status(d)
+        if not st["alive"]:
+            break
+        time.sleep(0.1)
     assert st["state"] == "cancelled" and not st["alive"]
+    import torch
+
+    # the cancel wrote a checkpoint: the run resumes from where it stopped, not from step 0
+    stopped_at = torch.load(d / "state.pt", weights_only=False)["step"]
+    assert stopped_at >= 20, stopped_at
     assert jobs.list_jobs(tmp_path)[0]["run"] == "run1"
     # the same name with another configuration is refused; resume continues the run
     with pytest.raises(jobs.JobError, match="another configuration"):
         jobs.start(tmp_path, "run1", _cfg(esm2_dir, mgen_fasta, 500_000))
+    n_rows_before = len((d / "metrics.jsonl").read_text().splitlines())
     jobs.launch(d)
     for _ in range(1500):
         st = jobs.status(d)
@@ -57,4 +68,5 @@ def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
     assert st["state"] == "done", (d / "job.log").read_text()[-2000:]
     assert (d / "L2_resid" / "index.duckdb").exists() and (d / "L2_resid" / "eval.json").exists()
     steps = [json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps)  # resumed, not restarted with duplicated steps
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # resumed, not restarted with duplicated steps
+    assert n_rows_before >= 1 and steps[0] == 20

@@ -1,0 +1,37 @@
+"""The feature index (DuckDB): one streaming pass of a protein set through protein LM + SAE.
+
+=================  ==========================================================================
+``proteins.py``    the protein set: FASTA / labelled / grouping-file proteins, de-duplicated
+``streaming.py``   bounded-memory accumulators: top-N, reservoir, track spill, CSR, heap trim
+``concept_f1.py``  concept F1 per feature x concept x threshold (InterPLM's protocol)
+``enrichment.py``  group enrichment: log odds, one-sided Fisher, Benjamini-Hochberg
+``tables.py``      schema and table writers (no torch: the app's read path imports it)
+``build.py``       :func:`build_index`, the build as a sequence of phases
+=================  ==========================================================================
+
+Names are re-exported lazily, so importing :mod:`esmsae.index.tables` (the app) does not
+import the build side (torch).
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+_WHERE = {
+    "build_index": "build", "DENSE_FREQ": "build", "EXAMPLE_BLOCK": "build",
+    "Item": "proteins", "IndexBuildError": "proteins", "collect": "proteins", "grouping_json": "proteins",
+    "grouping_tsv": "proteins", "read_grouping": "proteins", "md5": "proteins",
+    "enrichment": "enrichment", "benjamini_hochberg": "enrichment",
+    "THRESHOLDS": "concept_f1", "MIN_DOMAINS": "concept_f1", "MAX_COVERAGE": "concept_f1",
+    "labels_path": "tables", "SCHEMA": "tables", "HIST_EDGES": "tables",
+}
+
+
+def __getattr__(name: str):
+    if name == "IndexError_":  # the old name
+        name = "IndexBuildError"
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'esmsae.index' has no attribute {name!r}")
+
+
+__all__ = sorted(_WHERE)

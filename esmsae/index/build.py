@@ -1,0 +1,325 @@
+"""Feature index build: one streaming pass of a protein set through protein LM + SAE into DuckDB.
+
+Memory is bounded by (features x examples kept) and (features x groups), never by the
+number of proteins: per-feature statistics are running sums, top examples are a
+running top-N, quantile examples come from a uniform reservoir per feature (Vitter's
+Algorithm R), and the sparse codes of *labelled* proteins go to a temporary CSR file
+on disk so the concept pass can run once the feature maxima are known (InterPLM
+normalises each feature by its max before thresholding, Simon & Zou 2024).
+
+Tables: meta, proteins, features, feature_hist, top_examples, quantile_examples,
+structure_tracks, concepts, concept_f1, groups, group_usage. The file is built under
+``<out>.tmp`` and renamed, so a reader never sees half an index. User labels live in
+a separate file (:func:`labels_path`) so that rebuilding never loses them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..checkpoint import WEIGHTS, check_compatible, load_sae, model_config_of
+from ..concepts import load_all
+from ..config import IndexConfig, auto_batch_tokens
+from ..checkpoint import hook_of, read_eval
+from ..fasta import SequenceError
+from ..plm import ProteinLM, load_plm
+from .concept_f1 import MAX_COVERAGE, MIN_DOMAINS, THRESHOLDS, concept_counts, concept_table
+from .enrichment import enrichment
+from .proteins import IndexBuildError, Item, collect, write_proteins
+from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, Reservoir, TopN, TrackSpill, protein_pairs
+from .tables import HIST_EDGES, SCHEMA, feature_map, hist_quantiles, quantile_frame, top_frame
+
+DENSE_FREQ = 0.1  # a feature firing on more than this fraction of residues is "dense"
+EXAMPLE_BLOCK = 2048  # features per block when the example tables are written
+
+
+def _ref_stat(sae, which: int, F: int) -> np.ndarray:
+    t = sae.display_stats()[which]
+    return np.full(F, np.nan) if t is None else t.detach().float().cpu().numpy().astype(np.float64)
+
+
+def _sweep_stale_scratch(folder: Path) -> None:
+    """Remove scratch folders left by an indexer that was killed (kill -9 skips its clean-up):
+    their names carry the builder's pid, and a folder whose pid is gone is stale."""
+    for d in folder.glob("esmsae_index_*"):
+        parts = d.name.split("_")
+        if len(parts) < 4 or not parts[2].isdigit():
+            continue
+        pid = int(parts[2])
+        try:
+            os.kill(pid, 0)
+            continue  # still running (or someone else's live build)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item] | None = None, progress: bool = True,
+                report: dict | None = None) -> Path:
+    """Build the DuckDB feature index of ``cfg.sae`` over a protein set; returns its path."""
+    t0 = time.time()
+    out = Path(cfg.out)
+    if not cfg.out:
+        raise IndexBuildError("IndexConfig.out: give the index file to write")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    sae, meta = load_sae(cfg.sae)
+    if plm is None:
+        plm = load_plm(model_config_of(meta, cfg.model))
+    check_compatible(meta, plm, strict_name=not cfg.model)
+    batch_tokens = cfg.batch_tokens or auto_batch_tokens(plm.cfg.device)
+    hook = hook_of(meta)
+    plm.check_hook(hook)
+    report = dict(report or {})
+    if items is None:
+        labelled = load_all(Path(cfg.concepts)) if cfg.concepts else []
+        items, report = collect(cfg, labelled)
+    if not items:
+        raise IndexBuildError("the protein set is empty (check --fasta / --concepts --add-labelled)")
+    F = sae.cfg.n_latents
+    if F > MAX_LATENTS:
+        raise IndexBuildError(f"the SAE has {F} latents; the index packs (residue, latent) pairs in 20 bits of latent id, "
+                              f"so at most {MAX_LATENTS} latents")
+    N = len(items)
+
+    source_of = {c: lab.source for it in items for lab in it.labels for c in lab.spans}  # concept names carry their source
+    concept_names = sorted(source_of)
+    concept_ids = {c: i for i, c in enumerate(concept_names)}
+    source_names = sorted({lab.source for it in items for lab in it.labels})
+    source_ids = {s: i for i, s in enumerate(source_names)}
+    concept_source = np.array([source_ids[source_of[c]] for c in concept_names], np.int64)
+    groupings = sorted({g for it in items for g in it.groups})
+    group_names = {g: sorted({it.groups[g] for it in items if g in it.groups}) for g in groupings}
+    group_ids = {g: {n: i for i, n in enumerate(names)} for g, names in group_names.items()}
+    n_fire_G = {g: np.zeros((len(group_names[g]), F), np.int64) for g in groupings}
+    sum_max_G = {g: np.zeros((len(group_names[g]), F), np.float64) for g in groupings}
+
+    # running per-feature statistics
+    fire_res_F = np.zeros(F, np.int64)
+    fire_prot_F = np.zeros(F, np.int64)
+    sum_F = np.zeros(F, np.float64)
+    max_F = np.zeros(F, np.float32)
+    hist_FH = np.zeros((F, len(HIST_EDGES) - 1), np.int64)
+    top = TopN(F, cfg.top_n)
+    res = Reservoir(F, cfg.reservoir, cfg.seed)
+    n_res = 0
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_db = out.with_name(out.name + ".tmp")
+    for p in (tmp_db, Path(str(tmp_db) + ".wal")):
+        p.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp_db))
+    con.execute(f"CREATE TABLE proteins ({SCHEMA['proteins']})")
+    _sweep_stale_scratch(out.parent)
+    scratch = Path(tempfile.mkdtemp(prefix=f"esmsae_index_{os.getpid()}_", dir=out.parent))
+    csr = CSRWriter(scratch)
+    spill = TrackSpill(scratch)
+    trim = HeapTrim()
+    skipped_model: list[str] = []
+    struct_rows: list[tuple] = []
+    order = sorted(range(N), key=lambda i: len(items[i].sequence))  # length-sorted: little padding
+    bar = tqdm(total=sum(len(it.sequence) for it in items), desc="index", unit="res", disable=not progress, unit_scale=True)
+    try:
+        batch: list[int] = []
+        budget = 0
+
+        def run(batch: list[int]) -> None:
+            nonlocal n_res
+            seqs = [items[i].sequence for i in batch]
+            try:
+                acts = [a[hook.name] for a in plm.embed(seqs, [hook])]
+            except SequenceError as e:
+                if cfg.on_invalid == "error":
+                    raise
+                skipped_model.append(str(e))
+                return
+            rows = []
+            for i, a_LD in zip(batch, acts):
+                with torch.no_grad():
+                    lat = sae.encode(a_LD)
+                acts_LK, idx_LK = lat.acts_BK.float().numpy(), lat.idx_BK.numpy()
+                nz = acts_LK > 0
+                r_R = np.nonzero(nz)[0].astype(np.int64)
+                f_R = idx_LK[nz].astype(np.int64)
+                v_R = acts_LK[nz]
+                L = a_LD.shape[0]
+                n_res += L
+                feats, vmax, counts, starts, r_sorted, v_sorted = protein_pairs(r_R, f_R, v_R)
+                fire_res_F[feats] += counts
+                fire_prot_F[feats] += 1
+                np.add.at(sum_F, f_R, v_R)
+                np.maximum.at(max_F, feats, vmax)
+                hb = np.clip(np.searchsorted(HIST_EDGES, v_R, side="right") - 1, 0, len(HIST_EDGES) - 2)
+                np.add.at(hist_FH, (f_R, hb), 1)
+                ends = np.r_[starts[1:], len(r_sorted)] if len(starts) else starts
+                tracks = [(r_sorted[s:e].astype(np.int32), v_sorted[s:e].astype(np.float32)) for s, e in zip(starts, ends)]
+                spilled: dict[int, tuple[int, int]] = {}
+
+                def put(j: int) -> tuple[int, int]:  # a track goes to disk once, when first kept
+                    if j not in spilled:
+                        spilled[j] = spill.put(*tracks[j])
+                    return spilled[j]
+                top.offer(feats, vmax, i, put)
+                res.offer(feats, vmax, i, put)
+                it = items[i]
+                for g, grp in it.groups.items():
+                    gi = group_ids[g][grp]
+                    n_fire_G[g][gi, feats] += 1
+                    sum_max_G[g][gi, feats] += vmax
+                if it.labels:
+                    csr.add(i, r_R, f_R, v_R)
+                if it.structure:  # full tracks of proteins with a structure, to colour it by any feature
+                    struct_rows.extend((i, int(f), float(m), t[0].tolist(), t[1].tolist()) for f, m, t in zip(feats, vmax, tracks))
+                rows.append((i, len(feats)))
+            write_proteins(con, items, rows)
+            trim()
+            bar.update(sum(len(s) for s in seqs))
+
+        for i in order:
+            L = len(items[i].sequence) + 2
+            cost = min(L, plm.max_residues + 2)
+            if batch and (len(batch) + 1) * max(cost, budget) > batch_tokens:
+                run(batch)
+                batch, budget = [], 0
+            batch.append(i)
+            budget = max(budget, cost)
+        if batch:
+            run(batch)
+        bar.close()
+        csr.close()
+
+        # ------------------------------------------------ features
+        n_done = int(con.execute("SELECT count(*) FROM proteins").fetchall()[0][0])
+        freq_res = fire_res_F / max(n_res, 1)
+        freq_prot = fire_prot_F / max(n_done, 1)
+        idf = np.log(max(n_done, 1) / np.maximum(fire_prot_F, 1))
+        mean_act = np.where(fire_res_F > 0, sum_F / np.maximum(fire_res_F, 1), 0.0)
+        qs = hist_quantiles(hist_FH, (0.5, 0.9, 0.99))
+
+        # ------------------------------------------------ concepts
+        conc = concept_counts(csr, items, max_F, concept_ids, source_ids)
+        n_res_C = np.zeros(len(concept_names), np.int64)
+        n_dom_C = np.zeros(len(concept_names), np.int64)
+        n_prot_C = np.zeros(len(concept_names), np.int64)
+        src_res = np.zeros(len(source_names), np.int64)
+        for i in set(csr.pidx):
+            for lab in items[i].labels:
+                for cname, spans in lab.spans.items():
+                    c = concept_ids[cname]
+                    n_res_C[c] += sum(y - x for x, y in spans)
+                    n_dom_C[c] += len(spans)
+                    n_prot_C[c] += 1
+            for s_name in {lab.source for lab in items[i].labels}:
+                src_res[source_ids[s_name]] += len(items[i].sequence)
+        coverage_C = n_res_C / np.maximum(src_res[concept_source], 1) if len(concept_names) else np.zeros(0)
+        f1_df, best = concept_table(conc, concept_names, concept_source, n_res_C, n_dom_C, coverage_C)
+
+        # ------------------------------------------------ groups
+        group_rows = []
+        usage_frames = []
+        top_group = np.array([""] * F, dtype=object)
+        members_G = {g: np.zeros(len(group_names[g]), np.int64) for g in groupings}
+        for it in items:
+            for g, grp in it.groups.items():
+                members_G[g][group_ids[g][grp]] += 1
+        for g in groupings:
+            n_prot = members_G[g]
+            enr = enrichment(n_fire_G[g], n_prot)
+            for gi, name in enumerate(group_names[g]):
+                group_rows.append((g, name, int(n_prot[gi])))
+            Gn, Fn = n_fire_G[g].shape
+            usage_frames.append(pd.DataFrame({
+                "grouping": g, "grp": np.repeat(group_names[g], Fn), "feature": np.tile(np.arange(Fn), Gn),
+                "n_proteins": np.repeat(n_prot, Fn), "n_fire": n_fire_G[g].ravel(),
+                "frac": (n_fire_G[g] / np.maximum(n_prot[:, None], 1)).ravel(),
+                "mean_act": (sum_max_G[g] / np.maximum(n_prot[:, None], 1)).ravel(),
+                "log_odds": enr["log_odds"].ravel(), "p": enr["p"].ravel(), "q": enr["q"].ravel()}))
+            if g == "kingdom" or (g == groupings[0] and "kingdom" not in groupings):
+                lo = np.where(n_fire_G[g] > 0, enr["log_odds"], -np.inf)
+                best_g = lo.argmax(0)
+                top_group = np.where(fire_prot_F > 0, np.array(group_names[g], dtype=object)[best_g], "")
+
+        # ------------------------------------------------ feature map
+        W_dec = sae.W_dec.detach().float().numpy()
+        umap_xy, cluster = feature_map(W_dec, cfg.seed, cfg.umap)
+
+        features = pd.DataFrame({
+            "feature": np.arange(F), "freq_residue": freq_res, "freq_protein": freq_prot, "n_proteins": fire_prot_F,
+            "n_residues": fire_res_F, "max_act": max_F, "mean_act": mean_act, "q50": qs[:, 0], "q90": qs[:, 1], "q99": qs[:, 2],
+            "dead": fire_res_F == 0, "dense": freq_res > DENSE_FREQ, "idf": idf,
+            "best_concept": best["concept"], "best_f1": best["f1"], "best_threshold": best["threshold"],
+            "best_precision": best["precision"], "best_recall": best["recall"],
+            "label": np.where(best["f1"] > 0.5, best["concept"], ""), "top_group": top_group,
+            "cluster": cluster, "umap_x": umap_xy[:, 0], "umap_y": umap_xy[:, 1],
+            # reference display statistics shipped with the SAE (NaN when it has none)
+            "ref_max": _ref_stat(sae, 0, F), "ref_idf": _ref_stat(sae, 1, F)})
+        con.register("features_df", features)
+        con.execute("CREATE TABLE features AS SELECT * FROM features_df")
+        hist_f, hist_b = np.nonzero(hist_FH)
+        con.register("hist_df", pd.DataFrame({"feature": hist_f, "bin_lo": HIST_EDGES[hist_b], "bin_hi": HIST_EDGES[hist_b + 1], "count": hist_FH[hist_f, hist_b]}))
+        con.execute("CREATE TABLE feature_hist AS SELECT * FROM hist_df")
+        spill.finish()
+        # written in blocks of features, in feature order (DuckDB keeps insertion order), so the
+        # tracks in memory at once are bounded by the block, not by the whole index
+        for lo in range(0, F, EXAMPLE_BLOCK):
+            hi = min(F, lo + EXAMPLE_BLOCK)
+            verb = "CREATE TABLE {} AS" if lo == 0 else "INSERT INTO {}"
+            con.register("top_df", top_frame(top, spill, lo, hi))
+            con.execute(verb.format("top_examples") + " SELECT * FROM top_df ORDER BY feature, rank")
+            con.register("q_df", quantile_frame(res, spill, max_F, cfg.quantile_bins, cfg.per_bin, lo, hi))
+            con.execute(verb.format("quantile_examples") + " SELECT * FROM q_df ORDER BY feature, bin, max_act DESC")
+            con.unregister("top_df")
+            con.unregister("q_df")
+        con.register("struct_df", pd.DataFrame(struct_rows, columns=["pidx", "feature", "max_act", "positions", "values"]))
+        con.execute("CREATE TABLE structure_tracks AS SELECT * FROM struct_df ORDER BY feature, max_act DESC")
+        con.register("concepts_df", pd.DataFrame({"concept": concept_names, "source": [source_names[s] for s in concept_source],
+                                                  "n_residues": n_res_C, "n_domains": n_dom_C, "n_proteins": n_prot_C,
+                                                  "coverage": coverage_C, "best_eligible": (n_dom_C >= MIN_DOMAINS) & (coverage_C <= MAX_COVERAGE)}))
+        con.execute("CREATE TABLE concepts AS SELECT * FROM concepts_df")
+        con.register("f1_df", f1_df)
+        con.execute("CREATE TABLE concept_f1 AS SELECT * FROM f1_df ORDER BY feature, f1 DESC")
+        con.register("groups_df", pd.DataFrame(group_rows, columns=["grouping", "grp", "n_proteins"]))
+        con.execute("CREATE TABLE groups AS SELECT * FROM groups_df")
+        usage = pd.concat(usage_frames) if usage_frames else pd.DataFrame(columns=["grouping", "grp", "feature", "n_proteins", "n_fire", "frac", "mean_act", "log_odds", "p", "q"])
+        con.register("usage_df", usage)
+        con.execute("CREATE TABLE group_usage AS SELECT * FROM usage_df WHERE n_fire > 0 ORDER BY grouping, feature")
+        wsha = hashlib.sha256((Path(cfg.sae) / WEIGHTS).read_bytes()).hexdigest()[:16]
+        info = {
+            "esmsae_version": __version__, "sae": str(cfg.sae), "sae_sha256": wsha, "sae_cfg": meta, "eval": read_eval(cfg.sae),
+            "model": plm.name, "hook": hook.name, "layer": hook.layer, "site": hook.site, "n_latents": F, "d_in": sae.d_in,
+            "n_proteins": n_done, "n_residues": int(n_res), "thresholds": list(THRESHOLDS), "top_n": cfg.top_n,
+            "quantile_bins": cfg.quantile_bins, "per_bin": cfg.per_bin, "build_seconds": round(time.time() - t0, 1),
+            "skipped_model": len(skipped_model), "skipped_examples": skipped_model[:20], "collect": report,
+            "index_config": asdict(cfg), "normalisations": {"raw": "SAE activation", "max": "activation / feature max (0..1)",
+                                                            "idf": "activation / feature max x IDF, IDF = log(N proteins / proteins where it fires)"},
+        }
+        con.execute(f"CREATE TABLE meta ({SCHEMA['meta']})")
+        con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, default=str)) for k, v in info.items()])
+        con.execute("CHECKPOINT")
+        con.close()
+        os.replace(tmp_db, out)
+    except BaseException:
+        try:
+            con.close()
+        except Exception:
+            pass
+        tmp_db.unlink(missing_ok=True)
+        raise
+    finally:
+        spill.fh.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out

@@ -1,0 +1,185 @@
+"""The protein set of an index: FASTA proteins, labelled proteins and grouping files,
+de-duplicated by sequence, with labels, taxonomy and group memberships attached."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from ..concepts import Labeled, kingdom_of
+from ..config import IndexConfig
+from ..fasta import Protein, clean_sequence, parse_header, read_proteins
+
+
+class IndexBuildError(ValueError):
+    """Bad index input (grouping file, protein set); the message names the item."""
+
+
+@dataclass
+class Item(Protein):
+    """One protein to index: a FASTA protein plus taxonomy, labels, structure and groups."""
+
+    kingdom: str = ""
+    lineage: str = ""
+    source: str = ""
+    structure: str = ""
+    chain: str = ""
+    labels: list[Labeled] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)  # grouping -> group
+
+
+def md5(seq: str) -> str:
+    return hashlib.md5(seq.encode()).hexdigest()
+
+
+def grouping_json(text: str, name: str) -> Iterator[tuple[str, str, str]]:
+    """(group, header, sequence) from esm-sae style JSON ``{group: [[sequence, header], ...]}``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IndexBuildError(f"{name}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise IndexBuildError(f"{name}: expected an object {{group: [[sequence, header], ...]}}")
+    for group, members in data.items():
+        if not isinstance(members, list):
+            raise IndexBuildError(f"{name}: group {group!r} is not a list of [sequence, header] pairs")
+        for j, m in enumerate(members):
+            if not (isinstance(m, (list, tuple)) and len(m) >= 1 and isinstance(m[0], str)):
+                raise IndexBuildError(f"{name}: group {group!r}, entry {j}: expected [sequence, header]")
+            header = m[1] if len(m) > 1 and isinstance(m[1], str) else f"{group}_{j}"
+            yield str(group), header, clean_sequence(m[0], f"{name} group {group!r} entry {j}")
+
+
+def grouping_tsv(text: str, name: str) -> list[tuple[str, str]]:
+    """(protein id, group) pairs of a ``protein_id<TAB>group`` file (an ``id<TAB>group`` header is allowed)."""
+    pairs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise IndexBuildError(f"{name}, line {n}: expected 'protein_id<TAB>group', got {line[:80]!r}")
+        if n == 1 and parts[0].lower() in ("id", "protein", "protein_id"):
+            continue
+        pairs.append((parts[0].strip(), parts[1].strip()))
+    return pairs
+
+
+def read_grouping(path: str | os.PathLike) -> tuple[str, dict[str, str], list[Protein]]:
+    """A grouping file -> (grouping name, {protein id or 'md5:<hash>': group}, extra proteins).
+
+    TSV: ``protein_id<TAB>group`` per line (a header line ``id<TAB>group`` is allowed).
+    JSON: ``{group: [[sequence, header], ...]}`` as in esm-sae's sampled_sequences.json; those
+    proteins are matched by sequence and added to the set when not already there.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"grouping file not found: {path}")
+    name = path.stem
+    mapping: dict[str, str] = {}
+    extra: list[Protein] = []
+    if path.suffix == ".json":
+        for group, header, seq in grouping_json(path.read_text(), path.name):
+            pid, desc, org, taxid = parse_header(header)
+            extra.append(Protein(pid, seq, desc, org, taxid))
+            mapping["md5:" + md5(seq)] = group
+        return name, mapping, extra
+    return name, dict(grouping_tsv(path.read_text(), str(path))), extra
+
+
+INHERITED = ("organism", "taxid", "kingdom", "lineage", "structure", "chain", "description")
+
+
+def fill_missing(dst, src) -> None:
+    """Copy metadata that ``dst`` lacks from ``src`` (another record of the same sequence)."""
+    for k in INHERITED:
+        if not getattr(dst, k, None) and getattr(src, k, None):
+            setattr(dst, k, getattr(src, k))
+
+
+def collect(cfg: IndexConfig, labelled: list[Labeled] | None = None, skipped: list | None = None) -> tuple[list[Item], dict[str, Any]]:
+    """Protein set of an index: FASTA proteins (+ labelled proteins, + grouping-file proteins),
+    de-duplicated by sequence, with labels, taxonomy and group memberships attached."""
+    report: dict[str, Any] = {"skipped_invalid": 0, "duplicate_sequences": 0, "unknown_group_ids": {}}
+    items: dict[str, Item] = {}
+    ids: dict[str, str] = {}
+
+    def add(item: Item) -> Item:
+        h = md5(item.sequence)
+        if h in items:
+            report["duplicate_sequences"] += 1
+            old = items[h]
+            fill_missing(old, item)
+            old.labels += item.labels
+            if item.source and item.source not in old.source.split(","):
+                old.source += "," + item.source
+            return old
+        if item.id in ids:
+            item.id = f"{item.id}#{len(items)}"
+        ids[item.id] = h
+        items[h] = item
+        return item
+
+    sk: list = [] if skipped is None else skipped
+    for f in cfg.fasta:
+        for p in read_proteins(f, on_invalid=cfg.on_invalid, skipped=sk):
+            add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom=kingdom_of(p.taxid), source=Path(f).name.split(".")[0]))
+    report["skipped_invalid"] = len(sk)
+    for lab in labelled or []:
+        h = md5(lab.sequence)
+        if h in items:
+            items[h].labels.append(lab)
+            fill_missing(items[h], lab)
+        elif cfg.add_labelled:
+            add(Item(lab.id, lab.sequence, "", lab.organism, lab.taxid, kingdom=lab.kingdom, lineage=lab.lineage, source=lab.source,
+                                 structure=lab.structure, chain=lab.chain, labels=[lab]))
+    for gf in cfg.groups:
+        name, mapping, extra = read_grouping(gf)
+        for p in extra:
+            if md5(p.sequence) not in items:
+                add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom=kingdom_of(p.taxid), source=name))
+        unknown = 0
+        for key, group in mapping.items():
+            # ids as in the FASTA header's first word, or as parsed (sp|P12345|NAME -> P12345)
+            h = key[4:] if key.startswith("md5:") else ids.get(key) or ids.get(parse_header(key)[0])
+            if h is None or h not in items:
+                unknown += 1
+                continue
+            items[h].groups[name] = group
+        if unknown == len(mapping) and mapping:
+            raise IndexBuildError(f"{gf}: none of its {len(mapping)} protein ids is in the protein set (first: {next(iter(mapping))!r})")
+        report["unknown_group_ids"][name] = unknown
+    out = list(items.values())
+    for it in out:
+        it.kingdom = it.kingdom or kingdom_of(it.taxid, it.lineage)
+        if it.kingdom:
+            it.groups.setdefault("kingdom", it.kingdom)
+        if it.organism:
+            it.groups.setdefault("organism", it.organism)
+        if it.lineage:
+            ranks = [r.strip() for r in it.lineage.split(";")]
+            if len(ranks) > cfg.lineage_rank:
+                it.groups.setdefault("lineage", ranks[cfg.lineage_rank])
+    if cfg.max_proteins:
+        out = out[: cfg.max_proteins]
+    return out, report
+
+
+def write_proteins(con, items: list[Item], rows: list[tuple[int, int]]) -> None:
+    if not rows:
+        return
+    recs = []
+    for i, n_act in rows:
+        it = items[i]
+        recs.append((i, it.id, it.description, len(it.sequence), it.sequence, it.organism, it.taxid if it.taxid is not None else -1,
+                     it.kingdom, it.lineage, it.source, ",".join(sorted({lab.source for lab in it.labels})), it.structure, it.chain, n_act))
+    df = pd.DataFrame(recs, columns=["pidx", "id", "description", "length", "sequence", "organism", "taxid", "kingdom", "lineage",
+                                     "source", "label_sources", "structure", "chain", "n_active_features"])
+    con.register("_new_proteins", df)
+    con.execute("INSERT INTO proteins SELECT * FROM _new_proteins")
+    con.unregister("_new_proteins")

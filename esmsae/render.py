@@ -1,0 +1,154 @@
+"""Rendering for the app: per-residue tracks and structure viewers (HTML) and plotly figures.
+Everything here is a pure function of data the pages pass in; :mod:`esmsae.explore` holds the
+queries. Text from files and users is escaped before it reaches HTML or a script."""
+from __future__ import annotations
+
+import html
+import io
+import json
+
+import numpy as np
+import pandas as pd
+
+
+def script_json(obj) -> str:
+    """JSON safe to embed inside an HTML ``<script>``: ``<``, ``>``, ``&`` and the JS line
+    separators are escaped, so a file containing ``</script>`` cannot close the script."""
+    return (json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+class StructureError(ValueError):
+    pass
+
+
+def parse_structure(text: str, fmt: str) -> dict[str, tuple[str, list[int]]]:
+    """Chains of a PDB / mmCIF text -> {chain: (sequence, residue numbers)} (amino acids only)."""
+    import warnings
+
+    from Bio.PDB import MMCIFParser, PDBParser
+    from Bio.PDB.Polypeptide import is_aa
+    from Bio.SeqUtils import seq1
+
+    if not text.strip():
+        raise StructureError("the structure file is empty")
+    parser = MMCIFParser(QUIET=True) if fmt in ("cif", "mmcif") else PDBParser(QUIET=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = parser.get_structure("x", io.StringIO(text))
+    except Exception as e:  # Bio raises a variety of errors on broken files
+        raise StructureError(f"could not read this {fmt.upper()} file: {e}") from e
+    models = list(s)
+    if not models:
+        raise StructureError(f"no models with atoms in this {fmt.upper()} file")
+    chains = {}
+    for ch in models[0]:
+        # standard residues, plus modified amino acids written as HETATM (e.g. TPO), as in the atom sequence
+        res = [r for r in ch if (r.id[0] == " " and is_aa(r, standard=False)) or (r.id[0].startswith("H_") and "CA" in r and "N" in r)]
+        if res:
+            seq = "".join(seq1(r.get_resname(), undef_code="X") for r in res)
+            chains[ch.id] = (seq, [r.id[1] for r in res])
+    if not chains:
+        raise StructureError(f"no protein chains found in this {fmt.upper()} file")
+    return chains
+
+
+def structure_html(text: str, fmt: str, chain: str, resi: list[int], values: np.ndarray, vmax: float, height: int = 420,
+                   js_src: str = "/app/static/3Dmol-min.js") -> str:
+    """A 3Dmol.js viewer (served locally, no CDN) with the chain's cartoon coloured by activation."""
+    vmax = vmax if vmax > 0 else 1.0
+    colors = {int(r): _hex(float(v) / vmax) for r, v in zip(resi, values)}
+    payload = script_json(text)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><script src="{html.escape(js_src)}"></script>
+<style>html,body{{margin:0;height:100%;background:#fff}}#v{{width:100%;height:{height}px;position:relative}}
+#err{{font:14px sans-serif;color:#a00;padding:8px}}</style></head><body><div id="v"></div><div id="err"></div><script>
+(function(){{
+  if (typeof $3Dmol === "undefined") {{ document.getElementById("err").textContent = {script_json("3Dmol.js could not be loaded from " + js_src)}; return; }}
+  var v = $3Dmol.createViewer(document.getElementById("v"), {{backgroundColor: "white"}});
+  v.addModel({payload}, "{'cif' if fmt in ('cif', 'mmcif') else 'pdb'}");
+  var colors = {script_json(colors)};
+  v.setStyle({{}}, {{}});  // other chains hidden: the view is about this chain
+  v.setStyle({{chain: {script_json(chain)}, hetflag: false}}, {{cartoon: {{colorfunc: function(a) {{ return colors[a.resi] || "#f2f2f2"; }}}}}});
+  v.zoomTo({{chain: {script_json(chain)}}}); v.render();
+  window.esmsaeViewer = v;
+}})();
+</script></body></html>"""
+
+
+def _hex(x: float) -> str:
+    """White -> red ramp for an activation in [0, 1]."""
+    x = min(max(x, 0.0), 1.0)
+    g = int(round(245 * (1 - x) + 10))
+    return f"#ff{g:02x}{g:02x}" if x > 0 else "#f2f2f2"
+
+
+# ---------------------------------------------------------------- tracks and figures
+def track_html(sequence: str, positions, values, vmax: float, highlight: int | None = None, title: str = "") -> str:
+    """Per-residue activation track: every residue coloured by activation; hover shows
+    residue, position (1-based) and value."""
+    vals = np.zeros(len(sequence))
+    pos = np.asarray(positions, int)
+    if len(pos):
+        vals[pos] = np.asarray(values, float)
+    vmax = vmax if vmax > 0 else 1.0
+    cells = []
+    for i, aa in enumerate(sequence):
+        v = vals[i]
+        style = f"background:{_hex(v / vmax)}" + (";outline:2px solid #333" if highlight == i else "")
+        cells.append(f'<span title="{html.escape(aa)}{i + 1}: {v:.3f}" style="{style}">{html.escape(aa)}</span>')
+    head = f'<div class="esmsae-track-title">{html.escape(title)}</div>' if title else ""
+    return (f'{head}<div class="esmsae-track" style="font-family:monospace;font-size:12px;line-height:1.5;word-break:break-all;'
+            f'letter-spacing:0.5px">{"".join(cells)}</div>')
+
+
+def freq_histogram(features: pd.DataFrame):
+    import plotly.express as px
+
+    df = features[features["freq_residue"] > 0].assign(log10_freq=lambda d: np.log10(d["freq_residue"]))
+    fig = px.histogram(df, x="log10_freq", nbins=50, labels={"log10_freq": "log10 firing frequency (per residue)"})
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title="Feature frequency")
+    return fig
+
+
+def feature_map(index, color: str = "best_concept"):
+    """UMAP of decoder directions, one WebGL point per feature."""
+    import plotly.express as px
+
+    df = index.q("SELECT feature, umap_x, umap_y, best_concept, best_f1, freq_residue, cluster, dead, label FROM features")
+    df["log10_freq"] = np.log10(df["freq_residue"].clip(lower=1e-7))
+    df["best_concept"] = np.where(df["best_f1"] > 0.5, df["best_concept"], "(none > 0.5)")
+    c = "log10_freq" if color == "frequency" else "best_concept"
+    fig = px.scatter(df, x="umap_x", y="umap_y", color=c, hover_data=["feature", "label", "best_f1", "freq_residue"],
+                     render_mode="webgl", custom_data=["feature"])
+    fig.update_traces(marker=dict(size=4))
+    fig.update_layout(height=520, margin=dict(l=10, r=10, t=30, b=10), title="Feature map (UMAP of decoder directions)",
+                      legend=dict(font=dict(size=9)))
+    return fig
+
+
+def activation_hist(hist: pd.DataFrame):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(x=np.sqrt(hist["bin_lo"].clip(lower=1e-4) * hist["bin_hi"]), y=hist["count"], width=(hist["bin_hi"] - hist["bin_lo"])))
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Activation histogram (residues)", xaxis_title="activation",
+                      yaxis_title="residues")
+    return fig
+
+
+def group_bar(df: pd.DataFrame, grouping: str):
+    import plotly.express as px
+
+    fig = px.bar(df, x="grp", y="frac", hover_data=["n_fire", "n_proteins", "mean_act", "log_odds", "q"],
+                 labels={"grp": grouping, "frac": "fraction of proteins where it fires"})
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title=f"Usage by {grouping}")
+    return fig
+
+
+def heatmap(m: pd.DataFrame, title: str, xlab: str = "feature", ylab: str = ""):
+    import plotly.express as px
+
+    fig = px.imshow(m.values, x=[str(c) for c in m.columns], y=[str(i) for i in m.index], aspect="auto",
+                    color_continuous_scale="Reds", labels=dict(x=xlab, y=ylab, color="value"))
+    fig.update_layout(height=max(250, 22 * len(m.index) + 120), margin=dict(l=10, r=10, t=40, b=10), title=title)
+    return fig

@@ -1,0 +1,83 @@
+"""Bad input, as a new user gives it: each answer names the problem, and nothing already written is lost."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esmsae.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_LM = ROOT / "data" / "demo" / "model"
+
+
+def test_empty_fasta_is_an_error_and_leaves_no_store(tmp_path, capsys):
+    empty = tmp_path / "empty.fasta"
+    empty.write_text("")
+    assert main(["embed", "--model", str(DEMO_LM), "--fasta", str(empty), "--store", str(tmp_path / "s"), "--layers", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "empty.fasta: no proteins to embed" in err and not (tmp_path / "s").exists()
+    bad = tmp_path / "bad.fasta"
+    bad.write_text(">a\nMK1V\n>b\nJJJ\n")
+    assert main(["embed", "--model", str(DEMO_LM), "--fasta", str(bad), "--store", str(tmp_path / "s"), "--layers", "3",
+                 "--on-invalid", "skip"]) == 2
+    assert "every record was invalid and skipped (2" in capsys.readouterr().err
+
+
+def test_windows_line_endings_read_like_unix(tmp_path):
+    crlf = tmp_path / "crlf.fasta"
+    crlf.write_bytes(b">p1 test\r\nMKTAYIAK\r\nQRQISF\r\n>p2\r\nMKV\r\n")
+    from esmsae.fasta import read_proteins
+
+    assert [(p.id, p.sequence) for p in read_proteins(crlf)] == [("p1", "MKTAYIAKQRQISF"), ("p2", "MKV")]
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    shutil.copytree(ROOT / "data" / "demo" / "sae", ck, ignore=shutil.ignore_patterns("eval.json"))
+    w = ck / "sae.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 3])
+    from esmsae.checkpoint import load_sae
+
+    with pytest.raises(ValueError, match=r"sae\.safetensors cannot be read \(truncated or corrupt\?\)"):
+        load_sae(ck)
+    assert main(["export", str(ck), "--format", "saelens", "--out", str(tmp_path / "o")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, want", [
+    (["--lr", "nan"], "TrainConfig.lr: must be a finite number"),
+    (["--lr", "inf"], "TrainConfig.lr: must be a finite number"),
+    (["--k", "-3"], "SAEConfig.k"),
+    (["--k", "99999"], "SAEConfig.k"),
+    (["--token-budget", "0"], "TrainConfig.token_budget"),
+])
+def test_training_options_are_checked(tmp_path, capsys, args, want):
+    assert main(["train", "--store", str(tmp_path / "nostore"), "--out", str(tmp_path / "o"), *args]) == 2
+    assert want in capsys.readouterr().err
+
+
+def test_a_bad_layer_list_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["embed", "--fasta", "x.fasta", "--store", str(tmp_path / "s"), "--layers", "3,x"])
+    assert "expected comma-separated integers, got '3,x'" in capsys.readouterr().err
+    from esmsae.config import ConfigError, parse_int_list
+
+    with pytest.raises(ConfigError, match="hook.layers: expected comma-separated whole numbers, got '3,x'"):
+        parse_int_list("3,x", "hook.layers")
+
+
+def test_stale_index_scratch_of_a_killed_indexer_is_swept(tmp_path):
+    from esmsae.index.build import _sweep_stale_scratch
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()  # a pid that no longer runs, as after kill -9
+    stale = tmp_path / f"esmsae_index_{p.pid}_abc"
+    live = tmp_path / f"esmsae_index_{os.getpid()}_def"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "tracks.bin").write_bytes(b"x")
+    _sweep_stale_scratch(tmp_path)
+    assert not stale.exists() and live.exists()

@@ -1,0 +1,50 @@
+"""The app's read path against concurrent writers: rebuilt indexes and label saves."""
+import json
+import os
+import threading
+
+import duckdb
+
+from esmsae.explore import FeatureIndex, get_labels, set_label
+
+
+def _fake_index(path, n_latents):
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE meta (key VARCHAR, value VARCHAR)")
+    con.execute("INSERT INTO meta VALUES ('n_latents', ?)", [json.dumps(n_latents)])
+    con.close()
+
+
+def test_a_rebuilt_index_is_seen_by_new_readers(tmp_path):
+    path = tmp_path / "index.duckdb"
+    _fake_index(path, 80)
+    old = FeatureIndex(path)
+    assert old.n_features == 80
+    _fake_index(tmp_path / "new.duckdb", 483)
+    os.replace(tmp_path / "new.duckdb", path)  # what a rebuild does
+    # a session opening the index now must see the new file, while the old reader keeps working
+    assert FeatureIndex(path).n_features == 483
+    assert int(old.q("SELECT value FROM meta").iloc[0, 0]) == 80
+
+
+def test_concurrent_label_saves_and_reads(tmp_path):
+    path = tmp_path / "index.duckdb"
+    _fake_index(path, 10)
+    errors = []
+
+    def session(t):
+        try:
+            for i in range(15):
+                set_label(path, t * 100 + i, f"s{t} l{i}")
+                get_labels(path)
+        except Exception as e:  # noqa: BLE001 - any error is the failure
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=session, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    labels = get_labels(path)
+    assert len(labels) == 90 and labels[503] == "s5 l3"

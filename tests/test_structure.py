@@ -1,0 +1,94 @@
+"""Package structure: no import cycles, every module imports alone, the light entry points stay light."""
+import ast
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "esmsae"
+
+
+def _modules() -> list[str]:
+    out = []
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out.append(".".join(parts))
+    return out
+
+
+def _module_level_imports(mod: str, everywhere: bool = False) -> set[str]:
+    """Intra-package modules imported by ``mod``: at module level, or (``everywhere``) also
+    inside functions, except a package's lazy ``__getattr__`` re-exports."""
+    path = ROOT / (mod.replace(".", "/") + ".py")
+    if not path.exists():
+        path = ROOT / mod.replace(".", "/") / "__init__.py"
+    pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+    deps = set()
+    tree = ast.parse(path.read_text())
+    lazy = {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "__getattr__" for n in ast.walk(f)}
+    nodes = [n for n in ast.walk(tree) if id(n) not in lazy] if everywhere else tree.body
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = pkg.split(".")
+            base = base[: len(base) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            names = [target + "." + a.name for a in node.names]
+            found = [n for n in names if n in ALL]
+            deps.update(found or ([target] if target in ALL else []))
+        elif isinstance(node, ast.Import):
+            deps.update(a.name for a in node.names if a.name in ALL)
+    deps.discard(mod)
+    return deps
+
+
+ALL = set(_modules())
+
+
+def _check_acyclic(graph: dict[str, set[str]]) -> None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph[m]):
+            assert state.get(d) != 1, "import cycle: " + " -> ".join(path[path.index(d):] + [d])
+            if d not in state:
+                visit(d)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_no_import_cycles():
+    graph = {m: _module_level_imports(m) for m in ALL}
+    _check_acyclic(graph)
+    # also counting imports inside functions (cli <-> demo and cli -> jobs -> cli were such cycles)
+    _check_acyclic({m: _module_level_imports(m, everywhere=True) for m in ALL})
+    # the splits this layout promises
+    assert "esmsae.cli" not in set().union(*(d for m, d in graph.items() if m != "esmsae.__main__")), "only __main__ imports the CLI"
+    assert graph["esmsae.explore"] <= {"esmsae.index.tables"} | {m for m in ALL if not m.startswith("esmsae.index")}
+
+
+def test_every_module_imports_alone():
+    def one(m: str):
+        p = subprocess.run([sys.executable, "-c", f"import {m}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        return m, p.returncode, p.stderr[-800:]
+
+    with ThreadPoolExecutor(2) as ex:
+        bad = [(m, err) for m, rc, err in ex.map(one, sorted(ALL - {"esmsae.__main__"})) if rc]
+    assert not bad, bad
+
+
+def test_light_entry_points_do_not_import_torch():
+    code = ("import sys\nfrom esmsae.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "import esmsae.explore, esmsae.index.tables, esmsae.pipeline\nprint('TORCH', 'torch' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "TORCH False" in p.stdout, p.stdout[-500:] + p.stderr[-800:]
