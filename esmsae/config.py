@@ -152,10 +152,6 @@ class HookConfig:
         _check(len(set(self.layers)) == len(self.layers), "HookConfig", "layers", f"has duplicates: {self.layers}")
         _check(self.site == "resid" or min(self.layers) >= 1, "HookConfig", "layers", f"site {self.site!r} has no layer 0 (blocks are 1-based)")
 
-    def names(self) -> list[str]:
-        return [hook_name(layer, self.site) for layer in self.layers]
-
-
 def hook_name(layer: int, site: str) -> str:
     return f"L{layer}_{site}"
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .concepts import PROTEOME_KINGDOM
+from .paths import shared_data
 from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig, TrainConfig
 from .fasta import parse_header, read_fasta
 
@@ -53,7 +54,7 @@ data are shared under CC BY 4.0 with the attributions above.
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"), help="the shared data folder")
+    p.add_argument("--shared", default=str(shared_data()), help="the shared data folder (ESMSAE_SHARED)")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "esmsae" / "demo_work"), help="work folder (resumable)")
     p.add_argument("--out", default=str(DEMO), help="bundle folder")
     p.add_argument("--model", default="", help="use this protein LM (e.g. facebook/esm2_t6_8M_UR50D) instead of training one")

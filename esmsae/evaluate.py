@@ -72,7 +72,6 @@ def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = 0.1, batch
         "dense_fraction": float((freq > dense_threshold).double().mean()),
         "dense_threshold": dense_threshold,
         "freq_histogram": {"log10_edges": edges.tolist(), "counts": counts.tolist(), "n_dead": int((fired == 0).sum())},
-        "_freq": freq.tolist(),
     }
 
 
@@ -145,7 +144,6 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
     split = "all" if imported and store_path != prov.get("store") else "heldout"
     t0 = time.perf_counter()
     rec = reconstruction_metrics(sae, (a for a, _, _ in store.iter_split(name, split, ecfg.max_tokens)), ecfg.dense_threshold)
-    freq = rec.pop("_freq")
     card: dict[str, Any] = {
         "checkpoint": str(sae_dir),
         "hook": name,
@@ -175,5 +173,4 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
             card["downstream"] = spliced_lm_loss(plm, sae, hook_of(meta), held["sequence"].tolist(), ecfg.mask_prob, ecfg.seed)
     card["eval_seconds"] = time.perf_counter() - t0
     save_json(card, sae_dir / EVAL)
-    np.save(sae_dir / "latent_freq.npy", np.asarray(freq, dtype=np.float32))
     return card

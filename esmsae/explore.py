@@ -20,16 +20,11 @@ import numpy as np
 import pandas as pd
 
 from .index.tables import labels_path
+from .paths import shared_data, workspace  # noqa: F401 (workspace: used by the pages)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
-SHARED_STRUCTURES = ROOT.parent / "shared" / "data" / "structures"
 
-
-
-def workspace() -> Path:
-    """Folder holding training runs started from the app (``ESMSAE_WORKSPACE``, default ./workspace)."""
-    return Path(os.environ.get("ESMSAE_WORKSPACE", ROOT / "workspace")).resolve()
 
 
 @dataclass(frozen=True)
@@ -288,7 +283,7 @@ def set_label(index_path: Path, feature: int, text: str) -> None:
 # ---------------------------------------------------------------- structures
 def structure_file(index: FeatureIndex, rel: str) -> Path | None:
     """Locate a structure named in the index: in the bundle (gzipped) or in shared/data."""
-    for base in (index.path.parent / "structures", SHARED_STRUCTURES):
+    for base in (index.path.parent / "structures", shared_data() / "structures"):
         for cand in (base / (rel + ".gz"), base / rel):
             if cand.exists():
                 return cand

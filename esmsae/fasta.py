@@ -5,7 +5,7 @@ import gzip
 import hashlib
 import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,7 +27,6 @@ class Protein:
     description: str = ""
     organism: str = ""
     taxid: int | None = None
-    meta: dict = field(default_factory=dict)
 
     @property
     def md5(self) -> str:

@@ -97,7 +97,6 @@ class ProteinLM:
         self.max_residues = cfg.max_residues or self.default_max_residues
         self.tokens = EsmTokens(vocab)
         self.cls_id, self.eos_id, self.pad_id, self.mask_id = self.tokens.cls, self.tokens.eos, self.tokens.pad, self.tokens.mask
-        self.vocab = list(vocab)
 
     # ---------------------------------------------------------------- description
     def describe(self) -> dict:

@@ -11,6 +11,28 @@ import numpy as np
 import pandas as pd
 
 
+def format_number(v) -> str:
+    """A metric value a person can read at a glance: thousands separators for counts, 3
+    significant digits for measurements, scientific notation for the very small."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    v = float(v)
+    if not np.isfinite(v):
+        return str(v)
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.2e}"
+    if abs(v) >= 1e4:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+PQ_COLUMNS = {"p": "%.2e", "q": "%.2e", "log_odds": "%.2f", "frac": "%.3f", "mean_act": "%.3g"}
+
+
 def script_json(obj) -> str:
     """JSON safe to embed inside an HTML ``<script>``: ``<``, ``>``, ``&`` and the JS line
     separators are escaped, so a file containing ``</script>`` cannot close the script."""
@@ -150,5 +172,7 @@ def heatmap(m: pd.DataFrame, title: str, xlab: str = "feature", ylab: str = ""):
 
     fig = px.imshow(m.values, x=[str(c) for c in m.columns], y=[str(i) for i in m.index], aspect="auto",
                     color_continuous_scale="Reds", labels=dict(x=xlab, y=ylab, color="value"))
+    # feature ids are names, not numbers: one column each, in the order given (cluster order)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=[str(c) for c in m.columns])
     fig.update_layout(height=max(250, 22 * len(m.index) + 120), margin=dict(l=10, r=10, t=40, b=10), title=title)
     return fig

@@ -340,9 +340,6 @@ class ActivationStore:
     def shards(self) -> list[dict]:
         return self.manifest["shards"]
 
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(**self.manifest["model"])
-
     def check_hook(self, name: str) -> None:
         if name not in self.hook_names:
             raise StoreError(f"{self.path} has no activations for {name!r}; it holds {self.hook_names}")

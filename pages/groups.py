@@ -5,7 +5,7 @@ import streamlit as st
 
 from esmsae.analyze import InputError, group_usage, read_uploaded_grouping
 from esmsae.explore import compare, enriched, group_heatmap
-from esmsae.render import heatmap
+from esmsae.render import PQ_COLUMNS, heatmap
 from esmsae.ui import analyzer_of, pick_run, require_index
 
 run = pick_run()
@@ -30,11 +30,15 @@ else:
     if st.session_state.get("group_upload_key") != key:
         try:
             groups, unknown = read_uploaded_grouping(up.name, up.getvalue(), idx.sequences)
-        except InputError as e:
-            st.error(str(e))
+        except (InputError, ValueError, UnicodeDecodeError) as e:  # a broken file: say what is wrong with it
+            st.error(f"{up.name}: {e}")
             st.stop()
         with st.spinner(f"Running the protein LM + SAE on {sum(map(len, groups.values()))} proteins..."):
-            st.session_state["group_upload_usage"] = group_usage(analyzer_of(run), groups)
+            try:
+                st.session_state["group_upload_usage"] = group_usage(analyzer_of(run), groups)
+            except (ValueError, OSError) as e:
+                st.error(f"Could not compute feature usage for {up.name}: {e}")
+                st.stop()
         st.session_state["group_upload_key"] = key
         st.session_state["group_upload_unknown"] = unknown
     usage = st.session_state["group_upload_usage"]
@@ -51,7 +55,8 @@ if not m.empty:
 groups_list = sizes.index.tolist()
 grp = st.selectbox("Most enriched features in group", groups_list, key="enriched_group")
 st.caption("One-sided Fisher's exact test against all other groups, Benjamini-Hochberg FDR (q); effect size = log odds ratio.")
-st.dataframe(idx.with_labels(enriched(usage, grp)), hide_index=True, key="enriched_table")
+st.dataframe(idx.with_labels(enriched(usage, grp)), hide_index=True, key="enriched_table",
+             column_config={c: st.column_config.NumberColumn(format=f) for c, f in PQ_COLUMNS.items()})
 if len(groups_list) >= 2:
     st.subheader("Two groups side by side")
     a, b = st.columns(2)

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from esmsae.render import feature_map, freq_histogram
+from esmsae.render import feature_map, format_number, freq_histogram
 from esmsae.ui import pick_run, require_index
 
 run = pick_run()
@@ -12,7 +12,7 @@ st.caption(f"Run **{run.name}** - checkpoint `{run.sae_dir}`")
 card = idx.card()
 cols = st.columns(6)
 for i, (k, v) in enumerate(card.items()):
-    cols[i % 6].metric(k, "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v)))
+    cols[i % 6].metric(k, format_number(v))
 left, right = st.columns([1, 2])
 feats = idx.features(hide_dead=False)
 with left:

@@ -7,7 +7,8 @@ import streamlit as st
 from esmsae import jobs
 from esmsae.config import ConfigError, field_specs, parse_int_list
 from esmsae.published import import_catalogue, parse_optional_int
-from esmsae.explore import DEMO, workspace
+from esmsae.explore import DEMO
+from esmsae.paths import shared_data, workspace
 from esmsae.train import read_metrics
 
 st.title("Train an SAE")
@@ -39,7 +40,7 @@ def widget(spec, container):
 
 specs = [s for sec, cls in jobs.SECTIONS.items() for s in field_specs(cls, sec) if (s.section, s.name) not in SKIP and s.kind != "path_list"]
 tab_train, tab_import = st.tabs(["Train an SAE", "Import a published SAE"])
-concepts = str(jobs.ROOT.parent / "shared" / "data") if (jobs.ROOT.parent / "shared" / "data").exists() else ""
+concepts = str(shared_data()) if shared_data().exists() else ""
 with tab_import:
     st.caption("A published SAE (hub id, or a local file/folder in its source's own layout) becomes an esmsae run: "
                "imported as a checkpoint, then indexed over a FASTA you choose. Model weights are needed for the index, "

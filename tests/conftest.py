@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from esmsae.fasta import read_fasta
+from esmsae.paths import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ESMSAE_SHARED", ROOT.parent / "shared" / "data"))
+SHARED = shared_data()
 ESM2_CONFIG = SHARED / "esm2_t6_8M_config"
 MGEN = SHARED / "uniprot" / "mgenitalium" / "mgenitalium.fasta"
 
