@@ -151,7 +151,7 @@ def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, li
 def group_usage(analyzer: "Analyzer", groups: dict[str, list[tuple[str, str]]]) -> pd.DataFrame:
     """Per group x feature: proteins where it fires, fraction, mean per-protein max, and
     enrichment against the other groups (log odds, one-sided Fisher, BH q), as in the index."""
-    from .index.enrichment import enrichment
+    from .index.group_stats import enrichment
 
     names = sorted(groups)
     F = analyzer.sae.cfg.n_latents

@@ -127,7 +127,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
 
         lcfg = from_args(LMTrainConfig, ns)
         report = train_lm(lcfg)
-        print(json.dumps({k: report[k] for k in ("heldout_ppl", "unigram_ppl", "steps", "tokens_seen", "finished")}))
+        print(json.dumps({k: report[k] for k in ("masked_ppl", "masked_unigram_ppl", "heldout_ppl", "unigram_ppl", "steps", "tokens_seen", "finished")}))
         return 0
     if ns.cmd == "job":
         from .jobs import run_job

@@ -84,7 +84,7 @@ class ModelConfig:
         "a local Hugging Face folder, a fair-esm .pt checkpoint, esmc_300m / esmc_600m, or a local ESM C weights file",
     )
     family: str = opt("auto", "Model family; 'auto' guesses from the name", choices=FAMILIES)
-    device: str = opt("cpu", "Torch device (cpu, cuda, cuda:1, mps)")
+    device: str = opt("cpu", "Torch device (cpu, cuda, cuda:1, mps)", ui=False)  # the app's jobs run where the app runs
     dtype: str = opt("float32", "Compute dtype of the protein LM", choices=("float32", "bfloat16", "float16"))
     max_residues: int = opt(
         0,
@@ -196,7 +196,7 @@ class SAEConfig:
     auxk_coef: float = opt(1 / 32, "AuxK loss weight for dead latents (Gao et al. 2024 use 1/32); 0 disables")
     auxk_k: int = opt(256, "Dead latents used by the AuxK loss per token")
     dead_tokens: int = opt(1_000_000, "A latent is dead when it has not fired in this many training tokens")
-    d_in: int = opt(0, "Input width (0 = taken from the activation store)")
+    d_in: int = opt(0, "Input width (0 = taken from the activation store)", ui=False)
     decode_denormalize: bool = opt(
         True, "Map reconstructions back to the input's scale (False only for SAEs that reconstruct in normalised space, "
         "like Biohub's ESM C SAEs)", ui=False)

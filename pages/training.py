@@ -9,13 +9,16 @@ from esmsae.config import ConfigError, field_specs, parse_int_list
 from esmsae.published import import_catalogue, parse_optional_int
 from esmsae.explore import DEMO
 from esmsae.paths import shared_data, workspace
+from esmsae.pipeline import SKIPS
 from esmsae.train import read_metrics
 
 st.title("Train an SAE")
 ws = workspace()
 MAIN = {("model", "name"), ("hook", "layers"), ("hook", "site"), ("embed", "fasta"), ("sae", "architecture"), ("sae", "n_latents"),
         ("sae", "k"), ("train", "lr"), ("train", "token_budget"), ("train", "batch_size")}
-SKIP = {("embed", "store"), ("train", "store"), ("train", "out"), ("train", "layers"), ("sae", "d_in"), ("model", "device")}
+# what the pipeline sets itself (store and run folders, the evaluation seed) is not asked for;
+# fields marked ui=False in esmsae.config never reach field_specs
+SKIP = {(sec, f) for sec, fields in SKIPS["pipeline"].items() for f in fields}
 DEFAULTS = {("model", "name"): str(DEMO / "model") if (DEMO / "model").exists() else "facebook/esm2_t6_8M_UR50D",
             ("embed", "fasta"): str(DEMO / "sample.fasta"), ("sae", "n_latents"): 1024, ("train", "token_budget"): 2_000_000,
             ("train", "batch_size"): 2048}

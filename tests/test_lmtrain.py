@@ -22,22 +22,33 @@ def test_masking_follows_80_10_10_and_skips_special_tokens():
 
 
 @pytest.mark.slow
-def test_lm_training_learns_and_loads_like_a_hub_model(tmp_path, shared, mgen_fasta):
-    fa = [str(shared / "af3_samples" / "uniref90__subsampled_1000.fasta")]
-    train, held, info = load_corpus(fa, 0.1)
+def test_lm_training_learns_context_and_loads_like_a_hub_model(tmp_path, shared):
+    """Known answer: every sequence repeats its own random 4-residue motif, so residues are
+    uniform (unigram perplexity 20) but a masked residue is fixed by its neighbours 4 away. A
+    model that uses context beats unigram at <mask> positions; one that only learns residue
+    frequencies cannot."""
+    import random
+
+    rng = random.Random(0)
+    aa = "ACDEFGHIKLMNPQRSTVWY"
+    fa = tmp_path / "periodic.fasta"
+    with open(fa, "w") as fh:
+        for i in range(2000):
+            motif = "".join(rng.choice(aa) for _ in range(4))
+            fh.write(f">s{i}\n{(motif * 20)[:60]}\n")
+    train, held, info = load_corpus([str(fa)], 0.1)
     assert info["unique"] == len(train) + len(held) and not set(train) & set(held)
-    cfg = LMTrainConfig(config_dir=str(shared / "esm2_t6_8M_config"), out=str(tmp_path / "lm"), fasta=fa,
+    cfg = LMTrainConfig(config_dir=str(shared / "esm2_t6_8M_config"), out=str(tmp_path / "lm"), fasta=[str(fa)],
                         holdout_fraction=0.1, crop=62, batch_tokens=64 * 32, lr=2e-3, warmup_steps=5,
-                        token_budget=64 * 32 * 40, checkpoint_every=10, eval_proteins=80)
+                        token_budget=64 * 32 * 40, checkpoint_every=20, eval_proteins=100)
     report = train_lm(cfg, progress=False)
     assert report["finished"] and report["steps"] == 40
-    # 80k tokens take a random model (perplexity ~33 = vocabulary guessing) down to the
-    # amino-acid-frequency baseline; beating it clearly needs the demo's millions of tokens
+    assert 18 < report["masked_unigram_ppl"] < 21  # uniform residues
+    assert report["masked_ppl"] < 0.7 * report["masked_unigram_ppl"], report  # measured 10.0 vs 20.0
     hist = [json.loads(x) for x in (tmp_path / "lm" / "lm_metrics.jsonl").read_text().splitlines()]
-    assert hist[-1]["heldout_ppl"] < hist[0]["heldout_ppl"] or hist[0]["heldout_ppl"] < 20
-    assert report["heldout_ppl"] < 1.03 * report["unigram_ppl"], report
+    assert [h["step"] for h in hist] == [20, 40] and hist[-1]["masked_ppl"] < hist[0]["masked_ppl"]
     saved = json.loads((tmp_path / "lm" / "lm_eval.json").read_text())
-    assert saved["corpus"]["heldout"] == len(held)
+    assert saved["corpus"]["heldout"] == len(held) and saved["masked_tokens"] < saved["heldout_masked_tokens"]
     plm = load_plm(ModelConfig(name=str(tmp_path / "lm")))
     assert plm.n_layers == 6 and plm.d_model == 320
     assert plm.embed(["MKTAYIAKQR"], [Hook(3, "resid")])[0]["L3_resid"].shape == (10, 320)

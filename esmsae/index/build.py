@@ -37,7 +37,7 @@ from ..checkpoint import hook_of, read_eval
 from ..fasta import SequenceError
 from ..plm import ProteinLM, load_plm
 from .concept_f1 import MAX_COVERAGE, MIN_DOMAINS, THRESHOLDS, concept_counts, concept_table
-from .enrichment import enrichment
+from .group_stats import enrichment
 from .proteins import IndexBuildError, Item, collect, write_proteins
 from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, Reservoir, TopN, TrackSpill, protein_pairs
 from .tables import HIST_EDGES, SCHEMA, feature_map, hist_quantiles, quantile_frame, top_frame
