@@ -100,9 +100,49 @@ def test_inspector_bad_input(env, text, msg):
 def test_groups(env):
     at = ok(page("groups"))
     assert "kingdom" in at.selectbox(key="grouping").options
-    assert at.dataframe  # enriched table
-    at.selectbox(key="grouping").set_value(at.selectbox(key="grouping").options[-1]).run()
-    assert not at.exception
+    idx = FeatureIndex(env / "tiny" / "L4_resid" / "index.duckdb")
+    for g in at.selectbox(key="grouping").options:
+        at.selectbox(key="grouping").set_value(g).run()
+        assert not at.exception
+        usage = idx.group_usage(g)
+        groups = at.selectbox(key="enriched_group").options
+        # groups listed by size, largest first
+        sizes = usage.groupby("grp")["n_proteins"].first()
+        assert [sizes[x] for x in groups] == sorted(sizes.values, reverse=True)
+        for grp in groups[:2]:
+            at.selectbox(key="enriched_group").set_value(grp).run()
+            got = at.dataframe[0].value
+            want = usage[(usage.grp == grp) & (usage.q <= 0.05)].sort_values("log_odds", ascending=False).head(20)
+            assert got["feature"].tolist() == want["feature"].tolist()  # the enriched table is exactly the significant rows, by effect
+            assert (got["q"] <= 0.05).all() and (got["grp"] == grp).all()
+        if len(groups) >= 2:
+            cmp_ = at.dataframe[1].value
+            a, b = at.selectbox(key="ga").value, at.selectbox(key="gb").value
+            f0 = int(cmp_["feature"].iloc[0])
+            fa = usage[(usage.grp == a) & (usage.feature == f0)]["frac"].sum()
+            fb = usage[(usage.grp == b) & (usage.feature == f0)]["frac"].sum()
+            assert cmp_["difference"].iloc[0] == pytest.approx(fa - fb)
+            assert abs(cmp_["difference"].iloc[0]) == pytest.approx(cmp_["difference"].abs().max())
+
+
+def test_enriched_and_compare_known_answer():
+    """The group tables on a usage frame with a known answer (the tiny index has no q < 0.05 feature)."""
+    import pandas as pd
+
+    from esmsae.explore import compare, enriched, group_heatmap
+
+    rows = []
+    for grp, fr in (("A", {0: 0.9, 1: 0.5, 2: 0.1}), ("B", {0: 0.1, 1: 0.5, 2: 0.2})):
+        for f, frac in fr.items():
+            q = 0.001 if (grp, f) == ("A", 0) else (0.04 if (grp, f) == ("B", 2) else 0.8)
+            rows.append({"grp": grp, "feature": f, "n_proteins": 100, "n_fire": int(frac * 100), "frac": frac, "mean_act": frac,
+                         "log_odds": {0: 4.4, 1: 0.0, 2: -0.8}[f] * (1 if grp == "A" else -1), "p": q / 3, "q": q})
+    usage = pd.DataFrame(rows)
+    assert enriched(usage, "A")["feature"].tolist() == [0]
+    assert enriched(usage, "B")["feature"].tolist() == [2]
+    c = compare(usage, "A", "B")
+    assert c["feature"].tolist()[:2] == [0, 2] and c["difference"].iloc[0] == pytest.approx(0.8)
+    assert list(group_heatmap(usage, 2).columns) == [0, 2]  # the largest spreads
 
 
 def test_uploaded_grouping(env, mgen_full, esm2_dir):

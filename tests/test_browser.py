@@ -117,11 +117,48 @@ def test_journey_inspector(server, browser):
     page.goto(f"{url}/inspector")
     box = page.get_by_label("Protein sequence or FASTA", exact=True)
     box.wait_for(timeout=90_000)
-    box.fill(">lysozyme\nKVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLCNIPCSALLSSDITASVNCAKKIVSDGNGMNAWVAWRNRCKGTDVQAWIRGCRL")
+    seq = "KVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLCNIPCSALLSSDITASVNCAKKIVSDGNGMNAWVAWRNRCKGTDVQAWIRGCRL"
+    box.fill(">lysozyme\n" + seq)
     page.get_by_role("button", name="Analyse").click()
     page.get_by_text("Features that fire most").wait_for(timeout=120_000)
-    page.get_by_text("Open feature").first.wait_for(timeout=30_000)
+    page.get_by_text(f"{len(seq)} residues - protein LM + SAE").wait_for(timeout=30_000)  # the whole sequence was analysed
+    import re
+
+    link = page.get_by_role("link", name=re.compile(r"Open feature \d+")).first
+    link.wait_for(timeout=30_000)
+    f = int(link.inner_text().split()[-1])
     page.screenshot(path=str(ART / "journey2_inspector.png"), full_page=True)
+    # the script has finished when its last element (the CSV download) is there: a click during a
+    # rerun can land on an element that is being replaced
+    page.get_by_role("button", name="Download activations (CSV)").wait_for(timeout=60_000)
+    time.sleep(1)
+    link.click()  # a top feature opens its own page
+    page.get_by_role("heading", name=re.compile(rf"^Feature {f}\b")).first.wait_for(timeout=90_000)
+    assert f"feature={f}" in page.url
+
+
+def test_journey_inspector_structure_upload(server, browser, shared):
+    """Upload a structure: its chain's sequence is read from the atoms, analysed and drawn in 3D."""
+    url, _ = server
+    page = _page(browser)
+    page.goto(f"{url}/inspector")
+    page.get_by_label("Protein sequence or FASTA", exact=True).wait_for(timeout=90_000)
+    page.locator("input[type=file]").first.set_input_files(str(shared / "structures" / "foldseek" / "1tim.pdb"))
+    page.get_by_text("1tim.pdb").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Analyse").click()
+    page.get_by_text("Features that fire most").wait_for(timeout=120_000)
+    page.get_by_text("1tim.pdb chain A").first.wait_for(timeout=30_000)  # the first chain is analysed, and named
+    frame_el = page.locator("iframe").last
+    frame_el.wait_for(timeout=60_000)
+    frame_el.content_frame.locator("canvas").first.wait_for(timeout=60_000)
+    time.sleep(3)
+    from io import BytesIO
+
+    from PIL import Image
+
+    img = np.asarray(Image.open(BytesIO(frame_el.screenshot())).convert("RGB")).astype(int)
+    assert img.std() > 5, "the uploaded structure is not drawn"
+    page.screenshot(path=str(ART / "journey2b_inspector_structure.png"), full_page=True)
 
 
 def test_journey_training(server, browser):
