@@ -30,11 +30,17 @@ def test_cli_pipeline_learns_on_real_uniref90_proteins(tmp_path, shared, esm2_di
     assert card["n_tokens"] > 2000
     assert card["fvu"] < 0.3, card  # the SAE learns: held-out FVU well below 1
     assert abs(card["l0"] - 16) < 1e-6
-    assert 0 <= card["dead_fraction"] < 0.9
+    # dead = never fired in the evaluated window: the count behind the fraction is reported and consistent
+    assert card["dead_window_tokens"] == card["n_tokens"]
+    assert card["freq_histogram"]["n_dead"] == round(card["dead_fraction"] * 1024)
+    assert sum(card["freq_histogram"]["counts"]) + card["freq_histogram"]["n_dead"] == 1024
     ds = card["downstream"]
     assert ds["n_masked_tokens"] > 100 and ds["ce_orig"] > 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 600000 // 1024 and rows[-1]["fvu"] < rows[0]["fvu"]
+    # over its 100k-token window AuxK keeps most latents alive (measured 12% dead; the held-out
+    # window of a few thousand tokens is far shorter, so more latents never fire there: 68%)
+    assert rows[-1]["dead_frac"] < 0.3, rows[-1]
     store = json.loads((out / "store" / "manifest.json").read_text())
     assert store["n_proteins"] == 400 and store["complete"]
 
