@@ -3,14 +3,22 @@ import streamlit as st
 
 st.set_page_config(page_title="esmsae", layout="wide")
 pages = [
-    st.Page("pages/overview.py", title="Overview", url_path="overview", default=True),
+    st.Page("pages/overview.py", title="Overview", url_path="overview"),
     st.Page("pages/features.py", title="Feature browser", url_path="features"),
     st.Page("pages/inspector.py", title="Sequence inspector", url_path="inspector"),
     st.Page("pages/groups.py", title="Group comparison", url_path="groups"),
     st.Page("pages/training.py", title="Training", url_path="training"),
 ]
+
+
+def _home():
+    # "/" opens the overview under its own address: Streamlit serves its default page only at "/",
+    # so /overview (a bookmark, a shared link) would otherwise be "Page not found"
+    st.switch_page(pages[0], query_params=dict(st.query_params))
+
+
 # our own sidebar links: with a pages/ folder Streamlit would otherwise also list the raw file names
-current = st.navigation(pages, position="hidden")
+current = st.navigation([st.Page(_home, title="Home", url_path="home", default=True), *pages], position="hidden")
 st.sidebar.markdown("### esmsae")
 for p in pages:
     st.sidebar.page_link(p)

@@ -40,7 +40,14 @@ def parse_input(text: str) -> list[tuple[str, str]]:
         raise InputError("No sequence found in the paste.")
     if len(prots) > MAX_SEQUENCES:
         raise InputError(f"{len(prots)} sequences pasted; the inspector takes at most {MAX_SEQUENCES} at a time.")
-    return [(p.id, p.sequence) for p in prots]
+    # names must be unique to be picked: a repeated id gets its record number ("x (record 2)")
+    seen: dict[str, int] = {}
+    out = []
+    for i, p in enumerate(prots, 1):
+        name = p.id if p.id not in seen else f"{p.id} (record {i})"
+        seen[p.id] = i
+        out.append((name, p.sequence))
+    return out
 
 
 @dataclass

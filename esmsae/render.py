@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -44,8 +45,24 @@ class StructureError(ValueError):
     pass
 
 
+def _resnum(label) -> int:
+    m = re.match(r"-?\d+", str(label))
+    return int(m.group(0)) if m else 0
+
+
+def chain_breaks(resi: list) -> list[int]:
+    """Residue numbers after which the chain has a gap (missing residues): the sequence read
+    from the atoms joins the pieces, so the app says where they are."""
+    nums = [_resnum(r) for r in resi]
+    return [a for a, b in zip(nums, nums[1:]) if b - a > 1]
+
+
 def parse_structure(text: str, fmt: str) -> dict[str, tuple[str, list[int]]]:
-    """Chains of a PDB / mmCIF text -> {chain: (sequence, residue numbers)} (amino acids only)."""
+    """Chains of a PDB / mmCIF text -> {chain: (sequence, residue numbers)} (amino acids only).
+
+    Residue labels are the residue number plus its insertion code ("52", "52A", "52B"), which is
+    how the 3D viewer's colouring tells inserted residues apart. Gaps (missing residues) are
+    reported by :func:`chain_breaks`."""
     import warnings
 
     from Bio.PDB import MMCIFParser, PDBParser
@@ -70,7 +87,7 @@ def parse_structure(text: str, fmt: str) -> dict[str, tuple[str, list[int]]]:
         res = [r for r in ch if (r.id[0] == " " and is_aa(r, standard=False)) or (r.id[0].startswith("H_") and "CA" in r and "N" in r)]
         if res:
             seq = "".join(seq1(r.get_resname(), undef_code="X") for r in res)
-            chains[ch.id] = (seq, [r.id[1] for r in res])
+            chains[ch.id] = (seq, [f"{r.id[1]}{r.id[2].strip()}" for r in res])
     if not chains:
         raise StructureError(f"no protein chains found in this {fmt.upper()} file")
     return chains
@@ -80,7 +97,7 @@ def structure_html(text: str, fmt: str, chain: str, resi: list[int], values: np.
                    js_src: str = "/app/static/3Dmol-min.js") -> str:
     """A 3Dmol.js viewer (served locally, no CDN) with the chain's cartoon coloured by activation."""
     vmax = vmax if vmax > 0 else 1.0
-    colors = {int(r): _hex(float(v) / vmax) for r, v in zip(resi, values)}
+    colors = {str(r): _hex(float(v) / vmax) for r, v in zip(resi, values)}
     payload = script_json(text)
     return f"""<!doctype html><html><head><meta charset="utf-8"><script src="{html.escape(js_src)}"></script>
 <style>html,body{{margin:0;height:100%;background:#fff}}#v{{width:100%;height:{height}px;position:relative}}
@@ -91,7 +108,7 @@ def structure_html(text: str, fmt: str, chain: str, resi: list[int], values: np.
   v.addModel({payload}, "{'cif' if fmt in ('cif', 'mmcif') else 'pdb'}");
   var colors = {script_json(colors)};
   v.setStyle({{}}, {{}});  // other chains hidden: the view is about this chain
-  v.setStyle({{chain: {script_json(chain)}, hetflag: false}}, {{cartoon: {{colorfunc: function(a) {{ return colors[a.resi] || "#f2f2f2"; }}}}}});
+  v.setStyle({{chain: {script_json(chain)}, hetflag: false}}, {{cartoon: {{colorfunc: function(a) {{ return colors[String(a.resi) + (a.icode ? String(a.icode).trim() : "")] || "#f2f2f2"; }}}}}});
   v.zoomTo({{chain: {script_json(chain)}}}); v.render();
   window.esmsaeViewer = v;
 }})();

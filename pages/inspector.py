@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from esmsae.analyze import InputError, parse_input
-from esmsae.render import StructureError, heatmap, parse_structure, structure_html, track_html
+from esmsae.render import StructureError, chain_breaks, heatmap, parse_structure, structure_html, track_html
 from esmsae.ui import analyzer_of, feature_link, index_of, pick_run
 
 run = pick_run()
@@ -19,6 +19,9 @@ go = st.button("Analyse", type="primary")
 
 if go:
     st.session_state.pop("inspect", None)
+    if up is not None and text.strip():
+        st.info(f"Both a paste and an uploaded structure are present: the structure {up.name} is analysed "
+                "(remove the upload to analyse the paste).")
     try:
         if up is not None:
             fmt = "cif" if up.name.lower().endswith(("cif", "mmcif")) else "pdb"
@@ -70,6 +73,10 @@ if state:
         raw, fmt, chains = state["structure"]
         chain = name.rsplit(" chain ", 1)[-1]
         cseq, resi = chains[chain]
+        gaps = chain_breaks(resi)
+        if gaps:
+            st.warning(f"Chain {chain} has {len(gaps)} break(s) (missing residues after residue "
+                       f"{', '.join(map(str, gaps[:10]))}{'...' if len(gaps) > 10 else ''}): the sequence analysed joins the modelled pieces.")
         dense = np.zeros(len(cseq))
         dense[pos] = vals
         st.iframe(structure_html(raw, fmt, chain, resi, dense, float(vals.max()) if len(vals) else 1.0), height=440)

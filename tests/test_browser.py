@@ -208,3 +208,18 @@ def _tiny_model(ws: Path) -> str:
     if not out.exists():
         save_initial_esm2(ROOT.parent / "shared" / "data" / "esm2_t6_8M_config", out)
     return str(out)
+
+
+def test_journey_addresses(server, browser):
+    """Every page answers at its own address, "/" included (the overview was "Page not found" at /overview)."""
+    url, _ = server
+    page = _page(browser)
+    for path, heading in (("/overview", "esmsae: sparse autoencoder features"), ("/", "esmsae: sparse autoencoder features"),
+                          ("/groups", "Group comparison"), ("/training", "Train an SAE")):
+        page.goto(url + path)
+        page.get_by_role("heading", name=heading).first.wait_for(timeout=90_000)
+        assert page.get_by_text("Page not found").count() == 0, path
+    assert page.url.endswith("/training")
+    page.goto(url + "/")
+    page.get_by_role("heading", name="esmsae: sparse autoencoder features").first.wait_for(timeout=90_000)
+    assert page.url.rstrip("/").endswith("/overview")  # "/" lands on the overview under its own address

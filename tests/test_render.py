@@ -34,3 +34,25 @@ def test_hostile_title_and_residues_in_tracks_are_escaped():
     out = track_html("MK<V", [0, 1], [1.0, 0.5], 1.0, title=EVIL)
     assert "<script>" not in out and "<img" not in out and "&lt;script&gt;" in out
     assert "&lt;" in out  # the '<' residue itself
+
+
+def _pdb(residues):
+    """A tiny PDB: (resname, resseq, icode) residues of chain A, backbone atoms only."""
+    lines, n = [], 1
+    for k, (name, num, ic) in enumerate(residues):
+        for atom, dx in (("N", 0.0), ("CA", 1.5), ("C", 3.0)):
+            lines.append(f"ATOM  {n:5d}  {atom:<3} {name} A{num:4d}{ic:1s}   {k * 3.8 + dx:8.3f}{0.0:8.3f}{0.0:8.3f}  1.00  0.00           {atom[0]}")
+            n += 1
+    return "\n".join(lines + ["END"]) + "\n"
+
+
+def test_insertion_codes_and_chain_breaks():
+    from esmsae.render import chain_breaks
+
+    text = _pdb([("ALA", 1, ""), ("GLY", 2, ""), ("GLY", 2, "A"), ("SER", 5, ""), ("LYS", 6, "")])
+    seq, resi = parse_structure(text, "pdb")["A"]
+    assert seq == "AGGSK" and resi == ["1", "2", "2A", "5", "6"]  # inserted residues keep their own label
+    assert chain_breaks(resi) == [2]  # residues 3-4 are missing
+    page = structure_html(text, "pdb", "A", resi, np.array([0.0, 0.0, 1.0, 0.0, 0.0]), 1.0)
+    assert '"2A": "#ff0a0a"' in page and '"2": "#f2f2f2"' in page  # 2 and 2A get their own colours
+    assert "a.icode" in page
