@@ -72,6 +72,7 @@ def read_cfg(folder: str | os.PathLike) -> dict[str, Any]:
     name = base.get("name", "")
     if name.startswith(("./", "../")):
         base["name"] = str((folder / name).resolve())
+        base["relative_to_checkpoint"] = name
     return meta
 
 
@@ -112,6 +113,11 @@ def model_config_of(meta: dict[str, Any], name: str = "") -> ModelConfig:
     rec["name"] = name or base.get("name") or rec.get("name", "")
     if not rec["name"]:
         raise ValueError("cfg.json records no base model; pass a model name")
+    if not name and base.get("relative_to_checkpoint") and not os.path.exists(rec["name"]):
+        raise FileNotFoundError(
+            f"the checkpoint records its base model relative to its own folder ({base['relative_to_checkpoint']!r}), "
+            f"and there is nothing at {rec['name']}: copy the model folder along with the checkpoint (as data/demo keeps "
+            "sae/ and model/ side by side) or name the model (--model / model_name)")
     rec["family"] = "auto" if name else base.get("family", rec.get("family", "auto"))
     return from_dict(ModelConfig, rec)
 

@@ -47,13 +47,24 @@ def list_runs(ws: Path | None = None, demo: Path | None = None) -> list[Run]:
     ws = workspace() if ws is None else ws
     if ws.exists():
         found = []
-        for cfg in ws.glob("*/*/cfg.json"):
-            ck = cfg.parent
-            if ck.name.endswith((".tmp", ".old")):
-                continue
-            found.append((cfg.stat().st_mtime, Run(f"{ck.parent.name}/{ck.name}", ck, ck / "index.duckdb")))
+        # checkpoint folders 1-3 levels down (a job's run/L3_resid, or whatever `python -m esmsae
+        # train|import --out` wrote); the index is index.duckdb there, or another .duckdb file
+        for pattern in ("*/cfg.json", "*/*/cfg.json", "*/*/*/cfg.json"):
+            for cfg in ws.glob(pattern):
+                ck = cfg.parent
+                if any(part.endswith((".tmp", ".old")) for part in ck.relative_to(ws).parts) or not (ck / "sae.safetensors").exists():
+                    continue
+                found.append((cfg.stat().st_mtime, Run(ck.relative_to(ws).as_posix(), ck, index_file(ck))))
         runs += [r for _, r in sorted(found, key=lambda x: -x[0])]
     return runs
+
+
+def index_file(ck: Path) -> Path:
+    """The feature index of a checkpoint folder: index.duckdb, else its newest other .duckdb file."""
+    if (ck / "index.duckdb").exists():
+        return ck / "index.duckdb"
+    others = sorted((p for p in ck.glob("*.duckdb") if not p.name.endswith(".labels.duckdb")), key=lambda p: -p.stat().st_mtime)
+    return others[0] if others else ck / "index.duckdb"
 
 
 # ---------------------------------------------------------------- the index

@@ -81,3 +81,16 @@ def test_stale_index_scratch_of_a_killed_indexer_is_swept(tmp_path):
         (d / "tracks.bin").write_bytes(b"x")
     _sweep_stale_scratch(tmp_path)
     assert not stale.exists() and live.exists()
+
+
+def test_a_copied_checkpoint_says_where_its_relative_model_went(tmp_path):
+    from esmsae.checkpoint import model_config_of, read_cfg
+
+    ck = tmp_path / "elsewhere" / "sae"
+    shutil.copytree(ROOT / "data" / "demo" / "sae", ck)
+    with pytest.raises(FileNotFoundError, match=r"relative to its own folder \('\.\./model'\).*copy the model folder"):
+        model_config_of(read_cfg(ck))
+    # with the model folder beside it, as in the bundle, it resolves; naming a model always works
+    shutil.copytree(ROOT / "data" / "demo" / "model", tmp_path / "elsewhere" / "model")
+    assert model_config_of(read_cfg(ck)).name == str((tmp_path / "elsewhere" / "model").resolve())
+    assert model_config_of(read_cfg(ck), "facebook/esm2_t6_8M_UR50D").name == "facebook/esm2_t6_8M_UR50D"

@@ -48,3 +48,26 @@ def test_concurrent_label_saves_and_reads(tmp_path):
     assert not errors, errors[:3]
     labels = get_labels(path)
     assert len(labels) == 90 and labels[503] == "s5 l3"
+
+
+def test_runs_are_found_wherever_the_cli_put_them(tmp_path):
+    from esmsae.explore import list_runs
+
+    def ck(rel, index=None):
+        d = tmp_path / rel
+        d.mkdir(parents=True)
+        (d / "cfg.json").write_text("{}")
+        (d / "sae.safetensors").write_bytes(b"x")
+        if index:
+            _fake_index(d / index, 4)
+        return d
+
+    ck("imported")  # import --out workspace/imported
+    ck("job/L3_resid", "index.duckdb")  # a training job
+    ck("cli/run/L6_mlp", "custom_name.duckdb")  # train --out workspace/cli/run, index --out .../custom_name.duckdb
+    (tmp_path / "half.tmp").mkdir()
+    (tmp_path / "half.tmp" / "cfg.json").write_text("{}")  # a checkpoint being written is not a run
+    runs = {r.name: r for r in list_runs(tmp_path, tmp_path / "no-demo")}
+    assert set(runs) == {"imported", "job/L3_resid", "cli/run/L6_mlp"}
+    assert runs["cli/run/L6_mlp"].index.name == "custom_name.duckdb" and runs["job/L3_resid"].index.exists()
+    assert not runs["imported"].index.exists()
