@@ -15,6 +15,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .atomic import explain
 from .config import ModelConfig, SAEConfig, from_dict
 from .plm import Hook, ModelMismatchError, ProteinLM
 from .sae import SAE
@@ -32,7 +33,13 @@ def save_sae(sae: SAE, folder: str | os.PathLike, meta: dict[str, Any]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     tensors = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
-    save_file(tensors, str(tmp / WEIGHTS))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS))
+    except Exception as e:  # a full disk (safetensors raises its own error type): the previous checkpoint is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or "os error" in str(e):
+            raise explain(folder / WEIGHTS, e, "SAE checkpoint") from e
+        raise
     cfg = {
         "esmsae_version": __version__,
         "sae": {**sae.cfg.__dict__, "d_in": sae.d_in},

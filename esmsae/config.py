@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import os
-import threading
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,14 +363,10 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .atomic import write_text_atomic  # a temp name per writer: a job and the app may write one file at once
+
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
-    # a temp name of its own per writer: two processes (a job and the app cancelling it) may
-    # write the same file at once, and a shared ".tmp" would be renamed away under the other
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def load_json(cls: type[T], path: str | os.PathLike) -> T:

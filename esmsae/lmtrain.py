@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .atomic import write_atomic
 from .config import LMTrainConfig, save_json
 from .fasta import SequenceError, clean_sequence, read_fasta
 from .plm import ESM_VOCAB, EsmTokens, make_esm2_model, save_hf
@@ -145,10 +146,9 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))  # cosine to 0
 
     def save() -> None:
-        tmp = state_p.with_name(state_p.name + ".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt_.state_dict(), "step": step, "history": history,
-                    "rng": rng.bit_generator.state, "gen": gen.get_state(), "cfg": asdict(cfg)}, tmp)
-        os.replace(tmp, state_p)
+        state = {"model": model.state_dict(), "opt": opt_.state_dict(), "step": step, "history": history,
+                 "rng": rng.bit_generator.state, "gen": gen.get_state(), "cfg": asdict(cfg)}
+        write_atomic(state_p, lambda tmp: torch.save(state, tmp), "LM training state")
 
     bar = tqdm(total=total, initial=step, desc="lm", unit="step", disable=not progress, mininterval=5)
     run_loss, run_n = 0.0, 0

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import explain
 from .config import EmbedConfig, HookConfig, ModelConfig, hook_name, save_json
 from .fasta import Protein, read_proteins
 from .plm import Hook, ProteinLM, load_plm
@@ -205,13 +206,17 @@ def _write_shard(out: Path, i: int, prots: list[Protein], first_pidx: int, plm: 
                 "taxid": p.taxid if p.taxid is not None else -1, "length": L, "sequence": p.sequence,
                 "md5": p.md5, "split": "heldout" if ho else "train",
             })
-    for k, v in bufs.items():
-        np.save(tmp / f"{k}.npy", v)
-    np.save(tmp / "protein.npy", protein)
-    np.save(tmp / "position.npy", position)
-    np.save(tmp / "heldout.npy", heldout)
-    pd.DataFrame(rows).to_parquet(tmp / "proteins.parquet", index=False)
-    os.replace(tmp, out / name)
+    try:
+        for k, v in bufs.items():
+            np.save(tmp / f"{k}.npy", v)
+        np.save(tmp / "protein.npy", protein)
+        np.save(tmp / "position.npy", position)
+        np.save(tmp / "heldout.npy", heldout)
+        pd.DataFrame(rows).to_parquet(tmp / "proteins.parquet", index=False)
+        os.replace(tmp, out / name)
+    except OSError as e:  # a full disk: drop the half shard, keep the finished ones, say so
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise explain(out / name, e, "activation shard") from e
     man["shards"].append({
         "name": name, "n_tokens": int(n_tok), "n_train_tokens": int((~heldout).sum()),
         "n_heldout_tokens": int(heldout.sum()), "first_protein": int(first_pidx), "n_proteins": len(prots),

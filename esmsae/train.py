@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .atomic import write_atomic, write_text_atomic
 from .checkpoint import save_sae
 from .config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, save_json
 from .sae import SAE, default_lr
@@ -109,9 +110,7 @@ def lr_at(step: int, tcfg: TrainConfig, base_lr: float) -> float:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp), "training state")
 
 
 def _rewrite_metrics(path: Path, max_step: int) -> None:
@@ -119,9 +118,7 @@ def _rewrite_metrics(path: Path, max_step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= max_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
 def sae_meta(store: ActivationStore, layer: int, tcfg: TrainConfig, step: int, tokens: int) -> dict[str, Any]:

@@ -94,3 +94,29 @@ def test_a_copied_checkpoint_says_where_its_relative_model_went(tmp_path):
     shutil.copytree(ROOT / "data" / "demo" / "model", tmp_path / "elsewhere" / "model")
     assert model_config_of(read_cfg(ck)).name == str((tmp_path / "elsewhere" / "model").resolve())
     assert model_config_of(read_cfg(ck), "facebook/esm2_t6_8M_UR50D").name == "facebook/esm2_t6_8M_UR50D"
+
+
+@pytest.mark.parametrize("extra, want", [
+    (["--layers", "9"], "layer 9 with site 'resid' does not exist"),
+    (["--layers", "0", "--site", "mlp"], "HookConfig.layers: site 'mlp' has no layer 0"),
+])
+def test_embed_layer_problems_are_named(tmp_path, capsys, mgen_fasta, extra, want):
+    assert main(["embed", "--model", str(DEMO_LM), "--fasta", str(mgen_fasta), "--store", str(tmp_path / "s"), *extra]) == 2
+    assert want in capsys.readouterr().err
+
+
+def test_site_typo_and_unwritable_output_are_named(tmp_path, capsys, mgen_fasta):
+    with pytest.raises(SystemExit):
+        main(["embed", "--fasta", str(mgen_fasta), "--store", str(tmp_path / "s"), "--site", "mpl"])
+    assert "invalid choice: 'mpl'" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["embed", "--model", str(DEMO_LM), "--fasta", str(mgen_fasta), "--store", str(blocker / "store"), "--layers", "3"]) == 2
+    assert str(blocker / "store") in capsys.readouterr().err
+
+
+def test_checkpoint_that_does_not_fit_the_model(tmp_path, capsys, mgen_fasta, esmc_file):
+    # the demo SAE (d_in 320) on a 128-wide ESM C: refused before anything is written
+    assert main(["index", "--sae", str(ROOT / "data" / "demo" / "sae"), "--fasta", str(mgen_fasta), "--model", str(esmc_file),
+                 "--out", str(tmp_path / "i.duckdb")]) == 2
+    assert "SAE d_in is 320 but" in capsys.readouterr().err and not (tmp_path / "i.duckdb").exists()

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..atomic import explain
 from ..checkpoint import WEIGHTS, check_compatible, load_sae, model_config_of
 from ..concepts import load_all
 from ..config import IndexConfig, auto_batch_tokens
@@ -312,12 +313,15 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         con.execute("CHECKPOINT")
         con.close()
         os.replace(tmp_db, out)
-    except BaseException:
+    except BaseException as e:
         try:
             con.close()
         except Exception:
             pass
         tmp_db.unlink(missing_ok=True)
+        Path(str(tmp_db) + ".wal").unlink(missing_ok=True)
+        if isinstance(e, (OSError, duckdb.IOException)) and not isinstance(e, FileNotFoundError):
+            raise explain(out, e, "feature index (the previous index, if any, is untouched)") from e
         raise
     finally:
         spill.fh.close()
