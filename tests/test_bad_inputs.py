@@ -120,3 +120,35 @@ def test_checkpoint_that_does_not_fit_the_model(tmp_path, capsys, mgen_fasta, es
     assert main(["index", "--sae", str(ROOT / "data" / "demo" / "sae"), "--fasta", str(mgen_fasta), "--model", str(esmc_file),
                  "--out", str(tmp_path / "i.duckdb")]) == 2
     assert "SAE d_in is 320 but" in capsys.readouterr().err and not (tmp_path / "i.duckdb").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_indexer_keeps_the_old_index_and_leaves_no_scratch(tmp_path, tiny_sae, mgen_full):
+    import signal
+    import time
+
+    from esmsae.explore import FeatureIndex
+
+    out = tmp_path / "idx" / "index.duckdb"
+    small = tmp_path / "small.fasta"
+    small.write_text("".join(line for i, line in enumerate(open(mgen_full)) if i < 10))
+    base = ["index", "--sae", str(tiny_sae), "--out", str(out), "--umap", "false"]
+    assert main([*base, "--fasta", str(small)]) == 0
+    assert FeatureIndex(out).meta["n_proteins"] == 5
+    # a rebuild over more proteins, killed with SIGKILL while it writes
+    big = tmp_path / "big.fasta"
+    big.write_text(open(mgen_full).read() * 1)
+    p = subprocess.Popen([sys.executable, "-m", "esmsae", *base, "--fasta", str(big), "--batch-tokens", "256"], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp_db = out.with_name(out.name + ".tmp")
+    for _ in range(600):
+        if tmp_db.exists():
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert p.poll() is None, "the rebuild finished before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert FeatureIndex(out).meta["n_proteins"] == 5  # the old index, whole and readable
+    assert not list(out.parent.glob("esmsae_index_*"))  # no scratch folder behind
+    assert main([*base, "--fasta", str(small)]) == 0 and not tmp_db.exists()  # a rerun cleans the half database up

@@ -129,6 +129,10 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
     scratch = Path(tempfile.mkdtemp(prefix=f"esmsae_index_{os.getpid()}_", dir=out.parent))
     csr = CSRWriter(scratch)
     spill = TrackSpill(scratch)
+    if os.name == "posix":
+        # the scratch files are used only through their open handles: unlinked now, the disk space
+        # is freed when the handles close, even after a kill -9 (no scratch folder is left behind)
+        shutil.rmtree(scratch, ignore_errors=True)
     trim = HeapTrim()
     skipped_model: list[str] = []
     struct_rows: list[tuple] = []
@@ -325,5 +329,6 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         raise
     finally:
         spill.fh.close()
+        csr.release()
         shutil.rmtree(scratch, ignore_errors=True)
     return out

@@ -69,7 +69,7 @@ class TrackSpill:
 
     def __init__(self, folder: Path):
         self.path = folder / "tracks.bin"
-        self.fh = open(self.path, "wb")
+        self.fh = open(self.path, "w+b")  # read back through the same handle: the file may be unlinked (see scratch_files)
         self.n_words = 0
         self.words: np.ndarray | None = None
 
@@ -81,8 +81,8 @@ class TrackSpill:
         return off, n
 
     def finish(self) -> None:
-        self.fh.close()
-        self.words = np.memmap(self.path, dtype=np.int32, mode="r") if self.n_words else np.zeros(0, np.int32)
+        self.fh.flush()
+        self.words = np.memmap(self.fh, dtype=np.int32, mode="r") if self.n_words else np.zeros(0, np.int32)
 
     def get(self, off: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         assert self.words is not None, "finish() first"
@@ -94,8 +94,8 @@ class CSRWriter:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.f_idx = open(folder / "idx.bin", "wb")
-        self.f_val = open(folder / "val.bin", "wb")
+        self.f_idx = open(folder / "idx.bin", "w+b")  # read back through the same handles (see scratch_files)
+        self.f_val = open(folder / "val.bin", "w+b")
         self.offsets = [0]
         self.pidx: list[int] = []
 
@@ -108,15 +108,22 @@ class CSRWriter:
         self.pidx.append(pidx)
 
     def close(self) -> None:
+        """Writing is finished (the handles stay open for :meth:`read`; :meth:`release` closes them)."""
+        self.f_idx.flush()
+        self.f_val.flush()
+
+    def release(self) -> None:
         self.f_idx.close()
         self.f_val.close()
 
     def read(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(protein, keys, values) in written order, one protein in memory at a time."""
-        with open(self.folder / "idx.bin", "rb") as fi, open(self.folder / "val.bin", "rb") as fv:
-            for j, pidx in enumerate(self.pidx):
-                n = self.offsets[j + 1] - self.offsets[j]
-                yield pidx, np.fromfile(fi, dtype=np.int64, count=n), np.fromfile(fv, dtype=np.float32, count=n)
+        fi, fv = self.f_idx, self.f_val
+        fi.seek(0)
+        fv.seek(0)
+        for j, pidx in enumerate(self.pidx):
+            n = self.offsets[j + 1] - self.offsets[j]
+            yield pidx, np.fromfile(fi, dtype=np.int64, count=n), np.fromfile(fv, dtype=np.float32, count=n)
 
 
 def protein_pairs(rows_R: np.ndarray, idx_R: np.ndarray, val_R: np.ndarray):
