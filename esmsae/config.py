@@ -33,10 +33,14 @@ class ConfigError(ValueError):
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None, ui: bool = True,
-        ui_choices: tuple | None = None, **kw: Any) -> Any:
+        ui_choices: tuple | None = None, label: str = "", main: bool = False, zero: str = "", **kw: Any) -> Any:
     """A dataclass field with CLI/UI help text (optional choices, optional CLI flag name).
-    ``ui=False`` keeps a field off the settings page; ``ui_choices`` narrows what it offers."""
-    meta: dict[str, Any] = {"help": help}
+
+    For the settings page: ``label`` is the human label (default: the field name in words),
+    ``main`` puts the field on the form's front rather than under "Advanced settings", ``zero``
+    names what 0 means ("auto", "all") so the form shows that word instead of 0, ``ui=False``
+    keeps a field off the page and ``ui_choices`` narrows the choices it offers."""
+    meta: dict[str, Any] = {"help": help, "label": label, "main": main, "zero": zero}
     if flag:
         meta["flag"] = flag
     if choices:
@@ -78,23 +82,24 @@ class ModelConfig:
 
     name: str = opt(
         "facebook/esm2_t6_8M_UR50D",
-        flag="model",
+        flag="model", label="Protein LM", main=True,
         help="Protein LM: a Hugging Face hub name (facebook/esm2_t6_8M_UR50D ... esm2_t36_3B_UR50D), "
         "a local Hugging Face folder, a fair-esm .pt checkpoint, esmc_300m / esmc_600m, or a local ESM C weights file",
     )
-    family: str = opt("auto", "Model family; 'auto' guesses from the name", choices=FAMILIES)
+    family: str = opt("auto", "Model family; 'auto' guesses from the name", choices=FAMILIES, label="Model family")
     device: str = opt("cpu", "Torch device (cpu, cuda, cuda:1, mps)", ui=False)  # the app's jobs run where the app runs
-    dtype: str = opt("float32", "Compute dtype of the protein LM", choices=("float32", "bfloat16", "float16"))
+    dtype: str = opt("float32", "Compute dtype of the protein LM", choices=("float32", "bfloat16", "float16"), label="Compute dtype")
     max_residues: int = opt(
         0,
         "Residues per forward window (0 = the model's limit: 1022 for ESM-2, 2046 for ESM C). "
-        "Longer proteins are split into overlapping windows and stitched",
+        "Longer proteins are split into overlapping windows and stitched", label="Residues per window", zero="auto",
     )
-    window_overlap: int = opt(256, "Overlap between consecutive windows of a long protein, in residues")
+    window_overlap: int = opt(256, "Overlap between consecutive windows of a long protein, in residues", label="Window overlap (residues)")
     batch_tokens: int = opt(
         0,
         "Padded tokens per forward batch, proteins batched by length (0 = auto: 1024 on CPU, where "
         "bigger batches spill the caches and run slower, 16384 on a GPU; bench/extract_throughput.py)",
+        label="Forward batch (padded tokens)", zero="auto",
     )
 
     def __post_init__(self) -> None:
@@ -139,8 +144,8 @@ class HookConfig:
     is the output of that sublayer of block L, before it is added to the residual.
     """
 
-    layers: list[int] = opt([3], "Layer(s) to read; several layers are read in one forward pass")
-    site: str = opt("resid", "Hook site: residual stream after the block, MLP output, or attention output", choices=SITES)
+    layers: list[int] = opt([3], "Layer(s) to read; several layers are read in one forward pass", label="Layer(s)", main=True)
+    site: str = opt("resid", "Hook site: residual stream after the block, MLP output, or attention output", choices=SITES, label="Hook site", main=True)
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -159,13 +164,13 @@ def hook_name(layer: int, site: str) -> str:
 class EmbedConfig:
     """Streaming FASTA -> sharded activation store."""
 
-    fasta: str = opt("", "Input FASTA (plain or .gz); UniRef Tax=/TaxID= and UniProt OS=/OX= headers are parsed")
+    fasta: str = opt("", "Input FASTA (plain or .gz); UniRef Tax=/TaxID= and UniProt OS=/OX= headers are parsed", label="Proteins (FASTA path)", main=True)
     store: str = opt("", "Output activation store folder (resumable: rerun the same command to continue)")
-    shard_tokens: int = opt(262_144, "Residues per shard file (bounds memory while embedding)")
-    max_proteins: int = opt(0, "Stop after this many proteins (0 = all)")
-    holdout_fraction: float = opt(0.05, "Fraction of proteins held out for evaluation, split by sequence hash (no identical sequence on both sides)")
-    on_invalid: str = opt("error", "What to do with an invalid or empty sequence: stop with an error, or skip it and count it", choices=("error", "skip"))
-    pool: str = opt("none", "none: one vector per residue; mean / last: one vector per protein (mean over residues, or the last "
+    shard_tokens: int = opt(262_144, "Residues per shard file (bounds memory while embedding)", label="Shard size (residues)")
+    max_proteins: int = opt(0, "Stop after this many proteins (0 = all)", label="Proteins to use", zero="all")
+    holdout_fraction: float = opt(0.05, "Fraction of proteins held out for evaluation, split by sequence hash (no identical sequence on both sides)", label="Held-out fraction")
+    on_invalid: str = opt("error", "What to do with an invalid or empty sequence: stop with an error, or skip it and count it", choices=("error", "skip"), label="Invalid sequences")
+    pool: str = opt("none", label="Pooling", help="none: one vector per residue; mean / last: one vector per protein (mean over residues, or the last "
                     "residue's vector as esm-sae uses), for protein-level SAEs", choices=("none", "mean", "last"))
 
     def __post_init__(self) -> None:
@@ -181,20 +186,20 @@ class SAEConfig:
     """Sparse autoencoder architecture."""
 
     architecture: str = opt("topk", "topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024) or relu with L1 penalty "
-                            "(jumprelu: imported SAELens SAEs only)", choices=ARCHITECTURES, ui_choices=TRAINABLE_ARCHITECTURES)
-    n_latents: int = opt(4096, "Number of latents (dictionary size)")
-    k: int = opt(32, "Active latents per token (topk) or mean active per token (batchtopk)")
+                            "(jumprelu: imported SAELens SAEs only)", choices=ARCHITECTURES, ui_choices=TRAINABLE_ARCHITECTURES, label="Architecture", main=True)
+    n_latents: int = opt(4096, "Number of latents (dictionary size)", label="Latents (dictionary size)", main=True)
+    k: int = opt(32, "Active latents per token (topk) or mean active per token (batchtopk)", label="k (active latents per token)", main=True)
     normalize: str = opt(
         "scalar",
         "Input normalisation: none; scalar (dataset-wide scale to unit mean squared norm); "
         "layernorm (per token); center (subtract dataset mean); center_scalar (both). "
         "layernorm_eps, layernorm_biased_eps and unit_norm_sqrt_d reproduce published SAEs (esmsae.published)",
-        choices=NORMALIZATIONS, ui_choices=("none", "scalar", "layernorm", "center", "center_scalar"),
+        choices=NORMALIZATIONS, ui_choices=("none", "scalar", "layernorm", "center", "center_scalar"), label="Input normalisation",
     )
-    l1_coef: float = opt(1.0, "L1 penalty weight (relu architecture)")
-    auxk_coef: float = opt(1 / 32, "AuxK loss weight for dead latents (Gao et al. 2024 use 1/32); 0 disables")
-    auxk_k: int = opt(256, "Dead latents used by the AuxK loss per token")
-    dead_tokens: int = opt(1_000_000, "A latent is dead when it has not fired in this many training tokens")
+    l1_coef: float = opt(1.0, "L1 penalty weight (relu architecture)", label="L1 weight (relu)")
+    auxk_coef: float = opt(1 / 32, "AuxK loss weight for dead latents (Gao et al. 2024 use 1/32); 0 disables", label="AuxK weight")
+    auxk_k: int = opt(256, "Dead latents used by the AuxK loss per token", label="AuxK latents per token")
+    dead_tokens: int = opt(1_000_000, "A latent is dead when it has not fired in this many training tokens", label="Dead after (tokens without firing)")
     d_in: int = opt(0, "Input width (0 = taken from the activation store)", ui=False)
     decode_denormalize: bool = opt(
         True, "Map reconstructions back to the input's scale (False only for SAEs that reconstruct in normalised space, "
@@ -222,19 +227,19 @@ class TrainConfig:
     store: str = opt("", "Activation store folder written by `esmsae embed`")
     out: str = opt("", "Run folder: checkpoints, metrics.jsonl, eval.json")
     layers: list[int] = opt([], "Train one SAE per listed layer of the store (empty = every layer in the store)")
-    lr: float = opt(0.0, "Adam learning rate (0 = 2e-4 / sqrt(n_latents / 16384), the scaling of Gao et al. 2024)")
-    warmup_steps: int = opt(100, "Linear learning-rate warm-up steps")
-    decay_start: float = opt(0.8, "Fraction of training after which the learning rate decays linearly to 0")
-    l1_warmup_steps: int = opt(500, "Steps over which the L1 coefficient ramps from 0 (relu architecture)")
-    token_budget: int = opt(10_000_000, "Training tokens (residues), summed over epochs of the store")
-    batch_size: int = opt(4096, "Tokens per optimisation step")
-    buffer_shards: int = opt(4, "Shards loaded and shuffled together (bounds memory)")
-    checkpoint_every: int = opt(500, "Write a checkpoint every N steps (and at the end)")
-    log_every: int = opt(20, "Append a metrics.jsonl row every N steps")
+    lr: float = opt(0.0, "Adam learning rate (0 = 2e-4 / sqrt(n_latents / 16384), the scaling of Gao et al. 2024)", label="Learning rate", main=True, zero="auto")
+    warmup_steps: int = opt(100, "Linear learning-rate warm-up steps", label="Warm-up (steps)")
+    decay_start: float = opt(0.8, "Fraction of training after which the learning rate decays linearly to 0", label="Decay from (fraction of training)")
+    l1_warmup_steps: int = opt(500, "Steps over which the L1 coefficient ramps from 0 (relu architecture)", label="L1 warm-up (steps)")
+    token_budget: int = opt(10_000_000, "Training tokens (residues), summed over epochs of the store", label="Training tokens", main=True)
+    batch_size: int = opt(4096, "Tokens per optimisation step", label="Batch (tokens per step)", main=True)
+    buffer_shards: int = opt(4, "Shards loaded and shuffled together (bounds memory)", label="Shards shuffled together")
+    checkpoint_every: int = opt(500, "Write a checkpoint every N steps (and at the end)", label="Checkpoint every (steps)")
+    log_every: int = opt(20, "Append a metrics.jsonl row every N steps", label="Log every (steps)")
     seed: int = opt(0, "Random seed (initialisation and data order)")
-    threads: int = opt(0, "Torch CPU threads (0 = torch default)")
-    use_wandb: bool = opt(False, "Also log to Weights & Biases (imported only when set)")
-    wandb_project: str = opt("esmsae", "Weights & Biases project")
+    threads: int = opt(0, "Torch CPU threads (0 = torch default)", label="CPU threads", zero="auto")
+    use_wandb: bool = opt(False, "Also log to Weights & Biases (imported only when set)", label="Log to Weights & Biases")
+    wandb_project: str = opt("esmsae", "Weights & Biases project", label="W&B project")
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
@@ -259,10 +264,10 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation card of a trained SAE on held-out proteins."""
 
-    max_tokens: int = opt(200_000, "Held-out tokens used for reconstruction metrics")
-    lm_proteins: int = opt(64, "Held-out proteins used for the spliced-in masked-LM loss (0 skips it)")
-    mask_prob: float = opt(0.15, "Fraction of residues masked for the masked-LM loss")
-    dense_threshold: float = opt(0.1, "A latent is dense when it fires on more than this fraction of tokens")
+    max_tokens: int = opt(200_000, "Held-out tokens used for reconstruction metrics", label="Evaluation tokens")
+    lm_proteins: int = opt(64, "Held-out proteins used for the spliced-in masked-LM loss (0 skips it)", label="Proteins for the LM loss")
+    mask_prob: float = opt(0.15, "Fraction of residues masked for the masked-LM loss", label="Masked fraction")
+    dense_threshold: float = opt(0.1, "A latent is dense when it fires on more than this fraction of tokens", label="Dense above (firing fraction)")
     seed: int = opt(0, "Seed for the masked positions")
 
     def __post_init__(self) -> None:
@@ -322,18 +327,18 @@ class IndexConfig:
     fasta: list = opt([], "FASTA files (plain or .gz) of the proteins to index")
     model: str = opt("", "Protein LM to run (default: the base model recorded in the checkpoint)")
     concepts: str = opt("", "Folder with per-residue label sets laid out as ../shared/data; labelled proteins are matched by sequence")
-    add_labelled: bool = opt(False, "Also index every labelled protein found under --concepts, not only FASTA proteins that match")
+    add_labelled: bool = opt(False, "Also index every labelled protein found under --concepts, not only FASTA proteins that match", label="Also index all labelled proteins")
     groups: list = opt([], "Grouping files: TSV (protein id <tab> group) or JSON {group: [[sequence, header], ...]}")
-    lineage_rank: int = opt(1, "Lineage rank used for the 'lineage' grouping (0 = superkingdom)")
-    top_n: int = opt(20, "Strongest proteins kept per feature, with their full activation tracks")
-    quantile_bins: int = opt(5, "Activation ranges (equal parts of the feature's max) for quantile examples")
-    per_bin: int = opt(5, "Examples kept per activation range")
-    reservoir: int = opt(40, "Firing proteins sampled uniformly per feature to draw quantile examples from")
-    max_proteins: int = opt(0, "Index at most this many proteins (0 = all)")
-    batch_tokens: int = opt(0, "Padded tokens per forward batch (0 = auto: 1024 on CPU, 16384 on a GPU)")
-    on_invalid: str = opt("skip", "Sequences the model cannot take: skip them (reported with a count) or stop with an error", choices=("skip", "error"))
-    umap: bool = opt(True, "Compute the 2-D UMAP feature map of decoder directions")
-    seed: int = opt(0, "Seed (reservoir sampling, UMAP)")
+    lineage_rank: int = opt(1, "Lineage rank used for the 'lineage' grouping (0 = superkingdom)", label="Lineage rank")
+    top_n: int = opt(20, "Strongest proteins kept per feature, with their full activation tracks", label="Top examples per feature")
+    quantile_bins: int = opt(5, "Activation ranges (equal parts of the feature's max) for quantile examples", label="Activation ranges")
+    per_bin: int = opt(5, "Examples kept per activation range", label="Examples per range")
+    reservoir: int = opt(40, "Firing proteins sampled uniformly per feature to draw quantile examples from", label="Reservoir per feature")
+    max_proteins: int = opt(0, "Index at most this many proteins (0 = all)", label="Proteins to index", zero="all")
+    batch_tokens: int = opt(0, "Padded tokens per forward batch (0 = auto: 1024 on CPU, 16384 on a GPU)", label="Index forward batch (padded tokens)", zero="auto")
+    on_invalid: str = opt("skip", "Sequences the model cannot take: skip them (reported with a count) or stop with an error", choices=("skip", "error"), label="Invalid sequences (index)")
+    umap: bool = opt(True, "Compute the 2-D UMAP feature map of decoder directions", label="UMAP feature map")
+    seed: int = opt(0, "Seed (reservoir sampling, UMAP)", label="Index seed")
     threads: int = opt(0, "Torch threads (0 = default)")
 
     def __post_init__(self) -> None:
@@ -457,6 +462,9 @@ class FieldSpec:
     default: Any
     help: str
     choices: tuple | None = None
+    label: str = ""
+    main: bool = False
+    zero: str = ""  # what 0 means, shown instead of 0 ("auto", "all")
 
 
 def field_specs(cls: type, section: str) -> list[FieldSpec]:
@@ -470,5 +478,21 @@ def field_specs(cls: type, section: str) -> list[FieldSpec]:
         choices = f.metadata.get("ui_choices") or f.metadata.get("choices")
         kind = ("choice" if choices else {int: "int", float: "float", str: "str", bool: "bool"}.get(typ)
                 or ("int_list" if typ in (list[int], "list[int]") else "path_list"))
-        out.append(FieldSpec(section, f.name, kind, default, f.metadata.get("help", ""), choices))
+        label = f.metadata.get("label") or f.name.replace("_", " ").capitalize()
+        out.append(FieldSpec(section, f.name, kind, default, f.metadata.get("help", ""), choices, label,
+                             bool(f.metadata.get("main")), f.metadata.get("zero", "")))
     return out
+
+
+def parse_zero_number(text: str, spec: FieldSpec) -> int | float:
+    """A settings-page number whose 0 has a name: the name (or nothing) is 0, else a number of
+    the field's kind; anything else is an error naming the field."""
+    t = (text or "").strip()
+    if not t or t.lower() == spec.zero.lower():
+        return 0
+    try:
+        v = int(t) if spec.kind == "int" else float(t)
+    except ValueError:
+        raise ConfigError(f"{spec.label}: expected {'a whole number' if spec.kind == 'int' else 'a number'} or "
+                          f"{spec.zero!r}, got {t!r}") from None
+    return v

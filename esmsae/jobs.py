@@ -25,11 +25,25 @@ from .config import IndexConfig, from_dict, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SECTIONS = {k: _ALL_SECTIONS[k] for k in SKIPS["pipeline"]}  # the config sections of `esmsae pipeline`
+# a training job = `esmsae pipeline` + `esmsae index`: the sections of both, and the fields each
+# stage sets itself (folders, the evaluation seed, the index's SAE / output / proteins / model)
+SECTIONS = {**{k: _ALL_SECTIONS[k] for k in SKIPS["pipeline"]}, "index": IndexConfig}
+JOB_SKIPS: dict[str, tuple[str, ...]] = {**SKIPS["pipeline"], "index": ("sae", "out", "fasta", "model", "concepts", "groups", "threads")}
 
 
 class JobError(ValueError):
     pass
+
+
+def app_presets() -> dict[tuple[str, str], object]:
+    """What the Training page starts from where the dataclass default would not run on a fresh
+    offline machine or would take hours: the demo bundle's protein LM and sample FASTA, and a
+    first run of minutes (1,024 latents, 2 M tokens). Every other field starts at its
+    dataclass default."""
+    demo = ROOT / "data" / "demo"
+    return {("model", "name"): str(demo / "model") if (demo / "model").exists() else "facebook/esm2_t6_8M_UR50D",
+            ("embed", "fasta"): str(demo / "sample.fasta"), ("sae", "n_latents"): 1024, ("train", "token_budget"): 2_000_000,
+            ("train", "batch_size"): 2048}
 
 
 def run_dir(ws: Path, name: str) -> Path:
@@ -187,7 +201,7 @@ def run_job(d: Path) -> int:
     d = Path(d).resolve()
     job = json.loads((d / "job.json").read_text())
     kind = job.get("kind", "train")
-    c = {k: from_dict(cls, job["config"][k]) for k, cls in SECTIONS.items()} if kind == "train" else {}
+    c = {k: from_dict(cls, job["config"].get(k, {})) for k, cls in SECTIONS.items()} if kind == "train" else {}
     _write_status(d, state="running", pid=os.getpid(), error=None, started=time.time())
 
     from .train import TrainInterrupted
@@ -218,8 +232,9 @@ def run_job(d: Path) -> int:
             _write_status(d, state="cancelled")
             return 143
         on_stage("index")
-        build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[c["embed"].fasta], concepts=job.get("index_concepts", ""),
-                                umap=True), progress=False)
+        icfg = IndexConfig(**{**asdict(c["index"]), "sae": str(ck), "out": str(ck / "index.duckdb"), "fasta": [c["embed"].fasta],
+                              "concepts": job.get("index_concepts", "")})
+        build_index(icfg, progress=False)
         _write_status(d, state="done", stage="", finished=time.time())
         return 0
     except Exception as e:  # recorded for the page; the traceback goes to job.log

@@ -5,29 +5,26 @@ import pandas as pd
 import streamlit as st
 
 from esmsae import jobs
-from esmsae.config import ConfigError, field_specs, parse_int_list
+from esmsae.config import ConfigError, field_specs, parse_int_list, parse_zero_number
 from esmsae.published import import_catalogue, parse_optional_int
 from esmsae.explore import DEMO
 from esmsae.paths import shared_data, workspace
-from esmsae.pipeline import SKIPS
 from esmsae.train import read_metrics
 
 st.title("Train an SAE")
 ws = workspace()
-MAIN = {("model", "name"), ("hook", "layers"), ("hook", "site"), ("embed", "fasta"), ("sae", "architecture"), ("sae", "n_latents"),
-        ("sae", "k"), ("train", "lr"), ("train", "token_budget"), ("train", "batch_size")}
 # what the pipeline sets itself (store and run folders, the evaluation seed) is not asked for;
 # fields marked ui=False in esmsae.config never reach field_specs
-SKIP = {(sec, f) for sec, fields in SKIPS["pipeline"].items() for f in fields}
-DEFAULTS = {("model", "name"): str(DEMO / "model") if (DEMO / "model").exists() else "facebook/esm2_t6_8M_UR50D",
-            ("embed", "fasta"): str(DEMO / "sample.fasta"), ("sae", "n_latents"): 1024, ("train", "token_budget"): 2_000_000,
-            ("train", "batch_size"): 2048}
+SKIP = {(sec, f) for sec, fields in jobs.JOB_SKIPS.items() for f in fields}
 
 
 def widget(spec, container):
     key = f"cfg_{spec.section}_{spec.name}"
-    default = DEFAULTS.get((spec.section, spec.name), spec.default)
-    label = f"{spec.section}.{spec.name}"
+    default = jobs.app_presets().get((spec.section, spec.name), spec.default)
+    label = spec.label
+    if spec.zero and spec.kind in ("int", "float"):  # 0 has a name ("auto", "all"): show the name, parse on Start
+        shown = spec.zero if default == 0 else f"{default:g}" if spec.kind == "float" else str(default)
+        return ("zero", spec, container.text_input(label, value=shown, help=f"{spec.help} ('{spec.zero}' or a number)", key=key))
     if spec.kind == "choice":
         return container.selectbox(label, spec.choices, index=list(spec.choices).index(default), help=spec.help, key=key)
     if spec.kind == "bool":
@@ -37,7 +34,7 @@ def widget(spec, container):
     if spec.kind == "float":
         return container.number_input(label, value=float(default), format="%g", help=spec.help, key=key)
     if spec.kind == "int_list":  # parsed on Start: a bad list is an error, not silently dropped
-        return ("int_list", label, container.text_input(label, value=",".join(map(str, default)), help=spec.help, key=key))
+        return ("int_list", spec, container.text_input(label, value=",".join(map(str, default)), help=spec.help, key=key))
     return container.text_input(label, value=str(default), help=spec.help, key=key)
 
 
@@ -82,12 +79,12 @@ with tab_train, st.form("train_form"):
                          help="Outputs go to the workspace folder " + str(ws))
     cols = st.columns(2)
     cfg: dict = {sec: {} for sec in jobs.SECTIONS}
-    main = [s for s in specs if (s.section, s.name) in MAIN]
+    main = [s for s in specs if s.main]
     for i, s in enumerate(main):
         cfg[s.section][s.name] = widget(s, cols[i % 2])
     with st.expander("Advanced settings"):
         for s in specs:
-            if (s.section, s.name) not in MAIN:
+            if not s.main:
                 cfg[s.section][s.name] = widget(s, st)
     upload = st.file_uploader("...or upload a FASTA file to train on", type=["fasta", "fa", "faa", "txt"], key="fasta_upload")
     submitted = st.form_submit_button("Start", type="primary")
@@ -97,7 +94,9 @@ if submitted:
         for sec in cfg.values():
             for k, v in list(sec.items()):
                 if isinstance(v, tuple) and v and v[0] == "int_list":
-                    sec[k] = parse_int_list(v[2], v[1])
+                    sec[k] = parse_int_list(v[2], v[1].label)
+                elif isinstance(v, tuple) and v and v[0] == "zero":
+                    sec[k] = parse_zero_number(v[2], v[1])
         if upload is not None:
             dest = ws / "uploads" / jobs.run_dir(ws, name).name
             dest.mkdir(parents=True, exist_ok=True)

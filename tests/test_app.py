@@ -172,16 +172,32 @@ def test_uploaded_grouping(env, mgen_full, esm2_dir):
 def test_training_page_form_and_validation(env):
     at = ok(page("training"))
     labels = {w.label for w in at.text_input} | {w.label for w in at.number_input} | {w.label for w in at.selectbox}
-    for want in ("model.name", "hook.layers", "hook.site", "embed.fasta", "sae.architecture", "sae.n_latents", "sae.k", "train.lr",
-                 "train.token_budget", "train.batch_size"):
-        assert want in labels
+    for want in ("Protein LM", "Layer(s)", "Hook site", "Proteins (FASTA path)", "Architecture", "Latents (dictionary size)",
+                 "k (active latents per token)", "Learning rate", "Training tokens", "Batch (tokens per step)", "Top examples per feature"):
+        assert want in labels  # human labels, generated from the dataclasses (the index stage is configurable too)
+    assert not any("." in lab and lab.split(".")[0] in ("model", "hook", "sae", "train") for lab in labels)  # no raw field names
+    assert at.text_input(key="cfg_train_lr").value == "auto"  # 0 is shown as what it means
+    assert "jumprelu" not in at.selectbox(key="cfg_sae_architecture").options  # importable, not trainable
+    assert "cfg_eval_seed" not in [w.key for w in at.number_input]  # the pipeline sets it
+    for key, bad, msg in (("cfg_hook_layers", "3,x", "Layer(s): expected comma-separated whole numbers, got '3,x'"),
+                          ("cfg_train_lr", "fast", "Learning rate: expected a number or 'auto', got 'fast'")):
+        at.text_input(key=key).input(bad)
+        at.button[0].click().run()
+        assert msg in at.error[0].value
+        at.text_input(key=key).input("3" if key == "cfg_hook_layers" else "auto")
+    at.number_input(key="cfg_sae_k").set_value(-3)
+    at.button[0].click().run()
+    assert "SAEConfig.k" in at.error[0].value
+    at.number_input(key="cfg_sae_k").set_value(8)
     at.text_input(key="cfg_embed_fasta").input("/nonexistent.fasta")
     at.button[0].click().run()
     assert "data file not found" in at.error[0].value
-    at.text_input(key="run_name").input("../escape")
     at.text_input(key="cfg_embed_fasta").input(str(ROOT / "README.md"))
-    at.button[0].click().run()
-    assert "run name" in at.error[0].value
+    for bad in ("../escape", "../../etc", "; rm -rf ~"):
+        at.text_input(key="run_name").input(bad)
+        at.button[0].click().run()
+        assert f"run name {bad!r}" in at.error[0].value
+    assert not any(env.glob("escape*")) and not (env.parent / "escape").exists()
 
 
 def test_no_runs_message(monkeypatch, tmp_path):

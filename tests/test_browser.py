@@ -175,18 +175,23 @@ def test_journey_training(server, browser):
             if i < 80:
                 fh.write(f">{h}\n{s[:200]}\n")
     model = str(DEMO / "model") if (DEMO / "model").exists() else _tiny_model(ws)
-    page.get_by_label("model.name", exact=True).fill(model)
-    page.get_by_label("embed.fasta", exact=True).fill(str(fasta))
-    page.get_by_label("hook.layers", exact=True).fill("2")
-    page.get_by_label("sae.n_latents", exact=True).fill("256")
-    page.get_by_label("sae.k", exact=True).fill("8")
-    page.get_by_label("train.token_budget", exact=True).fill("40000")
-    page.get_by_label("train.batch_size", exact=True).fill("512")
+    page.get_by_label("Protein LM", exact=True).fill(model)
+    page.get_by_label("Proteins (FASTA path)", exact=True).fill(str(fasta))
+    page.get_by_label("Layer(s)", exact=True).fill("2")
+    page.get_by_label("Latents (dictionary size)", exact=True).fill("256")
+    page.get_by_label("k (active latents per token)", exact=True).fill("8")
+    page.get_by_label("Training tokens", exact=True).fill("40000")
+    page.get_by_label("Batch (tokens per step)", exact=True).fill("512")
     page.get_by_text("Advanced settings").click()
-    page.get_by_label("embed.holdout_fraction", exact=True).fill("0.2")
+    page.get_by_label("Held-out fraction", exact=True).fill("0.2")
     page.get_by_role("button", name="Start", exact=True).click()
     page.get_by_text("Started run browser-run").wait_for(timeout=60_000)
     import re
+
+    # reload while the job runs: the job goes on (its own process) and the page finds it again
+    page.reload()
+    page.get_by_text(re.compile(r"browser-run: (starting|running)")).first.wait_for(timeout=90_000)
+    assert "browser-run" in page.get_by_test_id("stSelectbox").last.inner_text()
 
     page.get_by_text(re.compile(r"Finished: the run is in the run picker|browser-run\*\*: failed")).first.wait_for(timeout=400_000)
     status = (ws / "browser-run" / "status.json").read_text()
