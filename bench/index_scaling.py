@@ -33,6 +33,7 @@ def make_sae() -> Path:
     from esmsae.checkpoint import read_cfg, save_sae
     from esmsae.config import SAEConfig
     from esmsae.sae import SAE, default_lr
+    from esmsae.train import train_step
     from bench.train_throughput import real_acts
 
     torch.manual_seed(0)
@@ -42,12 +43,7 @@ def make_sae() -> Path:
     opt = torch.optim.Adam(sae.parameters(), lr=default_lr(N_LATENTS), fused=True)
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
-        o = sae(X[torch.randint(len(X), (4096,), generator=g)])
-        opt.zero_grad(set_to_none=True)
-        o.loss.backward()
-        sae.remove_gradient_parallel_to_decoder()
-        opt.step()
-        sae.set_decoder_norm_to_unit()
+        o = train_step(sae, opt, X[torch.randint(len(X), (4096,), generator=g)])
     demo = read_cfg(ROOT / "data" / "demo" / "sae")  # same model, layer and site as the demo SAE
     meta = {k: demo[k] for k in ("base_model", "model_config", "layer", "site", "hook")}
     meta["provenance"] = {"note": "bench/index_scaling.py: 300 steps on bench/cache/demo_L3_acts.npy", "fvu_last_batch": float(o.fvu.detach())}

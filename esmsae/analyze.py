@@ -158,7 +158,7 @@ def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, li
 def group_usage(analyzer: "Analyzer", groups: dict[str, list[tuple[str, str]]]) -> pd.DataFrame:
     """Per group x feature: proteins where it fires, fraction, mean per-protein max, and
     enrichment against the other groups (log odds, one-sided Fisher, BH q), as in the index."""
-    from .index.group_stats import enrichment
+    from .index.group_stats import usage_frame
 
     names = sorted(groups)
     F = analyzer.sae.cfg.n_latents
@@ -173,10 +173,5 @@ def group_usage(analyzer: "Analyzer", groups: dict[str, list[tuple[str, str]]]) 
                 np.maximum.at(dense, lat.idx_BK.numpy().ravel(), lat.acts_BK.float().numpy().ravel())
                 fire[gi] += dense > 0
                 summax[gi] += dense
-    sizes = np.array([len(groups[g]) for g in names])
-    enr = enrichment(fire, sizes)
-    G = len(names)
-    df = pd.DataFrame({"grp": np.repeat(names, F), "feature": np.tile(np.arange(F), G), "n_proteins": np.repeat(sizes, F),
-                       "n_fire": fire.ravel(), "frac": (fire / sizes[:, None]).ravel(), "mean_act": (summax / sizes[:, None]).ravel(),
-                       "log_odds": enr["log_odds"].ravel(), "p": enr["p"].ravel(), "q": enr["q"].ravel()})
+    df, _ = usage_frame(names, fire, summax, np.array([len(groups[g]) for g in names]))
     return df[df.n_fire > 0].reset_index(drop=True)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .atomic import explain
-from .config import ModelConfig, SAEConfig, from_dict
+from .config import ModelConfig, SAEConfig, from_dict, layer_range
 from .plm import Hook, ModelMismatchError, ProteinLM
 from .sae import SAE
 
@@ -138,8 +138,8 @@ def check_compatible(meta: dict[str, Any], plm: ProteinLM, strict_name: bool = T
     if base.get("n_layers") is not None and base["n_layers"] != plm.n_layers:
         problems.append(f"SAE was trained on a {base['n_layers']}-layer model, {plm.name} has {plm.n_layers} layers")
     layer, site = meta.get("layer"), meta.get("site")
-    lo = 0 if site == "resid" else 1
-    if layer is not None and not lo <= layer <= plm.n_layers:
+    lo, hi = layer_range(site, plm.n_layers)
+    if layer is not None and not lo <= layer <= hi:
         problems.append(f"SAE layer {layer} ({site}) does not exist in {plm.name}")
     if strict_name and base.get("name") and os.path.abspath(base["name"]) != os.path.abspath(plm.name) and base["name"] != plm.name:
         problems.append(f"SAE was trained on {base['name']!r}, not {plm.name!r}")

@@ -154,7 +154,18 @@ class HookConfig:
         _check(len(self.layers) > 0, "HookConfig", "layers", "needs at least one layer")
         _check(all(isinstance(x, int) and x >= 0 for x in self.layers), "HookConfig", "layers", f"must be non-negative integers, got {self.layers}")
         _check(len(set(self.layers)) == len(self.layers), "HookConfig", "layers", f"has duplicates: {self.layers}")
-        _check(self.site == "resid" or min(self.layers) >= 1, "HookConfig", "layers", f"site {self.site!r} has no layer 0 (blocks are 1-based)")
+        lo = layer_range(self.site, max(self.layers))[0]
+        _check(min(self.layers) >= lo, "HookConfig", "layers", f"site {self.site!r} has no layer 0 (blocks are 1-based)")
+
+
+def layer_range(site: str, n_layers: int) -> tuple[int, int]:
+    """Valid layers of a hook site on an ``n_layers``-block model (the one rule, used by the model
+    adapters and the checkpoint check): resid 0..n (0 = embeddings), mlp / attn 1..n."""
+    return (0 if site == "resid" else 1), n_layers
+
+
+DENSE_FREQ = 0.1  # a latent firing on more than this fraction of tokens is "dense" (evaluation card and index)
+
 
 def hook_name(layer: int, site: str) -> str:
     return f"L{layer}_{site}"
@@ -267,7 +278,7 @@ class EvalConfig:
     max_tokens: int = opt(200_000, "Held-out tokens used for reconstruction metrics", label="Evaluation tokens")
     lm_proteins: int = opt(64, "Held-out proteins used for the spliced-in masked-LM loss (0 skips it)", label="Proteins for the LM loss")
     mask_prob: float = opt(0.15, "Fraction of residues masked for the masked-LM loss", label="Masked fraction")
-    dense_threshold: float = opt(0.1, "A latent is dense when it fires on more than this fraction of tokens", label="Dense above (firing fraction)")
+    dense_threshold: float = opt(DENSE_FREQ, "A latent is dense when it fires on more than this fraction of tokens", label="Dense above (firing fraction)")
     seed: int = opt(0, "Seed for the masked positions")
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from .concepts import PROTEOME_KINGDOM
 from .paths import shared_data
 from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig, TrainConfig
-from .fasta import parse_header, read_fasta
+from .fasta import parse_header, read_fasta, write_fasta
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -107,11 +107,7 @@ def balanced_sample(shared: Path, n: int, out: Path, seed: int, max_len: int, ex
         per = max(1, n // len(kingdoms) // len(orgs))
         for o in orgs:
             chosen += rng.sample(by_org[o], min(per, len(by_org[o])))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as fh:
-        for h, s in chosen:
-            fh.write(f">{h}\n{s}\n")
-    return out
+    return write_fasta(out, chosen)
 
 
 def _step(name: str, t0: float) -> None:
@@ -222,10 +218,7 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
             shutil.copyfileobj(a, b)
     (tmp / "ATTRIBUTION.md").write_text(ATTRIBUTION)
     # a small real FASTA for the Training page's default data file (first 200 M. genitalium proteins)
-    with open(tmp / "sample.fasta", "w") as fh:
-        for i, (h, s) in enumerate(read_fasta(shared / "uniprot" / "mgenitalium" / "mgenitalium.fasta")):
-            if i < 200:
-                fh.write(f">{h}\n{s}\n")
+    write_fasta(tmp / "sample.fasta", read_fasta(shared / "uniprot" / "mgenitalium" / "mgenitalium.fasta"), limit=200)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import EVAL, check_compatible, hook_of, load_sae, model_config_of
-from .config import EvalConfig, save_json
+from .config import DENSE_FREQ, EvalConfig, save_json
 from .plm import Hook, ProteinLM, length_batches, load_plm
 from .sae import SAE
 from .store import ActivationStore
@@ -29,7 +29,7 @@ from .store import ActivationStore
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = 0.1, batch: int = 8192) -> dict[str, Any]:
+def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = DENSE_FREQ, batch: int = 8192) -> dict[str, Any]:
     """Stream fp16/fp32 activation chunks [T, D] through the SAE and accumulate metrics."""
     Fn = sae.cfg.n_latents
     fired = torch.zeros(Fn, dtype=torch.long)

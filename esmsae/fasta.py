@@ -99,6 +99,20 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
         yield from _records(fh, str(path))
 
 
+def write_fasta(path: str | Path, records: Iterable[tuple[str, str]], max_len: int | None = None, limit: int | None = None) -> Path:
+    """Write (header, sequence) records as FASTA, written under a temp name and renamed;
+    ``max_len`` cuts each sequence, ``limit`` stops after that many records."""
+    from .atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, "FASTA file") as tmp, open(tmp, "w") as fh:
+        for i, (h, s) in enumerate(records):
+            if limit is not None and i >= limit:
+                break
+            fh.write(f">{h}\n{s[:max_len] if max_len else s}\n")
+    return path
+
+
 def clean_sequence(seq: str, record: str = "sequence") -> str:
     """Upper-case, drop whitespace and one trailing stop '*'; reject anything else.
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import SITES, ModelConfig, hook_name
+from .config import SITES, ModelConfig, hook_name, layer_range
 from .fasta import ALPHABET, SequenceError
 
 # The ESM alphabet (ESM-2 and ESM C share it, in this order).
@@ -111,8 +111,8 @@ class ProteinLM:
     def check_hook(self, hook: Hook) -> None:
         if hook.site not in SITES:
             raise ModelMismatchError(f"hook site {hook.site!r} cannot be read from {self.name}: esmsae reads {', '.join(SITES)}")
-        lo = 0 if hook.site == "resid" else 1
-        if not lo <= hook.layer <= self.n_layers:
+        lo, hi = layer_range(hook.site, self.n_layers)
+        if not lo <= hook.layer <= hi:
             raise ModelMismatchError(
                 f"layer {hook.layer} with site {hook.site!r} does not exist in {self.name} "
                 f"({self.n_layers} blocks: valid layers are {lo}..{self.n_layers})"

@@ -109,6 +109,24 @@ def lr_at(step: int, tcfg: TrainConfig, base_lr: float) -> float:
     return base_lr
 
 
+def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_mask_F: torch.Tensor | None = None,
+               l1_coef: float | None = None, lr: float | None = None):
+    """One optimisation step of an SAE (the one copy: the trainer, the tests and the benches):
+    forward, backward, remove the gradient component along each decoder row (it would only
+    change the row's norm), Adam, re-normalise the decoder rows to unit norm. Returns the
+    forward output (losses, latents)."""
+    if lr is not None:
+        for g in opt.param_groups:
+            g["lr"] = lr
+    o = sae(x_BD, dead_mask_F=dead_mask_F, l1_coef=l1_coef)
+    opt.zero_grad(set_to_none=True)
+    o.loss.backward()
+    sae.remove_gradient_parallel_to_decoder()
+    opt.step()
+    sae.set_decoder_norm_to_unit()
+    return o
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp), "training state")
 
@@ -232,17 +250,8 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
             lr = lr_at(step, tcfg, base_lr)
             l1c = scfg.l1_coef * min(1.0, (step + 1) / max(1, tcfg.l1_warmup_steps))
             for n in names:
-                sae, opt = saes[n], opts[n]
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x = batch[n]
-                dead = since_fired[n] >= scfg.dead_tokens
-                o = sae(x, dead_mask_F=dead, l1_coef=l1c)
-                opt.zero_grad(set_to_none=True)
-                o.loss.backward()
-                sae.remove_gradient_parallel_to_decoder()
-                opt.step()
-                sae.set_decoder_norm_to_unit()
+                sae, x = saes[n], batch[n]
+                o = train_step(sae, opts[n], x, dead_mask_F=since_fired[n] >= scfg.dead_tokens, l1_coef=l1c, lr=lr)
                 with torch.no_grad():
                     if scfg.architecture == "relu":
                         active_BF = sae.pre_acts(sae.normalize(x)[0]) > 0

@@ -56,9 +56,20 @@ def require_index(run: Run | None) -> FeatureIndex:
     return idx
 
 
-def feature_link(f: int, run: Run | None = None) -> None:
-    qp = {"feature": str(f)}
+def feature_query(f: int, run: Run | None = None) -> dict[str, str]:
+    """Query parameters of a feature's page: the run is named unless it is the default (demo)."""
+    qp = {"feature": str(int(f))}
     if run is not None and run.name != "demo":
         qp["run"] = run.name
-    st.page_link("pages/features.py", label=f"Open feature {f}", query_params=qp)
+    return qp
+
+
+def feature_url(f: int, run: Run | None = None) -> str:
+    from urllib.parse import urlencode
+
+    return "/features?" + urlencode(feature_query(f, run))
+
+
+def feature_link(f: int, run: Run | None = None) -> None:
+    st.page_link("pages/features.py", label=f"Open feature {f}", query_params=feature_query(f, run))
 

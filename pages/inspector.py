@@ -5,7 +5,7 @@ import streamlit as st
 
 from esmsae.analyze import InputError, parse_input
 from esmsae.render import StructureError, chain_breaks, heatmap, parse_structure, structure_html, track_html
-from esmsae.ui import analyzer_of, feature_link, index_of, pick_run
+from esmsae.ui import analyzer_of, feature_link, feature_url, index_of, pick_run
 
 run = pick_run()
 if run is None:
@@ -57,8 +57,7 @@ if state:
     c1, c2 = st.columns([2, 3])
     with c1:
         st.markdown("**Features that fire most**")
-        run_q = "" if run.name == "demo" else f"&run={run.name}"
-        top["page"] = [f"/features?feature={int(f)}{run_q}" for f in top["feature"]]
+        top["page"] = [feature_url(f, run) for f in top["feature"]]
         st.dataframe(top, hide_index=True, key="top_feats",
                      column_config={"page": st.column_config.LinkColumn("feature page", display_text="open")})
         for f in top["feature"].head(5):

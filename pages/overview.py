@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from esmsae.render import feature_map, format_number, freq_histogram
-from esmsae.ui import pick_run, require_index
+from esmsae.ui import feature_query, pick_run, require_index
 
 run = pick_run()
 idx = require_index(run)
@@ -27,6 +27,5 @@ with right:
     pts = (ev.selection.points if ev and hasattr(ev, "selection") else []) or []
     if pts:
         f = int(pts[0]["customdata"][0])
-        qp = {"feature": str(f)} | ({"run": run.name} if run.name != "demo" else {})
-        st.switch_page("pages/features.py", query_params=qp)
+        st.switch_page("pages/features.py", query_params=feature_query(f, run))
     st.caption("Select a point to open that feature.")

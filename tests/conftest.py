@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from esmsae.fasta import read_fasta
+from esmsae.fasta import read_fasta, write_fasta
 from esmsae.paths import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,13 +51,7 @@ def mgen_fasta(tmp_path_factory, shared):
     """The first 120 M. genitalium proteins (real UniProt records, cut to 150 residues to keep tests fast)."""
     from esmsae.fasta import read_fasta
 
-    out = tmp_path_factory.mktemp("fa") / "mgen120.fasta"
-    with open(out, "w") as fh:
-        for i, (h, s) in enumerate(read_fasta(MGEN)):
-            if i >= 120:
-                break
-            fh.write(f">{h}\n{s[:150]}\n")
-    return out
+    return write_fasta(tmp_path_factory.mktemp("fa") / "mgen120.fasta", read_fasta(MGEN), max_len=150, limit=120)
 
 
 @pytest.fixture(scope="session")
@@ -74,16 +68,7 @@ def small_store(tmp_path_factory, esm2_dir, mgen_fasta):
 @pytest.fixture(scope="session")
 def mgen_full(tmp_path_factory, shared):
     """60 whole M. genitalium proteins of <= 300 residues (their UniProt features match)."""
-    out = tmp_path_factory.mktemp("fa") / "mgen60.fasta"
-    n = 0
-    with open(out, "w") as fh:
-        for h, s in read_fasta(MGEN):
-            if len(s) <= 300:
-                fh.write(f">{h}\n{s}\n")
-                n += 1
-            if n == 60:
-                break
-    return out
+    return write_fasta(tmp_path_factory.mktemp("fa") / "mgen60.fasta", ((h, s) for h, s in read_fasta(MGEN) if len(s) <= 300), limit=60)
 
 
 @pytest.fixture(scope="session")
@@ -107,10 +92,7 @@ def structure_fasta(tmp_path_factory, shared):
     out = tmp_path_factory.mktemp("fa") / "chains.fasta"
     rows = list(csv.DictReader(open(shared / "structures" / "links" / "structure_chains.tsv"), delimiter="\t"))
     rows = [r for r in rows if 60 <= len(r["atom_seq"]) <= 200 and set(r["atom_seq"]) <= set("ACDEFGHIKLMNPQRSTVWY")][:3]
-    with open(out, "w") as fh:
-        for r in rows:
-            fh.write(f">{Path(r['file']).stem}_{r['chain']}\n{r['atom_seq']}\n")
-    return out
+    return write_fasta(out, ((f"{Path(r['file']).stem}_{r['chain']}", r["atom_seq"]) for r in rows))
 
 
 @pytest.fixture(scope="session")

@@ -168,12 +168,9 @@ def test_journey_training(server, browser):
     page.get_by_label("Run name", exact=True).wait_for(timeout=90_000)
     page.get_by_label("Run name", exact=True).fill("browser-run")
     fasta = ws / "train.fasta"
-    from esmsae.fasta import read_fasta
+    from esmsae.fasta import read_fasta, write_fasta
 
-    with open(fasta, "w") as fh:
-        for i, (h, s) in enumerate(read_fasta(ROOT.parent / "shared" / "data" / "uniprot" / "mgenitalium" / "mgenitalium.fasta")):
-            if i < 80:
-                fh.write(f">{h}\n{s[:200]}\n")
+    write_fasta(fasta, read_fasta(ROOT.parent / "shared" / "data" / "uniprot" / "mgenitalium" / "mgenitalium.fasta"), max_len=200, limit=80)
     model = str(DEMO / "model") if (DEMO / "model").exists() else _tiny_model(ws)
     page.get_by_label("Protein LM", exact=True).fill(model)
     page.get_by_label("Proteins (FASTA path)", exact=True).fill(str(fasta))

@@ -5,20 +5,13 @@ import sys
 
 import pytest
 
-from esmsae.fasta import read_fasta
+from esmsae.fasta import read_fasta, write_fasta
 
 
 @pytest.mark.slow
 def test_cli_pipeline_learns_on_real_uniref90_proteins(tmp_path, shared, esm2_dir):
-    fa = tmp_path / "uniref90_400.fasta"
-    n = 0
-    with open(fa, "w") as fh:
-        for h, s in read_fasta(shared / "af3_samples" / "uniref90__subsampled_1000.fasta"):
-            if 50 <= len(s) <= 300:
-                fh.write(f">{h}\n{s}\n")
-                n += 1
-            if n == 400:
-                break
+    fa = write_fasta(tmp_path / "uniref90_400.fasta", ((h, s) for h, s in read_fasta(shared / "af3_samples" / "uniref90__subsampled_1000.fasta")
+                                                       if 50 <= len(s) <= 300), limit=400)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "esmsae", "pipeline", "--fasta", str(fa), "--model", str(esm2_dir), "--layers", "3",
            "--out", str(out), "--n-latents", "1024", "--k", "16", "--token-budget", "600000", "--batch-size", "1024",

@@ -3,7 +3,6 @@ metrics, option parsing, and training of every architecture through ``train()``.
 import argparse
 import json
 
-import numpy as np
 import pytest
 import torch
 

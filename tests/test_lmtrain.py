@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from esmsae.config import LMTrainConfig, ModelConfig
+from esmsae.fasta import write_fasta
 from esmsae.lmtrain import load_corpus, mask_tokens, train_lm
 from esmsae.plm import EsmTokens, Hook, load_plm
 
@@ -31,11 +32,7 @@ def test_lm_training_learns_context_and_loads_like_a_hub_model(tmp_path, shared)
 
     rng = random.Random(0)
     aa = "ACDEFGHIKLMNPQRSTVWY"
-    fa = tmp_path / "periodic.fasta"
-    with open(fa, "w") as fh:
-        for i in range(2000):
-            motif = "".join(rng.choice(aa) for _ in range(4))
-            fh.write(f">s{i}\n{(motif * 20)[:60]}\n")
+    fa = write_fasta(tmp_path / "periodic.fasta", ((f"s{i}", ("".join(rng.choice(aa) for _ in range(4)) * 20)[:60]) for i in range(2000)))
     train, held, info = load_corpus([str(fa)], 0.1)
     assert info["unique"] == len(train) + len(held) and not set(train) & set(held)
     cfg = LMTrainConfig(config_dir=str(shared / "esm2_t6_8M_config"), out=str(tmp_path / "lm"), fasta=[str(fa)],

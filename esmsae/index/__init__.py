@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib import import_module
 
 _WHERE = {
-    "build_index": "build", "DENSE_FREQ": "build", "EXAMPLE_BLOCK": "build",
+    "build_index": "build", "EXAMPLE_BLOCK": "build",
     "Item": "proteins", "IndexBuildError": "proteins", "collect": "proteins", "grouping_json": "proteins",
     "grouping_tsv": "proteins", "read_grouping": "proteins", "md5": "proteins",
     "enrichment": "group_stats", "benjamini_hochberg": "group_stats",

@@ -33,17 +33,16 @@ from .. import __version__
 from ..atomic import explain
 from ..checkpoint import WEIGHTS, check_compatible, load_sae, model_config_of
 from ..concepts import load_all
-from ..config import IndexConfig, auto_batch_tokens
+from ..config import DENSE_FREQ, IndexConfig, auto_batch_tokens
 from ..checkpoint import hook_of, read_eval
 from ..fasta import SequenceError
 from ..plm import ProteinLM, load_plm
 from .concept_f1 import MAX_COVERAGE, MIN_DOMAINS, THRESHOLDS, concept_counts, concept_table
-from .group_stats import enrichment
+from .group_stats import usage_frame
 from .proteins import IndexBuildError, Item, collect, write_proteins
 from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, Reservoir, TopN, TrackSpill, protein_pairs
 from .tables import HIST_EDGES, SCHEMA, feature_map, hist_quantiles, quantile_frame, top_frame
 
-DENSE_FREQ = 0.1  # a feature firing on more than this fraction of residues is "dense"
 EXAMPLE_BLOCK = 2048  # features per block when the example tables are written
 
 
@@ -243,16 +242,10 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
                 members_G[g][group_ids[g][grp]] += 1
         for g in groupings:
             n_prot = members_G[g]
-            enr = enrichment(n_fire_G[g], n_prot)
+            frame, enr = usage_frame(group_names[g], n_fire_G[g], sum_max_G[g], n_prot)
+            usage_frames.append(frame.assign(grouping=g)[["grouping", *frame.columns]])
             for gi, name in enumerate(group_names[g]):
                 group_rows.append((g, name, int(n_prot[gi])))
-            Gn, Fn = n_fire_G[g].shape
-            usage_frames.append(pd.DataFrame({
-                "grouping": g, "grp": np.repeat(group_names[g], Fn), "feature": np.tile(np.arange(Fn), Gn),
-                "n_proteins": np.repeat(n_prot, Fn), "n_fire": n_fire_G[g].ravel(),
-                "frac": (n_fire_G[g] / np.maximum(n_prot[:, None], 1)).ravel(),
-                "mean_act": (sum_max_G[g] / np.maximum(n_prot[:, None], 1)).ravel(),
-                "log_odds": enr["log_odds"].ravel(), "p": enr["p"].ravel(), "q": enr["q"].ravel()}))
             if g == "kingdom" or (g == groupings[0] and "kingdom" not in groupings):
                 lo = np.where(n_fire_G[g] > 0, enr["log_odds"], -np.inf)
                 best_g = lo.argmax(0)

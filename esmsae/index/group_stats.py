@@ -17,6 +17,19 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def usage_frame(group_names: list[str], n_fire_GF: np.ndarray, sum_max_GF: np.ndarray, n_prot_G: np.ndarray):
+    """The long group x feature usage table of the index and the app (one row per pair): proteins,
+    firing proteins, fraction, mean per-protein max activation, log odds, Fisher p, BH q."""
+    import pandas as pd
+
+    enr = enrichment(n_fire_GF, n_prot_G)
+    G, F = n_fire_GF.shape
+    size = np.maximum(n_prot_G[:, None], 1)
+    return pd.DataFrame({"grp": np.repeat(group_names, F), "feature": np.tile(np.arange(F), G), "n_proteins": np.repeat(n_prot_G, F),
+                         "n_fire": n_fire_GF.ravel(), "frac": (n_fire_GF / size).ravel(), "mean_act": (sum_max_GF / size).ravel(),
+                         "log_odds": enr["log_odds"].ravel(), "p": enr["p"].ravel(), "q": enr["q"].ravel()}), enr
+
+
 def enrichment(n_fire_GF: np.ndarray, n_prot_G: np.ndarray) -> dict[str, np.ndarray]:
     """Feature enrichment of each group against all other groups of the grouping.
 
