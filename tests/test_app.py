@@ -88,6 +88,34 @@ def test_inspector(env):
     assert at.get("download_button")
 
 
+def test_inspector_paste_probes(env):
+    """What a new user pastes: each is analysed as they meant it, or refused with a reason."""
+    at = ok(page("inspector"))
+    cases = [
+        ("mktayi akq\nrqisf", "query", 14),  # lowercase, spaces and newlines: cleaned
+        ("MKTAYIAKQR*", "query", 10),  # a trailing stop
+        ("XXXXXXXX", "query", 8),  # unknown residues only: the models accept X
+        ("M", "query", 1),  # one residue
+        ("MKTAYIAKQR" * 500, "query", 5000),  # longer than the 1,022-residue window: stitched windows
+    ]
+    for text, name, n in cases:
+        at.text_area(key="seq_text").input(text).run()
+        at.button[0].click().run()
+        assert not at.exception and not at.error, (text[:20], [e.value for e in at.error])
+        assert at.caption[0].value.startswith(f"{n} residues"), (text[:20], at.caption[0].value)
+    # two records, the same id twice: both offered under distinct names, the second one picked
+    at.text_area(key="seq_text").input(">p1\nMKTAYIAKQR\n>p1\nMKVLAAGIVG AL").run()
+    at.button[0].click().run()
+    sel = at.selectbox(key="inspect_pick")
+    assert sel.options == ["p1", "p1 (record 2)"]
+    sel.set_value("p1 (record 2)").run()
+    assert at.caption[0].value.startswith("12 residues")
+    for text, msg in (("MKV-LL", "'-' at position 4"), ("MKV*LL", "'*' at position 4"), ("M" * 5_000_001, "at most")):
+        at.text_area(key="seq_text").input(text).run()
+        at.button[0].click().run()
+        assert not at.exception and msg in at.error[0].value
+
+
 @pytest.mark.parametrize("text,msg", [("", "empty"), ("MKV1LL", "'1'"), ("M" * 300_000, "at most")])
 def test_inspector_bad_input(env, text, msg):
     at = ok(page("inspector"))

@@ -1,6 +1,8 @@
 """Rendering: hostile text from structure files, headers and labels never becomes markup or script."""
 import re
 
+import pytest
+
 import numpy as np
 
 from esmsae.render import parse_structure, script_json, structure_html, track_html
@@ -56,3 +58,24 @@ def test_insertion_codes_and_chain_breaks():
     page = structure_html(text, "pdb", "A", resi, np.array([0.0, 0.0, 1.0, 0.0, 0.0]), 1.0)
     assert '"2A": "#ff0a0a"' in page and '"2": "#f2f2f2"' in page  # 2 and 2A get their own colours
     assert "a.icode" in page
+
+
+@pytest.mark.parametrize("case", ["empty", "water_only", "truncated_cif", "not_utf8", "garbage"])
+def test_bad_structures_are_named(shared, case):
+    from esmsae.render import StructureError
+
+    cif = (shared / "structures" / "pdb" / "1igy.cif").read_text()
+    text, fmt = {
+        "empty": ("", "pdb"),
+        "water_only": ("HETATM    1  O   HOH A   1       0.000   0.000   0.000  1.00  0.00           O\nEND\n", "pdb"),
+        "truncated_cif": (cif[: len(cif) // 2], "cif"),
+        "not_utf8": (b"\xff\xfe\x00garbage\x80\x81".decode("utf-8", errors="replace"), "pdb"),
+        "garbage": ("this is not a structure\n", "cif"),
+    }[case]
+    with pytest.raises(StructureError, match="empty|no protein chains|could not read|no models"):
+        parse_structure(text, fmt)
+
+
+def test_multi_chain_mmcif_gives_every_chain(shared):
+    chains = parse_structure((shared / "structures" / "pdb" / "1ncb.cif").read_text(), "cif")
+    assert {c: len(s) for c, (s, _) in chains.items()} == {"N": 389, "L": 214, "H": 221}
