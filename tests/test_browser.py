@@ -188,7 +188,6 @@ def test_journey_training(server, browser):
     # reload while the job runs: the job goes on (its own process) and the page finds it again
     page.reload()
     page.get_by_text(re.compile(r"browser-run: (starting|running)")).first.wait_for(timeout=90_000)
-    assert "browser-run" in page.get_by_test_id("stSelectbox").last.inner_text()
 
     page.get_by_text(re.compile(r"Finished: the run is in the run picker|browser-run\*\*: failed")).first.wait_for(timeout=400_000)
     status = (ws / "browser-run" / "status.json").read_text()
