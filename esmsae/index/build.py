@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -68,56 +68,70 @@ def _sweep_stale_scratch(folder: Path) -> None:
             continue
 
 
+@dataclass
+class Layout:
+    """Names and ids of what the build counts: concepts and their label sources, groupings and
+    their groups (all fixed by the protein set before the pass)."""
+
+    concept_names: list[str]
+    concept_ids: dict[str, int]
+    source_names: list[str]
+    source_ids: dict[str, int]
+    concept_source: np.ndarray  # [C] source id of each concept
+    groupings: list[str]
+    group_names: dict[str, list[str]]
+    group_ids: dict[str, dict[str, int]]
+
+    @classmethod
+    def of(cls, items: list[Item]) -> "Layout":
+        source_of = {c: lab.source for it in items for lab in it.labels for c in lab.spans}  # concept names carry their source
+        concept_names = sorted(source_of)
+        source_names = sorted({lab.source for it in items for lab in it.labels})
+        source_ids = {s: i for i, s in enumerate(source_names)}
+        groupings = sorted({g for it in items for g in it.groups})
+        group_names = {g: sorted({it.groups[g] for it in items if g in it.groups}) for g in groupings}
+        return cls(concept_names, {c: i for i, c in enumerate(concept_names)}, source_names, source_ids,
+                   np.array([source_ids[source_of[c]] for c in concept_names], np.int64), groupings, group_names,
+                   {g: {n: i for i, n in enumerate(names)} for g, names in group_names.items()})
+
+
+@dataclass
+class Stream:
+    """Everything the streaming pass accumulates; its size depends on the features (and groups),
+    never on the number of proteins."""
+
+    fire_res_F: np.ndarray
+    fire_prot_F: np.ndarray
+    sum_F: np.ndarray
+    max_F: np.ndarray
+    hist_FH: np.ndarray
+    top: TopN
+    res: Reservoir
+    n_fire_G: dict[str, np.ndarray]
+    sum_max_G: dict[str, np.ndarray]
+    n_res: int = 0
+    skipped_model: list[str] = field(default_factory=list)
+    struct_rows: list[tuple] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, F: int, cfg: IndexConfig, layout: Layout) -> "Stream":
+        shape = {g: (len(layout.group_names[g]), F) for g in layout.groupings}
+        return cls(np.zeros(F, np.int64), np.zeros(F, np.int64), np.zeros(F, np.float64), np.zeros(F, np.float32),
+                   np.zeros((F, len(HIST_EDGES) - 1), np.int64), TopN(F, cfg.top_n), Reservoir(F, cfg.reservoir, cfg.seed),
+                   {g: np.zeros(sh, np.int64) for g, sh in shape.items()}, {g: np.zeros(sh, np.float64) for g, sh in shape.items()})
+
+
 def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item] | None = None, progress: bool = True,
                 report: dict | None = None) -> Path:
-    """Build the DuckDB feature index of ``cfg.sae`` over a protein set; returns its path."""
+    """Build the DuckDB feature index of ``cfg.sae`` over a protein set; returns its path.
+
+    Phases: set-up (model, SAE, protein set), the streaming pass, then the feature, concept and
+    group tables from what it accumulated, the example tables, and the meta table; all into
+    ``<out>.tmp``, renamed over ``out`` at the end."""
     t0 = time.time()
     out = Path(cfg.out)
-    if not cfg.out:
-        raise IndexBuildError("IndexConfig.out: give the index file to write")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    sae, meta = load_sae(cfg.sae)
-    if plm is None:
-        plm = load_plm(model_config_of(meta, cfg.model))
-    check_compatible(meta, plm, strict_name=not cfg.model)
-    batch_tokens = cfg.batch_tokens or auto_batch_tokens(plm.cfg.device)
-    hook = hook_of(meta)
-    plm.check_hook(hook)
-    report = dict(report or {})
-    if items is None:
-        labelled = load_all(Path(cfg.concepts)) if cfg.concepts else []
-        items, report = collect(cfg, labelled)
-    if not items:
-        raise IndexBuildError("the protein set is empty (check --fasta / --concepts --add-labelled)")
-    F = sae.cfg.n_latents
-    if F > MAX_LATENTS:
-        raise IndexBuildError(f"the SAE has {F} latents; the index packs (residue, latent) pairs in 20 bits of latent id, "
-                              f"so at most {MAX_LATENTS} latents")
-    N = len(items)
-
-    source_of = {c: lab.source for it in items for lab in it.labels for c in lab.spans}  # concept names carry their source
-    concept_names = sorted(source_of)
-    concept_ids = {c: i for i, c in enumerate(concept_names)}
-    source_names = sorted({lab.source for it in items for lab in it.labels})
-    source_ids = {s: i for i, s in enumerate(source_names)}
-    concept_source = np.array([source_ids[source_of[c]] for c in concept_names], np.int64)
-    groupings = sorted({g for it in items for g in it.groups})
-    group_names = {g: sorted({it.groups[g] for it in items if g in it.groups}) for g in groupings}
-    group_ids = {g: {n: i for i, n in enumerate(names)} for g, names in group_names.items()}
-    n_fire_G = {g: np.zeros((len(group_names[g]), F), np.int64) for g in groupings}
-    sum_max_G = {g: np.zeros((len(group_names[g]), F), np.float64) for g in groupings}
-
-    # running per-feature statistics
-    fire_res_F = np.zeros(F, np.int64)
-    fire_prot_F = np.zeros(F, np.int64)
-    sum_F = np.zeros(F, np.float64)
-    max_F = np.zeros(F, np.float32)
-    hist_FH = np.zeros((F, len(HIST_EDGES) - 1), np.int64)
-    top = TopN(F, cfg.top_n)
-    res = Reservoir(F, cfg.reservoir, cfg.seed)
-    n_res = 0
-
+    sae, meta, plm, hook, items, report = _set_up(cfg, plm, items, report)
+    layout = Layout.of(items)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_db = out.with_name(out.name + ".tmp")
     for p in (tmp_db, Path(str(tmp_db) + ".wal")):
@@ -132,181 +146,15 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         # the scratch files are used only through their open handles: unlinked now, the disk space
         # is freed when the handles close, even after a kill -9 (no scratch folder is left behind)
         shutil.rmtree(scratch, ignore_errors=True)
-    trim = HeapTrim()
-    skipped_model: list[str] = []
-    struct_rows: list[tuple] = []
-    order = sorted(range(N), key=lambda i: len(items[i].sequence))  # length-sorted: little padding
-    bar = tqdm(total=sum(len(it.sequence) for it in items), desc="index", unit="res", disable=not progress, unit_scale=True)
     try:
-        batch: list[int] = []
-        budget = 0
-
-        def run(batch: list[int]) -> None:
-            nonlocal n_res
-            seqs = [items[i].sequence for i in batch]
-            try:
-                acts = [a[hook.name] for a in plm.embed(seqs, [hook])]
-            except SequenceError as e:
-                if cfg.on_invalid == "error":
-                    raise
-                skipped_model.append(str(e))
-                return
-            rows = []
-            for i, a_LD in zip(batch, acts):
-                with torch.no_grad():
-                    lat = sae.encode(a_LD)
-                acts_LK, idx_LK = lat.acts_BK.float().numpy(), lat.idx_BK.numpy()
-                nz = acts_LK > 0
-                r_R = np.nonzero(nz)[0].astype(np.int64)
-                f_R = idx_LK[nz].astype(np.int64)
-                v_R = acts_LK[nz]
-                L = a_LD.shape[0]
-                n_res += L
-                feats, vmax, counts, starts, r_sorted, v_sorted = protein_pairs(r_R, f_R, v_R)
-                fire_res_F[feats] += counts
-                fire_prot_F[feats] += 1
-                np.add.at(sum_F, f_R, v_R)
-                np.maximum.at(max_F, feats, vmax)
-                hb = np.clip(np.searchsorted(HIST_EDGES, v_R, side="right") - 1, 0, len(HIST_EDGES) - 2)
-                np.add.at(hist_FH, (f_R, hb), 1)
-                ends = np.r_[starts[1:], len(r_sorted)] if len(starts) else starts
-                tracks = [(r_sorted[s:e].astype(np.int32), v_sorted[s:e].astype(np.float32)) for s, e in zip(starts, ends)]
-                spilled: dict[int, tuple[int, int]] = {}
-
-                def put(j: int) -> tuple[int, int]:  # a track goes to disk once, when first kept
-                    if j not in spilled:
-                        spilled[j] = spill.put(*tracks[j])
-                    return spilled[j]
-                top.offer(feats, vmax, i, put)
-                res.offer(feats, vmax, i, put)
-                it = items[i]
-                for g, grp in it.groups.items():
-                    gi = group_ids[g][grp]
-                    n_fire_G[g][gi, feats] += 1
-                    sum_max_G[g][gi, feats] += vmax
-                if it.labels:
-                    csr.add(i, r_R, f_R, v_R)
-                if it.structure:  # full tracks of proteins with a structure, to colour it by any feature
-                    struct_rows.extend((i, int(f), float(m), t[0].tolist(), t[1].tolist()) for f, m, t in zip(feats, vmax, tracks))
-                rows.append((i, len(feats)))
-            write_proteins(con, items, rows)
-            trim()
-            bar.update(sum(len(s) for s in seqs))
-
-        for i in order:
-            L = len(items[i].sequence) + 2
-            cost = min(L, plm.max_residues + 2)
-            if batch and (len(batch) + 1) * max(cost, budget) > batch_tokens:
-                run(batch)
-                batch, budget = [], 0
-            batch.append(i)
-            budget = max(budget, cost)
-        if batch:
-            run(batch)
-        bar.close()
-        csr.close()
-
-        # ------------------------------------------------ features
+        st = _stream(cfg, plm, sae, hook, items, layout, con, csr, spill, progress)
         n_done = int(con.execute("SELECT count(*) FROM proteins").fetchall()[0][0])
-        freq_res = fire_res_F / max(n_res, 1)
-        freq_prot = fire_prot_F / max(n_done, 1)
-        idf = np.log(max(n_done, 1) / np.maximum(fire_prot_F, 1))
-        mean_act = np.where(fire_res_F > 0, sum_F / np.maximum(fire_res_F, 1), 0.0)
-        qs = hist_quantiles(hist_FH, (0.5, 0.9, 0.99))
-
-        # ------------------------------------------------ concepts
-        conc = concept_counts(csr, items, max_F, concept_ids, source_ids)
-        n_res_C = np.zeros(len(concept_names), np.int64)
-        n_dom_C = np.zeros(len(concept_names), np.int64)
-        n_prot_C = np.zeros(len(concept_names), np.int64)
-        src_res = np.zeros(len(source_names), np.int64)
-        for i in set(csr.pidx):
-            for lab in items[i].labels:
-                for cname, spans in lab.spans.items():
-                    c = concept_ids[cname]
-                    n_res_C[c] += sum(y - x for x, y in spans)
-                    n_dom_C[c] += len(spans)
-                    n_prot_C[c] += 1
-            for s_name in {lab.source for lab in items[i].labels}:
-                src_res[source_ids[s_name]] += len(items[i].sequence)
-        coverage_C = n_res_C / np.maximum(src_res[concept_source], 1) if len(concept_names) else np.zeros(0)
-        f1_df, best = concept_table(conc, concept_names, concept_source, n_res_C, n_dom_C, coverage_C)
-
-        # ------------------------------------------------ groups
-        group_rows = []
-        usage_frames = []
-        top_group = np.array([""] * F, dtype=object)
-        members_G = {g: np.zeros(len(group_names[g]), np.int64) for g in groupings}
-        for it in items:
-            for g, grp in it.groups.items():
-                members_G[g][group_ids[g][grp]] += 1
-        for g in groupings:
-            n_prot = members_G[g]
-            frame, enr = usage_frame(group_names[g], n_fire_G[g], sum_max_G[g], n_prot)
-            usage_frames.append(frame.assign(grouping=g)[["grouping", *frame.columns]])
-            for gi, name in enumerate(group_names[g]):
-                group_rows.append((g, name, int(n_prot[gi])))
-            if g == "kingdom" or (g == groupings[0] and "kingdom" not in groupings):
-                lo = np.where(n_fire_G[g] > 0, enr["log_odds"], -np.inf)
-                best_g = lo.argmax(0)
-                top_group = np.where(fire_prot_F > 0, np.array(group_names[g], dtype=object)[best_g], "")
-
-        # ------------------------------------------------ feature map
-        W_dec = sae.W_dec.detach().float().numpy()
-        umap_xy, cluster = feature_map(W_dec, cfg.seed, cfg.umap)
-
-        features = pd.DataFrame({
-            "feature": np.arange(F), "freq_residue": freq_res, "freq_protein": freq_prot, "n_proteins": fire_prot_F,
-            "n_residues": fire_res_F, "max_act": max_F, "mean_act": mean_act, "q50": qs[:, 0], "q90": qs[:, 1], "q99": qs[:, 2],
-            "dead": fire_res_F == 0, "dense": freq_res > DENSE_FREQ, "idf": idf,
-            "best_concept": best["concept"], "best_f1": best["f1"], "best_threshold": best["threshold"],
-            "best_precision": best["precision"], "best_recall": best["recall"],
-            "label": np.where(best["f1"] > 0.5, best["concept"], ""), "top_group": top_group,
-            "cluster": cluster, "umap_x": umap_xy[:, 0], "umap_y": umap_xy[:, 1],
-            # reference display statistics shipped with the SAE (NaN when it has none)
-            "ref_max": _ref_stat(sae, 0, F), "ref_idf": _ref_stat(sae, 1, F)})
-        con.register("features_df", features)
-        con.execute("CREATE TABLE features AS SELECT * FROM features_df")
-        hist_f, hist_b = np.nonzero(hist_FH)
-        con.register("hist_df", pd.DataFrame({"feature": hist_f, "bin_lo": HIST_EDGES[hist_b], "bin_hi": HIST_EDGES[hist_b + 1], "count": hist_FH[hist_f, hist_b]}))
-        con.execute("CREATE TABLE feature_hist AS SELECT * FROM hist_df")
+        concepts_df, f1_df, best = _concept_frames(csr, items, layout, st.max_F)
+        groups_df, usage, top_group = _group_frames(items, layout, st)
+        features = _feature_frame(cfg, sae, st, n_done, best, top_group)
         spill.finish()
-        # written in blocks of features, in feature order (DuckDB keeps insertion order), so the
-        # tracks in memory at once are bounded by the block, not by the whole index
-        for lo in range(0, F, EXAMPLE_BLOCK):
-            hi = min(F, lo + EXAMPLE_BLOCK)
-            verb = "CREATE TABLE {} AS" if lo == 0 else "INSERT INTO {}"
-            con.register("top_df", top_frame(top, spill, lo, hi))
-            con.execute(verb.format("top_examples") + " SELECT * FROM top_df ORDER BY feature, rank")
-            con.register("q_df", quantile_frame(res, spill, max_F, cfg.quantile_bins, cfg.per_bin, lo, hi))
-            con.execute(verb.format("quantile_examples") + " SELECT * FROM q_df ORDER BY feature, bin, max_act DESC")
-            con.unregister("top_df")
-            con.unregister("q_df")
-        con.register("struct_df", pd.DataFrame(struct_rows, columns=["pidx", "feature", "max_act", "positions", "values"]))
-        con.execute("CREATE TABLE structure_tracks AS SELECT * FROM struct_df ORDER BY feature, max_act DESC")
-        con.register("concepts_df", pd.DataFrame({"concept": concept_names, "source": [source_names[s] for s in concept_source],
-                                                  "n_residues": n_res_C, "n_domains": n_dom_C, "n_proteins": n_prot_C,
-                                                  "coverage": coverage_C, "best_eligible": (n_dom_C >= MIN_DOMAINS) & (coverage_C <= MAX_COVERAGE)}))
-        con.execute("CREATE TABLE concepts AS SELECT * FROM concepts_df")
-        con.register("f1_df", f1_df)
-        con.execute("CREATE TABLE concept_f1 AS SELECT * FROM f1_df ORDER BY feature, f1 DESC")
-        con.register("groups_df", pd.DataFrame(group_rows, columns=["grouping", "grp", "n_proteins"]))
-        con.execute("CREATE TABLE groups AS SELECT * FROM groups_df")
-        usage = pd.concat(usage_frames) if usage_frames else pd.DataFrame(columns=["grouping", "grp", "feature", "n_proteins", "n_fire", "frac", "mean_act", "log_odds", "p", "q"])
-        con.register("usage_df", usage)
-        con.execute("CREATE TABLE group_usage AS SELECT * FROM usage_df WHERE n_fire > 0 ORDER BY grouping, feature")
-        wsha = hashlib.sha256((Path(cfg.sae) / WEIGHTS).read_bytes()).hexdigest()[:16]
-        info = {
-            "esmsae_version": __version__, "sae": str(cfg.sae), "sae_sha256": wsha, "sae_cfg": meta, "eval": read_eval(cfg.sae),
-            "model": plm.name, "hook": hook.name, "layer": hook.layer, "site": hook.site, "n_latents": F, "d_in": sae.d_in,
-            "n_proteins": n_done, "n_residues": int(n_res), "thresholds": list(THRESHOLDS), "top_n": cfg.top_n,
-            "quantile_bins": cfg.quantile_bins, "per_bin": cfg.per_bin, "build_seconds": round(time.time() - t0, 1),
-            "skipped_model": len(skipped_model), "skipped_examples": skipped_model[:20], "collect": report,
-            "index_config": asdict(cfg), "normalisations": {"raw": "SAE activation", "max": "activation / feature max (0..1)",
-                                                            "idf": "activation / feature max x IDF, IDF = log(N proteins / proteins where it fires)"},
-        }
-        con.execute(f"CREATE TABLE meta ({SCHEMA['meta']})")
-        con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, default=str)) for k, v in info.items()])
+        _write_tables(con, cfg, st, spill, features, concepts_df, f1_df, groups_df, usage)
+        _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, report, t0)
         con.execute("CHECKPOINT")
         con.close()
         os.replace(tmp_db, out)
@@ -325,3 +173,216 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         csr.release()
         shutil.rmtree(scratch, ignore_errors=True)
     return out
+
+
+def _set_up(cfg: IndexConfig, plm: ProteinLM | None, items: list[Item] | None, report: dict | None):
+    """SAE, model (checked against each other), hook and the protein set."""
+    if not cfg.out:
+        raise IndexBuildError("IndexConfig.out: give the index file to write")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    sae, meta = load_sae(cfg.sae)
+    if plm is None:
+        plm = load_plm(model_config_of(meta, cfg.model))
+    check_compatible(meta, plm, strict_name=not cfg.model)
+    hook = hook_of(meta)
+    plm.check_hook(hook)
+    report = dict(report or {})
+    if items is None:
+        labelled = load_all(Path(cfg.concepts)) if cfg.concepts else []
+        items, report = collect(cfg, labelled)
+    if not items:
+        raise IndexBuildError("the protein set is empty (check --fasta / --concepts --add-labelled)")
+    if sae.cfg.n_latents > MAX_LATENTS:
+        raise IndexBuildError(f"the SAE has {sae.cfg.n_latents} latents; the index packs (residue, latent) pairs in 20 bits of latent id, "
+                              f"so at most {MAX_LATENTS} latents")
+    return sae, meta, plm, hook, items, report
+
+
+def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spill: TrackSpill, progress: bool) -> Stream:
+    """The one pass of every protein through model + SAE, in length-sorted batches (little padding)."""
+    st = Stream.empty(sae.cfg.n_latents, cfg, layout)
+    batch_tokens = cfg.batch_tokens or auto_batch_tokens(plm.cfg.device)
+    trim = HeapTrim()
+    bar = tqdm(total=sum(len(it.sequence) for it in items), desc="index", unit="res", disable=not progress, unit_scale=True)
+
+    def run(batch: list[int]) -> None:
+        seqs = [items[i].sequence for i in batch]
+        try:
+            acts = [a[hook.name] for a in plm.embed(seqs, [hook])]
+        except SequenceError as e:
+            if cfg.on_invalid == "error":
+                raise
+            st.skipped_model.append(str(e))
+            return
+        rows = [(i, _add_protein(st, sae, i, items[i], a_LD, layout, csr, spill)) for i, a_LD in zip(batch, acts)]
+        write_proteins(con, items, rows)
+        trim()
+        bar.update(sum(len(s) for s in seqs))
+
+    batch: list[int] = []
+    budget = 0
+    for i in sorted(range(len(items)), key=lambda i: len(items[i].sequence)):
+        cost = min(len(items[i].sequence) + 2, plm.max_residues + 2)
+        if batch and (len(batch) + 1) * max(cost, budget) > batch_tokens:
+            run(batch)
+            batch, budget = [], 0
+        batch.append(i)
+        budget = max(budget, cost)
+    if batch:
+        run(batch)
+    bar.close()
+    csr.close()
+    return st
+
+
+def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: Layout, csr: CSRWriter, spill: TrackSpill) -> int:
+    """One protein's sparse codes into the running statistics; returns how many features fire on it."""
+    with torch.no_grad():
+        lat = sae.encode(a_LD)
+    acts_LK, idx_LK = lat.acts_BK.float().numpy(), lat.idx_BK.numpy()
+    nz = acts_LK > 0
+    r_R = np.nonzero(nz)[0].astype(np.int64)
+    f_R = idx_LK[nz].astype(np.int64)
+    v_R = acts_LK[nz]
+    st.n_res += a_LD.shape[0]
+    feats, vmax, counts, starts, r_sorted, v_sorted = protein_pairs(r_R, f_R, v_R)
+    st.fire_res_F[feats] += counts
+    st.fire_prot_F[feats] += 1
+    np.add.at(st.sum_F, f_R, v_R)
+    np.maximum.at(st.max_F, feats, vmax)
+    hb = np.clip(np.searchsorted(HIST_EDGES, v_R, side="right") - 1, 0, len(HIST_EDGES) - 2)
+    np.add.at(st.hist_FH, (f_R, hb), 1)
+    ends = np.r_[starts[1:], len(r_sorted)] if len(starts) else starts
+    tracks = [(r_sorted[s:e].astype(np.int32), v_sorted[s:e].astype(np.float32)) for s, e in zip(starts, ends)]
+    spilled: dict[int, tuple[int, int]] = {}
+
+    def put(j: int) -> tuple[int, int]:  # a track goes to disk once, when first kept
+        if j not in spilled:
+            spilled[j] = spill.put(*tracks[j])
+        return spilled[j]
+
+    st.top.offer(feats, vmax, i, put)
+    st.res.offer(feats, vmax, i, put)
+    for g, grp in it.groups.items():
+        gi = layout.group_ids[g][grp]
+        st.n_fire_G[g][gi, feats] += 1
+        st.sum_max_G[g][gi, feats] += vmax
+    if it.labels:
+        csr.add(i, r_R, f_R, v_R)
+    if it.structure:  # full tracks of proteins with a structure, to colour it by any feature
+        st.struct_rows.extend((i, int(f), float(m), t[0].tolist(), t[1].tolist()) for f, m, t in zip(feats, vmax, tracks))
+    return len(feats)
+
+
+def _concept_frames(csr: CSRWriter, items: list[Item], layout: Layout, max_F: np.ndarray):
+    """The concepts table, concept F1 per (feature, concept, threshold), and each feature's best concept."""
+    C = len(layout.concept_names)
+    conc = concept_counts(csr, items, max_F, layout.concept_ids, layout.source_ids)
+    n_res_C, n_dom_C, n_prot_C = np.zeros(C, np.int64), np.zeros(C, np.int64), np.zeros(C, np.int64)
+    src_res = np.zeros(len(layout.source_names), np.int64)
+    for i in set(csr.pidx):
+        for lab in items[i].labels:
+            for cname, spans in lab.spans.items():
+                c = layout.concept_ids[cname]
+                n_res_C[c] += sum(y - x for x, y in spans)
+                n_dom_C[c] += len(spans)
+                n_prot_C[c] += 1
+        for s_name in {lab.source for lab in items[i].labels}:
+            src_res[layout.source_ids[s_name]] += len(items[i].sequence)
+    coverage_C = n_res_C / np.maximum(src_res[layout.concept_source], 1) if C else np.zeros(0)
+    f1_df, best = concept_table(conc, layout.concept_names, layout.concept_source, n_res_C, n_dom_C, coverage_C)
+    concepts_df = pd.DataFrame({"concept": layout.concept_names, "source": [layout.source_names[s] for s in layout.concept_source],
+                                "n_residues": n_res_C, "n_domains": n_dom_C, "n_proteins": n_prot_C, "coverage": coverage_C,
+                                "best_eligible": (n_dom_C >= MIN_DOMAINS) & (coverage_C <= MAX_COVERAGE)})
+    return concepts_df, f1_df, best
+
+
+USAGE_COLUMNS = ["grouping", "grp", "feature", "n_proteins", "n_fire", "frac", "mean_act", "log_odds", "p", "q"]
+
+
+def _group_frames(items: list[Item], layout: Layout, st: Stream):
+    """The groups table, the group x feature usage table and each feature's top group."""
+    F = len(st.fire_prot_F)
+    group_rows, usage_frames = [], []
+    top_group = np.array([""] * F, dtype=object)
+    members_G = {g: np.zeros(len(layout.group_names[g]), np.int64) for g in layout.groupings}
+    for it in items:
+        for g, grp in it.groups.items():
+            members_G[g][layout.group_ids[g][grp]] += 1
+    for g in layout.groupings:
+        n_prot = members_G[g]
+        frame, enr = usage_frame(layout.group_names[g], st.n_fire_G[g], st.sum_max_G[g], n_prot)
+        usage_frames.append(frame.assign(grouping=g)[USAGE_COLUMNS])
+        group_rows += [(g, name, int(n_prot[gi])) for gi, name in enumerate(layout.group_names[g])]
+        if g == "kingdom" or (g == layout.groupings[0] and "kingdom" not in layout.groupings):
+            best_g = np.where(st.n_fire_G[g] > 0, enr["log_odds"], -np.inf).argmax(0)
+            top_group = np.where(st.fire_prot_F > 0, np.array(layout.group_names[g], dtype=object)[best_g], "")
+    usage = pd.concat(usage_frames) if usage_frames else pd.DataFrame(columns=USAGE_COLUMNS)
+    return pd.DataFrame(group_rows, columns=["grouping", "grp", "n_proteins"]), usage, top_group
+
+
+def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, top_group: np.ndarray) -> pd.DataFrame:
+    F = sae.cfg.n_latents
+    freq_res = st.fire_res_F / max(st.n_res, 1)
+    qs = hist_quantiles(st.hist_FH, (0.5, 0.9, 0.99))
+    umap_xy, cluster = feature_map(sae.W_dec.detach().float().numpy(), cfg.seed, cfg.umap)
+    return pd.DataFrame({
+        "feature": np.arange(F), "freq_residue": freq_res, "freq_protein": st.fire_prot_F / max(n_done, 1), "n_proteins": st.fire_prot_F,
+        "n_residues": st.fire_res_F, "max_act": st.max_F, "mean_act": np.where(st.fire_res_F > 0, st.sum_F / np.maximum(st.fire_res_F, 1), 0.0),
+        "q50": qs[:, 0], "q90": qs[:, 1], "q99": qs[:, 2], "dead": st.fire_res_F == 0, "dense": freq_res > DENSE_FREQ,
+        "idf": np.log(max(n_done, 1) / np.maximum(st.fire_prot_F, 1)),
+        "best_concept": best["concept"], "best_f1": best["f1"], "best_threshold": best["threshold"],
+        "best_precision": best["precision"], "best_recall": best["recall"],
+        "label": np.where(best["f1"] > 0.5, best["concept"], ""), "top_group": top_group,
+        "cluster": cluster, "umap_x": umap_xy[:, 0], "umap_y": umap_xy[:, 1],
+        # reference display statistics shipped with the SAE (NaN when it has none)
+        "ref_max": _ref_stat(sae, 0, F), "ref_idf": _ref_stat(sae, 1, F)})
+
+
+def _table(con, name: str, df, order: str = "") -> None:
+    con.register(f"_{name}_df", df)
+    con.execute(f"CREATE TABLE {name} AS SELECT * FROM _{name}_df" + (f" ORDER BY {order}" if order else ""))
+    con.unregister(f"_{name}_df")
+
+
+def _write_tables(con, cfg: IndexConfig, st: Stream, spill: TrackSpill, features, concepts_df, f1_df, groups_df, usage) -> None:
+    F = len(features)
+    _table(con, "features", features)
+    hist_f, hist_b = np.nonzero(st.hist_FH)
+    _table(con, "feature_hist", pd.DataFrame({"feature": hist_f, "bin_lo": HIST_EDGES[hist_b], "bin_hi": HIST_EDGES[hist_b + 1],
+                                              "count": st.hist_FH[hist_f, hist_b]}))
+    # written in blocks of features, in feature order (DuckDB keeps insertion order), so the
+    # tracks in memory at once are bounded by the block, not by the whole index
+    for lo in range(0, F, EXAMPLE_BLOCK):
+        hi = min(F, lo + EXAMPLE_BLOCK)
+        verb = "CREATE TABLE {} AS" if lo == 0 else "INSERT INTO {}"
+        con.register("top_df", top_frame(st.top, spill, lo, hi))
+        con.execute(verb.format("top_examples") + " SELECT * FROM top_df ORDER BY feature, rank")
+        con.register("q_df", quantile_frame(st.res, spill, st.max_F, cfg.quantile_bins, cfg.per_bin, lo, hi))
+        con.execute(verb.format("quantile_examples") + " SELECT * FROM q_df ORDER BY feature, bin, max_act DESC")
+        con.unregister("top_df")
+        con.unregister("q_df")
+    _table(con, "structure_tracks", pd.DataFrame(st.struct_rows, columns=["pidx", "feature", "max_act", "positions", "values"]),
+           "feature, max_act DESC")
+    _table(con, "concepts", concepts_df)
+    _table(con, "concept_f1", f1_df, "feature, f1 DESC")
+    _table(con, "groups", groups_df)
+    con.register("_usage_df", usage)
+    con.execute("CREATE TABLE group_usage AS SELECT * FROM _usage_df WHERE n_fire > 0 ORDER BY grouping, feature")
+    con.unregister("_usage_df")
+
+
+def _write_meta(con, cfg: IndexConfig, meta: dict, plm, hook, sae, st: Stream, n_done: int, report: dict, t0: float) -> None:
+    wsha = hashlib.sha256((Path(cfg.sae) / WEIGHTS).read_bytes()).hexdigest()[:16]
+    info = {
+        "esmsae_version": __version__, "sae": str(cfg.sae), "sae_sha256": wsha, "sae_cfg": meta, "eval": read_eval(cfg.sae),
+        "model": plm.name, "hook": hook.name, "layer": hook.layer, "site": hook.site, "n_latents": sae.cfg.n_latents, "d_in": sae.d_in,
+        "n_proteins": n_done, "n_residues": int(st.n_res), "thresholds": list(THRESHOLDS), "top_n": cfg.top_n,
+        "quantile_bins": cfg.quantile_bins, "per_bin": cfg.per_bin, "build_seconds": round(time.time() - t0, 1),
+        "skipped_model": len(st.skipped_model), "skipped_examples": st.skipped_model[:20], "collect": report,
+        "index_config": asdict(cfg), "normalisations": {"raw": "SAE activation", "max": "activation / feature max (0..1)",
+                                                        "idf": "activation / feature max x IDF, IDF = log(N proteins / proteins where it fires)"},
+    }
+    con.execute(f"CREATE TABLE meta ({SCHEMA['meta']})")
+    con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, default=str)) for k, v in info.items()])
