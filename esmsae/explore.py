@@ -249,6 +249,19 @@ def normalise(values: np.ndarray, fmax: float, idf: float, mode: str) -> np.ndar
     return v * idf if mode == "idf" else v
 
 
+class FeatureScale:
+    """The activation scale a feature's tracks are drawn in (raw, / max, / max x IDF), with the
+    colour-scale maximum; max and IDF from :func:`display_scale`."""
+
+    def __init__(self, info: dict[str, Any], mode: str):
+        self.fmax, self.idf, self.source = display_scale(info)
+        self.mode = mode
+        self.vmax = float(self(np.array([info["max_act"]]))[0]) or 1.0
+
+    def __call__(self, values) -> np.ndarray:
+        return normalise(np.asarray(values), self.fmax, self.idf, self.mode)
+
+
 class LabelStoreBusy(RuntimeError):
     """The labels file stayed locked (another process writing) through every retry."""
 

@@ -2,8 +2,8 @@
 import numpy as np
 import streamlit as st
 
-from esmsae.explore import LabelStoreBusy, display_scale, normalise, read_text, set_label, structure_file
-from esmsae.render import activation_hist, group_bar, parse_structure, structure_html, track_html
+from esmsae.explore import FeatureScale, LabelStoreBusy, display_scale, read_text, set_label, structure_file
+from esmsae.render import PQ_COLUMNS, activation_hist, format_number, group_bar, parse_structure, structure_html, track_html
 from esmsae.ui import pick_run, require_index
 
 run = pick_run()
@@ -30,18 +30,17 @@ def show_table() -> None:
         st.rerun()
 
 
-def show_feature(f: int) -> None:
-    info = idx.feature(f)
+def show_header(f: int, info: dict) -> None:
     if st.button("Back to all features"):
         del st.query_params["feature"]
         st.rerun()
     st.title(f"Feature {f}" + (f": {info['user_label'] or info['label']}" if (info["user_label"] or info["label"]) else ""))
     m = st.columns(6)
-    m[0].metric("Frequency (residues)", f"{info['freq_residue']:.2e}")
-    m[1].metric("Frequency (proteins)", f"{info['freq_protein']:.3f}")
-    m[2].metric("Max activation", f"{info['max_act']:.3f}")
-    m[3].metric("IDF", f"{info['idf']:.2f}")
-    m[4].metric("Best concept F1", f"{info['best_f1']:.2f}", help=info["best_concept"] or "none")
+    m[0].metric("Frequency (residues)", format_number(info["freq_residue"]))
+    m[1].metric("Frequency (proteins)", format_number(info["freq_protein"]))
+    m[2].metric("Max activation", format_number(info["max_act"]))
+    m[3].metric("IDF", format_number(info["idf"]))
+    m[4].metric("Best concept F1", format_number(info["best_f1"]), help=info["best_concept"] or "none")
     m[5].metric("Top group", info["top_group"] or "-")
     if info["dead"]:
         st.warning("This feature never fired on the indexed proteins (dead).")
@@ -53,62 +52,80 @@ def show_feature(f: int) -> None:
                 st.success("Label saved (kept across index rebuilds).")
             except LabelStoreBusy as e:
                 st.error(f"Label not saved: {e}")
-    ref_max, ref_idf, ref_from = display_scale(info)
+
+
+def show_examples(f: int, scale) -> None:
+    ex = idx.examples(f, "top", 20)
+    if ex.empty:
+        st.info("No examples: the feature never fires.")
+    for _, r in ex.iterrows():
+        title = f"#{r['rank'] + 1}  {r['id']}  {r['organism'] or ''}  (max {r['max_act']:.3f} at {r['sequence'][r['max_pos']]}{r['max_pos'] + 1}, {r['length']} aa)"
+        st.html(track_html(r["sequence"], r["positions"], scale(r["values"]), scale.vmax, highlight=int(r["max_pos"]), title=title))
+
+
+def show_ranges(f: int, scale) -> None:
+    st.plotly_chart(activation_hist(idx.feature_hist(f)), key="ahist")
+    qx = idx.examples(f, "quantile", 100)
+    for b, grp in qx.groupby("bin", sort=False):
+        st.markdown(f"**Range {grp['bin_lo'].iloc[0]:.3f} - {grp['bin_hi'].iloc[0]:.3f}**")
+        for _, r in grp.iterrows():
+            st.html(track_html(r["sequence"], r["positions"], scale(r["values"]), scale.vmax, highlight=int(r["max_pos"]),
+                               title=f"{r['id']} (max {r['max_act']:.3f})"))
+
+
+def show_groups(f: int) -> None:
+    gs = idx.groupings()
+    if gs:
+        g = st.selectbox("Grouping", gs, index=gs.index("kingdom") if "kingdom" in gs else 0, key="feat_grouping")
+        gt = idx.group_table(f, g)
+        st.plotly_chart(group_bar(gt, g), key="gbar")
+        st.dataframe(gt, hide_index=True, column_config={c: st.column_config.NumberColumn(format=fmt) for c, fmt in PQ_COLUMNS.items()})
+
+
+def show_structure(f: int) -> None:
+    sx = idx.structure_examples(f)
+    if sx.empty:
+        st.info("None of the proteins with a structure activates this feature.")
+        return
+    choice = st.selectbox("Protein with a structure", list(range(len(sx))), key="struct_pick",
+                          format_func=lambda i: f"{sx.iloc[i]['id']} ({sx.iloc[i]['structure']} chain {sx.iloc[i]['chain']}, max {sx.iloc[i]['max_act']:.3f})")
+    r = sx.iloc[choice]
+    path = structure_file(idx, r["structure"])
+    if path is None:
+        st.warning(f"Structure file {r['structure']} is not available here.")
+        return
+    fmt = "cif" if ".cif" in path.name else "pdb"
+    text = read_text(path)
+    seq, resi = parse_structure(text, fmt).get(r["chain"], ("", []))
+    if seq != r["sequence"]:
+        st.warning(f"Chain {r['chain']} of {path.name} does not match the indexed sequence; colouring skipped.")
+        return
+    vals = np.zeros(len(seq))
+    vals[np.asarray(r["positions"], int)] = r["values"]
+    st.iframe(structure_html(text, fmt, r["chain"], resi, vals, float(r["max_act"])), height=440)
+    st.html(track_html(seq, r["positions"], r["values"], float(r["max_act"]), title=f"{r['id']} chain {r['chain']}"))
+
+
+def show_feature(f: int) -> None:
+    info = idx.feature(f)
+    show_header(f, info)
+    ref_from = display_scale(info)[2]
     mode = st.radio("Activation scale", ["raw", "max", "idf"], horizontal=True, key="norm_mode",
                     format_func={"raw": "raw", "max": "/ feature max (0-1)", "idf": "/ max x IDF (ESM C SAE)"}.get,
                     help=f"max and IDF from {ref_from}")
-    vmax = float(normalise(np.array([info["max_act"]]), ref_max, ref_idf, mode)[0]) or 1.0
+    scale = FeatureScale(info, mode)
     tabs = st.tabs(["Top examples", "Activation ranges", "Concepts", "Groups", "Structure"])
     with tabs[0]:
-        ex = idx.examples(f, "top", 20)
-        if ex.empty:
-            st.info("No examples: the feature never fires.")
-        for _, r in ex.iterrows():
-            vals = normalise(np.asarray(r["values"]), ref_max, ref_idf, mode)
-            title = f"#{r['rank'] + 1}  {r['id']}  {r['organism'] or ''}  (max {r['max_act']:.3f} at {r['sequence'][r['max_pos']]}{r['max_pos'] + 1}, {r['length']} aa)"
-            st.html(track_html(r["sequence"], r["positions"], vals, vmax, highlight=int(r["max_pos"]), title=title))
+        show_examples(f, scale)
     with tabs[1]:
-        st.plotly_chart(activation_hist(idx.feature_hist(f)), key="ahist")
-        qx = idx.examples(f, "quantile", 100)
-        for b, grp in qx.groupby("bin", sort=False):
-            st.markdown(f"**Range {grp['bin_lo'].iloc[0]:.3f} - {grp['bin_hi'].iloc[0]:.3f}**")
-            for _, r in grp.iterrows():
-                vals = normalise(np.asarray(r["values"]), ref_max, ref_idf, mode)
-                st.html(track_html(r["sequence"], r["positions"], vals, vmax, highlight=int(r["max_pos"]), title=f"{r['id']} (max {r['max_act']:.3f})"))
+        show_ranges(f, scale)
     with tabs[2]:
-        ct = idx.concept_table(f)
         st.caption("Precision per residue, recall per annotated domain, at thresholds of the feature's max (InterPLM).")
-        st.dataframe(ct, hide_index=True)
+        st.dataframe(idx.concept_table(f), hide_index=True)
     with tabs[3]:
-        gs = idx.groupings()
-        if gs:
-            g = st.selectbox("Grouping", gs, index=gs.index("kingdom") if "kingdom" in gs else 0, key="feat_grouping")
-            gt = idx.group_table(f, g)
-            st.plotly_chart(group_bar(gt, g), key="gbar")
-            st.dataframe(gt, hide_index=True)
+        show_groups(f)
     with tabs[4]:
-        sx = idx.structure_examples(f)
-        if sx.empty:
-            st.info("None of the proteins with a structure activates this feature.")
-        else:
-            choice = st.selectbox("Protein with a structure", list(range(len(sx))), key="struct_pick",
-                                  format_func=lambda i: f"{sx.iloc[i]['id']} ({sx.iloc[i]['structure']} chain {sx.iloc[i]['chain']}, max {sx.iloc[i]['max_act']:.3f})")
-            r = sx.iloc[choice]
-            path = structure_file(idx, r["structure"])
-            if path is None:
-                st.warning(f"Structure file {r['structure']} is not available here.")
-            else:
-                fmt = "cif" if ".cif" in path.name else "pdb"
-                text = read_text(path)
-                chains = parse_structure(text, fmt)
-                seq, resi = chains.get(r["chain"], ("", []))
-                if seq != r["sequence"]:
-                    st.warning(f"Chain {r['chain']} of {path.name} does not match the indexed sequence; colouring skipped.")
-                else:
-                    vals = np.zeros(len(seq))
-                    vals[np.asarray(r["positions"], int)] = r["values"]
-                    st.iframe(structure_html(text, fmt, r["chain"], resi, vals, float(r["max_act"])), height=440)
-                    st.html(track_html(seq, r["positions"], r["values"], float(r["max_act"]), title=f"{r['id']} chain {r['chain']}"))
+        show_structure(f)
 
 
 q = st.query_params.get("feature")
