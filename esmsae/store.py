@@ -70,43 +70,49 @@ def embed_fasta(embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: 
         raise StoreError("EmbedConfig.store: no output folder given")
     out = Path(embed.store)
     out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob("*.tmp"):
+    for tmp in out.glob("*.tmp"):  # a shard an interrupted run did not finish
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
-
     plm = plm or load_plm(model)
     hook_objs = [Hook(layer, hooks.site) for layer in hooks.layers]
     for h in hook_objs:
         plm.check_hook(h)
-    names = [h.name for h in hook_objs]
-    provenance = {"fasta": _file_fingerprint(embed.fasta)}
-    manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        man = json.loads(manifest_path.read_text())
-        _check_resume(man, embed, model, hooks, provenance)
-    else:
-        man = {
-            "version": STORE_VERSION,
-            "model": asdict(model),
-            "model_info": plm.describe(),
-            "hooks": asdict(hooks),
-            "hook_names": names,
-            "d_in": plm.d_model,
-            "bos_eos": "stripped",
-            "embed": asdict(embed),
-            "provenance": provenance,
-            "shards": [],
-            "n_proteins": 0,
-            "n_tokens": 0,
-            "n_skipped": 0,
-            "skipped_examples": [],
-            "complete": False,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        save_json(man, manifest_path)
+    man = _open_manifest(out, embed, model, hooks, plm, [h.name for h in hook_objs])
     if man["complete"]:
         return out
+    skipped = _embed_shards(out, man, embed, plm, hook_objs, progress)
+    if man["n_proteins"] == 0:
+        # nothing to train on: say so, and leave no empty store behind to be mistaken for a result
+        shutil.rmtree(out, ignore_errors=True)
+        why = f"every record was invalid and skipped ({man['n_skipped']}, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "the file has no records"
+        raise StoreError(f"{embed.fasta}: no proteins to embed: {why}")
+    man["complete"] = True
+    save_json(man, out / MANIFEST)
+    return out
 
+
+def _open_manifest(out: Path, embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: ProteinLM, names: list[str]) -> dict:
+    """The store's manifest: the existing one (checked to match these settings) or a new one."""
+    provenance = {"fasta": _file_fingerprint(embed.fasta)}
+    path = out / MANIFEST
+    if path.exists():
+        man = json.loads(path.read_text())
+        _check_resume(man, embed, model, hooks, provenance)
+        return man
+    man = {
+        "version": STORE_VERSION, "model": asdict(model), "model_info": plm.describe(), "hooks": asdict(hooks), "hook_names": names,
+        "d_in": plm.d_model, "bos_eos": "stripped", "embed": asdict(embed), "provenance": provenance, "shards": [],
+        "n_proteins": 0, "n_tokens": 0, "n_skipped": 0, "skipped_examples": [], "complete": False,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    save_json(man, path)
+    return man
+
+
+def _embed_shards(out: Path, man: dict, embed: EmbedConfig, plm: ProteinLM, hooks: list[Hook], progress: bool) -> list[tuple[str, str]]:
+    """Proteins after the finished shards, in shards of about ``shard_tokens`` residues, each
+    written whole and then entered in the manifest. Returns the records skipped as invalid."""
     skipped: list[tuple[str, str]] = []
+    all_skipped: list[tuple[str, str]] = []
     stream = read_proteins(embed.fasta, on_invalid=embed.on_invalid, skipped=skipped)
     done = man["n_proteins"]
     for _ in range(done):  # resume: skip proteins already in finished shards
@@ -114,19 +120,16 @@ def embed_fasta(embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: 
             break
     limit = embed.max_proteins or None
     bar = tqdm(total=limit, initial=done, unit="prot", desc="embed", disable=not progress)
-    pidx = done
-    pending: list[Protein] = []
-    pending_tokens = 0
+    pidx, pending, pending_tokens = done, [], 0
 
     def flush() -> None:
-        nonlocal pending, pending_tokens
         if pending:
-            _write_shard(out, len(man["shards"]), pending, pidx - len(pending), plm, hook_objs, embed, man)
+            _write_shard(out, len(man["shards"]), pending, pidx - len(pending), plm, hooks, embed, man)
             man["n_skipped"] += len(skipped)
             man["skipped_examples"] = (man["skipped_examples"] + [f"{a}: {b}" for a, b in skipped])[:20]
+            all_skipped.extend(skipped)
             skipped.clear()
-            save_json(man, manifest_path)
-        pending, pending_tokens = [], 0
+            save_json(man, out / MANIFEST)
 
     for prot in stream:
         if limit is not None and pidx >= limit:
@@ -137,17 +140,11 @@ def embed_fasta(embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: 
         bar.update(1)
         if pending_tokens >= embed.shard_tokens:
             flush()
+            pending, pending_tokens = [], 0
     flush()
     bar.close()
-    man["n_skipped"] += len(skipped)
-    if man["n_proteins"] == 0:
-        # nothing to train on: say so, and leave no empty store behind to be mistaken for a result
-        shutil.rmtree(out, ignore_errors=True)
-        why = f"every record was invalid and skipped ({man['n_skipped']}, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "the file has no records"
-        raise StoreError(f"{embed.fasta}: no proteins to embed: {why}")
-    man["complete"] = True
-    save_json(man, manifest_path)
-    return out
+    man["n_skipped"] += len(skipped)  # invalid records after the last shard
+    return all_skipped + skipped
 
 
 def _check_resume(man: dict, embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, provenance: dict) -> None:

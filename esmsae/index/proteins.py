@@ -102,72 +102,97 @@ def fill_missing(dst, src) -> None:
             setattr(dst, k, getattr(src, k))
 
 
-def collect(cfg: IndexConfig, labelled: list[Labeled] | None = None, skipped: list | None = None) -> tuple[list[Item], dict[str, Any]]:
-    """Protein set of an index: FASTA proteins (+ labelled proteins, + grouping-file proteins),
-    de-duplicated by sequence, with labels, taxonomy and group memberships attached."""
-    report: dict[str, Any] = {"skipped_invalid": 0, "duplicate_sequences": 0, "unknown_group_ids": {}}
-    items: dict[str, Item] = {}
-    ids: dict[str, str] = {}
+class ProteinSet:
+    """Proteins keyed by sequence (md5): a repeated sequence is one protein whose metadata, labels
+    and sources come from all its records; ids stay unique."""
 
-    def add(item: Item) -> Item:
+    def __init__(self):
+        self.items: dict[str, Item] = {}
+        self.ids: dict[str, str] = {}
+        self.duplicates = 0
+
+    def add(self, item: Item) -> Item:
         h = md5(item.sequence)
-        if h in items:
-            report["duplicate_sequences"] += 1
-            old = items[h]
+        if h in self.items:
+            self.duplicates += 1
+            old = self.items[h]
             fill_missing(old, item)
             old.labels += item.labels
             if item.source and item.source not in old.source.split(","):
                 old.source += "," + item.source
             return old
-        if item.id in ids:
-            item.id = f"{item.id}#{len(items)}"
-        ids[item.id] = h
-        items[h] = item
+        if item.id in self.ids:
+            item.id = f"{item.id}#{len(self.items)}"
+        self.ids[item.id] = h
+        self.items[h] = item
         return item
 
+    def lookup(self, key: str) -> str | None:
+        """The md5 of a grouping file's protein key: 'md5:<hash>', an id as in the FASTA header's
+        first word, or as parsed (sp|P12345|NAME -> P12345)."""
+        h = key[4:] if key.startswith("md5:") else self.ids.get(key) or self.ids.get(parse_header(key)[0])
+        return h if h in self.items else None
+
+
+def _attach_labels(ps: ProteinSet, labelled: list[Labeled], add_all: bool) -> None:
+    for lab in labelled:
+        h = md5(lab.sequence)
+        if h in ps.items:
+            ps.items[h].labels.append(lab)
+            fill_missing(ps.items[h], lab)
+        elif add_all:
+            ps.add(Item(lab.id, lab.sequence, "", lab.organism, lab.taxid, kingdom=lab.kingdom, lineage=lab.lineage, source=lab.source,
+                        structure=lab.structure, chain=lab.chain, labels=[lab]))
+
+
+def _attach_grouping(ps: ProteinSet, path: str) -> int:
+    """Read one grouping file into the set; returns how many of its ids are not in the set."""
+    name, mapping, extra = read_grouping(path)
+    for p in extra:
+        if md5(p.sequence) not in ps.items:
+            ps.add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom=kingdom_of(p.taxid), source=name))
+    unknown = 0
+    for key, group in mapping.items():
+        h = ps.lookup(key)
+        if h is None:
+            unknown += 1
+            continue
+        ps.items[h].groups[name] = group
+    if unknown == len(mapping) and mapping:
+        raise IndexBuildError(f"{path}: none of its {len(mapping)} protein ids is in the protein set (first: {next(iter(mapping))!r})")
+    return unknown
+
+
+def _taxonomy_groups(it: Item, lineage_rank: int) -> None:
+    """The built-in groupings of a protein: kingdom, organism, lineage at the chosen rank."""
+    it.kingdom = it.kingdom or kingdom_of(it.taxid, it.lineage)
+    if it.kingdom:
+        it.groups.setdefault("kingdom", it.kingdom)
+    if it.organism:
+        it.groups.setdefault("organism", it.organism)
+    if it.lineage:
+        ranks = [r.strip() for r in it.lineage.split(";")]
+        if len(ranks) > lineage_rank:
+            it.groups.setdefault("lineage", ranks[lineage_rank])
+
+
+def collect(cfg: IndexConfig, labelled: list[Labeled] | None = None, skipped: list | None = None) -> tuple[list[Item], dict[str, Any]]:
+    """Protein set of an index: FASTA proteins (+ labelled proteins, + grouping-file proteins),
+    de-duplicated by sequence, with labels, taxonomy and group memberships attached."""
+    ps = ProteinSet()
     sk: list = [] if skipped is None else skipped
     for f in cfg.fasta:
         for p in read_proteins(f, on_invalid=cfg.on_invalid, skipped=sk):
-            add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom=kingdom_of(p.taxid), source=Path(f).name.split(".")[0]))
-    report["skipped_invalid"] = len(sk)
-    for lab in labelled or []:
-        h = md5(lab.sequence)
-        if h in items:
-            items[h].labels.append(lab)
-            fill_missing(items[h], lab)
-        elif cfg.add_labelled:
-            add(Item(lab.id, lab.sequence, "", lab.organism, lab.taxid, kingdom=lab.kingdom, lineage=lab.lineage, source=lab.source,
-                                 structure=lab.structure, chain=lab.chain, labels=[lab]))
+            ps.add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom=kingdom_of(p.taxid), source=Path(f).name.split(".")[0]))
+    _attach_labels(ps, labelled or [], cfg.add_labelled)
+    report: dict[str, Any] = {"skipped_invalid": len(sk), "unknown_group_ids": {}}
     for gf in cfg.groups:
-        name, mapping, extra = read_grouping(gf)
-        for p in extra:
-            if md5(p.sequence) not in items:
-                add(Item(p.id, p.sequence, p.description, p.organism, p.taxid, kingdom=kingdom_of(p.taxid), source=name))
-        unknown = 0
-        for key, group in mapping.items():
-            # ids as in the FASTA header's first word, or as parsed (sp|P12345|NAME -> P12345)
-            h = key[4:] if key.startswith("md5:") else ids.get(key) or ids.get(parse_header(key)[0])
-            if h is None or h not in items:
-                unknown += 1
-                continue
-            items[h].groups[name] = group
-        if unknown == len(mapping) and mapping:
-            raise IndexBuildError(f"{gf}: none of its {len(mapping)} protein ids is in the protein set (first: {next(iter(mapping))!r})")
-        report["unknown_group_ids"][name] = unknown
-    out = list(items.values())
+        report["unknown_group_ids"][Path(gf).stem] = _attach_grouping(ps, gf)
+    report["duplicate_sequences"] = ps.duplicates
+    out = list(ps.items.values())
     for it in out:
-        it.kingdom = it.kingdom or kingdom_of(it.taxid, it.lineage)
-        if it.kingdom:
-            it.groups.setdefault("kingdom", it.kingdom)
-        if it.organism:
-            it.groups.setdefault("organism", it.organism)
-        if it.lineage:
-            ranks = [r.strip() for r in it.lineage.split(";")]
-            if len(ranks) > cfg.lineage_rank:
-                it.groups.setdefault("lineage", ranks[cfg.lineage_rank])
-    if cfg.max_proteins:
-        out = out[: cfg.max_proteins]
-    return out, report
+        _taxonomy_groups(it, cfg.lineage_rank)
+    return (out[: cfg.max_proteins] if cfg.max_proteins else out), report
 
 
 def write_proteins(con, items: list[Item], rows: list[tuple[int, int]]) -> None:
