@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,52 @@ def heldout_ce(model, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor
     return tot / max(n, 1)
 
 
+@dataclass
+class HeldOut:
+    """The fixed held-out evaluation set: first crop of each of the first ``eval_proteins``
+    held-out proteins, masked once, with the unigram baseline on the same positions."""
+
+    ids: torch.Tensor
+    inp: torch.Tensor
+    chosen: torch.Tensor  # all chosen positions (80% <mask>, 10% random, 10% unchanged)
+    masked: torch.Tensor  # <mask> positions only: the honest figure
+    uni: float
+    uni_m: float
+
+    @classmethod
+    def make(cls, cfg: LMTrainConfig, train: list[str], held: list[str], tok: EsmTokens) -> "HeldOut":
+        ids = tok.batch([s[: cfg.crop] for s in held[: cfg.eval_proteins]])
+        inp, chosen = mask_tokens(ids, tok, cfg.mask_prob, torch.Generator().manual_seed(12345))
+        # at the 10% kept-unchanged positions the input is the answer, at the 10% random ones it is noise
+        masked = chosen & (inp == tok.mask)
+        return cls(ids, inp, chosen, masked, unigram_ce(train, ids, chosen), unigram_ce(train, ids, masked))
+
+    def evaluate(self, model, tok: EsmTokens, device: str) -> tuple[float, float]:
+        """(CE over all chosen positions, CE at <mask> positions)."""
+        return heldout_ce(model, self.ids, self.inp, self.chosen, tok, device), heldout_ce(model, self.ids, self.inp, self.masked, tok, device)
+
+
+def _crop_batch(train: list[str], weights: np.ndarray, cfg: LMTrainConfig, rng: np.random.Generator) -> list[str]:
+    """Proteins sampled in proportion to sqrt(length) (long ones are seen more often without
+    drowning short ones), each cut to a random crop of ``cfg.crop`` residues."""
+    seqs = []
+    for i in rng.choice(len(train), size=cfg.batch_size, p=weights):
+        s = train[i]
+        if len(s) > cfg.crop:
+            a = int(rng.integers(0, len(s) - cfg.crop + 1))
+            s = s[a : a + cfg.crop]
+        seqs.append(s)
+    return seqs
+
+
+def _cosine_lr(cfg: LMTrainConfig, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 0."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
 def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,24 +152,14 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
     if not train or not held:
         raise ValueError(f"need training and held-out proteins, got {info}")
     tok = EsmTokens()
-    # fixed held-out evaluation set: first crop of each of the first eval_proteins proteins
-    g_eval = torch.Generator().manual_seed(12345)
-    held_ids = tok.batch([s[: cfg.crop] for s in held[: cfg.eval_proteins]])
-    held_inp, held_chosen = mask_tokens(held_ids, tok, cfg.mask_prob, g_eval)
-    uni = unigram_ce(train, held_ids, held_chosen)
-    # the honest figure: only positions whose input is <mask> (at the 10% kept-unchanged positions
-    # the input is the answer, and at the 10% random ones it is noise), next to unigram on the same positions
-    held_masked = held_chosen & (held_inp == tok.mask)
-    uni_m = unigram_ce(train, held_ids, held_masked)
-
+    ho = HeldOut.make(cfg, train, held, tok)
     model = make_esm2_model(cfg.config_dir, seed=cfg.seed).to(cfg.device)
     model.train()
     opt_ = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
-    step = 0
+    step, history = 0, []
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     state_p = out / "lm_state.pt"
-    history: list[dict] = []
     if state_p.exists():
         st = torch.load(state_p, map_location="cpu", weights_only=False)
         model.load_state_dict(st["model"])
@@ -131,19 +167,9 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
         step, history = st["step"], st["history"]
         rng.bit_generator.state = st["rng"]
         gen.set_state(st["gen"])
-
-    lens = np.array([len(s) for s in train])
-    # sample proteins proportionally to sqrt(length): long proteins are seen more often
-    # (more residues) without drowning short ones
-    w = np.sqrt(lens)
-    w /= w.sum()
+    weights = np.sqrt(np.array([len(s) for s in train], dtype=np.float64))
+    weights /= weights.sum()
     total = cfg.total_steps
-
-    def lr_at(s: int) -> float:
-        if s < cfg.warmup_steps:
-            return cfg.lr * (s + 1) / cfg.warmup_steps
-        frac = (s - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))  # cosine to 0
 
     def save() -> None:
         state = {"model": model.state_dict(), "opt": opt_.state_dict(), "step": step, "history": history,
@@ -151,44 +177,23 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
         write_atomic(state_p, lambda tmp: torch.save(state, tmp), "LM training state")
 
     bar = tqdm(total=total, initial=step, desc="lm", unit="step", disable=not progress, mininterval=5)
-    run_loss, run_n = 0.0, 0
-    t0 = time.time()
+    run_loss, run_n, t0 = 0.0, 0, time.time()
     stopped_early = False
     while step < total:
-        idx = rng.choice(len(train), size=cfg.batch_size, p=w)
-        seqs = []
-        for i in idx:
-            s = train[i]
-            if len(s) > cfg.crop:
-                a = int(rng.integers(0, len(s) - cfg.crop + 1))
-                s = s[a : a + cfg.crop]
-            seqs.append(s)
-        ids = tok.batch(seqs)
+        ids = tok.batch(_crop_batch(train, weights, cfg, rng))
         inp, chosen = mask_tokens(ids, tok, cfg.mask_prob, gen)
-        for g in opt_.param_groups:
-            g["lr"] = lr_at(step)
-        x = inp.to(cfg.device)
-        with torch.autocast(torch.device(cfg.device).type, dtype=getattr(torch, cfg.amp, torch.float32), enabled=cfg.amp != "none"):
-            logits = model(input_ids=x, attention_mask=(x != tok.pad)).logits
-        sel = chosen.to(cfg.device)
-        loss = F.cross_entropy(logits[sel].float(), ids.to(cfg.device)[sel])
-        opt_.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt_.step()
+        run_loss += _lm_step(model, opt_, ids, inp, chosen, tok, cfg, _cosine_lr(cfg, step, total))
         step += 1
-        run_loss += float(loss.detach())
         run_n += 1
         bar.update(1)
         out_of_time = bool(cfg.time_limit_s) and time.time() - t_start > cfg.time_limit_s
         if step % cfg.checkpoint_every == 0 or step == total or out_of_time:
-            ce = heldout_ce(model, held_ids, held_inp, held_chosen, tok, cfg.device)
-            ce_m = heldout_ce(model, held_ids, held_inp, held_masked, tok, cfg.device)
+            ce, ce_m = ho.evaluate(model, tok, cfg.device)
             history.append({"step": step, "tokens": step * cfg.batch_size * (cfg.crop + 2), "train_ce": run_loss / run_n,
-                            "heldout_ce": ce, "heldout_ppl": math.exp(ce), "unigram_ppl": math.exp(uni),
-                            "masked_ppl": math.exp(ce_m), "masked_unigram_ppl": math.exp(uni_m),
+                            "heldout_ce": ce, "heldout_ppl": math.exp(ce), "unigram_ppl": math.exp(ho.uni),
+                            "masked_ppl": math.exp(ce_m), "masked_unigram_ppl": math.exp(ho.uni_m),
                             "tokens_per_s": run_n * cfg.batch_size * (cfg.crop + 2) / (time.time() - t0)})
-            bar.set_postfix(ppl=f"{math.exp(ce):.2f}", uni=f"{math.exp(uni):.2f}")
+            bar.set_postfix(ppl=f"{math.exp(ce_m):.2f}", uni=f"{math.exp(ho.uni_m):.2f}")
             run_loss, run_n, t0 = 0.0, 0, time.time()
             save()
             with open(out / "lm_metrics.jsonl", "a") as fh:
@@ -197,18 +202,33 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
                 stopped_early = True
                 break
     bar.close()
-    ce = heldout_ce(model, held_ids, held_inp, held_chosen, tok, cfg.device)
-    ce_m = heldout_ce(model, held_ids, held_inp, held_masked, tok, cfg.device)
+    ce, ce_m = ho.evaluate(model, tok, cfg.device)
     save_hf(model, cfg.config_dir, out)
     report = {
         # <mask> positions only: the figure to quote (next to unigram on the same positions)
-        "masked_ppl": math.exp(ce_m), "masked_ce": ce_m, "masked_unigram_ppl": math.exp(uni_m), "masked_unigram_ce": uni_m,
-        "masked_tokens": int(held_masked.sum()),
+        "masked_ppl": math.exp(ce_m), "masked_ce": ce_m, "masked_unigram_ppl": math.exp(ho.uni_m), "masked_unigram_ce": ho.uni_m,
+        "masked_tokens": int(ho.masked.sum()),
         # all chosen positions, including the 10% left unchanged (whose input is the answer): optimistic
-        "heldout_ppl": math.exp(ce), "heldout_ce": ce, "unigram_ppl": math.exp(uni), "unigram_ce": uni,
+        "heldout_ppl": math.exp(ce), "heldout_ce": ce, "unigram_ppl": math.exp(ho.uni), "unigram_ce": ho.uni,
         "steps": step, "total_steps": total, "tokens_seen": step * cfg.batch_size * (cfg.crop + 2),
-        "finished": not stopped_early, "heldout_masked_tokens": int(held_chosen.sum()),
-        "eval_proteins": len(held_ids), "corpus": info, "config": asdict(cfg),
+        "finished": not stopped_early, "heldout_masked_tokens": int(ho.chosen.sum()),
+        "eval_proteins": len(ho.ids), "corpus": info, "config": asdict(cfg),
     }
     save_json(report, out / "lm_eval.json")
     return report
+
+
+def _lm_step(model, opt_, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: EsmTokens, cfg: LMTrainConfig, lr: float) -> float:
+    """One masked-LM step (bf16 autocast by default, gradient clipped at 1); returns the loss."""
+    for g in opt_.param_groups:
+        g["lr"] = lr
+    x = inp.to(cfg.device)
+    with torch.autocast(torch.device(cfg.device).type, dtype=getattr(torch, cfg.amp, torch.float32), enabled=cfg.amp != "none"):
+        logits = model(input_ids=x, attention_mask=(x != tok.pad)).logits
+    sel = chosen.to(cfg.device)
+    loss = F.cross_entropy(logits[sel].float(), ids.to(cfg.device)[sel])
+    opt_.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt_.step()
+    return float(loss.detach())
