@@ -115,41 +115,52 @@ def _step(name: str, t0: float) -> None:
 
 
 def build_demo(ns: argparse.Namespace) -> dict:
-    import resource
-
+    """The demo bundle in four resumable steps: protein LM, SAE (embed, train, evaluate), index, bundle."""
     import torch
 
     from .concepts import load_all
-    from .index.build import build_index
-    from .index.proteins import collect
-    from .lmtrain import train_lm
-    from .pipeline import run_pipeline, summary
 
     t0 = time.time()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
     shared, work, out = Path(ns.shared), Path(ns.work), Path(ns.out)
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {}
-    # 1. protein LM
-    if ns.model:
-        model_name = ns.model
-    else:
-        lm = Path(ns.lm_dir) if ns.lm_dir else work / "lm"
-        if not (lm / "model.safetensors").exists() or not (lm / "lm_eval.json").exists():
-            train_lm(LMTrainConfig(config_dir=str(shared / "esm2_t6_8M_config"), out=str(lm), fasta=[str(f) for f in lm_fastas(shared)],
-                                   token_budget=ns.lm_token_budget, time_limit_s=ns.lm_time_limit_s, device=device, checkpoint_every=100))
-        report["lm"] = {k: v for k, v in json.loads((lm / "lm_eval.json").read_text()).items() if k not in ("config",)}
-        model_name = str(lm)
+    model_name = _demo_lm(ns, shared, work, device, report)
     _step("protein LM ready", t0)
-    # 2. activation store for SAE training: a balanced proteome sample
     labelled = load_all(shared)
-    lab_seqs = {lab.sequence for lab in labelled}
+    sae_dir = _demo_sae(ns, shared, work, model_name, report)
+    _step("SAE trained and evaluated", t0)
+    index_path = _demo_index(ns, shared, work, sae_dir, labelled, report)
+    _step("index built", t0)
+    report.update(bundle(out, model_name, sae_dir, index_path, shared))
+    report["build_seconds"] = round(time.time() - t0)
+    (out / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def _demo_lm(ns, shared: Path, work: Path, device: str, report: dict) -> str:
+    """1. The protein LM: ``--model`` as given, or one trained here (resumable) on every unique sequence."""
+    from .lmtrain import train_lm
+
+    if ns.model:
+        return ns.model
+    lm = Path(ns.lm_dir) if ns.lm_dir else work / "lm"
+    if not (lm / "model.safetensors").exists() or not (lm / "lm_eval.json").exists():
+        train_lm(LMTrainConfig(config_dir=str(shared / "esm2_t6_8M_config"), out=str(lm), fasta=[str(f) for f in lm_fastas(shared)],
+                               token_budget=ns.lm_token_budget, time_limit_s=ns.lm_time_limit_s, device=device, checkpoint_every=100))
+    report["lm"] = {k: v for k, v in json.loads((lm / "lm_eval.json").read_text()).items() if k not in ("config",)}
+    return str(lm)
+
+
+def _demo_sae(ns, shared: Path, work: Path, model_name: str, report: dict) -> Path:
+    """2-3. A balanced proteome sample, then the `esmsae pipeline` steps on it (each resumable).
+    bf16 forward (1.3x faster than fp32 on an AVX512-BF16 CPU); it is recorded in cfg.json, so the
+    index and the app's inspector run the model the same way."""
+    from .pipeline import run_pipeline, summary
+
     sae_fa = work / "sae_train.fasta"
     if not sae_fa.exists():
         balanced_sample(shared, ns.sae_proteins, sae_fa, ns.seed + 1, ns.max_len)
-    # 3. activation store, SAE and its evaluation card: the `esmsae pipeline` steps (each resumable).
-    # bf16 forward (1.3x faster than fp32 on an AVX512-BF16 CPU); it is recorded in cfg.json, so
-    # the index and the app's inspector run the model the same way.
     sae_dir = work / "sae" / f"L{ns.layer}_resid"
     if not (sae_dir / "eval.json").exists():
         cfg = {"model": ModelConfig(name=model_name, dtype=ns.dtype), "hook": HookConfig(layers=[ns.layer], site="resid"),
@@ -158,11 +169,19 @@ def build_demo(ns: argparse.Namespace) -> dict:
                "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed), "eval": EvalConfig(lm_proteins=128)}
         (sae_dir,) = run_pipeline(cfg, str(work / "sae"))
     report["sae"] = summary(json.loads((sae_dir / "eval.json").read_text()))
-    _step("SAE trained and evaluated", t0)
-    # 4. index: every labelled protein + a kingdom-balanced proteome sample
+    return sae_dir
+
+
+def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, report: dict) -> Path:
+    """4. The index: every labelled protein + a kingdom-balanced proteome sample."""
+    import resource
+
+    from .index.build import build_index
+    from .index.proteins import collect
+
     idx_fa = work / "index_sample.fasta"
     if not idx_fa.exists():
-        balanced_sample(shared, ns.index_proteome_sample, idx_fa, ns.seed + 2, ns.max_len, exclude=lab_seqs)
+        balanced_sample(shared, ns.index_proteome_sample, idx_fa, ns.seed + 2, ns.max_len, exclude={lab.sequence for lab in labelled})
     index_path = work / "index.duckdb"
     if not index_path.exists():
         icfg = IndexConfig(sae=str(sae_dir), out=str(index_path), fasta=[str(idx_fa)], concepts=str(shared), add_labelled=True)
@@ -175,12 +194,7 @@ def build_demo(ns: argparse.Namespace) -> dict:
         items, rep = collect(icfg, labelled)
         build_index(icfg, items=items, report=rep)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    _step("index built", t0)
-    # 5. bundle
-    report.update(bundle(out, model_name, sae_dir, index_path, shared))
-    report["build_seconds"] = round(time.time() - t0)
-    (out / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return report
+    return index_path
 
 
 def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: Path) -> dict:
