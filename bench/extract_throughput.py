@@ -23,11 +23,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from esmsae.paths import shared_data  # noqa: E402
 from esmsae.config import ModelConfig  # noqa: E402
 from esmsae.fasta import read_fasta  # noqa: E402
 from esmsae.plm import Hook, length_batches, load_plm  # noqa: E402
 
-PROTEOMES = ROOT.parent / "shared" / "data" / "uniprot" / "proteomes15"
+PROTEOMES = shared_data() / "uniprot" / "proteomes15"
 
 
 def sample_proteins(n: int, seed: int = 0) -> list[str]:

@@ -14,10 +14,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from esmsae.paths import shared_data  # noqa: E402
 from esmsae.analyze import Analyzer  # noqa: E402
 from esmsae.fasta import read_fasta  # noqa: E402
 
-MGEN = ROOT.parent / "shared" / "data" / "uniprot" / "mgenitalium" / "mgenitalium.fasta"
+MGEN = shared_data() / "uniprot" / "mgenitalium" / "mgenitalium.fasta"
 
 
 def main(length: int = 400, repeats: int = 10) -> dict:

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from esmsae.paths import shared_data  # noqa: E402
 from esmsae.plm import make_esm2_model  # noqa: E402
 
-CONFIG = ROOT.parent / "shared" / "data" / "esm2_t6_8M_config"
+CONFIG = shared_data() / "esm2_t6_8M_config"
 
 
 def main(repeats: int = 5, batch: int = 64, length: int = 256) -> dict:

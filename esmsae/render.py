@@ -157,12 +157,17 @@ def feature_map(index, color: str = "best_concept"):
     df = index.q("SELECT feature, umap_x, umap_y, best_concept, best_f1, freq_residue, cluster, dead, label FROM features")
     df["log10_freq"] = np.log10(df["freq_residue"].clip(lower=1e-7))
     df["best_concept"] = np.where(df["best_f1"] > 0.5, df["best_concept"], "(none > 0.5)")
-    c = "log10_freq" if color == "frequency" else "best_concept"
-    fig = px.scatter(df, x="umap_x", y="umap_y", color=c, hover_data=["feature", "label", "best_f1", "freq_residue"],
-                     render_mode="webgl", custom_data=["feature"])
+    df["state"] = np.where(df["dead"], "dead", "live")
+    df["cluster"] = df["cluster"].astype(str)
+    c = {"frequency": "log10_freq", "cluster": "cluster", "dead": "state"}.get(color, "best_concept")
+    fig = px.scatter(df, x="umap_x", y="umap_y", color=c, hover_data=["feature", "label", "best_f1", "freq_residue", "cluster"],
+                     render_mode="webgl", custom_data=["feature"],
+                     labels={"log10_freq": "log10 frequency", "best_concept": "best concept", "state": ""},
+                     color_discrete_sequence=px.colors.qualitative.Dark24)
     fig.update_traces(marker=dict(size=4))
+    # many categories (40 clusters, dozens of concepts): a compact legend beside the map, or none for clusters
     fig.update_layout(height=520, margin=dict(l=10, r=10, t=30, b=10), title="Feature map (UMAP of decoder directions)",
-                      legend=dict(font=dict(size=9)))
+                      legend=dict(font=dict(size=9), itemsizing="constant", tracegroupgap=0), showlegend=c != "cluster")
     return fig
 
 

@@ -21,8 +21,9 @@ with left:
     best = feats[feats.best_f1 > 0.5].groupby("best_concept").size().sort_values(ascending=False).head(12)
     st.dataframe(pd.DataFrame({"concept": best.index, "features": best.values}), hide_index=True)
 with right:
-    color = st.radio("Colour by", ["best concept", "frequency"], horizontal=True, key="map_color")
-    ev = st.plotly_chart(feature_map(idx, "frequency" if color == "frequency" else "best_concept"), key="fmap", on_select="rerun",
+    color = st.radio("Colour by", ["best concept", "frequency", "cluster", "dead"], horizontal=True, key="map_color",
+                     help="cluster: k-means of the decoder directions; dead: never fired on the indexed proteins")
+    ev = st.plotly_chart(feature_map(idx, {"best concept": "best_concept"}.get(color, color)), key="fmap", on_select="rerun",
                          selection_mode="points")
     pts = (ev.selection.points if ev and hasattr(ev, "selection") else []) or []
     if pts:

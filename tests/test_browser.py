@@ -13,6 +13,10 @@ import duckdb
 import numpy as np
 import pytest
 
+from esmsae.paths import shared_data
+
+SHARED = shared_data()
+
 ROOT = Path(__file__).resolve().parents[1]
 ART = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -170,7 +174,7 @@ def test_journey_training(server, browser):
     fasta = ws / "train.fasta"
     from esmsae.fasta import read_fasta, write_fasta
 
-    write_fasta(fasta, read_fasta(ROOT.parent / "shared" / "data" / "uniprot" / "mgenitalium" / "mgenitalium.fasta"), max_len=200, limit=80)
+    write_fasta(fasta, read_fasta(SHARED / "uniprot" / "mgenitalium" / "mgenitalium.fasta"), max_len=200, limit=80)
     model = str(DEMO / "model") if (DEMO / "model").exists() else _tiny_model(ws)
     page.get_by_label("Protein LM", exact=True).fill(model)
     page.get_by_label("Proteins (FASTA path)", exact=True).fill(str(fasta))
@@ -207,7 +211,7 @@ def _tiny_model(ws: Path) -> str:
 
     out = ws / "_model"
     if not out.exists():
-        save_initial_esm2(ROOT.parent / "shared" / "data" / "esm2_t6_8M_config", out)
+        save_initial_esm2(SHARED / "esm2_t6_8M_config", out)
     return str(out)
 
 
