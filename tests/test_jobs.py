@@ -69,3 +69,23 @@ def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
     steps = [json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)  # resumed, not restarted with duplicated steps
     assert steps[0] == 20
+
+
+@pytest.mark.slow
+def test_two_jobs_at_once_and_the_same_job_twice(tmp_path, esm2_dir, mgen_fasta):
+    """Two runs may go on side by side; starting a run that is already running is refused by name."""
+    a = jobs.start(tmp_path, "job-a", _cfg(esm2_dir, mgen_fasta, 400_000))
+    b = jobs.start(tmp_path, "job-b", _cfg(esm2_dir, mgen_fasta, 400_000))
+    try:
+        assert jobs.status(a)["alive"] and jobs.status(b)["alive"]
+        with pytest.raises(jobs.JobError, match="job-a is already running"):
+            jobs.start(tmp_path, "job-a", _cfg(esm2_dir, mgen_fasta, 400_000))
+        assert {j["run"] for j in jobs.list_jobs(tmp_path)} == {"job-a", "job-b"}
+    finally:
+        for d in (a, b):
+            jobs.cancel(d)
+        for _ in range(300):
+            if not any(jobs.status(d)["alive"] for d in (a, b)):
+                break
+            time.sleep(0.1)
+    assert not jobs.status(a)["alive"] and not jobs.status(b)["alive"]
