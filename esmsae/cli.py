@@ -94,6 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     ip.add_argument("--model", default="", help="base protein LM to record (default: from the source; required where it names none)")
     ip.add_argument("--file", default="", help="file or subfolder inside a repo/folder holding several SAEs")
     ip.add_argument("--input-norm", default="", choices=("", "none", "layernorm"), help="esm-sae only: the per-token layer norm its run used (not stored)")
+    mt = subs.add_parser("match", help="relate the features of two SAEs (decoder cosine; activation correlation on proteins)",
+                         description="For every feature of SAE A its best matches in SAE B: by decoder cosine (same d_in) and, with "
+                         "--fasta, by the correlation of their per-residue activations on those proteins (any layers or models). "
+                         "Prints a summary (match rate, features without counterpart, feature splitting).")
+    mt.add_argument("a", help="SAE A: an esmsae checkpoint, a published SAE file/folder or a hub id")
+    mt.add_argument("b", help="SAE B (the same kinds)")
+    mt.add_argument("--fasta", default="", help="proteins for the activation correlation (each SAE runs on its own recorded model and layer)")
+    mt.add_argument("--max-proteins", type=int, default=200, help="use at most this many proteins of --fasta")
+    mt.add_argument("--top", type=int, default=5, help="matches kept per feature of A")
+    mt.add_argument("--threshold", type=float, default=0.7, help="a feature has a counterpart when its best score reaches this")
+    mt.add_argument("--out", default="", help="write the pairs (feature_a, rank, feature_b, score, method) to this CSV file")
     ex = subs.add_parser("export", help="write an esmsae checkpoint as a SAELens or sparsify folder",
                          description="Export an esmsae SAE checkpoint for SAELens / Neuronpedia-style tooling or EleutherAI sparsify.")
     ex.add_argument("checkpoint", help="esmsae checkpoint folder")
@@ -107,6 +118,37 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _match(ns: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .api import load_model, load_sae
+    from .fasta import read_proteins
+    from .match import decoder_cosine, match_on_proteins
+
+    sae_a, sae_b = load_sae(ns.a), load_sae(ns.b)
+    results = []
+    if sae_a.d_in == sae_b.d_in:
+        results.append(decoder_cosine(sae_a, sae_b, ns.top))
+    if ns.fasta:
+        seqs = [p.sequence for i, p in zip(range(ns.max_proteins), read_proteins(ns.fasta, on_invalid="skip"))]
+        models: dict = {}  # one load per distinct base model
+        for sae in (sae_a, sae_b):
+            name = sae.meta["base_model"]["name"]
+            if name not in models:
+                models[name] = load_model(name)
+        lm_a, lm_b = (models[s.meta["base_model"]["name"]] for s in (sae_a, sae_b))
+        results.append(match_on_proteins(lm_a, sae_a, lm_b, sae_b, seqs, ns.top))
+    if not results:
+        raise ValueError(f"A has d_in {sae_a.d_in} and B {sae_b.d_in}: decoder cosine needs one width; pass --fasta for activation correlation")
+    print(json.dumps([r.summary(ns.threshold) for r in results], indent=2))
+    if ns.out:
+        from .atomic import write_atomic
+
+        pairs = pd.concat([r.pairs.assign(method=r.method) for r in results])
+        write_atomic(ns.out, lambda tmp: pairs.to_csv(tmp, index=False), "match table")
+    return 0
+
+
 def _dispatch(ns: argparse.Namespace) -> int:
     if ns.cmd == "import":
         from .published import import_sae
@@ -117,6 +159,8 @@ def _dispatch(ns: argparse.Namespace) -> int:
                           "layer": meta["layer"], "site": meta["site"], "n_latents": meta["sae"]["n_latents"],
                           "architecture": meta["sae"]["architecture"], "k": meta["sae"]["k"], "notes": meta["provenance"]["notes"]}, indent=2))
         return 0
+    if ns.cmd == "match":
+        return _match(ns)
     if ns.cmd == "export":
         from .published import export_sae
 
