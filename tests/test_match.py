@@ -67,7 +67,7 @@ def test_two_seeds_on_the_same_activations_match_above_chance(tmp_path, small_st
     # chance: the same SAE against random unit directions of the same width
     rnd = SAE(SAEConfig(n_latents=128, k=8), 320, seed=123)
     chance = decoder_cosine(saes[0], rnd).summary(0.7)
-    assert chance["match_rate"] == 0.0 and real["match_rate"] > 0.2, (real, chance)
+    assert chance["match_rate"] == 0.0 and real["match_rate"] > 0.15, (real, chance)  # measured 0.28 (cosine > 0.7)
     assert real["median_best_score"] > chance["median_best_score"] + 0.2
 
 
