@@ -105,6 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     mt.add_argument("--top", type=int, default=5, help="matches kept per feature of A")
     mt.add_argument("--threshold", type=float, default=0.7, help="a feature has a counterpart when its best score reaches this")
     mt.add_argument("--out", default="", help="write the pairs (feature_a, rank, feature_b, score, method) to this CSV file")
+    sp = subs.add_parser("steer", help="steer the protein LM along an SAE feature and check that the steered sequence carries it",
+                         description="Edit one feature at the SAE's hook (reconstruction error kept), report the steered argmax sequence, "
+                         "the change in pseudo-perplexity, and whether the feature fires when the steered sequence is re-embedded.")
+    sp.add_argument("sae", help="SAE: checkpoint folder, published file/folder or hub id (its recorded base model is run)")
+    sp.add_argument("--sequence", required=True, help="protein sequence to steer")
+    sp.add_argument("--feature", type=int, required=True)
+    sp.add_argument("--edit", default="clamp", choices=("clamp", "scale", "ablate", "interprot"))
+    sp.add_argument("--value", type=float, default=0.0, help="clamp: the value; scale: the factor; interprot: the multiplier")
+    sp.add_argument("--where", default="all", choices=("all", "range", "active"))
+    sp.add_argument("--start", type=int, default=0, help="first residue of the range (0-based)")
+    sp.add_argument("--end", type=int, default=0, help="end of the range (exclusive)")
+    sp.add_argument("--fasta-out", default="", help="write the steered sequence here as FASTA")
     ex = subs.add_parser("export", help="write an esmsae checkpoint as a SAELens or sparsify folder",
                          description="Export an esmsae SAE checkpoint for SAELens / Neuronpedia-style tooling or EleutherAI sparsify.")
     ex.add_argument("checkpoint", help="esmsae checkpoint folder")
@@ -161,6 +173,18 @@ def _dispatch(ns: argparse.Namespace) -> int:
         return 0
     if ns.cmd == "match":
         return _match(ns)
+    if ns.cmd == "steer":
+        from .api import load_model, load_sae
+        from .fasta import write_fasta
+        from .steer import Edit, steer
+
+        sae = load_sae(ns.sae)
+        res = steer(load_model(sae.meta["base_model"]["name"]), sae, ns.sequence,
+                    Edit(ns.feature, ns.edit, ns.value, ns.where, ns.start, ns.end))
+        print(json.dumps({"steered_sequence": res.steered_sequence, **res.summary()}, indent=2))
+        if ns.fasta_out:
+            write_fasta(ns.fasta_out, [(f"steered feature={ns.feature} {ns.edit}={ns.value}", res.steered_sequence)])
+        return 0
     if ns.cmd == "export":
         from .published import export_sae
 
