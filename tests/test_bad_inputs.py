@@ -145,7 +145,7 @@ def test_kill_9_of_the_indexer_keeps_the_old_index_and_leaves_no_scratch(tmp_pat
         if tmp_db.exists():
             break
         time.sleep(0.05)
-    time.sleep(1.0)
+    time.sleep(0.2)  # the half-written database exists: kill it mid-write
     assert p.poll() is None, "the rebuild finished before it could be killed"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()

@@ -34,13 +34,16 @@ def test_a_permuted_copy_recovers_the_permutation():
     assert (first["feature_b"].to_numpy() == inv).all()
     assert (r.best_a_in_b == perm.numpy()).all()
     # and the same permutation from activations alone
-    x = torch.randn(3000, 32)
+    x = torch.randn(3000, 32, generator=torch.Generator().manual_seed(2))
     acts = [(a.encode_dense(x[i:i + 300]), b.encode_dense(x[i:i + 300])) for i in range(0, 3000, 300)]
     rc = activation_correlation(acts, 96, 96)
     live = a.encode_dense(x).gt(0).any(0).numpy()
     fc = rc.pairs[rc.pairs["rank"] == 0].sort_values("feature_a")
     assert (fc["feature_b"].to_numpy()[live] == inv[live]).all()
-    np.testing.assert_allclose(fc["score"].to_numpy()[live], 1.0, atol=1e-4)
+    # permuted weight rows can round differently in the matmul, so a near-tie at the k-th latent
+    # may flip on a few tokens (seen once: 0.997 for 2 of 96 features)
+    np.testing.assert_allclose(fc["score"].to_numpy()[live], 1.0, atol=2e-2)
+    assert np.median(fc["score"].to_numpy()[live]) > 0.9999
 
 
 def test_splitting_is_reported():
