@@ -18,10 +18,7 @@ from torch import Tensor
 
 from .config import ModelConfig
 from .fasta import clean_sequence
-from .plm import Hook, ProteinLM, load_plm
-
-POOLS = ("none", "mean", "last")
-
+from .plm import POOLS, Hook, ProteinLM, load_plm, pool_residues
 
 class Model:
     """A protein LM with a per-residue ``embed``; ``.plm`` is the underlying :class:`ProteinLM`."""
@@ -53,14 +50,6 @@ class Model:
         out = [r[hook.name] for r in self.plm.embed(clean, [hook])]
         out = [pool_residues(t, pool) for t in out]
         return out[0] if one else out
-
-
-def pool_residues(acts_LD: Tensor, pool: str) -> Tensor:
-    if pool == "mean":
-        return acts_LD.mean(0)
-    if pool == "last":
-        return acts_LD[-1]
-    return acts_LD
 
 
 def load_model(name: str, device: str = "cpu", dtype: str = "float32", **kw) -> Model:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -62,8 +63,6 @@ def _check(cond: bool, cls: str, name: str, msg: str) -> None:
 def _check_choices(obj: Any) -> None:
     """Choices of every field, and no NaN / infinity in any float field (``nan >= 0`` is False, but
     ``nan <= 1`` style checks would let it through)."""
-    import math
-
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         if isinstance(v, float) and not math.isfinite(v):

@@ -141,7 +141,7 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
     store.check_hook(name)
     if store.d_in != sae.d_in:
         raise ValueError(f"store {store.path} has width {store.d_in}, SAE d_in is {sae.d_in}")
-    split = "all" if imported and store_path != prov.get("store") else "heldout"
+    split = "all" if imported else "heldout"  # an imported SAE has no store of its own: none of these proteins trained it
     t0 = time.perf_counter()
     rec = reconstruction_metrics(sae, (a for a, _, _ in store.iter_split(name, split, ecfg.max_tokens)), ecfg.dense_threshold)
     card: dict[str, Any] = {

@@ -177,6 +177,17 @@ def status(d: Path) -> dict[str, Any]:
     return st
 
 
+def wait(d: Path, until=lambda st: st["state"] in ("done", "failed", "cancelled", "interrupted"), timeout_s: float = 300,
+         poll_s: float = 0.2) -> dict[str, Any]:
+    """Poll a job's status until ``until(status)`` holds or the time is up; returns the last status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = status(d)
+        if until(st) or time.monotonic() > deadline:
+            return st
+        time.sleep(poll_s)
+
+
 def cancel(d: Path) -> bool:
     st = status(d)
     if not st["alive"]:

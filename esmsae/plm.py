@@ -238,6 +238,19 @@ class ProteinLM:
         return out
 
 
+POOLS = ("none", "mean", "last")
+
+
+def pool_residues(acts_LD: Tensor, pool: str) -> Tensor:
+    """One vector per protein from its residues' activations: ``mean``, or the ``last`` residue's
+    (esm-sae's per-protein SAEs); ``none`` keeps ``[L, d]``."""
+    if pool == "mean":
+        return acts_LD.mean(0)
+    if pool == "last":
+        return acts_LD[-1]
+    return acts_LD
+
+
 def length_batches(lengths: Sequence[int], batch_tokens: int, extra: int = 0) -> Iterator[list[int]]:
     """Group item indices so that (count x longest + extra) <= batch_tokens, longest first."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

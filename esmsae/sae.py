@@ -302,6 +302,12 @@ class SAE(nn.Module):
     def _decode_norm(self, acts_BK: Tensor, idx_BK: Tensor) -> Tensor:
         return F.embedding_bag(idx_BK, self.W_dec, per_sample_weights=acts_BK, mode="sum") + self.b_dec
 
+    def decode_dense(self, dense_BF: Tensor, x_BD: Tensor) -> Tensor:
+        """Dense latents (any number active per row) -> reconstruction in the input's space
+        (per-token statistics from ``x_BD``); what steering edits and decodes."""
+        stats = self.normalize(x_BD.to(self.W_enc.dtype))[1] if self.cfg.normalize in TOKEN_NORMALIZATIONS else None
+        return self.denormalize(dense_BF @ self.W_dec + self.b_dec, stats)
+
     def decode(self, acts_BK: Tensor, idx_BK: Tensor, x_BD: Tensor | None = None, denormalize: bool | None = None) -> Tensor:
         """Sparse latents -> reconstruction, in raw space unless the SAE reconstructs in its
         normalised space (``cfg.decode_denormalize`` False, Biohub's ESM C SAEs) and

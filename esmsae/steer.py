@@ -72,7 +72,7 @@ def steer_activations(sae, x_LD: Tensor, edits: list[Edit]) -> Tensor:
     if any(e.kind == "interprot" for e in edits):
         return _interprot(sae, x, edits)
     dense_LF = sae.encode_dense(x)
-    recon = _decode_dense(sae, dense_LF, x)
+    recon = sae.decode_dense(dense_LF, x)
     edited = dense_LF.clone()
     for e in edits:
         m = _positions(e, dense_LF)
@@ -82,16 +82,7 @@ def steer_activations(sae, x_LD: Tensor, edits: list[Edit]) -> Tensor:
             edited[m, e.feature] = dense_LF[m, e.feature] * e.value
         else:  # ablate
             edited[m, e.feature] = 0.0
-    return (_decode_dense(sae, edited, x) + (x - recon)).to(x_LD.dtype)
-
-
-def _decode_dense(sae, dense_LF: Tensor, x_LD: Tensor) -> Tensor:
-    """Decode dense latents (any number active per row) to the input's space."""
-    recon_n = dense_LF @ sae.W_dec + sae.b_dec
-    if sae.cfg.normalize in ("layernorm", "layernorm_eps", "layernorm_biased_eps", "unit_norm_sqrt_d"):
-        _, stats = sae.normalize(x_LD)
-        return sae.denormalize(recon_n, stats)
-    return sae.denormalize(recon_n, None)
+    return (sae.decode_dense(edited, x) + (x - recon)).to(x_LD.dtype)
 
 
 def _interprot(sae, x: Tensor, edits: list[Edit]) -> Tensor:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .atomic import explain
 from .config import EmbedConfig, HookConfig, ModelConfig, hook_name, save_json
 from .fasta import Protein, read_proteins
-from .plm import Hook, ProteinLM, load_plm
+from .plm import Hook, ProteinLM, load_plm, pool_residues
 
 MANIFEST = "manifest.json"
 STORE_VERSION = 1
@@ -188,9 +188,7 @@ def _write_shard(out: Path, i: int, prots: list[Protein], first_pidx: int, plm: 
             L = len(p.sequence)
             T = 1 if pooled else L
             for h in hooks:
-                v = a[h.name]
-                if pooled:
-                    v = (v.mean(0) if embed.pool == "mean" else v[-1]).unsqueeze(0)
+                v = pool_residues(a[h.name], embed.pool).reshape(T, -1)
                 bufs[h.name][off : off + T] = v.numpy().astype(np.float16)
             gi = first_pidx + c + j
             ho = is_heldout(p.sequence, embed.holdout_fraction)
@@ -282,7 +280,8 @@ def store_from_npy(npy_dir: str | os.PathLike, out: str | os.PathLike, layer: in
         np.save(tmp / "protein.npy", prot)
         np.save(tmp / "position.npy", pos)
         np.save(tmp / "heldout.npy", held)
-        pd.DataFrame([r for r in rows if r["pidx"] in set(np.unique(prot).tolist())]).to_parquet(tmp / "proteins.parquet", index=False)
+        in_shard = set(np.unique(prot).tolist())
+        pd.DataFrame([r for r in rows if r["pidx"] in in_shard]).to_parquet(tmp / "proteins.parquet", index=False)
         os.replace(tmp, out / tmp.name[:-4])
         man["shards"].append({"name": tmp.name[:-4], "n_tokens": len(acts), "n_train_tokens": int((~held).sum()),
                               "n_heldout_tokens": int(held.sum()), "first_protein": int(prot[0]), "n_proteins": int(len(np.unique(prot)))})

@@ -2,7 +2,6 @@
 protein-level stores (embed --pool), training on .npy folders (train --npy-dir), and the
 Training page's import tab running an import + index job that the other pages then open."""
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -154,11 +153,7 @@ def test_import_tab_runs_an_import_and_index_job(tmp_path, monkeypatch, mgen_ful
     from esmsae import jobs
 
     d = ws / "imp1"
-    for _ in range(900):
-        st = jobs.status(d)
-        if st["state"] in ("done", "failed"):
-            break
-        time.sleep(0.2)
+    st = jobs.wait(d, lambda st: st["state"] in ("done", "failed"), 180)
     assert st["state"] == "done", (d / "job.log").read_text()[-3000:]
     assert (d / "sae" / "index.duckdb").exists()
     # the imported run is an ordinary run: the overview and feature pages open it

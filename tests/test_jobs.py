@@ -1,6 +1,5 @@
 """Background training jobs: confinement to the workspace, validation, cancel and resume."""
 import json
-import time
 
 import pytest
 
@@ -36,18 +35,10 @@ def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
     cfg = _cfg(esm2_dir, mgen_fasta, 400_000)
     cfg["train"]["checkpoint_every"] = 100_000  # cancel comes before the first periodic checkpoint
     d = jobs.start(tmp_path, "run1", cfg)
-    for _ in range(600):
-        st = jobs.status(d)
-        if st.get("stage") == "train" and (d / "metrics.jsonl").exists():
-            break
-        assert st["state"] not in ("failed",), (d / "job.log").read_text()
-        time.sleep(0.2)
+    st = jobs.wait(d, lambda st: st["state"] == "failed" or (st.get("stage") == "train" and (d / "metrics.jsonl").exists()), 120)
+    assert st["state"] not in ("failed",), (d / "job.log").read_text()
     assert jobs.cancel(d)
-    for _ in range(300):  # the job finishes its step, writes a checkpoint and exits
-        st = jobs.status(d)
-        if not st["alive"]:
-            break
-        time.sleep(0.1)
+    st = jobs.wait(d, lambda st: not st["alive"], 30, 0.1)  # the job finishes its step, writes a checkpoint and exits
     assert st["state"] == "cancelled" and not st["alive"]
     import torch
 
@@ -59,11 +50,7 @@ def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
     with pytest.raises(jobs.JobError, match="another configuration"):
         jobs.start(tmp_path, "run1", _cfg(esm2_dir, mgen_fasta, 500_000))
     jobs.launch(d)
-    for _ in range(1500):
-        st = jobs.status(d)
-        if st["state"] in ("done", "failed"):
-            break
-        time.sleep(0.2)
+    st = jobs.wait(d, lambda st: st["state"] in ("done", "failed"), 300)
     assert st["state"] == "done", (d / "job.log").read_text()[-2000:]
     assert (d / "L2_resid" / "index.duckdb").exists() and (d / "L2_resid" / "eval.json").exists()
     steps = [json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines()]
@@ -84,8 +71,6 @@ def test_two_jobs_at_once_and_the_same_job_twice(tmp_path, esm2_dir, mgen_fasta)
     finally:
         for d in (a, b):
             jobs.cancel(d)
-        for _ in range(300):
-            if not any(jobs.status(d)["alive"] for d in (a, b)):
-                break
-            time.sleep(0.1)
+        for d in (a, b):
+            jobs.wait(d, lambda st: not st["alive"], 30, 0.1)
     assert not jobs.status(a)["alive"] and not jobs.status(b)["alive"]
