@@ -130,14 +130,16 @@ def test_journey_inspector(server, browser):
 
     link = page.get_by_role("link", name=re.compile(r"Open feature \d+")).first
     link.wait_for(timeout=30_000)
-    f = int(link.inner_text().split()[-1])
+    page.get_by_role("button", name="Download activations (CSV)").wait_for(timeout=60_000)  # the script has finished
     page.screenshot(path=str(ART / "journey2_inspector.png"), full_page=True)
-    page.get_by_role("button", name="Download activations (CSV)").wait_for(timeout=60_000)
     # a top feature's link opens its own page (followed by address: a click on a Streamlit page_link
-    # while the script reruns was lost once in CI, which tested the timing, not the link)
-    href = link.get_attribute("href")
-    assert href and f"feature={f}" in href, href
-    from urllib.parse import urljoin
+    # while the script reruns was lost once in CI, which tested the timing, not the link). Label
+    # and address are read from one element at once: two reads could straddle a rerun.
+    text, href = link.evaluate("e => [e.innerText, e.getAttribute('href')]")
+    from urllib.parse import parse_qs, urljoin, urlsplit
+
+    f = int(text.split()[-1])
+    assert href and parse_qs(urlsplit(href).query).get("feature") == [str(f)], (text, href)
 
     page.goto(urljoin(url + "/", href))
     page.get_by_role("heading", name=re.compile(rf"^Feature {f}\b")).first.wait_for(timeout=90_000)
