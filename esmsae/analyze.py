@@ -155,23 +155,29 @@ def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, li
     return groups, unknown
 
 
-def group_usage(analyzer: "Analyzer", groups: dict[str, list[tuple[str, str]]]) -> pd.DataFrame:
+def group_usage(analyzer: "Analyzer", groups: dict[str, list[tuple[str, str]]], test: str = "cmh", length_bins: int = 5,
+                min_group_size: int = 5) -> pd.DataFrame:
     """Per group x feature: proteins where it fires, fraction, mean per-protein max, and
-    enrichment against the other groups (log odds, one-sided Fisher, BH q), as in the index."""
-    from .index.group_stats import usage_frame
+    enrichment against the other groups as in the index (length-stratified CMH by default, BH q)."""
+    from .index.group_stats import length_bin, length_edges, usage_frame
 
     names = sorted(groups)
     F = analyzer.sae.cfg.n_latents
-    fire = np.zeros((len(names), F), np.int64)
+    edges = length_edges(np.array([len(s) for g in names for _, s in groups[g]]), length_bins)
+    B = len(edges) + 1
+    fire = np.zeros((len(names), B, F), np.int64)
+    n_prot = np.zeros((len(names), B), np.int64)
     summax = np.zeros((len(names), F))
     for gi, g in enumerate(names):
         seqs = [s for _, s in groups[g]]
         with torch.no_grad():
-            for x_LD in (a[analyzer.hook.name] for a in analyzer.plm.embed(seqs, [analyzer.hook])):
+            for s, x_LD in zip(seqs, (a[analyzer.hook.name] for a in analyzer.plm.embed(seqs, [analyzer.hook]))):
                 lat = analyzer.sae.encode(x_LD)
                 dense = np.zeros(F)
                 np.maximum.at(dense, lat.idx_BK.numpy().ravel(), lat.acts_BK.float().numpy().ravel())
-                fire[gi] += dense > 0
+                b = length_bin(len(s), edges)
+                fire[gi, b] += dense > 0
+                n_prot[gi, b] += 1
                 summax[gi] += dense
-    df, _ = usage_frame(names, fire, summax, np.array([len(groups[g]) for g in names]))
+    df, _ = usage_frame(names, fire, summax, n_prot, test, min_group_size)
     return df[df.n_fire > 0].reset_index(drop=True)

@@ -2,16 +2,26 @@
 
 Every loader yields :class:`Labeled` records: a sequence, the label *source* it comes
 from (a source defines which proteins are annotated, so precision is counted only on
-residues that could carry the concept) and, per concept, the annotated spans
-("domains") as 0-based half-open ``(start, end)`` pairs. Concept names are
-``"<source>: <name>"`` so the same word from two sources (helix from DSSP vs UniProt)
-stays apart.
+residues that could carry the concept), per concept the annotated spans ("domains") as
+0-based half-open ``(start, end)`` pairs, and the spans where the source has *no* label
+(unresolved in the crystal, NMR score missing, RSA undefined): those residues are neither
+positives nor negatives. Concept names are ``"<source>: <name>"`` so the same word from two
+sources (helix from DSSP vs UniProt) stays apart.
+
+Two kinds of concept (:func:`concept_kind`): *domain* concepts (a UniProt domain, a TM helix)
+are recalled domain by domain, InterPLM's rule; *residue* concepts (secondary structure, RSA,
+disorder, conservation, binding residues) are properties of single residues and are recalled
+residue by residue, so one firing residue does not recall a whole run. Catch-all UniProt
+types (any domain, any binding site) are kept, with named sub-concepts where the description
+names one ("UniProt: binding site (ATP)", "UniProt: zinc finger (C4-type)"); InterPLM excludes
+the catch-alls from its reported counts and so does esmsae (:func:`is_catch_all`).
 """
 from __future__ import annotations
 
 import csv
 import gzip
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +43,13 @@ class Labeled:
     lineage: str = ""
     structure: str = ""  # structure file (relative to the structures root)
     chain: str = ""
+    unknown: list[tuple[int, int]] = field(default_factory=list)  # residues this source has no label for
+
+    def known_mask(self) -> np.ndarray:
+        m = np.ones(len(self.sequence), bool)
+        for a, b in self.unknown:
+            m[a:b] = False
+        return m
 
 
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -76,6 +93,45 @@ _UNIPROT_CONCEPTS = {
 }
 # feature type -> concept; the concept's own name is also accepted as a type
 UNIPROT_TYPES = {t: c for c, types in _UNIPROT_CONCEPTS.items() for t in (c, *types)}
+# types whose description names the thing (ligand, domain family, finger type): a named
+# sub-concept "UniProt: <type> (<name>)" is added next to the catch-all
+NAMED_TYPES = {"binding site", "metal-binding site", "nucleotide-binding region", "domain", "zinc finger", "motif",
+               "DNA-binding region", "repeat", "active site", "compositional bias", "topological domain"}
+# properties of single residues (recalled residue by residue), by UniProt type and by source
+RESIDUE_TYPES = {"binding site", "active site", "metal-binding site", "disulfide bond", "modified residue", "glycosylation",
+                 "cross-link", "site", "helix", "strand", "turn"}
+RESIDUE_SOURCES = {"FLIP SS", "FLIP bind", "FLIP conservation", "CheZOD", "Structure"}
+# catch-all types: "any domain", "any binding site"; their named sub-concepts are the real concepts
+CATCH_ALL_TYPES = NAMED_TYPES | {"site", "modified residue", "cross-link"}
+
+
+def _base_type(name: str) -> tuple[str, str, bool]:
+    """(source, type, named) of a concept name "<source>: <type>[ (<name>)]"."""
+    source, _, rest = name.partition(": ")
+    named = rest.endswith(")") and " (" in rest and source == "UniProt"
+    return source, rest.rsplit(" (", 1)[0] if named else rest, named
+
+
+def concept_kind(name: str) -> str:
+    """'residue' (recall over residues) or 'domain' (recall over annotated spans)."""
+    source, typ, _ = _base_type(name)
+    if source in RESIDUE_SOURCES or (source == "UniProt" and typ in RESIDUE_TYPES):
+        return "residue"
+    return "domain"
+
+
+def is_catch_all(name: str) -> bool:
+    """A UniProt type without its name (any domain, any binding site): kept, never a headline."""
+    source, typ, named = _base_type(name)
+    return source == "UniProt" and typ in CATCH_ALL_TYPES and not named
+
+
+def feature_name(description: str) -> str:
+    """The named part of a UniProt feature description: "Zinc; catalytic" -> "Zinc", "ABC
+    transporter 2" -> "ABC transporter", "" -> ""."""
+    d = description.split(";")[0].strip()
+    d = re.sub(r"\s+\d+$", "", d)  # numbered copies: "ABC transporter 1", "ABC transporter 2"
+    return d if d and not d.isdigit() and "-" not in d[:2] else ""
 
 
 def load_uniprot(proteins_tsv: Path, features_tsv: Path) -> list[Labeled]:
@@ -97,11 +153,13 @@ def load_uniprot(proteins_tsv: Path, features_tsv: Path) -> list[Labeled]:
             s, e = int(r["start"]) - 1, int(r["end"])
             if not 0 <= s < e <= len(p.sequence):
                 continue
-            spans = p.spans.setdefault(f"UniProt: {name}", [])
-            if name == "disulfide bond":  # start/end are the two bonded cysteines, not a span
-                spans.extend([(s, s + 1), (e - 1, e)])
-            else:
-                spans.append((s, e))
+            sub = feature_name(r.get("description") or "") if name in NAMED_TYPES else ""
+            for cname in (f"UniProt: {name}", f"UniProt: {name} ({sub})") if sub else (f"UniProt: {name}",):
+                spans = p.spans.setdefault(cname, [])
+                if name == "disulfide bond":  # start/end are the two bonded cysteines, not a span
+                    spans.extend([(s, s + 1), (e - 1, e)])
+                else:
+                    spans.append((s, e))
     return [p for p in prots.values() if p.spans]
 
 
@@ -122,7 +180,8 @@ def load_tmbed(folder: Path) -> list[Labeled]:
             codes = TMBED_CODES if any(c in lab for c in "HhBb") else {"S": "signal peptide"}
             # inside/outside only for membrane proteins: a globular protein is all "1" by default
             out.append(Labeled(parts[0], seq, "TMbed", _from_codes(lab, codes, "TMbed"),
-                               kingdom=TMBED_KINGDOM.get(parts[1], "") if len(parts) > 1 else ""))
+                               kingdom=TMBED_KINGDOM.get(parts[1], "") if len(parts) > 1 else "",
+                               unknown=runs(np.frombuffer(lab.encode(), dtype="S1") == b"U")))  # U: unresolved
     return out
 
 
@@ -135,7 +194,9 @@ def load_flip(folder: Path) -> list[Labeled]:
             seq = _clean(r["sequence"])
             if seq and len(r["ss3"]) == len(seq):
                 lab = "".join(c if m == "1" else "-" for c, m in zip(r["ss3"], r["resolved_mask"])) if len(r["resolved_mask"]) == len(seq) else r["ss3"]
-                out.append(Labeled(r["id"], seq, "FLIP SS", _from_codes(lab, {"H": "helix", "E": "strand", "C": "coil"}, "FLIP SS")))
+                # unresolved residues ("-") have no secondary structure: unknown, not coil or negative
+                out.append(Labeled(r["id"], seq, "FLIP SS", _from_codes(lab, {"H": "helix", "E": "strand", "C": "coil"}, "FLIP SS"),
+                                   unknown=runs(np.frombuffer(lab.encode(), dtype="S1") == b"-")))
     bind = folder / "bind" / "bind_joined.tsv.gz"
     if bind.exists():
         for r in _tsv_gz(bind):
@@ -155,8 +216,10 @@ def load_flip(folder: Path) -> list[Labeled]:
         for r in _tsv_gz(cons):
             seq = _clean(r["sequence"])
             if seq and len(r["conservation_bin"]) == len(seq):
+                cb = r["conservation_bin"]
                 out.append(Labeled(r["id"], seq, "FLIP conservation",
-                                   _from_codes(r["conservation_bin"], {"123": "low (1-3)", "456": "medium (4-6)", "789": "high (7-9)"}, "FLIP conservation")))
+                                   _from_codes(cb, {"123": "low (1-3)", "456": "medium (4-6)", "789": "high (7-9)"}, "FLIP conservation"),
+                                   unknown=runs(~np.isin(np.frombuffer(cb.encode(), dtype="S1"), list(b"123456789")))))
     return out
 
 
@@ -176,7 +239,8 @@ def load_chezod(folder: Path, z_disorder: float = 8.0) -> list[Labeled]:
         z = np.asarray(z, float)
         # CheZOD Z-scores below ~8 indicate disorder; 999 marks a residue with no data
         spans = runs((z < z_disorder) & (z != 999))
-        out.append(Labeled(f"chezod_{d['brmid'][k]}", seq, "CheZOD", {"CheZOD: disordered (Z<8)": spans} if spans else {}))
+        out.append(Labeled(f"chezod_{d['brmid'][k]}", seq, "CheZOD", {"CheZOD: disordered (Z<8)": spans} if spans else {},
+                           unknown=runs((z == 999) | ~np.isfinite(z))))
     return out
 
 
@@ -202,6 +266,7 @@ def load_structures(structures: Path) -> list[Labeled]:
         if len(rows) != len(p.sequence):
             continue  # residue table does not line up with the atom sequence: no labels
         r = np.array([float(x[1]) if x[1] not in ("", "nan") else np.nan for x in rows])
+        p.unknown = runs(np.isnan(r))  # no RSA (missing atoms): unknown for this source
         p.spans = {k: v for k, v in {
             "Structure: buried (RSA<0.2)": runs(r < 0.2), "Structure: exposed (RSA>0.5)": runs(r > 0.5),
             "Structure: helix (P-SEA)": runs(np.array([x[2] == "a" for x in rows])),
@@ -242,9 +307,18 @@ PROTEOME_KINGDOM = {
 }
 
 
+KINGDOM_ALIASES = {"Eukarya": "Eukaryota", "Eukaryotes": "Eukaryota", "Bacteria": "Bacteria", "Archaea": "Archaea",
+                   "Eukaryota": "Eukaryota", "Viruses": "Viruses"}
+
+
 def kingdom_of_lineage(lineage: str) -> str:
-    first = lineage.split(";")[0].strip() if lineage else ""
-    return first if first in KINGDOMS else ""
+    """Superkingdom of a lineage, UniProt style ("Bacteria; Tenericutes; ...") or NCBI full
+    style ("cellular organisms; Bacteria; ..."): the first rank that names one."""
+    for rank in (lineage or "").replace(",", ";").split(";"):
+        k = KINGDOM_ALIASES.get(rank.strip())
+        if k:
+            return k
+    return ""
 
 
 def kingdom_of(taxid: int | None, lineage: str = "", organism: str = "") -> str:

@@ -185,6 +185,15 @@ class FeatureIndex:
         return self.q("""SELECT grp, feature, n_proteins, n_fire, frac, mean_act, log_odds, p, q FROM group_usage
                          WHERE grouping = ?""", [grouping])
 
+    def group_test_note(self) -> str:
+        """One line on how this index tested enrichment (older indexes: Fisher, unstratified)."""
+        c = self.meta.get("index_config") or {}
+        if c.get("group_test", "fisher") == "cmh":
+            return (f"One-sided Cochran-Mantel-Haenszel test over {c.get('length_bins', 5)} protein-length bins (firing grows with length) "
+                    f"against all other groups; effect size = Mantel-Haenszel log odds ratio; Benjamini-Hochberg FDR (q). "
+                    f"Groups under {c.get('min_group_size', 1)} proteins are not tested.")
+        return "One-sided Fisher's exact test against all other groups (not controlled for protein length), Benjamini-Hochberg FDR (q); effect size = log odds ratio."
+
     def sequences(self, ids: list[str]) -> dict[str, str]:
         """id -> sequence for the proteins of the index among ``ids``."""
         if not ids:

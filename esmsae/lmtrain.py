@@ -35,6 +35,7 @@ from .fasta import SequenceError, clean_sequence, read_fasta
 from .plm import ESM_VOCAB, EsmTokens, make_esm2_model, save_hf
 from .store import is_heldout
 
+EVAL_MASK_PROB = 0.15  # ESM-2's rate; fixed so that recipes with other training rates compare
 STANDARD_IDS = [ESM_VOCAB.index(a) for a in "ACDEFGHIKLMNPQRSTVWY"]
 
 
@@ -110,8 +111,8 @@ class HeldOut:
 
     @classmethod
     def make(cls, cfg: LMTrainConfig, train: list[str], held: list[str], tok: EsmTokens) -> "HeldOut":
-        ids = tok.batch([s[: cfg.crop] for s in held[: cfg.eval_proteins]])
-        inp, chosen = mask_tokens(ids, tok, cfg.mask_prob, torch.Generator().manual_seed(12345))
+        ids = tok.batch([s[: cfg.eval_crop] for s in held[: cfg.eval_proteins]])
+        inp, chosen = mask_tokens(ids, tok, EVAL_MASK_PROB, torch.Generator().manual_seed(12345))
         # at the 10% kept-unchanged positions the input is the answer, at the 10% random ones it is noise
         masked = chosen & (inp == tok.mask)
         return cls(ids, inp, chosen, masked, unigram_ce(train, ids, chosen), unigram_ce(train, ids, masked))
@@ -153,7 +154,12 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"need training and held-out proteins, got {info}")
     tok = EsmTokens()
     ho = HeldOut.make(cfg, train, held, tok)
-    model = make_esm2_model(cfg.config_dir, seed=cfg.seed).to(cfg.device)
+    model = make_esm2_model(cfg.config_dir, seed=cfg.seed)
+    if cfg.init_from:
+        from transformers import EsmForMaskedLM
+
+        model.load_state_dict(EsmForMaskedLM.from_pretrained(cfg.init_from).state_dict())
+    model = model.to(cfg.device)
     model.train()
     opt_ = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
     step, history = 0, []

@@ -46,5 +46,9 @@ def summary(card: dict) -> dict:
     keys = ("hook", "n_tokens", "fvu", "mse", "l0", "dead_fraction", "dense_fraction")
     s = {k: card[k] for k in keys if k in card}
     if "downstream" in card:
-        s.update({k: card["downstream"][k] for k in ("ce_orig", "ce_sae", "ce_zero", "pct_loss_recovered")})
+        d = card["downstream"]
+        s.update({k: d[k] for k in ("ce_orig", "ce_sae", "ce_mean", "delta_ce_nats", "pct_loss_recovered") if k in d})
+        if "masked" in d:
+            s["masked"] = {k: d["masked"][k] for k in ("ce_orig", "ce_sae", "ce_mean", "ce_unigram", "ce_zero", "delta_ce_nats",
+                                                       "pct_loss_recovered", "pct_recovered_vs_zero_ablation") if k in d["masked"]}
     return s

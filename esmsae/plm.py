@@ -96,6 +96,7 @@ class ProteinLM:
         self.model.to(self.device, self.dtype)
         self.max_residues = cfg.max_residues or self.default_max_residues
         self.tokens = EsmTokens(vocab)
+        self.vocab_size = len(vocab)
         self.cls_id, self.eos_id, self.pad_id, self.mask_id = self.tokens.cls, self.tokens.eos, self.tokens.pad, self.tokens.mask
 
     # ---------------------------------------------------------------- description

@@ -54,7 +54,9 @@ if not m.empty:
     st.plotly_chart(heatmap(m.head(30), f"Most group-specific features by {g}", ylab=g), key="group_heat")
 groups_list = sizes.index.tolist()
 grp = st.selectbox("Most enriched features in group", groups_list, key="enriched_group")
-st.caption("One-sided Fisher's exact test against all other groups, Benjamini-Hochberg FDR (q); effect size = log odds ratio.")
+st.caption(idx.group_test_note() if source == "from the index" else
+           "One-sided Cochran-Mantel-Haenszel test over 5 protein-length bins against all other groups, Benjamini-Hochberg FDR (q); "
+           "effect size = Mantel-Haenszel log odds ratio. Groups under 5 proteins are not tested.")
 st.dataframe(idx.with_labels(enriched(usage, grp)), hide_index=True, key="enriched_table",
              column_config={c: st.column_config.NumberColumn(format=f) for c, f in PQ_COLUMNS.items()})
 if len(groups_list) >= 2:

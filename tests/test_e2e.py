@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import numpy as np
 
 import pytest
 
@@ -29,6 +30,8 @@ def test_cli_pipeline_learns_on_real_uniref90_proteins(tmp_path, shared, esm2_di
     assert sum(card["freq_histogram"]["counts"]) + card["freq_histogram"]["n_dead"] == 1024
     ds = card["downstream"]
     assert ds["n_masked_tokens"] > 100 and ds["ce_orig"] > 0
+    for p in ("unmasked", "masked"):  # mean ablation is a real baseline: worse than the original, finite
+        assert ds[p]["ce_mean"] > ds[p]["ce_orig"] and np.isfinite(ds[p]["pct_loss_recovered"]) and "ce_unigram" in ds[p]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 600000 // 1024 and rows[-1]["fvu"] < rows[0]["fvu"]
     # over its 100k-token window AuxK keeps most latents alive (measured 12% dead; the held-out

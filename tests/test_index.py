@@ -80,60 +80,100 @@ def test_index_matches_brute_force(built_index, esm2_dir, tiny_sae):
         assert abs(prot_max[r.pidx, r.feature] - r.max_act) < 1e-4
 
 
-def test_concept_f1_matches_brute_force(built_index, esm2_dir, tiny_sae, shared):
-    path, cfg = built_index
-    con = duckdb.connect(str(path), read_only=True)
-    prots = con.execute("SELECT * FROM proteins ORDER BY pidx").df()
-    seqs, dense = _dense_codes(cfg, esm2_dir, tiny_sae)
-    by_seq = {s: d for s, d in zip(seqs, dense)}
-    labels = {}
-    for lab in load_all(shared):
-        if lab.source == "UniProt":
-            labels.setdefault(lab.sequence, []).append(lab)
-    concept = "UniProt: transmembrane"
-    fmax = con.execute("SELECT max_act FROM features ORDER BY feature").df()["max_act"].to_numpy()
-    f1 = con.execute("SELECT * FROM concept_f1 WHERE concept = ?", [concept]).df()
-    assert len(f1) > 0
-    for _, r in f1.sort_values("f1", ascending=False).head(5).iterrows():
-        tp = act = hit = n_dom = 0
+def _brute_concept(prots, by_seq, labels, concept, f, fmax, kind, half):
+    """Brute force of one (feature, concept) on one half: per threshold (tp, active, hits, F1)."""
+    from esmsae.index.concept_f1 import THRESHOLDS, split_of
+
+    out = []
+    for t in THRESHOLDS:
+        tp = act = hit = n_dom = n_res = 0
         for s in prots["sequence"]:
-            if s not in labels:
+            if s not in labels or split_of(s) != half:
                 continue
-            col = by_seq[s][:, r.feature]
-            on = col > r.threshold * fmax[r.feature] if r.threshold > 0 else col > 0
+            col = by_seq[s][:, f]
+            on = col > t * fmax[f]
             act += on.sum()
-            spans = [sp for lab in labels[s] for sp in lab.spans.get(concept, [])]
+            spans = sorted(set(labels[s].spans.get(concept, [])))
             mask = np.zeros(len(s), bool)
             for a, b in spans:
                 mask[a:b] = True
                 hit += on[a:b].any()
             n_dom += len(spans)
+            n_res += mask.sum()
             tp += (on & mask).sum()
-        assert r.tp_residues == tp and r.active_residues == act and r.hit_domains == hit
-        p, rec = tp / act, hit / n_dom
-        assert r.f1 == pytest.approx(2 * p * rec / (p + rec), rel=1e-6)
+        p = tp / max(act, 1)
+        r = hit / max(n_dom, 1) if kind == "domain" else tp / max(n_res, 1)
+        out.append((tp, act, hit, 2 * p * r / (p + r) if p + r else 0.0))
+    return out
 
 
-def test_group_usage_and_enrichment_match_fisher(built_index):
-    path, _ = built_index
+@pytest.mark.parametrize("concept,kind", [("UniProt: transmembrane", "domain"), ("UniProt: binding site", "residue")])
+def test_concept_f1_matches_brute_force(built_index, esm2_dir, tiny_sae, shared, concept, kind):
+    """Threshold chosen on the valid half (argmax of valid F1), counts and F1 reported on the
+    test half: both equal a brute-force computation over dense codes (UniProt labels have no
+    unknown residues, and M. genitalium has one UniProt record per protein)."""
+    from esmsae.index.concept_f1 import THRESHOLDS
+
+    path, cfg = built_index
+    con = duckdb.connect(str(path), read_only=True)
+    prots = con.execute("SELECT * FROM proteins ORDER BY pidx").df()
+    seqs, dense = _dense_codes(cfg, esm2_dir, tiny_sae)
+    by_seq = {s: d for s, d in zip(seqs, dense)}
+    labels = {lab.sequence: lab for lab in load_all(shared) if lab.source == "UniProt"}
+    fmax = con.execute("SELECT max_act FROM features ORDER BY feature").df()["max_act"].to_numpy()
+    f1 = con.execute("SELECT * FROM concept_f1 WHERE concept = ?", [concept]).df()
+    assert len(f1) > 0
+    for _, r in f1.sort_values("f1_valid", ascending=False).head(4).iterrows():
+        valid = _brute_concept(prots, by_seq, labels, concept, r.feature, fmax, kind, 0)
+        test = _brute_concept(prots, by_seq, labels, concept, r.feature, fmax, kind, 1)
+        t = int(np.argmax([v[3] for v in valid]))
+        assert r.threshold == THRESHOLDS[t] and r.f1_valid == pytest.approx(valid[t][3], rel=1e-6)
+        tp, act, hit, f = test[t]
+        assert (r.tp_residues, r.active_residues) == (tp, act) and r.f1 == pytest.approx(f, rel=1e-6, abs=1e-12)
+        if kind == "domain":
+            assert r.hit_domains == hit
+        assert 0 <= r.precision <= 1 and 0 <= r.recall <= 1
+
+
+def _cmh_p(tables):
+    """One-sided CMH p by hand: tables = [(a, n_group, n_firing, n_all) per length stratum]."""
+    from math import erfc, sqrt
+
+    obs = sum(t[0] for t in tables)
+    exp = sum(n1 * m1 / N for _, n1, m1, N in tables if N)
+    var = sum(n1 * (N - n1) * m1 * (N - m1) / (N * N * (N - 1)) for _, n1, m1, N in tables if N > 1)
+    return 0.5 * erfc((obs - exp) / sqrt(var) / sqrt(2)) if var > 0 else 1.0
+
+
+def test_group_usage_and_enrichment_match_cmh_by_hand(built_index, esm2_dir, tiny_sae):
+    """The index's default group test is CMH over length quintiles: its p equals a hand
+    computation from brute-force per-protein firing, per length stratum."""
+    from esmsae.index.group_stats import length_bin, length_edges
+
+    path, cfg = built_index
     con = duckdb.connect(str(path), read_only=True)
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     assert json.loads(meta["collect"])["unknown_group_ids"]["half"] == 1  # reported, not silently dropped
     g = con.execute("SELECT * FROM group_usage WHERE grouping = 'half'").df()
     sizes = dict(con.execute("SELECT grp, n_proteins FROM groups WHERE grouping = 'half'").fetchall())
     assert sizes == {"A": 20, "B": 40}
+    seqs, dense = _dense_codes(cfg, esm2_dir, tiny_sae)
+    ids = [h.split()[0] for h, _ in read_fasta(cfg.fasta[0])]
+    grp = {pid: ("A" if i % 3 == 0 else "B") for i, pid in enumerate(ids)}
+    edges = length_edges(np.array([len(s) for s in seqs]), cfg.length_bins)
+    fires = np.array([(d > 0).any(0) for d in dense])  # [P, F]
+    bins = np.array([length_bin(len(s), edges) for s in seqs])
+    in_a = np.array([grp[pid] == "A" for pid in ids])
     for _, r in g.sample(15, random_state=1).iterrows():
-        other = g[(g.feature == r.feature) & (g.grp != r.grp)]
-        c = int(other.n_fire.sum()) if len(other) else 0
-        n_other = 60 - r.n_proteins
-        table = [[r.n_fire, r.n_proteins - r.n_fire], [c, n_other - c]]
-        assert r.p == pytest.approx(fisher_exact(table, alternative="greater")[1], rel=1e-6, abs=1e-12)
-        assert r.q >= r.p - 1e-12
-
+        mine = in_a if r.grp == "A" else ~in_a
+        tables = [(int((fires[:, r.feature] & mine & (bins == k)).sum()), int((mine & (bins == k)).sum()),
+                   int((fires[:, r.feature] & (bins == k)).sum()), int((bins == k).sum())) for k in range(len(edges) + 1)]
+        assert r.n_fire == sum(t[0] for t in tables)
+        assert r.p == pytest.approx(_cmh_p(tables), rel=1e-6, abs=1e-12)
 
 def test_bh_and_enrichment_known_answer():
     # group 0 has the feature in 9/10 proteins, group 1 in 1/10
-    res = enrichment(np.array([[9], [1]]), np.array([10, 10]))
+    res = enrichment(np.array([[9], [1]]), np.array([10, 10]), test="fisher")
     assert res["p"][0, 0] == pytest.approx(fisher_exact([[9, 1], [1, 9]], alternative="greater")[1])
     assert res["log_odds"][0, 0] == pytest.approx(np.log(9.5 * 9.5 / (1.5 * 1.5)))
     assert res["log_odds"][1, 0] < 0

@@ -3,7 +3,7 @@
 =================  ==========================================================================
 ``proteins.py``    the protein set: FASTA / labelled / grouping-file proteins, de-duplicated
 ``streaming.py``   bounded-memory accumulators: top-N, reservoir, track spill, CSR, heap trim
-``concept_f1.py``  concept F1 per feature x concept x threshold (InterPLM's protocol)
+``concept_f1.py``  concept F1 with baselines, valid/test split and the amino-acid control
 ``group_stats.py`` group enrichment: log odds, one-sided Fisher, Benjamini-Hochberg
 ``tables.py``      schema and table writers (no torch: the app's read path imports it)
 ``build.py``       :func:`build_index`, the build as a sequence of phases
@@ -21,7 +21,7 @@ _WHERE = {
     "Item": "proteins", "IndexBuildError": "proteins", "collect": "proteins", "grouping_json": "proteins",
     "grouping_tsv": "proteins", "read_grouping": "proteins", "md5": "proteins",
     "enrichment": "group_stats", "benjamini_hochberg": "group_stats",
-    "THRESHOLDS": "concept_f1", "MIN_DOMAINS": "concept_f1", "MAX_COVERAGE": "concept_f1",
+    "THRESHOLDS": "concept_f1", "MIN_DOMAINS": "concept_f1", "MIN_RESIDUES": "concept_f1", "MARGIN": "concept_f1",
     "labels_path": "tables", "SCHEMA": "tables", "HIST_EDGES": "tables",
 }
 

@@ -37,8 +37,8 @@ from ..config import DENSE_FREQ, IndexConfig, auto_batch_tokens
 from ..checkpoint import hook_of, read_eval
 from ..fasta import SequenceError
 from ..plm import ProteinLM, load_plm
-from .concept_f1 import MAX_COVERAGE, MIN_DOMAINS, THRESHOLDS, concept_counts, concept_table
-from .group_stats import usage_frame
+from .concept_f1 import DETECTOR_PURITY, THRESHOLDS, aa_codes, aa_purity, concept_counts, concept_layout, eligible, report as concept_report, select
+from .group_stats import length_bin, length_edges, top_groups, usage_frame
 from .proteins import IndexBuildError, Item, collect, write_proteins
 from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, Reservoir, TopN, TrackSpill, protein_pairs
 from .tables import HIST_EDGES, SCHEMA, feature_map, hist_quantiles, quantile_frame, top_frame
@@ -81,9 +81,10 @@ class Layout:
     groupings: list[str]
     group_names: dict[str, list[str]]
     group_ids: dict[str, dict[str, int]]
+    length_edges: np.ndarray  # inner edges of the protein-length bins the group test stratifies by
 
     @classmethod
-    def of(cls, items: list[Item]) -> "Layout":
+    def of(cls, items: list[Item], length_bins: int = 1) -> "Layout":
         source_of = {c: lab.source for it in items for lab in it.labels for c in lab.spans}  # concept names carry their source
         concept_names = sorted(source_of)
         source_names = sorted({lab.source for it in items for lab in it.labels})
@@ -92,7 +93,8 @@ class Layout:
         group_names = {g: sorted({it.groups[g] for it in items if g in it.groups}) for g in groupings}
         return cls(concept_names, {c: i for i, c in enumerate(concept_names)}, source_names, source_ids,
                    np.array([source_ids[source_of[c]] for c in concept_names], np.int64), groupings, group_names,
-                   {g: {n: i for i, n in enumerate(names)} for g, names in group_names.items()})
+                   {g: {n: i for i, n in enumerate(names)} for g, names in group_names.items()},
+                   length_edges(np.array([len(it.sequence) for it in items if it.groups]), length_bins))
 
 
 @dataclass
@@ -107,18 +109,22 @@ class Stream:
     hist_FH: np.ndarray
     top: TopN
     res: Reservoir
-    n_fire_G: dict[str, np.ndarray]
-    sum_max_G: dict[str, np.ndarray]
+    n_fire_G: dict[str, np.ndarray]  # grouping -> [groups, length bins, F] proteins counted for the feature
+    sum_max_G: dict[str, np.ndarray]  # grouping -> [groups, F] sum of per-protein max activations
+    aa_FA: np.ndarray = None  # [F, 20] firing residues per amino acid (the amino-acid control)
+    n_res_A: np.ndarray = None  # [20] indexed residues per amino acid
     n_res: int = 0
     skipped_model: list[str] = field(default_factory=list)
     struct_rows: list[tuple] = field(default_factory=list)
 
     @classmethod
     def empty(cls, F: int, cfg: IndexConfig, layout: Layout) -> "Stream":
+        B = len(layout.length_edges) + 1
         shape = {g: (len(layout.group_names[g]), F) for g in layout.groupings}
         return cls(np.zeros(F, np.int64), np.zeros(F, np.int64), np.zeros(F, np.float64), np.zeros(F, np.float32),
                    np.zeros((F, len(HIST_EDGES) - 1), np.int64), TopN(F, cfg.top_n), Reservoir(F, cfg.reservoir, cfg.seed),
-                   {g: np.zeros(sh, np.int64) for g, sh in shape.items()}, {g: np.zeros(sh, np.float64) for g, sh in shape.items()})
+                   {g: np.zeros((G, B, F), np.int64) for g, (G, F) in shape.items()}, {g: np.zeros(sh, np.float64) for g, sh in shape.items()},
+                   np.zeros((F, 20), np.int64), np.zeros(20, np.int64))
 
 
 def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item] | None = None, progress: bool = True,
@@ -131,7 +137,7 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
     t0 = time.time()
     out = Path(cfg.out)
     sae, meta, plm, hook, items, report = _set_up(cfg, plm, items, report)
-    layout = Layout.of(items)
+    layout = Layout.of(items, cfg.length_bins)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_db = out.with_name(out.name + ".tmp")
     for p in (tmp_db, Path(str(tmp_db) + ".wal")):
@@ -149,9 +155,9 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
     try:
         st = _stream(cfg, plm, sae, hook, items, layout, con, csr, spill, progress)
         n_done = int(con.execute("SELECT count(*) FROM proteins").fetchall()[0][0])
-        concepts_df, f1_df, best = _concept_frames(csr, items, layout, st.max_F)
-        groups_df, usage, top_group = _group_frames(items, layout, st)
-        features = _feature_frame(cfg, sae, st, n_done, best, top_group)
+        concepts_df, f1_df, best, aa = _concept_frames(csr, items, layout, st)
+        groups_df, usage, top_group = _group_frames(cfg, items, layout, st)
+        features = _feature_frame(cfg, sae, st, n_done, best, aa, top_group)
         spill.finish()
         _write_tables(con, cfg, st, spill, features, concepts_df, f1_df, groups_df, usage)
         _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, report, t0)
@@ -215,7 +221,8 @@ def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spi
                 raise
             st.skipped_model.append(str(e))
             return
-        rows = [(i, _add_protein(st, sae, i, items[i], a_LD, layout, csr, spill)) for i, a_LD in zip(batch, acts)]
+        rows = [(i, _add_protein(st, sae, i, items[i], a_LD, layout, csr, spill, cfg.group_statistic, cfg.pooled_k))
+                for i, a_LD in zip(batch, acts)]
         write_proteins(con, items, rows)
         trim()
         bar.update(sum(len(s) for s in seqs))
@@ -236,7 +243,8 @@ def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spi
     return st
 
 
-def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: Layout, csr: CSRWriter, spill: TrackSpill) -> int:
+def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: Layout, csr: CSRWriter, spill: TrackSpill,
+                 group_statistic: str = "fires", pooled_k: int = 10) -> int:
     """One protein's sparse codes into the running statistics; returns how many features fire on it."""
     with torch.no_grad():
         lat = sae.encode(a_LD)
@@ -246,6 +254,11 @@ def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: 
     f_R = idx_LK[nz].astype(np.int64)
     v_R = acts_LK[nz]
     st.n_res += a_LD.shape[0]
+    aa_L = aa_codes(it.sequence)
+    st.n_res_A += np.bincount(aa_L[aa_L >= 0], minlength=20)
+    a_R = aa_L[r_R]
+    ok = a_R >= 0
+    st.aa_FA += np.bincount(f_R[ok] * 20 + a_R[ok], minlength=st.aa_FA.size).reshape(st.aa_FA.shape)
     feats, vmax, counts, starts, r_sorted, v_sorted = protein_pairs(r_R, f_R, v_R)
     st.fire_res_F[feats] += counts
     st.fire_prot_F[feats] += 1
@@ -264,10 +277,16 @@ def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: 
 
     st.top.offer(feats, vmax, i, put)
     st.res.offer(feats, vmax, i, put)
-    for g, grp in it.groups.items():
-        gi = layout.group_ids[g][grp]
-        st.n_fire_G[g][gi, feats] += 1
-        st.sum_max_G[g][gi, feats] += vmax
+    if it.groups:
+        counted = feats
+        if group_statistic == "pooled_topk":  # esm-sae: the top-k features of the mean-pooled code
+            pooled = np.bincount(f_R, weights=v_R, minlength=st.aa_FA.shape[0])[feats] / max(a_LD.shape[0], 1)
+            counted = feats[np.argsort(-pooled, kind="stable")[:pooled_k]]
+        b = length_bin(len(it.sequence), layout.length_edges)
+        for g, grp in it.groups.items():
+            gi = layout.group_ids[g][grp]
+            st.n_fire_G[g][gi, b, counted] += 1
+            st.sum_max_G[g][gi, feats] += vmax
     if it.labels:
         csr.add(i, r_R, f_R, v_R)
     if it.structure:  # full tracks of proteins with a structure, to colour it by any feature
@@ -275,54 +294,52 @@ def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: 
     return len(feats)
 
 
-def _concept_frames(csr: CSRWriter, items: list[Item], layout: Layout, max_F: np.ndarray):
-    """The concepts table, concept F1 per (feature, concept, threshold), and each feature's best concept."""
-    C = len(layout.concept_names)
-    conc = concept_counts(csr, items, max_F, layout.concept_ids, layout.source_ids)
-    n_res_C, n_dom_C, n_prot_C = np.zeros(C, np.int64), np.zeros(C, np.int64), np.zeros(C, np.int64)
-    src_res = np.zeros(len(layout.source_names), np.int64)
-    for i in set(csr.pidx):
-        for lab in items[i].labels:
-            for cname, spans in lab.spans.items():
-                c = layout.concept_ids[cname]
-                n_res_C[c] += sum(y - x for x, y in spans)
-                n_dom_C[c] += len(spans)
-                n_prot_C[c] += 1
-        for s_name in {lab.source for lab in items[i].labels}:
-            src_res[layout.source_ids[s_name]] += len(items[i].sequence)
-    coverage_C = n_res_C / np.maximum(src_res[layout.concept_source], 1) if C else np.zeros(0)
-    f1_df, best = concept_table(conc, layout.concept_names, layout.concept_source, n_res_C, n_dom_C, coverage_C)
+def _concept_frames(csr: CSRWriter, items: list[Item], layout: Layout, st: "Stream"):
+    """The concepts table, concept F1 per (feature, concept) chosen on valid and reported on test
+    proteins, each feature's best concept and its amino-acid control (``concept_f1``)."""
+    lay = concept_layout(layout.concept_names, layout.concept_source)
+    halves = concept_counts(csr, items, st.max_F, layout.concept_ids, layout.source_ids, lay)
+    ok = eligible(halves, lay)
+    sel = select(halves[0], lay, ok)
+    aa = aa_purity(st.aa_FA, st.n_res_A)
+    f1_df, per_c, best = concept_report(halves, lay, sel, ok, aa["aa_purity"])
+    v, t = halves
     concepts_df = pd.DataFrame({"concept": layout.concept_names, "source": [layout.source_names[s] for s in layout.concept_source],
-                                "n_residues": n_res_C, "n_domains": n_dom_C, "n_proteins": n_prot_C, "coverage": coverage_C,
-                                "best_eligible": (n_dom_C >= MIN_DOMAINS) & (coverage_C <= MAX_COVERAGE)})
-    return concepts_df, f1_df, best
+                                "n_proteins": v.n_prot + t.n_prot, "n_residues": v.n_res + t.n_res, "n_domains": v.n_dom + t.n_dom,
+                                "n_valid_proteins": v.n_prot, "n_test_proteins": t.n_prot})
+    if len(per_c):
+        concepts_df = pd.concat([concepts_df, per_c], axis=1)
+    return concepts_df, f1_df, best, aa
 
 
-USAGE_COLUMNS = ["grouping", "grp", "feature", "n_proteins", "n_fire", "frac", "mean_act", "log_odds", "p", "q"]
+USAGE_COLUMNS = ["grouping", "grp", "feature", "n_proteins", "n_fire", "frac", "mean_act", "log_odds", "p", "q", "tested"]
 
 
-def _group_frames(items: list[Item], layout: Layout, st: Stream):
-    """The groups table, the group x feature usage table and each feature's top group."""
+def _group_frames(cfg: IndexConfig, items: list[Item], layout: Layout, st: Stream):
+    """The groups table, the group x feature usage table (length-stratified test by default) and
+    each feature's top group (only where enriched at q < 0.05, see ``group_stats``)."""
     F = len(st.fire_prot_F)
     group_rows, usage_frames = [], []
     top_group = np.array([""] * F, dtype=object)
-    members_G = {g: np.zeros(len(layout.group_names[g]), np.int64) for g in layout.groupings}
+    B = len(layout.length_edges) + 1
+    members_GB = {g: np.zeros((len(layout.group_names[g]), B), np.int64) for g in layout.groupings}
     for it in items:
-        for g, grp in it.groups.items():
-            members_G[g][layout.group_ids[g][grp]] += 1
+        if it.groups:
+            b = length_bin(len(it.sequence), layout.length_edges)
+            for g, grp in it.groups.items():
+                members_GB[g][layout.group_ids[g][grp], b] += 1
     for g in layout.groupings:
-        n_prot = members_G[g]
-        frame, enr = usage_frame(layout.group_names[g], st.n_fire_G[g], st.sum_max_G[g], n_prot)
+        n_prot_GB = members_GB[g]
+        frame, enr = usage_frame(layout.group_names[g], st.n_fire_G[g], st.sum_max_G[g], n_prot_GB, cfg.group_test, cfg.min_group_size)
         usage_frames.append(frame.assign(grouping=g)[USAGE_COLUMNS])
-        group_rows += [(g, name, int(n_prot[gi])) for gi, name in enumerate(layout.group_names[g])]
+        group_rows += [(g, name, int(n_prot_GB[gi].sum()), bool(enr["tested"][gi])) for gi, name in enumerate(layout.group_names[g])]
         if g == "kingdom" or (g == layout.groupings[0] and "kingdom" not in layout.groupings):
-            best_g = np.where(st.n_fire_G[g] > 0, enr["log_odds"], -np.inf).argmax(0)
-            top_group = np.where(st.fire_prot_F > 0, np.array(layout.group_names[g], dtype=object)[best_g], "")
+            top_group = top_groups(layout.group_names[g], enr, st.fire_prot_F)
     usage = pd.concat(usage_frames) if usage_frames else pd.DataFrame(columns=USAGE_COLUMNS)
-    return pd.DataFrame(group_rows, columns=["grouping", "grp", "n_proteins"]), usage, top_group
+    return pd.DataFrame(group_rows, columns=["grouping", "grp", "n_proteins", "tested"]), usage, top_group
 
 
-def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, top_group: np.ndarray) -> pd.DataFrame:
+def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, aa: dict, top_group: np.ndarray) -> pd.DataFrame:
     F = sae.cfg.n_latents
     freq_res = st.fire_res_F / max(st.n_res, 1)
     qs = hist_quantiles(st.hist_FH, (0.5, 0.9, 0.99))
@@ -332,9 +349,16 @@ def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, t
         "n_residues": st.fire_res_F, "max_act": st.max_F, "mean_act": np.where(st.fire_res_F > 0, st.sum_F / np.maximum(st.fire_res_F, 1), 0.0),
         "q50": qs[:, 0], "q90": qs[:, 1], "q99": qs[:, 2], "dead": st.fire_res_F == 0, "dense": freq_res > DENSE_FREQ,
         "idf": np.log(max(n_done, 1) / np.maximum(st.fire_prot_F, 1)),
-        "best_concept": best["concept"], "best_f1": best["f1"], "best_threshold": best["threshold"],
+        # best concept: chosen on valid proteins; F1, precision, recall on held-out test proteins
+        "best_concept": best["concept"], "best_f1": best["f1"], "best_f1_valid": best["f1_valid"], "best_threshold": best["threshold"],
         "best_precision": best["precision"], "best_recall": best["recall"],
-        "label": np.where(best["f1"] > 0.5, best["concept"], ""), "top_group": top_group,
+        "best_trivial_f1": best["trivial_f1"], "best_aa_rule_f1": best["aa_rule_f1"], "matches_concept": best["match"],
+        # the amino-acid control: top residue type, share of firing on it, F1 for "is that residue"
+        "aa_top": aa["aa_top"], "aa_purity": aa["aa_purity"], "aa_f1": aa["aa_f1"], "residue_detector": aa["aa_purity"] >= DETECTOR_PURITY,
+        # automatic label: a concept only where the feature beats both baselines on test proteins
+        "label": np.where(best["match"], best["concept"],
+                          np.where(aa["aa_purity"] >= DETECTOR_PURITY, np.char.add("Amino acid: ", aa["aa_top"].astype(str)), "")),
+        "top_group": top_group,
         "cluster": cluster, "umap_x": umap_xy[:, 0], "umap_y": umap_xy[:, 1],
         # reference display statistics shipped with the SAE (NaN when it has none)
         "ref_max": _ref_stat(sae, 0, F), "ref_idf": _ref_stat(sae, 1, F)})

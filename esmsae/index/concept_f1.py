@@ -1,13 +1,35 @@
-"""Concept F1 of features (InterPLM's protocol): per feature x concept x threshold, precision
-over residues, recall over annotated domains and residues, from the CSR codes of labelled
-proteins once each feature's max is known."""
+"""Concept F1 of features with its controls, selected on validation proteins and reported on
+held-out test proteins.
+
+Protocol (InterPLM, Simon & Zou 2024, with the controls a reviewer asks for):
+
+* each feature is normalised by its max over the index; thresholds 0, 0.15, 0.5, 0.6, 0.8;
+* precision over residues that the concept's source labels (unknown residues excluded);
+  recall over annotated domains for *domain* concepts (a domain is hit when any of its
+  residues fires) and over residues for *residue* concepts (``concepts.concept_kind``);
+* labelled proteins are split into valid / test halves by a hash of the sequence
+  (:func:`split_of`); the threshold of each (feature, concept) and each feature's best concept
+  are chosen on valid counts only (:func:`select`), the F1 shown is the test F1 (:func:`report`);
+* every concept carries two baselines on the same test residues: the *trivial* rule (fire on
+  every residue: precision = coverage, recall = 1, F1 = 2c / (1 + c)) and the best
+  *single-residue* rule ("fire on every L", the amino acid chosen on valid), because most
+  features of a protein LM's middle layer are amino-acid detectors and "fire on every L"
+  already scores helix F1 0.57;
+* a feature *matches* a concept when its test F1 beats both baselines by :data:`MARGIN` and it
+  is not a single-residue detector (:data:`DETECTOR_PURITY`);
+* support: a concept is eligible with >= :data:`MIN_PROTEINS` proteins in each half and
+  > 1,500 residues (residue concepts) or > 25 domains (domain concepts), InterPLM's minimum.
+"""
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from ..concepts import concept_kind, is_catch_all
 from .streaming import LATENT_BITS, MAX_LATENTS
 
 if TYPE_CHECKING:
@@ -15,46 +37,61 @@ if TYPE_CHECKING:
     from .streaming import CSRWriter
 
 THRESHOLDS = (0.0, 0.15, 0.5, 0.6, 0.8)  # fractions of each feature's max (InterPLM)
-MIN_DOMAINS = 10  # a concept needs this many annotated domains to be a feature's best concept
-MAX_COVERAGE = 0.5  # ...and may cover at most this fraction of its source's residues (not "everything")
+SPLITS = ("valid", "test")
+MIN_PROTEINS = 5  # labelled proteins of the concept in each half
+MIN_RESIDUES = 1500  # residue concepts: annotated residues over both halves (InterPLM: > 1,500)
+MIN_DOMAINS = 25  # domain concepts: annotated domains over both halves (InterPLM: > 25)
+MARGIN = 0.05  # test F1 must beat the trivial and the single-residue rule by this much
+DETECTOR_PURITY = 0.9  # a feature putting >= 90% of its firing on one amino acid is a residue detector
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+_AA_LUT = np.full(256, -1, np.int64)
+_AA_LUT[np.frombuffer(AMINO_ACIDS.encode(), np.uint8)] = np.arange(20)
 
 
-def concept_counts(csr: "CSRWriter", items: "list[Item]", fmax_F: np.ndarray, concept_ids: dict[str, int],
-                    source_ids: dict[str, int]) -> dict[str, np.ndarray]:
-    """Per feature x concept x threshold: true-positive residues and hit domains; per
-    feature x source x threshold: active residues (the precision denominator)."""
-    F, C, S, T = len(fmax_F), len(concept_ids), len(source_ids), len(THRESHOLDS)
-    tp = np.zeros((C, F, T), np.int64)
-    dom = np.zeros((C, F, T), np.int64)
-    act = np.zeros((S, F, T), np.int64)
-    thr = np.asarray(THRESHOLDS, np.float32)
-    safe_max = np.where(fmax_F > 0, fmax_F, 1.0).astype(np.float32)
-    for pidx, key, val in csr.read():
-        res, feat = key >> LATENT_BITS, key & (MAX_LATENTS - 1)
-        # level = how many thresholds the normalised activation exceeds (t=0 means "fires")
-        level = (val[:, None] / safe_max[feat][:, None] > thr[None, :]).sum(1)
-        it = items[pidx]
-        L = len(it.sequence)
-        for s_name in {lab.source for lab in it.labels}:
-            s = source_ids[s_name]
-            act[s] += level_counts(feat, level, F, T)
-        for lab in it.labels:
-            for cname, spans in lab.spans.items():
-                c = concept_ids[cname]
-                dom_id = np.full(L, -1, np.int64)
-                for d, (x, y) in enumerate(spans):
-                    dom_id[x:y] = d
-                inside = dom_id[res] >= 0
-                tp[c] += level_counts(feat[inside], level[inside], F, T)
-                # a domain is hit at threshold t when any of its residues is active at t
-                if inside.any():
-                    k = dom_id[res[inside]] * F + feat[inside]
-                    lv = level[inside]
-                    o = np.lexsort((-lv, k))
-                    first = np.r_[True, k[o][1:] != k[o][:-1]]
-                    kk, ll = k[o][first], lv[o][first]
-                    dom[c] += level_counts(kk % F, ll, F, T)
-    return {"tp": tp, "dom": dom, "act": act}
+def aa_codes(seq: str) -> np.ndarray:
+    """Residue type 0..19 per position (-1 for X, B, Z, U, O)."""
+    return _AA_LUT[np.frombuffer(seq.encode(), np.uint8)]
+
+
+def split_of(sequence: str) -> int:
+    """0 (valid) or 1 (test), by a hash of the sequence: identical sequences never straddle
+    the halves, and the split does not depend on the order or the rest of the protein set."""
+    return int(hashlib.md5(b"concept-split:" + sequence.encode()).hexdigest()[:8], 16) & 1
+
+
+@dataclass
+class ConceptLayout:
+    names: list[str]
+    source: np.ndarray  # [C] source id
+    is_domain: np.ndarray  # [C] bool: recall over domains (else over residues)
+    catch_all: np.ndarray  # [C] bool
+
+
+def concept_layout(names: list[str], concept_source: np.ndarray) -> ConceptLayout:
+    return ConceptLayout(list(names), np.asarray(concept_source, np.int64), np.array([concept_kind(n) == "domain" for n in names], bool),
+                         np.array([is_catch_all(n) for n in names], bool))
+
+
+@dataclass
+class SplitCounts:
+    """Everything F1 needs, for one half of the labelled proteins."""
+
+    tp: np.ndarray  # [C, F, T] firing residues inside the concept
+    dom: np.ndarray  # [C, F, T] domains with a firing residue
+    act: np.ndarray  # [S, F, T] firing residues the source labels (known residues)
+    n_res: np.ndarray  # [C] concept residues
+    n_dom: np.ndarray  # [C] distinct domains
+    n_prot: np.ndarray  # [C] proteins with the concept
+    src_res: np.ndarray  # [S] residues the source labels
+    aa_tp: np.ndarray  # [C, 20] concept residues of each amino acid
+    aa_dom: np.ndarray  # [C, 20] domains containing that amino acid
+    aa_act: np.ndarray  # [S, 20] labelled residues of each amino acid
+
+    @classmethod
+    def zeros(cls, C: int, S: int, F: int, T: int) -> "SplitCounts":
+        z = np.zeros
+        return cls(z((C, F, T), np.int64), z((C, F, T), np.int64), z((S, F, T), np.int64), z(C, np.int64), z(C, np.int64),
+                   z(C, np.int64), z(S, np.int64), z((C, 20), np.int64), z((C, 20), np.int64), z((S, 20), np.int64))
 
 
 def level_counts(feat: np.ndarray, level: np.ndarray, F: int, T: int) -> np.ndarray:
@@ -64,33 +101,194 @@ def level_counts(feat: np.ndarray, level: np.ndarray, F: int, T: int) -> np.ndar
     return np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
 
-def concept_table(conc, concept_names, concept_source, n_res_C, n_dom_C, coverage_C):
-    tp, dom, act = conc["tp"], conc["dom"], conc["act"]
-    C, F, T = tp.shape
-    rows = []
-    best = {"concept": np.array([""] * F, dtype=object), "f1": np.zeros(F), "threshold": np.zeros(F),
-            "precision": np.zeros(F), "recall": np.zeros(F)}
+def _dedup_spans(spans, known: np.ndarray) -> list[tuple[int, int]]:
+    """Distinct spans with at least one labelled residue (nested spans stay separate domains)."""
+    return [(a, b) for a, b in sorted(set(spans)) if known[a:b].any()]
+
+
+def concept_counts(csr: "CSRWriter", items: "list[Item]", fmax_F: np.ndarray, concept_ids: dict[str, int], source_ids: dict[str, int],
+                   layout: ConceptLayout) -> list[SplitCounts]:
+    """One pass over the labelled proteins' sparse codes -> [valid counts, test counts]."""
+    F, C, S, T = len(fmax_F), len(concept_ids), len(source_ids), len(THRESHOLDS)
+    halves = [SplitCounts.zeros(C, S, F, T) for _ in SPLITS]
+    thr = np.asarray(THRESHOLDS, np.float32)
+    safe_max = np.where(fmax_F > 0, fmax_F, 1.0).astype(np.float32)
+    for pidx, key, val in csr.read():
+        res, feat = key >> LATENT_BITS, key & (MAX_LATENTS - 1)
+        o = np.argsort(res, kind="stable")
+        res, feat, val = res[o], feat[o], val[o]
+        # level = how many thresholds the normalised activation exceeds (level >= 1: fires)
+        level = (val[:, None] / safe_max[feat][:, None] > thr[None, :]).sum(1)
+        it = items[pidx]
+        h = halves[split_of(it.sequence)]
+        aa_L = aa_codes(it.sequence)
+        onehot = np.zeros((len(aa_L) + 1, 20), np.int64)
+        for lab in it.labels:
+            s = source_ids[lab.source]
+            known = lab.known_mask()
+            ok = known[res]
+            h.act[s] += level_counts(feat[ok], level[ok], F, T)
+            h.src_res[s] += int(known.sum())
+            kaa = aa_L[known & (aa_L >= 0)]
+            h.aa_act[s] += np.bincount(kaa, minlength=20)
+            onehot[:] = 0
+            good = known & (aa_L >= 0)
+            onehot[1:][good, aa_L[good]] = 1
+            cum = np.cumsum(onehot, 0)
+            for cname, raw in lab.spans.items():
+                c = concept_ids[cname]
+                spans = _dedup_spans(raw, known)
+                if not spans:
+                    continue
+                mask = np.zeros(len(aa_L), bool)
+                for a, b in spans:
+                    mask[a:b] = True
+                mask &= known
+                h.n_res[c] += int(mask.sum())
+                h.n_dom[c] += len(spans)
+                h.n_prot[c] += 1
+                inside = mask[res]
+                h.tp[c] += level_counts(feat[inside], level[inside], F, T)
+                h.aa_tp[c] += np.bincount(aa_L[mask & (aa_L >= 0)], minlength=20)
+                if not layout.is_domain[c]:
+                    continue
+                ab = np.array(spans, np.int64)
+                h.aa_dom[c] += ((cum[ab[:, 1]] - cum[ab[:, 0]]) > 0).sum(0)
+                # a domain is hit at threshold t when any of its residues fires at t: per
+                # (domain, feature) the highest level inside the domain, by interval membership
+                lo, hi = np.searchsorted(res, ab[:, 0]), np.searchsorted(res, ab[:, 1])
+                n = hi - lo
+                if n.sum() == 0:
+                    continue
+                idx = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(n.sum())
+                k = np.repeat(np.arange(len(spans)), n) * F + feat[idx]
+                lv = level[idx]
+                order = np.lexsort((-lv, k))
+                first = np.r_[True, k[order][1:] != k[order][:-1]]
+                h.dom[c] += level_counts(k[order][first] % F, lv[order][first], F, T)
+    return halves
+
+
+def _f1(p: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+
+
+def feature_prf(h: SplitCounts, lay: ConceptLayout, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, F1) [F, T] of every feature for concept c on one half."""
+    prec = h.tp[c] / np.maximum(h.act[lay.source[c]], 1)
+    rec = (h.dom[c] / max(h.n_dom[c], 1)) if lay.is_domain[c] else (h.tp[c] / max(h.n_res[c], 1))
+    return prec, rec, _f1(prec, rec)
+
+
+def aa_rule_f1(h: SplitCounts, lay: ConceptLayout, c: int) -> np.ndarray:
+    """F1 [20] of the rules "fire on every residue of amino acid a" for concept c on one half."""
+    prec = h.aa_tp[c] / np.maximum(h.aa_act[lay.source[c]], 1)
+    rec = (h.aa_dom[c] / max(h.n_dom[c], 1)) if lay.is_domain[c] else (h.aa_tp[c] / max(h.n_res[c], 1))
+    return _f1(prec, rec)
+
+
+def trivial_f1(h: SplitCounts, lay: ConceptLayout, c: int) -> float:
+    """F1 of "fire on every labelled residue": precision = coverage, recall = 1."""
+    cov = h.n_res[c] / max(h.src_res[lay.source[c]], 1)
+    return float(2 * cov / (1 + cov)) if cov > 0 else 0.0
+
+
+def eligible(halves: list[SplitCounts], lay: ConceptLayout) -> np.ndarray:
+    v, t = halves
+    enough = np.where(lay.is_domain, v.n_dom + t.n_dom > MIN_DOMAINS, v.n_res + t.n_res > MIN_RESIDUES)
+    return enough & (v.n_prot >= MIN_PROTEINS) & (t.n_prot >= MIN_PROTEINS)
+
+
+@dataclass
+class Selection:
+    """What is chosen on the valid half: per (concept, feature) the threshold and its valid F1,
+    per concept the amino-acid rule, per feature the best eligible concept."""
+
+    t_CF: np.ndarray  # [C, F] threshold index
+    f1_valid_CF: np.ndarray  # [C, F]
+    aa_rule_C: np.ndarray  # [C] amino-acid index
+    aa_f1_valid_C: np.ndarray  # [C]
+    best_c_F: np.ndarray  # [F] concept index, -1 for none
+
+
+def select(valid: SplitCounts, lay: ConceptLayout, eligible_C: np.ndarray) -> Selection:
+    """Every choice, from valid counts alone (the test half is not an argument)."""
+    C, F = valid.tp.shape[:2]
+    t_CF, f1_CF = np.zeros((C, F), np.int64), np.zeros((C, F))
+    aa_rule, aa_f1 = np.zeros(C, np.int64), np.zeros(C)
     for c in range(C):
-        a = act[concept_source[c]]  # [F, T]
-        eligible = n_dom_C[c] >= MIN_DOMAINS and coverage_C[c] <= MAX_COVERAGE
-        prec = tp[c] / np.maximum(a, 1)
-        rec_dom = dom[c] / max(n_dom_C[c], 1)
-        rec_res = tp[c] / max(n_res_C[c], 1)
-        f1 = np.where(prec + rec_dom > 0, 2 * prec * rec_dom / np.maximum(prec + rec_dom, 1e-12), 0.0)
-        ff, tt = np.nonzero((tp[c] > 0) & (f1 > 0.01))
-        if len(ff):
-            rows.append(pd.DataFrame({"feature": ff, "concept": concept_names[c], "threshold": np.asarray(THRESHOLDS)[tt],
-                                      "tp_residues": tp[c][ff, tt], "active_residues": a[ff, tt], "hit_domains": dom[c][ff, tt],
-                                      "precision": prec[ff, tt], "recall_domain": rec_dom[ff, tt], "recall_residue": rec_res[ff, tt],
-                                      "f1": f1[ff, tt]}))
-        fbest = f1.max(1)
-        tbest = f1.argmax(1)
-        better = (fbest > best["f1"]) & eligible
-        best["concept"][better] = concept_names[c]
-        best["f1"][better] = fbest[better]
-        best["threshold"][better] = np.asarray(THRESHOLDS)[tbest[better]]
-        best["precision"][better] = prec[better, tbest[better]]
-        best["recall"][better] = rec_dom[better, tbest[better]]
-    cols = ["feature", "concept", "threshold", "tp_residues", "active_residues", "hit_domains", "precision", "recall_domain", "recall_residue", "f1"]
+        _, _, f1 = feature_prf(valid, lay, c)
+        t_CF[c] = f1.argmax(1)
+        f1_CF[c] = f1.max(1)
+        a = aa_rule_f1(valid, lay, c)
+        aa_rule[c], aa_f1[c] = int(a.argmax()), float(a.max())
+    masked = np.where(eligible_C[:, None], f1_CF, -1.0)
+    best = masked.argmax(0) if C else np.zeros(F, np.int64)
+    best = np.where((masked.max(0) if C else np.zeros(F)) > 0, best, -1)
+    return Selection(t_CF, f1_CF, aa_rule, aa_f1, best)
+
+
+def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligible_C: np.ndarray, purity_F: np.ndarray):
+    """Test-half figures at the valid choices -> (concept_f1 rows, concepts columns, per-feature best)."""
+    valid, test = halves
+    C, F = valid.tp.shape[:2]
+    thr = np.asarray(THRESHOLDS)
+    detector_F = purity_F >= DETECTOR_PURITY
+    rows, per_c = [], []
+    f1_test_CF = np.zeros((C, F))
+    beats_CF = np.zeros((C, F), bool)
+    for c in range(C):
+        prec, rec, f1 = feature_prf(test, lay, c)
+        t = sel.t_CF[c]
+        ar = np.arange(F)
+        f1_test_CF[c] = f1[ar, t]
+        triv = trivial_f1(test, lay, c)
+        aa_t = float(aa_rule_f1(test, lay, c)[sel.aa_rule_C[c]])
+        beats_CF[c] = (f1_test_CF[c] >= max(triv, aa_t) + MARGIN) & ~detector_F & eligible_C[c]
+        keep = np.flatnonzero((sel.f1_valid_CF[c] > 0.01) | (test.tp[c][ar, t] > 0) & (f1_test_CF[c] > 0.01))
+        if len(keep):
+            tk = t[keep]
+            rows.append(pd.DataFrame({
+                "feature": keep, "concept": lay.names[c], "threshold": thr[tk], "f1_valid": sel.f1_valid_CF[c][keep],
+                "precision": prec[keep, tk], "recall": rec[keep, tk], "f1": f1_test_CF[c][keep],
+                "tp_residues": test.tp[c][keep, tk], "active_residues": test.act[lay.source[c]][keep, tk], "hit_domains": test.dom[c][keep, tk],
+                "trivial_f1": triv, "aa_rule_f1": aa_t, "beats_baselines": beats_CF[c][keep]}))
+        best_valid = int(sel.f1_valid_CF[c].argmax()) if F else -1
+        per_c.append({"recall_over": "domains" if lay.is_domain[c] else "residues", "catch_all": bool(lay.catch_all[c]),
+                      "eligible": bool(eligible_C[c]), "coverage": test.n_res[c] / max(test.src_res[lay.source[c]], 1),
+                      "trivial_f1": triv, "aa_rule": AMINO_ACIDS[sel.aa_rule_C[c]], "aa_rule_f1_valid": sel.aa_f1_valid_C[c], "aa_rule_f1": aa_t,
+                      "best_feature": best_valid, "best_feature_f1": float(f1_test_CF[c][best_valid]) if F else 0.0,
+                      "n_features_f1_05": int((f1_test_CF[c] > 0.5).sum()), "n_features_beat_baselines": int(beats_CF[c].sum())})
+    cols = ["feature", "concept", "threshold", "f1_valid", "precision", "recall", "f1", "tp_residues", "active_residues", "hit_domains",
+            "trivial_f1", "aa_rule_f1", "beats_baselines"]
     df = pd.concat(rows) if rows else pd.DataFrame(columns=cols)
-    return df, best
+    b = sel.best_c_F
+    has = b >= 0
+    bc = np.where(has, b, 0)
+    ar = np.arange(F)
+    best = {"concept": np.where(has, np.array(lay.names + [""], dtype=object)[np.where(has, b, -1)], ""),
+            "threshold": np.where(has, thr[sel.t_CF[bc, ar]] if C else 0.0, 0.0),
+            "f1_valid": np.where(has, sel.f1_valid_CF[bc, ar] if C else 0.0, 0.0),
+            "f1": np.where(has, f1_test_CF[bc, ar] if C else 0.0, 0.0),
+            "trivial_f1": np.where(has, np.array([p["trivial_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
+            "aa_rule_f1": np.where(has, np.array([p["aa_rule_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
+            "match": np.where(has, beats_CF[bc, ar] if C else False, False)}
+    precs, recs = np.zeros(F), np.zeros(F)
+    for c in np.unique(b[has]):
+        prec, rec, _ = feature_prf(test, lay, c)
+        fs = np.flatnonzero(b == c)
+        precs[fs], recs[fs] = prec[fs, sel.t_CF[c, fs]], rec[fs, sel.t_CF[c, fs]]
+    best["precision"], best["recall"] = precs, recs
+    return df, pd.DataFrame(per_c), best
+
+
+def aa_purity(aa_FA: np.ndarray, n_res_A: np.ndarray) -> dict[str, np.ndarray]:
+    """The amino-acid control of every feature, over all indexed residues: its top residue type,
+    the share of its firing on that type (purity) and its F1 for the pseudo-concept "is that
+    amino acid" (precision = purity, recall = that type's residues it fires on)."""
+    fires = aa_FA.sum(1)
+    top = aa_FA.argmax(1)
+    hit = aa_FA[np.arange(len(top)), top]
+    purity = np.where(fires > 0, hit / np.maximum(fires, 1), 0.0)
+    rec = hit / np.maximum(n_res_A[top], 1)
+    return {"aa_top": np.where(fires > 0, np.array(list(AMINO_ACIDS))[top], ""), "aa_purity": purity, "aa_f1": _f1(purity, rec)}

@@ -55,8 +55,17 @@ def grouping_json(text: str, name: str) -> Iterator[tuple[str, str, str]]:
             yield str(group), header, clean_sequence(m[0], f"{name} group {group!r} entry {j}")
 
 
-def grouping_tsv(text: str, name: str) -> list[tuple[str, str]]:
-    """(protein id, group) pairs of a ``protein_id<TAB>group`` file (an ``id<TAB>group`` header is allowed)."""
+def is_mmseqs_clusters(pairs: list[tuple[str, str]]) -> bool:
+    """An MMseqs2 cluster TSV (``representative<TAB>member``, from ``easy-cluster`` / ``createtsv``)
+    lists every representative as a member of its own cluster ("rep<TAB>rep")."""
+    reps = {a for a, _ in pairs}
+    return bool(pairs) and reps <= {a for a, b in pairs if a == b}
+
+
+def grouping_tsv(text: str, name: str, fmt: str = "auto") -> list[tuple[str, str]]:
+    """(protein id, group) pairs of a ``protein_id<TAB>group`` file (an ``id<TAB>group`` header is
+    allowed), or of an MMseqs2 cluster TSV ``representative<TAB>member`` (``fmt`` 'mmseqs', or
+    detected with 'auto'): each member goes to its representative's cluster."""
     pairs = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
@@ -67,6 +76,8 @@ def grouping_tsv(text: str, name: str) -> list[tuple[str, str]]:
         if n == 1 and parts[0].lower() in ("id", "protein", "protein_id"):
             continue
         pairs.append((parts[0].strip(), parts[1].strip()))
+    if fmt == "mmseqs" or (fmt == "auto" and is_mmseqs_clusters(pairs)):
+        return [(member, rep) for rep, member in pairs]
     return pairs
 
 
@@ -92,7 +103,59 @@ def read_grouping(path: str | os.PathLike) -> tuple[str, dict[str, str], list[Pr
     return name, dict(grouping_tsv(path.read_text(), str(path))), extra
 
 
+def read_taxonomy(path: str | os.PathLike) -> dict[int, str]:
+    """taxid -> lineage from a TSV: 'taxid<TAB>lineage' lines, or UniProt's taxonomy export
+    (columns 'Taxon Id' and 'Lineage'), so UniRef proteins (TaxID= only) get kingdoms offline."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"taxonomy file not found: {path}")
+    out: dict[int, str] = {}
+    lines = path.read_text().splitlines()
+    cols = lines[0].split("\t") if lines else []
+    low = [c.strip().lower() for c in cols]
+    ti, li, start = 0, 1, 0
+    if "taxon id" in low or "taxid" in low:
+        ti = low.index("taxon id") if "taxon id" in low else low.index("taxid")
+        li = low.index("lineage") if "lineage" in low else 1
+        start = 1
+    for n, line in enumerate(lines[start:], start + 1):
+        parts = line.split("\t")
+        if not line.strip() or line.startswith("#"):
+            continue
+        if len(parts) <= max(ti, li) or not parts[ti].strip().isdigit():
+            raise IndexBuildError(f"{path}, line {n}: expected 'taxid<TAB>lineage', got {line[:80]!r}")
+        out[int(parts[ti])] = parts[li].strip()
+    return out
+
+
+def cap_groups(items: list["Item"], cap: int) -> dict[str, int]:
+    """Keep at most ``cap`` proteins per group of every grouping, chosen by sequence hash (the
+    same proteins whatever the order); the others leave that grouping. Returns proteins dropped."""
+    dropped: dict[str, int] = {}
+    by: dict[tuple[str, str], list[Item]] = {}
+    for it in items:
+        for g, grp in it.groups.items():
+            by.setdefault((g, grp), []).append(it)
+    for (g, grp), members in by.items():
+        if len(members) > cap:
+            for it in sorted(members, key=lambda x: md5(x.sequence))[cap:]:
+                del it.groups[g]
+                dropped[g] = dropped.get(g, 0) + 1
+    return dropped
+
+
 INHERITED = ("organism", "taxid", "kingdom", "lineage", "structure", "chain", "description")
+
+
+def add_label(it: "Item", lab: Labeled) -> bool:
+    """Attach a label record to a protein unless it already has one from the same source
+    (homo-oligomer chains, the same sequence in two files): one record per (protein, source),
+    so residues and domains are counted once (two records of one source doubled the true
+    positives while active residues counted once: precision above 1)."""
+    if any(old.source == lab.source for old in it.labels):
+        return False
+    it.labels.append(lab)
+    return True
 
 
 def fill_missing(dst, src) -> None:
@@ -110,6 +173,7 @@ class ProteinSet:
         self.items: dict[str, Item] = {}
         self.ids: dict[str, str] = {}
         self.duplicates = 0
+        self.duplicate_labels = 0  # label records dropped: the protein had one from that source
 
     def add(self, item: Item) -> Item:
         h = md5(item.sequence)
@@ -117,7 +181,8 @@ class ProteinSet:
             self.duplicates += 1
             old = self.items[h]
             fill_missing(old, item)
-            old.labels += item.labels
+            for lab in item.labels:
+                self.duplicate_labels += not add_label(old, lab)
             if item.source and item.source not in old.source.split(","):
                 old.source += "," + item.source
             return old
@@ -138,7 +203,7 @@ def _attach_labels(ps: ProteinSet, labelled: list[Labeled], add_all: bool) -> No
     for lab in labelled:
         h = md5(lab.sequence)
         if h in ps.items:
-            ps.items[h].labels.append(lab)
+            ps.duplicate_labels += not add_label(ps.items[h], lab)
             fill_missing(ps.items[h], lab)
         elif add_all:
             ps.add(Item(lab.id, lab.sequence, "", lab.organism, lab.taxid, kingdom=lab.kingdom, lineage=lab.lineage, source=lab.source,
@@ -189,10 +254,17 @@ def collect(cfg: IndexConfig, labelled: list[Labeled] | None = None, skipped: li
     for gf in cfg.groups:
         report["unknown_group_ids"][Path(gf).stem] = _attach_grouping(ps, gf)
     report["duplicate_sequences"] = ps.duplicates
+    report["duplicate_label_records"] = ps.duplicate_labels
     out = list(ps.items.values())
+    lineages = read_taxonomy(cfg.taxonomy) if cfg.taxonomy else {}
     for it in out:
+        if not it.lineage and it.taxid in lineages:
+            it.lineage = lineages[it.taxid]
         _taxonomy_groups(it, cfg.lineage_rank)
-    return (out[: cfg.max_proteins] if cfg.max_proteins else out), report
+    out = out[: cfg.max_proteins] if cfg.max_proteins else out
+    if cfg.group_cap:
+        report["capped_group_members"] = cap_groups(out, cfg.group_cap)
+    return out, report
 
 
 def write_proteins(con, items: list[Item], rows: list[tuple[int, int]]) -> None:

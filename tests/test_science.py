@@ -1,0 +1,349 @@
+"""Known answers and invariants of the numbers shown to biologists: concept F1 with its
+controls and split, the amino-acid control, LM fidelity baselines, and the group test."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from esmsae.concepts import Labeled, concept_kind, is_catch_all, load_uniprot
+from esmsae.config import IndexConfig, ModelConfig, SAEConfig
+from esmsae.index.concept_f1 import (AMINO_ACIDS, THRESHOLDS, aa_purity, aa_rule_f1, concept_counts, concept_layout, eligible,
+                                     feature_prf, report, select, split_of, trivial_f1)
+from esmsae.index.group_stats import enrichment, top_groups
+from esmsae.index.proteins import Item, ProteinSet, cap_groups, grouping_tsv, read_taxonomy
+from esmsae.index.streaming import LATENT_BITS
+
+AA = AMINO_ACIDS
+
+
+class FakeCSR:
+    """The (protein, packed residue/latent key, value) rows the index writes for labelled proteins."""
+
+    def __init__(self, rows):
+        self.rows = rows
+        self.pidx = [r[0] for r in rows]
+
+    def read(self):
+        for pidx, res, feat, val in self.rows:
+            yield pidx, (np.asarray(res, np.int64) << LATENT_BITS) | np.asarray(feat, np.int64), np.asarray(val, np.float32)
+
+
+def _counts(items, rows, F, names=None):
+    names = names or sorted({c for it in items for lab in it.labels for c in lab.spans})
+    sources = sorted({lab.source for it in items for lab in it.labels})
+    src = {s: i for i, s in enumerate(sources)}
+    source_of = {c: lab.source for it in items for lab in it.labels for c in lab.spans}
+    lay = concept_layout(names, np.array([src[source_of[c]] for c in names]))
+    halves = concept_counts(FakeCSR(rows), items, np.ones(F, np.float32), {c: i for i, c in enumerate(names)}, src, lay)
+    return halves, lay, names
+
+
+def _seq(rng, n):
+    return "".join(rng.choice(list(AA), n))
+
+
+def test_duplicated_chain_leaves_precision_unchanged():
+    """Two chains of a homodimer (same sequence, same source) are one protein with one label
+    record: the true positives are not counted twice (precision above 1 before the fix)."""
+    seq = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
+    lab = Labeled("A", seq, "Structure", {"Structure: buried (RSA<0.2)": [(5, 20), (30, 40)]})
+    rows = [(0, np.arange(0, 50), np.zeros(50, int), np.ones(50))]
+    one = Item("A", seq, labels=[lab])
+    ps = ProteinSet()
+    ps.add(Item("A", seq, labels=[lab]))
+    ps.add(Item("A_chainB", seq, labels=[Labeled("B", seq, "Structure", {"Structure: buried (RSA<0.2)": [(5, 20), (30, 40)]})]))
+    (merged,) = ps.items.values()
+    assert len(merged.labels) == 1 and ps.duplicate_labels == 1
+    h1, lay, _ = _counts([one], rows, 1)
+    h2, _, _ = _counts([merged], rows, 1)
+    half = split_of(seq)
+    for h in (h1, h2):
+        p, r, _ = feature_prf(h[half], lay, 0)
+        assert p[0, 0] == pytest.approx(25 / 50) and r[0, 0] == pytest.approx(25 / 25)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_precision_and_recall_never_exceed_one(seed):
+    """Property: random overlapping / duplicated / nested spans, unknown residues, several
+    sources per protein and random activations -> 0 <= precision, recall, F1 <= 1 everywhere,
+    and the amino-acid and trivial rules too."""
+    rng = np.random.default_rng(seed)
+    items, rows = [], []
+    F = 7
+    for i in range(40):
+        L = int(rng.integers(30, 120))
+        seq = _seq(rng, L)
+        labs = []
+        for src, concept in (("UniProt", "UniProt: domain (X)"), ("FLIP SS", "FLIP SS: helix"), ("UniProt", "UniProt: transmembrane")):
+            if rng.random() < 0.7:
+                spans = []
+                for _ in range(int(rng.integers(1, 5))):
+                    a = int(rng.integers(0, L - 5))
+                    spans.append((a, int(min(L, a + rng.integers(1, 30)))))
+                spans += spans[:1]  # a duplicate span
+                unknown = [(int(rng.integers(0, L // 2)), int(rng.integers(L // 2, L)))] if rng.random() < 0.5 else []
+                labs.append(Labeled(f"p{i}", seq, src, {concept: spans}, unknown=unknown))
+        it = Item(f"p{i}", seq)
+        for lab in labs:
+            from esmsae.index.proteins import add_label
+            add_label(it, lab)
+        if not it.labels:
+            continue
+        items.append(it)
+        n = int(rng.integers(1, 3 * L))
+        res = rng.integers(0, L, n)
+        feat = rng.integers(0, F, n)
+        key = np.unique(res * F + feat)
+        rows.append((len(items) - 1, key // F, key % F, rng.random(len(key)) * 2))
+    halves, lay, names = _counts(items, rows, F)
+    for h in halves:
+        for c in range(len(names)):
+            p, r, f1 = feature_prf(h, lay, c)
+            for x in (p, r, f1, aa_rule_f1(h, lay, c)):
+                assert (x >= 0).all() and (x <= 1 + 1e-12).all()
+            assert 0 <= trivial_f1(h, lay, c) <= 1
+            assert (h.tp[c] <= h.act[lay.source[c]]).all() and (h.tp[c] <= h.n_res[c]).all() and (h.dom[c] <= h.n_dom[c]).all()
+            # higher thresholds fire on fewer residues
+            assert (np.diff(h.tp[c], axis=1) <= 0).all() and (np.diff(h.act[lay.source[c]], axis=1) <= 0).all()
+
+
+def test_single_residue_rule_f1_equals_hand_computation():
+    """Concept = residues 0-9 of each protein; the rule "fire on every L" by hand."""
+    seqs = ["LLLLLAAAAAKKKKKLLLLL", "AAAAALLLLLKKKKKKKKKK", "LKLKLKLKLKAAAAAAAAAA", "KKKKKKKKKKLLLLLLLLLL"]
+    items = [Item(f"p{i}", s, labels=[Labeled(f"p{i}", s, "FLIP SS", {"FLIP SS: helix": [(0, 10)]}, unknown=[(18, 20)])])
+             for i, s in enumerate(seqs)]
+    halves, lay, _ = _counts(items, [(i, [0], [0], [1.0]) for i in range(4)], 1)
+    for half in (0, 1):
+        mine = [s for s in seqs if split_of(s) == half]
+        tp = sum(s[:10].count("L") for s in mine)
+        act = sum(s[:18].count("L") for s in mine)  # residues 18-19 are unknown: excluded
+        n_res = 10 * len(mine)
+        p, r = tp / max(act, 1), tp / max(n_res, 1)
+        want = 2 * p * r / (p + r) if p + r else 0.0
+        assert aa_rule_f1(halves[half], lay, 0)[AA.index("L")] == pytest.approx(want)
+        cov = n_res / max(18 * len(mine), 1)
+        assert trivial_f1(halves[half], lay, 0) == pytest.approx(2 * cov / (1 + cov) if cov else 0.0)
+
+
+def test_selection_never_reads_test_proteins():
+    """Every choice (threshold, best concept, amino-acid rule) depends on valid proteins only:
+    re-drawing the activations of every test protein changes the reported F1 but none of the
+    choices; the reported F1 is the test F1 at the valid-chosen threshold."""
+    F = 5
+
+    def run(redraw_test: bool):
+        rng = np.random.default_rng(0)
+        rng_test = np.random.default_rng(99)
+        items, rows = [], []
+        for i in range(60):
+            s = _seq(rng, 60)
+            items.append(Item(f"p{i}", s, labels=[Labeled(f"p{i}", s, "FLIP SS", {"FLIP SS: helix": [(10, 40)], "FLIP SS: strand": [(45, 55)]})]))
+            key = np.unique(rng.integers(0, 60, 90) * F + rng.integers(0, F, 90))
+            val = rng.random(len(key))
+            if redraw_test and split_of(s) == 1:
+                key = np.unique(rng_test.integers(0, 60, 90) * F + rng_test.integers(0, F, 90))
+                val = rng_test.random(len(key))
+            rows.append((i, key // F, key % F, val))
+        halves, lay, names = _counts(items, rows, F)
+        ok = np.ones(len(names), bool)
+        sel = select(halves[0], lay, ok)
+        return halves, lay, names, sel, report(halves, lay, sel, ok, np.zeros(F))
+
+    h1, lay, names, s1, (df1, _, _) = run(False)
+    h2, _, _, s2, (df2, _, _) = run(True)
+    assert (h1[1].tp != h2[1].tp).any()  # the test half did change
+    assert (s1.t_CF == s2.t_CF).all() and (s1.best_c_F == s2.best_c_F).all() and (s1.aa_rule_C == s2.aa_rule_C).all()
+    assert np.allclose(s1.f1_valid_CF, s2.f1_valid_CF)
+    for c, name in enumerate(names):
+        _, _, f1_test = feature_prf(h1[1], lay, c)
+        got = df1[df1.concept == name].set_index("feature")
+        assert len(got)
+        for f, r in got.iterrows():
+            assert r.threshold == THRESHOLDS[s1.t_CF[c, f]] and r.f1 == pytest.approx(f1_test[f, s1.t_CF[c, f]])
+
+
+def test_residue_detector_is_not_a_concept_match():
+    """A feature that fires exactly on leucines, and a concept made of leucine-rich runs: the
+    feature's F1 is high, but it does not beat the single-residue rule (it *is* that rule) and
+    it is flagged as a residue detector, so it matches nothing."""
+    rng = np.random.default_rng(1)
+    items, rows = [], []
+    for i in range(80):
+        s = list(_seq(rng, 80))
+        for j in range(20, 40):
+            s[j] = "L" if rng.random() < 0.8 else s[j]
+        s = "".join(s)
+        items.append(Item(f"p{i}", s, labels=[Labeled(f"p{i}", s, "FLIP SS", {"FLIP SS: helix": [(20, 40)]})]))
+        leu = np.array([j for j, a in enumerate(s) if a == "L"])
+        rows.append((i, leu, np.zeros(len(leu), int), np.ones(len(leu))))
+    halves, lay, names = _counts(items, rows, 1)
+    ok = eligible(halves, lay)
+    assert ok.all()
+    aa_FA = np.zeros((1, 20), int)
+    aa_FA[0, AA.index("L")] = 100
+    pur = aa_purity(aa_FA, np.full(20, 1000))
+    assert pur["aa_top"][0] == "L" and pur["aa_purity"][0] == 1.0
+    sel = select(halves[0], lay, ok)
+    df, per_c, best = report(halves, lay, sel, ok, pur["aa_purity"])
+    assert per_c.loc[0, "aa_rule"] == "L" and df["f1"].iloc[0] == pytest.approx(per_c.loc[0, "aa_rule_f1"])
+    assert not best["match"][0] and not df["beats_baselines"].any()
+
+
+def test_concept_kinds_and_named_subconcepts(shared):
+    d = shared / "uniprot" / "mgenitalium"
+    labs = load_uniprot(d / "mgenitalium_proteins.tsv", d / "mgenitalium_features.tsv")
+    names = {c for lab in labs for c in lab.spans}
+    assert {"UniProt: binding site (ATP)", "UniProt: metal-binding site (Zinc)", "UniProt: domain (ABC transporter)"} <= names
+    assert is_catch_all("UniProt: domain") and not is_catch_all("UniProt: domain (ABC transporter)")
+    assert concept_kind("FLIP SS: helix") == "residue" and concept_kind("UniProt: binding site (ATP)") == "residue"
+    assert concept_kind("TMbed: TM helix") == "domain" and concept_kind("UniProt: transmembrane") == "domain"
+
+
+# ------------------------------------------------------------------ group comparison
+def _length_confounded(seed=0, n=600, F=30):
+    """Two groups that differ only in protein length; every feature fires on a residue with
+    a fixed probability, so "fires at least once" grows with length and nothing else."""
+    rng = np.random.default_rng(seed)
+    grp = np.r_[np.zeros(n // 2, int), np.ones(n // 2, int)]
+    length = np.where(grp == 0, rng.integers(50, 400, n), rng.integers(200, 800, n))
+    p_res = rng.uniform(0.0005, 0.005, F)
+    fires = rng.random((n, F)) < 1 - (1 - p_res[None, :]) ** length[:, None]
+    from esmsae.index.group_stats import length_bin, length_edges
+
+    edges = length_edges(length, 5)
+    b = np.array([length_bin(x, edges) for x in length])
+    B = len(edges) + 1
+    n_fire = np.zeros((2, B, F), int)
+    n_prot = np.zeros((2, B), int)
+    for i in range(n):
+        n_fire[grp[i], b[i]] += fires[i]
+        n_prot[grp[i], b[i]] += 1
+    return n_fire, n_prot
+
+
+def test_length_confound_cmh_finds_nothing_fisher_does():
+    n_fire, n_prot = _length_confounded()
+    cmh = enrichment(n_fire, n_prot, "cmh")
+    fisher = enrichment(n_fire.sum(1), n_prot.sum(1), "fisher")
+    assert (fisher["q"][1] < 0.05).sum() >= 10  # the long group "uses" many features: length, not biology
+    assert (cmh["q"] > 0.05).all()
+    assert (top_groups(["short", "long"], cmh, np.ones(n_fire.shape[2])) == "").all()
+
+
+def test_cmh_finds_real_enrichment_and_min_group_size():
+    n_fire, n_prot = _length_confounded(seed=1)
+    n_fire[1, :, 0] = n_prot[1]  # feature 0 fires on every protein of group 1 in every length bin
+    cmh = enrichment(n_fire, n_prot, "cmh", min_group_size=10)
+    assert cmh["q"][1, 0] < 1e-6 and cmh["log_odds"][1, 0] > 2
+    assert top_groups(["a", "b"], cmh, np.ones(n_fire.shape[2]))[0] == "b"
+    small = enrichment(n_fire, n_prot, "cmh", min_group_size=10_000)
+    assert not small["tested"].any() and (small["p"] == 1).all()
+
+
+def test_mmseqs_cluster_tsv_assigns_members_to_representatives():
+    text = "A\tA\nA\tB\nA\tC\nD\tD\nD\tE\nF\tF\n"
+    assert dict(grouping_tsv(text, "clu.tsv")) == {"A": "A", "B": "A", "C": "A", "D": "D", "E": "D", "F": "F"}
+    plain = "P1\tBacteria\nP2\tArchaea\n"
+    assert dict(grouping_tsv(plain, "g.tsv")) == {"P1": "Bacteria", "P2": "Archaea"}
+
+
+def test_taxonomy_file_gives_uniref_proteins_a_kingdom(tmp_path):
+    fa = tmp_path / "u.fasta"
+    fa.write_text(">UniRef90_X n=1 Tax=Escherichia coli TaxID=562 RepID=X\nMKTAYIAKQRQISFVKSHFSRQ\n"
+                  ">UniRef90_Y n=1 Tax=Homo sapiens TaxID=9606 RepID=Y\nMKLLVVAAGGKKEEDD\n")
+    tax = tmp_path / "tax.tsv"
+    tax.write_text("Taxon Id\tScientific name\tLineage\n562\tEscherichia coli\tcellular organisms, Bacteria, Pseudomonadota\n")
+    assert read_taxonomy(tax) == {562: "cellular organisms, Bacteria, Pseudomonadota"}
+    from esmsae.index.proteins import collect
+
+    items, _ = collect(IndexConfig(sae="x", out=str(tmp_path / "i.duckdb"), fasta=[str(fa)], taxonomy=str(tax)))
+    by = {it.id: it for it in items}
+    assert by["UniRef90_X"].groups.get("kingdom") == "Bacteria"
+    assert by["UniRef90_Y"].groups.get("kingdom") == "Eukaryota"  # a shipped proteome taxid
+
+
+def test_group_cap_keeps_a_hash_chosen_subset():
+    items = [Item(f"p{i}", "M" + "A" * (i + 1), groups={"kingdom": "Big" if i < 50 else "Small"}) for i in range(60)]
+    dropped = cap_groups(items, 20)
+    assert dropped == {"kingdom": 30}
+    kept = {it.id for it in items if "kingdom" in it.groups}
+    items2 = [Item(f"p{i}", "M" + "A" * (i + 1), groups={"kingdom": "Big" if i < 50 else "Small"}) for i in reversed(range(60))]
+    cap_groups(items2, 20)
+    assert kept == {it.id for it in items2 if "kingdom" in it.groups}  # order-independent
+
+
+# ------------------------------------------------------------------ LM fidelity
+def test_masked_only_perplexity_equals_hand_computation():
+    """A toy model whose logits ignore the input: CE at <mask> positions = mean -log p(target)
+    over exactly those positions."""
+    from esmsae.lmtrain import heldout_ce, mask_tokens
+    from esmsae.plm import EsmTokens
+
+    tok = EsmTokens()
+    logp = torch.log_softmax(torch.randn(33, generator=torch.Generator().manual_seed(0)), 0)
+
+    class Toy(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            return type("O", (), {"logits": logp.expand(*input_ids.shape, 33).clone()})()
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+    ids = tok.batch(["MKTAYIAKQRQISFVKSHFSRQ" * 3, "MKLLVVAAGGKKEEDD" * 4])
+    inp, chosen = mask_tokens(ids, tok, 0.3, torch.Generator().manual_seed(1))
+    masked = chosen & (inp == tok.mask)
+    want = float(-logp[ids[masked]].mean())
+    assert heldout_ce(Toy(), ids, inp, masked, tok, "cpu") == pytest.approx(want, rel=1e-6)
+
+
+def _identity_sae(d):
+    from esmsae.sae import SAE
+
+    sae = SAE(SAEConfig(architecture="topk", n_latents=2 * d, k=2 * d, normalize="none"), d, seed=0)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 0))  # [F, D], like W_dec
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()
+
+
+def test_identity_splice_and_mean_ablation(esm2_dir):
+    """Splicing an SAE that reconstructs exactly changes nothing (delta CE 0, 100% recovered);
+    mean ablation equals filling the hooked residues with the mean by hand."""
+    from esmsae.evaluate import spliced_lm_loss
+    from esmsae.plm import Hook, load_plm
+
+    plm = load_plm(ModelConfig(name=str(esm2_dir)))
+    hook = Hook(3, "resid")
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEV", "MKLLVVAAGGKKEEDDWWYYHH", "ACDEFGHIKLMNPQRSTVWY" * 2]
+    sae = _identity_sae(plm.d_model)
+    x = torch.randn(5, plm.d_model)
+    lat = sae.encode(x)
+    assert torch.allclose(sae.decode(lat.acts_BK, lat.idx_BK, x, denormalize=True), x, atol=1e-5)
+    mean_D = torch.randn(plm.d_model)
+    uni = np.full(plm.vocab_size, 1 / 20)
+    out = spliced_lm_loss(plm, sae, hook, seqs, 0.2, 0, mean_act_D=mean_D, unigram_V=uni)
+    for p in ("unmasked", "masked"):
+        d = out[p]
+        assert abs(d["delta_ce_nats"]) < 1e-4 and d["pct_loss_recovered"] == pytest.approx(100, abs=0.01)
+        assert d["ce_unigram"] == pytest.approx(math.log(20), rel=1e-6)
+    # mean ablation by hand, unmasked protocol: per-protein mean CE over residues, then the mean
+    ces = []
+    for s in seqs:
+        ids, attn = plm.tokenize([s])
+        resid = attn & (ids != plm.cls_id) & (ids != plm.eos_id)
+
+        def fill(a, resid=resid):
+            a = a.clone()
+            a[resid] = mean_D.to(a)
+            return a
+
+        logits = plm.logits(ids, attn, {hook: fill})
+        ces.append(float(torch.nn.functional.cross_entropy(logits[resid], ids[resid])))
+    assert out["unmasked"]["ce_mean"] == pytest.approx(np.mean(ces), rel=1e-5)
