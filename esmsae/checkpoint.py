@@ -68,6 +68,47 @@ def save_sae(sae: SAE, folder: str | os.PathLike, meta: dict[str, Any]) -> Path:
     return folder
 
 
+def write_reference_stats(folder: str | os.PathLike, index_path: str | os.PathLike) -> dict[str, Any]:
+    """Store per-feature reference max and IDF in the checkpoint (``display_max`` /
+    ``display_idf`` in ``sae.safetensors``, described under ``display_stats`` in ``cfg.json``),
+    computed over the proteins of a feature index built from this SAE. The inspector, the
+    Python API (``encode_scaled``) and every later index of the SAE then scale by these, so
+    two indexes of one SAE agree (Biohub ships its SAEs the same way)."""
+    import hashlib
+
+    import duckdb
+
+    folder = Path(folder)
+    sae_sha = hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()[:16]
+    con = duckdb.connect(str(index_path), read_only=True)
+    try:
+        meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
+        df = con.execute("SELECT feature, max_act, idf FROM features ORDER BY feature").df()
+    finally:
+        con.close()
+    prior = json.loads((folder / CFG).read_text()).get("display_stats", {}).get("weights_sha256_before")
+    if meta.get("sae_sha256") not in (sae_sha, prior):
+        raise ValueError(f"{index_path} was built from another SAE (weights sha256 {meta.get('sae_sha256')}, this checkpoint {sae_sha})")
+    state = load_file(str(folder / WEIGHTS))
+    import torch
+
+    state["display_max"] = torch.tensor(df["max_act"].to_numpy(), dtype=torch.float32)
+    state["display_idf"] = torch.tensor(df["idf"].to_numpy(), dtype=torch.float32)
+    info = {"reference": f"feature index {Path(index_path).name}: {meta['n_proteins']} proteins, {meta['n_residues']} residues",
+            "n_proteins": meta["n_proteins"], "n_residues": meta["n_residues"], "max": "largest activation over the reference proteins",
+            "weights_sha256_before": prior or sae_sha,  # the index's sha of these weights, before the statistics were added
+            "idf": "log(reference proteins / reference proteins where the feature fires)"}
+    cfg = json.loads((folder / CFG).read_text())
+    cfg["display_stats"] = info
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, folder / WEIGHTS)
+    from .atomic import write_text_atomic
+
+    write_text_atomic(folder / CFG, json.dumps(cfg, indent=2) + "\n")
+    return info
+
+
 def read_cfg(folder: str | os.PathLike) -> dict[str, Any]:
     folder = Path(folder)
     p = folder / CFG

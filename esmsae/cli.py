@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--start", type=int, default=0, help="first residue of the range (0-based)")
     sp.add_argument("--end", type=int, default=0, help="end of the range (exclusive)")
     sp.add_argument("--fasta-out", default="", help="write the steered sequence here as FASTA")
+    rs = subs.add_parser("reference-stats", help="store per-feature reference max and IDF in an SAE checkpoint, from an index of it",
+                         description="Write display_max / display_idf (over the index's proteins) into sae.safetensors and describe the "
+                         "reference set in cfg.json; the inspector, the API and later indexes then use them, so indexes of one SAE agree.")
+    rs.add_argument("checkpoint", help="esmsae checkpoint folder")
+    rs.add_argument("--index", required=True, help="a feature index built from this checkpoint (its proteins are the reference set)")
     ex = subs.add_parser("export", help="write an esmsae checkpoint as a SAELens or sparsify folder",
                          description="Export an esmsae SAE checkpoint for SAELens / Neuronpedia-style tooling or EleutherAI sparsify.")
     ex.add_argument("checkpoint", help="esmsae checkpoint folder")
@@ -189,6 +194,11 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from .published import export_sae
 
         print(f"exported: {export_sae(ns.checkpoint, ns.out, ns.format)}")
+        return 0
+    if ns.cmd == "reference-stats":
+        from .checkpoint import write_reference_stats
+
+        print(json.dumps(write_reference_stats(ns.checkpoint, ns.index)))
         return 0
     if ns.cmd == "train-lm":
         from .lmtrain import train_lm

@@ -63,6 +63,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-time-limit-s", type=float, default=5400, help="stop LM training after this long (CPU)")
     p.add_argument("--device", default="auto", help="device for LM training (auto: cuda when present, else cpu)")
     p.add_argument("--layer", type=int, default=3, help="hooked layer (resid); 3 is the middle of ESM-2 8M's 6 blocks")
+    p.add_argument("--normalize", default="center_scalar", help="SAE input normalisation (center: the fix for feature death of arXiv 2605.31518; scalar: the previous demo)")
     p.add_argument("--n-latents", type=int, default=2048, help="SAE latents (2048 = 6.4x d_in: at 4096 half of them never fired on the demo LM, whose layer-3 activations are low-dimensional)")
     p.add_argument("--k", type=int, default=32, help="TopK active latents")
     p.add_argument("--sae-proteins", type=int, default=10000, help="proteome proteins embedded for SAE training")
@@ -132,9 +133,10 @@ def build_demo(ns: argparse.Namespace) -> dict:
     _step("SAE trained and evaluated", t0)
     index_path = _demo_index(ns, shared, work, sae_dir, labelled, report)
     _step("index built", t0)
+    report["figures"] = demo_figures(index_path, sae_dir, model_name)
     report.update(bundle(out, model_name, sae_dir, index_path, shared))
     report["build_seconds"] = round(time.time() - t0)
-    (out / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "demo.json").write_text(json.dumps(portable(report, shared, model_name), indent=2, default=str) + "\n")
     return report
 
 
@@ -165,7 +167,7 @@ def _demo_sae(ns, shared: Path, work: Path, model_name: str, report: dict) -> Pa
     if not (sae_dir / "eval.json").exists():
         cfg = {"model": ModelConfig(name=model_name, dtype=ns.dtype), "hook": HookConfig(layers=[ns.layer], site="resid"),
                "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=262_144, holdout_fraction=0.05),
-               "sae": SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize="scalar"),
+               "sae": SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize=ns.normalize),
                "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed), "eval": EvalConfig(lm_proteins=128)}
         (sae_dir,) = run_pipeline(cfg, str(work / "sae"))
     report["sae"] = summary(json.loads((sae_dir / "eval.json").read_text()))
@@ -192,9 +194,66 @@ def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, rep
                 by_src.setdefault(lab.source, []).append(lab)
             labelled = [x for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))]
         items, rep = collect(icfg, labelled)
+        # the group page compares the kingdom-balanced proteome sample only: the label sets are
+        # not samples of their kingdoms (84% of TMbed's eukaryotes are membrane proteins)
+        for it in items:
+            if it.source != idx_fa.name.split(".")[0]:
+                it.groups.clear()
         build_index(icfg, items=items, report=rep)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return index_path
+
+
+def portable(obj, shared: Path, model_dir: str = ""):
+    """The same JSON with no absolute path of the building machine: paths under the shared data
+    become ``shared/data/...``, the trained LM's folder ``model``, any other absolute path its
+    last two parts (``demo_work/index.duckdb``)."""
+    roots = [(Path(shared).resolve(), "shared/data")] + ([(Path(model_dir).resolve(), "model")] if model_dir and Path(model_dir).exists() else [])
+    if isinstance(obj, dict):
+        return {k: portable(v, shared, model_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, shared, model_dir) for v in obj]
+    if isinstance(obj, str) and (obj.startswith("/") or obj.startswith("..")) and len(obj) < 4096:
+        p = Path(obj)
+        try:
+            r = p.resolve()
+        except (OSError, RuntimeError):
+            return obj
+        for root, name in roots:
+            if r == root or root in r.parents:
+                return str(Path(name) / r.relative_to(root))
+        return str(Path(*p.parts[-2:])) if obj.startswith("/") else obj
+    return obj
+
+
+def demo_figures(index_path: Path, sae_dir: Path, lm_dir: str) -> dict:
+    """The figures the README and the overview quote, each with its baseline or control."""
+    import duckdb
+
+    con = duckdb.connect(str(index_path), read_only=True)
+    try:
+        f = con.execute("""SELECT count(*) FILTER (WHERE NOT dead) AS live, count(*) FILTER (WHERE dead) AS dead, count(*) AS n,
+                           count(*) FILTER (WHERE residue_detector AND NOT dead) AS detectors,
+                           count(*) FILTER (WHERE matches_concept AND best_concept NOT IN (SELECT concept FROM concepts WHERE catch_all)) AS matching,
+                           count(*) FILTER (WHERE best_f1 > 0.5) AS f1_05 FROM features""").df().iloc[0]
+        concepts = con.execute("""SELECT concept, recall_over, n_proteins, n_residues, n_domains, trivial_f1, aa_rule, aa_rule_f1,
+                                  best_feature_f1, n_features_f1_05, n_features_beat_baselines FROM concepts
+                                  WHERE eligible AND NOT catch_all ORDER BY n_features_beat_baselines DESC, concept""").df()
+        n_res = json.loads(con.execute("SELECT value FROM meta WHERE key = 'n_residues'").fetchall()[0][0])
+    finally:
+        con.close()
+    out = {"live_features": int(f["live"]), "dead_fraction_index": float(f["dead"] / f["n"]), "dead_window_residues": int(n_res),
+           "residue_detector_share_of_live": float(f["detectors"] / max(f["live"], 1)),
+           "features_matching_a_concept_test": int(f["matching"]), "features_best_f1_over_0.5_test": int(f["f1_05"]),
+           "concepts": concepts.round(4).to_dict("records")}
+    ev = json.loads((sae_dir / "eval.json").read_text())
+    if "downstream" in ev:
+        out["lm_fidelity"] = {k: ev["downstream"][k] for k in ("unmasked", "masked") if k in ev["downstream"]}
+    lm_eval = Path(lm_dir) / "lm_eval.json"
+    if lm_eval.exists():
+        e = json.loads(lm_eval.read_text())
+        out["lm"] = {k: e.get(k) for k in ("masked_ppl", "masked_unigram_ppl", "masked_neighbour_ppl", "masked_tokens", "tokens_seen", "steps")}
+    return out
 
 
 def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: Path) -> dict:
@@ -209,7 +268,7 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
         for f in Path(model_name).iterdir():
             if f.name == "model.safetensors":  # fp16 halves the size; loads back into fp32 parameters
                 save_file({k: v.half().contiguous() for k, v in load_file(str(f)).items()}, str(tmp / "model" / f.name), metadata={"format": "pt"})
-            elif f.suffix in (".json", ".txt") and f.name not in ("lm_metrics.jsonl",):
+            elif f.suffix in (".json", ".txt", ".jsonl"):  # config, tokenizer, lm_eval.json, the training curve
                 shutil.copy(f, tmp / "model" / f.name)
         rel_model = "../model"
     else:
@@ -219,11 +278,20 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
     cfg["base_model"]["name"] = rel_model
     (tmp / "sae" / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
     shutil.copy(index_path, tmp / "index.duckdb")
+    from .checkpoint import write_reference_stats
+
+    # the demo's index proteins are the SAE's reference set for max / IDF display scaling
+    write_reference_stats(tmp / "sae", tmp / "index.duckdb")
     con = duckdb.connect(str(tmp / "index.duckdb"))
+    con.execute("UPDATE features SET ref_max = max_act, ref_idf = idf")
     files = [r[0] for r in con.execute("SELECT DISTINCT structure FROM proteins WHERE structure <> ''").fetchall()]
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     con.execute("UPDATE meta SET value = ? WHERE key = 'sae'", [json.dumps("sae")])
+    for k, v in con.execute("SELECT key, value FROM meta").fetchall():
+        con.execute("UPDATE meta SET value = ? WHERE key = ?", [json.dumps(portable(json.loads(v), shared, model_name)), k])
     con.close()
+    for f in list((tmp / "sae").glob("*.json")) + list((tmp / "model").glob("*.json")):
+        f.write_text(json.dumps(portable(json.loads(f.read_text()), shared, model_name), indent=2) + "\n")
     for f in files:  # gzip: 3Dmol reads the text, the app decompresses
         src = shared / "structures" / f
         dst = tmp / "structures" / (f + ".gz")

@@ -92,11 +92,35 @@ class FeatureIndex:
         return cur.execute(sql, params or []).df()
 
     # -------------------------------------------------------- run card
+    def lm_note(self) -> str:
+        """One line on the protein LM when esmsae trained it (the demo): what it is, its <mask>
+        perplexity next to unigram, and real ESM-2 8M for scale. Empty for a hub model."""
+        model = str(self.meta.get("model", ""))
+        for d in (Path(model), self.path.parent / str(self.meta.get("sae", "")) / model):
+            f = d / "lm_eval.json"
+            if d.is_dir() and f.exists():
+                try:
+                    ev = json.loads(f.read_text())
+                    return (f"Protein LM: the ESM-2 8M architecture trained by esmsae on {ev.get('tokens_total', ev['tokens_seen']) / 1e6:.0f} M tokens of the shared "
+                            f"proteins (CPU). Held-out <mask> perplexity {ev['masked_ppl']:.2f} vs {ev['masked_unigram_ppl']:.2f} for residue "
+                            f"frequencies alone; real ESM-2 8M reaches about 10-10.5 (reported), so this model knows far less about proteins.")
+                except (KeyError, ValueError, OSError):
+                    return ""
+        return ""
+
+    def lm_curve(self) -> pd.DataFrame:
+        """The demo LM's training curve (lm_metrics.jsonl beside its weights), or empty."""
+        model = str(self.meta.get("model", ""))
+        for d in (Path(model), self.path.parent / str(self.meta.get("sae", "")) / model):
+            f = d / "lm_metrics.jsonl"
+            if f.exists():
+                return pd.read_json(f, lines=True)
+        return pd.DataFrame()
+
     def card(self) -> dict[str, Any]:
         ev = self.meta.get("eval") or {}
         sae = self.meta["sae_cfg"]["sae"]
-        feats = self.q("SELECT count(*) FILTER (WHERE dead) AS dead, count(*) FILTER (WHERE best_f1 > 0.5) AS f1_05, "
-                       "count(DISTINCT best_concept) FILTER (WHERE best_f1 > 0.5) AS concepts FROM features").iloc[0]
+        feats = self.q("SELECT count(*) FILTER (WHERE dead) AS dead, " + self.headline_sql()).iloc[0]
         down = ev.get("downstream", {})
         return {
             "base model": Path(self.meta["model"]).name if os.path.isabs(str(self.meta["model"])) else self.meta["model"],
@@ -104,15 +128,45 @@ class FeatureIndex:
             "latents": sae["n_latents"], "architecture": sae["architecture"], "k": sae["k"],
             "FVU": ev.get("fvu"), "L0": ev.get("l0"), "dead % (eval)": None if ev.get("dead_fraction") is None else 100 * ev["dead_fraction"],
             "dead % (index)": 100 * int(feats["dead"]) / self.n_features,
-            "% loss recovered": down.get("pct_loss_recovered"),
-            "features with concept F1 > 0.5": int(feats["f1_05"]), "concepts covered": int(feats["concepts"]),
+            "% loss recovered (vs mean ablation)": down.get("pct_loss_recovered") if "ce_mean" in down else None,
+            "ΔCE spliced (nats)": down.get("delta_ce_nats"),
+            "features matching a concept (test)": int(feats["matches"]), "concepts matched": int(feats["concepts"]),
+            "residue detectors % (live)": 100 * int(feats["detectors"]) / max(1, int(feats["live"])),
             "proteins indexed": self.meta["n_proteins"], "residues indexed": self.meta["n_residues"],
         }
 
+    def has_controls(self) -> bool:
+        """Whether this index has the amino-acid control and the valid/test split (esmsae >= 0.4)."""
+        return "matches_concept" in self.q("SELECT * FROM features LIMIT 0").columns
+
+    def headline_sql(self) -> str:
+        """Headline counts, as InterPLM reports them: features that match a concept on test proteins
+        (beating the trivial and the single-residue rule, not a residue detector), catch-all
+        concepts excluded; amino-acid pseudo-concepts are never concepts."""
+        if not self.has_controls():
+            return ("count(*) FILTER (WHERE best_f1 > 0.5) AS matches, count(DISTINCT best_concept) FILTER (WHERE best_f1 > 0.5) AS concepts, "
+                    "0 AS detectors, count(*) FILTER (WHERE NOT dead) AS live FROM features")
+        good = "matches_concept AND best_concept NOT IN (SELECT concept FROM concepts WHERE catch_all)"
+        return (f"count(*) FILTER (WHERE {good}) AS matches, count(DISTINCT best_concept) FILTER (WHERE {good}) AS concepts, "
+                "count(*) FILTER (WHERE residue_detector AND NOT dead) AS detectors, count(*) FILTER (WHERE NOT dead) AS live FROM features")
+
+    def concept_summary(self) -> pd.DataFrame:
+        """Per concept: support, baselines on test proteins, and features beating them."""
+        if not self.has_controls():
+            return self.q("SELECT concept, source, n_proteins, n_residues, n_domains FROM concepts ORDER BY concept")
+        return self.q("""SELECT concept, source, recall_over, eligible, catch_all, n_proteins, n_residues, n_domains, trivial_f1,
+                         aa_rule, aa_rule_f1, best_feature, best_feature_f1, n_features_f1_05, n_features_beat_baselines
+                         FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC, concept""")
+
     # -------------------------------------------------------- features
+    KINDS = ("all", "context features", "residue detectors")
+
     def features(self, search: str = "", min_freq: float = 0.0, concept: str = "", hide_dead: bool = True, sort: str = "feature",
-                 descending: bool = False, limit: int = 5000) -> pd.DataFrame:
+                 descending: bool = False, limit: int = 5000, kind: str = "all") -> pd.DataFrame:
         where, params = ["1=1"], []
+        controls = self.has_controls()
+        if kind != "all" and controls:
+            where.append("f.residue_detector" if kind == "residue detectors" else "NOT f.residue_detector")
         if hide_dead:
             where.append("NOT f.dead")
         if min_freq > 0:
@@ -121,7 +175,8 @@ class FeatureIndex:
         if concept:
             where.append("f.best_concept = ?")
             params.append(concept)
-        df = self.q(f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, f.freq_residue, f.freq_protein, f.max_act,
+        extra = "f.best_aa_rule_f1, f.aa_top, f.aa_purity," if controls else ""
+        df = self.q(f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, {extra} f.freq_residue, f.freq_protein, f.max_act,
                         f.top_group, f.cluster FROM features f WHERE {' AND '.join(where)}""", params)
         labels = self.labels()
         df["label"] = df["feature"].map(labels).fillna(df["auto_label"])
@@ -133,7 +188,8 @@ class FeatureIndex:
             df = df[hit]
         if sort in df.columns:
             df = df.sort_values(sort, ascending=not descending, kind="stable")
-        cols = ["feature", "label", "best_concept", "best_f1", "freq_residue", "freq_protein", "max_act", "top_group"]
+        cols = ["feature", "label", "best_concept", "best_f1"] + (["best_aa_rule_f1", "aa_top", "aa_purity"] if controls else []) + [
+            "freq_residue", "freq_protein", "max_act", "top_group"]
         return df[cols].head(limit).reset_index(drop=True)
 
     def feature(self, f: int) -> dict[str, Any]:
@@ -164,8 +220,13 @@ class FeatureIndex:
         return self.q(sql, [f, n])
 
     def concept_table(self, f: int, n: int = 15) -> pd.DataFrame:
-        return self.q("""SELECT concept, threshold, precision, recall_domain, recall_residue, f1, tp_residues, hit_domains
-                         FROM concept_f1 WHERE feature = ? ORDER BY f1 DESC LIMIT ?""", [f, n])
+        """A feature's concepts: threshold and F1 chosen on valid proteins, F1 / precision / recall
+        on test proteins, next to the trivial and the single-residue rule on the same residues."""
+        if not self.has_controls():
+            return self.q("""SELECT concept, threshold, precision, recall_domain, recall_residue, f1, tp_residues, hit_domains
+                             FROM concept_f1 WHERE feature = ? ORDER BY f1 DESC LIMIT ?""", [f, n])
+        return self.q("""SELECT concept, threshold, f1_valid, f1 AS f1_test, precision, recall, trivial_f1, aa_rule_f1, beats_baselines,
+                         tp_residues, hit_domains FROM concept_f1 WHERE feature = ? ORDER BY f1_valid DESC LIMIT ?""", [f, n])
 
     def group_table(self, f: int, grouping: str) -> pd.DataFrame:
         return self.q("""SELECT g.grp, g.n_proteins, coalesce(u.n_fire, 0) AS n_fire, coalesce(u.frac, 0) AS frac,

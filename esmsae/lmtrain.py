@@ -83,6 +83,38 @@ def unigram_ce(train: list[str], held_ids: torch.Tensor, chosen: torch.Tensor) -
     return float(-np.log(probs[held_ids[chosen].numpy()]).mean())
 
 
+def neighbour_ce(train: list[str], ids: torch.Tensor, inp: torch.Tensor, sel: torch.Tensor, alpha: float = 20.0) -> float:
+    """CE of a neighbour-residue model at the selected positions: P(residue | the residues just
+    left and right of it in the *input*), counted on training proteins, Dirichlet-smoothed
+    towards residue frequencies; a neighbour that is masked (or a sequence end) is marginalised.
+    The local-context reference: what a model gets from its two neighbours alone."""
+    aa = np.full(len(ESM_VOCAB), 20, np.int64)  # 20 = no residue there (special token, <mask>, X)
+    aa[STANDARD_IDS] = np.arange(20)
+    tok = EsmTokens()
+    c3 = np.zeros((21, 20, 21))
+    for s in train[:: max(1, len(train) // 20000)]:
+        a = aa[tok.lut[np.frombuffer(s.encode(), dtype=np.uint8)]]
+        left, right = np.r_[20, a[:-1]], np.r_[a[1:], 20]
+        ok = a < 20
+        np.add.at(c3, (left[ok], a[ok], right[ok]), 1)
+    uni = (c3.sum((0, 2)) + 1) / (c3.sum() + 20)
+    b, i = torch.nonzero(sel, as_tuple=True)
+    x = aa[ids[b, i].numpy()]
+    le, ri = aa[inp[b, i - 1].numpy()], aa[inp[b, i + 1].numpy()]
+    tot = 0.0
+    for xx, l_, r_ in zip(x, le, ri):
+        if l_ < 20 and r_ < 20:
+            c = c3[l_, :, r_]
+        elif l_ < 20:
+            c = c3[l_].sum(1)
+        elif r_ < 20:
+            c = c3[:, :, r_].sum(0)
+        else:
+            c = np.zeros(20)
+        tot -= math.log((c[xx] + alpha * uni[xx]) / (c.sum() + alpha))
+    return tot / max(len(x), 1)
+
+
 @torch.no_grad()
 def heldout_ce(model, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: EsmTokens, device: str, bs: int = 32) -> float:
     model.eval()
@@ -108,6 +140,7 @@ class HeldOut:
     masked: torch.Tensor  # <mask> positions only: the honest figure
     uni: float
     uni_m: float
+    neigh_m: float = float("nan")  # neighbour-residue model at the <mask> positions (local-context reference)
 
     @classmethod
     def make(cls, cfg: LMTrainConfig, train: list[str], held: list[str], tok: EsmTokens) -> "HeldOut":
@@ -115,7 +148,7 @@ class HeldOut:
         inp, chosen = mask_tokens(ids, tok, EVAL_MASK_PROB, torch.Generator().manual_seed(12345))
         # at the 10% kept-unchanged positions the input is the answer, at the 10% random ones it is noise
         masked = chosen & (inp == tok.mask)
-        return cls(ids, inp, chosen, masked, unigram_ce(train, ids, chosen), unigram_ce(train, ids, masked))
+        return cls(ids, inp, chosen, masked, unigram_ce(train, ids, chosen), unigram_ce(train, ids, masked), neighbour_ce(train, ids, inp, masked))
 
     def evaluate(self, model, tok: EsmTokens, device: str) -> tuple[float, float]:
         """(CE over all chosen positions, CE at <mask> positions)."""
@@ -197,7 +230,7 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
             ce, ce_m = ho.evaluate(model, tok, cfg.device)
             history.append({"step": step, "tokens": step * cfg.batch_size * (cfg.crop + 2), "train_ce": run_loss / run_n,
                             "heldout_ce": ce, "heldout_ppl": math.exp(ce), "unigram_ppl": math.exp(ho.uni),
-                            "masked_ppl": math.exp(ce_m), "masked_unigram_ppl": math.exp(ho.uni_m),
+                            "masked_ppl": math.exp(ce_m), "masked_unigram_ppl": math.exp(ho.uni_m), "masked_neighbour_ppl": math.exp(ho.neigh_m),
                             "tokens_per_s": run_n * cfg.batch_size * (cfg.crop + 2) / (time.time() - t0)})
             bar.set_postfix(ppl=f"{math.exp(ce_m):.2f}", uni=f"{math.exp(ho.uni_m):.2f}")
             run_loss, run_n, t0 = 0.0, 0, time.time()
@@ -214,14 +247,27 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
         # <mask> positions only: the figure to quote (next to unigram on the same positions)
         "masked_ppl": math.exp(ce_m), "masked_ce": ce_m, "masked_unigram_ppl": math.exp(ho.uni_m), "masked_unigram_ce": ho.uni_m,
         "masked_tokens": int(ho.masked.sum()),
+        # the local-context reference: P(residue | its two input neighbours), from training proteins
+        "masked_neighbour_ppl": math.exp(ho.neigh_m),
         # all chosen positions, including the 10% left unchanged (whose input is the answer): optimistic
         "heldout_ppl": math.exp(ce), "heldout_ce": ce, "unigram_ppl": math.exp(ho.uni), "unigram_ce": ho.uni,
         "steps": step, "total_steps": total, "tokens_seen": step * cfg.batch_size * (cfg.crop + 2),
+        # tokens behind the starting weights (--init-from an esmsae-trained LM), so the total is known
+        "tokens_before": _prior_tokens(cfg.init_from),
+        "tokens_total": _prior_tokens(cfg.init_from) + step * cfg.batch_size * (cfg.crop + 2),
         "finished": not stopped_early, "heldout_masked_tokens": int(ho.chosen.sum()),
         "eval_proteins": len(ho.ids), "corpus": info, "config": asdict(cfg),
     }
     save_json(report, out / "lm_eval.json")
     return report
+
+
+def _prior_tokens(init_from: str) -> int:
+    f = Path(init_from) / "lm_eval.json" if init_from else None
+    if f is None or not f.exists():
+        return 0
+    e = json.loads(f.read_text())
+    return int(e.get("tokens_total", e.get("tokens_seen", 0)))
 
 
 def _lm_step(model, opt_, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: EsmTokens, cfg: LMTrainConfig, lr: float) -> float:

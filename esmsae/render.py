@@ -150,6 +150,22 @@ def freq_histogram(features: pd.DataFrame):
     return fig
 
 
+def lm_curve_figure(curve: pd.DataFrame):
+    """The LM's held-out <mask> perplexity over training tokens, with its baselines on the same
+    positions (residue frequencies; the two neighbouring residues)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    x = curve["tokens"] / 1e6
+    fig.add_scatter(x=x, y=curve["masked_ppl"], mode="lines+markers", name="protein LM (<mask> positions)")
+    fig.add_scatter(x=x, y=curve["masked_unigram_ppl"], mode="lines", name="unigram (residue frequencies)", line=dict(dash="dash"))
+    if "masked_neighbour_ppl" in curve:
+        fig.add_scatter(x=x, y=curve["masked_neighbour_ppl"], mode="lines", name="two neighbouring residues", line=dict(dash="dot"))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), title="Held-out perplexity at <mask> positions",
+                      xaxis_title="training tokens of this run (M)", yaxis_title="perplexity")
+    return fig
+
+
 def feature_map(index, color: str = "best_concept"):
     """UMAP of decoder directions, one WebGL point per feature."""
     import plotly.express as px

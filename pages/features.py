@@ -12,12 +12,16 @@ idx = require_index(run)
 
 def show_table() -> None:
     st.title("Feature browser")
-    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+    c1, c2, c3, c4, c5 = st.columns([2, 2, 1.4, 1, 1])
     search = c1.text_input("Search label / concept / id", key="search")
     concept = c2.selectbox("Best concept", [""] + idx.concepts(), key="concept_filter")
-    min_freq = c3.number_input("Min. protein frequency", 0.0, 1.0, 0.0, 0.01, key="min_freq")
-    hide_dead = c4.checkbox("Hide dead", True, key="hide_dead")
-    df = idx.features(search=search, concept=concept, min_freq=min_freq, hide_dead=hide_dead)
+    kind = c3.selectbox("Kind", idx.KINDS, key="kind_filter",
+                        help="residue detectors put >= 90% of their firing on one amino acid; context features do not")
+    min_freq = c4.number_input("Min. protein frequency", 0.0, 1.0, 0.0, 0.01, key="min_freq")
+    hide_dead = c5.checkbox("Hide dead", True, key="hide_dead")
+    df = idx.features(search=search, concept=concept, min_freq=min_freq, hide_dead=hide_dead, kind=kind)
+    st.caption("best_f1: F1 on held-out test proteins of the concept chosen on validation proteins; best_aa_rule_f1: the best "
+               "single-residue rule ('fire on every L') for that concept on the same test residues.")
     st.caption(f"{len(df)} features - click a row to open it, or use ?feature=N")
     ev = st.dataframe(df, hide_index=True, on_select="rerun", selection_mode="single-row", key="ftable",
                       column_config={"best_f1": st.column_config.NumberColumn(format="%.2f"),
@@ -40,7 +44,10 @@ def show_header(f: int, info: dict) -> None:
     m[1].metric("Protein freq.", format_number(info["freq_protein"]), help="fraction of indexed proteins where it fires")
     m[2].metric("Max", format_number(info["max_act"]), help="largest activation on the indexed proteins")
     m[3].metric("IDF", format_number(info["idf"]), help="log(N proteins / proteins where it fires)")
-    m[4].metric("Best F1", format_number(info["best_f1"]), help=f"best concept: {info['best_concept'] or 'none'}")
+    m[4].metric("Best F1 (test)", format_number(info["best_f1"]),
+                help=f"best concept (chosen on validation proteins): {info['best_concept'] or 'none'}"
+                + (f"; single-residue rule {format_number(info['best_aa_rule_f1'])}, fire-everywhere {format_number(info['best_trivial_f1'])}; "
+                   f"{info['aa_purity']:.0%} of its firing on {info['aa_top'] or '-'}" if "aa_purity" in info else ""))
     m[5].metric("Top group", info["top_group"] or "-")
     if info["dead"]:
         st.warning("This feature never fired on the indexed proteins (dead).")
@@ -121,6 +128,8 @@ def show_feature(f: int) -> None:
         show_ranges(f, scale)
     with tabs[2]:
         st.caption("Precision per residue, recall per annotated domain, at thresholds of the feature's max (InterPLM).")
+        st.caption("Threshold and f1_valid chosen on validation proteins; f1_test, precision and recall on held-out test proteins, "
+                   "next to trivial_f1 (fire on every residue) and aa_rule_f1 (the best single-residue rule).")
         st.dataframe(idx.concept_table(f), hide_index=True)
     with tabs[3]:
         show_groups(f)

@@ -2,13 +2,19 @@
 import pandas as pd
 import streamlit as st
 
-from esmsae.render import feature_map, format_number, freq_histogram
+from esmsae.render import feature_map, format_number, freq_histogram, lm_curve_figure
 from esmsae.ui import feature_query, pick_run, require_index
 
 run = pick_run()
 idx = require_index(run)
 st.title("esmsae: sparse autoencoder features of protein language models")
 st.caption(f"Run **{run.name}** - checkpoint `{run.sae_dir}`")
+if idx.lm_note():
+    st.info(idx.lm_note())
+    curve = idx.lm_curve()
+    if not curve.empty:
+        with st.expander("Protein LM training curve"):
+            st.plotly_chart(lm_curve_figure(curve), key="lm_curve")
 card = idx.card()
 cols = st.columns(6)
 for i, (k, v) in enumerate(card.items()):
@@ -17,9 +23,10 @@ left, right = st.columns([1, 2])
 feats = idx.features(hide_dead=False)
 with left:
     st.plotly_chart(freq_histogram(feats), key="freq_hist")
-    st.markdown("**Most common concepts (F1 > 0.5)**")
-    best = feats[feats.best_f1 > 0.5].groupby("best_concept").size().sort_values(ascending=False).head(12)
-    st.dataframe(pd.DataFrame({"concept": best.index, "features": best.values}), hide_index=True)
+    st.markdown("**Concepts: features beating both baselines on test proteins**")
+    st.dataframe(idx.concept_summary().head(40), hide_index=True, key="concept_summary")
+    st.caption("A feature matches a concept when its F1 on held-out test proteins beats fire-everywhere (trivial_f1) and the best "
+               "single-residue rule (aa_rule_f1) by 0.05, and it is not an amino-acid detector. Catch-all UniProt types are not counted.")
 with right:
     color = st.radio("Colour by", ["best concept", "frequency", "cluster", "dead"], horizontal=True, key="map_color",
                      help="cluster: k-means of the decoder directions; dead: never fired on the indexed proteins")

@@ -234,3 +234,41 @@ def test_user_labels_survive_a_rebuild(built_index):
     assert path.stat().st_mtime_ns != before and labels_path(path).exists()
     assert get_labels(path)[3] == "kept across rebuilds"
     assert not path.with_name(path.name + ".tmp").exists()
+
+
+def test_reference_stats_written_into_the_checkpoint(built_index, tiny_sae, tmp_path):
+    """Reference max / IDF over the index's proteins go into the checkpoint (a copy here) and
+    come back on load; encode_scaled then divides by them; an index of another SAE is refused."""
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    path, _ = built_index
+    ck = tmp_path / "sae"
+    shutil.copytree(tiny_sae, ck)
+    r = subprocess.run([sys.executable, "-m", "esmsae", "reference-stats", str(ck), "--index", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    con = duckdb.connect(str(path), read_only=True)
+    feats = con.execute("SELECT max_act, idf FROM features ORDER BY feature").df()
+    sae, meta = load_sae(ck)
+    mx, idf = sae.display_stats()
+    np.testing.assert_allclose(mx.numpy(), feats["max_act"], rtol=1e-6)
+    np.testing.assert_allclose(idf.numpy(), feats["idf"], rtol=1e-6)
+    assert meta["display_stats"]["n_proteins"] == json.loads(dict(con.execute("SELECT key, value FROM meta").fetchall())["n_proteins"])
+    x = torch.randn(6, sae.d_in)
+    dense = sae.encode_dense(x)
+    scaled = sae.encode_scaled(x, "max")
+    live = mx > 0
+    torch.testing.assert_close(scaled[:, live], dense[:, live] / mx[live], rtol=1e-5, atol=1e-6)
+    # writing again from the same index is fine; an index of another SAE is refused
+    r2 = subprocess.run([sys.executable, "-m", "esmsae", "reference-stats", str(ck), "--index", str(path)], capture_output=True, text=True)
+    assert r2.returncode == 0, r2.stderr
+    other = tmp_path / "other"
+    shutil.copytree(tiny_sae, other)
+    st = load_file(str(other / "sae.safetensors"))
+    st["b_dec"] = st["b_dec"] + 1
+    save_file(st, str(other / "sae.safetensors"))
+    r3 = subprocess.run([sys.executable, "-m", "esmsae", "reference-stats", str(other), "--index", str(path)], capture_output=True, text=True)
+    assert r3.returncode == 2 and "another SAE" in r3.stderr
