@@ -40,14 +40,24 @@ def test_overview(env):
     at = ok(page("overview"))
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["latents"] == "128" and metrics["layer"] == "4" and metrics["hook site"] == "resid"
-    assert "features with concept F1 > 0.5" in metrics
+    assert "features matching a concept (test)" in metrics and "residue detectors % (live)" in metrics
+    assert "% loss recovered (vs mean ablation)" in metrics and "ΔCE spliced (nats)" in metrics
+    assert any({"trivial_f1", "aa_rule_f1", "n_features_beat_baselines"} <= set(d.value.columns) for d in at.dataframe)
     assert len(at.get("plotly_chart")) == 2  # frequency histogram + feature map
 
 
 def test_feature_browser_table_search_and_deep_link(env):
     at = ok(page("features"))
     table = at.dataframe[0].value
-    assert len(table) > 10 and {"feature", "label", "best_concept", "best_f1", "freq_residue", "max_act", "top_group"} <= set(table.columns)
+    assert len(table) > 10 and {"feature", "label", "best_concept", "best_f1", "best_aa_rule_f1", "aa_purity", "freq_residue", "max_act",
+                                "top_group"} <= set(table.columns)
+    # residue detectors vs context features: two disjoint subsets of the live features
+    at.selectbox(key="kind_filter").set_value("residue detectors").run()
+    det = set(at.dataframe[0].value["feature"])
+    at.selectbox(key="kind_filter").set_value("context features").run()
+    ctx = set(at.dataframe[0].value["feature"])
+    at.selectbox(key="kind_filter").set_value("all").run()
+    assert not det & ctx and det | ctx == set(at.dataframe[0].value["feature"])
     idx = FeatureIndex(env / "tiny" / "L4_resid" / "index.duckdb")
     f = int(idx.q("SELECT feature FROM features WHERE NOT dead ORDER BY n_proteins DESC LIMIT 1").iloc[0, 0])
     at.text_input(key="search").input(str(f)).run()
