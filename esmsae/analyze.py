@@ -99,19 +99,20 @@ class Result:
 class Analyzer:
     """Protein LM + SAE of a checkpoint, loaded once (the app caches it with st.cache_resource)."""
 
-    def __init__(self, sae_dir: str | Path, device: str = "cpu"):
+    def __init__(self, sae_dir: str | Path, device: str = "auto"):
         self.sae, self.meta = load_sae(sae_dir)
         mcfg = model_config_of(self.meta)
         mcfg.device = device
         self.plm = load_plm(mcfg)
+        self.sae = self.sae.to(self.plm.device)  # one device for both
         self.hook = hook_of(self.meta)
 
     @torch.no_grad()
     def run(self, name: str, sequence: str) -> Result:
         t = time.perf_counter()
         x_LD = self.plm.embed([sequence], [self.hook])[0][self.hook.name]
-        lat = self.sae.encode(x_LD)
-        return Result(name, sequence, lat.acts_BK.float().numpy(), lat.idx_BK.numpy(), time.perf_counter() - t)
+        lat = self.sae.encode(x_LD.to(self.plm.device))
+        return Result(name, sequence, lat.acts_BK.float().cpu().numpy(), lat.idx_BK.cpu().numpy(), time.perf_counter() - t)
 
 
 MAX_GROUP_PROTEINS = 500
@@ -172,9 +173,9 @@ def group_usage(analyzer: "Analyzer", groups: dict[str, list[tuple[str, str]]], 
         seqs = [s for _, s in groups[g]]
         with torch.no_grad():
             for s, x_LD in zip(seqs, (a[analyzer.hook.name] for a in analyzer.plm.embed(seqs, [analyzer.hook]))):
-                lat = analyzer.sae.encode(x_LD)
+                lat = analyzer.sae.encode(x_LD.to(analyzer.plm.device))
                 dense = np.zeros(F)
-                np.maximum.at(dense, lat.idx_BK.numpy().ravel(), lat.acts_BK.float().numpy().ravel())
+                np.maximum.at(dense, lat.idx_BK.cpu().numpy().ravel(), lat.acts_BK.float().cpu().numpy().ravel())
                 b = length_bin(len(s), edges)
                 fire[gi, b] += dense > 0
                 n_prot[gi, b] += 1

@@ -52,21 +52,23 @@ class Model:
         return out[0] if one else out
 
 
-def load_model(name: str, device: str = "cpu", dtype: str = "float32", **kw) -> Model:
+def load_model(name: str, device: str = "auto", dtype: str = "float32", **kw) -> Model:
     """A protein LM by hub name (facebook/esm2_*), local Hugging Face folder, fair-esm ``.pt``,
     ``esmc_300m`` / ``esmc_600m`` or a local ESM C weights file."""
     return Model(load_plm(ModelConfig(name=name, device=device, dtype=dtype, **kw)))
 
 
 def load_sae(source: str, layer: int | None = None, *, format: str = "auto", k: int | None = None, model: str = "",
-             file: str = "", device: str = "cpu"):
+             file: str = "", device: str = "auto"):
     """An SAE from an esmsae checkpoint folder, a published file or folder, or a hub id
     (see :mod:`esmsae.published`). ``sae.meta`` holds its cfg (base model, layer, site,
     provenance); ``encode_dense`` / ``encode_sparse`` / ``encode_scaled`` encode."""
     from .published import load_any
 
+    from .config import resolve_device
+
     sae = load_any(source, format, layer=layer, k=k, model=model, file=file)
-    return sae.to(device)
+    return sae.to(resolve_device(device))
 
 
 def features(lm: Model, sae, seqs: str | Sequence[str], output: str = "dense", scale: str = "raw") -> Tensor | list[Tensor]:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .atomic import explain
-from .config import ModelConfig, SAEConfig, from_dict, layer_range
+from .config import ModelConfig, SAEConfig, from_dict, layer_range, resolve_device
 from .plm import Hook, ModelMismatchError, ProteinLM
 from .sae import SAE
 
@@ -147,7 +147,7 @@ def load_sae(folder: str | os.PathLike, plm: ProteinLM | None = None, device: st
         if k in sae.state_dict() and sae.state_dict()[k].shape != v.shape:
             raise ValueError(f"{folder / WEIGHTS}: tensor {k} has shape {tuple(v.shape)}, cfg.json implies {tuple(sae.state_dict()[k].shape)}")
     sae.load_state_dict(state)
-    return sae.to(device).eval(), meta
+    return sae.to(resolve_device(device)).eval(), meta
 
 
 def model_config_of(meta: dict[str, Any], name: str = "") -> ModelConfig:
@@ -158,6 +158,7 @@ def model_config_of(meta: dict[str, Any], name: str = "") -> ModelConfig:
     base = meta.get("base_model", {})
     rec = dict(meta.get("model_config") or {})
     rec.pop("batch_tokens", None)
+    rec["device"] = "auto"  # where it ran is not a requirement: a GPU-trained checkpoint loads on a CPU machine
     rec["name"] = name or base.get("name") or rec.get("name", "")
     if not rec["name"]:
         raise ValueError("cfg.json records no base model; pass a model name")

@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--start", type=int, default=0, help="first residue of the range (0-based)")
     sp.add_argument("--end", type=int, default=0, help="end of the range (exclusive)")
     sp.add_argument("--fasta-out", default="", help="write the steered sequence here as FASTA")
+    se = subs.add_parser("search", help="search an index's features by description, concept, label, protein name or id",
+                         description="Every word must occur in the feature's description, best concept, user label or its top proteins' "
+                         "ids and names (case-insensitive), e.g. 'zinc', 'transmembrane Archaea', 'P47294'.")
+    se.add_argument("index", help="feature index (.duckdb)")
+    se.add_argument("query", help="words to search for")
+    se.add_argument("--limit", type=int, default=20)
     rs = subs.add_parser("reference-stats", help="store per-feature reference max and IDF in an SAE checkpoint, from an index of it",
                          description="Write display_max / display_idf (over the index's proteins) into sae.safetensors and describe the "
                          "reference set in cfg.json; the inspector, the API and later indexes then use them, so indexes of one SAE agree.")
@@ -194,6 +200,13 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from .published import export_sae
 
         print(f"exported: {export_sae(ns.checkpoint, ns.out, ns.format)}")
+        return 0
+    if ns.cmd == "search":
+        from .explore import FeatureIndex
+
+        df = FeatureIndex(ns.index).features(search=ns.query, hide_dead=False, limit=ns.limit)
+        cols = [c for c in ("feature", "label", "description", "best_concept", "best_f1") if c in df]
+        print(df[cols].to_string(index=False) if len(df) else f"no feature matches {ns.query!r}")
         return 0
     if ns.cmd == "reference-stats":
         from .checkpoint import write_reference_stats

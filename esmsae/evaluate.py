@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import EVAL, check_compatible, hook_of, load_sae, model_config_of
-from .config import DENSE_FREQ, EvalConfig, save_json
+from .config import DENSE_FREQ, EvalConfig, resolve_device, save_json
 from .plm import Hook, ProteinLM, length_batches, load_plm
 from .sae import SAE
 from .store import ActivationStore
@@ -33,14 +33,15 @@ from .store import ActivationStore
 def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = DENSE_FREQ, batch: int = 8192) -> dict[str, Any]:
     """Stream fp16/fp32 activation chunks [T, D] through the SAE and accumulate metrics."""
     Fn = sae.cfg.n_latents
-    fired = torch.zeros(Fn, dtype=torch.long)
-    act_sum = torch.zeros(Fn, dtype=torch.float64)
+    dev = sae.W_dec.device
+    fired = torch.zeros(Fn, dtype=torch.long, device=dev)
+    act_sum = torch.zeros(Fn, dtype=torch.float64, device=dev)
     sse = sum_x2 = 0.0
     sum_vec = None
     n = l0 = 0
     for arr in chunks:
         for s in range(0, len(arr), batch):
-            x = torch.as_tensor(np.asarray(arr[s : s + batch]), dtype=torch.float32)
+            x = torch.as_tensor(np.asarray(arr[s : s + batch]), dtype=torch.float32).to(dev)
             lat = sae.encode(x)
             recon = sae.decode(lat.acts_BK, lat.idx_BK, x, denormalize=True)
             sse += float((recon - x).double().pow(2).sum())
@@ -57,6 +58,7 @@ def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = DENSE_FREQ
         raise ValueError("no held-out tokens to evaluate on (is holdout_fraction 0?)")
     D = sae.d_in
     total_var = sum_x2 - float(sum_vec.pow(2).sum()) / n
+    fired, sum_vec = fired.cpu(), sum_vec.cpu()
     freq = fired.double() / n
     with np.errstate(divide="ignore"):
         logf = np.log10(freq.numpy())
@@ -151,7 +153,7 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
                 logp = torch.as_tensor(np.log(unigram_V), dtype=torch.float32, device=ids.device)
                 ce_BL = -logp[ids]
                 n = scored.sum(1)
-                per[protocol]["unigram"].append(((ce_BL * scored).sum(1) / n.clamp(min=1)).double().numpy())
+                per[protocol]["unigram"].append(((ce_BL * scored).sum(1) / n.clamp(min=1)).double().cpu().numpy())
             n_pos[protocol] += int(scored.sum())
     out: dict[str, Any] = {"n_proteins": len(seqs), "mask_prob": mask_prob, "mean_over": "proteins (per-protein mean CE, InterPLM)",
                            "mean_ablation": "every spliced activation replaced by the mean activation over the evaluation store"}
@@ -191,7 +193,8 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
     """Write ``eval.json`` in the checkpoint folder and return it."""
     ecfg = ecfg or EvalConfig()
     sae_dir = Path(sae_dir)
-    sae, meta = load_sae(sae_dir)
+    device = resolve_device(ecfg.device)  # the SAE, the protein LM and the metrics on one device
+    sae, meta = load_sae(sae_dir, device=device)
     prov = meta.get("provenance", {})
     imported = "format" in prov  # a published SAE (esmsae.published): none of the user's proteins trained it
     store_path = store_path or prov.get("store")
@@ -228,7 +231,10 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
         card["downstream_skipped"] = f"the store holds one vector per protein or rows without sequences (pool {pool!r}): no spliced LM loss"
     elif ecfg.lm_proteins > 0:
         if plm is None:
-            plm = load_plm(model_config_of(meta, model_name or ""))
+            mcfg = model_config_of(meta, model_name or "")
+            mcfg.device = device
+            plm = load_plm(mcfg)
+        sae = sae.to(plm.device)
         check_compatible(meta, plm, strict_name=model_name is None)
         prots = store.proteins()
         held = (prots if split == "all" else prots[prots["split"] == "heldout"]).sort_values("pidx").head(ecfg.lm_proteins)

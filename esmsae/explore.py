@@ -176,20 +176,30 @@ class FeatureIndex:
             where.append("f.best_concept = ?")
             params.append(concept)
         extra = "f.best_aa_rule_f1, f.aa_top, f.aa_purity," if controls else ""
+        described = "search_text" in self.q("SELECT * FROM features LIMIT 0").columns
+        extra += " f.description, f.search_text," if described else ""
         df = self.q(f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, {extra} f.freq_residue, f.freq_protein, f.max_act,
                         f.top_group, f.cluster FROM features f WHERE {' AND '.join(where)}""", params)
         labels = self.labels()
         df["label"] = df["feature"].map(labels).fillna(df["auto_label"])
         if search:
-            s = search.strip().lower()
-            hit = df["label"].str.lower().str.contains(s, regex=False) | df["best_concept"].str.lower().str.contains(s, regex=False)
+            # every term in the description, concept, top proteins' ids / names or the user label
+            # (DuckDB's FTS extension is not installable offline: see index/describe.py)
+            from .index.describe import search_terms
+
+            terms = search_terms(search)
+            hay = (df["search_text"] if described else df["best_concept"]).fillna("").str.lower() + " | " + df["label"].fillna("").str.lower()
+            hit = np.ones(len(df), bool)
+            for t in terms:
+                hit &= hay.str.contains(t, regex=False).to_numpy()
+            s = search.strip()
             if s.isdigit():
-                hit |= df["feature"] == int(s)
+                hit |= (df["feature"] == int(s)).to_numpy()
             df = df[hit]
         if sort in df.columns:
             df = df.sort_values(sort, ascending=not descending, kind="stable")
-        cols = ["feature", "label", "best_concept", "best_f1"] + (["best_aa_rule_f1", "aa_top", "aa_purity"] if controls else []) + [
-            "freq_residue", "freq_protein", "max_act", "top_group"]
+        cols = ["feature", "label"] + (["description"] if described else []) + ["best_concept", "best_f1"] + (
+            ["best_aa_rule_f1", "aa_top", "aa_purity"] if controls else []) + ["freq_residue", "freq_protein", "max_act", "top_group"]
         return df[cols].head(limit).reset_index(drop=True)
 
     def feature(self, f: int) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .atomic import write_atomic
-from .config import LMTrainConfig, save_json
+from .config import LMTrainConfig, resolve_device, save_json
 from .fasta import SequenceError, clean_sequence, read_fasta
 from .plm import ESM_VOCAB, EsmTokens, make_esm2_model, save_hf
 from .store import is_heldout
@@ -187,12 +187,13 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"need training and held-out proteins, got {info}")
     tok = EsmTokens()
     ho = HeldOut.make(cfg, train, held, tok)
+    device = resolve_device(cfg.device)
     model = make_esm2_model(cfg.config_dir, seed=cfg.seed)
     if cfg.init_from:
         from transformers import EsmForMaskedLM
 
         model.load_state_dict(EsmForMaskedLM.from_pretrained(cfg.init_from).state_dict())
-    model = model.to(cfg.device)
+    model = model.to(device)
     model.train()
     opt_ = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
     step, history = 0, []
@@ -221,13 +222,13 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
     while step < total:
         ids = tok.batch(_crop_batch(train, weights, cfg, rng))
         inp, chosen = mask_tokens(ids, tok, cfg.mask_prob, gen)
-        run_loss += _lm_step(model, opt_, ids, inp, chosen, tok, cfg, _cosine_lr(cfg, step, total))
+        run_loss += _lm_step(model, opt_, ids, inp, chosen, tok, cfg, _cosine_lr(cfg, step, total), device)
         step += 1
         run_n += 1
         bar.update(1)
         out_of_time = bool(cfg.time_limit_s) and time.time() - t_start > cfg.time_limit_s
         if step % cfg.checkpoint_every == 0 or step == total or out_of_time:
-            ce, ce_m = ho.evaluate(model, tok, cfg.device)
+            ce, ce_m = ho.evaluate(model, tok, device)
             history.append({"step": step, "tokens": step * cfg.batch_size * (cfg.crop + 2), "train_ce": run_loss / run_n,
                             "heldout_ce": ce, "heldout_ppl": math.exp(ce), "unigram_ppl": math.exp(ho.uni),
                             "masked_ppl": math.exp(ce_m), "masked_unigram_ppl": math.exp(ho.uni_m), "masked_neighbour_ppl": math.exp(ho.neigh_m),
@@ -241,7 +242,7 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
                 stopped_early = True
                 break
     bar.close()
-    ce, ce_m = ho.evaluate(model, tok, cfg.device)
+    ce, ce_m = ho.evaluate(model, tok, device)
     save_hf(model, cfg.config_dir, out)
     report = {
         # <mask> positions only: the figure to quote (next to unigram on the same positions)
@@ -270,15 +271,16 @@ def _prior_tokens(init_from: str) -> int:
     return int(e.get("tokens_total", e.get("tokens_seen", 0)))
 
 
-def _lm_step(model, opt_, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: EsmTokens, cfg: LMTrainConfig, lr: float) -> float:
+def _lm_step(model, opt_, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: EsmTokens, cfg: LMTrainConfig, lr: float,
+             device: str = "cpu") -> float:
     """One masked-LM step (bf16 autocast by default, gradient clipped at 1); returns the loss."""
     for g in opt_.param_groups:
         g["lr"] = lr
-    x = inp.to(cfg.device)
-    with torch.autocast(torch.device(cfg.device).type, dtype=getattr(torch, cfg.amp, torch.float32), enabled=cfg.amp != "none"):
+    x = inp.to(device)
+    with torch.autocast(torch.device(device).type, dtype=getattr(torch, cfg.amp, torch.float32), enabled=cfg.amp != "none"):
         logits = model(input_ids=x, attention_mask=(x != tok.pad)).logits
-    sel = chosen.to(cfg.device)
-    loss = F.cross_entropy(logits[sel].float(), ids.to(cfg.device)[sel])
+    sel = chosen.to(device)
+    loss = F.cross_entropy(logits[sel].float(), ids.to(device)[sel])
     opt_.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

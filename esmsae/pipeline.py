@@ -15,7 +15,8 @@ SKIPS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed": {"model": (), "hook": (), "embed": ()},
     "train": {"sae": (), "train": ()},
     "evaluate": {"eval": ()},
-    "pipeline": {"model": (), "hook": (), "embed": ("store",), "sae": (), "train": ("store", "out", "layers"), "eval": ("seed",)},
+    # one --device (ModelConfig's) feeds every section: from_args reads ns.device for train and eval too
+    "pipeline": {"model": (), "hook": (), "embed": ("store",), "sae": (), "train": ("store", "out", "layers", "device"), "eval": ("seed", "device")},
     "index": {"index": ()},
 }
 

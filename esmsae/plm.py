@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import SITES, ModelConfig, hook_name, layer_range
+from .config import SITES, ModelConfig, hook_name, layer_range, resolve_device
 from .fasta import ALPHABET, SequenceError
 
 # The ESM alphabet (ESM-2 and ESM C share it, in this order).
@@ -91,7 +91,7 @@ class ProteinLM:
         self.name = cfg.name
         self.n_layers = n_layers
         self.d_model = d_model
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         self.dtype = getattr(torch, cfg.dtype)
         self.model.to(self.device, self.dtype)
         self.max_residues = cfg.max_residues or self.default_max_residues
@@ -472,7 +472,7 @@ def _load_esmc(cfg: ModelConfig) -> ESMCAdapter:
         from esm.pretrained import LOCAL_MODEL_REGISTRY
 
         try:
-            model = LOCAL_MODEL_REGISTRY[key](torch.device(cfg.device), use_flash_attn=False)
+            model = LOCAL_MODEL_REGISTRY[key](torch.device(resolve_device(cfg.device)), use_flash_attn=False)
         except Exception as e:  # network or hub errors
             raise OSError(f"could not load ESM C model {key!r} from the hub (EvolutionaryScale/{key.replace('_', '-')}-2024-12): {e}") from e
         return ESMCAdapter(model.float(), cfg)

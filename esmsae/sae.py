@@ -335,7 +335,7 @@ class SAE(nn.Module):
             coef = self.cfg.l1_coef if l1_coef is None else l1_coef
             # decoder rows are unit norm, so the norm-weighted L1 of Conerly et al. is sum |z|
             l1 = pre_BF.sum(-1).mean()
-            lat = _to_sparse(pre_BF.detach()) if not self.training else Latents(pre_BF.new_zeros(x_BD.shape[0], 0), torch.zeros(x_BD.shape[0], 0, dtype=torch.long))
+            lat = _to_sparse(pre_BF.detach()) if not self.training else Latents(pre_BF.new_zeros(x_BD.shape[0], 0), torch.zeros(x_BD.shape[0], 0, dtype=torch.long, device=x_BD.device))
         elif arch == "topk":
             xc_BD = xn_BD - self.b_dec
             lat, pre_BF = self._topk(xc_BD)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .atomic import write_atomic, write_text_atomic
 from .checkpoint import save_sae
-from .config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, save_json
+from .config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, resolve_device, save_json
 from .sae import SAE, default_lr
 from .store import ActivationStore
 
@@ -127,6 +127,11 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_ma
     return o
 
 
+def _resumable(train_cfg: dict) -> dict:
+    """The settings a resume must match: where it runs (device, threads) may change."""
+    return {k: v for k, v in train_cfg.items() if k not in ("device", "threads")}
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp), "training state")
 
@@ -185,13 +190,15 @@ class _Run:
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         self.base_lr = tcfg.lr or default_lr(scfg.n_latents)
+        self.device = torch.device(resolve_device(tcfg.device))
         torch.manual_seed(tcfg.seed)
-        self.saes = {n: SAE(scfg, store.d_in, seed=tcfg.seed + j) for j, n in enumerate(self.names)}
+        # built on the CPU from the seed (the same initial weights on every device), then moved
+        self.saes = {n: SAE(scfg, store.d_in, seed=tcfg.seed + j).to(self.device) for j, n in enumerate(self.names)}
         # fused=True: one kernel over each parameter instead of a chain of foreach ops with
         # F x D temporaries; 8x faster Adam at d_in 960 x 16,384 latents on this CPU (same maths).
         self.opts = {n: torch.optim.Adam(s.parameters(), lr=self.base_lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
                      for n, s in self.saes.items()}
-        self.since_fired = {n: torch.zeros(scfg.n_latents, dtype=torch.long) for n in self.names}
+        self.since_fired = {n: torch.zeros(scfg.n_latents, dtype=torch.long, device=self.device) for n in self.names}
         self.loader = ShardBatches(store, self.names, tcfg.batch_size, tcfg.buffer_shards, tcfg.seed)
         self.step = 0
 
@@ -200,20 +207,20 @@ class _Run:
         state_path, cfg_path = self.out / STATE, self.out / "train_cfg.json"
         if state_path.exists():
             st = torch.load(state_path, map_location="cpu", weights_only=False)
-            if st["train"] != asdict(self.tcfg) or st["sae"] != asdict(self.scfg):
+            if _resumable(st["train"]) != _resumable(asdict(self.tcfg)) or st["sae"] != asdict(self.scfg):
                 raise TrainError(f"{self.out} holds a run with other settings; resume needs the same configuration "
                                  f"(saved in {cfg_path}) or a new --out folder")
             for n in self.names:
                 self.saes[n].load_state_dict(st["saes"][n])
                 self.opts[n].load_state_dict(st["opts"][n])
-                self.since_fired[n] = st["since_fired"][n]
+                self.since_fired[n] = st["since_fired"][n].to(self.device)
             self.step = st["step"]
             self.loader.pos = tuple(st["loader_pos"])
             _rewrite_metrics(self.out / METRICS, self.step)
         else:
             save_json({"train": asdict(self.tcfg), "sae": asdict(self.scfg)}, cfg_path)
             for n, s in self.saes.items():
-                s.fit_normalization(self.store.sample(n, 65_536, seed=self.tcfg.seed))
+                s.fit_normalization(torch.as_tensor(self.store.sample(n, 65_536, seed=self.tcfg.seed)).to(self.device))
             (self.out / METRICS).unlink(missing_ok=True)
 
     def checkpoint(self) -> None:
@@ -233,7 +240,7 @@ class _Run:
         lr = lr_at(self.step, self.tcfg, self.base_lr)
         l1c = scfg.l1_coef * min(1.0, (self.step + 1) / max(1, self.tcfg.l1_warmup_steps))
         for n in self.names:
-            sae, x = self.saes[n], batch[n]
+            sae, x = self.saes[n], batch[n].to(self.device, non_blocking=True)
             o = train_step(sae, self.opts[n], x, dead_mask_F=self.since_fired[n] >= scfg.dead_tokens, l1_coef=l1c, lr=lr)
             with torch.no_grad():
                 if scfg.architecture == "relu":
@@ -242,7 +249,7 @@ class _Run:
                     l0 = float(active_BF.float().sum(-1).mean())
                 else:
                     live = o.acts_BK > 0
-                    fired = torch.zeros(scfg.n_latents, dtype=torch.bool)
+                    fired = torch.zeros(scfg.n_latents, dtype=torch.bool, device=self.device)
                     fired[o.idx_BK[live]] = True
                     l0 = float(live.float().sum(-1).mean())
                 self.since_fired[n] += x.shape[0]

@@ -1,5 +1,8 @@
 """Feature browser: searchable table; a feature's page (deep link ?feature=N)."""
+import json
+
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from esmsae.explore import FeatureScale, LabelStoreBusy, display_scale, read_text, set_label, structure_file
@@ -13,7 +16,8 @@ idx = require_index(run)
 def show_table() -> None:
     st.title("Feature browser")
     c1, c2, c3, c4, c5 = st.columns([2, 2, 1.4, 1, 1])
-    search = c1.text_input("Search label / concept / id", key="search")
+    search = c1.text_input("Search (description, concept, label, protein name or id, feature id)", key="search",
+                           help="every word must occur, e.g. 'zinc', 'transmembrane Archaea', 'P47294'")
     concept = c2.selectbox("Best concept", [""] + idx.concepts(), key="concept_filter")
     kind = c3.selectbox("Kind", idx.KINDS, key="kind_filter",
                         help="residue detectors put >= 90% of their firing on one amino acid; context features do not")
@@ -49,6 +53,12 @@ def show_header(f: int, info: dict) -> None:
                 + (f"; single-residue rule {format_number(info['best_aa_rule_f1'])}, fire-everywhere {format_number(info['best_trivial_f1'])}; "
                    f"{info['aa_purity']:.0%} of its firing on {info['aa_top'] or '-'}" if "aa_purity" in info else ""))
     m[5].metric("Top group", info["top_group"] or "-")
+    if info.get("description"):
+        st.markdown(f"**Description** (from this index's evidence): {info['description']}")
+        ev = json.loads(info.get("evidence") or "[]")
+        if ev:
+            with st.expander("Where each phrase comes from"):
+                st.dataframe(pd.DataFrame(ev), hide_index=True, key="evidence_table")
     if info["dead"]:
         st.warning("This feature never fired on the indexed proteins (dead).")
     with st.form("label_form"):

@@ -18,6 +18,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs (still run in CI)")
+    config.addinivalue_line("markers", "gpu: runs on CUDA; skipped where torch sees no CUDA device")
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +108,28 @@ def app_workspace(tmp_path_factory, tiny_sae, mgen_full, structure_fasta, shared
     build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[str(mgen_full), str(structure_fasta)], concepts=str(shared),
                             top_n=5, umap=True, batch_tokens=2048), progress=False)
     return ws
+
+
+@pytest.fixture(scope="session")
+def built_index(tmp_path_factory, tiny_sae, mgen_full, shared, esm2_dir):
+    """An index of 60 real M. genitalium proteins with their UniProt labels and a grouping file
+    (one id unknown), shared by the brute-force tests of test_index.py and test_science.py."""
+    import esmsae.index.build as idx_mod
+    from esmsae.config import IndexConfig
+    from esmsae.fasta import read_fasta
+    from esmsae.index import build_index
+
+    tmp = tmp_path_factory.mktemp("idx")
+    groups = tmp / "half.tsv"
+    ids = [h.split()[0] for h, _ in read_fasta(mgen_full)]
+    groups.write_text("id\tgroup\n" + "".join(f"{pid}\t{'A' if i % 3 == 0 else 'B'}\n" for i, pid in enumerate(ids)) + "NOT_A_PROTEIN\tA\n")
+
+    cfg = IndexConfig(sae=str(tiny_sae), out=str(tmp / "index.duckdb"), fasta=[str(mgen_full)], concepts=str(shared),
+                      groups=[str(groups)], top_n=5, umap=False, batch_tokens=2048)
+    # a tiny example block, so the brute-force tests also cover the blocked table writes
+    block, idx_mod.EXAMPLE_BLOCK = idx_mod.EXAMPLE_BLOCK, 7
+    try:
+        path = build_index(cfg, progress=False)
+    finally:
+        idx_mod.EXAMPLE_BLOCK = block
+    return path, cfg

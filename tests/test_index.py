@@ -16,23 +16,6 @@ from esmsae.index import IndexError_, build_index, collect, enrichment, read_gro
 from esmsae.plm import Hook, ModelMismatchError, load_plm
 
 
-@pytest.fixture(scope="session")
-def built_index(tmp_path_factory, tiny_sae, mgen_full, shared, esm2_dir):
-    tmp = tmp_path_factory.mktemp("idx")
-    groups = tmp / "half.tsv"
-    ids = [h.split()[0] for h, _ in read_fasta(mgen_full)]
-    groups.write_text("id\tgroup\n" + "".join(f"{pid}\t{'A' if i % 3 == 0 else 'B'}\n" for i, pid in enumerate(ids)) + "NOT_A_PROTEIN\tA\n")
-    cfg = IndexConfig(sae=str(tiny_sae), out=str(tmp / "index.duckdb"), fasta=[str(mgen_full)], concepts=str(shared),
-                      groups=[str(groups)], top_n=5, umap=False, batch_tokens=2048)
-    # a tiny example block, so the brute-force tests also cover the blocked table writes
-    block, idx_mod.EXAMPLE_BLOCK = idx_mod.EXAMPLE_BLOCK, 7
-    try:
-        path = build_index(cfg, progress=False)
-    finally:
-        idx_mod.EXAMPLE_BLOCK = block
-    return path, cfg
-
-
 def _dense_codes(cfg, esm2_dir, tiny_sae):
     """Brute force: every protein through model + SAE, dense [L, F] codes."""
     plm = load_plm(ModelConfig(name=str(esm2_dir)))

@@ -347,3 +347,93 @@ def test_identity_splice_and_mean_ablation(esm2_dir):
         logits = plm.logits(ids, attn, {hook: fill})
         ces.append(float(torch.nn.functional.cross_entropy(logits[resid], ids[resid])))
     assert out["unmasked"]["ce_mean"] == pytest.approx(np.mean(ces), rel=1e-5)
+
+
+def test_neighbour_model_uses_neighbours_and_nothing_else():
+    """Alternating ACAC...: a masked residue is fixed by its neighbours (CE near 0); on random
+    sequences the neighbour model is no better than residue frequencies."""
+    from esmsae.lmtrain import mask_tokens, neighbour_ce, unigram_ce
+    from esmsae.plm import EsmTokens
+
+    tok = EsmTokens()
+    alt = ["AC" * 60] * 50
+    ids = tok.batch(alt[:10])
+    inp, chosen = mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
+    masked = chosen & (inp == tok.mask)
+    assert neighbour_ce(alt, ids, inp, masked) < 0.1
+    rng = np.random.default_rng(0)
+    rnd = [_seq(rng, 200) for _ in range(400)]
+    ids = tok.batch(rnd[:40])
+    inp, chosen = mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
+    masked = chosen & (inp == tok.mask)
+    assert abs(neighbour_ce(rnd[40:], ids, inp, masked) - unigram_ce(rnd[40:], ids, masked)) < 0.05
+
+
+def test_committed_demo_bundle_has_no_machine_paths():
+    """demo.json, lm_eval.json, cfg.json, eval.json and the index meta table carry no absolute
+    path of the machine that built them (its home cache, the shared-data location)."""
+    import json
+    from pathlib import Path
+
+    import duckdb
+
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo"
+    texts = {str(p): p.read_text() for p in demo.rglob("*.json")}
+    con = duckdb.connect(str(demo / "index.duckdb"), read_only=True)
+    texts.update({f"meta:{k}": v for k, v in con.execute("SELECT key, value FROM meta").fetchall()})
+    con.close()
+    bad = {k: v[max(0, v.find(m) - 40): v.find(m) + 60] for k, v in texts.items() for m in ('"/root', '"/home', '"/work', '"/tmp')
+           if m in v}
+    assert not bad, bad
+    from esmsae.demo import portable
+
+    assert portable({"a": ["/x/y/shared/data/uniprot/f.fasta", "/root/.cache/esmsae/demo_work/index.duckdb", "rel/p", 3]},
+                    Path("/x/y/shared/data")) == {"a": ["shared/data/uniprot/f.fasta", "demo_work/index.duckdb", "rel/p", 3]}
+    json.dumps(texts)  # all text
+
+
+# ------------------------------------------------------------------ grounded descriptions
+def test_descriptions_say_exactly_their_evidence():
+    import json
+
+    import pandas as pd
+
+    from esmsae.index.describe import describe
+
+    feats = pd.DataFrame({
+        "feature": [0, 1, 2, 3], "dead": [False, False, False, True],
+        "matches_concept": [True, False, False, False], "best_concept": ["TMbed: TM helix", "FLIP SS: helix", "", ""],
+        "best_f1": [0.71, 0.60, 0.0, 0.0], "best_aa_rule_f1": [0.33, 0.58, 0.0, 0.0], "best_trivial_f1": [0.2, 0.5, 0, 0],
+        "aa_top": ["L", "L", "C", ""], "aa_purity": [0.3, 0.95, 0.55, 0.0], "n_residues": [1000, 500, 100, 0],
+        "top_group": ["", "", "Archaea", ""], "n_nterm": [100, 50, 60, 0], "n_cterm": [100, 50, 0, 0]})
+    names = {0: ["Sodium channel OS=Homo sapiens OX=9606", "Sodium channel OS=Mus musculus OX=10090", "Porin"], 2: ["Zinc finger protein"]}
+    d = describe(feats, names, np.array([np.nan, np.nan, 3e-4, np.nan])).set_index("feature")
+    assert d.loc[0, "description"] == ("TMbed: TM helix (test F1 0.71; single-residue rule 0.33), top proteins: Sodium channel; Porin")
+    # a feature that does not beat the single-residue rule gets no concept: it is named a residue detector
+    assert d.loc[1, "description"] == "residue detector: 95% of its firing on L"
+    assert d.loc[2, "description"] == ("mostly: 55% of its firing on C, N-terminal (60% of firing in the first tenth), "
+                                       "enriched in Archaea (q 3.0e-04), top proteins: Zinc finger protein")
+    assert d.loc[3, "description"].startswith("dead")
+    ev = json.loads(d.loc[2, "evidence"])
+    assert [e["phrase"] for e in ev] == d.loc[2, "description"].split(", ")
+
+
+def test_search_finds_features_whose_description_names_the_concept(built_index):
+    from esmsae.explore import FeatureIndex
+
+    idx = FeatureIndex(built_index[0])
+    all_ = idx.features(hide_dead=False)
+    for word in ("residue detector", "RIBOSOMAL"):  # a description phrase, a top protein's name
+        named = set(all_.loc[all_["description"].str.contains(word, case=False, regex=False), "feature"])
+        got = set(idx.features(search=word, hide_dead=False)["feature"])
+        assert named and named <= got, word
+    # a concept name finds the features whose best concept it is
+    c = all_.loc[all_["best_concept"] != "", "best_concept"]
+    if len(c):
+        assert set(all_.loc[all_["best_concept"] == c.iloc[0], "feature"]) <= set(idx.features(search=c.iloc[0], hide_dead=False)["feature"])
+    # two words: both must occur
+    both = idx.features(search="ribosomal zzzz-no-such-word", hide_dead=False)
+    assert both.empty
+    # a protein id of a top example finds its features
+    pid = idx.q("SELECT p.id FROM top_examples e JOIN proteins p USING (pidx) ORDER BY e.max_act DESC LIMIT 1").iloc[0, 0]
+    assert len(idx.features(search=pid, hide_dead=False))

@@ -33,12 +33,13 @@ from .. import __version__
 from ..atomic import explain
 from ..checkpoint import WEIGHTS, check_compatible, load_sae, model_config_of
 from ..concepts import load_all
-from ..config import DENSE_FREQ, IndexConfig, auto_batch_tokens
+from ..config import DENSE_FREQ, IndexConfig, auto_batch_tokens, resolve_device
 from ..checkpoint import hook_of, read_eval
 from ..fasta import SequenceError
 from ..plm import ProteinLM, load_plm
 from .concept_f1 import DETECTOR_PURITY, THRESHOLDS, aa_codes, aa_purity, concept_counts, concept_layout, eligible, report as concept_report, select
-from .group_stats import length_bin, length_edges, top_groups, usage_frame
+from .describe import describe, search_text
+from .group_stats import length_bin, length_edges, top_group_q, top_groups, usage_frame
 from .proteins import IndexBuildError, Item, collect, write_proteins
 from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, Reservoir, TopN, TrackSpill, protein_pairs
 from .tables import HIST_EDGES, SCHEMA, feature_map, hist_quantiles, quantile_frame, top_frame
@@ -113,6 +114,7 @@ class Stream:
     sum_max_G: dict[str, np.ndarray]  # grouping -> [groups, F] sum of per-protein max activations
     aa_FA: np.ndarray = None  # [F, 20] firing residues per amino acid (the amino-acid control)
     n_res_A: np.ndarray = None  # [20] indexed residues per amino acid
+    ends_F2: np.ndarray = None  # [F, 2] firing residues in the first / last 10% of their protein (position profile)
     n_res: int = 0
     skipped_model: list[str] = field(default_factory=list)
     struct_rows: list[tuple] = field(default_factory=list)
@@ -124,7 +126,7 @@ class Stream:
         return cls(np.zeros(F, np.int64), np.zeros(F, np.int64), np.zeros(F, np.float64), np.zeros(F, np.float32),
                    np.zeros((F, len(HIST_EDGES) - 1), np.int64), TopN(F, cfg.top_n), Reservoir(F, cfg.reservoir, cfg.seed),
                    {g: np.zeros((G, B, F), np.int64) for g, (G, F) in shape.items()}, {g: np.zeros(sh, np.float64) for g, sh in shape.items()},
-                   np.zeros((F, 20), np.int64), np.zeros(20, np.int64))
+                   np.zeros((F, 20), np.int64), np.zeros(20, np.int64), np.zeros((F, 2), np.int64))
 
 
 def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item] | None = None, progress: bool = True,
@@ -156,8 +158,9 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         st = _stream(cfg, plm, sae, hook, items, layout, con, csr, spill, progress)
         n_done = int(con.execute("SELECT count(*) FROM proteins").fetchall()[0][0])
         concepts_df, f1_df, best, aa = _concept_frames(csr, items, layout, st)
-        groups_df, usage, top_group = _group_frames(cfg, items, layout, st)
+        groups_df, usage, (top_group, top_q) = _group_frames(cfg, items, layout, st)
         features = _feature_frame(cfg, sae, st, n_done, best, aa, top_group)
+        features = _with_descriptions(features, items, st, top_q)
         spill.finish()
         _write_tables(con, cfg, st, spill, features, concepts_df, f1_df, groups_df, usage)
         _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, report, t0)
@@ -187,9 +190,13 @@ def _set_up(cfg: IndexConfig, plm: ProteinLM | None, items: list[Item] | None, r
         raise IndexBuildError("IndexConfig.out: give the index file to write")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    sae, meta = load_sae(cfg.sae)
+    device = resolve_device(cfg.device)
+    sae, meta = load_sae(cfg.sae, device=device)
     if plm is None:
-        plm = load_plm(model_config_of(meta, cfg.model))
+        mcfg = model_config_of(meta, cfg.model)
+        mcfg.device = device
+        plm = load_plm(mcfg)
+    sae = sae.to(plm.device)  # the SAE runs where the protein LM runs
     check_compatible(meta, plm, strict_name=not cfg.model)
     hook = hook_of(meta)
     plm.check_hook(hook)
@@ -208,7 +215,7 @@ def _set_up(cfg: IndexConfig, plm: ProteinLM | None, items: list[Item] | None, r
 def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spill: TrackSpill, progress: bool) -> Stream:
     """The one pass of every protein through model + SAE, in length-sorted batches (little padding)."""
     st = Stream.empty(sae.cfg.n_latents, cfg, layout)
-    batch_tokens = cfg.batch_tokens or auto_batch_tokens(plm.cfg.device)
+    batch_tokens = cfg.batch_tokens or auto_batch_tokens(str(plm.device))
     trim = HeapTrim()
     bar = tqdm(total=sum(len(it.sequence) for it in items), desc="index", unit="res", disable=not progress, unit_scale=True)
 
@@ -247,8 +254,8 @@ def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: 
                  group_statistic: str = "fires", pooled_k: int = 10) -> int:
     """One protein's sparse codes into the running statistics; returns how many features fire on it."""
     with torch.no_grad():
-        lat = sae.encode(a_LD)
-    acts_LK, idx_LK = lat.acts_BK.float().numpy(), lat.idx_BK.numpy()
+        lat = sae.encode(a_LD.to(sae.W_dec.device))
+    acts_LK, idx_LK = lat.acts_BK.float().cpu().numpy(), lat.idx_BK.cpu().numpy()
     nz = acts_LK > 0
     r_R = np.nonzero(nz)[0].astype(np.int64)
     f_R = idx_LK[nz].astype(np.int64)
@@ -259,6 +266,9 @@ def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: 
     a_R = aa_L[r_R]
     ok = a_R >= 0
     st.aa_FA += np.bincount(f_R[ok] * 20 + a_R[ok], minlength=st.aa_FA.size).reshape(st.aa_FA.shape)
+    L = a_LD.shape[0]
+    st.ends_F2[:, 0] += np.bincount(f_R[r_R < 0.1 * L], minlength=len(st.ends_F2))
+    st.ends_F2[:, 1] += np.bincount(f_R[r_R >= 0.9 * L], minlength=len(st.ends_F2))
     feats, vmax, counts, starts, r_sorted, v_sorted = protein_pairs(r_R, f_R, v_R)
     st.fire_res_F[feats] += counts
     st.fire_prot_F[feats] += 1
@@ -321,6 +331,7 @@ def _group_frames(cfg: IndexConfig, items: list[Item], layout: Layout, st: Strea
     F = len(st.fire_prot_F)
     group_rows, usage_frames = [], []
     top_group = np.array([""] * F, dtype=object)
+    top_q = np.full(F, np.nan)
     B = len(layout.length_edges) + 1
     members_GB = {g: np.zeros((len(layout.group_names[g]), B), np.int64) for g in layout.groupings}
     for it in items:
@@ -335,15 +346,16 @@ def _group_frames(cfg: IndexConfig, items: list[Item], layout: Layout, st: Strea
         group_rows += [(g, name, int(n_prot_GB[gi].sum()), bool(enr["tested"][gi])) for gi, name in enumerate(layout.group_names[g])]
         if g == "kingdom" or (g == layout.groupings[0] and "kingdom" not in layout.groupings):
             top_group = top_groups(layout.group_names[g], enr, st.fire_prot_F)
+            top_q = top_group_q(layout.group_names[g], enr, top_group)
     usage = pd.concat(usage_frames) if usage_frames else pd.DataFrame(columns=USAGE_COLUMNS)
-    return pd.DataFrame(group_rows, columns=["grouping", "grp", "n_proteins", "tested"]), usage, top_group
+    return pd.DataFrame(group_rows, columns=["grouping", "grp", "n_proteins", "tested"]), usage, (top_group, top_q)
 
 
 def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, aa: dict, top_group: np.ndarray) -> pd.DataFrame:
     F = sae.cfg.n_latents
     freq_res = st.fire_res_F / max(st.n_res, 1)
     qs = hist_quantiles(st.hist_FH, (0.5, 0.9, 0.99))
-    umap_xy, cluster = feature_map(sae.W_dec.detach().float().numpy(), cfg.seed, cfg.umap)
+    umap_xy, cluster = feature_map(sae.W_dec.detach().float().cpu().numpy(), cfg.seed, cfg.umap)
     return pd.DataFrame({
         "feature": np.arange(F), "freq_residue": freq_res, "freq_protein": st.fire_prot_F / max(n_done, 1), "n_proteins": st.fire_prot_F,
         "n_residues": st.fire_res_F, "max_act": st.max_F, "mean_act": np.where(st.fire_res_F > 0, st.sum_F / np.maximum(st.fire_res_F, 1), 0.0),
@@ -362,6 +374,20 @@ def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, a
         "cluster": cluster, "umap_x": umap_xy[:, 0], "umap_y": umap_xy[:, 1],
         # reference display statistics shipped with the SAE (NaN when it has none)
         "ref_max": _ref_stat(sae, 0, F), "ref_idf": _ref_stat(sae, 1, F)})
+
+
+def _with_descriptions(features: pd.DataFrame, items: list[Item], st: Stream, top_q: np.ndarray) -> pd.DataFrame:
+    """Grounded descriptions and the search text (``describe``), from this index's own evidence."""
+    top_ids: dict[int, list[str]] = {}
+    top_names: dict[int, list[str]] = {}
+    for f, slots in enumerate(st.top.items):
+        ranked = sorted(slots, key=lambda s: -st.top.val_FN[f, s])[:10]
+        top_ids[f] = [items[slots[s][0]].id for s in ranked]
+        top_names[f] = [items[slots[s][0]].description for s in ranked]
+    features = features.assign(n_nterm=st.ends_F2[:, 0], n_cterm=st.ends_F2[:, 1], top_group_q=top_q)
+    d = describe(features, top_names, top_q)
+    return features.assign(description=d["description"].to_numpy(), evidence=d["evidence"].to_numpy(),
+                           search_text=search_text(d, features, {f: ids + [n for n in top_names[f] if n] for f, ids in top_ids.items()}).to_numpy())
 
 
 def _table(con, name: str, df, order: str = "") -> None:

@@ -110,9 +110,20 @@ def enrichment(n_fire_GBF: np.ndarray, n_prot_GB: np.ndarray, test: str = "cmh",
 
 def top_groups(group_names: list[str], enr: dict[str, np.ndarray], fires_F: np.ndarray, q_max: float = 0.05) -> np.ndarray:
     """Each feature's most enriched group among tested groups with q < ``q_max`` and log odds
-    above 0; "" where no group qualifies (shown as none, not as the least bad group)."""
+    above 0; "" where no group qualifies (shown as none, not as the least bad group). Its q:
+    :func:`top_group_q`."""
     ok = enr["tested"][:, None] & (enr["q"] < q_max) & (enr["log_odds"] > 0)
     score = np.where(ok, enr["log_odds"], -np.inf)
     best = score.argmax(0)
     has = np.isfinite(score.max(0)) & (fires_F > 0)
     return np.where(has, np.array(group_names, dtype=object)[best], "")
+
+
+def top_group_q(group_names: list[str], enr: dict[str, np.ndarray], top_F: np.ndarray) -> np.ndarray:
+    """q of each feature's top group (NaN where it has none)."""
+    gi = {g: i for i, g in enumerate(group_names)}
+    out = np.full(len(top_F), np.nan)
+    for f, g in enumerate(top_F):
+        if g:
+            out[f] = enr["q"][gi[g], f]
+    return out
