@@ -105,6 +105,7 @@ class Analyzer:
         mcfg.device = device
         self.plm = load_plm(mcfg)
         self.sae = self.sae.to(self.plm.device)  # one device for both
+        self.sae.meta = self.meta  # what steering reads (hook, base model)
         self.hook = hook_of(self.meta)
 
     @torch.no_grad()
@@ -113,6 +114,14 @@ class Analyzer:
         x_LD = self.plm.embed([sequence], [self.hook])[0][self.hook.name]
         lat = self.sae.encode(x_LD.to(self.plm.device))
         return Result(name, sequence, lat.acts_BK.float().cpu().numpy(), lat.idx_BK.cpu().numpy(), time.perf_counter() - t)
+
+
+def steer_in_app(analyzer: "Analyzer", sequence: str, edit):
+    """Steering (``esmsae.steer``) with the inspector's loaded model and SAE."""
+    from .api import Model
+    from .steer import steer
+
+    return steer(Model(analyzer.plm), analyzer.sae, sequence, edit)
 
 
 MAX_GROUP_PROTEINS = 500

@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     mt.add_argument("--top", type=int, default=5, help="matches kept per feature of A")
     mt.add_argument("--threshold", type=float, default=0.7, help="a feature has a counterpart when its best score reaches this")
     mt.add_argument("--out", default="", help="write the pairs (feature_a, rank, feature_b, score, method) to this CSV file")
+    mt.add_argument("--index", default="", help="also store the pairs in A's feature index (table feature_matches), "
+                    "shown on each feature's page as related features")
+    mt.add_argument("--name", default="", help="how B is named in the index (default: its path or hub id)")
     sp = subs.add_parser("steer", help="steer the protein LM along an SAE feature and check that the steered sequence carries it",
                          description="Edit one feature at the SAE's hook (reconstruction error kept), report the steered argmax sequence, "
                          "the change in pseudo-perplexity, and whether the feature fires when the steered sequence is re-embedded.")
@@ -169,6 +172,11 @@ def _match(ns: argparse.Namespace) -> int:
 
         pairs = pd.concat([r.pairs.assign(method=r.method) for r in results])
         write_atomic(ns.out, lambda tmp: pairs.to_csv(tmp, index=False), "match table")
+    if ns.index:
+        from .match import store_matches
+
+        n = store_matches(ns.index, results, ns.name or ns.b, ns.threshold)
+        print(f"stored {n} pairs in {ns.index}", file=sys.stderr)
     return 0
 
 

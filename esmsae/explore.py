@@ -238,6 +238,14 @@ class FeatureIndex:
         return self.q("""SELECT concept, threshold, f1_valid, f1 AS f1_test, precision, recall, trivial_f1, aa_rule_f1, beats_baselines,
                          tp_residues, hit_domains FROM concept_f1 WHERE feature = ? ORDER BY f1_valid DESC LIMIT ?""", [f, n])
 
+    def related(self, f: int) -> pd.DataFrame:
+        """This feature's best matches in other SAEs (stored by ``match --index``), or empty."""
+        tables = set(self.q("SELECT table_name FROM information_schema.tables")["table_name"])
+        if "feature_matches" not in tables:
+            return pd.DataFrame()
+        return self.q("""SELECT other_sae, method, rank, other_feature, score, split FROM feature_matches WHERE feature = ?
+                         ORDER BY other_sae, method, rank""", [f])
+
     def group_table(self, f: int, grouping: str) -> pd.DataFrame:
         return self.q("""SELECT g.grp, g.n_proteins, coalesce(u.n_fire, 0) AS n_fire, coalesce(u.frac, 0) AS frac,
                          coalesce(u.mean_act, 0) AS mean_act, u.log_odds, coalesce(u.q, 1) AS q

@@ -134,3 +134,35 @@ def match_on_proteins(lm_a, sae_a, lm_b, sae_b, sequences: list[str], top: int =
             yield features(lm_a, sae_a, s), features(lm_b, sae_b, s)
 
     return activation_correlation(pairs(), sae_a.cfg.n_latents, sae_b.cfg.n_latents, top)
+
+
+MATCH_TABLE = "feature_matches"
+
+
+def store_matches(index_path, results: list[MatchResult], other: str, threshold: float = 0.7) -> int:
+    """Write the pairs into A's feature index (table ``feature_matches``: feature, rank, other_sae,
+    other_feature, score, method, and per pair whether several features of B map to this one, the
+    feature-splitting flag), replacing earlier rows for the same ``other`` SAE, so the feature
+    page's "Related features" panel is a query. Returns the rows written."""
+    import duckdb
+
+    frames = []
+    for r in results:
+        counts = np.bincount(r.best_a_in_b[r.best_score_b >= threshold], minlength=int(r.pairs["feature_a"].max()) + 1)
+        frames.append(r.pairs.rename(columns={"feature_a": "feature", "feature_b": "other_feature"})
+                      .assign(other_sae=other, method=r.method, split=lambda d: counts[d["feature"].to_numpy()] >= 2))
+    df = pd.concat(frames)[["feature", "rank", "other_sae", "other_feature", "score", "method", "split"]]
+    try:
+        con = duckdb.connect(str(index_path))
+    except duckdb.IOException as e:
+        raise OSError(f"cannot write the matches into {index_path}: it is open elsewhere (stop the app or the job using it): {e}") from e
+    try:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {MATCH_TABLE} (feature INTEGER, rank INTEGER, other_sae VARCHAR, other_feature INTEGER, "
+                    "score DOUBLE, method VARCHAR, split BOOLEAN)")
+        con.execute(f"DELETE FROM {MATCH_TABLE} WHERE other_sae = ?", [other])
+        con.register("_m", df)
+        con.execute(f"INSERT INTO {MATCH_TABLE} SELECT * FROM _m")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return len(df)

@@ -150,6 +150,15 @@ def freq_histogram(features: pd.DataFrame):
     return fig
 
 
+def steer_figure(delta_L20: np.ndarray, sequence: str, feature: int):
+    """Per-position change of the predicted residue distribution under a steering edit:
+    steered minus original log-probability, residues x the 20 amino acids."""
+    from .fasta import STANDARD
+
+    m = pd.DataFrame(np.asarray(delta_L20).T, index=list(STANDARD), columns=[f"{a}{i + 1}" for i, a in enumerate(sequence)])
+    return heatmap(m, f"Δ log-probability, steering feature {feature}", xlab="residue", ylab="amino acid", diverging=True)
+
+
 def lm_curve_figure(curve: pd.DataFrame):
     """The LM's held-out <mask> perplexity over training tokens, with its baselines on the same
     positions (residue frequencies; the two neighbouring residues)."""
@@ -205,11 +214,13 @@ def group_bar(df: pd.DataFrame, grouping: str):
     return fig
 
 
-def heatmap(m: pd.DataFrame, title: str, xlab: str = "feature", ylab: str = ""):
+def heatmap(m: pd.DataFrame, title: str, xlab: str = "feature", ylab: str = "", diverging: bool = False):
     import plotly.express as px
 
+    lim = float(np.abs(m.values).max()) if diverging and m.size else None
     fig = px.imshow(m.values, x=[str(c) for c in m.columns], y=[str(i) for i in m.index], aspect="auto",
-                    color_continuous_scale="Reds", labels=dict(x=xlab, y=ylab, color="value"))
+                    color_continuous_scale="RdBu_r" if diverging else "Reds", labels=dict(x=xlab, y=ylab, color="value"),
+                    **({"zmin": -lim, "zmax": lim} if lim else {}))
     # feature ids are names, not numbers: one column each, in the order given (cluster order)
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=[str(c) for c in m.columns])
     fig.update_layout(height=max(250, 22 * len(m.index) + 120), margin=dict(l=10, r=10, t=40, b=10), title=title)

@@ -135,7 +135,7 @@ class SteerResult:
 
 
 def _aa_columns(plm) -> Tensor:
-    return torch.tensor([int(plm.tokens.lut[ord(a)]) for a in STANDARD])
+    return torch.tensor([int(plm.tokens.lut[ord(a)]) for a in STANDARD], device=plm.device)
 
 
 @torch.no_grad()
@@ -207,4 +207,4 @@ def steer(lm, sae, sequence: str, edits: list[Edit] | Edit, n_moved: int = 10, p
     moved = [(int(i), float(delta[i])) for i in top.indices]
     p0 = pseudo_perplexity(plm, seq) if pppl else float("nan")
     p1 = pseudo_perplexity(plm, seq, hook, fn) if pppl else float("nan")
-    return SteerResult(seq, steered, (ls - lo).numpy(), p0, p1, target, fb[:, target].numpy(), fa[:, target].numpy(), moved)
+    return SteerResult(seq, steered, (ls - lo).cpu().numpy(), p0, p1, target, fb[:, target].cpu().numpy(), fa[:, target].cpu().numpy(), moved)

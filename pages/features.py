@@ -131,20 +131,30 @@ def show_feature(f: int) -> None:
                     format_func={"raw": "raw", "max": "/ feature max (0-1)", "idf": "/ max x IDF (ESM C SAE)"}.get,
                     help=f"max and IDF from {ref_from}")
     scale = FeatureScale(info, mode)
-    tabs = st.tabs(["Top examples", "Activation ranges", "Concepts", "Groups", "Structure"])
+    tabs = st.tabs(["Top examples", "Activation ranges", "Concepts", "Groups", "Structure", "Related features"])
     with tabs[0]:
         show_examples(f, scale)
     with tabs[1]:
         show_ranges(f, scale)
     with tabs[2]:
-        st.caption("Precision per residue, recall per annotated domain, at thresholds of the feature's max (InterPLM).")
-        st.caption("Threshold and f1_valid chosen on validation proteins; f1_test, precision and recall on held-out test proteins, "
+        st.caption("Thresholds are fractions of the feature's max (InterPLM); precision per labelled residue, recall per domain or per "
+                   "residue by concept kind. Threshold and f1_valid chosen on validation proteins; f1_test, precision and recall on held-out test proteins, "
                    "next to trivial_f1 (fire on every residue) and aa_rule_f1 (the best single-residue rule).")
         st.dataframe(idx.concept_table(f), hide_index=True)
     with tabs[3]:
         show_groups(f)
     with tabs[4]:
         show_structure(f)
+    with tabs[5]:
+        rel = idx.related(f)
+        if rel.empty:
+            st.info("No other SAE matched into this index yet: `python -m esmsae match THIS_SAE OTHER_SAE --index THIS_INDEX` "
+                    "stores the best matches (decoder cosine, same width; activation correlation with --fasta, any two SAEs).")
+        else:
+            st.caption("Best matches of this feature in other SAEs; split = several features of the other SAE map to this one "
+                       "(feature splitting).")
+            st.dataframe(rel, hide_index=True, key="related_table",
+                         column_config={"score": st.column_config.NumberColumn(format="%.3f")})
 
 
 q = st.query_params.get("feature")

@@ -3,8 +3,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from esmsae.analyze import InputError, parse_input
-from esmsae.render import StructureError, chain_breaks, heatmap, parse_structure, structure_html, track_html
+from esmsae.analyze import InputError, parse_input, steer_in_app
+from esmsae.render import StructureError, chain_breaks, format_number, heatmap, parse_structure, steer_figure, structure_html, track_html
+from esmsae.steer import EDITS, WHERE, Edit
 from esmsae.ui import analyzer_of, feature_link, feature_url, index_of, pick_run
 
 run = pick_run()
@@ -80,3 +81,43 @@ if state:
         dense[pos] = vals
         st.iframe(structure_html(raw, fmt, chain, resi, dense, float(vals.max()) if len(vals) else 1.0), height=440)
     st.download_button("Download activations (CSV)", res.to_csv(), file_name=f"{name.replace(' ', '_')}_activations.csv", mime="text/csv")
+
+    st.subheader("Steer along a feature, checked")
+    st.caption("The edit replaces the hooked activation by decode(edited features) + reconstruction error (an empty edit changes "
+               "nothing); the steered sequence is the argmax over the 20 amino acids; the check re-embeds it with the unmodified model.")
+    with st.form("steer_form"):
+        s1, s2, s3, s4 = st.columns(4)
+        sf = s1.number_input("Feature", 0, an.sae.cfg.n_latents - 1, int(top["feature"].iloc[0]), key="steer_feature")
+        kind = s2.selectbox("Edit", EDITS, key="steer_kind", help="clamp: set to the value; scale: multiply; ablate: remove; "
+                            "interprot: InterProt's endpoint (global max of the pre-activations x multiplier)")
+        value = s3.number_input("Value / factor / multiplier", value=5.0, key="steer_value")
+        where = s4.selectbox("Where", WHERE, key="steer_where")
+        r1, r2 = st.columns(2)
+        start = r1.number_input("Range start (residue, 1-based)", 1, len(seq), 1, key="steer_start")
+        end = r2.number_input("Range end (inclusive)", 1, len(seq), len(seq), key="steer_end")
+        go_steer = st.form_submit_button("Steer")
+    if go_steer:
+        try:
+            edit = Edit(int(sf), kind, float(value), where, int(start) - 1, int(end))
+            with st.spinner("Steering, then re-embedding the steered sequence..."):
+                st.session_state["steer"] = (name, seq, steer_in_app(an, seq, edit))
+        except ValueError as e:
+            st.error(f"Cannot steer: {e}")
+    got = st.session_state.get("steer")
+    if got and got[0] == name and got[1] == seq:
+        r = got[2]
+        sm = r.summary()
+        k = st.columns(4)
+        k[0].metric("Target fires on the steered sequence", "yes" if sm["fires_after"] else "no",
+                    help=f"max {format_number(sm['target_max_after'])} after vs {format_number(sm['target_max_before'])} on the original")
+        k[1].metric("Residues changed", f"{sm['residues_changed']} / {sm['length']}")
+        k[2].metric("Pseudo-perplexity, original", format_number(sm["pppl_original"]))
+        k[3].metric("...with the edit held", format_number(sm["pppl_steered"]))
+        st.code(r.steered_sequence, language=None)
+        st.html(track_html(r.steered_sequence, np.flatnonzero(r.target_after_L > 0), r.target_after_L[r.target_after_L > 0],
+                           float(max(r.target_after_L.max(initial=0), 1e-9)), title=f"feature {r.target} on the steered sequence (re-embedded)"))
+        st.plotly_chart(steer_figure(r.delta_logprob_L20, seq, r.target), key="steer_heat")
+        st.markdown("**Other features that moved most** (mean activation, steered minus original)")
+        st.dataframe(pd.DataFrame(sm["moved"]), hide_index=True, key="steer_moved")
+        st.download_button("Download the steered sequence (FASTA)", r.fasta(f"{name.split()[0]}_steered_f{r.target}"),
+                           file_name=f"steered_f{r.target}.fasta", mime="text/plain")

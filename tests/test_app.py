@@ -64,7 +64,7 @@ def test_feature_browser_table_search_and_deep_link(env):
     assert f in at.dataframe[0].value["feature"].tolist()
     at = ok(page("features", feature=str(f)))
     assert at.title[0].value.startswith(f"Feature {f}")
-    assert len(at.tabs) == 5
+    assert len(at.tabs) == 6  # ..., Structure, Related features
     htmls = [h.proto.body for h in at.get("html")]
     assert any("esmsae-track" in h for h in htmls)  # per-residue tracks of the top examples
     # label editing survives in the separate labels file
@@ -96,6 +96,24 @@ def test_inspector(env):
     assert "residues - protein LM + SAE" in at.caption[0].value
     assert len(at.dataframe[0].value) > 0
     assert at.get("download_button")
+
+
+def test_inspector_steer_panel(env):
+    """Steer the top feature (clamp to 5 everywhere): the panel shows the check, the steered
+    sequence, the delta log-probability heatmap, the moved features and a FASTA download."""
+    seq = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ"
+    at = ok(page("inspector"))
+    at.text_area(key="seq_text").input(f">q1\n{seq}").run()
+    at.button[0].click().run()
+    at.number_input(key="steer_value").set_value(5.0)
+    at.selectbox(key="steer_kind").set_value("clamp")
+    at.button(key="FormSubmitter:steer_form-Steer").click().run()
+    assert not at.exception and not at.error
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Target fires on the steered sequence"] in ("yes", "no")
+    assert labels["Residues changed"].endswith(f"/ {len(seq)}")
+    assert len(at.code[0].value) == len(seq) and set(at.code[0].value) <= set("ACDEFGHIKLMNPQRSTVWY")
+    assert len(at.get("plotly_chart")) >= 2 and len(at.get("download_button")) >= 2
 
 
 def test_inspector_paste_probes(env):

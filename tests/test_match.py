@@ -100,3 +100,30 @@ def test_match_command_on_the_demo_sae_and_a_published_copy(tmp_path, mgen_fasta
     assert main(["match", str(demo), str(tmp_path / "sl")]) == 0
     s2 = json.loads(capsys.readouterr().out)[0]
     assert s2["match_rate"] == 1.0 and s2["median_best_score"] > 0.9999
+
+
+def test_matches_stored_in_the_index_feed_the_related_panel(built_index, tiny_sae, tmp_path):
+    """`match A B --index` stores the pairs in A's index; FeatureIndex.related (the feature page's
+    panel) reads them back: A against itself relates every live feature to itself with score 1."""
+    import shutil
+    import subprocess
+    import sys
+
+    from esmsae.explore import FeatureIndex
+
+    idx_path = tmp_path / "index.duckdb"
+    shutil.copy(built_index[0], idx_path)
+    r = subprocess.run([sys.executable, "-m", "esmsae", "match", str(tiny_sae), str(tiny_sae), "--index", str(idx_path), "--name", "itself"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    idx = FeatureIndex(idx_path)
+    for f in (0, 7, 100):
+        rel = idx.related(f)
+        top = rel[(rel["rank"] == 0) & (rel["method"] == "decoder_cosine")].iloc[0]
+        assert top.other_sae == "itself" and top.other_feature == f and abs(top.score - 1) < 1e-5
+    # storing again replaces the rows for that SAE, it does not duplicate them
+    n = len(idx.related(0))
+    idx.con.close()
+    r = subprocess.run([sys.executable, "-m", "esmsae", "match", str(tiny_sae), str(tiny_sae), "--index", str(idx_path), "--name", "itself"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and len(FeatureIndex(idx_path).related(0)) == n
