@@ -119,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--where", default="all", choices=("all", "range", "active"))
     sp.add_argument("--start", type=int, default=0, help="first residue of the range (0-based)")
     sp.add_argument("--end", type=int, default=0, help="end of the range (exclusive)")
-    sp.add_argument("--fasta-out", default="", help="write the steered sequence here as FASTA")
+    sp.add_argument("--fasta-out", default="", help="write the steered sequence (or the designs) here as FASTA")
+    sp.add_argument("--generate", type=int, default=0, help="instead: N designs by iterative masked resampling with the edit held "
+                    "(plm-sae), each checked with the unmodified model")
+    sp.add_argument("--rounds", type=int, default=10, help="with --generate: masking rounds per design")
+    sp.add_argument("--mask-frac", type=float, default=0.15, help="with --generate: positions resampled per round")
+    sp.add_argument("--temperature", type=float, default=1.0, help="with --generate: sampling temperature")
+    sp.add_argument("--seed", type=int, default=0, help="with --generate: random seed (same seed, same designs)")
     se = subs.add_parser("search", help="search an index's features by description, concept, label, protein name or id",
                          description="Every word must occur in the feature's description, best concept, user label or its top proteins' "
                          "ids and names (case-insensitive), e.g. 'zinc', 'transmembrane Archaea', 'P47294'.")
@@ -198,8 +204,18 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from .steer import Edit, steer
 
         sae = load_sae(ns.sae)
-        res = steer(load_model(sae.meta["base_model"]["name"]), sae, ns.sequence,
-                    Edit(ns.feature, ns.edit, ns.value, ns.where, ns.start, ns.end))
+        edit = Edit(ns.feature, ns.edit, ns.value, ns.where, ns.start, ns.end)
+        if ns.generate:
+            from .steer import generate
+
+            d = generate(load_model(sae.meta["base_model"]["name"]), sae, ns.sequence, edit, ns.generate, ns.rounds, ns.mask_frac,
+                         ns.temperature, ns.seed)
+            print(json.dumps({**d.summary(), "designs": [{"sequence": s, "fires": f, "target_max": m, "pppl": p}
+                                                         for s, f, m, p in zip(d.sequences, d.fires, d.target_max, d.pppl)]}, indent=2))
+            if ns.fasta_out:
+                Path(ns.fasta_out).write_text(d.fasta())
+            return 0
+        res = steer(load_model(sae.meta["base_model"]["name"]), sae, ns.sequence, edit)
         print(json.dumps({"steered_sequence": res.steered_sequence, **res.summary()}, indent=2))
         if ns.fasta_out:
             write_fasta(ns.fasta_out, [(f"steered feature={ns.feature} {ns.edit}={ns.value}", res.steered_sequence)])
