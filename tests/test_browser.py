@@ -115,16 +115,22 @@ def test_journey_feature_deep_link_with_structure(server, browser):
     page.get_by_role("heading", name=f"Feature {f}").first.wait_for(timeout=90_000)
 
 
-def test_journey_inspector(server, browser):
-    url, _ = server
+def _inspect(browser, url: str, name: str, seq: str):
+    """Open the inspector, paste one sequence and press Analyse; returns the page."""
     page = _page(browser)
     page.goto(f"{url}/inspector")
     box = page.get_by_label("Protein sequence or FASTA", exact=True)
     box.wait_for(timeout=90_000)
-    seq = "KVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLCNIPCSALLSSDITASVNCAKKIVSDGNGMNAWVAWRNRCKGTDVQAWIRGCRL"
-    box.fill(">lysozyme\n" + seq)
+    box.fill(f">{name}\n{seq}")
     page.get_by_role("button", name="Analyse").click()
     page.get_by_text("Features that fire most").wait_for(timeout=120_000)
+    return page
+
+
+def test_journey_inspector(server, browser):
+    url, _ = server
+    seq = "KVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLCNIPCSALLSSDITASVNCAKKIVSDGNGMNAWVAWRNRCKGTDVQAWIRGCRL"
+    page = _inspect(browser, url, "lysozyme", seq)
     page.get_by_text(f"{len(seq)} residues - protein LM + SAE").wait_for(timeout=30_000)  # the whole sequence was analysed
     import re
 
@@ -149,13 +155,7 @@ def test_journey_steer_in_inspector(server, browser):
     """Analyse a sequence, steer its top feature, and see the check (does the feature fire when
     the steered sequence is re-embedded), the steered sequence and the FASTA download."""
     url, _ = server
-    page = _page(browser)
-    page.goto(f"{url}/inspector")
-    box = page.get_by_label("Protein sequence or FASTA", exact=True)
-    box.wait_for(timeout=90_000)
-    seq = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
-    box.fill(">q\n" + seq)
-    page.get_by_role("button", name="Analyse").click()
+    page = _inspect(browser, url, "q", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV")
     page.get_by_text("Steer along a feature, checked").wait_for(timeout=120_000)
     page.get_by_role("button", name="Download activations (CSV)").wait_for(timeout=60_000)  # the script has finished
     steer = page.get_by_role("button", name="Steer", exact=True)

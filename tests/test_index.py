@@ -16,7 +16,18 @@ from esmsae.index import IndexError_, build_index, collect, enrichment, read_gro
 from esmsae.plm import Hook, ModelMismatchError, load_plm
 
 
+_DENSE: dict = {}
+
+
 def _dense_codes(cfg, esm2_dir, tiny_sae):
+    """Cached: several brute-force tests read the same codes."""
+    key = (str(cfg.out), str(esm2_dir), str(tiny_sae))
+    if key not in _DENSE:
+        _DENSE[key] = _dense_codes_uncached(cfg, esm2_dir, tiny_sae)
+    return _DENSE[key]
+
+
+def _dense_codes_uncached(cfg, esm2_dir, tiny_sae):
     """Brute force: every protein through model + SAE, dense [L, F] codes."""
     plm = load_plm(ModelConfig(name=str(esm2_dir)))
     sae, meta = load_sae(tiny_sae)
