@@ -46,6 +46,8 @@ def run_pipeline(cfg: dict, out: str, progress: bool = True, on_stage=lambda sta
 def summary(card: dict) -> dict:
     keys = ("hook", "n_tokens", "fvu", "mse", "l0", "dead_fraction", "dense_fraction")
     s = {k: card[k] for k in keys if k in card}
+    if "fvu_aa_lookup" in card:
+        s["fvu_aa_lookup"] = card["fvu_aa_lookup"]["fvu"]
     if "downstream" in card:
         d = card["downstream"]
         s.update({k: d[k] for k in ("ce_orig", "ce_sae", "ce_mean", "delta_ce_nats", "pct_loss_recovered") if k in d})

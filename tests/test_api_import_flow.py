@@ -50,8 +50,17 @@ def test_api_batch_pool_sparse_and_scaled(lm, mgen_fasta, tmp_path):
     assert [d.shape for d in dense] == [(len(s), 2048) for s in seqs[:2]]
     torch.testing.assert_close(sparse[0].to_dense(), dense[0])
     assert int((dense[0] > 0).sum(1).max()) == 32  # TopK k 32
+    # the demo SAE carries reference max / IDF over its index's proteins (reference-stats): scale="max" divides by them
+    ref_max, ref_idf = sae.display_stats()
+    assert ref_max is not None and sae.meta["display_stats"]["n_proteins"] > 20000
+    scaled = esmsae.features(lm, sae, seqs[0], scale="max")
+    live = ref_max > 0
+    torch.testing.assert_close(scaled[:, live], dense[0][:, live] / ref_max[live])
+    from esmsae.config import SAEConfig
+    from esmsae.sae import SAE
+
     with pytest.raises(ValueError, match="no reference display statistics"):
-        esmsae.features(lm, sae, seqs[0], scale="max")
+        SAE(SAEConfig(n_latents=16, k=2), 8, seed=0).encode_scaled(torch.randn(2, 8), "max")
     # an imported SAE with shipped max: the scaled output is features / max, 0 for a zero max
     repo = _plm_sae_folder(tmp_path)
     imp = esmsae.load_sae(str(repo))

@@ -437,3 +437,53 @@ def test_search_finds_features_whose_description_names_the_concept(built_index):
     # a protein id of a top example finds its features
     pid = idx.q("SELECT p.id FROM top_examples e JOIN proteins p USING (pidx) ORDER BY e.max_act DESC LIMIT 1").iloc[0, 0]
     assert len(idx.features(search=pid, hide_dead=False))
+
+
+def test_aa_lookup_fvu_is_zero_when_residue_identity_is_everything(tmp_path):
+    """A store whose activations are a fixed vector per residue type: the 20-entry lookup
+    reconstructs it exactly (FVU 0); with noise added, its FVU is the noise share."""
+    import json as _json
+
+    import pandas as pd
+
+    from esmsae.evaluate import aa_lookup_fvu
+    from esmsae.store import ActivationStore, is_heldout
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(20, 8))
+    seqs = [_seq(rng, int(rng.integers(30, 80))) for _ in range(200)]
+    lut = {a: i for i, a in enumerate(AA)}
+
+    def build(noise, out):
+        out.mkdir()
+        sh = out / "shard_00000"
+        sh.mkdir()
+        acts, prot, pos, held, rows = [], [], [], [], []
+        for i, s in enumerate(seqs):
+            a = table[[lut[c] for c in s]] + noise * rng.normal(size=(len(s), 8))
+            acts.append(a)
+            prot += [i] * len(s)
+            pos += list(range(len(s)))
+            ho = is_heldout(s, 0.3)
+            held += [ho] * len(s)
+            rows.append({"pidx": i, "id": f"p{i}", "description": "", "organism": "", "taxid": -1, "length": len(s), "sequence": s,
+                         "md5": "", "split": "heldout" if ho else "train"})
+        A = np.concatenate(acts).astype(np.float16)
+        np.save(sh / "L1_resid.npy", A)
+        np.save(sh / "protein.npy", np.array(prot, np.int32))
+        np.save(sh / "position.npy", np.array(pos, np.int32))
+        np.save(sh / "heldout.npy", np.array(held))
+        pd.DataFrame(rows).to_parquet(sh / "proteins.parquet", index=False)
+        man = {"version": 1, "model": {"name": "x"}, "model_info": {"name": "x", "family": "esm2", "n_layers": 2, "d_model": 8},
+               "hooks": {"layers": [1], "site": "resid"}, "hook_names": ["L1_resid"], "d_in": 8, "embed": {"holdout_fraction": 0.3, "pool": "none"},
+               "provenance": {"fasta": {}}, "shards": [{"name": "shard_00000", "n_tokens": len(A), "n_train_tokens": int((~np.array(held)).sum()),
+                                                          "n_heldout_tokens": int(np.sum(held)), "first_protein": 0, "n_proteins": len(seqs)}],
+               "n_proteins": len(seqs), "n_tokens": len(A), "complete": True}
+        (out / "manifest.json").write_text(_json.dumps(man))
+        return ActivationStore(out)
+
+    exact = aa_lookup_fvu(build(0.0, tmp_path / "a"), "L1_resid", 10**6)
+    assert exact["fvu"] < 1e-5  # fp16 rounding only
+    noisy = aa_lookup_fvu(build(0.5, tmp_path / "b"), "L1_resid", 10**6)
+    want = 0.25 * 8 / (0.25 * 8 + table.var(0).sum())  # noise variance share of the total
+    assert noisy["fvu"] == pytest.approx(want, rel=0.15)
