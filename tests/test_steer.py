@@ -46,7 +46,7 @@ def test_ablation_removes_exactly_the_decoder_contribution(demo):
 def test_steering_result_and_the_check_on_the_demo(demo):
     """Clamping a feature at 50x its index max, then re-embedding the steered sequence with the
     unmodified model: on the demo LM (near the unigram plateau) the feature comes up in a minority
-    of trials (measured 10 of 32: 8 features x 4 proteins), which is what the check is for."""
+    of trials (measured 13 of 32 on the rebuilt demo: 8 features x 4 proteins), which is what the check is for."""
     lm, sae = demo
     from esmsae.explore import FeatureIndex
     from esmsae.fasta import read_fasta
@@ -61,7 +61,7 @@ def test_steering_result_and_the_check_on_the_demo(demo):
         for s in seqs:
             out = steer(lm, sae, s, Edit(int(r.feature), "clamp", float(r.max_act) * 50), pppl=False)
             raised += out.target_after_L.max(initial=0) > out.target_before_L.max(initial=0)
-    assert raised >= 5, raised  # at least 5 of 32 (measured 10)
+    assert raised >= 5, raised  # at least 5 of 32 (measured 13)
     res = steer(lm, sae, seqs[0], Edit(int(feats.iloc[0].feature), "clamp", float(feats.iloc[0].max_act) * 50))
     s = res.summary()
     assert s["length"] == len(seqs[0]) and res.delta_logprob_L20.shape == (len(seqs[0]), 20)
