@@ -83,7 +83,7 @@ def _interplm_state(seed=0):
 def test_interplm(tmp_path, acts):
     sd = _interplm_state()
     # ae_normalized.pt as InterPLM's normalize.py makes it: max folded into the weights
-    fmax = torch.rand(F) * 3 + 0.5
+    fmax = torch.rand(F, generator=torch.Generator().manual_seed(3)) * 3 + 0.5
     norm = dict(sd)
     norm["encoder.weight"] = sd["encoder.weight"] / fmax[:, None]
     norm["encoder.bias"] = sd["encoder.bias"] / fmax
@@ -107,7 +107,9 @@ def test_interplm(tmp_path, acts):
     assert_match(features(sae_u, acts), raw)
     np.testing.assert_allclose(sae_u.display_stats()[0].numpy(), fmax.numpy(), rtol=1e-5)
     scaled = sae_u.encode_scaled(torch.from_numpy(acts), "max").numpy()
-    np.testing.assert_allclose(scaled, ref(norm), rtol=1e-4, atol=1e-5)
+    # dividing after an fp32 matmul vs folding 1/max into the weights first: pre-activations of
+    # up to ~40 carry fp32 rounding of ~40 x 1.2e-7 x sqrt(320) ~ 1e-4 (one CI run saw 1.3e-5 at atol 1e-5)
+    np.testing.assert_allclose(scaled, ref(norm), rtol=1e-4, atol=1e-4)
     # reconstruction is the documented decode: f @ decoder.weight.T + bias
     lat = sae_u.encode(torch.from_numpy(acts))
     rec = sae_u.decode(lat.acts_BK, lat.idx_BK, torch.from_numpy(acts)).detach().numpy()
