@@ -269,3 +269,42 @@ def test_journey_addresses(server, browser):
     page.goto(url + "/")
     page.get_by_role("heading", name="esmsae: sparse autoencoder features").first.wait_for(timeout=90_000)
     assert page.url.rstrip("/").endswith("/overview")  # "/" lands on the overview under its own address
+
+
+def test_journey_search_description_and_related(server, browser):
+    """Search the demo's features by words of their grounded descriptions, open one, read the
+    description with its evidence, and open its Related features tab."""
+    import re
+
+    url, ws = server
+    index = DEMO / "index.duckdb" if (DEMO / "index.duckdb").exists() else ws / "tiny" / "L4_resid" / "index.duckdb"
+    run_q = "" if index.parent == DEMO else "?run=tiny/L4_resid"
+    con = duckdb.connect(str(index), read_only=True)
+    try:
+        want = {int(r[0]) for r in con.execute("SELECT feature FROM features WHERE NOT dead AND description ILIKE '%residue detector%'").fetchall()}
+        live = int(con.execute("SELECT count(*) FROM features WHERE NOT dead").fetchall()[0][0])
+    finally:
+        con.close()
+    assert want
+    page = _page(browser)
+    page.goto(f"{url}/features{run_q}")
+    box = page.get_by_label("Search (description, concept, label, protein name or id, feature id)", exact=True)
+    box.wait_for(timeout=90_000)
+    box.fill("residue detector")
+    box.press("Enter")
+    # every word must occur: at least the features whose description says it, far fewer than all live ones
+    cap = page.get_by_text(re.compile(r"^\d+ features - click a row"))
+    cap.wait_for(timeout=60_000)
+    for _ in range(60):  # the caption first shows the unfiltered count, until the search rerun lands
+        n = int(cap.inner_text().split()[0])
+        if n < live:
+            break
+        time.sleep(1)
+    assert len(want) <= n < live, (n, len(want), live)
+    f = min(want)
+    page.goto(f"{url}/features?feature={f}" + (run_q.replace("?", "&")))
+    page.get_by_role("heading", name=re.compile(rf"^Feature {f}\b")).first.wait_for(timeout=90_000)
+    page.get_by_text("residue detector:").first.wait_for(timeout=30_000)  # the description, on the page
+    page.get_by_role("tab", name="Related features").click()
+    page.get_by_text("No other SAE matched into this index yet").wait_for(timeout=30_000)
+    page.screenshot(path=str(ART / "journey_search_related.png"), full_page=True)
