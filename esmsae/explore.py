@@ -83,6 +83,7 @@ class FeatureIndex:
         self.con.execute("USE idx")
         self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta").fetchall()}
         self.n_features = int(self.meta["n_latents"])
+        self.feature_columns = set(self.q("SELECT * FROM features LIMIT 0").columns)  # what this index version has
 
     def q(self, sql: str, params: list | None = None) -> pd.DataFrame:
         # one cursor per query: Streamlit runs sessions in threads (a cursor starts in the
@@ -92,30 +93,32 @@ class FeatureIndex:
         return cur.execute(sql, params or []).df()
 
     # -------------------------------------------------------- run card
+    def _model_file(self, name: str) -> Path | None:
+        """A file beside the protein LM's weights (absolute, or relative to the bundled SAE), or None."""
+        model = str(self.meta.get("model", ""))
+        for d in (Path(model), self.path.parent / str(self.meta.get("sae", "")) / model):
+            if d.is_dir() and (d / name).exists():
+                return d / name
+        return None
+
     def lm_note(self) -> str:
         """One line on the protein LM when esmsae trained it (the demo): what it is, its <mask>
         perplexity next to unigram, and real ESM-2 8M for scale. Empty for a hub model."""
-        model = str(self.meta.get("model", ""))
-        for d in (Path(model), self.path.parent / str(self.meta.get("sae", "")) / model):
-            f = d / "lm_eval.json"
-            if d.is_dir() and f.exists():
-                try:
-                    ev = json.loads(f.read_text())
-                    return (f"Protein LM: the ESM-2 8M architecture trained by esmsae on {ev.get('tokens_total', ev['tokens_seen']) / 1e6:.0f} M tokens of the shared "
-                            f"proteins (CPU). Held-out <mask> perplexity {ev['masked_ppl']:.2f} vs {ev['masked_unigram_ppl']:.2f} for residue "
-                            f"frequencies alone; real ESM-2 8M reaches about 10-10.5 (reported), so this model knows far less about proteins.")
-                except (KeyError, ValueError, OSError):
-                    return ""
-        return ""
+        f = self._model_file("lm_eval.json")
+        if f is None:
+            return ""
+        try:
+            ev = json.loads(f.read_text())
+            return (f"Protein LM: the ESM-2 8M architecture trained by esmsae on {ev.get('tokens_total', ev['tokens_seen']) / 1e6:.0f} M tokens "
+                    f"of the shared proteins (CPU). Held-out <mask> perplexity {ev['masked_ppl']:.2f} vs {ev['masked_unigram_ppl']:.2f} for "
+                    f"residue frequencies alone; real ESM-2 8M reaches about 10-10.5 (reported), so this model knows far less about proteins.")
+        except (KeyError, ValueError, OSError):
+            return ""
 
     def lm_curve(self) -> pd.DataFrame:
         """The demo LM's training curve (lm_metrics.jsonl beside its weights), or empty."""
-        model = str(self.meta.get("model", ""))
-        for d in (Path(model), self.path.parent / str(self.meta.get("sae", "")) / model):
-            f = d / "lm_metrics.jsonl"
-            if f.exists():
-                return pd.read_json(f, lines=True)
-        return pd.DataFrame()
+        f = self._model_file("lm_metrics.jsonl")
+        return pd.read_json(f, lines=True) if f is not None else pd.DataFrame()
 
     def card(self) -> dict[str, Any]:
         ev = self.meta.get("eval") or {}
@@ -137,7 +140,7 @@ class FeatureIndex:
 
     def has_controls(self) -> bool:
         """Whether this index has the amino-acid control and the valid/test split (esmsae >= 0.4)."""
-        return "matches_concept" in self.q("SELECT * FROM features LIMIT 0").columns
+        return "matches_concept" in self.feature_columns
 
     def headline_sql(self) -> str:
         """Headline counts, as InterPLM reports them: features that match a concept on test proteins
@@ -176,7 +179,7 @@ class FeatureIndex:
             where.append("f.best_concept = ?")
             params.append(concept)
         extra = "f.best_aa_rule_f1, f.aa_top, f.aa_purity," if controls else ""
-        described = "search_text" in self.q("SELECT * FROM features LIMIT 0").columns
+        described = "search_text" in self.feature_columns
         extra += " f.description, f.search_text," if described else ""
         df = self.q(f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, {extra} f.freq_residue, f.freq_protein, f.max_act,
                         f.top_group, f.cluster FROM features f WHERE {' AND '.join(where)}""", params)

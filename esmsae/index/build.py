@@ -290,7 +290,7 @@ def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: 
     if it.groups:
         counted = feats
         if group_statistic == "pooled_topk":  # esm-sae: the top-k features of the mean-pooled code
-            pooled = np.bincount(f_R, weights=v_R, minlength=st.aa_FA.shape[0])[feats] / max(a_LD.shape[0], 1)
+            pooled = np.bincount(f_R, weights=v_R, minlength=len(st.fire_prot_F))[feats] / max(a_LD.shape[0], 1)
             counted = feats[np.argsort(-pooled, kind="stable")[:pooled_k]]
         b = length_bin(len(it.sequence), layout.length_edges)
         for g, grp in it.groups.items():
