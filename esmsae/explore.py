@@ -94,9 +94,10 @@ class FeatureIndex:
 
     # -------------------------------------------------------- run card
     def _model_file(self, name: str) -> Path | None:
-        """A file beside the protein LM's weights (absolute, or relative to the bundled SAE), or None."""
+        """A file beside the protein LM's weights, or None: the recorded path, or in a bundle (data/demo)
+        the model folder beside the index (its meta records the portable name "model")."""
         model = str(self.meta.get("model", ""))
-        for d in (Path(model), self.path.parent / str(self.meta.get("sae", "")) / model):
+        for d in (Path(model), self.path.parent / model, self.path.parent / str(self.meta.get("sae", "")) / model):
             if d.is_dir() and (d / name).exists():
                 return d / name
         return None

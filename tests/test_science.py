@@ -487,3 +487,18 @@ def test_aa_lookup_fvu_is_zero_when_residue_identity_is_everything(tmp_path):
     noisy = aa_lookup_fvu(build(0.5, tmp_path / "b"), "L1_resid", 10**6)
     want = 0.25 * 8 / (0.25 * 8 + table.var(0).sum())  # noise variance share of the total
     assert noisy["fvu"] == pytest.approx(want, rel=0.15)
+
+
+def test_overview_names_the_demo_lm_and_its_curve():
+    """The overview's one line on the demo LM (<mask> perplexity next to unigram, real ESM-2 8M
+    for scale) and its training curve are found from the bundle's portable model path."""
+    from pathlib import Path
+
+    from esmsae.explore import FeatureIndex
+
+    idx = FeatureIndex(Path(__file__).resolve().parents[1] / "data" / "demo" / "index.duckdb")
+    note = idx.lm_note()
+    assert "<mask> perplexity" in note and "for residue frequencies alone" in note
+    assert "10-10.5" in note
+    curve = idx.lm_curve()
+    assert len(curve) > 5 and {"masked_ppl", "masked_unigram_ppl"} <= set(curve.columns)
