@@ -7,6 +7,7 @@ feature labels live in a separate writable file (:func:`esmsae.index.labels_path
 from __future__ import annotations
 
 import gzip
+import functools
 import json
 import os
 import threading
@@ -83,7 +84,11 @@ class FeatureIndex:
         self.con.execute("USE idx")
         self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta").fetchall()}
         self.n_features = int(self.meta["n_latents"])
-        self.feature_columns = set(self.q("SELECT * FROM features LIMIT 0").columns)  # what this index version has
+
+    @functools.cached_property
+    def feature_columns(self) -> set[str]:
+        """The features table's columns (what this index version has), read once, when first asked."""
+        return set(self.q("SELECT * FROM features LIMIT 0").columns)
 
     def q(self, sql: str, params: list | None = None) -> pd.DataFrame:
         # one cursor per query: Streamlit runs sessions in threads (a cursor starts in the
