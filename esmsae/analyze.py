@@ -124,6 +124,16 @@ def steer_in_app(analyzer: "Analyzer", sequence: str, edit):
     return steer(Model(analyzer.plm), analyzer.sae, sequence, edit)
 
 
+def generate_in_app(analyzer: "Analyzer", sequence: str, edit, n_designs: int, rounds: int, mask_frac: float,
+                    temperature: float, seed: int, pppl: bool):
+    """Generation with the edit held (``esmsae.steer.generate``) with the inspector's model and SAE."""
+    from .api import Model
+    from .steer import generate
+
+    return generate(Model(analyzer.plm), analyzer.sae, sequence, edit, n_designs=n_designs, rounds=rounds, mask_frac=mask_frac,
+                    temperature=temperature, seed=seed, pppl=pppl)
+
+
 MAX_GROUP_PROTEINS = 500
 
 

@@ -153,26 +153,16 @@ def main(argv: list[str] | None = None) -> int:
 def _match(ns: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .api import load_model, load_sae
+    from .api import load_sae
     from .fasta import read_proteins
-    from .match import decoder_cosine, match_on_proteins
+    from .match import match_saes, untrained_like, with_chance
 
+    seqs = [p.sequence for i, p in zip(range(ns.max_proteins), read_proteins(ns.fasta, on_invalid="skip"))] if ns.fasta else []
     sae_a, sae_b = load_sae(ns.a), load_sae(ns.b)
-    results = []
-    if sae_a.d_in == sae_b.d_in:
-        results.append(decoder_cosine(sae_a, sae_b, ns.top))
-    if ns.fasta:
-        seqs = [p.sequence for i, p in zip(range(ns.max_proteins), read_proteins(ns.fasta, on_invalid="skip"))]
-        models: dict = {}  # one load per distinct base model
-        for sae in (sae_a, sae_b):
-            name = sae.meta["base_model"]["name"]
-            if name not in models:
-                models[name] = load_model(name)
-        lm_a, lm_b = (models[s.meta["base_model"]["name"]] for s in (sae_a, sae_b))
-        results.append(match_on_proteins(lm_a, sae_a, lm_b, sae_b, seqs, ns.top))
-    if not results:
-        raise ValueError(f"A has d_in {sae_a.d_in} and B {sae_b.d_in}: decoder cosine needs one width; pass --fasta for activation correlation")
-    print(json.dumps([r.summary(ns.threshold) for r in results], indent=2))
+    results = match_saes(sae_a, sae_b, seqs, ns.top)
+    # every rate next to its chance level: the same comparison against an untrained SAE of B's shape
+    rows = with_chance(results, match_saes(sae_a, untrained_like(sae_b), seqs, ns.top), ns.threshold)
+    print(json.dumps(rows, indent=2))
     if ns.out:
         from .atomic import write_atomic
 
@@ -181,7 +171,7 @@ def _match(ns: argparse.Namespace) -> int:
     if ns.index:
         from .match import store_matches
 
-        n = store_matches(ns.index, results, ns.name or ns.b, ns.threshold)
+        n = store_matches(ns.index, results, ns.name or ns.b, ns.threshold, rows)
         print(f"stored {n} pairs in {ns.index}", file=sys.stderr)
     return 0
 

@@ -255,6 +255,13 @@ class FeatureIndex:
         return self.q("""SELECT other_sae, method, rank, other_feature, score, split FROM feature_matches WHERE feature = ?
                          ORDER BY other_sae, method, rank""", [f])
 
+    def match_summaries(self) -> pd.DataFrame:
+        """Per other SAE and method: the match rate next to its chance level (``match --index``)."""
+        tables = set(self.q("SELECT table_name FROM information_schema.tables")["table_name"])
+        if "match_summaries" not in tables:
+            return pd.DataFrame()
+        return self.q("SELECT * FROM match_summaries ORDER BY other_sae, method")
+
     def group_table(self, f: int, grouping: str) -> pd.DataFrame:
         return self.q("""SELECT g.grp, g.n_proteins, coalesce(u.n_fire, 0) AS n_fire, coalesce(u.frac, 0) AS frac,
                          coalesce(u.mean_act, 0) AS mean_act, u.log_odds, coalesce(u.q, 1) AS q

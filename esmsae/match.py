@@ -136,10 +136,73 @@ def match_on_proteins(lm_a, sae_a, lm_b, sae_b, sequences: list[str], top: int =
     return activation_correlation(pairs(), sae_a.cfg.n_latents, sae_b.cfg.n_latents, top)
 
 
+def match_saes(sae_a, sae_b, sequences: list[str] = (), top: int = 5, models: dict | None = None) -> list[MatchResult]:
+    """Every way two SAEs can be related: decoder cosine when they share d_in, activation
+    correlation on ``sequences`` when given (each SAE on its own recorded model, loaded once per
+    distinct model; ``models`` maps a base-model name to an already loaded one)."""
+    from .api import load_model
+
+    results = []
+    if sae_a.d_in == sae_b.d_in:
+        results.append(decoder_cosine(sae_a, sae_b, top))
+    if len(sequences):
+        models = dict(models or {})
+        for sae in (sae_a, sae_b):
+            name = sae.meta["base_model"]["name"]
+            if name not in models:
+                models[name] = load_model(name)
+        lm_a, lm_b = (models[s.meta["base_model"]["name"]] for s in (sae_a, sae_b))
+        results.append(match_on_proteins(lm_a, sae_a, lm_b, sae_b, list(sequences), top))
+    if not results:
+        raise ValueError(f"A has d_in {sae_a.d_in} and B {sae_b.d_in}: decoder cosine needs one width; pass proteins (--fasta) for activation correlation")
+    return results
+
+
+def untrained_like(sae, seed: int = 12345):
+    """The chance level of a match: an untrained SAE of B's shape with B's input normalisation and
+    recorded model and layer (a random dictionary on the same activations). On a model whose
+    activations are mostly residue identity, activation correlation against it is high too: any
+    TopK latent of such activations fires on a few residue types."""
+    from .sae import SAE
+
+    rnd = SAE(sae.cfg, sae.d_in, seed=seed).eval()
+    with torch.no_grad():
+        rnd.norm_mean.copy_(sae.norm_mean)
+        rnd.norm_scale.copy_(sae.norm_scale)
+    rnd.meta = getattr(sae, "meta", {})
+    return rnd
+
+
+def with_chance(results: list[MatchResult], chance: list[MatchResult], threshold: float = 0.7, live=None) -> list[dict]:
+    """Each method's summary next to its chance level (the same method against :func:`untrained_like`).
+    ``live`` (bool per feature of A) adds the match rate over the features that fire."""
+    ch = {c.method: c for c in chance}
+    out = []
+    for r in results:
+        row = {**r.summary(threshold)}
+        if live is not None:
+            row["match_rate_live"] = live_rate(r, live, threshold)
+        if r.method in ch:
+            c = ch[r.method]
+            row["chance_match_rate"] = c.summary(threshold)["match_rate"]
+            if live is not None:
+                row["chance_match_rate_live"] = live_rate(c, live, threshold)
+        out.append(row)
+    return out
+
+
+def live_rate(r: MatchResult, live, threshold: float = 0.7) -> float:
+    """Match rate over the features of A that fire (a dead feature has no counterpart by definition)."""
+    live = np.asarray(live, bool)
+    first = r.pairs[r.pairs["rank"] == 0].set_index("feature_a")["score"].reindex(range(len(live))).fillna(0.0)
+    return float((first.to_numpy()[live] >= threshold).mean()) if live.any() else 0.0
+
+
 MATCH_TABLE = "feature_matches"
+SUMMARY_TABLE = "match_summaries"
 
 
-def store_matches(index_path, results: list[MatchResult], other: str, threshold: float = 0.7) -> int:
+def store_matches(index_path, results: list[MatchResult], other: str, threshold: float = 0.7, summaries: list[dict] | None = None) -> int:
     """Write the pairs into A's feature index (table ``feature_matches``: feature, rank, other_sae,
     other_feature, score, method, and per pair whether several features of B map to this one, the
     feature-splitting flag), replacing earlier rows for the same ``other`` SAE, so the feature
@@ -162,6 +225,16 @@ def store_matches(index_path, results: list[MatchResult], other: str, threshold:
         con.execute(f"DELETE FROM {MATCH_TABLE} WHERE other_sae = ?", [other])
         con.register("_m", df)
         con.execute(f"INSERT INTO {MATCH_TABLE} SELECT * FROM _m")
+        # one row a method: the match rate next to its chance level, shown above the related features
+        sm = pd.DataFrame([{"other_sae": other, "method": x["method"], "threshold": x["threshold"], "match_rate": x["match_rate"],
+                            "match_rate_live": x.get("match_rate_live"), "chance_match_rate": x.get("chance_match_rate"),
+                            "chance_match_rate_live": x.get("chance_match_rate_live"), "split_features": x["split_features"]}
+                           for x in (summaries or [r.summary(threshold) for r in results])])
+        con.execute(f"CREATE TABLE IF NOT EXISTS {SUMMARY_TABLE} (other_sae VARCHAR, method VARCHAR, threshold DOUBLE, match_rate DOUBLE, "
+                    "match_rate_live DOUBLE, chance_match_rate DOUBLE, chance_match_rate_live DOUBLE, split_features INTEGER)")
+        con.execute(f"DELETE FROM {SUMMARY_TABLE} WHERE other_sae = ?", [other])
+        con.register("_s", sm.astype({c: "float64" for c in ("match_rate_live", "chance_match_rate", "chance_match_rate_live")}))
+        con.execute(f"INSERT INTO {SUMMARY_TABLE} SELECT * FROM _s")
         con.execute("CHECKPOINT")
     finally:
         con.close()

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -229,6 +230,13 @@ class Designs:
 
     def fasta(self, name: str = "design") -> str:
         return "".join(f">{name}_{i} feature={self.target} fires={int(f)}\n{s}\n" for i, (s, f) in enumerate(zip(self.sequences, self.fires)))
+
+    def table(self) -> pd.DataFrame:
+        """One row a design: the check (fires, max of the target on the re-embedded design),
+        pseudo-perplexity, identity to the seed and the design itself."""
+        return pd.DataFrame({"design": range(len(self.sequences)), "fires": self.fires, "target_max": self.target_max, "pppl": self.pppl,
+                             "identity_to_seed": [sum(a == b for a, b in zip(s, self.seed_sequence)) / max(len(s), 1) for s in self.sequences],
+                             "sequence": self.sequences})
 
 
 @torch.no_grad()

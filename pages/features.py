@@ -153,6 +153,11 @@ def show_feature(f: int) -> None:
         else:
             st.caption("Best matches of this feature in other SAEs; split = several features of the other SAE map to this one "
                        "(feature splitting).")
+            sm = idx.match_summaries()
+            if not sm.empty:
+                st.caption("How often a feature has a counterpart (best score >= threshold), next to the chance level: the same "
+                           "comparison against an untrained SAE of the other SAE's shape. A method whose rate is near chance says little here.")
+                st.dataframe(sm, hide_index=True, key="match_summary_table")
             st.dataframe(rel, hide_index=True, key="related_table",
                          column_config={"score": st.column_config.NumberColumn(format="%.3f")})
 

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from esmsae.analyze import InputError, parse_input, steer_in_app
+from esmsae.analyze import InputError, generate_in_app, parse_input, steer_in_app
 from esmsae.render import StructureError, chain_breaks, format_number, heatmap, parse_structure, steer_figure, structure_html, track_html
 from esmsae.steer import EDITS, WHERE, Edit
 from esmsae.ui import analyzer_of, feature_link, feature_url, index_of, pick_run
@@ -100,7 +100,7 @@ if state:
         try:
             edit = Edit(int(sf), kind, float(value), where, int(start) - 1, int(end))
             with st.spinner("Steering, then re-embedding the steered sequence..."):
-                st.session_state["steer"] = (name, seq, steer_in_app(an, seq, edit))
+                st.session_state["steer"] = (name, seq, steer_in_app(an, seq, edit), edit)
         except ValueError as e:
             st.error(f"Cannot steer: {e}")
     got = st.session_state.get("steer")
@@ -121,3 +121,35 @@ if state:
         st.dataframe(pd.DataFrame(sm["moved"]), hide_index=True, key="steer_moved")
         st.download_button("Download the steered sequence (FASTA)", r.fasta(f"{name.split()[0]}_steered_f{r.target}"),
                            file_name=f"steered_f{r.target}.fasta", mime="text/plain")
+
+        st.markdown("**Generate designs with this edit held** (plm-sae's iterative masked resampling: each round masks a "
+                    "fraction of positions and samples them from the steered model; each design is then re-embedded by the "
+                    "unmodified model to check whether the feature fires without the edit). Seeded: the same settings give the same designs.")
+        with st.form("generate_form"):
+            g = st.columns(6)
+            n_designs = g[0].number_input("Designs", 1, 32, 4, key="gen_n")
+            rounds = g[1].number_input("Rounds", 0, 50, 5, key="gen_rounds")
+            mask_frac = g[2].number_input("Masked per round", 0.01, 1.0, 0.15, step=0.05, key="gen_mask")
+            temperature = g[3].number_input("Temperature", 0.05, 5.0, 1.0, step=0.1, key="gen_temp")
+            gseed = g[4].number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
+            with_pppl = g[5].checkbox("Pseudo-perplexity", False, key="gen_pppl", help="one forward per residue of each design (slow on long sequences)")
+            go_gen = st.form_submit_button("Generate")
+        if go_gen:
+            try:
+                with st.spinner("Generating designs, then re-embedding each with the unmodified model..."):
+                    st.session_state["designs"] = (name, seq, r.target, generate_in_app(
+                        an, seq, got[3], int(n_designs), int(rounds), float(mask_frac), float(temperature), int(gseed), bool(with_pppl)))
+            except ValueError as e:
+                st.error(f"Cannot generate: {e}")
+        gd = st.session_state.get("designs")
+        if gd and gd[0] == name and gd[1] == seq and gd[2] == r.target:
+            d = gd[3]
+            ds = d.summary()
+            m = st.columns(3)
+            m[0].metric("Designs in which the feature fires", f"{sum(d.fires)} / {len(d.sequences)}",
+                        help="the design re-embedded by the unmodified model, no edit")
+            m[1].metric("Mean identity to the seed", f"{ds['mean_identity_to_seed']:.1%}")
+            m[2].metric("Mean pseudo-perplexity", format_number(ds["mean_pppl"]))
+            st.dataframe(d.table(), hide_index=True, key="designs_table")
+            st.download_button("Download the designs (FASTA)", d.fasta(f"{name.split()[0]}_f{d.target}"),
+                               file_name=f"designs_f{d.target}.fasta", mime="text/plain")

@@ -114,6 +114,21 @@ def test_inspector_steer_panel(env):
     assert labels["Residues changed"].endswith(f"/ {len(seq)}")
     assert len(at.code[0].value) == len(seq) and set(at.code[0].value) <= set("ACDEFGHIKLMNPQRSTVWY")
     assert len(at.get("plotly_chart")) >= 2 and len(at.get("download_button")) >= 2
+    # generation with the edit held: 3 seeded designs, each checked by re-embedding
+    at.number_input(key="gen_n").set_value(3)
+    at.number_input(key="gen_rounds").set_value(2)
+    at.button(key="FormSubmitter:generate_form-Generate").click().run()
+    assert not at.exception and not at.error
+    labels = {m.label: m.value for m in at.metric}
+    fired, n = labels["Designs in which the feature fires"].split(" / ")
+    assert n == "3" and 0 <= int(fired) <= 3
+    designs = at.dataframe[-1].value
+    assert len(designs) == 3 and all(len(s) == len(seq) for s in designs["sequence"])
+    assert int(designs["fires"].sum()) == int(fired)
+    assert ((designs["identity_to_seed"] > 0) & (designs["identity_to_seed"] <= 1)).all()
+    first = list(designs["sequence"])
+    at.button(key="FormSubmitter:generate_form-Generate").click().run()  # same seed, same designs
+    assert list(at.dataframe[-1].value["sequence"]) == first
 
 
 def test_inspector_paste_probes(env):

@@ -72,6 +72,14 @@ def test_two_seeds_on_the_same_activations_match_above_chance(tmp_path, small_st
     chance = decoder_cosine(saes[0], rnd).summary(0.7)
     assert chance["match_rate"] == 0.0 and real["match_rate"] > 0.15, (real, chance)  # measured 0.28 (cosine > 0.7)
     assert real["median_best_score"] > chance["median_best_score"] + 0.2
+    # the same through with_chance / untrained_like, over live features
+    from esmsae.match import untrained_like, with_chance
+
+    saes[1].meta = saes[0].meta = {}
+    live = saes[0].encode_dense(torch.randn(2000, 320)).gt(0).any(0).numpy()
+    (row,) = with_chance([decoder_cosine(*saes)], [decoder_cosine(saes[0], untrained_like(saes[1]))], 0.7, live)
+    assert row["match_rate"] == real["match_rate"] and row["chance_match_rate"] == 0.0
+    assert 0 <= row["chance_match_rate_live"] < row["match_rate_live"] <= 1
 
 
 def test_match_command_on_the_demo_sae_and_a_published_copy(tmp_path, mgen_fasta, capsys):
@@ -127,3 +135,6 @@ def test_matches_stored_in_the_index_feed_the_related_panel(built_index, tiny_sa
     r = subprocess.run([sys.executable, "-m", "esmsae", "match", str(tiny_sae), str(tiny_sae), "--index", str(idx_path), "--name", "itself"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and len(FeatureIndex(idx_path).related(0)) == n
+    # the summary per method, next to its chance level (an untrained SAE of B's shape)
+    sm = FeatureIndex(idx_path).match_summaries()
+    assert list(sm["method"]) == ["decoder_cosine"] and sm["match_rate"].iloc[0] == 1.0 and sm["chance_match_rate"].iloc[0] < 0.05
