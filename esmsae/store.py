@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -63,30 +64,53 @@ def _file_fingerprint(path: str) -> dict:
 
 
 def embed_fasta(embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: ProteinLM | None = None, progress: bool = True) -> Path:
-    """Stream ``embed.fasta`` through the model into ``embed.store`` (resumable)."""
+    """Stream ``embed.fasta`` through the model into ``embed.store`` (resumable).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) rank r embeds the shards i with i mod W == r. A shard's
+    proteins are a pure function of the FASTA and the config, and each shard is embedded alone in
+    the same batches, so the store is the same file for file as the one-process store. A shard is
+    done when its folder exists, so a run stopped with W ranks resumes with any W'. Rank 0 alone
+    writes the manifest, from the shards' ``meta.json`` sidecars.
+    """
+    from dataclasses import replace
+
+    from .config import resolve_device
+    from .dist import barrier, process_group
+
     if not embed.fasta:
         raise StoreError("EmbedConfig.fasta: no input FASTA given")
     if not embed.store:
         raise StoreError("EmbedConfig.store: no output folder given")
     out = Path(embed.store)
-    out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob("*.tmp"):  # a shard an interrupted run did not finish
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
-    plm = plm or load_plm(model)
-    hook_objs = [Hook(layer, hooks.site) for layer in hooks.layers]
-    for h in hook_objs:
-        plm.check_hook(h)
-    man = _open_manifest(out, embed, model, hooks, plm, [h.name for h in hook_objs])
-    if man["complete"]:
-        return out
-    skipped = _embed_shards(out, man, embed, plm, hook_objs, progress)
-    if man["n_proteins"] == 0:
-        # nothing to train on: say so, and leave no empty store behind to be mistaken for a result
-        shutil.rmtree(out, ignore_errors=True)
-        why = f"every record was invalid and skipped ({man['n_skipped']}, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "the file has no records"
-        raise StoreError(f"{embed.fasta}: no proteins to embed: {why}")
-    man["complete"] = True
-    save_json(man, out / MANIFEST)
+    with process_group(resolve_device(model.device)) as w:
+        if w.main:
+            out.mkdir(parents=True, exist_ok=True)
+            for tmp in out.glob("*.tmp"):  # a shard an interrupted run did not finish
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
+        barrier()
+        if plm is None:
+            plm = load_plm(replace(model, device=w.device(resolve_device(model.device))) if w.distributed else model)
+        hook_objs = [Hook(layer, hooks.site) for layer in hooks.layers]
+        for h in hook_objs:
+            plm.check_hook(h)
+        man = _open_manifest(out, embed, model, hooks, plm, [h.name for h in hook_objs]) if w.main else None
+        barrier()
+        if man is None:  # the other ranks read what rank 0 created or checked
+            man = json.loads((out / MANIFEST).read_text())
+        if man["complete"]:
+            return out
+        trailing = _embed_shards(out, man, embed, plm, hook_objs, progress, w.rank, w.size)
+        barrier()
+        if not w.main:
+            return out
+        skipped = _collect_manifest(out, man, trailing)
+        if man["n_proteins"] == 0:
+            # nothing to train on: say so, and leave no empty store behind to be mistaken for a result
+            shutil.rmtree(out, ignore_errors=True)
+            why = f"every record was invalid and skipped ({man['n_skipped']}, e.g. {skipped[0]})" if skipped else "the file has no records"
+            raise StoreError(f"{embed.fasta}: no proteins to embed: {why}")
+        man["complete"] = True
+        save_json(man, out / MANIFEST)
     return out
 
 
@@ -108,43 +132,98 @@ def _open_manifest(out: Path, embed: EmbedConfig, model: ModelConfig, hooks: Hoo
     return man
 
 
-def _embed_shards(out: Path, man: dict, embed: EmbedConfig, plm: ProteinLM, hooks: list[Hook], progress: bool) -> list[tuple[str, str]]:
-    """Proteins after the finished shards, in shards of about ``shard_tokens`` residues, each
-    written whole and then entered in the manifest. Returns the records skipped as invalid."""
+SHARD_META = "meta.json"
+
+
+def _shard_plan(embed: EmbedConfig) -> Iterator[tuple[int, list[Protein], int, list[str]]]:
+    """The store's shards as (index, proteins, first protein index, records skipped while it was
+    filled): a pure function of the FASTA and ``embed``, the same on every rank. The last item
+    has index -1 and no proteins: the records skipped after the last shard."""
     skipped: list[tuple[str, str]] = []
-    all_skipped: list[tuple[str, str]] = []
-    stream = read_proteins(embed.fasta, on_invalid=embed.on_invalid, skipped=skipped)
-    done = man["n_proteins"]
-    for _ in range(done):  # resume: skip proteins already in finished shards
-        if next(stream, None) is None:
-            break
     limit = embed.max_proteins or None
-    bar = tqdm(total=limit, initial=done, unit="prot", desc="embed", disable=not progress)
-    pidx, pending, pending_tokens = done, [], 0
-
-    def flush() -> None:
-        if pending:
-            _write_shard(out, len(man["shards"]), pending, pidx - len(pending), plm, hooks, embed, man)
-            man["n_skipped"] += len(skipped)
-            man["skipped_examples"] = (man["skipped_examples"] + [f"{a}: {b}" for a, b in skipped])[:20]
-            all_skipped.extend(skipped)
-            skipped.clear()
-            save_json(man, out / MANIFEST)
-
-    for prot in stream:
+    i, pidx, pending, pending_tokens = 0, 0, [], 0
+    for prot in read_proteins(embed.fasta, on_invalid=embed.on_invalid, skipped=skipped):
         if limit is not None and pidx >= limit:
             break
         pending.append(prot)
         pending_tokens += len(prot.sequence)
         pidx += 1
-        bar.update(1)
         if pending_tokens >= embed.shard_tokens:
-            flush()
-            pending, pending_tokens = [], 0
-    flush()
+            yield i, pending, pidx - len(pending), [f"{a}: {b}" for a, b in skipped]
+            skipped.clear()
+            i, pending, pending_tokens = i + 1, [], 0
+    if pending:
+        yield i, pending, pidx - len(pending), [f"{a}: {b}" for a, b in skipped]
+        skipped.clear()
+    yield -1, [], pidx, [f"{a}: {b}" for a, b in skipped]
+
+
+def _shard_done(out: Path, i: int, man: dict, first: int, n: int) -> bool:
+    """Shard i is finished with exactly the planned proteins. A shard that holds others (the last
+    shard of a run cut short by --max-proteins, now extended) is removed, to be written again."""
+    d = out / f"shard_{i:05d}"
+    if not d.is_dir():
+        return False
+    if (d / SHARD_META).exists():
+        meta = json.loads((d / SHARD_META).read_text())
+    else:  # a store written before the sidecar existed: the manifest lists its finished shards
+        meta = next((e for e in man["shards"] if e["name"] == d.name), {})
+    if (meta.get("first_protein"), meta.get("n_proteins")) == (first, n):
+        return True
+    shutil.rmtree(d)
+    return False
+
+
+def _embed_shards(out: Path, man: dict, embed: EmbedConfig, plm: ProteinLM, hooks: list[Hook], progress: bool,
+                  rank: int = 0, world: int = 1) -> list[str]:
+    """Embed this rank's unfinished shards (i mod world == rank), each written whole with its
+    sidecar. One process also refreshes the manifest after every shard (what the app's progress
+    reads). Returns the records skipped after the last shard."""
+    limit = embed.max_proteins or None
+    bar = tqdm(total=limit, unit="prot", desc="embed" if world == 1 else f"embed rank {rank}", disable=not progress)
+    trailing: list[str] = []
+    written: list[int] = []
+    for i, prots, first, skipped in _shard_plan(embed):
+        if i < 0:
+            trailing = skipped
+            break
+        bar.update(len(prots))
+        if i % world != rank or _shard_done(out, i, man, first, len(prots)):
+            continue
+        _write_shard(out, i, prots, first, plm, hooks, embed, skipped)
+        written.append(i)
+        if world == 1:
+            _collect_manifest(out, man, [])
+            save_json(man, out / MANIFEST)
     bar.close()
-    man["n_skipped"] += len(skipped)  # invalid records after the last shard
-    return all_skipped + skipped
+    if world > 1:
+        print(f"[embed] rank {rank}/{world}: wrote shards {written}", file=sys.stderr, flush=True)
+    return trailing
+
+
+def _collect_manifest(out: Path, man: dict, trailing: list[str]) -> list[str]:
+    """The manifest's shard list and counts from the finished shards' sidecars (in shard order);
+    returns every skipped-record note."""
+    old = {e["name"]: e for e in man["shards"]}
+    if old and "legacy_skipped" not in man and not all((out / n / SHARD_META).exists() for n in old):
+        # a store begun before shards carried sidecars: its skipped count so far stays as counted
+        man["legacy_skipped"] = [man["n_skipped"], list(man["skipped_examples"])]
+    n_skipped, notes = man.get("legacy_skipped", [0, []])
+    entries, notes = [], list(notes)
+    for d in sorted(p for p in out.glob("shard_*") if p.is_dir() and not p.name.endswith(".tmp")):
+        if (d / SHARD_META).exists():
+            meta = json.loads((d / SHARD_META).read_text())
+            notes += meta.pop("skipped_examples")
+            n_skipped += meta.pop("n_skipped")
+            entries.append(meta)
+        elif d.name in old:  # a store written before the sidecar existed
+            entries.append(old[d.name])
+    man["shards"] = entries
+    man["n_proteins"] = sum(e["n_proteins"] for e in entries)
+    man["n_tokens"] = sum(e["n_tokens"] for e in entries)
+    man["n_skipped"] = n_skipped + len(trailing)
+    man["skipped_examples"] = (notes + trailing)[:20]
+    return notes + trailing
 
 
 def _check_resume(man: dict, embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, provenance: dict) -> None:
@@ -166,7 +245,8 @@ def _check_resume(man: dict, embed: EmbedConfig, model: ModelConfig, hooks: Hook
         )
 
 
-def _write_shard(out: Path, i: int, prots: list[Protein], first_pidx: int, plm: ProteinLM, hooks: list[Hook], embed: EmbedConfig, man: dict) -> None:
+def _write_shard(out: Path, i: int, prots: list[Protein], first_pidx: int, plm: ProteinLM, hooks: list[Hook], embed: EmbedConfig,
+                 skipped: list[str]) -> None:
     name = f"shard_{i:05d}"
     tmp = out / (name + ".tmp")
     tmp.mkdir()
@@ -208,16 +288,14 @@ def _write_shard(out: Path, i: int, prots: list[Protein], first_pidx: int, plm: 
         np.save(tmp / "position.npy", position)
         np.save(tmp / "heldout.npy", heldout)
         pd.DataFrame(rows).to_parquet(tmp / "proteins.parquet", index=False)
+        # the shard's manifest entry travels with it: rank 0 assembles the manifest from these
+        save_json({"name": name, "n_tokens": int(n_tok), "n_train_tokens": int((~heldout).sum()),
+                   "n_heldout_tokens": int(heldout.sum()), "first_protein": int(first_pidx), "n_proteins": len(prots),
+                   "n_skipped": len(skipped), "skipped_examples": skipped[:20]}, tmp / SHARD_META)
         os.replace(tmp, out / name)
     except OSError as e:  # a full disk: drop the half shard, keep the finished ones, say so
         shutil.rmtree(tmp, ignore_errors=True)
         raise explain(out / name, e, "activation shard") from e
-    man["shards"].append({
-        "name": name, "n_tokens": int(n_tok), "n_train_tokens": int((~heldout).sum()),
-        "n_heldout_tokens": int(heldout.sum()), "first_protein": int(first_pidx), "n_proteins": len(prots),
-    })
-    man["n_proteins"] += len(prots)
-    man["n_tokens"] += int(n_tok)
 
 
 def store_from_npy(npy_dir: str | os.PathLike, out: str | os.PathLike, layer: int, site: str = "resid", model: str = "",
