@@ -276,6 +276,8 @@ class TrainConfig:
     seed: int = opt(0, "Random seed (initialisation and data order)")
     threads: int = opt(0, "Torch CPU threads (0 = torch default)", label="CPU threads", zero="auto")
     device: str = opt("auto", "Device for the SAEs and batches: auto (CUDA when present), cpu, cuda, cuda:N; checkpoints load on CPU", ui=False)
+    parallel: str = opt("data", "Under torchrun: data = DDP over one global batch (batch_size is global, split over ranks); "
+                        "layers = each rank trains whole layers, no communication, bit-identical to one process", choices=("data", "layers"), ui=False)
     use_wandb: bool = opt(False, "Also log to Weights & Biases (imported only when set)", label="Log to Weights & Biases")
     wandb_project: str = opt("esmsae", "Weights & Biases project", label="W&B project")
 

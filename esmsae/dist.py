@@ -88,7 +88,13 @@ def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if initialized():
         import torch.distributed as dist
 
-        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+        op_ = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":  # NCCL reduces CUDA tensors only
+            g = t.cuda()
+            dist.all_reduce(g, op=op_)
+            t.copy_(g.cpu())
+        else:
+            dist.all_reduce(t, op=op_)
     return t
 
 

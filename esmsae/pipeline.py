@@ -16,7 +16,7 @@ SKIPS: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {"sae": (), "train": ()},
     "evaluate": {"eval": ()},
     # one --device (ModelConfig's) feeds every section: from_args reads ns.device for train and eval too
-    "pipeline": {"model": (), "hook": (), "embed": ("store",), "sae": (), "train": ("store", "out", "layers", "device"), "eval": ("seed", "device")},
+    "pipeline": {"model": (), "hook": (), "embed": ("store",), "sae": (), "train": ("store", "out", "layers", "device", "parallel"), "eval": ("seed", "device")},
     "index": {"index": ()},
 }
 

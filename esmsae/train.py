@@ -28,6 +28,7 @@ from .atomic import write_atomic, write_text_atomic
 from .checkpoint import save_sae
 from .config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, resolve_device, save_json
 from .sae import SAE, default_lr
+from .dist import World, process_group
 from .store import ActivationStore
 
 STATE = "state.pt"
@@ -110,15 +111,16 @@ def lr_at(step: int, tcfg: TrainConfig, base_lr: float) -> float:
 
 
 def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_mask_F: torch.Tensor | None = None,
-               l1_coef: float | None = None, lr: float | None = None):
+               l1_coef: float | None = None, lr: float | None = None, forward=None):
     """One optimisation step of an SAE (the one copy: the trainer, the tests and the benches):
     forward, backward, remove the gradient component along each decoder row (it would only
     change the row's norm), Adam, re-normalise the decoder rows to unit norm. Returns the
-    forward output (losses, latents)."""
+    forward output (losses, latents). ``forward``: the DDP wrapper of ``sae`` under torchrun,
+    whose backward averages the gradients over ranks."""
     if lr is not None:
         for g in opt.param_groups:
             g["lr"] = lr
-    o = sae(x_BD, dead_mask_F=dead_mask_F, l1_coef=l1_coef)
+    o = (forward or sae)(x_BD, dead_mask_F=dead_mask_F, l1_coef=l1_coef)
     opt.zero_grad(set_to_none=True)
     o.loss.backward()
     sae.remove_gradient_parallel_to_decoder()
@@ -129,7 +131,7 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_ma
 
 def _resumable(train_cfg: dict) -> dict:
     """The settings a resume must match: where it runs (device, threads) may change."""
-    return {k: v for k, v in train_cfg.items() if k not in ("device", "threads")}
+    return {k: v for k, v in train_cfg.items() if k not in ("device", "threads", "parallel")}
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -162,7 +164,8 @@ def sae_meta(store: ActivationStore, layer: int, tcfg: TrainConfig, step: int, t
             "tokens_trained": tokens,
             "steps": step,
         },
-        "train": asdict(tcfg),
+        # how it ran (parallel) is left out: a layer-parallel checkpoint is the one-process one, byte for byte
+        "train": {k: v for k, v in asdict(tcfg).items() if k != "parallel"},
     }
 
 
@@ -170,13 +173,14 @@ class _Run:
     """One training run: the SAEs of its layers, their optimisers, dead-latent counters, the data
     order and the step; what a checkpoint saves and a resume restores."""
 
-    def __init__(self, tcfg: TrainConfig, scfg: SAEConfig):
+    def __init__(self, tcfg: TrainConfig, scfg: SAEConfig, w: World | None = None):
         if not tcfg.out:
             raise TrainError("TrainConfig.out: no run folder given")
+        self.w = w = w or World()
         self.store = store = ActivationStore(tcfg.store)
-        self.layers = tcfg.layers or store.layers
-        self.names = [hook_name(layer, store.site) for layer in self.layers]
-        for n in self.names:
+        all_layers = tcfg.layers or store.layers
+        all_names = [hook_name(layer, store.site) for layer in all_layers]
+        for n in all_names:
             store.check_hook(n)
         if scfg.d_in and scfg.d_in != store.d_in:
             raise TrainError(f"SAEConfig.d_in is {scfg.d_in} but the store's activations have width {store.d_in}")
@@ -184,27 +188,63 @@ class _Run:
         if scfg.architecture not in TRAINABLE_ARCHITECTURES:
             raise TrainError(f"SAEConfig.architecture {scfg.architecture!r} can be imported (python -m esmsae import), not trained; "
                              f"train one of {list(TRAINABLE_ARCHITECTURES)}")
+        # under torchrun: "layers" gives rank r the layers r, r + W, ... (sparsify's
+        # --distribute_modules, without the all-gather: activations are cached); "data" splits
+        # every global batch over the ranks (DDP)
+        self.layer_parallel = w.distributed and tcfg.parallel == "layers"
+        self.data_parallel = w.distributed and tcfg.parallel == "data"
+        if self.data_parallel and tcfg.batch_size % w.size:
+            raise TrainError(f"TrainConfig.batch_size {tcfg.batch_size} is the global batch and must be divisible by the {w.size} ranks")
+        mine = list(range(w.rank, len(all_names), w.size)) if self.layer_parallel else list(range(len(all_names)))
+        self.layers = [all_layers[j] for j in mine]
+        self.names = [all_names[j] for j in mine]
         self.tcfg, self.scfg = tcfg, scfg
         self.out = Path(tcfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         self.base_lr = tcfg.lr or default_lr(scfg.n_latents)
-        self.device = torch.device(resolve_device(tcfg.device))
+        self.device = torch.device(w.device(resolve_device(tcfg.device)))
         torch.manual_seed(tcfg.seed)
-        # built on the CPU from the seed (the same initial weights on every device), then moved
-        self.saes = {n: SAE(scfg, store.d_in, seed=tcfg.seed + j).to(self.device) for j, n in enumerate(self.names)}
+        # built on the CPU from the seed (the same initial weights on every device and rank:
+        # the seed follows the layer's place in the whole run, not in this rank's share), then moved
+        self.saes = {all_names[j]: SAE(scfg, store.d_in, seed=tcfg.seed + j).to(self.device) for j in mine}
         # fused=True: one kernel over each parameter instead of a chain of foreach ops with
         # F x D temporaries; 8x faster Adam at d_in 960 x 16,384 latents on this CPU (same maths).
         self.opts = {n: torch.optim.Adam(s.parameters(), lr=self.base_lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
                      for n, s in self.saes.items()}
         self.since_fired = {n: torch.zeros(scfg.n_latents, dtype=torch.long, device=self.device) for n in self.names}
-        self.loader = ShardBatches(store, self.names, tcfg.batch_size, tcfg.buffer_shards, tcfg.seed)
+        self.loader = ShardBatches(store, self.names, tcfg.batch_size, tcfg.buffer_shards, tcfg.seed) if self.names else None
+        self.forwards: dict[str, Any] = {}
         self.step = 0
+        suffix = f".rank{w.rank}-of-{w.size}" if self.layer_parallel else ""
+        self.state_path = self.out / f"state{suffix}.pt"
+        self.metrics_path = self.out / (f"metrics{suffix}.jsonl" if self.layer_parallel and not w.main else METRICS)
+        # rank 0 writes what one process writes; in layer mode every rank writes its own layers
+        self.writes = w.main or self.layer_parallel
+
+    def wrap_ddp(self) -> None:
+        """Data-parallel: wrap each SAE in DDP (gradients averaged over ranks in backward) and let
+        its batch statistics (AuxK normaliser, BatchTopK threshold) come from the global batch."""
+        from functools import partial
+
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from .dist import all_gather_cat, all_reduce_
+
+        for n, s in self.saes.items():
+            s.dist_reduce, s.dist_gather = partial(all_reduce_, op="sum"), all_gather_cat
+            # buffers (normalisation, BatchTopK threshold) are equal on every rank by construction
+            self.forwards[n] = DDP(s, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False)
 
     def resume_or_start(self) -> None:
-        """Restore the state of an interrupted run, or fit the normalisation of a new one."""
-        state_path, cfg_path = self.out / STATE, self.out / "train_cfg.json"
+        """Restore the state of an interrupted run, or fit the normalisation of a new one. Under
+        data parallelism every rank loads the same state.pt (rank 0 wrote it)."""
+        state_path, cfg_path = self.state_path, self.out / "train_cfg.json"
+        if self.w.distributed:
+            from .dist import barrier
+
+            barrier()  # every rank sees the same files
         if state_path.exists():
             st = torch.load(state_path, map_location="cpu", weights_only=False)
             if _resumable(st["train"]) != _resumable(asdict(self.tcfg)) or st["sae"] != asdict(self.scfg):
@@ -215,15 +255,21 @@ class _Run:
                 self.opts[n].load_state_dict(st["opts"][n])
                 self.since_fired[n] = st["since_fired"][n].to(self.device)
             self.step = st["step"]
-            self.loader.pos = tuple(st["loader_pos"])
-            _rewrite_metrics(self.out / METRICS, self.step)
+            if self.loader is not None:
+                self.loader.pos = tuple(st["loader_pos"])
+            if self.writes:
+                _rewrite_metrics(self.metrics_path, self.step)
         else:
-            save_json({"train": asdict(self.tcfg), "sae": asdict(self.scfg)}, cfg_path)
+            if self.w.main:
+                save_json({"train": asdict(self.tcfg), "sae": asdict(self.scfg)}, cfg_path)
             for n, s in self.saes.items():
                 s.fit_normalization(torch.as_tensor(self.store.sample(n, 65_536, seed=self.tcfg.seed)).to(self.device))
-            (self.out / METRICS).unlink(missing_ok=True)
+            if self.writes:
+                self.metrics_path.unlink(missing_ok=True)
 
     def checkpoint(self) -> None:
+        if not self.writes:
+            return
         tokens = self.step * self.tcfg.batch_size
         for layer, n in zip(self.layers, self.names):
             save_sae(self.saes[n], self.out / n, sae_meta(self.store, layer, self.tcfg, self.step, tokens))
@@ -232,7 +278,7 @@ class _Run:
             "saes": {n: s.state_dict() for n, s in self.saes.items()},
             "opts": {n: o.state_dict() for n, o in self.opts.items()},
             "since_fired": self.since_fired, "esmsae_version": __version__,
-        }, self.out / STATE)
+        }, self.state_path)
 
     def step_all(self, batch: dict[str, torch.Tensor], acc: dict[str, dict[str, float]]) -> float:
         """One optimisation step of every layer's SAE on its batch; running sums go to ``acc``."""
@@ -240,8 +286,13 @@ class _Run:
         lr = lr_at(self.step, self.tcfg, self.base_lr)
         l1c = scfg.l1_coef * min(1.0, (self.step + 1) / max(1, self.tcfg.l1_warmup_steps))
         for n in self.names:
-            sae, x = self.saes[n], batch[n].to(self.device, non_blocking=True)
-            o = train_step(sae, self.opts[n], x, dead_mask_F=self.since_fired[n] >= scfg.dead_tokens, l1_coef=l1c, lr=lr)
+            x = batch[n]
+            if self.data_parallel:  # this rank's rows of the global batch
+                b = x.shape[0] // self.w.size
+                x = x[self.w.rank * b:(self.w.rank + 1) * b]
+            sae, x = self.saes[n], x.to(self.device, non_blocking=True)
+            o = train_step(sae, self.opts[n], x, dead_mask_F=self.since_fired[n] >= scfg.dead_tokens, l1_coef=l1c, lr=lr,
+                           forward=self.forwards.get(n))
             with torch.no_grad():
                 if scfg.architecture == "relu":
                     active_BF = sae.pre_acts(sae.normalize(x)[0]) > 0
@@ -252,7 +303,13 @@ class _Run:
                     fired = torch.zeros(scfg.n_latents, dtype=torch.bool, device=self.device)
                     fired[o.idx_BK[live]] = True
                     l0 = float(live.float().sum(-1).mean())
-                self.since_fired[n] += x.shape[0]
+                if self.data_parallel:
+                    # dead-latent bookkeeping over the global batch: fired on any rank, B global
+                    # tokens (per-rank counts are sparsify's open bug #119)
+                    from .dist import all_reduce_
+
+                    fired = all_reduce_(fired.to(torch.int32), op="max").bool()
+                self.since_fired[n] += self.tcfg.batch_size
                 self.since_fired[n][fired] = 0
             a = acc[n]
             for key, val in (("loss", o.loss), ("mse", o.mse), ("fvu", o.fvu), ("auxk", o.auxk_loss), ("l1", o.l1_loss)):
@@ -263,10 +320,17 @@ class _Run:
         return lr
 
     def metric_rows(self, acc: dict[str, dict[str, float]], lr: float, tokens_per_s: float) -> list[dict[str, Any]]:
-        """The means since the last log row, one row per SAE (``acc`` is emptied)."""
+        """The means since the last log row, one row per SAE (``acc`` is emptied). Data-parallel:
+        the mean over ranks of each rank's means (collective: every rank calls this)."""
         rows = []
         for n in self.names:
             a = acc[n]
+            if self.data_parallel and a:
+                from .dist import all_reduce_
+
+                keys = sorted(k for k in a if k != "n")
+                v = all_reduce_(torch.tensor([a[k] for k in keys], dtype=torch.float64), op="sum") / self.w.size
+                a.update({k: float(x) for k, x in zip(keys, v)})
             cnt = max(1, a.pop("n", 1))
             row = {"step": self.step, "tokens": self.step * self.tcfg.batch_size, "sae": n, "lr": lr, "tokens_per_s": tokens_per_s}
             row.update({k: v / cnt for k, v in a.items()})
@@ -285,10 +349,20 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
     (so a cancel before the first periodic checkpoint loses nothing) and raises
     :class:`TrainInterrupted`.
     """
-    run = _Run(tcfg, scfg)
+    with process_group(resolve_device(tcfg.device)) as w:
+        return _train(tcfg, scfg, w, progress, stop_after_steps, should_stop)
+
+
+def _train(tcfg: TrainConfig, scfg: SAEConfig, w: World, progress: bool, stop_after_steps: int | None,
+           should_stop: Callable[[], bool] | None) -> list[Path]:
+    run = _Run(tcfg, scfg, w)
     run.resume_or_start()
+    if run.data_parallel:
+        run.wrap_ddp()
+    if not run.names:  # layer-parallel with more ranks than layers: nothing for this rank
+        return []
     wandb_run = None
-    if tcfg.use_wandb:
+    if tcfg.use_wandb and w.main:
         import wandb  # optional dependency, imported only when asked for
 
         wandb_run = wandb.init(project=tcfg.wandb_project, config={"train": asdict(tcfg), "sae": asdict(run.scfg)}, resume="allow",
@@ -296,11 +370,12 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
     total = tcfg.total_steps
     for s in run.saes.values():
         s.train()
-    bar = tqdm(total=total, initial=run.step, unit="step", desc="train", disable=not progress)
+    bar = tqdm(total=total, initial=run.step, unit="step", desc="train" if not w.distributed else f"train rank {w.rank}",
+               disable=not progress or not run.writes)
     it = iter(run.loader)
     acc: dict[str, dict[str, float]] = {n: {} for n in run.names}
     t_last, tok_last = time.perf_counter(), run.step * tcfg.batch_size
-    metrics_f = open(run.out / METRICS, "a")
+    metrics_f = open(run.metrics_path, "a") if run.writes else None
     try:
         while run.step < total:
             lr = run.step_all(next(it), acc)
@@ -310,8 +385,9 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
                 now, tokens = time.perf_counter(), step * tcfg.batch_size
                 rows = run.metric_rows(acc, lr, (tokens - tok_last) / max(now - t_last, 1e-9))
                 t_last, tok_last = now, tokens
-                metrics_f.write("".join(json.dumps(r) + "\n" for r in rows))
-                metrics_f.flush()
+                if metrics_f is not None:
+                    metrics_f.write("".join(json.dumps(r) + "\n" for r in rows))
+                    metrics_f.flush()
                 bar.set_postfix(fvu=f"{rows[0]['fvu']:.3f}", l0=f"{rows[0]['l0']:.1f}", dead=f"{rows[0]['dead_frac']:.2f}")
                 if wandb_run is not None:
                     for r in rows:
@@ -322,29 +398,43 @@ def train(tcfg: TrainConfig, scfg: SAEConfig, progress: bool = True, stop_after_
                 if step % tcfg.checkpoint_every != 0:
                     run.checkpoint()
                 break
-            if should_stop is not None and step < total and should_stop():
+            # one rank decides for all (a stop seen by some ranks only would hang the others)
+            if should_stop is not None and step < total and _all_agree(should_stop(), run):
                 if step % tcfg.checkpoint_every != 0:
                     run.checkpoint()
                 raise TrainInterrupted(f"training stopped at step {step} of {total}, checkpoint written; rerun to resume")
     finally:
-        metrics_f.close()
+        if metrics_f is not None:
+            metrics_f.close()
         bar.close()
         if wandb_run is not None:
             wandb_run.finish()
     return [run.out / n for n in run.names]
 
 
+def _all_agree(flag: bool, run: _Run) -> bool:
+    if not run.data_parallel:
+        return flag
+    from .dist import broadcast_object
+
+    return bool(broadcast_object(flag))
+
+
 def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
-    p = Path(run) / METRICS
-    if not p.exists():
-        return []
+    """metrics.jsonl, plus the other ranks' files of a layer-parallel run (metrics.rankR-of-W.jsonl)."""
+    paths = [Path(run) / METRICS] + sorted(Path(run).glob("metrics.rank*.jsonl"))
     rows = []
-    for ln in p.read_text().splitlines():
-        if ln.strip():
-            try:
-                rows.append(json.loads(ln))
-            except json.JSONDecodeError:  # a line being written right now
-                pass
+    for p in paths:
+        if not p.exists():
+            continue
+        for ln in p.read_text().splitlines():
+            if ln.strip():
+                try:
+                    rows.append(json.loads(ln))
+                except json.JSONDecodeError:  # a line being written right now
+                    pass
+    if len(paths) > 1:
+        rows.sort(key=lambda r: r.get("step", 0))
     return rows
 
 

@@ -82,3 +82,92 @@ def test_two_rank_store_is_the_one_process_store(tmp_path, esm2_dir, mgen_fasta)
     (mixed / "shard_00001").rename(mixed / "shard_00001.tmp")  # a crash mid-shard leaves a .tmp folder
     run1(*_embed_args(mgen_fasta, esm2_dir, mixed))
     _same_store(one, mixed)
+
+
+def _params(run: Path, name: str = "L4_resid") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / name / "sae.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def _train_args(store: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--store", str(store), "--out", str(out), "--layers", "4", "--batch-size", "256", "--token-budget", str(256 * 30),
+            "--warmup-steps", "5", "--log-every", "10", "--checkpoint-every", "1000", "--device", "cpu", "--threads", "1", *extra]
+
+
+def test_ddp_matches_one_process_with_auxk_active(tmp_path, small_store):
+    """DDP on 2 gloo ranks over one global batch of 256 equals one process to fp32 rounding, with
+    AuxK active (dead after 512 tokens: most of 1,024 latents are dead early). The per-rank AuxK
+    normaliser (ESMSAE_DDP_LOCAL_NORMALISER=1, what a plain DDP wrap of the loss gives) drifts
+    beyond the bound, so the test can tell the two apart."""
+    sae = ["--n-latents", "1024", "--k", "8", "--dead-tokens", "512", "--auxk-coef", "0.5"]
+    run1(*_train_args(small_store, tmp_path / "one", *sae))
+    r = run2(*_train_args(small_store, tmp_path / "two", *sae))
+    run2(*_train_args(small_store, tmp_path / "local", *sae), env={"ESMSAE_DDP_LOCAL_NORMALISER": "1"})
+    one, two, local = (_params(tmp_path / x) for x in ("one", "two", "local"))
+    good, bad = _max_diff(one, two), _max_diff(one, local)
+    print(f"DDP vs one process: {good:.2e}; per-rank normaliser: {bad:.2e}")
+    assert good < 1e-5, good
+    assert bad > 1e-5 and bad > 20 * good, (good, bad)
+    rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows] == [10, 20, 30] and all(x["auxk"] > 0 for x in rows)
+    assert not list((tmp_path / "two").glob("metrics.rank*"))  # rank 0 alone writes
+
+
+@pytest.mark.parametrize("arch", ["relu", "batchtopk"])
+def test_ddp_matches_one_process_relu_and_batchtopk(tmp_path, small_store, arch):
+    """ReLU+L1 and BatchTopK (its threshold from the global batch: each rank offers its local top
+    k x B_global values) under DDP equal one process to fp32 rounding."""
+    sae = ["--architecture", arch, "--n-latents", "512", "--k", "8"]
+    run1(*_train_args(small_store, tmp_path / "one", *sae))
+    run2(*_train_args(small_store, tmp_path / "two", *sae))
+    d = _max_diff(_params(tmp_path / "one"), _params(tmp_path / "two"))
+    assert d < 1e-5, d
+
+
+def test_layer_parallel_is_bit_identical(tmp_path, small_store):
+    """--parallel layers on 2 ranks: rank r trains layer r; each sae.safetensors is byte-identical
+    to the one-process run over both layers, cfg.json equal but for the run folder, and the
+    metrics of both layers are read back."""
+    from esmsae.train import read_metrics
+
+    args = ["--n-latents", "256", "--k", "8"]
+    both = [a if a != "4" else "2,4" for a in _train_args(small_store, tmp_path / "one", *args)]
+    run1(*both)
+    par = [a if a != "4" else "2,4" for a in _train_args(small_store, tmp_path / "two", *args, "--parallel", "layers")]
+    run2(*par)
+    for name in ("L2_resid", "L4_resid"):
+        assert filecmp.cmp(tmp_path / "one" / name / "sae.safetensors", tmp_path / "two" / name / "sae.safetensors", shallow=False), name
+        ca, cb = (json.loads((tmp_path / x / name / "cfg.json").read_text()) for x in ("one", "two"))
+        assert ca["train"].pop("out") != cb["train"].pop("out") and ca == cb  # only the run folder differs
+    rows = read_metrics(tmp_path / "two")
+    assert sorted({r["sae"] for r in rows}) == ["L2_resid", "L4_resid"] and len(rows) == len(read_metrics(tmp_path / "one"))
+
+
+def test_ddp_resume_is_exact(tmp_path, small_store):
+    """A DDP run stopped at step 12 (checkpoint written by rank 0) and resumed by 2 ranks ends
+    with the same weights, bit for bit, as the uninterrupted DDP run."""
+    script = str(ROOT / "tests" / "dist_train_script.py")
+
+    def cfg(out):
+        return json.dumps({"train": {"store": str(small_store), "out": str(out), "layers": [4], "batch_size": 256, "token_budget": 256 * 24,
+                                     "warmup_steps": 5, "checkpoint_every": 1000, "log_every": 6, "device": "cpu", "threads": 1},
+                           "sae": {"n_latents": 512, "k": 8, "dead_tokens": 512}})
+
+    def torchrun(*a):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", script, *a],
+                           capture_output=True, text=True, env=_env(), timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    torchrun(cfg(tmp_path / "full"))
+    torchrun(cfg(tmp_path / "cut"), "12")
+    assert torch.load(tmp_path / "cut" / "state.pt", weights_only=False)["step"] == 12
+    torchrun(cfg(tmp_path / "cut"))
+    assert _max_diff(_params(tmp_path / "full"), _params(tmp_path / "cut")) == 0.0
+    rows = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [6, 12, 18, 24]
