@@ -55,6 +55,7 @@ bench: venv
 	$(BIN)/python bench/app_queries.py
 	$(BIN)/python bench/inspector_latency.py
 	$(BIN)/python bench/lm_amp.py
+	$(BIN)/python bench/distributed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .npm static/3Dmol-min.js
