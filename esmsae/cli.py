@@ -283,7 +283,11 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from .index.build import build_index
 
         path = build_index(cfg["index"])
+        from .dist import world
         from .explore import FeatureIndex
+
+        if not world().main:  # under torchrun rank 0 wrote the index and reports it
+            return 0
 
         rep = FeatureIndex(path).meta.get("collect") or {}
         if rep.get("duplicate_sequences"):

@@ -171,3 +171,46 @@ def test_ddp_resume_is_exact(tmp_path, small_store):
     assert _max_diff(_params(tmp_path / "full"), _params(tmp_path / "cut")) == 0.0
     rows = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert rows == [6, 12, 18, 24]
+
+
+TABLE_KEYS = {  # the order rows are compared in (the tables' content, not their physical order)
+    "proteins": "pidx", "features": "feature", "feature_hist": "feature, bin_lo", "top_examples": "feature, rank",
+    "quantile_examples": "feature, bin, max_act DESC, pidx", "structure_tracks": "pidx, feature", "concepts": "concept",
+    "concept_f1": "feature, concept", "groups": "grouping, grp", "group_usage": "grouping, grp, feature",
+}
+
+
+def test_two_rank_index_equals_one_process(tmp_path, tiny_sae, mgen_full, shared):
+    """The 2-rank index equals the one-process index table for table: labelled proteins (UniProt),
+    a grouping file, a small batch budget (many batches dealt to the ranks). Integers, strings and
+    example tracks exactly; floats to 1e-9 relative (float64 sums in another order)."""
+    import duckdb
+    import pandas as pd
+
+    from esmsae.fasta import read_fasta
+
+    groups = tmp_path / "half.tsv"
+    ids = [h.split()[0] for h, _ in read_fasta(mgen_full)]
+    groups.write_text("id\tgroup\n" + "".join(f"{pid}\t{'A' if i % 3 == 0 else 'B'}\n" for i, pid in enumerate(ids)))
+    args = ["index", "--sae", str(tiny_sae), "--fasta", str(mgen_full), "--concepts", str(shared), "--groups", str(groups),
+            "--top-n", "5", "--umap", "false", "--batch-tokens", "2048", "--device", "cpu", "--threads", "1"]
+    run1(*args, "--out", str(tmp_path / "one.duckdb"))
+    r = run2(*args, "--out", str(tmp_path / "two.duckdb"))
+    assert "index:" in r.stdout and not (tmp_path / "two.duckdb.parts").exists()
+    a, b = (duckdb.connect(str(tmp_path / f), read_only=True) for f in ("one.duckdb", "two.duckdb"))
+    assert json.loads(b.execute("SELECT value FROM meta WHERE key = 'world_size'").fetchall()[0][0]) == 2
+    for table, order in TABLE_KEYS.items():
+        da, db = (c.execute(f"SELECT * FROM {table} ORDER BY {order}").df() for c in (a, b))
+        assert len(da) == len(db) > 0 or table == "structure_tracks", table
+        assert list(da.columns) == list(db.columns), table
+        for col in da.columns:
+            x, y = da[col], db[col]
+            if pd.api.types.is_float_dtype(x):
+                np.testing.assert_allclose(x.to_numpy(), y.to_numpy(), rtol=1e-9, atol=0, equal_nan=True, err_msg=f"{table}.{col}")
+            elif x.dtype == object and len(x) and isinstance(x.iloc[0], (list, np.ndarray)):
+                assert all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in zip(x, y)), f"{table}.{col}"
+            else:
+                assert x.tolist() == y.tolist(), f"{table}.{col}"
+    for k in ("n_proteins", "n_residues"):
+        q = f"SELECT value FROM meta WHERE key = '{k}'"
+        assert a.execute(q).fetchall() == b.execute(q).fetchall()

@@ -2,8 +2,8 @@
 
 Memory is bounded by (features x examples kept) and (features x groups), never by the
 number of proteins: per-feature statistics are running sums, top examples are a
-running top-N, quantile examples come from a uniform reservoir per feature (Vitter's
-Algorithm R), and the sparse codes of *labelled* proteins go to a temporary CSR file
+running top-N (ties: lower protein index first), quantile examples come from a uniform
+sample per feature (the R smallest keyed hashes, independent of processing order), and the sparse codes of *labelled* proteins go to a temporary CSR file
 on disk so the concept pass can run once the feature maxima are known (InterPLM
 normalises each feature by its max before thresholding, Simon & Zou 2024).
 
@@ -34,6 +34,7 @@ from ..atomic import explain
 from ..checkpoint import WEIGHTS, check_compatible, load_sae, model_config_of
 from ..concepts import load_all
 from ..config import DENSE_FREQ, IndexConfig, auto_batch_tokens, resolve_device
+from ..dist import World, barrier, process_group
 from ..checkpoint import hook_of, read_eval
 from ..fasta import SequenceError
 from ..plm import ProteinLM, load_plm
@@ -135,18 +136,38 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
 
     Phases: set-up (model, SAE, protein set), the streaming pass, then the feature, concept and
     group tables from what it accumulated, the example tables, and the meta table; all into
-    ``<out>.tmp``, renamed over ``out`` at the end."""
+    ``<out>.tmp``, renamed over ``out`` at the end.
+
+    Under ``torchrun`` the batches of the one-process plan (length-sorted) are dealt out whole,
+    batch b to rank b mod W, so every protein is embedded in the same padded batch as in one
+    process; counts and histograms are all-reduced (sums, maxima), concept counts are taken
+    after the global maxima, and each rank's top and sampled examples (with their tracks) and
+    protein rows go through ``<out>.parts/`` to rank 0, the one writer of the ``.duckdb``."""
+    with process_group(resolve_device(cfg.device)) as w:
+        return _build(cfg, plm, items, progress, report, w)
+
+
+def _build(cfg: IndexConfig, plm, items, progress: bool, report, w: World) -> Path:
     t0 = time.time()
     out = Path(cfg.out)
-    sae, meta, plm, hook, items, report = _set_up(cfg, plm, items, report)
+    sae, meta, plm, hook, items, report = _set_up(cfg, plm, items, report, w)
     layout = Layout.of(items, cfg.length_bins)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = out.with_name(out.name + ".parts")
+    if w.main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(parts, ignore_errors=True)
+        if w.distributed:
+            parts.mkdir()
+    barrier()
     tmp_db = out.with_name(out.name + ".tmp")
-    for p in (tmp_db, Path(str(tmp_db) + ".wal")):
-        p.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp_db))
+    if w.main:
+        for p in (tmp_db, Path(str(tmp_db) + ".wal")):
+            p.unlink(missing_ok=True)
+    # rank 0 builds the index file; the other ranks keep their protein rows in memory for the merge
+    con = duckdb.connect(str(tmp_db) if w.main else ":memory:")
     con.execute(f"CREATE TABLE proteins ({SCHEMA['proteins']})")
-    _sweep_stale_scratch(out.parent)
+    if w.main:
+        _sweep_stale_scratch(out.parent)
     scratch = Path(tempfile.mkdtemp(prefix=f"esmsae_index_{os.getpid()}_", dir=out.parent))
     csr = CSRWriter(scratch)
     spill = TrackSpill(scratch)
@@ -155,15 +176,21 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         # is freed when the handles close, even after a kill -9 (no scratch folder is left behind)
         shutil.rmtree(scratch, ignore_errors=True)
     try:
-        st = _stream(cfg, plm, sae, hook, items, layout, con, csr, spill, progress)
+        st = _stream(cfg, plm, sae, hook, items, layout, con, csr, spill, progress, w)
+        halves = _concept_halves(csr, items, layout, st, w)
+        if w.distributed:
+            _merge_ranks(st, con, spill, parts, w)
+        if not w.main:
+            con.close()
+            return out
         n_done = int(con.execute("SELECT count(*) FROM proteins").fetchall()[0][0])
-        concepts_df, f1_df, best, aa = _concept_frames(csr, items, layout, st)
+        concepts_df, f1_df, best, aa = _concept_frames(halves, layout, st)
         groups_df, usage, (top_group, top_q) = _group_frames(cfg, items, layout, st)
         features = _feature_frame(cfg, sae, st, n_done, best, aa, top_group)
         features = _with_descriptions(features, items, st, top_q)
         spill.finish()
         _write_tables(con, cfg, st, spill, features, concepts_df, f1_df, groups_df, usage)
-        _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, report, t0)
+        _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, report, t0, w.size)
         con.execute("CHECKPOINT")
         con.close()
         os.replace(tmp_db, out)
@@ -172,8 +199,9 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
             con.close()
         except Exception:
             pass
-        tmp_db.unlink(missing_ok=True)
-        Path(str(tmp_db) + ".wal").unlink(missing_ok=True)
+        if w.main:
+            tmp_db.unlink(missing_ok=True)
+            Path(str(tmp_db) + ".wal").unlink(missing_ok=True)
         if isinstance(e, (OSError, duckdb.IOException)) and not isinstance(e, FileNotFoundError):
             raise explain(out, e, "feature index (the previous index, if any, is untouched)") from e
         raise
@@ -181,16 +209,66 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
         spill.fh.close()
         csr.release()
         shutil.rmtree(scratch, ignore_errors=True)
+        if w.main:
+            shutil.rmtree(parts, ignore_errors=True)
     return out
 
 
-def _set_up(cfg: IndexConfig, plm: ProteinLM | None, items: list[Item] | None, report: dict | None):
+def _reduce_stream(st: "Stream") -> None:
+    """All-reduce the running statistics in place: counts and sums add, maxima take the max.
+    Integer sums are exact; float64 sums change only in their last bits (summation order)."""
+    from ..dist import all_reduce_
+
+    arrays = [st.fire_res_F, st.fire_prot_F, st.hist_FH, st.aa_FA, st.n_res_A, st.ends_F2, st.sum_F,
+              *st.n_fire_G.values(), *st.sum_max_G.values()]
+    for a in arrays:
+        all_reduce_(torch.from_numpy(a), "sum")  # numpy and torch share the memory
+    all_reduce_(torch.from_numpy(st.max_F), "max")
+    st.n_res = int(all_reduce_(torch.tensor([st.n_res], dtype=torch.int64), "sum")[0])
+
+
+def _merge_ranks(st: "Stream", con, spill: TrackSpill, parts: Path, w: World) -> None:
+    """Every rank's kept examples (top and sampled, with tracks), protein rows, structure tracks
+    and skipped records to rank 0, through ``parts/``. The top-N and the sample are order-free
+    (see streaming), so offering the other ranks' candidates to rank 0's gives the one-process
+    result."""
+    import pickle
+
+    if not w.main:
+        spill.finish()
+        top = [(f, float(st.top.val_FN[f, slot]), pidx, *spill.get(off, n))
+               for f in range(len(st.top.items)) for slot, (pidx, off, n) in st.top.items[f].items()]
+        res = [(f, int(st.res.key_FR[f, slot]), pidx, vmax, *spill.get(off, n))
+               for f in range(len(st.res.items)) for slot, (pidx, vmax, off, n) in st.res.items[f].items()]
+        con.execute(f"COPY proteins TO '{parts / f'proteins-rank{w.rank}.parquet'}' (FORMAT parquet)")
+        tmp = parts / f"examples-rank{w.rank}.pkl.tmp"
+        with open(tmp, "wb") as fh:
+            pickle.dump({"top": [(f, v, p, np.array(a), np.array(b)) for f, v, p, a, b in top],
+                         "res": [(f, k, p, v, np.array(a), np.array(b)) for f, k, p, v, a, b in res],
+                         "struct": st.struct_rows, "skipped": st.skipped_model}, fh)
+        os.replace(tmp, parts / f"examples-rank{w.rank}.pkl")
+    barrier()
+    if not w.main:
+        return
+    for r in range(1, w.size):
+        con.execute(f"INSERT INTO proteins SELECT * FROM read_parquet('{parts / f'proteins-rank{r}.parquet'}')")
+        with open(parts / f"examples-rank{r}.pkl", "rb") as fh:
+            got = pickle.load(fh)
+        for f, val, pidx, pos, vals in got["top"]:  # float32 values carried as float64: exact
+            st.top.offer_one(f, val, pidx, lambda pos=pos, vals=vals: spill.put(pos, vals))
+        for f, key, pidx, vmax, pos, vals in got["res"]:
+            st.res.offer_one(f, np.uint64(key), pidx, vmax, lambda pos=pos, vals=vals: spill.put(pos, vals))
+        st.struct_rows.extend(got["struct"])
+        st.skipped_model.extend(got["skipped"])
+
+
+def _set_up(cfg: IndexConfig, plm: ProteinLM | None, items: list[Item] | None, report: dict | None, w: World = World()):
     """SAE, model (checked against each other), hook and the protein set."""
     if not cfg.out:
         raise IndexBuildError("IndexConfig.out: give the index file to write")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = w.device(resolve_device(cfg.device))
     sae, meta = load_sae(cfg.sae, device=device)
     if plm is None:
         mcfg = model_config_of(meta, cfg.model)
@@ -212,12 +290,33 @@ def _set_up(cfg: IndexConfig, plm: ProteinLM | None, items: list[Item] | None, r
     return sae, meta, plm, hook, items, report
 
 
-def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spill: TrackSpill, progress: bool) -> Stream:
-    """The one pass of every protein through model + SAE, in length-sorted batches (little padding)."""
+def batch_plan(items: list[Item], batch_tokens: int, max_residues: int) -> list[list[int]]:
+    """The one-process plan: proteins sorted by length (little padding), cut into batches of at
+    most ``batch_tokens`` padded tokens. Ranks take whole batches of it."""
+    plan: list[list[int]] = []
+    batch: list[int] = []
+    budget = 0
+    for i in sorted(range(len(items)), key=lambda i: len(items[i].sequence)):
+        cost = min(len(items[i].sequence) + 2, max_residues + 2)
+        if batch and (len(batch) + 1) * max(cost, budget) > batch_tokens:
+            plan.append(batch)
+            batch, budget = [], 0
+        batch.append(i)
+        budget = max(budget, cost)
+    if batch:
+        plan.append(batch)
+    return plan
+
+
+def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spill: TrackSpill, progress: bool, w: World = World()) -> Stream:
+    """The one pass of every protein (of this rank's batches) through model + SAE; under torchrun
+    the running statistics are then all-reduced, so every rank holds the global ones."""
     st = Stream.empty(sae.cfg.n_latents, cfg, layout)
     batch_tokens = cfg.batch_tokens or auto_batch_tokens(str(plm.device))
     trim = HeapTrim()
-    bar = tqdm(total=sum(len(it.sequence) for it in items), desc="index", unit="res", disable=not progress, unit_scale=True)
+    mine = batch_plan(items, batch_tokens, plm.max_residues)[w.rank::w.size]
+    bar = tqdm(total=sum(len(items[i].sequence) for b in mine for i in b), desc="index" if not w.distributed else f"index rank {w.rank}",
+               unit="res", disable=not progress, unit_scale=True)
 
     def run(batch: list[int]) -> None:
         seqs = [items[i].sequence for i in batch]
@@ -234,19 +333,12 @@ def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spi
         trim()
         bar.update(sum(len(s) for s in seqs))
 
-    batch: list[int] = []
-    budget = 0
-    for i in sorted(range(len(items)), key=lambda i: len(items[i].sequence)):
-        cost = min(len(items[i].sequence) + 2, plm.max_residues + 2)
-        if batch and (len(batch) + 1) * max(cost, budget) > batch_tokens:
-            run(batch)
-            batch, budget = [], 0
-        batch.append(i)
-        budget = max(budget, cost)
-    if batch:
+    for batch in mine:
         run(batch)
     bar.close()
     csr.close()
+    if w.distributed:
+        _reduce_stream(st)
     return st
 
 
@@ -304,11 +396,28 @@ def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: 
     return len(feats)
 
 
-def _concept_frames(csr: CSRWriter, items: list[Item], layout: Layout, st: "Stream"):
+def _concept_halves(csr: CSRWriter, items: list[Item], layout: Layout, st: "Stream", w: World = World()):
+    """Concept counts (valid and test halves) of this rank's labelled proteins, thresholded at the
+    global feature maxima, then summed over ranks (integer counts: exact)."""
+    lay = concept_layout(layout.concept_names, layout.concept_source)
+    halves = concept_counts(csr, items, st.max_F, layout.concept_ids, layout.source_ids, lay)
+    if w.distributed:
+        from dataclasses import fields
+
+        from ..dist import all_reduce_
+
+        for h in halves:
+            for fld in fields(h):
+                a = getattr(h, fld.name)
+                assert a.flags.c_contiguous  # reduced in place through a shared torch view
+                all_reduce_(torch.from_numpy(a), "sum")
+    return halves
+
+
+def _concept_frames(halves, layout: Layout, st: "Stream"):
     """The concepts table, concept F1 per (feature, concept) chosen on valid and reported on test
     proteins, each feature's best concept and its amino-acid control (``concept_f1``)."""
     lay = concept_layout(layout.concept_names, layout.concept_source)
-    halves = concept_counts(csr, items, st.max_F, layout.concept_ids, layout.source_ids, lay)
     ok = eligible(halves, lay)
     sel = select(halves[0], lay, ok)
     aa = aa_purity(st.aa_FA, st.n_res_A)
@@ -380,10 +489,10 @@ def _with_descriptions(features: pd.DataFrame, items: list[Item], st: Stream, to
     """Grounded descriptions and the search text (``describe``), from this index's own evidence."""
     top_ids: dict[int, list[str]] = {}
     top_names: dict[int, list[str]] = {}
-    for f, slots in enumerate(st.top.items):
-        ranked = sorted(slots, key=lambda s: -st.top.val_FN[f, s])[:10]
-        top_ids[f] = [items[slots[s][0]].id for s in ranked]
-        top_names[f] = [items[slots[s][0]].description for s in ranked]
+    for f in range(len(st.top.items)):
+        ranked = st.top.ranked(f)[:10]
+        top_ids[f] = [items[it[0]].id for _, it in ranked]
+        top_names[f] = [items[it[0]].description for _, it in ranked]
     features = features.assign(n_nterm=st.ends_F2[:, 0], n_cterm=st.ends_F2[:, 1], top_group_q=top_q)
     d = describe(features, top_names, top_q)
     return features.assign(description=d["description"].to_numpy(), evidence=d["evidence"].to_numpy(),
@@ -423,13 +532,13 @@ def _write_tables(con, cfg: IndexConfig, st: Stream, spill: TrackSpill, features
     con.unregister("_usage_df")
 
 
-def _write_meta(con, cfg: IndexConfig, meta: dict, plm, hook, sae, st: Stream, n_done: int, report: dict, t0: float) -> None:
+def _write_meta(con, cfg: IndexConfig, meta: dict, plm, hook, sae, st: Stream, n_done: int, report: dict, t0: float, world_size: int = 1) -> None:
     wsha = hashlib.sha256((Path(cfg.sae) / WEIGHTS).read_bytes()).hexdigest()[:16]
     info = {
         "esmsae_version": __version__, "sae": str(cfg.sae), "sae_sha256": wsha, "sae_cfg": meta, "eval": read_eval(cfg.sae),
         "model": plm.name, "hook": hook.name, "layer": hook.layer, "site": hook.site, "n_latents": sae.cfg.n_latents, "d_in": sae.d_in,
         "n_proteins": n_done, "n_residues": int(st.n_res), "thresholds": list(THRESHOLDS), "top_n": cfg.top_n,
-        "quantile_bins": cfg.quantile_bins, "per_bin": cfg.per_bin, "build_seconds": round(time.time() - t0, 1),
+        "quantile_bins": cfg.quantile_bins, "per_bin": cfg.per_bin, "build_seconds": round(time.time() - t0, 1), "world_size": world_size,
         "skipped_model": len(st.skipped_model), "skipped_examples": st.skipped_model[:20], "collect": report,
         "index_config": asdict(cfg), "normalisations": {"raw": "SAE activation", "max": "activation / feature max (0..1)",
                                                         "idf": "activation / feature max x IDF, IDF = log(N proteins / proteins where it fires)"},

@@ -16,47 +16,86 @@ LATENT_BITS = 20
 MAX_LATENTS = 1 << LATENT_BITS
 
 
+NO_PIDX = np.iinfo(np.int64).max
+
+
 class TopN:
-    """Per-feature running top-N of (protein max activation, protein, sparse track)."""
+    """Per-feature running top-N of (protein max activation, protein, sparse track).
+
+    The order is total: activation descending, then protein index ascending. So the top-N does
+    not depend on the order proteins arrive in, and the top-N of a union is the top-N of the
+    parts' top-Ns (what merges the ranks of a distributed build exactly)."""
 
     def __init__(self, n_features: int, n: int):
         self.val_FN = np.full((n_features, n), -np.inf, dtype=np.float32)
+        self.pid_FN = np.full((n_features, n), NO_PIDX, dtype=np.int64)
         self.items: list[dict[int, tuple]] = [dict() for _ in range(n_features)]  # slot -> (pidx, track offset, length)
+
+    def _worst(self, f: int) -> int:
+        """The slot that leaves first: lowest activation, then highest protein index."""
+        v = self.val_FN[f]
+        ties = np.flatnonzero(v == v.min())
+        return int(ties[np.argmax(self.pid_FN[f, ties])]) if len(ties) > 1 else int(ties[0])
+
+    def offer_one(self, f: int, val: float, pidx: int, put: Callable[[], tuple[int, int]]) -> bool:
+        slot = self._worst(f)
+        worst_v, worst_p = self.val_FN[f, slot], self.pid_FN[f, slot]
+        if np.float32(val) < worst_v or (np.float32(val) == worst_v and pidx >= worst_p):
+            return False
+        self.val_FN[f, slot], self.pid_FN[f, slot] = val, pidx
+        self.items[f][slot] = (pidx, *put())
+        return True
 
     def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx: int, put: Callable[[int], tuple[int, int]]) -> None:
         """One protein's (feature, max activation) pairs; ``put(j)`` spills pair j's track and
         returns where it lies (see TrackSpill)."""
-        # only pairs beating the feature's current N-th best need Python work
-        cand = np.flatnonzero(vmax_P > self.val_FN[f_P].min(1))
+        # only pairs reaching the feature's current N-th best need Python work
+        cand = np.flatnonzero(vmax_P >= self.val_FN[f_P].min(1))
         for j in cand[np.argsort(-vmax_P[cand], kind="stable")]:
-            f = f_P[j]
-            slot = int(self.val_FN[f].argmin())
-            if vmax_P[j] <= self.val_FN[f, slot]:
-                continue
-            self.val_FN[f, slot] = vmax_P[j]
-            self.items[f][slot] = (pidx, *put(j))
+            self.offer_one(int(f_P[j]), float(vmax_P[j]), pidx, lambda j=j: put(j))
+
+    def ranked(self, f: int) -> list[tuple[int, tuple]]:
+        """(slot, item) of a feature, best first (activation desc, protein asc)."""
+        return sorted(self.items[f].items(), key=lambda kv: (-self.val_FN[f, kv[0]], kv[1][0]))
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (Steele et al. 2014): a well-spread 64-bit hash of a 64-bit key."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 class Reservoir:
-    """Uniform sample of R firing proteins per feature (Algorithm R, Vitter 1985)."""
+    """Uniform sample of R firing proteins per feature, without replacement: the R proteins with
+    the smallest keyed hash of (seed, feature, protein). Unlike Vitter's sequential Algorithm R,
+    the sample depends on neither the order proteins arrive in nor how they are split over
+    processes: the R smallest keys of a union are the R smallest of the parts' R smallest
+    (bottom-k sampling; Cohen & Kaplan 2007)."""
 
     def __init__(self, n_features: int, r: int, seed: int):
-        self.r = r
-        self.seen_F = np.zeros(n_features, dtype=np.int64)
+        self.r, self.seed = r, seed
+        self.key_FR = np.full((n_features, r), np.iinfo(np.uint64).max, dtype=np.uint64)
         self.items: list[dict[int, tuple]] = [dict() for _ in range(n_features)]
-        self.rng = np.random.default_rng(seed)
+
+    def keys(self, f_P: np.ndarray, pidx: int) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return _mix64(_mix64(np.uint64(self.seed) ^ (np.asarray(f_P, np.uint64) << np.uint64(32))) ^ np.uint64(pidx))
+
+    def offer_one(self, f: int, key: np.uint64, pidx: int, vmax: float, put: Callable[[], tuple[int, int]]) -> bool:
+        slot = int(np.argmax(self.key_FR[f]))
+        if key >= self.key_FR[f, slot]:
+            return False
+        self.key_FR[f, slot] = key
+        self.items[f][slot] = (pidx, float(vmax), *put())
+        return True
 
     def offer(self, f_P: np.ndarray, vmax_P: np.ndarray, pidx: int, put: Callable[[int], tuple[int, int]]) -> None:
-        order = np.argsort(f_P, kind="stable")
-        f_sorted = f_P[order]
-        # ordinal of each pair among all firing proteins seen so far for its feature (1-based)
-        first = np.searchsorted(f_sorted, f_sorted, side="left")
-        ordinal = self.seen_F[f_sorted] + (np.arange(len(f_sorted)) - first) + 1
-        np.add.at(self.seen_F, f_P, 1)
-        slot = np.where(ordinal <= self.r, ordinal - 1, (self.rng.random(len(ordinal)) * ordinal).astype(np.int64))
-        keep = slot < self.r
-        for j, s in zip(order[keep], slot[keep]):
-            self.items[f_P[j]][int(s)] = (pidx, float(vmax_P[j]), *put(j))
+        k_P = self.keys(f_P, pidx)
+        for j in np.flatnonzero(k_P < self.key_FR[f_P].max(1)):
+            self.offer_one(int(f_P[j]), k_P[j], pidx, float(vmax_P[j]), lambda j=j: put(j))
 
 
 class TrackSpill:

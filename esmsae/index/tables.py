@@ -80,8 +80,7 @@ def top_frame(top: TopN, spill: TrackSpill, lo: int, hi: int) -> pa.Table:
     cols: dict[str, list] = {"feature": [], "rank": [], "pidx": [], "max_act": [], "max_pos": []}
     tracks = []
     for f in range(lo, hi):
-        ranked = sorted(top.items[f].items(), key=lambda kv: -top.val_FN[f, kv[0]])
-        for rank, (slot, (pidx, off, n)) in enumerate(ranked):
+        for rank, (slot, (pidx, off, n)) in enumerate(top.ranked(f)):
             pos, vals = spill.get(off, n)
             for k, v in zip(cols, (f, rank, pidx, float(top.val_FN[f, slot]), int(pos[vals.argmax()]))):
                 cols[k].append(v)
@@ -101,7 +100,7 @@ def quantile_frame(res: Reservoir, spill: TrackSpill, max_F: np.ndarray, n_bins:
             b = min(int(vmax / max_F[f] * n_bins), n_bins - 1)
             by_bin[b].append((pidx, vmax, off, n))
         for b, lst in by_bin.items():
-            for pidx, vmax, off, n in sorted(lst, key=lambda x: -x[1])[:per_bin]:
+            for pidx, vmax, off, n in sorted(lst, key=lambda x: (-x[1], x[0]))[:per_bin]:
                 pos, vals = spill.get(off, n)
                 row = (f, b, float(b / n_bins * max_F[f]), float((b + 1) / n_bins * max_F[f]), pidx, vmax, int(pos[vals.argmax()]))
                 for k, v in zip(cols, row):
