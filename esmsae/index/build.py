@@ -42,7 +42,7 @@ from .concept_f1 import DETECTOR_PURITY, THRESHOLDS, aa_codes, aa_purity, concep
 from .describe import describe, search_text
 from .group_stats import length_bin, length_edges, top_group_q, top_groups, usage_frame
 from .proteins import IndexBuildError, Item, collect, write_proteins
-from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, Reservoir, TopN, TrackSpill, protein_pairs
+from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, Reservoir, TopN, TrackSpill
 from .tables import HIST_EDGES, SCHEMA, feature_map, hist_quantiles, quantile_frame, top_frame
 
 EXAMPLE_BLOCK = 2048  # features per block when the example tables are written
@@ -327,8 +327,7 @@ def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spi
                 raise
             st.skipped_model.append(str(e))
             return
-        rows = [(i, _add_protein(st, sae, i, items[i], a_LD, layout, csr, spill, cfg.group_statistic, cfg.pooled_k))
-                for i, a_LD in zip(batch, acts)]
+        rows = list(zip(batch, _add_batch(st, sae, batch, items, acts, layout, csr, spill, cfg.group_statistic, cfg.pooled_k)))
         write_proteins(con, items, rows)
         trim()
         bar.update(sum(len(s) for s in seqs))
@@ -342,58 +341,86 @@ def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spi
     return st
 
 
-def _add_protein(st: Stream, sae, i: int, it: Item, a_LD: torch.Tensor, layout: Layout, csr: CSRWriter, spill: TrackSpill,
-                 group_statistic: str = "fires", pooled_k: int = 10) -> int:
-    """One protein's sparse codes into the running statistics; returns how many features fire on it."""
+def _add_batch(st: Stream, sae, batch: list[int], items: list[Item], acts: list[torch.Tensor], layout: Layout, csr: CSRWriter,
+               spill: TrackSpill, group_statistic: str = "fires", pooled_k: int = 10) -> list[int]:
+    """One batch of proteins' sparse codes into the running statistics; returns how many features
+    fire on each protein. The SAE encodes the whole batch at once and every per-feature count is
+    one bincount over the batch's (residue, feature) pairs: per-protein encodes and ``np.add.at``
+    left the index at 45% LM time (bench/index_scaling.py). Only the example offers, labelled
+    proteins' codes and group counts go protein by protein."""
+    F = len(st.fire_prot_F)
+    H = st.hist_FH.shape[1]
+    len_P = np.array([a.shape[0] for a in acts], np.int64)
+    off_P = np.r_[0, np.cumsum(len_P)]
     with torch.no_grad():
-        lat = sae.encode(a_LD.to(sae.W_dec.device))
-    acts_LK, idx_LK = lat.acts_BK.float().cpu().numpy(), lat.idx_BK.cpu().numpy()
-    nz = acts_LK > 0
-    r_R = np.nonzero(nz)[0].astype(np.int64)
-    f_R = idx_LK[nz].astype(np.int64)
-    v_R = acts_LK[nz]
-    st.n_res += a_LD.shape[0]
-    aa_L = aa_codes(it.sequence)
-    st.n_res_A += np.bincount(aa_L[aa_L >= 0], minlength=20)
-    a_R = aa_L[r_R]
+        lat = sae.encode(torch.cat(acts).to(sae.W_dec.device))
+    acts_TK, idx_TK = lat.acts_BK.float().cpu().numpy(), lat.idx_BK.cpu().numpy()
+    nz = acts_TK > 0
+    t_R = np.nonzero(nz)[0].astype(np.int64)  # token of the batch (sorted)
+    f_R = idx_TK[nz].astype(np.int64)
+    v_R = acts_TK[nz]
+    p_R = np.searchsorted(off_P, t_R, side="right") - 1  # protein of the batch
+    r_R = t_R - off_P[p_R]  # residue within its protein
+    # per-feature counts over the batch
+    st.n_res += int(off_P[-1])
+    aa_T = np.concatenate([aa_codes(items[i].sequence)[:n] for i, n in zip(batch, len_P)]) if len(batch) else np.zeros(0, np.int64)
+    st.n_res_A += np.bincount(aa_T[aa_T >= 0], minlength=20)
+    a_R = aa_T[t_R]
     ok = a_R >= 0
-    st.aa_FA += np.bincount(f_R[ok] * 20 + a_R[ok], minlength=st.aa_FA.size).reshape(st.aa_FA.shape)
-    L = a_LD.shape[0]
-    st.ends_F2[:, 0] += np.bincount(f_R[r_R < 0.1 * L], minlength=len(st.ends_F2))
-    st.ends_F2[:, 1] += np.bincount(f_R[r_R >= 0.9 * L], minlength=len(st.ends_F2))
-    feats, vmax, counts, starts, r_sorted, v_sorted = protein_pairs(r_R, f_R, v_R)
-    st.fire_res_F[feats] += counts
-    st.fire_prot_F[feats] += 1
-    np.add.at(st.sum_F, f_R, v_R)
-    np.maximum.at(st.max_F, feats, vmax)
+    st.aa_FA += np.bincount(f_R[ok] * 20 + a_R[ok], minlength=F * 20).reshape(F, 20)
+    L_R = len_P[p_R]
+    st.ends_F2[:, 0] += np.bincount(f_R[r_R < 0.1 * L_R], minlength=F)
+    st.ends_F2[:, 1] += np.bincount(f_R[r_R >= 0.9 * L_R], minlength=F)
+    st.fire_res_F += np.bincount(f_R, minlength=F)
+    st.sum_F += np.bincount(f_R, weights=v_R, minlength=F)
     hb = np.clip(np.searchsorted(HIST_EDGES, v_R, side="right") - 1, 0, len(HIST_EDGES) - 2)
-    np.add.at(st.hist_FH, (f_R, hb), 1)
-    ends = np.r_[starts[1:], len(r_sorted)] if len(starts) else starts
-    tracks = [(r_sorted[s:e].astype(np.int32), v_sorted[s:e].astype(np.float32)) for s, e in zip(starts, ends)]
-    spilled: dict[int, tuple[int, int]] = {}
+    st.hist_FH += np.bincount(f_R * H + hb, minlength=F * H).reshape(F, H)
+    # (protein, feature) pairs: max, residue count and the track of each
+    order = np.lexsort((r_R, f_R, p_R))
+    ps, fs, rs, vs = p_R[order], f_R[order], r_R[order], v_R[order]
+    key = ps * F + fs
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(key)]
+    pair_p, pair_f = ps[starts], fs[starts]
+    pair_v = np.maximum.reduceat(vs, starts) if len(starts) else np.zeros(0, np.float32)
+    st.fire_prot_F += np.bincount(pair_f, minlength=F)
+    np.maximum.at(st.max_F, pair_f, pair_v)
+    pair_bounds = np.searchsorted(pair_p, np.arange(len(batch) + 1))
+    res_bounds = np.searchsorted(p_R, np.arange(len(batch) + 1))
+    n_active = np.diff(pair_bounds).tolist()
+    for j, i in enumerate(batch):
+        it = items[i]
+        lo, hi = pair_bounds[j], pair_bounds[j + 1]
+        feats, vmax = pair_f[lo:hi], pair_v[lo:hi]
+        spilled: dict[int, tuple[int, int]] = {}
 
-    def put(j: int) -> tuple[int, int]:  # a track goes to disk once, when first kept
-        if j not in spilled:
-            spilled[j] = spill.put(*tracks[j])
-        return spilled[j]
+        def put(q: int, lo=lo) -> tuple[int, int]:  # a track goes to disk once, when first kept
+            if q not in spilled:
+                a, b = starts[lo + q], ends[lo + q]
+                spilled[q] = spill.put(rs[a:b].astype(np.int32), vs[a:b].astype(np.float32))
+            return spilled[q]
 
-    st.top.offer(feats, vmax, i, put)
-    st.res.offer(feats, vmax, i, put)
-    if it.groups:
-        counted = feats
-        if group_statistic == "pooled_topk":  # esm-sae: the top-k features of the mean-pooled code
-            pooled = np.bincount(f_R, weights=v_R, minlength=len(st.fire_prot_F))[feats] / max(a_LD.shape[0], 1)
-            counted = feats[np.argsort(-pooled, kind="stable")[:pooled_k]]
-        b = length_bin(len(it.sequence), layout.length_edges)
-        for g, grp in it.groups.items():
-            gi = layout.group_ids[g][grp]
-            st.n_fire_G[g][gi, b, counted] += 1
-            st.sum_max_G[g][gi, feats] += vmax
-    if it.labels:
-        csr.add(i, r_R, f_R, v_R)
-    if it.structure:  # full tracks of proteins with a structure, to colour it by any feature
-        st.struct_rows.extend((i, int(f), float(m), t[0].tolist(), t[1].tolist()) for f, m, t in zip(feats, vmax, tracks))
-    return len(feats)
+        st.top.offer(feats, vmax, i, put)
+        st.res.offer(feats, vmax, i, put)
+        if it.groups:
+            counted = feats
+            if group_statistic == "pooled_topk":  # esm-sae: the top-k features of the mean-pooled code
+                a, b = res_bounds[j], res_bounds[j + 1]
+                pooled = np.bincount(f_R[a:b], weights=v_R[a:b], minlength=F)[feats] / max(int(len_P[j]), 1)
+                counted = feats[np.argsort(-pooled, kind="stable")[:pooled_k]]
+            gb = length_bin(len(it.sequence), layout.length_edges)
+            for g, grp in it.groups.items():
+                gi = layout.group_ids[g][grp]
+                st.n_fire_G[g][gi, gb, counted] += 1
+                st.sum_max_G[g][gi, feats] += vmax
+        if it.labels:
+            a, b = res_bounds[j], res_bounds[j + 1]
+            csr.add(i, r_R[a:b], f_R[a:b], v_R[a:b])
+        if it.structure:  # full tracks of proteins with a structure, to colour it by any feature
+            st.struct_rows.extend((i, int(f), float(m), rs[starts[q]:ends[q]].astype(np.int32).tolist(),
+                                   vs[starts[q]:ends[q]].astype(np.float32).tolist())
+                                  for f, m, q in zip(feats, vmax, range(lo, hi)))
+    return n_active
 
 
 def _concept_halves(csr: CSRWriter, items: list[Item], layout: Layout, st: "Stream", w: World = World()):

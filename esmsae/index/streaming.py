@@ -1,8 +1,8 @@
 """Streaming accumulators of the index build: bounded memory whatever the number of proteins.
 
-A running top-N and a uniform reservoir per feature (their example tracks spilled to a
-scratch file), the sparse codes of labelled proteins in a CSR file for the concept pass, the
-per-protein (feature, max, count, track) pairs, and the glibc heap trim."""
+A running top-N and a uniform sample per feature (their example tracks spilled to a scratch
+file), the sparse codes of labelled proteins in a CSR file for the concept pass, and the glibc
+heap trim."""
 from __future__ import annotations
 
 import time
@@ -163,17 +163,6 @@ class CSRWriter:
         for j, pidx in enumerate(self.pidx):
             n = self.offsets[j + 1] - self.offsets[j]
             yield pidx, np.fromfile(fi, dtype=np.int64, count=n), np.fromfile(fv, dtype=np.float32, count=n)
-
-
-def protein_pairs(rows_R: np.ndarray, idx_R: np.ndarray, val_R: np.ndarray):
-    """Residue-level sparse entries of one protein -> per-feature max, count and track slices."""
-    order = np.lexsort((rows_R, idx_R))  # by feature, then residue
-    f, r, v = idx_R[order], rows_R[order], val_R[order]
-    starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]]) if len(f) else np.zeros(0, np.int64)
-    feats = f[starts]
-    vmax = np.maximum.reduceat(v, starts) if len(f) else np.zeros(0, np.float32)
-    counts = np.diff(np.r_[starts, len(f)])
-    return feats, vmax, counts, starts, r, v
 
 
 class HeapTrim:
