@@ -84,14 +84,18 @@ def one(n: int) -> dict:
                 spent["rss_max"] = max(spent["rss_max"], int(fh.read().split()[1]) * page)
             time.sleep(0.02)
 
-    def timed_embed(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return embed(*a, **kw)
-        finally:
-            spent["forward_s"] += time.perf_counter() - t
-            spent["streaming_peak"] = spent["rss_max"]  # the max so far, as of the latest forward
-    plm.embed = timed_embed
+    def timed(fn, key: str, after=lambda: None):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[key] += time.perf_counter() - t
+                after()
+        return wrapper
+
+    # the max RSS so far, as of the latest forward
+    plm.embed = timed(embed, "forward_s", lambda: spent.__setitem__("streaming_peak", spent["rss_max"]))
     # the SAE's own share: its encode timed where the build calls it (one call per batch)
     import esmsae.index.build as build_mod
 
@@ -99,15 +103,7 @@ def one(n: int) -> dict:
     spent["encode_s"] = 0.0
 
     def timed_add(st, sae, *a, **kw):
-        enc = sae.encode
-
-        def timed_encode(*x, **y):
-            t = time.perf_counter()
-            try:
-                return enc(*x, **y)
-            finally:
-                spent["encode_s"] += time.perf_counter() - t
-        sae.encode = timed_encode
+        sae.encode = timed(sae.encode, "encode_s")
         try:
             return real_add(st, sae, *a, **kw)
         finally:

@@ -214,3 +214,23 @@ def test_two_rank_index_equals_one_process(tmp_path, tiny_sae, mgen_full, shared
     for k in ("n_proteins", "n_residues"):
         q = f"SELECT value FROM meta WHERE key = '{k}'"
         assert a.execute(q).fetchall() == b.execute(q).fetchall()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_nccl_embed_train_index_on_two_gpus(tmp_path, esm2_dir, mgen_fasta, shared):
+    """The NCCL path: embed, DDP train and index on 2 GPUs (rank r on cuda:r). The store equals the
+    one-GPU store file for file only with deterministic kernels, so here: the runs finish, the
+    manifest and the index are complete, and DDP stays within fp32 rounding of one GPU."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    gpu = [a if a != "cpu" else "cuda" for a in _embed_args(mgen_fasta, esm2_dir, one)]
+    run1(*gpu)
+    run2(*[a if a != str(one) else str(two) for a in gpu])
+    assert json.loads((two / "manifest.json").read_text())["n_proteins"] == 120
+    targs = [a if a != "cpu" else "cuda" for a in _train_args(one, tmp_path / "t1", "--n-latents", "512", "--k", "8")]
+    run1(*targs)
+    run2(*[a if a != str(tmp_path / "t1") else str(tmp_path / "t2") for a in targs])
+    assert _max_diff(_params(tmp_path / "t1"), _params(tmp_path / "t2")) < 1e-4
+    r = run2("index", "--sae", str(tmp_path / "t2" / "L4_resid"), "--fasta", str(mgen_fasta), "--out", str(tmp_path / "i.duckdb"),
+             "--umap", "false", "--device", "cuda")
+    assert "index:" in r.stdout and (tmp_path / "i.duckdb").exists()
