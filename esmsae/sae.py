@@ -12,7 +12,6 @@ and evaluating sparse autoencoders", sec. 3 and appendix on sparse kernels).
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from typing import NamedTuple
 
@@ -123,6 +122,7 @@ class SAE(nn.Module):
         # all-gather across ranks, so batch statistics are the global batch's; None in one process
         self.dist_reduce = None
         self.dist_gather = None
+        self.dist_local_auxk = False  # tests only: the per-rank AuxK normaliser, to show it diverges
 
     # ------------------------------------------------------------ reference display statistics
     def set_display_stats(self, max_F: Tensor | None, idf_F: Tensor | None) -> None:
@@ -230,11 +230,12 @@ class SAE(nn.Module):
             if train:
                 B = pre_BF.shape[0]
                 flat = pre_BF.flatten()
-                n_keep = min(self.cfg.k * B, flat.numel())
-                vals, pos = flat.topk(n_keep, sorted=False)
-                mask = torch.zeros_like(flat, dtype=torch.bool)
-                mask[pos] = True
-                if self.dist_reduce is not None:
+                if self.dist_reduce is None:
+                    n_keep = min(self.cfg.k * B, flat.numel())
+                    vals, pos = flat.topk(n_keep, sorted=False)
+                    mask = torch.zeros_like(flat, dtype=torch.bool)
+                    mask[pos] = True
+                else:
                     # data-parallel: the k x B_global largest values of the *global* batch. Each rank
                     # offers its local top k x B_global (no more can come from one rank), all ranks
                     # take the same threshold, so every rank keeps what one process would keep.
@@ -393,7 +394,7 @@ class SAE(nn.Module):
         parallelism it must be the *global* batch's (from all-reduced sums), or each rank scales
         its AuxK gradient differently and the replicas drift from one process (1.1e-2 after 40
         steps, vs 1.8e-7 with the global value: shared/design/scale_out.md; sparsify #119)."""
-        if self.dist_reduce is None or os.environ.get("ESMSAE_DDP_LOCAL_NORMALISER") == "1":
+        if self.dist_reduce is None or self.dist_local_auxk:
             return (e_BD - e_BD.mean(0)).pow(2).sum(-1).mean()
         e = e_BD.double()
         stats = self.dist_reduce(torch.cat([e.sum(0), e.pow(2).sum().view(1), e.new_tensor([e.shape[0]])]))

@@ -46,8 +46,12 @@ class TrainError(ValueError):
 class ShardBatches:
     """Deterministic, resumable batches of training tokens from a store."""
 
-    def __init__(self, store: ActivationStore, names: list[str], batch_size: int, buffer_shards: int, seed: int):
+    def __init__(self, store: ActivationStore, names: list[str], batch_size: int, buffer_shards: int, seed: int,
+                 part: tuple[int, int] = (0, 1)):
+        """``part`` = (rank, world): yield only this rank's rows of each global batch (the order
+        is the global batch's, so the ranks' rows together are the one-process batch)."""
         self.store, self.names, self.bs, self.group_size, self.seed = store, names, batch_size, buffer_shards, seed
+        self.part = part
         self.pos = (0, 0, 0)  # (epoch, group, batch within group)
         if store.n_tokens("train") < batch_size:
             raise TrainError(
@@ -89,6 +93,8 @@ class ShardBatches:
                 perm = np.random.default_rng([self.seed, epoch, g]).permutation(T)
                 for b in range(b0, T // self.bs):
                     sel = np.sort(perm[b * self.bs : (b + 1) * self.bs])
+                    r, W = self.part
+                    sel = sel[r * (self.bs // W):(r + 1) * (self.bs // W)]
                     batch = {n: torch.from_numpy(data[n][sel].astype(np.float32)) for n in self.names}
                     self.pos = (epoch, g, b + 1)
                     yield batch
@@ -214,7 +220,9 @@ class _Run:
         self.opts = {n: torch.optim.Adam(s.parameters(), lr=self.base_lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
                      for n, s in self.saes.items()}
         self.since_fired = {n: torch.zeros(scfg.n_latents, dtype=torch.long, device=self.device) for n in self.names}
-        self.loader = ShardBatches(store, self.names, tcfg.batch_size, tcfg.buffer_shards, tcfg.seed) if self.names else None
+        # data-parallel: each rank draws the same global batch and keeps its rows of it
+        part = (w.rank, w.size) if self.data_parallel else (0, 1)
+        self.loader = ShardBatches(store, self.names, tcfg.batch_size, tcfg.buffer_shards, tcfg.seed, part) if self.names else None
         self.forwards: dict[str, Any] = {}
         self.step = 0
         suffix = f".rank{w.rank}-of-{w.size}" if self.layer_parallel else ""
@@ -232,8 +240,11 @@ class _Run:
 
         from .dist import all_gather_cat, all_reduce_
 
+        # ESMSAE_DDP_LOCAL_NORMALISER=1 (tests only) keeps AuxK's normaliser per rank, the variant
+        # tests/test_distributed.py shows drifting from one process
+        local = os.environ.get("ESMSAE_DDP_LOCAL_NORMALISER") == "1"
         for n, s in self.saes.items():
-            s.dist_reduce, s.dist_gather = partial(all_reduce_, op="sum"), all_gather_cat
+            s.dist_reduce, s.dist_gather, s.dist_local_auxk = partial(all_reduce_, op="sum"), all_gather_cat, local
             # buffers (normalisation, BatchTopK threshold) are equal on every rank by construction
             self.forwards[n] = DDP(s, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False)
 
@@ -286,11 +297,7 @@ class _Run:
         lr = lr_at(self.step, self.tcfg, self.base_lr)
         l1c = scfg.l1_coef * min(1.0, (self.step + 1) / max(1, self.tcfg.l1_warmup_steps))
         for n in self.names:
-            x = batch[n]
-            if self.data_parallel:  # this rank's rows of the global batch
-                b = x.shape[0] // self.w.size
-                x = x[self.w.rank * b:(self.w.rank + 1) * b]
-            sae, x = self.saes[n], x.to(self.device, non_blocking=True)
+            sae, x = self.saes[n], batch[n].to(self.device, non_blocking=True)
             o = train_step(sae, self.opts[n], x, dead_mask_F=self.since_fired[n] >= scfg.dead_tokens, l1_coef=l1c, lr=lr,
                            forward=self.forwards.get(n))
             with torch.no_grad():
@@ -399,7 +406,7 @@ def _train(tcfg: TrainConfig, scfg: SAEConfig, w: World, progress: bool, stop_af
                     run.checkpoint()
                 break
             # one rank decides for all (a stop seen by some ranks only would hang the others)
-            if should_stop is not None and step < total and _all_agree(should_stop(), run):
+            if should_stop is not None and step < total and _rank0_decides(should_stop(), run):
                 if step % tcfg.checkpoint_every != 0:
                     run.checkpoint()
                 raise TrainInterrupted(f"training stopped at step {step} of {total}, checkpoint written; rerun to resume")
@@ -412,7 +419,8 @@ def _train(tcfg: TrainConfig, scfg: SAEConfig, w: World, progress: bool, stop_af
     return [run.out / n for n in run.names]
 
 
-def _all_agree(flag: bool, run: _Run) -> bool:
+def _rank0_decides(flag: bool, run: _Run) -> bool:
+    """Rank 0's answer on every rank (data-parallel ranks must stop at the same step)."""
     if not run.data_parallel:
         return flag
     from .dist import broadcast_object

@@ -3,8 +3,8 @@
 Memory is bounded by (features x examples kept) and (features x groups), never by the
 number of proteins: per-feature statistics are running sums, top examples are a
 running top-N (ties: lower protein index first), quantile examples come from a uniform
-sample per feature (the R smallest keyed hashes, independent of processing order), and the sparse codes of *labelled* proteins go to a temporary CSR file
-on disk so the concept pass can run once the feature maxima are known (InterPLM
+sample per feature (the R smallest keyed hashes, independent of processing order), and the
+sparse codes of *labelled* proteins go to a temporary CSR file on disk so the concept pass can run once the feature maxima are known (InterPLM
 normalises each feature by its max before thresholding, Simon & Zou 2024).
 
 Tables: meta, proteins, features, feature_hist, top_examples, quantile_examples,
@@ -159,6 +159,8 @@ def _build(cfg: IndexConfig, plm, items, progress: bool, report, w: World) -> Pa
         shutil.rmtree(parts, ignore_errors=True)
         if w.distributed:
             parts.mkdir()
+        # before any rank makes its scratch folder: on several nodes another node's pid looks dead here
+        _sweep_stale_scratch(out.parent)
     barrier()
     tmp_db = out.with_name(out.name + ".tmp")
     if w.main:
@@ -167,8 +169,6 @@ def _build(cfg: IndexConfig, plm, items, progress: bool, report, w: World) -> Pa
     # rank 0 builds the index file; the other ranks keep their protein rows in memory for the merge
     con = duckdb.connect(str(tmp_db) if w.main else ":memory:")
     con.execute(f"CREATE TABLE proteins ({SCHEMA['proteins']})")
-    if w.main:
-        _sweep_stale_scratch(out.parent)
     scratch = Path(tempfile.mkdtemp(prefix=f"esmsae_index_{os.getpid()}_", dir=out.parent))
     csr = CSRWriter(scratch)
     spill = TrackSpill(scratch)
@@ -237,16 +237,19 @@ def _merge_ranks(st: "Stream", con, spill: TrackSpill, parts: Path, w: World) ->
 
     if not w.main:
         spill.finish()
-        top = [(f, float(st.top.val_FN[f, slot]), pidx, *spill.get(off, n))
+        def track(off: int, n: int) -> tuple[np.ndarray, np.ndarray]:  # copies out of the memory-mapped spill
+            pos, vals = spill.get(off, n)
+            return np.array(pos), np.array(vals)
+
+        # float32 values carried as float64 (exact), hash keys as Python ints
+        top = [(f, float(st.top.val_FN[f, slot]), pidx, *track(off, n))
                for f in range(len(st.top.items)) for slot, (pidx, off, n) in st.top.items[f].items()]
-        res = [(f, int(st.res.key_FR[f, slot]), pidx, vmax, *spill.get(off, n))
+        res = [(f, int(st.res.key_FR[f, slot]), pidx, vmax, *track(off, n))
                for f in range(len(st.res.items)) for slot, (pidx, vmax, off, n) in st.res.items[f].items()]
         con.execute(f"COPY proteins TO '{parts / f'proteins-rank{w.rank}.parquet'}' (FORMAT parquet)")
         tmp = parts / f"examples-rank{w.rank}.pkl.tmp"
         with open(tmp, "wb") as fh:
-            pickle.dump({"top": [(f, v, p, np.array(a), np.array(b)) for f, v, p, a, b in top],
-                         "res": [(f, k, p, v, np.array(a), np.array(b)) for f, k, p, v, a, b in res],
-                         "struct": st.struct_rows, "skipped": st.skipped_model}, fh)
+            pickle.dump({"top": top, "res": res, "struct": st.struct_rows, "skipped": st.skipped_model}, fh)
         os.replace(tmp, parts / f"examples-rank{w.rank}.pkl")
     barrier()
     if not w.main:
@@ -255,7 +258,7 @@ def _merge_ranks(st: "Stream", con, spill: TrackSpill, parts: Path, w: World) ->
         con.execute(f"INSERT INTO proteins SELECT * FROM read_parquet('{parts / f'proteins-rank{r}.parquet'}')")
         with open(parts / f"examples-rank{r}.pkl", "rb") as fh:
             got = pickle.load(fh)
-        for f, val, pidx, pos, vals in got["top"]:  # float32 values carried as float64: exact
+        for f, val, pidx, pos, vals in got["top"]:
             st.top.offer_one(f, val, pidx, lambda pos=pos, vals=vals: spill.put(pos, vals))
         for f, key, pidx, vmax, pos, vals in got["res"]:
             st.res.offer_one(f, np.uint64(key), pidx, vmax, lambda pos=pos, vals=vals: spill.put(pos, vals))
@@ -353,12 +356,9 @@ def _add_counts(target: np.ndarray, keys: np.ndarray, weights: np.ndarray | None
     if not len(keys):
         return
     u, inv = np.unique(keys, return_inverse=True)
-    add = np.bincount(inv, weights=weights)
-    if target.ndim == 1 or target.flags.c_contiguous:
-        flat = target.reshape(-1)
-        flat[u] += add.astype(flat.dtype, copy=False)
-    else:  # a strided column view (ends_F2[:, j]): index it directly
-        target[u] += add.astype(target.dtype, copy=False)
+    # a view of the target: targets are contiguous arrays or 1-D column views (ends_F2[:, j])
+    flat = target.reshape(-1)
+    flat[u] += np.bincount(inv, weights=weights).astype(flat.dtype, copy=False)
 
 
 def _add_batch(st: Stream, sae, batch: list[int], items: list[Item], acts: list[torch.Tensor], layout: Layout, csr: CSRWriter,
