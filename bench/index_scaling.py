@@ -5,6 +5,10 @@ for a 10,240-latent SAE on the demo LM, at N and 10 N proteins (random proteome 
 The SAE (TopK, 10,240 latents, k 32, layer 3) is trained here for a few hundred steps on the
 demo LM's activations (bench/cache/demo_L3_acts.npy, made by bench/train_throughput.py), which
 gives realistic firing statistics. Writes bench/results/index_scaling.json.
+
+``--sizes N 35M 150M 650M``: the same index over N proteins at published ESM-2 sizes (random
+weights, an untrained SAE of 10,240 latents on the middle layer): the forward's share of index
+time where the LM is as large as the models users run. Writes bench/results/index_model_sizes.json.
 """
 from __future__ import annotations
 
@@ -51,6 +55,52 @@ def make_sae() -> Path:
     return out
 
 
+# ESM-2 sizes (hidden, layers, heads, FFN) of the published checkpoints, with random weights here
+SIZES = {"35M": (480, 12, 20, 1920), "150M": (640, 30, 20, 2560), "650M": (1280, 33, 20, 5120)}
+
+
+def make_sized(size: str) -> Path:
+    """A random-weights ESM-2 of a published size (Hugging Face layout, the shared 8M tokenizer)
+    and an untrained 10,240-latent TopK SAE on its middle layer with its input scale fitted: the
+    costs of the LM forward and of the SAE encode are those of the real sizes (weights do not
+    change the FLOPs; an untrained TopK SAE fires k latents a token like a trained one)."""
+    out = CACHE / f"sae_10240_esm2_{size}"
+    if (out / "cfg.json").exists():
+        return out
+    import torch
+
+    from esmsae.checkpoint import read_cfg, save_sae
+    from esmsae.config import HookConfig, ModelConfig, SAEConfig
+    from esmsae.plm import Hook, load_plm, make_esm2_model, save_hf
+    from esmsae.sae import SAE
+
+    hidden, layers, heads, ffn = SIZES[size]
+    cfg_dir = ROOT.parent / "shared" / "data" / "esm2_t6_8M_config"
+    model_dir = CACHE / f"esm2_{size}_random"
+    if not (model_dir / "config.json").exists():
+        save_hf(make_esm2_model(cfg_dir, seed=0, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                intermediate_size=ffn), cfg_dir, model_dir)
+    demo = read_cfg(ROOT / "data" / "demo" / "sae")
+    mcfg = ModelConfig(name=str(model_dir), family="esm2", dtype=demo["model_config"]["dtype"])
+    plm = load_plm(mcfg)
+    layer = layers // 2
+    hook = Hook(layer, "resid")
+    acts = torch.cat([a[hook.name] for a in plm.embed(proteins_seqs(64), [hook])]).float()
+    sae = SAE(SAEConfig(architecture="topk", n_latents=N_LATENTS, k=K, normalize="scalar"), hidden, seed=0)
+    sae.fit_normalization(acts)
+    meta = {"base_model": {"name": str(model_dir), "family": "esm2", "n_layers": layers, "d_model": hidden},
+            "model_config": {**demo["model_config"], "name": str(model_dir), "family": "esm2"},
+            "layer": layer, "site": "resid", "hook": hook.name, "provenance": {"note": f"bench/index_scaling.py: untrained, ESM-2 {size} random weights"}}
+    save_sae(sae.eval(), out, meta)
+    return out
+
+
+def proteins_seqs(n: int) -> list[str]:
+    from bench.extract_throughput import sample_proteins
+
+    return sample_proteins(n, seed=11)
+
+
 def proteins_fasta(n: int) -> Path:
     from bench.extract_throughput import sample_proteins
 
@@ -61,7 +111,7 @@ def proteins_fasta(n: int) -> Path:
     return out
 
 
-def one(n: int) -> dict:
+def one(n: int, size: str = "8M") -> dict:
     """Runs in its own process: build the index of n proteins, time the forward inside it."""
     import torch
 
@@ -71,7 +121,7 @@ def one(n: int) -> dict:
     from esmsae.plm import load_plm
 
     torch.set_num_threads(2)
-    sae_dir = make_sae()
+    sae_dir = make_sae() if size == "8M" else make_sized(size)
     plm = load_plm(model_config_of(read_cfg(sae_dir)))
     spent = {"forward_s": 0.0, "rss_max": 0, "streaming_peak": 0}
     embed = plm.embed
@@ -116,7 +166,7 @@ def one(n: int) -> dict:
     build_index(cfg, plm=plm, progress=False)
     total = time.perf_counter() - t
     out.unlink(missing_ok=True)
-    return {"proteins": n, "total_s": total, "proteins_per_s": n / total, "forward_s": spent["forward_s"],
+    return {"model": f"ESM-2 {size}" + (" (demo LM)" if size == "8M" else " (random weights)"), "proteins": n, "total_s": total, "proteins_per_s": n / total, "forward_s": spent["forward_s"],
             "forward_fraction": spent["forward_s"] / total, "sae_encode_s": spent["encode_s"],
             "encode_over_forward": spent["encode_s"] / spent["forward_s"],
             # everything else: per-protein bookkeeping, protein set, feature map, tables
@@ -144,8 +194,26 @@ def main(n: int = 1000) -> dict:
     return out
 
 
+def sizes(n: int, which: list[str]) -> dict:
+    """The index at published ESM-2 sizes: n proteins each, forward share of index time."""
+    runs = []
+    for size in which:
+        make_sized(size)
+        proteins_fasta(n)
+        r = subprocess.run([sys.executable, __file__, "--one", str(n), size], capture_output=True, text=True, cwd=ROOT)
+        if r.returncode:
+            raise RuntimeError(r.stderr[-3000:])
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(runs[-1]), flush=True)
+    out = {"sae": {"n_latents": N_LATENTS, "k": K, "architecture": "topk, untrained, middle layer"}, "threads": 2, "runs": runs}
+    (ROOT / "bench" / "results" / "index_model_sizes.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        print(json.dumps(one(int(sys.argv[2]))))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--one":
+        print(json.dumps(one(int(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else "8M")))
+    elif len(sys.argv) > 2 and sys.argv[1] == "--sizes":  # --sizes N 35M 150M ...
+        sizes(int(sys.argv[2]), sys.argv[3:] or ["35M", "150M"])
     else:
         main(int(sys.argv[1]) if len(sys.argv) == 2 else 1000)

@@ -375,6 +375,7 @@ class IndexConfig:
     concepts: str = opt("", "Folder with per-residue label sets laid out as ../shared/data; labelled proteins are matched by sequence")
     add_labelled: bool = opt(False, "Also index every labelled protein found under --concepts, not only FASTA proteins that match", label="Also index all labelled proteins")
     groups: list = opt([], "Grouping files: TSV (protein id <tab> group), an MMseqs2 cluster TSV (representative <tab> member, detected), or JSON {group: [[sequence, header], ...]}")
+    group_sources: list = opt([], "Only proteins from these sources (FASTA file names without extension, label sets) join groupings; empty = all. A label set is not a sample of its kingdoms", ui=False)
     taxonomy: str = opt("", "TSV of taxid <tab> lineage (e.g. UniProt's taxonomy export: 'Taxon Id', 'Lineage'): kingdoms and lineages for proteins whose headers carry only a taxid (UniRef TaxID=)")
     lineage_rank: int = opt(1, "Lineage rank used for the 'lineage' grouping (0 = superkingdom)", label="Lineage rank")
     group_test: str = opt("cmh", "Group enrichment test: cmh = Cochran-Mantel-Haenszel over protein-length bins (firing grows with length), fisher = unstratified Fisher's exact", choices=("cmh", "fisher"), label="Group test")

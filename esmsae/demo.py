@@ -181,27 +181,23 @@ def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, rep
     import resource
 
     from .index.build import build_index
-    from .index.proteins import collect
 
     idx_fa = work / "index_sample.fasta"
     if not idx_fa.exists():
         balanced_sample(shared, ns.index_proteome_sample, idx_fa, ns.seed + 2, ns.max_len, exclude={lab.sequence for lab in labelled})
     index_path = work / "index.duckdb"
     if not index_path.exists():
-        icfg = IndexConfig(sae=str(sae_dir), out=str(index_path), fasta=[str(idx_fa)], concepts=str(shared), add_labelled=True)
+        # the group page compares the kingdom-balanced proteome sample only: the label sets are
+        # not samples of their kingdoms (84% of TMbed's eukaryotes are membrane proteins)
+        icfg = IndexConfig(sae=str(sae_dir), out=str(index_path), fasta=[str(idx_fa)], concepts=str(shared), add_labelled=True,
+                           group_sources=[idx_fa.name.split(".")[0]])
         if ns.labelled_limit:  # smoke runs: a few labelled proteins of every source
             rng = random.Random(ns.seed)
             by_src: dict[str, list] = {}
             for lab in labelled:
                 by_src.setdefault(lab.source, []).append(lab)
             labelled = [x for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))]
-        items, rep = collect(icfg, labelled)
-        # the group page compares the kingdom-balanced proteome sample only: the label sets are
-        # not samples of their kingdoms (84% of TMbed's eukaryotes are membrane proteins)
-        for it in items:
-            if it.source != idx_fa.name.split(".")[0]:
-                it.groups.clear()
-        build_index(icfg, items=items, report=rep)
+        build_index(icfg, labelled=labelled)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return index_path
 

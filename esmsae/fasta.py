@@ -132,8 +132,9 @@ def clean_sequence(seq: str, record: str = "sequence") -> str:
     return s
 
 
-def read_proteins(path: str | Path, on_invalid: str = "error", skipped: list | None = None) -> Iterator[Protein]:
-    """Stream validated :class:`Protein` records. Duplicate ids are an error.
+def read_proteins(path: str | Path, on_invalid: str = "error", skipped: list | None = None, unique_ids: bool = True) -> Iterator[Protein]:
+    """Stream validated :class:`Protein` records. Duplicate ids are an error (``unique_ids=False``:
+    the caller checks, e.g. in DuckDB, without a set of every id in memory).
 
     With ``on_invalid='skip'`` bad records are left out and appended to ``skipped``
     as (id, reason) pairs so that callers can report a count.
@@ -141,9 +142,10 @@ def read_proteins(path: str | Path, on_invalid: str = "error", skipped: list | N
     seen: set[str] = set()
     for header, raw in read_fasta(path):
         pid, desc, org, taxid = parse_header(header)
-        if pid in seen:
-            raise SequenceError(f"{path}: duplicate record id {pid!r}")
-        seen.add(pid)
+        if unique_ids:
+            if pid in seen:
+                raise SequenceError(f"{path}: duplicate record id {pid!r}")
+            seen.add(pid)
         try:
             seq = clean_sequence(raw, record=f"record {pid!r}")
         except SequenceError as e:

@@ -12,7 +12,7 @@ from esmsae.concepts import load_all, load_tmbed, runs
 from esmsae.config import ConfigError, IndexConfig, ModelConfig
 import esmsae.index.build as idx_mod
 from esmsae.fasta import read_fasta
-from esmsae.index import IndexError_, build_index, collect, enrichment, read_grouping
+from esmsae.index import IndexError_, ProteinTable, build_index, enrichment, read_grouping
 from esmsae.plm import Hook, ModelMismatchError, load_plm
 
 
@@ -177,7 +177,7 @@ def test_bad_index_input(tmp_path, tiny_sae, mgen_full, esm2_dir, shared):
     bad = tmp_path / "g.tsv"
     bad.write_text("P99999\tX\n")
     with pytest.raises(IndexError_, match="none of its 1 protein ids"):
-        collect(IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(mgen_full)], groups=[str(bad)]))
+        ProteinTable.build(IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(mgen_full)], groups=[str(bad)]), [], tmp_path / "pt")
     broken = tmp_path / "g.json"
     broken.write_text('{"A": [["MKV*Z1", "x"]]}')
     with pytest.raises(ValueError, match="group 'A' entry 0"):
@@ -185,7 +185,7 @@ def test_bad_index_input(tmp_path, tiny_sae, mgen_full, esm2_dir, shared):
     dup = tmp_path / "dup.fasta"
     dup.write_text(">a\nMKVL\n>a\nMKVA\n")
     with pytest.raises(ValueError, match="duplicate"):
-        collect(IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(dup)]))
+        ProteinTable.build(IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(dup)]), [], tmp_path / "pt")
     with pytest.raises(ConfigError, match="top_n"):
         IndexConfig(top_n=0)
     # an SAE whose d_in does not fit the model: clear error, nothing written
@@ -203,7 +203,8 @@ def test_grouping_json_adds_proteins(tmp_path, tiny_sae, mgen_full):
     seqs = [(s, h) for h, s in read_fasta(mgen_full)][:3]
     js = tmp_path / "sampled_sequences.json"
     js.write_text(json.dumps({"Mollicutes": [[s, h] for s, h in seqs[:2]], "Other": [["MKTAYIAKQRQISFVKSHFSRQ", "new_protein OS=X"]]}))
-    items, rep = collect(IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(mgen_full)], groups=[str(js)]))
+    items = list(ProteinTable.build(IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(mgen_full)], groups=[str(js)]), [],
+                                    tmp_path / "pt").items())
     assert len(items) == 61
     grp = {it.id: it.groups.get("sampled_sequences") for it in items}
     assert grp["new_protein"] == "Other" and sum(v == "Mollicutes" for v in grp.values()) == 2

@@ -11,7 +11,8 @@ from esmsae.config import IndexConfig, ModelConfig, SAEConfig
 from esmsae.index.concept_f1 import (AMINO_ACIDS, THRESHOLDS, aa_purity, aa_rule_f1, concept_counts, concept_layout, eligible,
                                      feature_prf, report, select, split_of, trivial_f1)
 from esmsae.index.group_stats import enrichment, top_groups
-from esmsae.index.proteins import Item, ProteinSet, cap_groups, grouping_tsv, read_taxonomy
+from esmsae.index.protein_table import ProteinTable
+from esmsae.index.proteins import Item, grouping_tsv, md5, read_taxonomy
 from esmsae.index.streaming import LATENT_BITS
 
 AA = AMINO_ACIDS
@@ -29,6 +30,16 @@ class FakeCSR:
             yield pidx, (np.asarray(res, np.int64) << LATENT_BITS) | np.asarray(feat, np.int64), np.asarray(val, np.float32)
 
 
+def protein_table(tmp_path, labelled=(), fasta: dict[str, str] | None = None, **kw) -> tuple[ProteinTable, list[Item]]:
+    """A protein table built from FASTA texts ({file name: text}) and label records, and its proteins in pidx order."""
+    files = []
+    for name, text in (fasta or {}).items():
+        files.append(str(tmp_path / name))
+        (tmp_path / name).write_text(text)
+    t = ProteinTable.build(IndexConfig(sae="x", out=str(tmp_path / "i.duckdb"), fasta=files, **kw), list(labelled), tmp_path / "pt")
+    return t, sorted(t.items(), key=lambda it: it.pidx)
+
+
 def _counts(items, rows, F, names=None):
     names = names or sorted({c for it in items for lab in it.labels for c in lab.spans})
     sources = sorted({lab.source for it in items for lab in it.labels})
@@ -43,18 +54,16 @@ def _seq(rng, n):
     return "".join(rng.choice(list(AA), n))
 
 
-def test_duplicated_chain_leaves_precision_unchanged():
+def test_duplicated_chain_leaves_precision_unchanged(tmp_path):
     """Two chains of a homodimer (same sequence, same source) are one protein with one label
     record: the true positives are not counted twice (precision above 1 before the fix)."""
     seq = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
     lab = Labeled("A", seq, "Structure", {"Structure: buried (RSA<0.2)": [(5, 20), (30, 40)]})
     rows = [(0, np.arange(0, 50), np.zeros(50, int), np.ones(50))]
     one = Item("A", seq, labels=[lab])
-    ps = ProteinSet()
-    ps.add(Item("A", seq, labels=[lab]))
-    ps.add(Item("A_chainB", seq, labels=[Labeled("B", seq, "Structure", {"Structure: buried (RSA<0.2)": [(5, 20), (30, 40)]})]))
-    (merged,) = ps.items.values()
-    assert len(merged.labels) == 1 and ps.duplicate_labels == 1
+    t, (merged,) = protein_table(tmp_path, [lab, Labeled("B", seq, "Structure", {"Structure: buried (RSA<0.2)": [(5, 20), (30, 40)]})],
+                                 add_labelled=True)
+    assert len(merged.labels) == 1 and t.report["duplicate_label_records"] == 1 and merged.id == "A"
     h1, lay, _ = _counts([one], rows, 1)
     h2, _, _ = _counts([merged], rows, 1)
     half = split_of(seq)
@@ -255,22 +264,58 @@ def test_taxonomy_file_gives_uniref_proteins_a_kingdom(tmp_path):
     tax = tmp_path / "tax.tsv"
     tax.write_text("Taxon Id\tScientific name\tLineage\n562\tEscherichia coli\tcellular organisms, Bacteria, Pseudomonadota\n")
     assert read_taxonomy(tax) == {562: "cellular organisms, Bacteria, Pseudomonadota"}
-    from esmsae.index.proteins import collect
-
-    items, _ = collect(IndexConfig(sae="x", out=str(tmp_path / "i.duckdb"), fasta=[str(fa)], taxonomy=str(tax)))
+    _, items = protein_table(tmp_path, fasta={"u.fasta": fa.read_text()}, taxonomy=str(tax))
     by = {it.id: it for it in items}
     assert by["UniRef90_X"].groups.get("kingdom") == "Bacteria"
     assert by["UniRef90_Y"].groups.get("kingdom") == "Eukaryota"  # a shipped proteome taxid
 
 
-def test_group_cap_keeps_a_hash_chosen_subset():
-    items = [Item(f"p{i}", "M" + "A" * (i + 1), groups={"kingdom": "Big" if i < 50 else "Small"}) for i in range(60)]
-    dropped = cap_groups(items, 20)
-    assert dropped == {"kingdom": 30}
-    kept = {it.id for it in items if "kingdom" in it.groups}
-    items2 = [Item(f"p{i}", "M" + "A" * (i + 1), groups={"kingdom": "Big" if i < 50 else "Small"}) for i in reversed(range(60))]
-    cap_groups(items2, 20)
-    assert kept == {it.id for it in items2 if "kingdom" in it.groups}  # order-independent
+def test_group_cap_keeps_a_hash_chosen_subset(tmp_path):
+    groups = "".join(f"p{i}\t{'Big' if i < 50 else 'Small'}\n" for i in range(60))
+    (tmp_path / "size.tsv").write_text(groups)
+    kept = []
+    for order in (range(60), reversed(range(60))):
+        fa = "".join(f">p{i}\nM{'A' * (i + 1)}\n" for i in order)
+        d = tmp_path / f"o{len(kept)}"
+        d.mkdir()
+        t, items = protein_table(d, fasta={"p.fasta": fa}, groups=[str(tmp_path / "size.tsv")], group_cap=20)
+        assert t.report["capped_group_members"] == {"size": 30}
+        assert sum(it.groups.get("size") == "Small" for it in items) == 10
+        by_md5 = sorted(md5(it.sequence) for it in items if it.groups.get("size") == "Big")
+        assert by_md5 == sorted(md5("M" + "A" * (i + 1)) for i in range(50))[:20]  # the 20 smallest hashes
+        kept.append({it.id for it in items if "size" in it.groups})
+    assert kept[0] == kept[1]  # order-independent
+
+
+def test_protein_table_dedup_rules(tmp_path):
+    """One protein per sequence: the first record's id, later records fill what it lacks and add
+    their source; a taken id becomes id#pidx; labelled proteins join only with add_labelled or
+    when a FASTA has them; a JSON grouping file's new protein joins; members resolved by id,
+    parsed header and md5; duplicate ids in one FASTA are an error naming the file."""
+    s1, s2, s3, s4 = "MKTAYIAKQR", "MKLLVVAAGG", "MSTNPKPQRK", "MDDEEKKRRL"
+    fa1 = ">a desc one\n" + s1 + "\n>b\n" + s2 + "\n"
+    fa2 = ">c OS=Homo sapiens OX=9606\n" + s1 + "\n>a\n" + s3 + "\n"
+    (tmp_path / "g.tsv").write_text("id\tgroup\nsp|b|B_HUMAN\tX\nmd5:" + md5(s3) + "\tY\nnobody\tZ\n")
+    (tmp_path / "j.json").write_text('{"J": [["' + s4 + '", "new OS=Homo sapiens OX=9606"], ["' + s2 + '", "again"]]}')
+    lab_in = Labeled("L1", s2, "TMbed", {"TMbed: TM helix": [(0, 5)]}, structure="x.cif", chain="A")
+    lab_out = Labeled("L2", "MPPPPPPPPW", "TMbed", {"TMbed: TM helix": [(0, 5)]})
+    for add_all in (False, True):
+        d = tmp_path / f"t{add_all}"
+        d.mkdir()
+        t, items = protein_table(d, [lab_in, lab_out], fasta={"one.fasta": fa1, "two.fasta": fa2}, add_labelled=add_all,
+                                 groups=[str(tmp_path / "g.tsv"), str(tmp_path / "j.json")])
+        by = {it.id: it for it in items}
+        assert [it.id for it in items][:3] == ["a", "b", "a#2"]
+        assert by["a"].sequence == s1 and by["a"].description == "desc one" and by["a"].organism == "Homo sapiens"
+        assert by["a"].taxid == 9606 and by["a"].kingdom == "Eukaryota" and by["a"].source == "one,two"
+        assert by["b"].structure == "x.cif" and by["b"].chain == "A" and [lab.id for lab in by["b"].labels] == ["L1"]
+        assert by["b"].groups["g"] == "X" and by["a#2"].groups["g"] == "Y" and t.report["unknown_group_ids"]["g"] == 1
+        assert by["new"].groups["j"] == "J" and by["new"].source == "j" and by["b"].groups["j"] == "J" and by["new"].kingdom == "Eukaryota"
+        assert ("L2" in by) == add_all and t.report["duplicate_sequences"] == 1
+        assert by["a"].groups["kingdom"] == "Eukaryota" and by["a"].groups["organism"] == "Homo sapiens"
+    (tmp_path / "dup.fasta").write_text(">x\nMKV\n>x\nMKA\n")
+    with pytest.raises(ValueError, match="dup.fasta: duplicate record id 'x'"):
+        ProteinTable.build(IndexConfig(sae="x", out="i.duckdb", fasta=[str(tmp_path / "dup.fasta")]), [], tmp_path / "pt2")
 
 
 # ------------------------------------------------------------------ LM fidelity

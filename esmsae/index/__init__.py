@@ -1,7 +1,8 @@
 """The feature index (DuckDB): one streaming pass of a protein set through protein LM + SAE.
 
 =================  ==========================================================================
-``proteins.py``    the protein set: FASTA / labelled / grouping-file proteins, de-duplicated
+``proteins.py``    one protein record, grouping / taxonomy file readers, one label per source
+``protein_table.py`` the protein set as a columnar table (DuckDB, Parquet): de-duplicated, ranked reads
 ``streaming.py``   bounded-memory accumulators: top-N, reservoir, track spill, CSR, heap trim
 ``concept_f1.py``  concept F1 with baselines, valid/test split and the amino-acid control
 ``group_stats.py`` group enrichment: log odds, one-sided Fisher, Benjamini-Hochberg
@@ -18,7 +19,7 @@ from importlib import import_module
 
 _WHERE = {
     "build_index": "build", "EXAMPLE_BLOCK": "build",
-    "Item": "proteins", "IndexBuildError": "proteins", "collect": "proteins", "grouping_json": "proteins",
+    "Item": "proteins", "IndexBuildError": "proteins", "ProteinTable": "protein_table", "grouping_json": "proteins",
     "grouping_tsv": "proteins", "read_grouping": "proteins", "md5": "proteins",
     "enrichment": "group_stats", "benjamini_hochberg": "group_stats",
     "THRESHOLDS": "concept_f1", "MIN_DOMAINS": "concept_f1", "MIN_RESIDUES": "concept_f1", "MARGIN": "concept_f1",

@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import numpy as np
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..atomic import explain
 from ..checkpoint import WEIGHTS, check_compatible, load_sae, model_config_of
-from ..concepts import load_all
+from ..concepts import Labeled, load_all
 from ..config import DENSE_FREQ, IndexConfig, auto_batch_tokens, resolve_device
 from ..dist import World, barrier, process_group
 from ..checkpoint import hook_of, read_eval
@@ -41,12 +42,12 @@ from ..plm import ProteinLM, load_plm
 from .concept_f1 import DETECTOR_PURITY, THRESHOLDS, aa_codes, aa_purity, concept_counts, concept_layout, eligible, report as concept_report, select
 from .describe import describe, search_text
 from .group_stats import length_bin, length_edges, top_group_q, top_groups, usage_frame
-from .proteins import IndexBuildError, Item, collect, write_proteins
+from .protein_table import COLUMNS, ProteinTable
+from .proteins import IndexBuildError, Item
 from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, Reservoir, TopN, TrackSpill
 from .tables import HIST_EDGES, SCHEMA, feature_map, hist_quantiles, quantile_frame, top_frame
 
 EXAMPLE_BLOCK = 2048  # features per block when the example tables are written
-PROTEIN_ROWS_PER_INSERT = 4096
 
 
 def _ref_stat(sae, which: int, F: int) -> np.ndarray:
@@ -87,17 +88,18 @@ class Layout:
     length_edges: np.ndarray  # inner edges of the protein-length bins the group test stratifies by
 
     @classmethod
-    def of(cls, items: list[Item], length_bins: int = 1) -> "Layout":
-        source_of = {c: lab.source for it in items for lab in it.labels for c in lab.spans}  # concept names carry their source
+    def of(cls, table: ProteinTable, length_bins: int = 1) -> "Layout":
+        labs = [lab for v in table.labels.values() for lab in v]
+        source_of = {c: lab.source for lab in labs for c in lab.spans}  # concept names carry their source
         concept_names = sorted(source_of)
-        source_names = sorted({lab.source for it in items for lab in it.labels})
+        source_names = sorted({lab.source for lab in labs})
         source_ids = {s: i for i, s in enumerate(source_names)}
-        groupings = sorted({g for it in items for g in it.groups})
-        group_names = {g: sorted({it.groups[g] for it in items if g in it.groups}) for g in groupings}
+        group_names = table.group_names()
+        groupings = sorted(group_names)
         return cls(concept_names, {c: i for i, c in enumerate(concept_names)}, source_names, source_ids,
                    np.array([source_ids[source_of[c]] for c in concept_names], np.int64), groupings, group_names,
                    {g: {n: i for i, n in enumerate(names)} for g, names in group_names.items()},
-                   length_edges(np.array([len(it.sequence) for it in items if it.groups]), length_bins))
+                   length_edges(table.grouped_lengths(), length_bins))
 
 
 @dataclass
@@ -131,9 +133,9 @@ class Stream:
                    np.zeros((F, 20), np.int64), np.zeros(20, np.int64), np.zeros((F, 2), np.int64))
 
 
-def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item] | None = None, progress: bool = True,
-                report: dict | None = None) -> Path:
+def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, labelled: list[Labeled] | None = None, progress: bool = True) -> Path:
     """Build the DuckDB feature index of ``cfg.sae`` over a protein set; returns its path.
+    ``labelled``: the label records to match (default: those under ``cfg.concepts``).
 
     Phases: set-up (model, SAE, protein set), the streaming pass, then the feature, concept and
     group tables from what it accumulated, the example tables, and the meta table; all into
@@ -143,32 +145,40 @@ def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, items: list[Item
     batch b to rank b mod W, so every protein is embedded in the same padded batch as in one
     process; counts and histograms are all-reduced (sums, maxima), concept counts are taken
     after the global maxima, and each rank's top and sampled examples (with their tracks) and
-    protein rows go through ``<out>.parts/`` to rank 0, the one writer of the ``.duckdb``."""
+    protein counts go through ``<out>.parts/`` to rank 0, the one writer of the ``.duckdb``.
+    The protein set is a columnar table (``protein_table``) rank 0 writes into ``<out>.parts/``
+    and every rank streams its batches from."""
     with process_group(resolve_device(cfg.device)) as w:
-        return _build(cfg, plm, items, progress, report, w)
+        return _build(cfg, plm, labelled, progress, w)
 
 
-def _build(cfg: IndexConfig, plm, items, progress: bool, report, w: World) -> Path:
+def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
     t0 = time.time()
     out = Path(cfg.out)
-    sae, meta, plm, hook, items, report = _set_up(cfg, plm, items, report, w)
-    layout = Layout.of(items, cfg.length_bins)
+    sae, meta, plm, hook = _set_up(cfg, plm, w)
     parts = out.with_name(out.name + ".parts")
     if w.main:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(parts, ignore_errors=True)
-        if w.distributed:
-            parts.mkdir()
+        parts.mkdir()
         # before any rank makes its scratch folder: on several nodes another node's pid looks dead here
         _sweep_stale_scratch(out.parent)
+        try:
+            table = ProteinTable.build(cfg, load_all(Path(cfg.concepts)) if labelled is None and cfg.concepts else labelled or [], parts / "proteins")
+            if not table.n:
+                raise IndexBuildError("the protein set is empty (check --fasta / --concepts --add-labelled)")
+        except BaseException:
+            shutil.rmtree(parts, ignore_errors=True)
+            raise
     barrier()
+    if not w.main:
+        table = ProteinTable.open(parts / "proteins")
+    layout = Layout.of(table, cfg.length_bins)
     tmp_db = out.with_name(out.name + ".tmp")
     if w.main:
         for p in (tmp_db, Path(str(tmp_db) + ".wal")):
             p.unlink(missing_ok=True)
-    # rank 0 builds the index file; the other ranks keep their protein rows in memory for the merge
-    con = duckdb.connect(str(tmp_db) if w.main else ":memory:")
-    con.execute(f"CREATE TABLE proteins ({SCHEMA['proteins']})")
+    con = duckdb.connect(str(tmp_db)) if w.main else None  # rank 0 writes the index file
     scratch = Path(tempfile.mkdtemp(prefix=f"esmsae_index_{os.getpid()}_", dir=out.parent))
     csr = CSRWriter(scratch)
     spill = TrackSpill(scratch)
@@ -177,27 +187,27 @@ def _build(cfg: IndexConfig, plm, items, progress: bool, report, w: World) -> Pa
         # is freed when the handles close, even after a kill -9 (no scratch folder is left behind)
         shutil.rmtree(scratch, ignore_errors=True)
     try:
-        st = _stream(cfg, plm, sae, hook, items, layout, con, csr, spill, progress, w)
-        halves = _concept_halves(csr, items, layout, st, w)
+        st, done = _stream(cfg, plm, sae, hook, table, layout, csr, spill, progress, w)
+        halves = _concept_halves(csr, table.labelled_items(), layout, st, w)
         if w.distributed:
-            _merge_ranks(st, con, spill, parts, w)
+            done = _merge_ranks(st, done, spill, parts, w)
         if not w.main:
-            con.close()
             return out
-        n_done = int(con.execute("SELECT count(*) FROM proteins").fetchall()[0][0])
+        n_done = _write_proteins(con, table, done)
         concepts_df, f1_df, best, aa = _concept_frames(halves, layout, st)
-        groups_df, usage, (top_group, top_q) = _group_frames(cfg, items, layout, st)
+        groups_df, usage, (top_group, top_q) = _group_frames(cfg, table, layout, st)
         features = _feature_frame(cfg, sae, st, n_done, best, aa, top_group)
-        features = _with_descriptions(features, items, st, top_q)
+        features = _with_descriptions(features, table, st, top_q)
         spill.finish()
         _write_tables(con, cfg, st, spill, features, concepts_df, f1_df, groups_df, usage)
-        _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, report, t0, w.size)
+        _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, table.report, t0, w.size)
         con.execute("CHECKPOINT")
         con.close()
         os.replace(tmp_db, out)
     except BaseException as e:
         try:
-            con.close()
+            if con is not None:
+                con.close()
         except Exception:
             pass
         if w.main:
@@ -228,9 +238,10 @@ def _reduce_stream(st: "Stream") -> None:
     st.n_res = int(all_reduce_(torch.tensor([st.n_res], dtype=torch.int64), "sum")[0])
 
 
-def _merge_ranks(st: "Stream", con, spill: TrackSpill, parts: Path, w: World) -> None:
-    """Every rank's kept examples (top and sampled, with tracks), protein rows, structure tracks
-    and skipped records to rank 0, through ``parts/``. The top-N and the sample are order-free
+def _merge_ranks(st: "Stream", done: np.ndarray, spill: TrackSpill, parts: Path, w: World) -> np.ndarray | None:
+    """Every rank's kept examples (top and sampled, with tracks), indexed proteins (pidx, features
+    active), structure tracks and skipped records to rank 0, through ``parts/``; rank 0 returns
+    all indexed proteins. The top-N and the sample are order-free
     (see streaming), so offering the other ranks' candidates to rank 0's gives the one-process
     result."""
     import pickle
@@ -246,16 +257,17 @@ def _merge_ranks(st: "Stream", con, spill: TrackSpill, parts: Path, w: World) ->
                for f in range(len(st.top.items)) for slot, (pidx, off, n) in st.top.items[f].items()]
         res = [(f, int(st.res.key_FR[f, slot]), pidx, vmax, *track(off, n))
                for f in range(len(st.res.items)) for slot, (pidx, vmax, off, n) in st.res.items[f].items()]
-        con.execute(f"COPY proteins TO '{parts / f'proteins-rank{w.rank}.parquet'}' (FORMAT parquet)")
+        np.save(parts / f"done-rank{w.rank}.npy", done)
         tmp = parts / f"examples-rank{w.rank}.pkl.tmp"
         with open(tmp, "wb") as fh:
             pickle.dump({"top": top, "res": res, "struct": st.struct_rows, "skipped": st.skipped_model}, fh)
         os.replace(tmp, parts / f"examples-rank{w.rank}.pkl")
     barrier()
     if not w.main:
-        return
+        return None
+    all_done = [done]
     for r in range(1, w.size):
-        con.execute(f"INSERT INTO proteins SELECT * FROM read_parquet('{parts / f'proteins-rank{r}.parquet'}')")
+        all_done.append(np.load(parts / f"done-rank{r}.npy"))
         with open(parts / f"examples-rank{r}.pkl", "rb") as fh:
             got = pickle.load(fh)
         for f, val, pidx, pos, vals in got["top"]:
@@ -264,10 +276,11 @@ def _merge_ranks(st: "Stream", con, spill: TrackSpill, parts: Path, w: World) ->
             st.res.offer_one(f, np.uint64(key), pidx, vmax, lambda pos=pos, vals=vals: spill.put(pos, vals))
         st.struct_rows.extend(got["struct"])
         st.skipped_model.extend(got["skipped"])
+    return np.concatenate(all_done)
 
 
-def _set_up(cfg: IndexConfig, plm: ProteinLM | None, items: list[Item] | None, report: dict | None, w: World = World()):
-    """SAE, model (checked against each other), hook and the protein set."""
+def _set_up(cfg: IndexConfig, plm: ProteinLM | None, w: World = World()):
+    """SAE, model (checked against each other) and hook."""
     if not cfg.out:
         raise IndexBuildError("IndexConfig.out: give the index file to write")
     if cfg.threads:
@@ -282,71 +295,88 @@ def _set_up(cfg: IndexConfig, plm: ProteinLM | None, items: list[Item] | None, r
     check_compatible(meta, plm, strict_name=not cfg.model)
     hook = hook_of(meta)
     plm.check_hook(hook)
-    report = dict(report or {})
-    if items is None:
-        labelled = load_all(Path(cfg.concepts)) if cfg.concepts else []
-        items, report = collect(cfg, labelled)
-    if not items:
-        raise IndexBuildError("the protein set is empty (check --fasta / --concepts --add-labelled)")
     if sae.cfg.n_latents > MAX_LATENTS:
         raise IndexBuildError(f"the SAE has {sae.cfg.n_latents} latents; the index packs (residue, latent) pairs in 20 bits of latent id, "
                               f"so at most {MAX_LATENTS} latents")
-    return sae, meta, plm, hook, items, report
+    return sae, meta, plm, hook
 
 
-def batch_plan(items: list[Item], batch_tokens: int, max_residues: int) -> list[list[int]]:
-    """The one-process plan: proteins sorted by length (little padding), cut into batches of at
-    most ``batch_tokens`` padded tokens. Ranks take whole batches of it."""
-    plan: list[list[int]] = []
-    batch: list[int] = []
-    budget = 0
-    for i in sorted(range(len(items)), key=lambda i: len(items[i].sequence)):
-        cost = min(len(items[i].sequence) + 2, max_residues + 2)
-        if batch and (len(batch) + 1) * max(cost, budget) > batch_tokens:
-            plan.append(batch)
-            batch, budget = [], 0
-        batch.append(i)
-        budget = max(budget, cost)
+def batch_plan(length_S: np.ndarray, batch_tokens: int, max_residues: int) -> np.ndarray:
+    """The one-process plan over proteins sorted by length (little padding): the batch of each,
+    cut at most ``batch_tokens`` padded tokens. Ranks take whole batches of it (b mod W)."""
+    cost_S = np.minimum(np.asarray(length_S, np.int64), max_residues) + 2  # nondecreasing: the last protein sets the padding
+    batch_S = np.zeros(len(cost_S), np.int64)
+    b = n = 0
+    for lo in range(0, len(cost_S), 1 << 20):  # Python ints a chunk at a time: 10 M at once are 0.4 GB
+        out = []
+        for c in cost_S[lo:lo + (1 << 20)].tolist():
+            if n and (n + 1) * c > batch_tokens:
+                b, n = b + 1, 0
+            out.append(b)
+            n += 1
+        batch_S[lo:lo + len(out)] = out
+    return batch_S
+
+
+def _batches(table: ProteinTable, keep: np.ndarray, batch_S: np.ndarray) -> Iterator[list[Item]]:
+    """This rank's batches, streamed from the length-sorted protein table."""
+    batch: list[Item] = []
+    cur = -1
+    mine_K = batch_S[keep]
+    for k, it in enumerate(table.items(keep)):
+        b = int(mine_K[k])
+        if b != cur and batch:
+            yield batch
+            batch = []
+        cur = b
+        batch.append(it)
     if batch:
-        plan.append(batch)
-    return plan
+        yield batch
 
 
-def _stream(cfg, plm, sae, hook, items, layout: Layout, con, csr: CSRWriter, spill: TrackSpill, progress: bool, w: World = World()) -> Stream:
+def _stream(cfg, plm, sae, hook, table: ProteinTable, layout: Layout, csr: CSRWriter, spill: TrackSpill, progress: bool,
+            w: World = World()) -> tuple[Stream, np.ndarray]:
     """The one pass of every protein (of this rank's batches) through model + SAE; under torchrun
-    the running statistics are then all-reduced, so every rank holds the global ones."""
+    the running statistics are then all-reduced, so every rank holds the global ones. Returns them
+    and this rank's indexed proteins as (pidx, features active) rows."""
     st = Stream.empty(sae.cfg.n_latents, cfg, layout)
     batch_tokens = cfg.batch_tokens or auto_batch_tokens(str(plm.device))
     trim = HeapTrim()
-    mine = batch_plan(items, batch_tokens, plm.max_residues)[w.rank::w.size]
-    bar = tqdm(total=sum(len(items[i].sequence) for b in mine for i in b), desc="index" if not w.distributed else f"index rank {w.rank}",
+    length_S = table.lengths()
+    batch_S = batch_plan(length_S, batch_tokens, plm.max_residues)
+    keep = batch_S % w.size == w.rank
+    bar = tqdm(total=int(length_S[keep].sum()), desc="index" if not w.distributed else f"index rank {w.rank}",
                unit="res", disable=not progress, unit_scale=True)
-
-    def run(batch: list[int]) -> None:
-        seqs = [items[i].sequence for i in batch]
+    done: list[tuple[int, int]] = []
+    for batch in _batches(table, keep, batch_S):
+        seqs = [it.sequence for it in batch]
         try:
             acts = [a[hook.name] for a in plm.embed(seqs, [hook])]
         except SequenceError as e:
             if cfg.on_invalid == "error":
                 raise
             st.skipped_model.append(str(e))
-            return
-        pending.extend(zip(batch, _add_batch(st, sae, batch, items, acts, layout, csr, spill, cfg.group_statistic, cfg.pooled_k)))
-        if len(pending) >= PROTEIN_ROWS_PER_INSERT:
-            write_proteins(con, items, pending)
-            pending.clear()
+            continue
+        n_active = _add_batch(st, sae, batch, acts, layout, csr, spill, cfg.group_statistic, cfg.pooled_k)
+        done.extend((it.pidx, n) for it, n in zip(batch, n_active))
         trim()
-        bar.update(sum(len(s) for s in seqs))
-
-    pending: list[tuple[int, int]] = []  # protein rows, inserted a few thousand at a time (one insert per batch cost 4 ms a protein)
-    for batch in mine:
-        run(batch)
-    write_proteins(con, items, pending)
+        bar.update(sum(len(q) for q in seqs))
     bar.close()
     csr.close()
     if w.distributed:
         _reduce_stream(st)
-    return st
+    return st, np.array(done, np.int64).reshape(-1, 2)
+
+
+def _write_proteins(con, table: ProteinTable, done: np.ndarray) -> int:
+    """The index's proteins table: the protein table's rows of the indexed proteins, in pidx order,
+    with how many features fire on each; returns their number."""
+    con.register("_done", pd.DataFrame({"pidx": done[:, 0], "n_active_features": done[:, 1]}))
+    cols = ", ".join(f"p.{c}" for c in COLUMNS)
+    con.execute(f"CREATE TABLE proteins ({SCHEMA['proteins']})")
+    con.execute(f"INSERT INTO proteins SELECT {cols}, d.n_active_features FROM read_parquet('{table.parquet}') p JOIN _done d USING (pidx) ORDER BY p.pidx")
+    con.unregister("_done")
+    return len(done)
 
 
 def _add_counts(target: np.ndarray, keys: np.ndarray, weights: np.ndarray | None = None) -> None:
@@ -361,7 +391,7 @@ def _add_counts(target: np.ndarray, keys: np.ndarray, weights: np.ndarray | None
     flat[u] += np.bincount(inv, weights=weights).astype(flat.dtype, copy=False)
 
 
-def _add_batch(st: Stream, sae, batch: list[int], items: list[Item], acts: list[torch.Tensor], layout: Layout, csr: CSRWriter,
+def _add_batch(st: Stream, sae, batch: list[Item], acts: list[torch.Tensor], layout: Layout, csr: CSRWriter,
                spill: TrackSpill, group_statistic: str = "fires", pooled_k: int = 10) -> list[int]:
     """One batch of proteins' sparse codes into the running statistics; returns how many features
     fire on each protein. The SAE encodes the whole batch at once and every per-feature count is
@@ -383,7 +413,7 @@ def _add_batch(st: Stream, sae, batch: list[int], items: list[Item], acts: list[
     r_R = t_R - off_P[p_R]  # residue within its protein
     # per-feature counts over the batch
     st.n_res += int(off_P[-1])
-    aa_T = np.concatenate([aa_codes(items[i].sequence)[:n] for i, n in zip(batch, len_P)]) if len(batch) else np.zeros(0, np.int64)
+    aa_T = np.concatenate([aa_codes(it.sequence)[:n] for it, n in zip(batch, len_P)]) if len(batch) else np.zeros(0, np.int64)
     st.n_res_A += np.bincount(aa_T[aa_T >= 0], minlength=20)
     a_R = aa_T[t_R]
     ok = a_R >= 0
@@ -408,8 +438,8 @@ def _add_batch(st: Stream, sae, batch: list[int], items: list[Item], acts: list[
     pair_bounds = np.searchsorted(pair_p, np.arange(len(batch) + 1))
     res_bounds = np.searchsorted(p_R, np.arange(len(batch) + 1))
     n_active = np.diff(pair_bounds).tolist()
-    for j, i in enumerate(batch):
-        it = items[i]
+    for j, it in enumerate(batch):
+        i = it.pidx
         lo, hi = pair_bounds[j], pair_bounds[j + 1]
         feats, vmax = pair_f[lo:hi], pair_v[lo:hi]
         spilled: dict[int, tuple[int, int]] = {}
@@ -443,7 +473,7 @@ def _add_batch(st: Stream, sae, batch: list[int], items: list[Item], acts: list[
     return n_active
 
 
-def _concept_halves(csr: CSRWriter, items: list[Item], layout: Layout, st: "Stream", w: World = World()):
+def _concept_halves(csr: CSRWriter, items: dict[int, Item], layout: Layout, st: "Stream", w: World = World()):
     """Concept counts (valid and test halves) of this rank's labelled proteins, thresholded at the
     global feature maxima, then summed over ranks (integer counts: exact)."""
     lay = concept_layout(layout.concept_names, layout.concept_source)
@@ -481,20 +511,14 @@ def _concept_frames(halves, layout: Layout, st: "Stream"):
 USAGE_COLUMNS = ["grouping", "grp", "feature", "n_proteins", "n_fire", "frac", "mean_act", "log_odds", "p", "q", "tested"]
 
 
-def _group_frames(cfg: IndexConfig, items: list[Item], layout: Layout, st: Stream):
+def _group_frames(cfg: IndexConfig, table: ProteinTable, layout: Layout, st: Stream):
     """The groups table, the group x feature usage table (length-stratified test by default) and
     each feature's top group (only where enriched at q < 0.05, see ``group_stats``)."""
     F = len(st.fire_prot_F)
     group_rows, usage_frames = [], []
     top_group = np.array([""] * F, dtype=object)
     top_q = np.full(F, np.nan)
-    B = len(layout.length_edges) + 1
-    members_GB = {g: np.zeros((len(layout.group_names[g]), B), np.int64) for g in layout.groupings}
-    for it in items:
-        if it.groups:
-            b = length_bin(len(it.sequence), layout.length_edges)
-            for g, grp in it.groups.items():
-                members_GB[g][layout.group_ids[g][grp], b] += 1
+    members_GB = table.member_counts(layout.group_ids, layout.length_edges)
     for g in layout.groupings:
         n_prot_GB = members_GB[g]
         frame, enr = usage_frame(layout.group_names[g], st.n_fire_G[g], st.sum_max_G[g], n_prot_GB, cfg.group_test, cfg.min_group_size)
@@ -532,14 +556,12 @@ def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, a
         "ref_max": _ref_stat(sae, 0, F), "ref_idf": _ref_stat(sae, 1, F)})
 
 
-def _with_descriptions(features: pd.DataFrame, items: list[Item], st: Stream, top_q: np.ndarray) -> pd.DataFrame:
+def _with_descriptions(features: pd.DataFrame, table: ProteinTable, st: Stream, top_q: np.ndarray) -> pd.DataFrame:
     """Grounded descriptions and the search text (``describe``), from this index's own evidence."""
-    top_ids: dict[int, list[str]] = {}
-    top_names: dict[int, list[str]] = {}
-    for f in range(len(st.top.items)):
-        ranked = st.top.ranked(f)[:10]
-        top_ids[f] = [items[it[0]].id for _, it in ranked]
-        top_names[f] = [items[it[0]].description for _, it in ranked]
+    ranked = {f: [it[0] for _, it in st.top.ranked(f)[:10]] for f in range(len(st.top.items))}
+    info = table.columns([p for v in ranked.values() for p in v], ("id", "description"))
+    top_ids = {f: [info.at[p, "id"] for p in v] for f, v in ranked.items()}
+    top_names = {f: [info.at[p, "description"] for p in v] for f, v in ranked.items()}
     features = features.assign(n_nterm=st.ends_F2[:, 0], n_cterm=st.ends_F2[:, 1], top_group_q=top_q)
     d = describe(features, top_names, top_q)
     return features.assign(description=d["description"].to_numpy(), evidence=d["evidence"].to_numpy(),

@@ -106,7 +106,7 @@ def _dedup_spans(spans, known: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in sorted(set(spans)) if known[a:b].any()]
 
 
-def concept_counts(csr: "CSRWriter", items: "list[Item]", fmax_F: np.ndarray, concept_ids: dict[str, int], source_ids: dict[str, int],
+def concept_counts(csr: "CSRWriter", items: "dict[int, Item]", fmax_F: np.ndarray, concept_ids: dict[str, int], source_ids: dict[str, int],
                    layout: ConceptLayout) -> list[SplitCounts]:
     """One pass over the labelled proteins' sparse codes -> [valid counts, test counts]."""
     F, C, S, T = len(fmax_F), len(concept_ids), len(source_ids), len(THRESHOLDS)

@@ -1,0 +1,391 @@
+"""The protein set of an index as a columnar table, so that 10 M proteins fit on every rank.
+
+The FASTA files (and labelled proteins, and the proteins of JSON grouping files) are streamed
+once, a chunk at a time, into DuckDB; there they are de-duplicated by sequence md5, given
+their taxonomy and group memberships, and written to ``proteins.parquet`` sorted by length,
+the order of the build's batch plan. A rank then reads that file a record batch at a time and
+keeps only its own batches (batch b goes to rank b mod W), so memory on a rank is one read
+chunk, the length column and the labelled proteins (kept as objects: their label spans),
+never a Python object per protein. Rank 0 writes the table; the others open it.
+
+De-duplication (one protein per sequence) follows these rules, in file order:
+- the first record of a sequence gives the id; later records fill what it lacks (organism,
+  taxid, kingdom, lineage, structure, chain, description) and add their source;
+- FASTA proteins come first; a labelled protein joins only when its sequence is in a FASTA
+  (or with ``add_labelled``), then it fills what the FASTA record lacks; a JSON grouping file's
+  protein joins only when its sequence is new;
+- ids stay unique: a second sequence under a taken id becomes ``id#pidx``;
+- one label record per (protein, source), see :func:`add_label`.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from ..atomic import write_text_atomic
+from ..concepts import Labeled, kingdom_of
+from ..config import IndexConfig
+from ..fasta import SequenceError, parse_header, read_proteins
+from .proteins import IndexBuildError, Item, add_label, grouping_json, is_mmseqs_clusters, md5, read_taxonomy, tsv_pairs
+
+FASTA, LABEL, GROUP_FILE = 0, 1, 2  # kinds of raw records, in the order they are read
+CHUNK = 50_000  # records per insert while reading
+ROW_GROUP = 8192  # proteins per Parquet row group and per read: the file is length-sorted, so the last groups hold the longest proteins
+MEMORY_LIMIT = "2GB"  # DuckDB's buffer for the build; beyond it, it spills to the table folder
+RAW = ["ord", "kind", "file", "id", "description", "organism", "taxid", "kingdom", "lineage", "structure", "chain", "source", "sequence"]
+FILLED = ("description", "organism", "kingdom", "lineage", "structure", "chain")  # filled from later records of the sequence
+COLUMNS = ("pidx", "id", "description", "length", "sequence", "organism", "taxid", "kingdom", "lineage", "source",
+           "label_sources", "structure", "chain")  # the index's proteins table, less n_active_features
+
+
+def _first(result) -> tuple | None:
+    """The first row of a result, which is read to its end (DuckDB 2 refuses new work on a
+    connection with an unfinished result)."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
+def _insert(con, table: str, rows: list[tuple], columns: list[str]) -> None:
+    if rows:
+        con.register("_chunk", pd.DataFrame(rows, columns=columns))
+        con.execute(f"INSERT INTO {table} SELECT * FROM _chunk")
+        con.unregister("_chunk")
+        rows.clear()
+
+
+class _Raw:
+    """Raw records appended in reading order, a chunk at a time."""
+
+    def __init__(self, con):
+        self.con, self.rows, self.ord = con, [], 0
+
+    def add(self, kind: int, file: str, id: str, description: str, organism: str, taxid, kingdom: str, lineage: str, structure: str,
+            chain: str, source: str, sequence: str) -> None:
+        self.rows.append((self.ord, kind, file, id, description or "", organism or "", taxid, kingdom or "", lineage or "",
+                          structure or "", chain or "", source or "", sequence))
+        self.ord += 1
+        if len(self.rows) >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        _insert(self.con, "raw", self.rows, RAW)
+
+
+@dataclass
+class ProteinTable:
+    """A protein set on disk: ``proteins.parquet`` (one row per unique sequence, sorted by length
+    then pidx, with a ``groups`` list column), ``members.parquet`` (pidx, grouping, grp),
+    the labelled proteins' label records (``labels.pkl``) and ``table.json`` (counts, report)."""
+
+    folder: Path
+    n: int
+    report: dict[str, Any]
+    labels: dict[int, list[Labeled]] = field(default_factory=dict)  # pidx -> label records (labelled proteins only)
+
+    @property
+    def parquet(self) -> str:
+        return str(self.folder / "proteins.parquet")
+
+    @property
+    def members(self) -> str:
+        return str(self.folder / "members.parquet")
+
+    # ------------------------------------------------------------------ build and open
+    @classmethod
+    def build(cls, cfg: IndexConfig, labelled: list[Labeled], folder: str | Path) -> "ProteinTable":
+        """Read the protein set of ``cfg`` (FASTA, labelled proteins, grouping and taxonomy files)
+        into ``folder``; DuckDB does the de-duplication, joins and caps, out of core."""
+        folder = Path(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        con = duckdb.connect(str(folder / "build.duckdb"))
+        try:
+            con.execute(f"SET temp_directory = '{folder / 'spill'}'")
+            con.execute("SET preserve_insertion_order = true")
+            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+            report = _build(con, cfg, labelled or [], folder)
+            n = int(con.execute("SELECT count(*) FROM p").fetchall()[0][0])
+            labels = _labels_by_pidx(con, labelled or [], report)
+            _write(con, folder, labels)
+        finally:
+            con.close()
+            (folder / "build.duckdb").unlink(missing_ok=True)
+            shutil.rmtree(folder / "spill", ignore_errors=True)
+        with open(folder / "labels.pkl", "wb") as fh:
+            pickle.dump(labels, fh)
+        write_text_atomic(folder / "table.json", json.dumps({"n": n, "report": report}))
+        return cls(folder, n, report, labels)
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "ProteinTable":
+        folder = Path(folder)
+        info = json.loads((folder / "table.json").read_text())
+        with open(folder / "labels.pkl", "rb") as fh:
+            labels = pickle.load(fh)
+        return cls(folder, info["n"], info["report"], labels)
+
+    # ------------------------------------------------------------------ queries
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """``sql`` over the views ``proteins`` and ``members`` (a fresh in-memory DuckDB)."""
+        con = duckdb.connect()
+        try:
+            con.execute(f"CREATE VIEW proteins AS SELECT * FROM read_parquet('{self.parquet}')")
+            con.execute(f"CREATE VIEW members AS SELECT * FROM read_parquet('{self.members}')")
+            return con.execute(sql, params or []).df()
+        finally:
+            con.close()
+
+    def lengths(self) -> np.ndarray:
+        """The length of every protein, in file order (length, then pidx): the batch plan's input."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.parquet, columns=["length"], use_threads=False).column(0).to_numpy().astype(np.int64)
+
+    def grouped_lengths(self) -> np.ndarray:
+        return self.query("SELECT length FROM proteins WHERE len(groups) > 0")["length"].to_numpy(np.int64)
+
+    def group_names(self) -> dict[str, list[str]]:
+        df = self.query("SELECT DISTINCT grouping, grp FROM members ORDER BY grouping, grp")
+        return {g: d["grp"].tolist() for g, d in df.groupby("grouping", sort=True)}
+
+    def member_counts(self, group_ids: dict[str, dict[str, int]], edges: np.ndarray) -> dict[str, np.ndarray]:
+        """grouping -> [groups, length bins] proteins; the bin of a length is the number of inner
+        edges at or below it (``group_stats.length_bin``)."""
+        bin_sql = " + ".join(f"(length >= {float(e)!r})::INT" for e in edges) or "0"
+        df = self.query(f"SELECT grouping, grp, {bin_sql} AS bin, count(*) AS n FROM members JOIN proteins USING (pidx) GROUP BY ALL")
+        out = {g: np.zeros((len(ids), len(edges) + 1), np.int64) for g, ids in group_ids.items()}
+        for g, grp, b, n in df.itertuples(index=False):
+            out[g][group_ids[g][grp], int(b)] += int(n)
+        return out
+
+    def columns(self, pidx: list[int], cols: tuple[str, ...] = ("id", "description")) -> pd.DataFrame:
+        """Some columns of the given proteins, indexed by pidx."""
+        con = duckdb.connect()
+        try:
+            con.register("_want", pd.DataFrame({"pidx": np.asarray(sorted(set(pidx)), np.int64)}))
+            return con.execute(f"SELECT pidx, {', '.join(cols)} FROM read_parquet('{self.parquet}') JOIN _want USING (pidx)").df().set_index("pidx")
+        finally:
+            con.close()
+
+    def labelled_items(self) -> dict[int, Item]:
+        """pidx -> Item of every labelled protein (sequence and labels), for the concept pass."""
+        if not self.labels:
+            return {}
+        got = self.columns(list(self.labels), ("id", "sequence"))
+        return {int(p): Item(got.at[p, "id"], got.at[p, "sequence"], labels=labs, pidx=int(p)) for p, labs in self.labels.items()}
+
+    def items(self, keep: np.ndarray | None = None) -> Iterator[Item]:
+        """The proteins in file order (length, then pidx), read a record batch at a time; with
+        ``keep`` (a bool per row of the file) only those rows become Items."""
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(self.parquet)
+        row = 0
+        # one row group at a time (iter_batches read ahead: 0.5 GB more at 1 M proteins)
+        for g in range(pf.metadata.num_row_groups):
+            rb = pf.read_row_group(g, use_threads=False)
+            n = rb.num_rows
+            want = np.arange(n) if keep is None else np.flatnonzero(keep[row:row + n])
+            row += n
+            if not len(want):
+                continue
+            for rec in rb.take(want).to_pylist():
+                yield _item(rec, self.labels)
+
+
+def _item(rec: dict, labels: dict[int, list[Labeled]]) -> Item:
+    p = int(rec["pidx"])
+    return Item(rec["id"], rec["sequence"], rec["description"], rec["organism"], None if rec["taxid"] < 0 else int(rec["taxid"]),
+                kingdom=rec["kingdom"], lineage=rec["lineage"], source=rec["source"], structure=rec["structure"], chain=rec["chain"],
+                labels=labels.get(p, []), groups={m["grouping"]: m["grp"] for m in rec["groups"] or ()}, pidx=p)
+
+
+# ---------------------------------------------------------------------- the build, in SQL
+def _build(con, cfg: IndexConfig, labelled: list[Labeled], folder: Path) -> dict[str, Any]:
+    con.execute("CREATE TABLE raw (ord BIGINT, kind TINYINT, file VARCHAR, id VARCHAR, description VARCHAR, organism VARCHAR, taxid BIGINT, "
+                "kingdom VARCHAR, lineage VARCHAR, structure VARCHAR, chain VARCHAR, source VARCHAR, sequence VARCHAR)")
+    con.execute("CREATE TABLE gmap (grouping VARCHAR, line BIGINT, key_md5 VARCHAR, key_id VARCHAR, key_parsed VARCHAR, grp VARCHAR)")
+    raw = _Raw(con)
+    skipped: list = []
+    for f in cfg.fasta:
+        src = Path(f).name.split(".")[0]
+        for p in read_proteins(f, on_invalid=cfg.on_invalid, skipped=skipped, unique_ids=False):
+            raw.add(FASTA, str(f), p.id, p.description, p.organism, p.taxid, kingdom_of(p.taxid), "", "", "", src, p.sequence)
+    for lab in labelled:
+        raw.add(LABEL, lab.source, lab.id, "", lab.organism, lab.taxid, lab.kingdom, lab.lineage, lab.structure, lab.chain, lab.source, lab.sequence)
+    names = {_read_grouping(con, raw, gf): str(gf) for gf in cfg.groups}  # grouping name -> file
+    raw.flush()
+    dup = _first(con.execute("SELECT file, id FROM raw WHERE kind = 0 GROUP BY file, id HAVING count(*) > 1 ORDER BY min(ord) LIMIT 1"))
+    if dup:
+        raise SequenceError(f"{dup[0]}: duplicate record id {dup[1]!r}")
+    con.execute("ALTER TABLE raw ADD COLUMN md5 VARCHAR")
+    con.execute("UPDATE raw SET md5 = md5(sequence)")
+    # which records make each sequence: FASTA first, labelled proteins (only with add_labelled
+    # when no FASTA has the sequence), then grouping-file proteins when the sequence is new
+    add_all = "true" if cfg.add_labelled else "false"
+    con.execute(f"""CREATE TABLE keyed AS SELECT md5, CASE WHEN bool_or(kind = 0) THEN 0 WHEN {add_all} AND bool_or(kind = 1) THEN 1
+                    WHEN bool_or(kind = 2) THEN 2 ELSE -1 END AS prim FROM raw GROUP BY md5""")
+    con.execute("""CREATE TABLE inc AS SELECT raw.*, k.prim FROM raw JOIN keyed k USING (md5)
+                   WHERE k.prim >= 0 AND (raw.kind = k.prim OR (k.prim = 0 AND raw.kind = 1))""")
+    filled = ", ".join(f"coalesce(arg_min({c}, ord) FILTER (WHERE {c} <> ''), '') AS {c}" for c in FILLED)
+    con.execute(f"""CREATE TABLE uniq AS SELECT md5, min(ord) AS ord0, arg_min(id, ord) AS id, arg_min(sequence, ord) AS sequence, {filled},
+                    arg_min(taxid, ord) FILTER (WHERE taxid IS NOT NULL) AS taxid FROM inc GROUP BY md5""")
+    # the sources of a sequence: those of its records of the kind that made it, in order
+    con.execute("""CREATE TABLE srcs AS SELECT md5, string_agg(source, ',' ORDER BY o) AS source FROM
+                   (SELECT md5, source, min(ord) AS o FROM inc WHERE kind = prim AND source <> '' GROUP BY md5, source) GROUP BY md5""")
+    # pidx: order of first appearance; a taken id gets '#pidx' (the first holder keeps it)
+    con.execute("""CREATE TABLE p0 AS SELECT u.*, coalesce(s.source, '') AS source, (row_number() OVER (ORDER BY ord0) - 1)::BIGINT AS pidx
+                   FROM uniq u LEFT JOIN srcs s USING (md5)""")
+    con.execute("""CREATE TABLE p AS SELECT * REPLACE (CASE WHEN row_number() OVER (PARTITION BY id ORDER BY pidx) > 1
+                   THEN id || '#' || pidx ELSE id END AS id) FROM p0""")
+    report: dict[str, Any] = {"skipped_invalid": len(skipped), "unknown_group_ids": {}}
+    report["duplicate_sequences"] = int(con.execute("SELECT count(*) FROM inc WHERE kind = prim").fetchall()[0][0]) - \
+        int(con.execute("SELECT count(*) FROM p").fetchall()[0][0])
+    for t in ("keyed", "inc", "uniq", "srcs", "p0", "raw"):
+        con.execute(f"DROP TABLE {t}")
+    _taxonomy(con, cfg)
+    _groupings(con, cfg, names, report)
+    if cfg.max_proteins:
+        con.execute(f"DELETE FROM p WHERE pidx >= {int(cfg.max_proteins)}")
+        con.execute(f"DELETE FROM members WHERE pidx >= {int(cfg.max_proteins)}")
+    if cfg.group_sources:  # only proteins of these sources join groupings (a sample of its kingdoms)
+        con.register("_srcs", pd.DataFrame({"s": list(cfg.group_sources)}))
+        con.execute("DELETE FROM members WHERE pidx IN (SELECT pidx FROM p WHERE NOT list_has_any(string_split(source, ','), (SELECT list(s) FROM _srcs)))")
+        con.unregister("_srcs")
+    if cfg.group_cap:
+        report["capped_group_members"] = _cap(con, cfg.group_cap)
+    return report
+
+
+def _read_grouping(con, raw: _Raw, path: str) -> str:
+    """One grouping file into ``gmap`` (and a JSON file's proteins into ``raw``); returns its name."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"grouping file not found: {path}")
+    name, rows, line = path.stem, [], 0
+    cols = ["grouping", "line", "key_md5", "key_id", "key_parsed", "grp"]
+    if path.suffix == ".json":
+        for group, header, seq in grouping_json(path.read_text(), path.name):
+            pid, desc, org, taxid = parse_header(header)
+            raw.add(GROUP_FILE, name, pid, desc, org, taxid, kingdom_of(taxid), "", "", "", name, seq)
+            rows.append((name, line, md5(seq), None, None, group))
+            line += 1
+    else:
+        with open(path) as fh:  # a chunk of lines at a time: a cluster TSV of 10 M members
+            fmt, first = "", 1
+            while True:
+                text = fh.read(1 << 24)
+                text += fh.readline() if text and not text.endswith("\n") else ""
+                if not text:
+                    break
+                pairs = tsv_pairs(text, str(path), first)
+                first += text.count("\n")
+                fmt = fmt or ("mmseqs" if is_mmseqs_clusters(pairs) else "plain")  # MMseqs2 writes rep<TAB>rep first
+                for a, b in pairs:
+                    key, group = (b, a) if fmt == "mmseqs" else (a, b)
+                    is_md5 = key.startswith("md5:")
+                    rows.append((name, line, key[4:] if is_md5 else None, None if is_md5 else key, None if is_md5 else parse_header(key)[0], group))
+                    line += 1
+                    if len(rows) >= CHUNK:
+                        _insert(con, "gmap", rows, cols)
+    _insert(con, "gmap", rows, cols)
+    return name
+
+
+def _taxonomy(con, cfg: IndexConfig) -> None:
+    """Lineages from the taxonomy file (where a protein has none), then kingdoms where missing:
+    computed once per distinct (taxid, lineage), not once per protein."""
+    if cfg.taxonomy:
+        lineages = read_taxonomy(cfg.taxonomy)
+        con.register("_tax", pd.DataFrame({"taxid": list(lineages), "lin": list(lineages.values())}, columns=["taxid", "lin"]).astype({"taxid": "int64"}))
+        con.execute("UPDATE p SET lineage = t.lin::VARCHAR FROM _tax t WHERE p.lineage = '' AND p.taxid = t.taxid::BIGINT")
+        con.unregister("_tax")
+    todo = con.execute("SELECT DISTINCT taxid, lineage FROM p WHERE kingdom = ''").fetchall()
+    kd = [(t, lin, kingdom_of(None if t is None else int(t), lin)) for t, lin in todo]
+    kd = [r for r in kd if r[2]]
+    if kd:
+        con.register("_kd", pd.DataFrame(kd, columns=["taxid", "lin", "k"]).astype({"taxid": "Int64"}))
+        con.execute("UPDATE p SET kingdom = d.k FROM _kd d WHERE p.kingdom = '' AND p.lineage = d.lin AND p.taxid IS NOT DISTINCT FROM d.taxid")
+        con.unregister("_kd")
+
+
+def _groupings(con, cfg: IndexConfig, names: dict[str, str], report: dict) -> None:
+    """``members``: the grouping files' memberships (a key is 'md5:<hash>', an id, or a header
+    whose parsed id matches; the last line of a key wins), then the built-in groupings kingdom,
+    organism and lineage (at ``cfg.lineage_rank``) where no file gave one of that name."""
+    con.execute("""CREATE TABLE gm AS SELECT g.grouping, g.line, g.grp, coalesce(a.pidx, b.pidx, c.pidx) AS pidx FROM gmap g
+                   LEFT JOIN p a ON a.md5 = g.key_md5 LEFT JOIN p b ON b.id = g.key_id LEFT JOIN p c ON c.id = g.key_parsed""")
+    for name, path in names.items():
+        first = _first(con.execute("SELECT coalesce('md5:' || key_md5, key_id) FROM gmap WHERE grouping = ? ORDER BY line LIMIT 1", [name]))
+        # keys: distinct per file (a later line of the same key replaces the earlier one)
+        n_keys, unknown = con.execute("""SELECT count(*), count(*) FILTER (WHERE pidx IS NULL) FROM (SELECT arg_max(pidx, line) AS pidx
+            FROM gm JOIN gmap USING (grouping, line) WHERE grouping = ? GROUP BY coalesce('md5:' || key_md5, key_id))""", [name]).fetchall()[0]
+        if n_keys and unknown == n_keys:
+            raise IndexBuildError(f"{path}: none of its {n_keys} protein ids is in the protein set (first: {first[0]!r})")
+        report["unknown_group_ids"][name] = int(unknown)
+    con.execute("""CREATE TABLE members AS SELECT pidx, grouping, arg_max(grp, line) AS grp FROM gm WHERE pidx IS NOT NULL
+                   GROUP BY pidx, grouping""")
+    r = int(cfg.lineage_rank) + 1
+    for g, expr, cond in (("kingdom", "kingdom", "kingdom <> ''"), ("organism", "organism", "organism <> ''"),
+                          ("lineage", f"trim(string_split(lineage, ';')[{r}])", f"lineage <> '' AND len(string_split(lineage, ';')) >= {r}")):
+        con.execute(f"""INSERT INTO members SELECT pidx, '{g}', {expr} FROM p WHERE {cond}
+                        AND pidx NOT IN (SELECT pidx FROM members WHERE grouping = '{g}')""")
+    con.execute("DROP TABLE gm")
+    con.execute("DROP TABLE gmap")
+
+
+def _cap(con, cap: int) -> dict[str, int]:
+    """At most ``cap`` proteins per group, the ones with the smallest sequence md5 (the same
+    proteins whatever the file order); the others leave that grouping."""
+    con.execute(f"""CREATE TABLE dropped AS SELECT pidx, grouping FROM (SELECT m.pidx, m.grouping,
+                    row_number() OVER (PARTITION BY m.grouping, m.grp ORDER BY p.md5) AS rn FROM members m JOIN p USING (pidx)) WHERE rn > {int(cap)}""")
+    out = dict(con.execute("SELECT grouping, count(*) FROM dropped GROUP BY grouping ORDER BY grouping").fetchall())
+    con.execute("DELETE FROM members USING dropped d WHERE members.pidx = d.pidx AND members.grouping = d.grouping")
+    con.execute("DROP TABLE dropped")
+    return {g: int(n) for g, n in out.items()}
+
+
+def _labels_by_pidx(con, labelled: list[Labeled], report: dict) -> dict[int, list[Labeled]]:
+    """Label records of the proteins in the set, one per (protein, source)."""
+    by_md5: dict[str, list[Labeled]] = {}
+    for lab in labelled:
+        by_md5.setdefault(md5(lab.sequence), []).append(lab)
+    pidx_of: dict[str, int] = {}
+    if by_md5:
+        con.register("_lab", pd.DataFrame({"md5": list(by_md5)}))
+        pidx_of = dict(con.execute("SELECT md5, pidx FROM p JOIN _lab USING (md5)").fetchall())
+        con.unregister("_lab")
+    out: dict[int, list[Labeled]] = {}
+    dropped = 0
+    for h, labs in by_md5.items():
+        if h not in pidx_of:
+            continue
+        it = Item("", labs[0].sequence)
+        for lab in labs:
+            dropped += not add_label(it, lab)
+        out[int(pidx_of[h])] = it.labels
+    report["duplicate_label_records"] = dropped
+    return out
+
+
+def _write(con, folder: Path, labels: dict[int, list[Labeled]]) -> None:
+    """``proteins.parquet`` sorted by (length, pidx), the batch plan's order, with each protein's
+    groups and label sources; ``members.parquet``."""
+    con.register("_ls", pd.DataFrame({"pidx": np.array(list(labels), np.int64),
+                                      "ls": [",".join(sorted({lab.source for lab in v})) for v in labels.values()]}, columns=["pidx", "ls"]))
+    con.execute(f"""COPY (SELECT p.pidx, p.id, p.description, length(p.sequence)::BIGINT AS length, p.sequence, p.organism,
+                    coalesce(p.taxid, -1)::BIGINT AS taxid, p.kingdom, p.lineage, p.source, coalesce(l.ls::VARCHAR, '') AS label_sources,
+                    p.structure, p.chain, p.md5, coalesce(g.groups, []) AS groups
+                    FROM p LEFT JOIN _ls l USING (pidx)
+                    LEFT JOIN (SELECT pidx, list({{'grouping': grouping, 'grp': grp}} ORDER BY grouping) AS groups FROM members GROUP BY pidx) g USING (pidx)
+                    ORDER BY length, p.pidx) TO '{folder / 'proteins.parquet'}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})""")
+    con.unregister("_ls")
+    con.execute(f"COPY (SELECT * FROM members ORDER BY grouping, grp, pidx) TO '{folder / 'members.parquet'}' (FORMAT parquet)")
