@@ -1,9 +1,9 @@
-"""torchrun on this machine: 2 ranks x 1 thread against 1 process x 2 threads, for `embed` and
-`train` (DDP), same inputs, same outputs (the tests check that; this measures the time).
+"""torchrun on this machine: 2 ranks x 1 thread against 1 process x 2 threads, for `embed`,
+`train` (DDP) and `index`, same inputs, same outputs (the tests check that; this measures the time).
 
 Embed: ESM-2 8M architecture (random weights: the speed does not depend on them), layers 3,
 2,000 real proteome proteins of <= 400 residues (two proteomes). Train: TopK 2,048 latents, k 32,
-batch 4,096, 300 steps on that store. Wall time includes interpreter and model start (torchrun's rendezvous too),
+batch 4,096, 300 steps on that store. Index: that SAE over the 2,000 proteins, no UMAP. Wall time includes interpreter and model start (torchrun's rendezvous too),
 as a user would see it. Writes bench/results/distributed.json.
 """
 from __future__ import annotations
@@ -65,6 +65,15 @@ def main() -> None:
 
         out["train_1proc_2threads_s"] = timed(py + train("t1", 2), 2)
         out["train_ddp_2ranks_1thread_s"] = timed(tr + train("t2", 1), 1)
+        sae = next((work / "t1").glob("L3_*"))
+
+        def index(name: str, threads: int) -> list[str]:
+            return ["index", "--sae", str(sae), "--fasta", str(fa), "--out", str(work / name), "--umap", "false", "--device", "cpu",
+                    "--threads", str(threads)]
+
+        out["index_1proc_2threads_s"] = timed(py + index("i1.duckdb", 2), 2)
+        out["index_2ranks_1thread_s"] = timed(tr + index("i2.duckdb", 1), 1)
+        out["index_speedup"] = out["index_1proc_2threads_s"] / out["index_2ranks_1thread_s"]
         out["embed_speedup"] = out["embed_1proc_2threads_s"] / out["embed_2ranks_1thread_s"]
         out["train_speedup"] = out["train_1proc_2threads_s"] / out["train_ddp_2ranks_1thread_s"]
         res = ROOT / "bench" / "results" / "distributed.json"

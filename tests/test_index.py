@@ -210,6 +210,39 @@ def test_grouping_json_adds_proteins(tmp_path, tiny_sae, mgen_full):
     assert grp["new_protein"] == "Other" and sum(v == "Mollicutes" for v in grp.values()) == 2
 
 
+def test_ranks_stream_exactly_their_batches_of_the_plan(tmp_path, monkeypatch):
+    """Every rank reads only its batches (b mod W) from the length-sorted table, a row group at a
+    time; together the ranks cover each protein once, in the one-process plan's batches."""
+    import pyarrow.parquet as pq
+
+    from esmsae.index import protein_table
+    from esmsae.index.build import _batches, batch_plan
+
+    rng = np.random.default_rng(0)
+    fa = tmp_path / "p.fasta"
+    fa.write_text("".join(f">p{i}\n{''.join(rng.choice(list('ACDEFGHIKLMNPQRSTVWY'), int(rng.integers(20, 80))))}\n" for i in range(5000)))
+    monkeypatch.setattr(protein_table, "ROW_GROUP", 2048)  # DuckDB's smallest: 3 row groups, batches across their borders
+    t = ProteinTable.build(IndexConfig(sae="x", out="i.duckdb", fasta=[str(fa)]), [], tmp_path / "pt")
+    assert pq.ParquetFile(t.parquet).metadata.num_row_groups == 3 and t.n == 5000
+    length_S = t.lengths()
+    assert (np.diff(length_S) >= 0).all()
+    batch_S = batch_plan(length_S, 700, 1022)
+    by_hand = [[]]  # the greedy rule: a protein joins while (members + 1) x its padded length <= budget
+    for L in length_S:
+        if by_hand[-1] and (len(by_hand[-1]) + 1) * (L + 2) > 700:
+            by_hand.append([])
+        by_hand[-1].append(int(L))
+    assert [len(b) for b in by_hand] == np.bincount(batch_S).tolist()
+    one = [[it.pidx for it in b] for b in _batches(t, np.ones(t.n, bool), batch_S)]
+    assert [len(b) for b in one] == np.bincount(batch_S).tolist()
+    assert sorted(p for b in one for p in b) == list(range(5000))
+    for W in (2, 3):
+        got = {}
+        for r in range(W):
+            got.update({i * W + r: [it.pidx for it in b] for i, b in enumerate(_batches(t, batch_S % W == r, batch_S))})
+        assert [got[b] for b in range(len(one))] == one
+
+
 def test_concept_loaders_on_shared(shared):
     tm = load_tmbed(shared / "tmbed")
     assert len(tm) > 6000 and {t.kingdom for t in tm} >= {"Eukaryota", "Bacteria", "Archaea"}

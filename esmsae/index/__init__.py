@@ -1,14 +1,14 @@
 """The feature index (DuckDB): one streaming pass of a protein set through protein LM + SAE.
 
-=================  ==========================================================================
-``proteins.py``    one protein record, grouping / taxonomy file readers, one label per source
-``protein_table.py`` the protein set as a columnar table (DuckDB, Parquet): de-duplicated, ranked reads
-``streaming.py``   bounded-memory accumulators: top-N, reservoir, track spill, CSR, heap trim
-``concept_f1.py``  concept F1 with baselines, valid/test split and the amino-acid control
-``group_stats.py`` group enrichment: log odds, one-sided Fisher, Benjamini-Hochberg
-``tables.py``      schema and table writers (no torch: the app's read path imports it)
-``build.py``       :func:`build_index`, the build as a sequence of phases
-=================  ==========================================================================
+====================  ==========================================================================
+``proteins.py``       one protein record, grouping / taxonomy file readers, one label per source
+``protein_table.py``  the protein set as a columnar table (DuckDB, Parquet): de-duplicated, ranked reads
+``streaming.py``      bounded-memory accumulators: top-N, reservoir, track spill, CSR, heap trim
+``concept_f1.py``     concept F1 with baselines, valid/test split and the amino-acid control
+``group_stats.py``    group enrichment: log odds, one-sided Fisher, Benjamini-Hochberg
+``tables.py``         schema and table writers (no torch: the app's read path imports it)
+``build.py``          :func:`build_index`, the build as a sequence of phases
+====================  ==========================================================================
 
 Names are re-exported lazily, so importing :mod:`esmsae.index.tables` (the app) does not
 import the build side (torch).
