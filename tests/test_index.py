@@ -3,6 +3,7 @@ import json
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import fisher_exact
@@ -242,6 +243,32 @@ def test_ranks_stream_exactly_their_batches_of_the_plan(tmp_path, monkeypatch):
             got.update({i * W + r: [it.pidx for it in b] for i, b in enumerate(_batches(t, batch_S % W == r, batch_S))})
         assert [got[b] for b in range(len(one))] == one
 
+
+def test_table_written_through_length_buckets_equals_one_sort(tmp_path, monkeypatch):
+    """The final write sorts a length bucket at a time (so 10 M proteins fit DuckDB's buffer); the
+    file must be the one a single sort of every protein gives: same rows, same order, same groups."""
+    import pyarrow.parquet as pq
+
+    from esmsae.index import protein_table
+
+    rng = np.random.default_rng(1)
+    seqs = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), int(rng.integers(10, 120)))) for _ in range(3000)]
+    seqs += seqs[:200]  # 200 duplicate sequences: the first record wins
+    fa = tmp_path / "p.fasta"
+    fa.write_text("".join(f">p{i} protein {i} OS=Org{i % 7} OX={9606 if i % 2 else 562}\n{s}\n" for i, s in enumerate(seqs)))
+    tsv = tmp_path / "clade.tsv"
+    tsv.write_text("".join(f"p{i}\tc{i % 5}\n" for i in range(0, len(seqs), 3)))
+    cfg = IndexConfig(sae="x", out="i.duckdb", fasta=[str(fa)], groups=[str(tsv)])
+    one = ProteinTable.build(cfg, [], tmp_path / "one")
+    monkeypatch.setattr(protein_table, "BUCKET_BYTES", 4000)  # about 20 proteins a bucket: 150 buckets
+    many = ProteinTable.build(cfg, [], tmp_path / "many")
+    a, b = pq.read_table(one.parquet).to_pandas(), pq.read_table(many.parquet).to_pandas()
+    assert len(a) == 3000 and many.groupings == one.groupings == ["clade", "kingdom", "organism"]
+    pd.testing.assert_frame_equal(a, b)
+    assert list(zip(a["length"], a["pidx"])) == sorted(zip(a["length"], a["pidx"]))
+    it = {i.id: i for i in many.items()}
+    assert it["p3"].groups == {"clade": "c3", "kingdom": "Eukaryota", "organism": "Org3"} and "clade" not in it["p4"].groups
+    assert "p3001" not in it  # a duplicate of p1's sequence
 
 def test_concept_loaders_on_shared(shared):
     tm = load_tmbed(shared / "tmbed")

@@ -40,6 +40,7 @@ FASTA, LABEL, GROUP_FILE = 0, 1, 2  # kinds of raw records, in the order they ar
 CHUNK = 50_000  # records per insert while reading
 ROW_GROUP = 8192  # proteins per Parquet row group and per read: the file is length-sorted, so the last groups hold the longest proteins
 MEMORY_LIMIT = "2GB"  # DuckDB's buffer for the build; beyond it, it spills to the table folder
+BUCKET_BYTES = 256 << 20  # proteins sorted at once in the final write (sequence bytes + 200 a row)
 RAW = ["ord", "kind", "file", "id", "description", "organism", "taxid", "kingdom", "lineage", "structure", "chain", "source", "sequence"]
 FILLED = ("description", "organism", "kingdom", "lineage", "structure", "chain")  # filled from later records of the sequence
 COLUMNS = ("pidx", "id", "description", "length", "sequence", "organism", "taxid", "kingdom", "lineage", "source",
@@ -53,10 +54,10 @@ def _first(result) -> tuple | None:
     return rows[0] if rows else None
 
 
-def _insert(con, table: str, rows: list[tuple], columns: list[str]) -> None:
+def _insert(con, table: str, rows: list[tuple], columns: list[str], select: str = "*") -> None:
     if rows:
         con.register("_chunk", pd.DataFrame(rows, columns=columns))
-        con.execute(f"INSERT INTO {table} SELECT * FROM _chunk")
+        con.execute(f"INSERT INTO {table} SELECT {select} FROM _chunk")
         con.unregister("_chunk")
         rows.clear()
 
@@ -76,19 +77,20 @@ class _Raw:
             self.flush()
 
     def flush(self) -> None:
-        _insert(self.con, "raw", self.rows, RAW)
+        _insert(self.con, "raw", self.rows, RAW, "*, md5(sequence), length(sequence)")
 
 
 @dataclass
 class ProteinTable:
     """A protein set on disk: ``proteins.parquet`` (one row per unique sequence, sorted by length
-    then pidx, with a ``groups`` list column), ``members.parquet`` (pidx, grouping, grp),
+    then pidx, with a column per grouping), ``members.parquet`` (pidx, grouping, grp),
     the labelled proteins' label records (``labels.pkl``) and ``table.json`` (counts, report)."""
 
     folder: Path
     n: int
     report: dict[str, Any]
     labels: dict[int, list[Labeled]] = field(default_factory=dict)  # pidx -> label records (labelled proteins only)
+    groupings: list[str] = field(default_factory=list)  # grouping names; column g<i> of proteins.parquet is grouping i
 
     @property
     def parquet(self) -> str:
@@ -109,20 +111,20 @@ class ProteinTable:
         con = duckdb.connect(str(folder / "build.duckdb"))
         try:
             con.execute(f"SET temp_directory = '{folder / 'spill'}'")
-            con.execute("SET preserve_insertion_order = true")
+            con.execute("SET preserve_insertion_order = false")
             con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
             report = _build(con, cfg, labelled or [], folder)
             n = int(con.execute("SELECT count(*) FROM p").fetchall()[0][0])
             labels = _labels_by_pidx(con, labelled or [], report)
-            _write(con, folder, labels)
+            groupings = _write(con, folder, labels)
         finally:
             con.close()
             (folder / "build.duckdb").unlink(missing_ok=True)
             shutil.rmtree(folder / "spill", ignore_errors=True)
         with open(folder / "labels.pkl", "wb") as fh:
             pickle.dump(labels, fh)
-        write_text_atomic(folder / "table.json", json.dumps({"n": n, "report": report}))
-        return cls(folder, n, report, labels)
+        write_text_atomic(folder / "table.json", json.dumps({"n": n, "report": report, "groupings": groupings}))
+        return cls(folder, n, report, labels, groupings)
 
     @classmethod
     def open(cls, folder: str | Path) -> "ProteinTable":
@@ -130,7 +132,7 @@ class ProteinTable:
         info = json.loads((folder / "table.json").read_text())
         with open(folder / "labels.pkl", "rb") as fh:
             labels = pickle.load(fh)
-        return cls(folder, info["n"], info["report"], labels)
+        return cls(folder, info["n"], info["report"], labels, info["groupings"])
 
     # ------------------------------------------------------------------ queries
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
@@ -150,7 +152,10 @@ class ProteinTable:
         return pq.read_table(self.parquet, columns=["length"], use_threads=False).column(0).to_numpy().astype(np.int64)
 
     def grouped_lengths(self) -> np.ndarray:
-        return self.query("SELECT length FROM proteins WHERE len(groups) > 0")["length"].to_numpy(np.int64)
+        if not self.groupings:
+            return np.zeros(0, np.int64)
+        any_group = " OR ".join(f"g{i} IS NOT NULL" for i in range(len(self.groupings)))
+        return self.query(f"SELECT length FROM proteins WHERE {any_group}")["length"].to_numpy(np.int64)
 
     def group_names(self) -> dict[str, list[str]]:
         df = self.query("SELECT DISTINCT grouping, grp FROM members ORDER BY grouping, grp")
@@ -198,20 +203,20 @@ class ProteinTable:
             if not len(want):
                 continue
             for rec in rb.take(want).to_pylist():
-                yield _item(rec, self.labels)
+                yield _item(rec, self.labels, self.groupings)
 
 
-def _item(rec: dict, labels: dict[int, list[Labeled]]) -> Item:
+def _item(rec: dict, labels: dict[int, list[Labeled]], groupings: list[str]) -> Item:
     p = int(rec["pidx"])
     return Item(rec["id"], rec["sequence"], rec["description"], rec["organism"], None if rec["taxid"] < 0 else int(rec["taxid"]),
                 kingdom=rec["kingdom"], lineage=rec["lineage"], source=rec["source"], structure=rec["structure"], chain=rec["chain"],
-                labels=labels.get(p, []), groups={m["grouping"]: m["grp"] for m in rec["groups"] or ()}, pidx=p)
+                labels=labels.get(p, []), groups={g: rec[f"g{i}"] for i, g in enumerate(groupings) if rec[f"g{i}"] is not None}, pidx=p)
 
 
 # ---------------------------------------------------------------------- the build, in SQL
 def _build(con, cfg: IndexConfig, labelled: list[Labeled], folder: Path) -> dict[str, Any]:
     con.execute("CREATE TABLE raw (ord BIGINT, kind TINYINT, file VARCHAR, id VARCHAR, description VARCHAR, organism VARCHAR, taxid BIGINT, "
-                "kingdom VARCHAR, lineage VARCHAR, structure VARCHAR, chain VARCHAR, source VARCHAR, sequence VARCHAR)")
+                "kingdom VARCHAR, lineage VARCHAR, structure VARCHAR, chain VARCHAR, source VARCHAR, sequence VARCHAR, md5 VARCHAR, length BIGINT)")
     con.execute("CREATE TABLE gmap (grouping VARCHAR, line BIGINT, key_md5 VARCHAR, key_id VARCHAR, key_parsed VARCHAR, grp VARCHAR)")
     raw = _Raw(con)
     skipped: list = []
@@ -226,30 +231,40 @@ def _build(con, cfg: IndexConfig, labelled: list[Labeled], folder: Path) -> dict
     dup = _first(con.execute("SELECT file, id FROM raw WHERE kind = 0 GROUP BY file, id HAVING count(*) > 1 ORDER BY min(ord) LIMIT 1"))
     if dup:
         raise SequenceError(f"{dup[0]}: duplicate record id {dup[1]!r}")
-    con.execute("ALTER TABLE raw ADD COLUMN md5 VARCHAR")
-    con.execute("UPDATE raw SET md5 = md5(sequence)")
+    # Every step below keeps the sequences out of aggregates, windows and sorts: a sequence stays in
+    # ``raw`` until the final write, where it is fetched by the ord of its first record (wide rows
+    # in DuckDB's hash tables and windows do not spill well: 10 M proteins ran out of a 2 GB buffer).
     # which records make each sequence: FASTA first, labelled proteins (only with add_labelled
     # when no FASTA has the sequence), then grouping-file proteins when the sequence is new
     add_all = "true" if cfg.add_labelled else "false"
     con.execute(f"""CREATE TABLE keyed AS SELECT md5, CASE WHEN bool_or(kind = 0) THEN 0 WHEN {add_all} AND bool_or(kind = 1) THEN 1
-                    WHEN bool_or(kind = 2) THEN 2 ELSE -1 END AS prim FROM raw GROUP BY md5""")
-    con.execute("""CREATE TABLE inc AS SELECT raw.*, k.prim FROM raw JOIN keyed k USING (md5)
+                    WHEN bool_or(kind = 2) THEN 2 ELSE -1 END AS prim, count(*) AS n_rec FROM raw GROUP BY md5""")
+    con.execute("""CREATE TABLE inc AS SELECT raw.ord, raw.kind, raw.md5, k.prim, k.n_rec > 1 AS multi FROM raw JOIN keyed k USING (md5)
                    WHERE k.prim >= 0 AND (raw.kind = k.prim OR (k.prim = 0 AND raw.kind = 1))""")
-    filled = ", ".join(f"coalesce(arg_min({c}, ord) FILTER (WHERE {c} <> ''), '') AS {c}" for c in FILLED)
-    con.execute(f"""CREATE TABLE uniq AS SELECT md5, min(ord) AS ord0, arg_min(id, ord) AS id, arg_min(sequence, ord) AS sequence, {filled},
-                    arg_min(taxid, ord) FILTER (WHERE taxid IS NOT NULL) AS taxid FROM inc GROUP BY md5""")
-    # the sources of a sequence: those of its records of the kind that made it, in order
-    con.execute("""CREATE TABLE srcs AS SELECT md5, string_agg(source, ',' ORDER BY o) AS source FROM
-                   (SELECT md5, source, min(ord) AS o FROM inc WHERE kind = prim AND source <> '' GROUP BY md5, source) GROUP BY md5""")
-    # pidx: order of first appearance; a taken id gets '#pidx' (the first holder keeps it)
-    con.execute("""CREATE TABLE p0 AS SELECT u.*, coalesce(s.source, '') AS source, (row_number() OVER (ORDER BY ord0) - 1)::BIGINT AS pidx
-                   FROM uniq u LEFT JOIN srcs s USING (md5)""")
-    con.execute("""CREATE TABLE p AS SELECT * REPLACE (CASE WHEN row_number() OVER (PARTITION BY id ORDER BY pidx) > 1
-                   THEN id || '#' || pidx ELSE id END AS id) FROM p0""")
+    # the first record of the primary kind gives id and sequence (labelled records come after every
+    # FASTA record, so the first included record is of the primary kind)
+    con.execute("CREATE TABLE pk AS SELECT md5, min(ord) AS ord0, bool_or(multi) AS multi FROM inc GROUP BY md5")
+    # a sequence with several records: later records fill what the first lacks, and its sources
+    # are those of its records of the primary kind, in order (most sequences have one record)
+    filled = ", ".join(f"coalesce(arg_min(r.{c}, r.ord) FILTER (WHERE r.{c} <> ''), '') AS {c}" for c in FILLED)
+    con.execute(f"""CREATE TABLE fill AS SELECT i.md5, {filled}, arg_min(r.taxid, r.ord) FILTER (WHERE r.taxid IS NOT NULL) AS taxid
+                    FROM inc i JOIN raw r USING (ord) WHERE i.multi GROUP BY i.md5""")
+    con.execute("""CREATE TABLE msrc AS SELECT md5, string_agg(source, ',' ORDER BY o) AS source FROM
+                   (SELECT i.md5, r.source, min(i.ord) AS o FROM inc i JOIN raw r USING (ord) WHERE i.multi AND i.kind = i.prim AND r.source <> ''
+                    GROUP BY i.md5, r.source) GROUP BY md5""")
+    # pidx: order of first appearance
+    con.execute("CREATE TABLE pidx AS SELECT md5, ord0, multi, (row_number() OVER (ORDER BY ord0) - 1)::BIGINT AS pidx FROM pk")
+    pick = ", ".join(f"CASE WHEN f.md5 IS NULL THEN r.{c} ELSE f.{c} END AS {c}" for c in (*FILLED, "taxid"))
+    con.execute(f"""CREATE TABLE p AS SELECT x.pidx, x.md5, x.ord0, r.id, r.length, {pick},
+                    CASE WHEN x.multi THEN coalesce(s.source, '') ELSE r.source END AS source
+                    FROM pidx x JOIN raw r ON r.ord = x.ord0 LEFT JOIN fill f ON f.md5 = x.md5 LEFT JOIN msrc s ON s.md5 = x.md5""")
+    # ids stay unique: a taken id gets '#pidx' (the first holder keeps it)
+    con.execute("""UPDATE p SET id = p.id || '#' || p.pidx FROM (SELECT pidx FROM (SELECT pidx, row_number() OVER (PARTITION BY id ORDER BY pidx) AS rn
+                   FROM p WHERE id IN (SELECT id FROM p GROUP BY id HAVING count(*) > 1)) WHERE rn > 1) d WHERE p.pidx = d.pidx""")
     report: dict[str, Any] = {"skipped_invalid": len(skipped), "unknown_group_ids": {}}
     report["duplicate_sequences"] = int(con.execute("SELECT count(*) FROM inc WHERE kind = prim").fetchall()[0][0]) - \
         int(con.execute("SELECT count(*) FROM p").fetchall()[0][0])
-    for t in ("keyed", "inc", "uniq", "srcs", "p0", "raw"):
+    for t in ("keyed", "inc", "pk", "fill", "msrc", "pidx"):
         con.execute(f"DROP TABLE {t}")
     _taxonomy(con, cfg)
     _groupings(con, cfg, names, report)
@@ -376,16 +391,54 @@ def _labels_by_pidx(con, labelled: list[Labeled], report: dict) -> dict[int, lis
     return out
 
 
-def _write(con, folder: Path, labels: dict[int, list[Labeled]]) -> None:
+def _write(con, folder: Path, labels: dict[int, list[Labeled]]) -> list[str]:
     """``proteins.parquet`` sorted by (length, pidx), the batch plan's order, with each protein's
-    groups and label sources; ``members.parquet``."""
+    label sources and one column per grouping (``g0``, ``g1``, ...: its group there, or null);
+    ``members.parquet``. Returns the grouping names, in column order."""
     con.register("_ls", pd.DataFrame({"pidx": np.array(list(labels), np.int64),
                                       "ls": [",".join(sorted({lab.source for lab in v})) for v in labels.values()]}, columns=["pidx", "ls"]))
-    con.execute(f"""COPY (SELECT p.pidx, p.id, p.description, length(p.sequence)::BIGINT AS length, p.sequence, p.organism,
-                    coalesce(p.taxid, -1)::BIGINT AS taxid, p.kingdom, p.lineage, p.source, coalesce(l.ls::VARCHAR, '') AS label_sources,
-                    p.structure, p.chain, p.md5, coalesce(g.groups, []) AS groups
-                    FROM p LEFT JOIN _ls l USING (pidx)
-                    LEFT JOIN (SELECT pidx, list({{'grouping': grouping, 'grp': grp}} ORDER BY grouping) AS groups FROM members GROUP BY pidx) g USING (pidx)
-                    ORDER BY length, p.pidx) TO '{folder / 'proteins.parquet'}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})""")
+    names = [g for (g,) in con.execute("SELECT DISTINCT grouping FROM members ORDER BY grouping").fetchall()]
+    # one join per grouping rather than a list aggregate over 10 M proteins (hash joins spill)
+    cols = "".join(f", m{i}.grp AS g{i}" for i in range(len(names)))
+    joins = " ".join(f"LEFT JOIN (SELECT pidx, grp FROM members WHERE grouping = {_lit(g)}) m{i} USING (pidx)" for i, g in enumerate(names))
+    # Sorting 10 M wide rows in one statement runs out of DuckDB's buffer, so the rows go first, in
+    # one streaming pass, to length buckets of about BUCKET_BYTES each; each bucket is then sorted
+    # alone, and the sorted buckets, in length order, are copied into one file.
+    sizes = con.execute("SELECT length, sum(length + 200)::BIGINT FROM p GROUP BY length ORDER BY length").fetchall()
+    bucket_of, b, acc = [], 0, 0
+    for length, nbytes in sizes:
+        if acc and acc + nbytes > BUCKET_BYTES:
+            b, acc = b + 1, 0
+        bucket_of.append((length, b))
+        acc += nbytes
+    con.register("_lb", pd.DataFrame(bucket_of, columns=["length", "bucket"]).astype("int64"))
+    tmp = folder / "buckets"
+    con.execute(f"""COPY (SELECT lb.bucket, p.pidx, p.id, p.description, p.length, r.sequence, p.organism, coalesce(p.taxid, -1)::BIGINT AS taxid,
+                    p.kingdom, p.lineage, p.source, coalesce(l.ls::VARCHAR, '') AS label_sources, p.structure, p.chain, p.md5{cols}
+                    FROM p JOIN raw r ON r.ord = p.ord0 JOIN _lb lb ON lb.length = p.length LEFT JOIN _ls l USING (pidx) {joins})
+                    TO '{tmp}' (FORMAT parquet, PARTITION_BY (bucket), ROW_GROUP_SIZE {ROW_GROUP})""")
+    sorted_parts = []
+    for k in range(b + 1 if bucket_of else 0):
+        part = tmp / f"bucket={k}"
+        if part.exists():
+            sorted_parts.append(str(tmp / f"sorted-{k:05d}.parquet"))
+            con.execute(f"""COPY (SELECT * FROM read_parquet('{part}/*.parquet', hive_partitioning = false) ORDER BY length, pidx) TO '{sorted_parts[-1]}'
+                            (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})""")
+            shutil.rmtree(part)
+    con.execute("SET preserve_insertion_order = true")  # the concatenation keeps the buckets' order
+    if sorted_parts:
+        con.execute(f"COPY (SELECT * FROM read_parquet({sorted_parts!r})) TO '{folder / 'proteins.parquet'}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})")
+    else:  # no proteins: an empty file with the columns
+        con.execute(f"""COPY (SELECT p.pidx, p.id, p.description, p.length, '' AS sequence, p.organism, p.taxid, p.kingdom, p.lineage, p.source,
+                        '' AS label_sources, p.structure, p.chain, p.md5{cols} FROM p {joins}) TO '{folder / 'proteins.parquet'}' (FORMAT parquet)""")
+    con.execute("SET preserve_insertion_order = false")
+    shutil.rmtree(tmp)
+    con.unregister("_lb")
     con.unregister("_ls")
     con.execute(f"COPY (SELECT * FROM members ORDER BY grouping, grp, pidx) TO '{folder / 'members.parquet'}' (FORMAT parquet)")
+    return names
+
+
+def _lit(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
