@@ -7,9 +7,10 @@ Proteins are real proteome sequences from ../shared/data, resampled with replace
 given distinct ids (one residue changed per copy, so N sequences are unique), with a
 kingdom grouping TSV. For the table it times the build (rank 0's work) and one rank's read of
 its half of the batches (2 ranks), and reports peak RSS of each; for the list it reads the FASTA
-into Items. Writes bench/results/protein_table.json.
+into Items. "index_proteins" is rank 0 writing the index's proteins table from the file (every
+protein, in pidx order). Writes bench/results/protein_table.json, replacing the runs it repeats.
 
-    python bench/protein_table.py 100000 1000000
+    python bench/protein_table.py 100000 1000000 10000000 [--kinds=build,read_rank]
 """
 from __future__ import annotations
 
@@ -73,6 +74,21 @@ def child(kind: str, n: int) -> dict:
             it.groups["g"] = groups[it.id]
         return {"kind": kind, "n": len(items), "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_mb(), "import_rss_mb": base}
     folder = CACHE / f"table_{n}_pt"
+    if kind == "index_proteins":  # rank 0: the index's proteins table, every protein indexed
+        import duckdb
+
+        from esmsae.index.build import _write_proteins
+
+        t = ProteinTable.open(folder)
+        pidx = t.query("SELECT pidx FROM proteins")["pidx"].to_numpy()
+        db = CACHE / f"table_{n}_index.duckdb"
+        db.unlink(missing_ok=True)
+        con = duckdb.connect(str(db))
+        t0 = time.perf_counter()
+        n_rows = _write_proteins(con, t, np.stack([pidx, np.ones_like(pidx)], 1))
+        con.close()
+        db.unlink()
+        return {"kind": kind, "n": n_rows, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_mb(), "import_rss_mb": base}
     if kind == "build":
         t = ProteinTable.build(IndexConfig(sae="x", out="x.duckdb", fasta=[str(fa)], groups=[str(tsv)]), [], folder)
         return {"kind": kind, "n": t.n, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_mb(), "import_rss_mb": base,
@@ -92,17 +108,21 @@ def child(kind: str, n: int) -> dict:
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [100_000]
-    out = []
+    sizes = [int(a) for a in sys.argv[1:] if not a.startswith("--")] or [100_000]
+    kinds = next((a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--kinds=")), ["list", "build", "read_rank", "index_proteins"])
+    dst = ROOT / "bench" / "results" / "protein_table.json"
+    out = {(r["kind"], r["size"]): r for r in (json.loads(dst.read_text())["runs"] if dst.exists() else []) if "size" in r}
     for n in sizes:
         fasta(n)
-        for kind in ("list", "build", "read_rank"):
-            r = subprocess.run([sys.executable, __file__, "--child", kind, str(n)], capture_output=True, text=True, check=True)
-            res = json.loads(r.stdout.strip().splitlines()[-1])
+        for kind in kinds:
+            r = subprocess.run([sys.executable, __file__, "--child", kind, str(n)], capture_output=True, text=True)
+            if r.returncode:
+                sys.exit(f"{kind} at {n}: exit {r.returncode}\n{r.stderr[-3000:]}")
+            res = {"size": n, **json.loads(r.stdout.strip().splitlines()[-1])}
             print(res, flush=True)
-            out.append(res)
-    dst = ROOT / "bench" / "results" / "protein_table.json"
-    dst.write_text(json.dumps({"runs": out, "note": __doc__.split("\n\n")[0]}, indent=1))
+            out[(kind, n)] = res
+            runs = sorted(out.values(), key=lambda r: (r["size"], ["list", "build", "read_rank", "index_proteins"].index(r["kind"])))
+            dst.write_text(json.dumps({"runs": runs, "note": __doc__.split("\n\n")[0]}, indent=1))
 
 
 if __name__ == "__main__":
