@@ -51,6 +51,7 @@ bench: venv
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/extract_throughput.py
 	$(BIN)/python bench/index_scaling.py
+	$(BIN)/python bench/encode_precision.py
 	$(BIN)/python bench/train_memory.py
 	$(BIN)/python bench/app_queries.py
 	$(BIN)/python bench/inspector_latency.py

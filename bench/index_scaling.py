@@ -8,7 +8,8 @@ gives realistic firing statistics. Writes bench/results/index_scaling.json.
 
 ``--sizes N 35M 150M 650M``: the same index over N proteins at published ESM-2 sizes (random
 weights, an untrained SAE of 10,240 latents on the middle layer): the forward's share of index
-time where the LM is as large as the models users run. Writes bench/results/index_model_sizes.json.
+time where the LM is as large as the models users run; ``--encode-dtype bfloat16`` runs the SAE
+encoder's matmul in bfloat16 (see bench/encode_precision.py). Writes bench/results/index_model_sizes.json.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def proteins_fasta(n: int) -> Path:
     return out
 
 
-def one(n: int, size: str = "8M") -> dict:
+def one(n: int, size: str = "8M", encode_dtype: str = "float32") -> dict:
     """Runs in its own process: build the index of n proteins, time the forward inside it."""
     import torch
 
@@ -163,12 +164,12 @@ def one(n: int, size: str = "8M") -> dict:
     build_mod._stream = timed(build_mod._stream, "pass_s")  # the streaming pass: what grows with the proteins
     threading.Thread(target=sample_rss, daemon=True).start()
     out = CACHE / f"index_{n}.duckdb"
-    cfg = IndexConfig(sae=str(sae_dir), out=str(out), fasta=[str(proteins_fasta(n))], umap=False, threads=2)
+    cfg = IndexConfig(sae=str(sae_dir), out=str(out), fasta=[str(proteins_fasta(n))], umap=False, threads=2, encode_dtype=encode_dtype)
     t = time.perf_counter()
     build_index(cfg, plm=plm, progress=False)
     total = time.perf_counter() - t
     out.unlink(missing_ok=True)
-    return {"model": f"ESM-2 {size}" + (" (demo LM)" if size == "8M" else " (random weights)"), "proteins": n, "total_s": total, "proteins_per_s": n / total, "forward_s": spent["forward_s"],
+    return {"model": f"ESM-2 {size}" + (" (demo LM)" if size == "8M" else " (random weights)"), "encode_dtype": encode_dtype, "proteins": n, "total_s": total, "proteins_per_s": n / total, "forward_s": spent["forward_s"],
             "forward_fraction": spent["forward_s"] / total, "sae_encode_s": spent["encode_s"],
             "encode_over_forward": spent["encode_s"] / spent["forward_s"],
             # everything else: per-protein bookkeeping, protein set, feature map, tables
@@ -199,26 +200,38 @@ def main(n: int = 1000) -> dict:
     return out
 
 
-def sizes(n: int, which: list[str]) -> dict:
-    """The index at published ESM-2 sizes: n proteins each, forward share of index time."""
+def sizes(n: int, which: list[str], encode_dtype: str = "float32") -> dict:
+    """The index at published ESM-2 sizes: n proteins each, forward share of index time. Runs
+    are merged into the JSON by (model, SAE encode dtype), so one dtype can be rerun alone."""
+    path = ROOT / "bench" / "results" / "index_model_sizes.json"
+    old = json.loads(path.read_text())["runs"] if path.exists() else []
     runs = []
     for size in which:
-        make_sized(size)
+        make_sae() if size == "8M" else make_sized(size)  # 8M: the demo LM with the trained SAE
         proteins_fasta(n)
-        r = subprocess.run([sys.executable, __file__, "--one", str(n), size], capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run([sys.executable, __file__, "--one", str(n), size, encode_dtype], capture_output=True, text=True, cwd=ROOT)
         if r.returncode:
             raise RuntimeError(r.stderr[-3000:])
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(runs[-1]), flush=True)
+    key = lambda r: (r["model"], r.get("encode_dtype", "float32"))  # noqa: E731
+    new = {key(r) for r in runs}
+    runs = sorted([r for r in old if key(r) not in new] + runs, key=lambda r: (r.get("encode_dtype", "float32"), r["forward_s"]))
     out = {"sae": {"n_latents": N_LATENTS, "k": K, "architecture": "topk, untrained, middle layer"}, "threads": 2, "runs": runs}
-    (ROOT / "bench" / "results" / "index_model_sizes.json").write_text(json.dumps(out, indent=2) + "\n")
+    path.write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 
 if __name__ == "__main__":
-    if len(sys.argv) in (3, 4) and sys.argv[1] == "--one":
-        print(json.dumps(one(int(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else "8M")))
-    elif len(sys.argv) > 2 and sys.argv[1] == "--sizes":  # --sizes N 35M 150M ...
-        sizes(int(sys.argv[2]), sys.argv[3:] or ["35M", "150M"])
+    if len(sys.argv) in (3, 4, 5) and sys.argv[1] == "--one":  # --one N [size [encode dtype]]
+        print(json.dumps(one(int(sys.argv[2]), *sys.argv[3:])))
+    elif len(sys.argv) > 2 and sys.argv[1] == "--sizes":  # --sizes N 35M 150M ... [--encode-dtype bfloat16]
+        args = sys.argv[3:]
+        enc = "float32"
+        if "--encode-dtype" in args:
+            i = args.index("--encode-dtype")
+            enc = args[i + 1]
+            args = args[:i] + args[i + 2:]
+        sizes(int(sys.argv[2]), args or ["35M", "150M"], enc)
     else:
         main(int(sys.argv[1]) if len(sys.argv) == 2 else 1000)

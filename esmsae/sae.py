@@ -40,6 +40,11 @@ class ForwardOutput(NamedTuple):
 
 ENC_INIT_SCALE = 3 ** -0.5
 ENCODE_CHUNK = 2048  # rows per dense pre-activation block at inference (bounds memory)
+# With a bfloat16 encode (set_encode_dtype), 256-row blocks: the 10 MB fp32 block stays in cache
+# between the matmul and the top-k that reads it back, 2x faster than 2,048 rows. In fp32 the
+# matmul dominates and 256 rows go from 1.27x faster (d_in 320) to 0.87x (d_in 1,280), so fp32
+# keeps 2,048 (bench/encode_precision.py).
+ENCODE_CHUNK_LOWP = 256
 
 
 class _GatheredPre(torch.autograd.Function):
@@ -118,6 +123,10 @@ class SAE(nn.Module):
         # al. 2024; imported from SAELens) have one threshold per latent instead.
         self.register_buffer("threshold", torch.zeros(Fn) if cfg.architecture == "jumprelu" else torch.zeros(()))
         self._pre_buf_BF: Tensor | None = None  # training-only workspace, see _dense_pre
+        # Inference only: the encoder matmul's input dtype (None = the weights' dtype); see
+        # set_encode_dtype. The low-precision copy of W_enc is cached with the version it came from.
+        self.encode_dtype: torch.dtype | None = None
+        self._W_enc_lp: tuple[int, Tensor] | None = None
         # data-parallel training (esmsae.train under torchrun) sets these to all-reduce (sum) and
         # all-gather across ranks, so batch statistics are the global batch's; None in one process
         self.dist_reduce = None
@@ -201,7 +210,7 @@ class SAE(nn.Module):
         """
         with torch.no_grad():
             if not self.training:
-                return torch.addmm(self.b_enc, xc_BD, self.W_enc.t())
+                return self._pre_eval(xc_BD)
             shape = (xc_BD.shape[0], self.W_enc.shape[0])
             buf = self._pre_buf_BF
             if buf is None or buf.shape != shape or buf.dtype != xc_BD.dtype or buf.device != xc_BD.device:
@@ -218,14 +227,41 @@ class SAE(nn.Module):
     def pre_acts(self, xn_BD: Tensor) -> Tensor:
         return torch.addmm(self.b_enc, xn_BD - self.b_dec, self.W_enc.t())
 
+    def set_encode_dtype(self, dtype: str | torch.dtype | None) -> "SAE":
+        """Run the inference encoder's matmul in ``dtype`` ("bfloat16"): inputs, weights and the
+        result rounded to bf16 (products accumulated in fp32; PyTorch's CPU matmul has no fp32
+        output for bf16 operands), then bias, ReLU / top-k in the weights' dtype. None /
+        "float32" = the exact encode.
+
+        For the index, where the LM already runs in bfloat16: the LM's own bf16 rounding moves
+        the demo SAE's codes 12x more than a bf16 encode does (bench/encode_precision.py), and
+        the matmul runs 3x faster on AMX / tensor cores. Training never uses it."""
+        if isinstance(dtype, str):
+            if dtype not in ("float32", "bfloat16"):
+                raise ValueError(f"encode dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+            dtype = getattr(torch, dtype)
+        self.encode_dtype = None if dtype in (None, self.W_enc.dtype) else dtype
+        self._W_enc_lp = None
+        return self
+
+    def _pre_eval(self, xc_BD: Tensor) -> Tensor:
+        """Inference pre-activations of centred inputs (no graph), in ``encode_dtype`` when set."""
+        lp = self.encode_dtype
+        if lp is None:
+            return torch.addmm(self.b_enc, xc_BD, self.W_enc.t())
+        W = self.W_enc
+        if self._W_enc_lp is None or self._W_enc_lp[0] != W._version or self._W_enc_lp[1].device != W.device:
+            self._W_enc_lp = (W._version, W.detach().to(lp))
+        return torch.mm(xc_BD.to(lp), self._W_enc_lp[1].t()).to(xc_BD.dtype).add_(self.b_enc)
+
     def _encode_norm(self, xn_BD: Tensor, train: bool = False) -> Latents:
         arch = self.cfg.architecture
         if arch == "topk":
             return self._topk(xn_BD - self.b_dec)[0]
         if arch == "jumprelu":  # relu(h) * (h > threshold), per latent (SAELens' JumpReLU)
-            pre_BF = self.pre_acts(xn_BD)
+            pre_BF = self.pre_acts(xn_BD) if train or self.encode_dtype is None else self._pre_eval(xn_BD - self.b_dec)
             return _to_sparse(F.relu(pre_BF) * (pre_BF > self.threshold))
-        pre_BF = F.relu(self.pre_acts(xn_BD))
+        pre_BF = F.relu(self.pre_acts(xn_BD) if train or self.encode_dtype is None else self._pre_eval(xn_BD - self.b_dec))
         if arch == "batchtopk":
             if train:
                 B = pre_BF.shape[0]
@@ -260,20 +296,21 @@ class SAE(nn.Module):
             return _to_sparse(dense_BF)
         return _to_sparse(pre_BF)
 
-    def encode(self, x_BD: Tensor, chunk: int = ENCODE_CHUNK) -> Latents:
+    def encode(self, x_BD: Tensor, chunk: int | None = None) -> Latents:
         """Raw activations -> sparse latents (acts_BK, idx_BK); zeros in acts are padding.
 
         Rows are encoded ``chunk`` at a time: the dense [rows, F] pre-activations of a whole
         long protein (35,000 residues x 10,240 latents = 1.4 GB) set the index build's peak
         memory, which then grew with the longest protein in the set (bench/index_scaling.py).
         """
-        if x_BD.shape[0] > chunk:
-            parts = [self.encode(x_BD[i:i + chunk], chunk) for i in range(0, x_BD.shape[0], chunk)]
-            K = max(p.idx_BK.shape[1] for p in parts)  # relu / batchtopk: K varies by chunk
-            return Latents(torch.cat([F.pad(p.acts_BK, (0, K - p.acts_BK.shape[1])) for p in parts]),
-                           torch.cat([F.pad(p.idx_BK, (0, K - p.idx_BK.shape[1])) for p in parts]))
-        xn, _ = self.normalize(x_BD.to(self.W_enc.dtype))
-        return self._encode_norm(xn)
+        chunk = chunk or (ENCODE_CHUNK if self.encode_dtype is None else ENCODE_CHUNK_LOWP)
+        parts = [self._encode_norm(self.normalize(x_BD[i:i + chunk].to(self.W_enc.dtype))[0])
+                 for i in range(0, max(x_BD.shape[0], 1), chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        K = max(p.idx_BK.shape[1] for p in parts)  # relu / batchtopk: K varies by chunk
+        return Latents(torch.cat([F.pad(p.acts_BK, (0, K - p.acts_BK.shape[1])) for p in parts]),
+                       torch.cat([F.pad(p.idx_BK, (0, K - p.idx_BK.shape[1])) for p in parts]))
 
     @torch.no_grad()
     def encode_dense(self, x_BD: Tensor) -> Tensor:

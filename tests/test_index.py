@@ -327,3 +327,27 @@ def test_reference_stats_written_into_the_checkpoint(built_index, tiny_sae, tmp_
     save_file(st, str(other / "sae.safetensors"))
     r3 = subprocess.run([sys.executable, "-m", "esmsae", "reference-stats", str(other), "--index", str(path)], capture_output=True, text=True)
     assert r3.returncode == 2 and "another SAE" in r3.stderr
+
+
+def test_bf16_encode_index_is_the_bf16_brute_force(built_index, esm2_dir, tiny_sae, tmp_path):
+    """``--encode-dtype bfloat16``: the index's per-feature maxima and firing counts are those of
+    the SAE encoding in bf16 protein by protein (to one bf16 step), not the fp32 ones, and the
+    choice is recorded in meta."""
+    _, cfg32 = built_index
+    cfg = IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "bf16.duckdb"), fasta=cfg32.fasta, top_n=5, umap=False,
+                      batch_tokens=2048, encode_dtype="bfloat16")
+    path = build_index(cfg, progress=False)
+    con = duckdb.connect(str(path), read_only=True)
+    feats = con.execute("SELECT max_act, n_residues FROM features ORDER BY feature").df()
+    assert json.loads(dict(con.execute("SELECT key, value FROM meta").fetchall())["index_config"])["encode_dtype"] == "bfloat16"
+    plm = load_plm(ModelConfig(name=str(esm2_dir)))
+    sae, _ = load_sae(tiny_sae)
+    seqs = [s for _, s in read_fasta(cfg.fasta[0])]
+    with torch.no_grad():
+        acts = [plm.embed([s], [Hook(4, "resid")])[0]["L4_resid"] for s in seqs]
+        low = np.concatenate([sae.set_encode_dtype("bfloat16").encode_dense(a).numpy() for a in acts])
+        exact = np.concatenate([sae.set_encode_dtype(None).encode_dense(a).numpy() for a in acts])
+    np.testing.assert_allclose(feats["max_act"], low.max(0), rtol=1e-2, atol=1e-6)
+    # top-k boundary swaps: at most a few residues per feature change hands
+    assert np.abs(feats["n_residues"].to_numpy() - (low > 0).sum(0)).max() <= 3
+    assert not np.allclose(feats["max_act"], exact.max(0), rtol=1e-5, atol=0)  # the bf16 path ran

@@ -187,3 +187,52 @@ def test_chunked_encode_equals_whole(arch):
         chunked = torch.zeros_like(whole).scatter_add_(1, lat.idx_BK, lat.acts_BK)
     torch.testing.assert_close(chunked, whole)
     assert int((whole > 0).sum()) > 0
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
+def test_bf16_encode_rounds_the_matmul_and_nothing_else(arch):
+    """set_encode_dtype("bfloat16"): the encoder matmul's operands and its result are bf16 (products
+    accumulated in fp32), the bias, ReLU / threshold and top-k work on that result as in fp32.
+    Known answer: an fp32 matmul of the rounded operands, rounded to bf16 (equal up to summation
+    order, so to one bf16 step). float32 restores the exact encode bit for bit, a changed W_enc is
+    picked up (no stale bf16 copy), and training never uses it."""
+    x = _data(300, 32) / 3
+    sae = SAE(SAEConfig(architecture=arch, n_latents=256, k=8, normalize="none"), 32, seed=1).eval()
+
+    def ref_pre():  # normalize "none" and b_dec 0: the matmul's input is x itself
+        return (x.bfloat16().float() @ sae.W_enc.bfloat16().float().t()).bfloat16().float() + sae.b_enc
+
+    def check(lat):
+        pre = ref_pre()
+        sel = lat.idx_BK[lat.acts_BK > 0]
+        rows = torch.arange(len(x)).unsqueeze(1).expand_as(lat.idx_BK)[lat.acts_BK > 0]
+        torch.testing.assert_close(lat.acts_BK[lat.acts_BK > 0], pre[rows, sel], rtol=1e-2, atol=1e-6)
+        if arch == "topk":  # a top k of the reference: no unselected latent is above a selected one
+            on = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, lat.idx_BK, True)
+            lo = pre.masked_fill(~on, float("inf")).amin(1)
+            hi = pre.masked_fill(on, -float("inf")).amax(1)
+            assert bool((lo >= hi - 1e-2 * hi.abs()).all())
+        else:  # every latent over its threshold (0 for ReLU) is on, to one bf16 step
+            dense = torch.zeros_like(pre).index_put_((rows, sel), lat.acts_BK[lat.acts_BK > 0])
+            want = torch.relu(pre) * (pre > sae.threshold)
+            torch.testing.assert_close(dense, want, rtol=1e-2, atol=1e-6)
+
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        if arch == "jumprelu":
+            sae.threshold.fill_(0.05)
+        exact = sae.encode_dense(x)
+        low = sae.set_encode_dtype("bfloat16").encode(x)
+        check(low)
+        dense_low = torch.zeros_like(exact).scatter_add_(1, low.idx_BK, low.acts_BK)
+        assert not torch.equal(dense_low, exact) and int((dense_low > 0).sum()) > len(x)
+        assert torch.equal(sae.set_encode_dtype("float32").encode_dense(x), exact)
+        sae.set_encode_dtype("bfloat16").encode(x)  # caches the bf16 weights; then they change
+        sae.W_enc.mul_(-1)
+        check(sae.encode(x))
+    sae.train()
+    with torch.no_grad():
+        trained_with_bf16_set = sae(x).recon_BD
+        assert torch.equal(trained_with_bf16_set, sae.set_encode_dtype(None)(x).recon_BD)
+    with pytest.raises(ValueError, match="float16"):
+        sae.set_encode_dtype("float16")

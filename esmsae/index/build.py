@@ -292,6 +292,7 @@ def _set_up(cfg: IndexConfig, plm: ProteinLM | None, w: World = World()):
         mcfg.device = device
         plm = load_plm(mcfg)
     sae = sae.to(plm.device)  # the SAE runs where the protein LM runs
+    sae.set_encode_dtype(cfg.encode_dtype)
     check_compatible(meta, plm, strict_name=not cfg.model)
     hook = hook_of(meta)
     plm.check_hook(hook)
@@ -564,8 +565,10 @@ def _with_descriptions(features: pd.DataFrame, table: ProteinTable, st: Stream, 
     """Grounded descriptions and the search text (``describe``), from this index's own evidence."""
     ranked = {f: [it[0] for _, it in st.top.ranked(f)[:10]] for f in range(len(st.top.items))}
     info = table.columns([p for v in ranked.values() for p in v], ("id", "description"))
-    top_ids = {f: [info.at[p, "id"] for p in v] for f, v in ranked.items()}
-    top_names = {f: [info.at[p, "description"] for p in v] for f, v in ranked.items()}
+    # plain dicts: 10 x F lookups through DataFrame.at took 3.4 s at 10,240 features
+    ids, names = info["id"].to_dict(), info["description"].to_dict()
+    top_ids = {f: [ids[p] for p in v] for f, v in ranked.items()}
+    top_names = {f: [names[p] for p in v] for f, v in ranked.items()}
     features = features.assign(n_nterm=st.ends_F2[:, 0], n_cterm=st.ends_F2[:, 1], top_group_q=top_q)
     d = describe(features, top_names, top_q)
     return features.assign(description=d["description"].to_numpy(), evidence=d["evidence"].to_numpy(),
