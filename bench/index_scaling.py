@@ -202,7 +202,7 @@ def main(n: int = 1000) -> dict:
 
 def sizes(n: int, which: list[str], encode_dtype: str = "float32") -> dict:
     """The index at published ESM-2 sizes: n proteins each, forward share of index time. Runs
-    are merged into the JSON by (model, SAE encode dtype), so one dtype can be rerun alone."""
+    are merged into the JSON by (model, SAE encode dtype, proteins), so one can be rerun alone."""
     path = ROOT / "bench" / "results" / "index_model_sizes.json"
     old = json.loads(path.read_text())["runs"] if path.exists() else []
     runs = []
@@ -214,9 +214,9 @@ def sizes(n: int, which: list[str], encode_dtype: str = "float32") -> dict:
             raise RuntimeError(r.stderr[-3000:])
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(runs[-1]), flush=True)
-    key = lambda r: (r["model"], r.get("encode_dtype", "float32"))  # noqa: E731
+    key = lambda r: (r["model"], r.get("encode_dtype", "float32"), r["proteins"])  # noqa: E731
     new = {key(r) for r in runs}
-    runs = sorted([r for r in old if key(r) not in new] + runs, key=lambda r: (r.get("encode_dtype", "float32"), r["forward_s"]))
+    runs = sorted([r for r in old if key(r) not in new] + runs, key=lambda r: (r.get("encode_dtype", "float32"), r["proteins"], r["forward_s"]))
     out = {"sae": {"n_latents": N_LATENTS, "k": K, "architecture": "topk, untrained, middle layer"}, "threads": 2, "runs": runs}
     path.write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -351,3 +351,58 @@ def test_bf16_encode_index_is_the_bf16_brute_force(built_index, esm2_dir, tiny_s
     # top-k boundary swaps: at most a few residues per feature change hands
     assert np.abs(feats["n_residues"].to_numpy() - (low > 0).sum(0)).max() <= 3
     assert not np.allclose(feats["max_act"], exact.max(0), rtol=1e-5, atol=0)  # the bf16 path ran
+
+
+def test_batched_example_offers_equal_one_at_a_time(tmp_path):
+    """TopN / Reservoir.offer_batch keep what offer_one keeps pair by pair, whatever the order and
+    the batching: many value ties (the protein index decides), repeated features within a batch,
+    and every kept track read back from the spill is that pair's own track."""
+    from esmsae.index.streaming import Reservoir, TopN, TrackSpill
+
+    rng = np.random.default_rng(0)
+    F, N, R, n_prot = 7, 4, 5, 60
+    pairs = [(f, p) for p in range(n_prot) for f in rng.choice(F, size=rng.integers(1, F + 1), replace=False)]
+    f_Q = np.array([f for f, _ in pairs])
+    p_Q = np.array([p for _, p in pairs])
+    v_Q = rng.choice([0.5, 1.0, 1.5, 2.0], size=len(pairs)).astype(np.float32)  # ties everywhere
+    track = {q: (np.arange(q % 5 + 1, dtype=np.int32) + q, np.full(q % 5 + 1, v_Q[q], np.float32)) for q in range(len(pairs))}
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one_spill, batch_spill = TrackSpill(tmp_path / "a"), TrackSpill(tmp_path / "b")
+    top1, res1 = TopN(F, N), Reservoir(F, R, seed=3)
+    for q in rng.permutation(len(pairs)):
+        put = lambda q=q: one_spill.put(*track[q])  # noqa: E731
+        top1.offer_one(int(f_Q[q]), float(v_Q[q]), int(p_Q[q]), put)
+        res1.offer_one(int(f_Q[q]), res1.keys(f_Q[q:q + 1], int(p_Q[q]))[0], int(p_Q[q]), float(v_Q[q]), put)
+    top2, res2 = TopN(F, N), Reservoir(F, R, seed=3)
+    lens = np.array([len(track[q][0]) for q in range(len(pairs))])
+    pos_all = np.concatenate([track[q][0] for q in range(len(pairs))])
+    val_all = np.concatenate([track[q][1] for q in range(len(pairs))])
+    start_Q = np.cumsum(lens) - lens
+    order = rng.permutation(len(pairs))
+    for chunk in np.array_split(order, 6):
+        off = np.full(len(pairs), -1, np.int64)
+
+        def tracks(q, chunk=chunk, off=off):
+            new = np.unique(q[off[chunk[q]] < 0])
+            off[chunk[new]] = batch_spill.put_many(start_Q[chunk[new]], start_Q[chunk[new]] + lens[chunk[new]], pos_all, val_all)
+            return off[chunk[q]], lens[chunk[q]]
+        top2.offer_batch(f_Q[chunk], v_Q[chunk], p_Q[chunk], tracks)
+        res2.offer_batch(f_Q[chunk], v_Q[chunk], p_Q[chunk], tracks)
+    one_spill.finish()
+    batch_spill.finish()
+    for f in range(F):
+        want = [(top1.val_FN[f, s], it[0]) for s, it in top1.ranked(f)]
+        got = [(top2.val_FN[f, s], it[0]) for s, it in top2.ranked(f)]
+        assert want == got and len(got) == N
+        assert sorted(res1.key_FR[f]) == sorted(res2.key_FR[f])
+        assert sorted((it[0], it[1]) for it in res1.items[f].values()) == sorted((it[0], it[1]) for it in res2.items[f].values())
+        for top, res, spill in ((top2, res2, batch_spill), (top1, res1, one_spill)):
+            for pidx, o, n in top.items[f].values():
+                q = pairs.index((f, pidx))
+                pos, vals = spill.get(o, n)
+                assert pos.tolist() == track[q][0].tolist() and vals.tolist() == track[q][1].tolist()
+            for pidx, v, o, n in res.items[f].values():
+                q = pairs.index((f, pidx))
+                assert spill.get(o, n)[0].tolist() == track[q][0].tolist() and v == float(v_Q[q])

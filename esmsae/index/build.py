@@ -443,20 +443,24 @@ def _add_batch(st: Stream, sae, batch: list[Item], acts: list[torch.Tensor], lay
     pair_bounds = np.searchsorted(pair_p, np.arange(len(batch) + 1))
     res_bounds = np.searchsorted(p_R, np.arange(len(batch) + 1))
     n_active = np.diff(pair_bounds).tolist()
+    # example offers for the whole batch; a pair's track goes to disk once, when first kept
+    pidx_B = np.array([it.pidx for it in batch], np.int64)
+    pair_pidx = pidx_B[pair_p] if len(pair_p) else np.zeros(0, np.int64)
+    pair_off = np.full(len(pair_p), -1, np.int64)
+    pair_n = ends - starts
+
+    def tracks(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        new = np.unique(q[pair_off[q] < 0])
+        if len(new):
+            pair_off[new] = spill.put_many(starts[new], ends[new], rs, vs)
+        return pair_off[q], pair_n[q]
+
+    st.top.offer_batch(pair_f, pair_v, pair_pidx, tracks)
+    st.res.offer_batch(pair_f, pair_v, pair_pidx, tracks)
     for j, it in enumerate(batch):
         i = it.pidx
         lo, hi = pair_bounds[j], pair_bounds[j + 1]
         feats, vmax = pair_f[lo:hi], pair_v[lo:hi]
-        spilled: dict[int, tuple[int, int]] = {}
-
-        def put(q: int, lo=lo) -> tuple[int, int]:  # a track goes to disk once, when first kept
-            if q not in spilled:
-                a, b = starts[lo + q], ends[lo + q]
-                spilled[q] = spill.put(rs[a:b].astype(np.int32), vs[a:b].astype(np.float32))
-            return spilled[q]
-
-        st.top.offer(feats, vmax, i, put)
-        st.res.offer(feats, vmax, i, put)
         if it.groups:
             counted = feats
             if group_statistic == "pooled_topk":  # esm-sae: the top-k features of the mean-pooled code
