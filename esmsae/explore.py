@@ -107,6 +107,15 @@ class FeatureIndex:
                 return d / name
         return None
 
+    def precision_note(self) -> str:
+        """One line when this index encoded with a bf16 SAE matmul (``--encode-dtype bfloat16``):
+        its values are not the inspector's (fp32) to the last digit. Empty for an exact index."""
+        if (self.meta.get("index_config") or {}).get("encode_dtype", "float32") == "float32":
+            return ""
+        return ("This index ran the SAE encoder's matmul in bfloat16 (--encode-dtype bfloat16). The sequence inspector encodes in "
+                "float32, so its activations can differ from the index's by about 0.2% (median of per-feature maxima on the demo), and "
+                "a latent at a residue's top-k boundary can change (0.1% of latents; bench/encode_precision.py).")
+
     def lm_note(self) -> str:
         """One line on the protein LM when esmsae trained it (the demo): what it is, its <mask>
         perplexity next to unigram, and real ESM-2 8M for scale. Empty for a hub model."""

@@ -41,9 +41,9 @@ class ForwardOutput(NamedTuple):
 ENC_INIT_SCALE = 3 ** -0.5
 ENCODE_CHUNK = 2048  # rows per dense pre-activation block at inference (bounds memory)
 # With a bfloat16 encode (set_encode_dtype), 256-row blocks: the 10 MB fp32 block stays in cache
-# between the matmul and the top-k that reads it back, 2x faster than 2,048 rows. In fp32 the
-# matmul dominates and 256 rows go from 1.27x faster (d_in 320) to 0.87x (d_in 1,280), so fp32
-# keeps 2,048 (bench/encode_precision.py).
+# between the matmul and the top-k that reads it back: 1.6x-2.4x faster than 2,048 rows. In fp32
+# the matmul dominates and 256 rows go from 1.27x faster (d_in 320) to slower (0.87x-0.95x at
+# d_in 1,280), so fp32 keeps 2,048 (bench/encode_precision.py).
 ENCODE_CHUNK_LOWP = 256
 
 

@@ -9,6 +9,8 @@ run = pick_run()
 idx = require_index(run)
 st.title("esmsae: sparse autoencoder features of protein language models")
 st.caption(f"Run **{run.name}** - checkpoint `{run.sae_dir}`")
+if idx.precision_note():
+    st.caption(idx.precision_note())
 if idx.lm_note():
     st.info(idx.lm_note())
     curve = idx.lm_curve()

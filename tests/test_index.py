@@ -351,6 +351,9 @@ def test_bf16_encode_index_is_the_bf16_brute_force(built_index, esm2_dir, tiny_s
     # top-k boundary swaps: at most a few residues per feature change hands
     assert np.abs(feats["n_residues"].to_numpy() - (low > 0).sum(0)).max() <= 3
     assert not np.allclose(feats["max_act"], exact.max(0), rtol=1e-5, atol=0)  # the bf16 path ran
+    from esmsae.explore import FeatureIndex
+
+    assert "bfloat16" in FeatureIndex(path).precision_note() and FeatureIndex(built_index[0]).precision_note() == ""
 
 
 def test_batched_example_offers_equal_one_at_a_time(tmp_path):
