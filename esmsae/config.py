@@ -395,8 +395,8 @@ class IndexConfig:
     seed: int = opt(0, "Seed (reservoir sampling, UMAP)", label="Index seed")
     threads: int = opt(0, "Torch threads (0 = default)")
     device: str = opt("auto", "Device for the protein LM and the SAE: auto (CUDA when present), cpu, cuda, cuda:N", ui=False)
-    encode_dtype: str = opt("float32", "SAE encoder matmul precision: float32 = exact; bfloat16 = 3x faster encode on AMX CPUs and GPUs, "
-                            "moving codes ~12x less than the LM's own bfloat16 does (bench/encode_precision.py)",
+    encode_dtype: str = opt("float32", "SAE encoder matmul precision: float32 = exact; bfloat16 = encode 2.8-3.8x faster on an AMX CPU (GPUs not measured), "
+                            "moving codes ~12x less than running the LM in bfloat16 does (bench/encode_precision.py)",
                             choices=("float32", "bfloat16"), label="SAE encode precision")
 
     def __post_init__(self) -> None:

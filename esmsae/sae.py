@@ -234,8 +234,9 @@ class SAE(nn.Module):
         "float32" = the exact encode.
 
         For the index, where the LM already runs in bfloat16: the LM's own bf16 rounding moves
-        the demo SAE's codes 12x more than a bf16 encode does (bench/encode_precision.py), and
-        the matmul runs 3x faster on AMX / tensor cores. Training never uses it."""
+        the demo SAE's codes 12x more than a bf16 encode does, and the encode runs 2.8x-3.8x
+        faster on this AMX CPU (bench/encode_precision.py; GPUs not measured). Training never
+        uses it."""
         if isinstance(dtype, str):
             if dtype not in ("float32", "bfloat16"):
                 raise ValueError(f"encode dtype must be 'float32' or 'bfloat16', got {dtype!r}")
@@ -258,10 +259,11 @@ class SAE(nn.Module):
         arch = self.cfg.architecture
         if arch == "topk":
             return self._topk(xn_BD - self.b_dec)[0]
+        # training differentiates the exact pre-activations; inference may run them in encode_dtype
+        pre_BF = self.pre_acts(xn_BD) if train else self._pre_eval(xn_BD - self.b_dec)
         if arch == "jumprelu":  # relu(h) * (h > threshold), per latent (SAELens' JumpReLU)
-            pre_BF = self.pre_acts(xn_BD) if train or self.encode_dtype is None else self._pre_eval(xn_BD - self.b_dec)
             return _to_sparse(F.relu(pre_BF) * (pre_BF > self.threshold))
-        pre_BF = F.relu(self.pre_acts(xn_BD) if train or self.encode_dtype is None else self._pre_eval(xn_BD - self.b_dec))
+        pre_BF = F.relu(pre_BF)
         if arch == "batchtopk":
             if train:
                 B = pre_BF.shape[0]

@@ -413,10 +413,10 @@ def _write(con, folder: Path, labels: dict[int, list[Labeled]]) -> list[str]:
         acc += nbytes
     con.register("_lb", pd.DataFrame(bucket_of, columns=["length", "bucket"]).astype("int64"))
     tmp = folder / "buckets"
-    con.execute(f"""COPY (SELECT lb.bucket, p.pidx, p.id, p.description, p.length, r.sequence, p.organism, coalesce(p.taxid, -1)::BIGINT AS taxid,
-                    p.kingdom, p.lineage, p.source, coalesce(l.ls::VARCHAR, '') AS label_sources, p.structure, p.chain, p.md5{cols}
-                    FROM p JOIN raw r ON r.ord = p.ord0 JOIN _lb lb ON lb.length = p.length LEFT JOIN _ls l USING (pidx) {joins})
-                    TO '{tmp}' (FORMAT parquet, PARTITION_BY (bucket), ROW_GROUP_SIZE {ROW_GROUP})""")
+    rows = f"""SELECT p.pidx, p.id, p.description, p.length, r.sequence, p.organism, coalesce(p.taxid, -1)::BIGINT AS taxid,
+               p.kingdom, p.lineage, p.source, coalesce(l.ls::VARCHAR, '') AS label_sources, p.structure, p.chain, p.md5{cols}, lb.bucket
+               FROM p JOIN raw r ON r.ord = p.ord0 JOIN _lb lb ON lb.length = p.length LEFT JOIN _ls l USING (pidx) {joins}"""
+    con.execute(f"COPY ({rows}) TO '{tmp}' (FORMAT parquet, PARTITION_BY (bucket), ROW_GROUP_SIZE {ROW_GROUP})")
     sorted_parts = []
     for k in range(b + 1 if bucket_of else 0):
         part = tmp / f"bucket={k}"
@@ -429,8 +429,7 @@ def _write(con, folder: Path, labels: dict[int, list[Labeled]]) -> list[str]:
     if sorted_parts:
         con.execute(f"COPY (SELECT * FROM read_parquet({sorted_parts!r})) TO '{folder / 'proteins.parquet'}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})")
     else:  # no proteins: an empty file with the columns
-        con.execute(f"""COPY (SELECT p.pidx, p.id, p.description, p.length, '' AS sequence, p.organism, p.taxid, p.kingdom, p.lineage, p.source,
-                        '' AS label_sources, p.structure, p.chain, p.md5{cols} FROM p {joins}) TO '{folder / 'proteins.parquet'}' (FORMAT parquet)""")
+        con.execute(f"COPY (SELECT * EXCLUDE (bucket) FROM ({rows})) TO '{folder / 'proteins.parquet'}' (FORMAT parquet)")
     con.execute("SET preserve_insertion_order = false")
     shutil.rmtree(tmp)
     con.unregister("_lb")

@@ -19,6 +19,24 @@ MAX_LATENTS = 1 << LATENT_BITS
 NO_PIDX = np.iinfo(np.int64).max
 
 
+def _merge_slots(U: np.ndarray, f_C: np.ndarray, kept: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...]):
+    """Merge candidates into per-feature slots in one sort. Each touched feature U[u] keeps the n
+    best of its n slots (``kept``: sort keys [len(U), n], an empty slot holding the worst key) and
+    its candidates (``cand``: the same keys per candidate, features ``f_C``), best = smallest
+    keys, compared in order. Returns the winning candidates, their features and the slots they
+    take (those of the entries they push out: as many per feature)."""
+    n = kept[0].shape[1]
+    all_f = np.r_[np.repeat(U, n), f_C]
+    cols = [np.r_[k.ravel(), c] for k, c in zip(kept, cand)]
+    slot = np.r_[np.tile(np.arange(n), len(U)), np.full(len(f_C), -1)]  # -1: a candidate
+    order = np.lexsort((*cols[::-1], all_f))
+    f_sorted = all_f[order]
+    keep = np.arange(len(order)) - np.searchsorted(f_sorted, f_sorted) < n  # rank within the feature
+    won = order[keep & (slot[order] < 0)]  # grouped by feature, like freed
+    freed = order[~keep & (slot[order] >= 0)]
+    return won - len(U) * n, all_f[won], slot[freed]
+
+
 class TopN:
     """Per-feature running top-N of (protein max activation, protein, sparse track).
 
@@ -58,25 +76,14 @@ class TopN:
         cand = np.flatnonzero(v_Q >= self.min_F[f_Q])  # a tie on the value can still win on pidx
         if not len(cand):
             return
-        N = self.val_FN.shape[1]
         U = np.unique(f_Q[cand])
-        # the touched features' N entries (an empty slot is -inf / NO_PIDX: it loses to any pair), then the candidates
-        all_f = np.r_[np.repeat(U, N), f_Q[cand]]
-        all_v = np.r_[self.val_FN[U].ravel(), v_Q[cand]]
-        all_p = np.r_[self.pid_FN[U].ravel(), p_Q[cand]]
-        slot = np.r_[np.tile(np.arange(N), len(U)), np.full(len(cand), -1)]  # -1: a candidate
-        order = np.lexsort((all_p, -all_v, all_f))
-        f_sorted = all_f[order]
-        keep = np.arange(len(order)) - np.searchsorted(f_sorted, f_sorted) < N  # rank within the feature
-        won = order[keep & (slot[order] < 0)]  # candidates that enter, grouped by feature
-        freed = order[~keep & (slot[order] >= 0)]  # entries they push out: as many per feature
-        if not len(won):
+        wc, fw, sw = _merge_slots(U, f_Q[cand], (-self.val_FN[U], self.pid_FN[U]), (-v_Q[cand], p_Q[cand]))
+        if not len(wc):
             return
-        fw, sw = all_f[won], slot[freed]
-        self.val_FN[fw, sw], self.pid_FN[fw, sw] = all_v[won], all_p[won]
+        self.val_FN[fw, sw], self.pid_FN[fw, sw] = v_Q[cand][wc], p_Q[cand][wc]
         self.min_F[U] = self.val_FN[U].min(1)
-        off, n = tracks(cand[won - len(U) * N])
-        for f, s_, p, o, k in zip(fw.tolist(), sw.tolist(), all_p[won].tolist(), off.tolist(), n.tolist()):
+        off, n = tracks(cand[wc])
+        for f, s_, p, o, k in zip(fw.tolist(), sw.tolist(), p_Q[cand][wc].tolist(), off.tolist(), n.tolist()):
             self.items[f][s_] = (p, o, k)
 
     def ranked(self, f: int) -> list[tuple[int, tuple]]:
@@ -126,21 +133,12 @@ class Reservoir:
         cand = np.flatnonzero(k_Q < self.max_F[f_Q])
         if not len(cand):
             return
-        R = self.r
         U = np.unique(f_Q[cand])
-        all_f = np.r_[np.repeat(U, R), f_Q[cand]]
-        all_k = np.r_[self.key_FR[U].ravel(), k_Q[cand]]  # an empty slot holds the largest key
-        slot = np.r_[np.tile(np.arange(R), len(U)), np.full(len(cand), -1)]
-        order = np.lexsort((all_k, all_f))
-        f_sorted = all_f[order]
-        keep = np.arange(len(order)) - np.searchsorted(f_sorted, f_sorted) < R
-        won = order[keep & (slot[order] < 0)]
-        freed = order[~keep & (slot[order] >= 0)]
-        if not len(won):
+        wc, fw, sw = _merge_slots(U, f_Q[cand], (self.key_FR[U],), (k_Q[cand],))
+        if not len(wc):
             return
-        q = cand[won - len(U) * R]
-        fw, sw = all_f[won], slot[freed]
-        self.key_FR[fw, sw] = all_k[won]
+        q = cand[wc]
+        self.key_FR[fw, sw] = k_Q[q]
         self.max_F[U] = self.key_FR[U].max(1)
         off, n = tracks(q)
         for f, s_, p, v, o, k in zip(fw.tolist(), sw.tolist(), np.asarray(p_Q)[q].tolist(), np.asarray(v_Q, np.float64)[q].tolist(),
