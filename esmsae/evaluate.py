@@ -158,8 +158,10 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
         masks.append(m)
     if mean_act_D is None:
         mean_act_D = torch.zeros(plm.d_model)
-    per: dict[str, dict[str, list]] = {p: {k: [] for k in ("orig", "sae", "mean", "zero", "unigram")} for p in PROTOCOLS}
-    n_pos = {p: 0 for p in PROTOCOLS}
+    causal = getattr(plm, "objective", "mlm") == "causal"
+    protocols = ("next",) if causal else PROTOCOLS
+    per: dict[str, dict[str, list]] = {p: {k: [] for k in ("orig", "sae", "mean", "zero", "unigram")} for p in protocols}
+    n_pos = {p: 0 for p in protocols}
     for batch in length_batches([len(s) for s in seqs], plm.cfg.resolved_batch_tokens(), extra=2):
         sub = [seqs[i] for i in batch]
         ids, attn = plm.tokenize(sub)
@@ -167,10 +169,13 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
         sel_m = torch.zeros_like(ids, dtype=torch.bool)
         for r, i in enumerate(batch):
             sel_m[r, 1 : len(seqs[i]) + 1] = torch.from_numpy(masks[i])
-        for protocol in PROTOCOLS:
+        for protocol in protocols:
             inp = ids.masked_fill(sel_m, plm.mask_id) if protocol == "masked" else ids
             scored = sel_m if protocol == "masked" else resid
             spliced = resid & ~sel_m if protocol == "masked" else resid
+            if protocol == "next":  # causal LM: the state at residue t predicts residue t+1; every residue state spliced
+                scored = torch.zeros_like(resid)
+                scored[:, 1:] = resid[:, 1:] & resid[:, :-1]  # targets whose predicting state is a (spliced) residue
 
             def via_sae(acts_BLD: torch.Tensor, where=spliced) -> torch.Tensor:
                 x = acts_BLD[where].float()
@@ -188,7 +193,10 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
                 return acts_BLD.masked_fill(where[..., None], 0.0)
 
             for key, rep in (("orig", None), ("sae", {hook: via_sae}), ("mean", {hook: mean}), ("zero", {hook: zero})):
-                per[protocol][key].append(_ce_per_protein(plm.logits(inp, attn, rep), ids, scored))
+                lg = plm.logits(inp, attn, rep)
+                if causal:  # logits at t score token t+1
+                    lg = torch.cat([lg[:, -1:], lg[:, :-1]], 1)  # now position t holds the prediction of token t
+                per[protocol][key].append(_ce_per_protein(lg, ids, scored))
             if unigram_V is not None:
                 logp = torch.as_tensor(np.log(unigram_V), dtype=torch.float32, device=ids.device)
                 ce_BL = -logp[ids]
@@ -196,8 +204,12 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
                 per[protocol]["unigram"].append(((ce_BL * scored).sum(1) / n.clamp(min=1)).double().cpu().numpy())
             n_pos[protocol] += int(scored.sum())
     out: dict[str, Any] = {"n_proteins": len(seqs), "mask_prob": mask_prob, "mean_over": "proteins (per-protein mean CE, InterPLM)",
-                           "mean_ablation": "every spliced activation replaced by the mean activation over the evaluation store"}
-    for protocol in PROTOCOLS:
+                           "mean_ablation": "every spliced activation replaced by the mean activation over the evaluation store",
+                           "objective": "causal" if causal else "mlm"}
+    if causal:
+        out["next_protocol"] = ("next-residue CE: the state after residue t (spliced at every residue) predicts residue t+1; "
+                                "residues 2..L scored, nothing masked")
+    for protocol in protocols:
         ce = {k: float(np.nanmean(np.concatenate(v))) for k, v in per[protocol].items() if v}
         d = {f"ce_{k}": v for k, v in ce.items()}
         d["n_positions"] = n_pos[protocol]
@@ -211,8 +223,10 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
         d["pct_recovered_vs_zero_ablation"] = 100.0 * (ce["zero"] - ce["sae"]) / dz if abs(dz) > 1e-9 else float("nan")
         out[protocol] = d
     # the headline figures: InterPLM's unmasked protocol, against mean ablation
-    out.update({k: out["unmasked"][k] for k in ("ce_orig", "ce_sae", "ce_mean", "delta_ce_nats", "pct_loss_recovered")})
-    out["n_masked_tokens"] = out["masked"]["n_positions"]
+    head = "next" if causal else "unmasked"
+    out.update({k: out[head][k] for k in ("ce_orig", "ce_sae", "ce_mean", "delta_ce_nats", "pct_loss_recovered")})
+    if not causal:
+        out["n_masked_tokens"] = out["masked"]["n_positions"]
     return out
 
 

@@ -119,6 +119,15 @@ class FeatureIndex:
     def lm_note(self) -> str:
         """One line on the protein LM when esmsae trained it (the demo): what it is, its <mask>
         perplexity next to unigram, and real ESM-2 8M for scale. Empty for a hub model."""
+        beside = self.path.parent / "lm_eval.json"  # a bundle's LM figures (UniRep: next-residue perplexity)
+        if beside.exists():
+            try:
+                ev = json.loads(beside.read_text())
+                return (f"Protein LM: {ev.get('about', ev.get('model', ''))} Next-residue perplexity on {ev['n_proteins']} held-out "
+                        f"UniProtKB proteins: {ev['next_ppl']:.2f}, against {ev['bigram_ppl']:.2f} for a bigram (the residue before) and "
+                        f"{ev['unigram_ppl']:.2f} for residue frequencies alone.")
+            except (KeyError, ValueError, OSError):
+                return ""
         f = self._model_file("lm_eval.json")
         if f is None:
             return ""
@@ -172,9 +181,27 @@ class FeatureIndex:
         """Per concept: support, baselines on test proteins, and features beating them."""
         if not self.has_controls():
             return self.q("SELECT concept, source, n_proteins, n_residues, n_domains FROM concepts ORDER BY concept")
-        return self.q("""SELECT concept, source, recall_over, eligible, catch_all, n_proteins, n_residues, n_domains, trivial_f1,
-                         aa_rule, aa_rule_f1, best_feature, best_feature_f1, n_features_f1_05, n_features_beat_baselines
-                         FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC, concept""")
+        if "best_baseline" not in self.q("SELECT * FROM concepts LIMIT 0").columns:
+            return self.q("""SELECT concept, source, recall_over, eligible, catch_all, n_proteins, n_residues, n_domains, trivial_f1,
+                             aa_rule, aa_rule_f1, best_feature, best_feature_f1, n_features_f1_05, n_features_beat_baselines
+                             FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC, concept""")
+        return self.q("""SELECT concept, source, best_feature AS "best feature", best_feature_f1 AS "best feature F1 (test)",
+                         best_baseline AS "best baseline (chosen on valid)", best_baseline_f1 AS "its F1 (test)",
+                         baseline_max_f1 AS "best baseline F1 (test, any)", local_rule AS "best local-sequence rule", local_rule_f1 AS "its F1",
+                         hydropathy_f1 AS "hydropathy window F1", position_f1 AS "position rule F1", aa_window_f1 AS "amino-acid window F1",
+                         aa_rule AS "single-residue rule", aa_rule_f1 AS "its F1 ", trivial_f1 AS "fire everywhere F1",
+                         n_features_beat_baselines AS "features beating every baseline (valid and test)", recall_over AS "recall over",
+                         n_proteins AS proteins, n_residues AS residues, n_domains AS domains, eligible, catch_all AS "catch-all"
+                         FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC, best_feature_f1 - baseline_max_f1 DESC""")
+
+    def representation(self) -> pd.DataFrame:
+        """The representation card (``esmsae probe``) of this index's SAE, or empty."""
+        f = Path(str(self.meta.get("sae", "")))
+        for d in (f, self.path.parent / f):
+            if (d / "representation.json").exists():
+                rows = json.loads((d / "representation.json").read_text())["rows"]
+                return pd.DataFrame(rows)[["task", "metric", "representation", "value", "minus_window10", "n_train_proteins", "n_test_proteins"]]
+        return pd.DataFrame()
 
     # -------------------------------------------------------- features
     KINDS = ("all", "context features", "residue detectors")

@@ -80,12 +80,15 @@ class EsmTokens:
 
 
 class ProteinLM:
-    """Common machinery; subclasses say where each hook lives and how to run the model."""
+    """Common machinery; subclasses say where each hook lives and how to run the model.
+    ``objective``: ``"mlm"`` (ESM: logits at t predict token t, a ``<mask>`` token exists) or
+    ``"causal"`` (UniRep: logits at t predict token t+1; ``mask_id`` is None)."""
 
     family: str = ""
+    objective: str = "mlm"
     default_max_residues: int = 1022
 
-    def __init__(self, model: nn.Module, cfg: ModelConfig, vocab: Sequence[str], n_layers: int, d_model: int):
+    def __init__(self, model: nn.Module, cfg: ModelConfig, vocab: Sequence[str], n_layers: int, d_model: int, tokens=None):
         self.model = model.eval()
         self.cfg = cfg
         self.name = cfg.name
@@ -95,7 +98,7 @@ class ProteinLM:
         self.dtype = getattr(torch, cfg.dtype)
         self.model.to(self.device, self.dtype)
         self.max_residues = cfg.max_residues or self.default_max_residues
-        self.tokens = EsmTokens(vocab)
+        self.tokens = tokens or EsmTokens(vocab)
         self.vocab_size = len(vocab)
         self.cls_id, self.eos_id, self.pad_id, self.mask_id = self.tokens.cls, self.tokens.eos, self.tokens.pad, self.tokens.mask
 
@@ -481,6 +484,10 @@ def _load_esmc(cfg: ModelConfig) -> ESMCAdapter:
 
 def load_plm(cfg: ModelConfig) -> ProteinLM:
     fam = cfg.resolved_family()
+    if fam == "unirep":
+        from .unirep import load_unirep
+
+        return load_unirep(cfg)
     return _load_esmc(cfg) if fam == "esmc" else _load_esm2(cfg)
 
 

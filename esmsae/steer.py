@@ -161,12 +161,32 @@ def _residue_fn(plm, sae, edits: list[Edit]):
     return fn
 
 
+def _causal(plm) -> bool:
+    return getattr(plm, "objective", "mlm") == "causal"
+
+
+def _pred_rows(plm, L: int) -> slice:
+    """The logit rows that predict residues 1..L: row t predicts token t+1 in a causal LM (UniRep),
+    token t in a masked LM (ESM)."""
+    return slice(0, L) if _causal(plm) else slice(1, L + 1)
+
+
+def perplexity_name(plm) -> str:
+    return "perplexity (next residue)" if _causal(plm) else "pseudo-perplexity"
+
+
 @torch.no_grad()
 def pseudo_perplexity(plm, seq: str, hook=None, fn=None, batch: int = 64) -> float:
     """exp(mean over residues of -log p(residue | the rest, residue masked)), one forward per
-    residue (batched), optionally with a hooked edit held."""
+    residue (batched), optionally with a hooked edit held. For a causal LM (UniRep) the true
+    perplexity instead: -log p(residue | the residues before it), one forward."""
     ids, _ = plm.tokenize([seq])
     L = len(seq)
+    if _causal(plm):
+        hooked = (lambda a: fn(a, ids)) if fn is not None else None
+        logits = plm.logits(ids, ids != plm.pad_id, {hook: hooked} if hooked is not None else None)
+        lp = F.log_softmax(logits[0, :L], -1)
+        return math.exp(-float(lp[torch.arange(L), ids[0, 1:L + 1]].mean()))
     nll = 0.0
     for s in range(0, L, batch):
         pos = torch.arange(s, min(L, s + batch)) + 1
@@ -195,8 +215,9 @@ def steer(lm, sae, sequence: str, edits: list[Edit] | Edit, n_moved: int = 10, p
     ids, _ = plm.tokenize([seq])
     fn = _residue_fn(plm, sae, edits)
     cols = _aa_columns(plm)
-    lo = F.log_softmax(_logits(plm, hook, [seq])[0, 1:len(seq) + 1][:, cols], -1)
-    ls = F.log_softmax(_logits(plm, hook, [seq], ids=ids, fn=lambda a: fn(a, ids))[0, 1:len(seq) + 1][:, cols], -1)
+    rows = _pred_rows(plm, len(seq))  # causal LM: each residue predicted from the (edited) states before it
+    lo = F.log_softmax(_logits(plm, hook, [seq])[0, rows][:, cols], -1)
+    ls = F.log_softmax(_logits(plm, hook, [seq], ids=ids, fn=lambda a: fn(a, ids))[0, rows][:, cols], -1)
     steered = "".join(STANDARD[i] for i in ls.argmax(-1).tolist())
     target = edits[0].feature
     before = lm.embed(seq, layer=hook.layer, site=hook.site)
@@ -244,9 +265,11 @@ def generate(lm, sae, seed_sequence: str, edits: list[Edit] | Edit, n_designs: i
              temperature: float = 1.0, seed: int = 0, pppl: bool = True) -> Designs:
     """Iterative masked resampling with the edit held (plm-sae's generation): each round masks
     ``mask_frac`` of the positions at random and samples them from the steered model's residue
-    distribution (20 amino acids, ``temperature``). Each design is then re-embedded by the
-    *unmodified* model: does the target feature fire without the edit? Seeded: the same arguments
-    give the same designs."""
+    distribution (20 amino acids, ``temperature``). For a causal LM (UniRep) each round resamples
+    the chosen positions left to right instead, each from P(residue | the current residues before
+    it), with the edit held at every state. Each design is then re-embedded by the *unmodified*
+    model: does the target feature fire without the edit? Seeded: the same arguments give the same
+    designs."""
     edits = [edits] if isinstance(edits, Edit) else list(edits)
     if not 0 < mask_frac <= 1 or n_designs < 1 or rounds < 0 or temperature <= 0:
         raise ValueError("need 0 < mask_frac <= 1, n_designs >= 1, rounds >= 0, temperature > 0")
@@ -264,6 +287,9 @@ def generate(lm, sae, seed_sequence: str, edits: list[Edit] | Edit, n_designs: i
     for _ in range(n_designs):
         cur = seq
         for _ in range(rounds):
+            if _causal(plm):
+                cur = _resample_left_to_right(plm, hook, fn, cols, cur, torch.randperm(L, generator=gen)[:n_mask], temperature, gen)
+                continue
             ids, _ = plm.tokenize([cur])
             pos = torch.randperm(L, generator=gen)[:n_mask] + 1
             x = ids.clone()
@@ -281,3 +307,15 @@ def generate(lm, sae, seed_sequence: str, edits: list[Edit] | Edit, n_designs: i
         tmax.append(float(act.max()))
         pp.append(pseudo_perplexity(plm, cur) if pppl else float("nan"))
     return Designs(seq, target, out, fires, tmax, pp)
+
+
+def _resample_left_to_right(plm, hook, fn, cols: Tensor, cur: str, pos: Tensor, temperature: float, gen) -> str:
+    """One round of causal resampling: the chosen positions (0-based) in order, each sampled from the
+    steered model's next-residue distribution given the current prefix (one forward per position)."""
+    chars = list(cur)
+    for p in sorted(pos.tolist()):
+        ids, _ = plm.tokenize(["".join(chars)])
+        logits = _logits(plm, hook, [], ids=ids, fn=lambda a, x=ids: fn(a, x))[0, p][cols].float().cpu()  # row p predicts residue p
+        a = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen))
+        chars[p] = STANDARD[a]
+    return "".join(chars)

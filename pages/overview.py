@@ -17,6 +17,14 @@ if idx.lm_note():
     if not curve.empty:
         with st.expander("Protein LM training curve"):
             st.plotly_chart(lm_curve_figure(curve), key="lm_curve")
+rep = idx.representation()
+if not rep.empty:
+    with st.expander("Representation card: does this model know more than local sequence?", expanded=False):
+        st.dataframe(rep.rename(columns={"value": "test score", "minus_window10": "minus the +-10 window", "n_train_proteins": "train proteins",
+                                         "n_test_proteins": "test proteins"}), hide_index=True, key="rep_card")
+        st.caption("Linear probes per residue, trained and tested on different proteins (TMbed's homology partitions for TM helices, "
+                   "a sequence-hash split for secondary structure). The one-hot windows are the controls: a representation knows more "
+                   "than local sequence where it beats the +-10 window.")
 card = idx.card()
 cols = st.columns(6)
 for i, (k, v) in enumerate(card.items()):
@@ -25,10 +33,12 @@ left, right = st.columns([1, 2])
 feats = idx.features(hide_dead=False)
 with left:
     st.plotly_chart(freq_histogram(feats), key="freq_hist")
-    st.markdown("**Concepts: features beating both baselines on test proteins**")
+    st.markdown("**Concepts: the best feature against the best baseline**")
     st.dataframe(idx.concept_summary().head(40), hide_index=True, key="concept_summary")
-    st.caption("A feature matches a concept when its F1 on held-out test proteins beats fire-everywhere (trivial_f1) and the best "
-               "single-residue rule (aa_rule_f1) by 0.05, and it is not an amino-acid detector. Catch-all UniProt types are not counted.")
+    st.caption("A feature matches a concept when its F1 beats every baseline by 0.05 on the valid proteins and again on the held-out "
+               "test proteins: fire everywhere, the best single-residue rule, and local-sequence rules (a Kyte-Doolittle hydropathy "
+               "window, an amino-acid window, the first / last w residues, the N-terminus with hydropathy), each rule chosen on valid. "
+               "It must not be an amino-acid detector. Catch-all UniProt types are not counted.")
 with right:
     color = st.radio("Colour by", ["best concept", "frequency", "cluster", "dead"], horizontal=True, key="map_color",
                      help="cluster: k-means of the decoder directions; dead: never fired on the indexed proteins")

@@ -341,7 +341,7 @@ def _stream(cfg, plm, sae, hook, table: ProteinTable, layout: Layout, csr: CSRWr
     the running statistics are then all-reduced, so every rank holds the global ones. Returns them
     and this rank's indexed proteins as (pidx, features active) rows."""
     st = Stream.empty(sae.cfg.n_latents, cfg, layout)
-    batch_tokens = cfg.batch_tokens or auto_batch_tokens(str(plm.device))
+    batch_tokens = cfg.batch_tokens or auto_batch_tokens(str(plm.device), plm.family)
     trim = HeapTrim()
     length_S = table.lengths()
     batch_S = batch_plan(length_S, batch_tokens, plm.max_residues)
@@ -553,7 +553,7 @@ def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, a
         # best concept: chosen on valid proteins; F1, precision, recall on held-out test proteins
         "best_concept": best["concept"], "best_f1": best["f1"], "best_f1_valid": best["f1_valid"], "best_threshold": best["threshold"],
         "best_precision": best["precision"], "best_recall": best["recall"],
-        "best_trivial_f1": best["trivial_f1"], "best_aa_rule_f1": best["aa_rule_f1"], "matches_concept": best["match"],
+        "best_trivial_f1": best["trivial_f1"], "best_aa_rule_f1": best["aa_rule_f1"], "best_local_rule_f1": best["local_rule_f1"], "matches_concept": best["match"],
         # the amino-acid control: top residue type, share of firing on it, F1 for "is that residue"
         "aa_top": aa["aa_top"], "aa_purity": aa["aa_purity"], "aa_f1": aa["aa_f1"], "residue_detector": aa["aa_purity"] >= DETECTOR_PURITY,
         # automatic label: a concept only where the feature beats both baselines on test proteins

@@ -10,13 +10,16 @@ Protocol (InterPLM, Simon & Zou 2024, with the controls a reviewer asks for):
 * labelled proteins are split into valid / test halves by a hash of the sequence
   (:func:`split_of`); the threshold of each (feature, concept) and each feature's best concept
   are chosen on valid counts only (:func:`select`), the F1 shown is the test F1 (:func:`report`);
-* every concept carries two baselines on the same test residues: the *trivial* rule (fire on
-  every residue: precision = coverage, recall = 1, F1 = 2c / (1 + c)) and the best
-  *single-residue* rule ("fire on every L", the amino acid chosen on valid), because most
-  features of a protein LM's middle layer are amino-acid detectors and "fire on every L"
-  already scores helix F1 0.57;
-* a feature *matches* a concept when its test F1 beats both baselines by :data:`MARGIN` and it
-  is not a single-residue detector (:data:`DETECTOR_PURITY`);
+* every concept carries baselines on the same residues: the *trivial* rule (fire on every residue:
+  precision = coverage, recall = 1, F1 = 2c / (1 + c)), the best *single-residue* rule ("fire on
+  every L", the amino acid chosen on valid), because most features of a protein LM are amino-acid
+  detectors and "fire on every L" already scores helix F1 0.57, and four families of
+  *local-sequence* rules (:mod:`esmsae.index.local_rules`: a Kyte-Doolittle hydropathy window, an
+  amino-acid window, the first / last w residues, and the N-terminus with hydropathy), each rule
+  chosen on valid;
+* a feature *matches* a concept when its F1 beats every baseline by :data:`MARGIN` on the valid
+  half **and** on the test half (a claim must hold on both), and it is not a single-residue
+  detector (:data:`DETECTOR_PURITY`);
 * support: a concept is eligible with >= :data:`MIN_PROTEINS` proteins in each half and
   > 1,500 residues (residue concepts) or > 25 domains (domain concepts), InterPLM's minimum.
 """
@@ -30,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..concepts import concept_kind, is_catch_all
+from .local_rules import FAMILIES as RULE_FAMILIES, N_RULES, RULE_NAMES, best_in_family, fire_matrix
 from .streaming import LATENT_BITS, MAX_LATENTS
 
 if TYPE_CHECKING:
@@ -86,12 +90,16 @@ class SplitCounts:
     aa_tp: np.ndarray  # [C, 20] concept residues of each amino acid
     aa_dom: np.ndarray  # [C, 20] domains containing that amino acid
     aa_act: np.ndarray  # [S, 20] labelled residues of each amino acid
+    rule_tp: np.ndarray  # [C, R] concept residues where each local-sequence rule fires
+    rule_dom: np.ndarray  # [C, R] domains with a residue where the rule fires
+    rule_act: np.ndarray  # [S, R] labelled residues where the rule fires
 
     @classmethod
     def zeros(cls, C: int, S: int, F: int, T: int) -> "SplitCounts":
         z = np.zeros
         return cls(z((C, F, T), np.int64), z((C, F, T), np.int64), z((S, F, T), np.int64), z(C, np.int64), z(C, np.int64),
-                   z(C, np.int64), z(S, np.int64), z((C, 20), np.int64), z((C, 20), np.int64), z((S, 20), np.int64))
+                   z(C, np.int64), z(S, np.int64), z((C, 20), np.int64), z((C, 20), np.int64), z((S, 20), np.int64),
+                   z((C, N_RULES), np.int64), z((C, N_RULES), np.int64), z((S, N_RULES), np.int64))
 
 
 def level_counts(feat: np.ndarray, level: np.ndarray, F: int, T: int) -> np.ndarray:
@@ -123,9 +131,12 @@ def concept_counts(csr: "CSRWriter", items: "dict[int, Item]", fmax_F: np.ndarra
         h = halves[split_of(it.sequence)]
         aa_L = aa_codes(it.sequence)
         onehot = np.zeros((len(aa_L) + 1, 20), np.int64)
+        fire_LR = fire_matrix(it.sequence)
+        cum_fire = np.vstack([np.zeros((1, N_RULES), np.int32), np.cumsum(fire_LR, 0, dtype=np.int32)])
         for lab in it.labels:
             s = source_ids[lab.source]
             known = lab.known_mask()
+            h.rule_act[s] += fire_LR[known].sum(0)
             ok = known[res]
             h.act[s] += level_counts(feat[ok], level[ok], F, T)
             h.src_res[s] += int(known.sum())
@@ -150,10 +161,12 @@ def concept_counts(csr: "CSRWriter", items: "dict[int, Item]", fmax_F: np.ndarra
                 inside = mask[res]
                 h.tp[c] += level_counts(feat[inside], level[inside], F, T)
                 h.aa_tp[c] += np.bincount(aa_L[mask & (aa_L >= 0)], minlength=20)
+                h.rule_tp[c] += fire_LR[mask].sum(0)
                 if not layout.is_domain[c]:
                     continue
                 ab = np.array(spans, np.int64)
                 h.aa_dom[c] += ((cum[ab[:, 1]] - cum[ab[:, 0]]) > 0).sum(0)
+                h.rule_dom[c] += ((cum_fire[ab[:, 1]] - cum_fire[ab[:, 0]]) > 0).sum(0)
                 # a domain is hit at threshold t when any of its residues fires at t: per
                 # (domain, feature) the highest level inside the domain, by interval membership
                 lo, hi = np.searchsorted(res, ab[:, 0]), np.searchsorted(res, ab[:, 1])
@@ -187,6 +200,13 @@ def aa_rule_f1(h: SplitCounts, lay: ConceptLayout, c: int) -> np.ndarray:
     return _f1(prec, rec)
 
 
+def rule_f1(h: SplitCounts, lay: ConceptLayout, c: int) -> np.ndarray:
+    """F1 [R] of every local-sequence rule for concept c on one half."""
+    prec = h.rule_tp[c] / np.maximum(h.rule_act[lay.source[c]], 1)
+    rec = (h.rule_dom[c] / max(h.n_dom[c], 1)) if lay.is_domain[c] else (h.rule_tp[c] / max(h.n_res[c], 1))
+    return _f1(prec, rec)
+
+
 def trivial_f1(h: SplitCounts, lay: ConceptLayout, c: int) -> float:
     """F1 of "fire on every labelled residue": precision = coverage, recall = 1."""
     cov = h.n_res[c] / max(h.src_res[lay.source[c]], 1)
@@ -209,6 +229,8 @@ class Selection:
     aa_rule_C: np.ndarray  # [C] amino-acid index
     aa_f1_valid_C: np.ndarray  # [C]
     best_c_F: np.ndarray  # [F] concept index, -1 for none
+    rule_CK: np.ndarray  # [C, families] the local rule of each family chosen on valid
+    baseline_valid_C: np.ndarray  # [C] the best valid F1 of any baseline (trivial, amino acid, local rules)
 
 
 def select(valid: SplitCounts, lay: ConceptLayout, eligible_C: np.ndarray) -> Selection:
@@ -216,16 +238,20 @@ def select(valid: SplitCounts, lay: ConceptLayout, eligible_C: np.ndarray) -> Se
     C, F = valid.tp.shape[:2]
     t_CF, f1_CF = np.zeros((C, F), np.int64), np.zeros((C, F))
     aa_rule, aa_f1 = np.zeros(C, np.int64), np.zeros(C)
+    rule_CK, base_C = np.zeros((C, len(RULE_FAMILIES)), np.int64), np.zeros(C)
     for c in range(C):
         _, _, f1 = feature_prf(valid, lay, c)
         t_CF[c] = f1.argmax(1)
         f1_CF[c] = f1.max(1)
         a = aa_rule_f1(valid, lay, c)
         aa_rule[c], aa_f1[c] = int(a.argmax()), float(a.max())
+        rf = rule_f1(valid, lay, c)
+        rule_CK[c] = best_in_family(rf)
+        base_C[c] = max(trivial_f1(valid, lay, c), aa_f1[c], float(rf[rule_CK[c]].max()))
     masked = np.where(eligible_C[:, None], f1_CF, -1.0)
     best = masked.argmax(0) if C else np.zeros(F, np.int64)
     best = np.where((masked.max(0) if C else np.zeros(F)) > 0, best, -1)
-    return Selection(t_CF, f1_CF, aa_rule, aa_f1, best)
+    return Selection(t_CF, f1_CF, aa_rule, aa_f1, best, rule_CK, base_C)
 
 
 def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligible_C: np.ndarray, purity_F: np.ndarray):
@@ -244,7 +270,11 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
         f1_test_CF[c] = f1[ar, t]
         triv = trivial_f1(test, lay, c)
         aa_t = float(aa_rule_f1(test, lay, c)[sel.aa_rule_C[c]])
-        beats_CF[c] = (f1_test_CF[c] >= max(triv, aa_t) + MARGIN) & ~detector_F & eligible_C[c]
+        rules_t = rule_f1(test, lay, c)[sel.rule_CK[c]]  # [families] test F1 of each family's valid-chosen rule
+        local_t = float(rules_t.max())
+        base_t = max(triv, aa_t, local_t)
+        beats_CF[c] = ((f1_test_CF[c] >= base_t + MARGIN) & (sel.f1_valid_CF[c] >= sel.baseline_valid_C[c] + MARGIN)
+                       & ~detector_F & eligible_C[c])
         keep = np.flatnonzero((sel.f1_valid_CF[c] > 0.01) | (test.tp[c][ar, t] > 0) & (f1_test_CF[c] > 0.01))
         if len(keep):
             tk = t[keep]
@@ -252,15 +282,17 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
                 "feature": keep, "concept": lay.names[c], "threshold": thr[tk], "f1_valid": sel.f1_valid_CF[c][keep],
                 "precision": prec[keep, tk], "recall": rec[keep, tk], "f1": f1_test_CF[c][keep],
                 "tp_residues": test.tp[c][keep, tk], "active_residues": test.act[lay.source[c]][keep, tk], "hit_domains": test.dom[c][keep, tk],
-                "trivial_f1": triv, "aa_rule_f1": aa_t, "beats_baselines": beats_CF[c][keep]}))
+                "trivial_f1": triv, "aa_rule_f1": aa_t, "local_rule_f1": local_t, "beats_baselines": beats_CF[c][keep]}))
         best_valid = int(sel.f1_valid_CF[c].argmax()) if F else -1
         per_c.append({"recall_over": "domains" if lay.is_domain[c] else "residues", "catch_all": bool(lay.catch_all[c]),
                       "eligible": bool(eligible_C[c]), "coverage": test.n_res[c] / max(test.src_res[lay.source[c]], 1),
                       "trivial_f1": triv, "aa_rule": AMINO_ACIDS[sel.aa_rule_C[c]], "aa_rule_f1_valid": sel.aa_f1_valid_C[c], "aa_rule_f1": aa_t,
+                      **_baseline_columns(test, valid, lay, sel, c, triv, aa_t, rules_t),
                       "best_feature": best_valid, "best_feature_f1": float(f1_test_CF[c][best_valid]) if F else 0.0,
+                      "best_feature_f1_valid": float(sel.f1_valid_CF[c][best_valid]) if F else 0.0,
                       "n_features_f1_05": int((f1_test_CF[c] > 0.5).sum()), "n_features_beat_baselines": int(beats_CF[c].sum())})
     cols = ["feature", "concept", "threshold", "f1_valid", "precision", "recall", "f1", "tp_residues", "active_residues", "hit_domains",
-            "trivial_f1", "aa_rule_f1", "beats_baselines"]
+            "trivial_f1", "aa_rule_f1", "local_rule_f1", "beats_baselines"]
     df = pd.concat(rows) if rows else pd.DataFrame(columns=cols)
     b = sel.best_c_F
     has = b >= 0
@@ -272,6 +304,7 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
             "f1": np.where(has, f1_test_CF[bc, ar] if C else 0.0, 0.0),
             "trivial_f1": np.where(has, np.array([p["trivial_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
             "aa_rule_f1": np.where(has, np.array([p["aa_rule_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
+            "local_rule_f1": np.where(has, np.array([p["local_rule_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
             "match": np.where(has, beats_CF[bc, ar] if C else False, False)}
     precs, recs = np.zeros(F), np.zeros(F)
     for c in np.unique(b[has]):
@@ -280,6 +313,25 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
         precs[fs], recs[fs] = prec[fs, sel.t_CF[c, fs]], rec[fs, sel.t_CF[c, fs]]
     best["precision"], best["recall"] = precs, recs
     return df, pd.DataFrame(per_c), best
+
+
+def _baseline_columns(test: SplitCounts, valid: SplitCounts, lay: ConceptLayout, sel: Selection, c: int, triv: float, aa_t: float,
+                      rules_t: np.ndarray) -> dict:
+    """Per concept: each local family's rule (chosen on valid) with its test F1, the best local rule,
+    and the best baseline of all (the one with the best valid F1) with its test F1."""
+    out: dict = {}
+    rules_v = rule_f1(valid, lay, c)[sel.rule_CK[c]]
+    for k, fam in enumerate(RULE_FAMILIES):
+        out[f"{fam}_rule"] = RULE_NAMES[sel.rule_CK[c, k]]
+        out[f"{fam}_f1"] = float(rules_t[k])
+    k = int(np.argmax(rules_v))
+    out["local_rule"], out["local_rule_f1_valid"], out["local_rule_f1"] = RULE_NAMES[sel.rule_CK[c, k]], float(rules_v[k]), float(rules_t[k])
+    cands = [("fire everywhere", trivial_f1(valid, lay, c), triv), (f"every {AMINO_ACIDS[sel.aa_rule_C[c]]}", sel.aa_f1_valid_C[c], aa_t),
+             (out["local_rule"], float(rules_v[k]), float(rules_t[k]))]
+    name, fv, ft = max(cands, key=lambda x: x[1])
+    out["best_baseline"], out["best_baseline_f1_valid"], out["best_baseline_f1"] = name, float(fv), float(ft)
+    out["baseline_max_f1"] = float(max(triv, aa_t, rules_t.max()))  # what a matching feature must beat on test
+    return out
 
 
 def aa_purity(aa_FA: np.ndarray, n_res_A: np.ndarray) -> dict[str, np.ndarray]:
