@@ -307,6 +307,13 @@ def _dispatch(ns: argparse.Namespace) -> int:
         if rep.get("duplicate_sequences"):
             print(f"note: {rep['duplicate_sequences']} records repeat a sequence already in the set; each unique sequence is "
                   "indexed once, under its first id", file=sys.stderr)
+        from .explore import coverage_note
+
+        fi = FeatureIndex(path)
+        for g in fi.groupings():
+            note = coverage_note(g, *fi.group_coverage(g))
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         if rep.get("skipped_invalid"):
             print(f"note: {rep['skipped_invalid']} invalid records skipped (--on-invalid skip)", file=sys.stderr)
         print(f"index: {path}")

@@ -28,7 +28,9 @@ from .unirep import UNIREP_ABOUT, is_unirep_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
-ARCHAEA_TAXID = {"Haloferax": (309800, "Haloferax volcanii DS2"), "Namag": (547559, "Natrialba magadii ATCC 43099")}
+# proteomes whose headers carry no taxid (taxids from their SOURCE.txt)
+EXTRA_TAXID = {"Haloferax": (309800, "Haloferax volcanii DS2"), "Namag": (547559, "Natrialba magadii ATCC 43099"),
+               "Pyrococcus_furiosus": (186497, "Pyrococcus furiosus DSM 3638"), "Pyrococcus_abyssi": (272844, "Pyrococcus abyssi GE5")}
 
 
 ATTRIBUTION = """# Demo bundle: data sources and licences
@@ -94,6 +96,8 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae-token-budget", type=int, default=8_000_000, help="SAE training tokens (about three epochs over the store)")
     p.add_argument("--shard-tokens", type=int, default=65_536, help="residues per store shard (65,536 x 1900 wide x fp16 = 250 MB)")
     p.add_argument("--lm-eval-proteins", type=int, default=300, help="held-out proteins for the LM's next-residue perplexity (UniRep)")
+    p.add_argument("--cross-seed-tokens", type=int, default=3_000_000, help="training tokens of the second-seed SAE the demo's features "
+                   "are matched against (0: the demo SAE's own budget)")
     p.add_argument("--probe-proteins", type=int, default=500, help="training proteins per task of the representation card (0 skips it)")
     p.add_argument("--stop-after", default="", choices=("", "lm", "sae", "index", "matches"),
                    help="stop after this step (each step resumes from its outputs in --work)")
@@ -112,7 +116,8 @@ def lm_fastas(shared: Path) -> list[Path]:
 
 def balanced_sample(shared: Path, n: int, out: Path, seed: int, max_len: int, exclude: set[str] = frozenset()) -> Path:
     """Kingdom-balanced sample of the proteomes (n/3 per kingdom, spread evenly over each
-    kingdom's organisms), written as FASTA with UniProt-style OS=/OX= headers."""
+    kingdom's organisms; Archaea: two halophiles and two Pyrococcus; Bacteria include Chlamydia from
+    proteomes_extra), written as FASTA with UniProt-style OS=/OX= headers."""
     rng = random.Random(seed)
     by_org: dict[str, list[tuple[str, str]]] = {}
     kingdom_of_org: dict[str, str] = {}
@@ -123,13 +128,24 @@ def balanced_sample(shared: Path, n: int, out: Path, seed: int, max_len: int, ex
             if taxid in PROTEOME_KINGDOM and len(s) <= max_len and s not in exclude:
                 by_org.setdefault(f.name, []).append((h, s))
                 kingdom_of_org[f.name] = PROTEOME_KINGDOM[taxid]
-    for f in sorted((u / "archaea2").glob("*.fasta")):
-        taxid, org = next(v for k, v in ARCHAEA_TAXID.items() if f.name.startswith(k))
+    extra = sorted((shared / "proteomes_extra").glob("*/*.fa*.gz")) if (shared / "proteomes_extra").exists() else []
+    for f in sorted((u / "archaea2").glob("*.fasta")) + extra:
+        named = next(((k, v) for k, v in EXTRA_TAXID.items() if f.name.startswith(k)), None)
         for h, s in read_fasta(f):
-            if len(s) <= max_len and s not in exclude:
-                pid, _, rest = h.partition(" ")
-                by_org.setdefault(f.name, []).append((f"{pid} {rest} OS={org} OX={taxid}", s))
-                kingdom_of_org[f.name] = "Archaea"
+            if len(s) > max_len or s in exclude:
+                continue
+            if named is None:  # headers with OS=/OX= of their own (the Chlamydia set)
+                _, _, org, taxid = parse_header(h)
+                if taxid not in PROTEOME_KINGDOM:
+                    continue
+                by_org.setdefault(f.name, []).append((h, s))
+                kingdom_of_org[f.name] = PROTEOME_KINGDOM[taxid]
+                continue
+            taxid, org = named[1]
+            pid, _, rest = h.partition(" ")
+            rest = rest.split("description:")[-1] if "description:" in rest else rest  # Ensembl headers: keep the protein name
+            by_org.setdefault(f.name, []).append((f"{pid} {rest} OS={org} OX={taxid}", s))
+            kingdom_of_org[f.name] = PROTEOME_KINGDOM[taxid]
     chosen: list[tuple[str, str]] = []
     kingdoms = sorted(set(kingdom_of_org.values()))
     for k in kingdoms:
@@ -294,12 +310,14 @@ def demo_matches(ns, work: Path, sae_dir: Path, index_path: Path) -> dict:
     b_dir = other / sae_dir.name
     if not (b_dir / "sae.safetensors").exists():  # train() resumes from its state.pt
         prev = json.loads((sae_dir.parent / "train_cfg.json").read_text())
-        tcfg = TrainConfig(**{**prev["train"], "out": str(other), "seed": ns.seed + 1})
+        tcfg = TrainConfig(**{**prev["train"], "out": str(other), "seed": ns.seed + 1,
+                              **({"token_budget": ns.cross_seed_tokens} if ns.cross_seed_tokens else {})})
         train(tcfg, SAEConfig(**prev["sae"]), progress=False)
     sae_a, sae_b = load_sae(str(sae_dir)), load_sae(str(b_dir))
     seqs = [s for _, s in read_fasta(work / "index_sample.fasta")][:CROSS_SEED_PROTEINS]
     results = match_saes(sae_a, sae_b, seqs, top=5)  # one base model, loaded once
-    name = f"seed {ns.seed + 1} SAE (same recipe, store and layer; not bundled)"
+    budget = f", {ns.cross_seed_tokens / 1e6:g} M tokens" if ns.cross_seed_tokens else ""
+    name = f"seed {ns.seed + 1} SAE (same recipe{budget}, store and layer; not bundled)"
     chance = match_saes(sae_a, untrained_like(sae_b), seqs, top=5)
     rows = with_chance(results, chance, 0.7, _live_features(index_path))
     store_matches(index_path, results, name, 0.7, rows)

@@ -313,8 +313,15 @@ class FeatureIndex:
 
     # -------------------------------------------------------- groups
     def group_usage(self, grouping: str) -> pd.DataFrame:
-        return self.q("""SELECT grp, feature, n_proteins, n_fire, frac, mean_act, log_odds, p, q FROM group_usage
-                         WHERE grouping = ?""", [grouping])
+        cols = set(self.q("SELECT * FROM group_usage LIMIT 0").columns)
+        comp = ", q_composition, composition_driven" if "composition_driven" in cols else ""
+        return self.q(f"""SELECT grp, feature, n_proteins, n_fire, frac, mean_act, log_odds, p, q{comp} FROM group_usage
+                          WHERE grouping = ?""", [grouping])
+
+    def group_coverage(self, grouping: str) -> tuple[int, int]:
+        """(proteins in some group of this grouping, proteins indexed)."""
+        n = int(self.q("SELECT coalesce(sum(n_proteins), 0) AS n FROM groups WHERE grouping = ?", [grouping])["n"].iloc[0])
+        return n, int(self.meta.get("n_proteins") or 0)
 
     def group_test_note(self) -> str:
         """One line on how this index tested enrichment (older indexes: Fisher, unstratified)."""
@@ -350,6 +357,16 @@ def group_heatmap(usage: pd.DataFrame, n_features: int = 40, value: str = "frac"
     m = usage.pivot_table(index="grp", columns="feature", values=value, fill_value=0.0)
     spread = (m.max(0) - m.min(0)).sort_values(ascending=False)
     return m[spread.index[:n_features]]
+
+
+def coverage_note(grouping: str, covered: int, total: int) -> str:
+    """A warning when a grouping covers few of the indexed proteins (empty when it covers most)."""
+    if total <= 0 or covered >= 0.5 * total:
+        return ""
+    how = ("pass --taxonomy (a taxid -> lineage file) or a grouping file (--groups), or give FASTA headers with OX=taxid / TaxID=; "
+           "organisms esmsae knows by name are mapped to their kingdom") if grouping in ("kingdom", "organism") or grouping.startswith("lineage") \
+        else "pass a grouping file that lists more of the indexed proteins (--groups)"
+    return f"{total - covered:,} of {total:,} indexed proteins have no {grouping}: only {covered:,} are compared here. To cover more, {how}."
 
 
 def enriched(usage: pd.DataFrame, group: str, n: int = 20, max_q: float = 0.05) -> pd.DataFrame:

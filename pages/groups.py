@@ -4,7 +4,7 @@ import hashlib
 import streamlit as st
 
 from esmsae.analyze import InputError, group_usage, read_uploaded_grouping
-from esmsae.explore import compare, enriched, group_heatmap
+from esmsae.explore import compare, coverage_note, enriched, group_heatmap
 from esmsae.render import PQ_COLUMNS, heatmap
 from esmsae.ui import analyzer_of, pick_run, require_index
 
@@ -20,6 +20,9 @@ if source == "from the index":
         st.stop()
     g = st.selectbox("Grouping", gs, index=gs.index("kingdom") if "kingdom" in gs else 0, key="grouping")
     usage = idx.group_usage(g)
+    note = coverage_note(g, *idx.group_coverage(g))
+    if note:
+        st.warning(note)
 else:
     g = "uploaded"
     up = st.file_uploader("TSV (protein id <TAB> group, ids from this index) or JSON {group: [[sequence, header], ...]}",
@@ -59,6 +62,11 @@ st.caption(idx.group_test_note() if source == "from the index" else
            "effect size = Mantel-Haenszel log odds ratio. Groups under 5 proteins are not tested.")
 st.dataframe(idx.with_labels(enriched(usage, grp)), hide_index=True, key="enriched_table",
              column_config={c: st.column_config.NumberColumn(format=f) for c, f in PQ_COLUMNS.items()})
+if "composition_driven" in usage.columns:
+    st.caption("Composition control: q_composition repeats the test stratified by protein length and by the protein's content of the "
+               "feature's top amino acid (below 0.75x, 0.75-1.25x, above 1.25x its overall frequency). composition_driven = enriched "
+               "by length alone but not once amino-acid content is stratified: the group's proteins are richer in that residue, "
+               "which says nothing new about the group.")
 if len(groups_list) >= 2:
     st.subheader("Two groups side by side")
     a, b = st.columns(2)

@@ -165,6 +165,11 @@ def test_group_usage_and_enrichment_match_cmh_by_hand(built_index, esm2_dir, tin
                    int((fires[:, r.feature] & (bins == k)).sum()), int((bins == k).sum())) for k in range(len(edges) + 1)]
         assert r.n_fire == sum(t[0] for t in tables)
         assert r.p == pytest.approx(_cmh_p(tables), rel=1e-6, abs=1e-12)
+    # the composition control sits beside it: "composition-driven" only where the length-only test is significant
+    assert {"log_odds_composition", "q_composition", "composition_driven"} <= set(g.columns)
+    drv = g[g.composition_driven]
+    assert ((drv.q < 0.05) & (drv.log_odds > 0) & ~((drv.q_composition < 0.05) & (drv.log_odds_composition > 0))).all()
+    assert g.q_composition.between(0, 1).all()
 
 def test_bh_and_enrichment_known_answer():
     # group 0 has the feature in 9/10 proteins, group 1 in 1/10

@@ -463,6 +463,25 @@ def test_descriptions_say_exactly_their_evidence():
     assert [e["phrase"] for e in ev] == d.loc[2, "description"].split(", ")
 
 
+def test_descriptions_never_cite_a_catch_all_or_a_contig_name():
+    import pandas as pd
+
+    from esmsae.index.describe import describe
+
+    feats = pd.DataFrame({
+        "feature": [0, 1], "dead": [False, False], "matches_concept": [True, True],
+        "best_concept": ["UniProt: domain", "TMbed: TM helix"], "best_f1": [0.4, 0.8], "best_aa_rule_f1": [0.1, 0.3],
+        "best_local_rule_f1": [0.2, 0.7], "best_trivial_f1": [0.1, 0.2], "aa_top": ["L", "L"], "aa_purity": [0.2, 0.2],
+        "n_residues": [100, 100], "top_group": ["", ""]})
+    names = {0: ["Podospora anserina S mat+ genomic DNA chromosome 5, supercontig 10 OS=Podospora anserina OX=515849",
+                 "Uncharacterized protein OS=Podospora anserina OX=515849"],
+             1: ["Podospora anserina S mat+ genomic DNA chromosome 3, supercontig 2", "Sodium channel protein"]}
+    d = describe(feats, names).set_index("feature")
+    assert d.loc[0, "description"] == "no clear evidence"  # a catch-all match and locus names are no evidence
+    assert d.loc[1, "description"] == ("TMbed: TM helix (test F1 0.80; best local-sequence rule 0.70, single-residue rule 0.30), "
+                                       "top proteins: Sodium channel protein")
+
+
 def test_search_finds_features_whose_description_names_the_concept(built_index):
     from esmsae.explore import FeatureIndex
 

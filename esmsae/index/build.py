@@ -39,6 +39,7 @@ from ..dist import World, barrier, process_group
 from ..checkpoint import hook_of, read_eval
 from ..fasta import SequenceError
 from ..plm import ProteinLM, load_plm
+from .composition import FiringSpill, composition_counts, composition_enrichment
 from .concept_f1 import DETECTOR_PURITY, THRESHOLDS, aa_codes, aa_purity, concept_counts, concept_layout, eligible, report as concept_report, select
 from .describe import describe, search_text
 from .group_stats import length_bin, length_edges, top_group_q, top_groups, usage_frame
@@ -119,6 +120,7 @@ class Stream:
     aa_FA: np.ndarray = None  # [F, 20] firing residues per amino acid (the amino-acid control)
     n_res_A: np.ndarray = None  # [20] indexed residues per amino acid
     ends_F2: np.ndarray = None  # [F, 2] firing residues in the first / last 10% of their protein (position profile)
+    firing: FiringSpill | None = None  # per grouped protein: composition and counted features (the composition control)
     n_res: int = 0
     skipped_model: list[str] = field(default_factory=list)
     struct_rows: list[tuple] = field(default_factory=list)
@@ -182,20 +184,22 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=f"esmsae_index_{os.getpid()}_", dir=out.parent))
     csr = CSRWriter(scratch)
     spill = TrackSpill(scratch)
+    firing = FiringSpill(scratch, list(layout.groupings)) if layout.groupings else None
     if os.name == "posix":
         # the scratch files are used only through their open handles: unlinked now, the disk space
         # is freed when the handles close, even after a kill -9 (no scratch folder is left behind)
         shutil.rmtree(scratch, ignore_errors=True)
     try:
-        st, done = _stream(cfg, plm, sae, hook, table, layout, csr, spill, progress, w)
+        st, done = _stream(cfg, plm, sae, hook, table, layout, csr, spill, progress, w, firing)
         halves = _concept_halves(csr, table.labelled_items(), layout, st, w)
+        comp = _composition_counts(st, layout, w)
         if w.distributed:
             done = _merge_ranks(st, done, spill, parts, w)
         if not w.main:
             return out
         n_done = _write_proteins(con, table, done)
         concepts_df, f1_df, best, aa = _concept_frames(halves, layout, st)
-        groups_df, usage, (top_group, top_q) = _group_frames(cfg, table, layout, st)
+        groups_df, usage, (top_group, top_q) = _group_frames(cfg, table, layout, st, comp)
         features = _feature_frame(cfg, sae, st, n_done, best, aa, top_group)
         features = _with_descriptions(features, table, st, top_q)
         spill.finish()
@@ -218,6 +222,8 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         raise
     finally:
         spill.fh.close()
+        if firing is not None:
+            firing.close()
         csr.release()
         shutil.rmtree(scratch, ignore_errors=True)
         if w.main:
@@ -336,11 +342,12 @@ def _batches(table: ProteinTable, keep: np.ndarray, batch_S: np.ndarray) -> Iter
 
 
 def _stream(cfg, plm, sae, hook, table: ProteinTable, layout: Layout, csr: CSRWriter, spill: TrackSpill, progress: bool,
-            w: World = World()) -> tuple[Stream, np.ndarray]:
+            w: World = World(), firing: FiringSpill | None = None) -> tuple[Stream, np.ndarray]:
     """The one pass of every protein (of this rank's batches) through model + SAE; under torchrun
     the running statistics are then all-reduced, so every rank holds the global ones. Returns them
     and this rank's indexed proteins as (pidx, features active) rows."""
     st = Stream.empty(sae.cfg.n_latents, cfg, layout)
+    st.firing = firing
     batch_tokens = cfg.batch_tokens or auto_batch_tokens(str(plm.device), plm.family)
     trim = HeapTrim()
     length_S = table.lengths()
@@ -472,6 +479,10 @@ def _add_batch(st: Stream, sae, batch: list[Item], acts: list[torch.Tensor], lay
                 gi = layout.group_ids[g][grp]
                 st.n_fire_G[g][gi, gb, counted] += 1
                 st.sum_max_G[g][gi, feats] += vmax
+            if st.firing is not None:
+                a = aa_codes(it.sequence)
+                st.firing.put(gb, [layout.group_ids[g][it.groups[g]] if g in it.groups else -1 for g in layout.groupings],
+                              np.bincount(a[a >= 0], minlength=20), counted)
         if it.labels:
             a, b = res_bounds[j], res_bounds[j + 1]
             csr.add(i, r_R[a:b], f_R[a:b], v_R[a:b])
@@ -517,10 +528,29 @@ def _concept_frames(halves, layout: Layout, st: "Stream"):
     return concepts_df, f1_df, best, aa
 
 
-USAGE_COLUMNS = ["grouping", "grp", "feature", "n_proteins", "n_fire", "frac", "mean_act", "log_odds", "p", "q", "tested"]
+USAGE_COLUMNS = ["grouping", "grp", "feature", "n_proteins", "n_fire", "frac", "mean_act", "log_odds", "p", "q", "tested",
+                 "log_odds_composition", "q_composition", "composition_driven"]
 
 
-def _group_frames(cfg: IndexConfig, table: ProteinTable, layout: Layout, st: Stream):
+def _composition_counts(st: Stream, layout: Layout, w: World = World()) -> dict | None:
+    """Length x composition strata counts of every grouping (the composition control), summed over
+    ranks; the feature's top amino acid is taken from the global amino-acid counts."""
+    if st.firing is None:
+        return None
+    top_aa_F = st.aa_FA.argmax(1)
+    freq_A = st.n_res_A / max(int(st.n_res_A.sum()), 1)
+    n_groups = [len(layout.group_names[g]) for g in layout.groupings]
+    counts = composition_counts(st.firing, top_aa_F, freq_A, n_groups, len(layout.length_edges) + 1)
+    if w.distributed:
+        from ..dist import all_reduce_
+
+        for fire, prot in counts:
+            all_reduce_(torch.from_numpy(fire), "sum")
+            all_reduce_(torch.from_numpy(prot), "sum")
+    return {"top_aa_F": top_aa_F, "counts": dict(zip(layout.groupings, counts))}
+
+
+def _group_frames(cfg: IndexConfig, table: ProteinTable, layout: Layout, st: Stream, comp: dict | None = None):
     """The groups table, the group x feature usage table (length-stratified test by default) and
     each feature's top group (only where enriched at q < 0.05, see ``group_stats``)."""
     F = len(st.fire_prot_F)
@@ -531,6 +561,7 @@ def _group_frames(cfg: IndexConfig, table: ProteinTable, layout: Layout, st: Str
     for g in layout.groupings:
         n_prot_GB = members_GB[g]
         frame, enr = usage_frame(layout.group_names[g], st.n_fire_G[g], st.sum_max_G[g], n_prot_GB, cfg.group_test, cfg.min_group_size)
+        frame = _with_composition(frame, enr, comp, g, cfg.min_group_size)
         usage_frames.append(frame.assign(grouping=g)[USAGE_COLUMNS])
         group_rows += [(g, name, int(n_prot_GB[gi].sum()), bool(enr["tested"][gi])) for gi, name in enumerate(layout.group_names[g])]
         if g == "kingdom" or (g == layout.groupings[0] and "kingdom" not in layout.groupings):
@@ -538,6 +569,18 @@ def _group_frames(cfg: IndexConfig, table: ProteinTable, layout: Layout, st: Str
             top_q = top_group_q(layout.group_names[g], enr, top_group)
     usage = pd.concat(usage_frames) if usage_frames else pd.DataFrame(columns=USAGE_COLUMNS)
     return pd.DataFrame(group_rows, columns=["grouping", "grp", "n_proteins", "tested"]), usage, (top_group, top_q)
+
+
+def _with_composition(frame: pd.DataFrame, enr: dict, comp: dict | None, g: str, min_group_size: int) -> pd.DataFrame:
+    """The composition-stratified test beside the length-only one: an enrichment (q < 0.05, log odds > 0)
+    that the length x composition CMH no longer finds is composition-driven."""
+    if comp is None:
+        return frame.assign(log_odds_composition=np.nan, q_composition=np.nan, composition_driven=False)
+    fire, prot = comp["counts"][g]
+    ce = composition_enrichment(fire, prot, comp["top_aa_F"], min_group_size)
+    sig = (enr["q"] < 0.05) & (enr["log_odds"] > 0)
+    sig_c = (ce["q"] < 0.05) & (ce["log_odds"] > 0)
+    return frame.assign(log_odds_composition=ce["log_odds"].ravel(), q_composition=ce["q"].ravel(), composition_driven=(sig & ~sig_c).ravel())
 
 
 def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, aa: dict, top_group: np.ndarray) -> pd.DataFrame:

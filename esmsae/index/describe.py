@@ -28,6 +28,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from ..concepts import is_catch_all
 from .concept_f1 import DETECTOR_PURITY
 
 PURITY_PHRASE = 0.5  # name the residue type when it takes at least this share of the firing
@@ -35,8 +36,15 @@ END_FOLD = 3.0  # "N-terminal" when the first tenth holds >= 3x the 10% expected
 
 
 def _name(desc: str) -> str:
-    """A protein name without UniProt's trailing OS=/OX=/GN= fields."""
-    return re.split(r"\s(?:OS|OX|GN|PE|SV)=", desc or "")[0].strip()
+    """A protein name without UniProt's trailing OS=/OX=/GN= fields; "" for a name that is a genome
+    locus rather than a protein (UniProt gives unnamed Podospora proteins "Podospora anserina S mat+
+    genomic DNA chromosome 5, supercontig 10") or says nothing (hypothetical / uncharacterized)."""
+    name = re.split(r"\s(?:OS|OX|GN|PE|SV)=", desc or "")[0].strip()
+    return "" if CONTIG.search(name) or UNINFORMATIVE.fullmatch(name) else name
+
+
+CONTIG = re.compile(r"genomic DNA|supercontig|\bcontig\b|scaffold|whole genome shotgun|complete genome|chromosome \d", re.I)
+UNINFORMATIVE = re.compile(r"(conserved )?(hypothetical|uncharacteri[sz]ed|predicted|putative uncharacterized)( protein)?( \S+)?", re.I)
 
 
 def describe(features: pd.DataFrame, top_names: dict[int, list[str]], top_group_q: np.ndarray | None = None) -> pd.DataFrame:
@@ -51,10 +59,12 @@ def describe(features: pd.DataFrame, top_names: dict[int, list[str]], top_group_
             rows.append((f, "dead: never fires on the indexed proteins", json.dumps([{"phrase": "dead", "from": "n_residues = 0"}])))
             continue
         parts, ev = [], []
-        if r.matches_concept and r.best_concept:
-            p = f"{r.best_concept} (test F1 {r.best_f1:.2f}; single-residue rule {r.best_aa_rule_f1:.2f})"
+        if r.matches_concept and r.best_concept and not is_catch_all(r.best_concept):  # "any domain" is no evidence
+            local = getattr(r, "best_local_rule_f1", float("nan"))
+            p = (f"{r.best_concept} (test F1 {r.best_f1:.2f}; best local-sequence rule {local:.2f}, single-residue rule {r.best_aa_rule_f1:.2f})"
+                 if np.isfinite(local) else f"{r.best_concept} (test F1 {r.best_f1:.2f}; single-residue rule {r.best_aa_rule_f1:.2f})")
             parts.append(p)
-            ev.append({"phrase": p, "from": "concept_f1: chosen on valid proteins, F1 on test proteins, beats both baselines"})
+            ev.append({"phrase": p, "from": "concept_f1: chosen on valid proteins; beats every baseline on valid and on test proteins"})
         if r.aa_top and r.aa_purity >= PURITY_PHRASE:
             kind = "residue detector" if r.aa_purity >= DETECTOR_PURITY else "mostly"
             p = f"{kind}: {r.aa_purity:.0%} of its firing on {r.aa_top}"

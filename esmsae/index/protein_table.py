@@ -223,7 +223,7 @@ def _build(con, cfg: IndexConfig, labelled: list[Labeled], folder: Path) -> dict
     for f in cfg.fasta:
         src = Path(f).name.split(".")[0]
         for p in read_proteins(f, on_invalid=cfg.on_invalid, skipped=skipped, unique_ids=False):
-            raw.add(FASTA, str(f), p.id, p.description, p.organism, p.taxid, kingdom_of(p.taxid), "", "", "", src, p.sequence)
+            raw.add(FASTA, str(f), p.id, p.description, p.organism, p.taxid, kingdom_of(p.taxid, organism=p.organism), "", "", "", src, p.sequence)
     for lab in labelled:
         raw.add(LABEL, lab.source, lab.id, "", lab.organism, lab.taxid, lab.kingdom, lab.lineage, lab.structure, lab.chain, lab.source, lab.sequence)
     names = {_read_grouping(con, raw, gf): str(gf) for gf in cfg.groups}  # grouping name -> file
@@ -290,7 +290,7 @@ def _read_grouping(con, raw: _Raw, path: str) -> str:
     if path.suffix == ".json":
         for group, header, seq in grouping_json(path.read_text(), path.name):
             pid, desc, org, taxid = parse_header(header)
-            raw.add(GROUP_FILE, name, pid, desc, org, taxid, kingdom_of(taxid), "", "", "", name, seq)
+            raw.add(GROUP_FILE, name, pid, desc, org, taxid, kingdom_of(taxid, organism=org), "", "", "", name, seq)
             rows.append((name, line, md5(seq), None, None, group))
             line += 1
     else:

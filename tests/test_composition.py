@@ -1,0 +1,61 @@
+"""The composition control of group enrichment (esmsae.index.composition): known answers."""
+import numpy as np
+
+from esmsae.index.composition import N_COMP, FiringSpill, composition_bins, composition_counts, composition_enrichment
+from esmsae.index.group_stats import enrichment
+
+
+def _spill(tmp_path, n=600, seed=0):
+    """Group 1 proteins are E-rich, group 0 E-poor. Feature 0 fires on E-rich proteins whatever their group
+    (a composition effect); feature 1 fires on group-1 proteins whatever their composition (a group effect)."""
+    rng = np.random.default_rng(seed)
+    sp = FiringSpill(tmp_path, ["kingdom"])
+    groups, e_rich = [], []
+    for p in range(n):
+        g = int(p % 2)
+        rich = rng.random() < (0.8 if g else 0.2)
+        aa = rng.integers(5, 15, 20)
+        aa[3] = 60 if rich else 2  # amino acid 3 (E in ACDEFGHIKLMNPQRSTVWY)
+        feats = ([0] if rich and rng.random() < 0.7 else []) + ([1] if g and rng.random() < 0.6 else [])
+        sp.put(0, [g], aa, np.array(feats, np.int32))
+        groups.append(g)
+        e_rich.append(rich)
+    return sp, np.array(groups)
+
+
+def test_composition_bins_hand_computed():
+    aa = np.zeros((2, 20), int)
+    aa[0, 3], aa[0, 0] = 10, 90  # 10% E
+    aa[1, 3], aa[1, 0] = 2, 98  # 2% E
+    freq = np.full(20, 0.05)
+    b = composition_bins(aa, freq)
+    assert b[0, 3] == 2 and b[1, 3] == 0  # 10% >= 1.25 x 5%; 2% < 0.75 x 5%
+    assert b[0, 0] == 2 and b[1, 1] == 0
+
+
+def test_composition_driven_enrichment_disappears_when_stratified(tmp_path):
+    sp, groups = _spill(tmp_path)
+    top_aa = np.array([3, 0])  # feature 0's top amino acid is E; feature 1's is A
+    freq = np.full(20, 0.05)
+    (fire, prot), = composition_counts(sp, top_aa, freq, [2], 1)
+    assert fire.shape == (2, N_COMP, 2) and prot.shape == (20, 2, N_COMP)
+    assert prot[3].sum() == len(groups) and fire[:, :, 1].sum(1)[0] == 0  # feature 1 never fires in group 0
+    # the length-only test (one length bin) sees both features enriched in group 1
+    plain = enrichment(fire.sum(1)[:, None, :], prot[3].sum(1)[:, None], "cmh")
+    assert plain["q"][1, 0] < 1e-6 and plain["q"][1, 1] < 1e-6
+    comp = composition_enrichment(fire, prot, top_aa)
+    assert comp["q"][1, 0] > 0.05  # composition-driven: gone once E content is stratified
+    assert comp["q"][1, 1] < 1e-6  # a real group effect survives
+    sp.close()
+
+
+def test_grouping_coverage_note_and_kingdom_by_organism_name():
+    from esmsae.concepts import kingdom_of
+    from esmsae.explore import coverage_note
+
+    note = coverage_note("kingdom", 2, 498)
+    assert "496 of 498 indexed proteins have no kingdom" in note and "--taxonomy" in note and "--groups" in note
+    assert coverage_note("kingdom", 400, 498) == ""
+    assert kingdom_of(None, organism="Pyrococcus furiosus DSM 3638") == "Archaea"
+    assert kingdom_of(None, organism="Homo sapiens") == "Eukaryota" and kingdom_of(272561) == "Bacteria"
+    assert kingdom_of(None, organism="Unknownia obscura") == ""
