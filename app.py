@@ -11,9 +11,20 @@ pages = [
 ]
 
 
+KNOWN_PATHS = {"", "home"} | {p.url_path for p in pages}
+
+
 def _home():
     # "/" opens the overview under its own address: Streamlit serves its default page only at "/",
-    # so /overview (a bookmark, a shared link) would otherwise be "Page not found"
+    # so /overview (a bookmark, a shared link) would otherwise be "Page not found". An unknown address
+    # also lands here: say so instead of silently showing the overview.
+    from urllib.parse import urlparse
+
+    path = urlparse(st.context.url or "").path.strip("/").split("/")[-1] if st.context.url else ""
+    if path not in KNOWN_PATHS:
+        st.warning(f"There is no page /{path}. The pages are: " + ", ".join(f"/{p.url_path}" for p in pages) + ".")
+        st.page_link(pages[0], label="Open the Overview")
+        st.stop()
     st.switch_page(pages[0], query_params=dict(st.query_params))
 
 

@@ -59,7 +59,7 @@ def forward_flops(lengths: list[int], d: int, d_ff: int, n_layers: int) -> float
 
 def main(n_proteins: int = 400, repeats: int = 3, threads: int = 2, fixed_batch: int = 8) -> dict:
     torch.set_num_threads(threads)
-    plm = load_plm(ModelConfig(name=str(ROOT / "data" / "demo" / "model")))  # batch_tokens: auto
+    plm = load_plm(ModelConfig(name=str(ROOT / "data" / "esm_lm" / "model")))  # batch_tokens: auto
     hook = Hook(plm.n_layers, "resid")
     seqs = sample_proteins(n_proteins)
     # the same windows (proteins over max_residues are split) for every method

@@ -49,7 +49,7 @@ def make_sae() -> Path:
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
         o = train_step(sae, opt, X[torch.randint(len(X), (4096,), generator=g)])
-    demo = read_cfg(ROOT / "data" / "demo" / "sae")  # same model, layer and site as the demo SAE
+    demo = read_cfg(ROOT / "data" / "esm_lm" / "sae")  # same model, layer and site as the demo SAE
     meta = {k: demo[k] for k in ("base_model", "model_config", "layer", "site", "hook")}
     meta["provenance"] = {"note": "bench/index_scaling.py: 300 steps on bench/cache/demo_L3_acts.npy", "fvu_last_batch": float(o.fvu.detach())}
     save_sae(sae.eval(), out, meta)
@@ -71,7 +71,7 @@ def make_sized(size: str) -> Path:
     import torch
 
     from esmsae.checkpoint import read_cfg, save_sae
-    from esmsae.config import HookConfig, ModelConfig, SAEConfig
+    from esmsae.config import ModelConfig, SAEConfig
     from esmsae.plm import Hook, load_plm, make_esm2_model, save_hf
     from esmsae.sae import SAE
 
@@ -81,7 +81,7 @@ def make_sized(size: str) -> Path:
     if not (model_dir / "config.json").exists():
         save_hf(make_esm2_model(cfg_dir, seed=0, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                                 intermediate_size=ffn), cfg_dir, model_dir)
-    demo = read_cfg(ROOT / "data" / "demo" / "sae")
+    demo = read_cfg(ROOT / "data" / "esm_lm" / "sae")
     mcfg = ModelConfig(name=str(model_dir), family="esm2", dtype=demo["model_config"]["dtype"])
     plm = load_plm(mcfg)
     layer = layers // 2

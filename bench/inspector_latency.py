@@ -25,7 +25,7 @@ def main(length: int = 400, repeats: int = 10) -> dict:
     torch.set_num_threads(2)
     seq = next(s for _, s in read_fasta(MGEN) if len(s) >= length)[:length]
     t0 = time.perf_counter()
-    an = Analyzer(ROOT / "data" / "demo" / "sae")
+    an = Analyzer(ROOT / "data" / "esm_lm" / "sae")
     load_s = time.perf_counter() - t0
     an.run("warmup", seq)
     times = []

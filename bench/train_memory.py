@@ -31,7 +31,7 @@ def make_store(n_proteins: int = 3000) -> Path:
     from esmsae.store import embed_fasta
 
     embed_fasta(EmbedConfig(fasta=str(proteins_fasta(n_proteins)), store=str(out), shard_tokens=SHARD_TOKENS),
-                ModelConfig(name=str(ROOT / "data" / "demo" / "model"), dtype="bfloat16"), HookConfig(layers=[3]), progress=False)
+                ModelConfig(name=str(ROOT / "data" / "esm_lm" / "model"), dtype="bfloat16"), HookConfig(layers=[3]), progress=False)
     return out
 
 

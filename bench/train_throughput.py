@@ -48,7 +48,7 @@ def real_acts(n_proteins: int = 700) -> Path:
     from esmsae.analyze import Analyzer
     from esmsae.fasta import read_fasta
 
-    an = Analyzer(ROOT / "data" / "demo" / "sae")
+    an = Analyzer(ROOT / "data" / "esm_lm" / "sae")
     seqs = [s for i, (_, s) in enumerate(read_fasta(shared_data() / "uniprot" / "proteomes15" / "UP000000625-E.coli.fasta.gz"))
             if i < n_proteins and len(s) <= 1000]
     acts = np.concatenate([a[an.hook.name].numpy() for a in an.plm.embed(seqs, [an.hook])])

@@ -389,6 +389,10 @@ class IndexConfig:
     length_bins: int = opt(5, "Protein-length bins (quantiles) the CMH test stratifies by", label="Length bins")
     min_group_size: int = opt(20, "Groups with fewer proteins are listed but not tested, and never a feature's top group", label="Minimum group size")
     group_cap: int = opt(0, "Proteins kept per group, chosen by sequence hash, to balance sizes (esm-sae: 100 for taxa with > 2,500 sequences; 0 = all)", label="Proteins per group (cap)", zero="all")
+    cluster_proteins: int = opt(0, "Cluster the indexed proteins (those of --group-sources when given) into this many groups by their "
+                                "mean-pooled LM embedding at the SAE's layer (seeded MiniBatchKMeans), compared like every grouping as "
+                                "'embedding cluster' and described by their taxonomy (esm-sae's workflow; 0 = none)",
+                                label="Embedding clusters", zero="none")
     group_statistic: str = opt("fires", "Per protein and feature: fires = fires on at least one residue; pooled_topk = among the top pooled_k features of the mean-pooled code (esm-sae)", choices=("fires", "pooled_topk"), label="Group statistic")
     pooled_k: int = opt(10, "k of the pooled top-k statistic", label="Pooled top-k")
     top_n: int = opt(20, "Strongest proteins kept per feature, with their full activation tracks", label="Top examples per feature")
@@ -419,6 +423,7 @@ class IndexConfig:
         _check(self.length_bins >= 1, c, "length_bins", "must be >= 1")
         _check(self.min_group_size >= 1, c, "min_group_size", "must be >= 1")
         _check(self.group_cap >= 0, c, "group_cap", "must be >= 0")
+        _check(self.cluster_proteins == 0 or self.cluster_proteins >= 2, c, "cluster_proteins", "must be 0 (none) or >= 2")
         _check(self.pooled_k >= 1, c, "pooled_k", "must be >= 1")
 
 

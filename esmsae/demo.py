@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 import shutil
 import time
@@ -24,7 +25,7 @@ from .concepts import PROTEOME_KINGDOM
 from .paths import shared_data
 from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig, TrainConfig
 from .fasta import parse_header, read_fasta, write_fasta
-from .unirep import UNIREP_ABOUT, is_unirep_name
+from .lm_names import UNIREP_ABOUT, is_unirep_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -98,7 +99,10 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-eval-proteins", type=int, default=300, help="held-out proteins for the LM's next-residue perplexity (UniRep)")
     p.add_argument("--cross-seed-tokens", type=int, default=3_000_000, help="training tokens of the second-seed SAE the demo's features "
                    "are matched against (0: the demo SAE's own budget)")
+    p.add_argument("--cluster-proteins", type=int, default=10, help="embedding clusters of the proteome sample (the 'embedding cluster' grouping)")
     p.add_argument("--probe-proteins", type=int, default=500, help="training proteins per task of the representation card (0 skips it)")
+    p.add_argument("--bundle-top-n", type=int, default=4, help="top examples per feature kept in the committed index (size budget)")
+    p.add_argument("--bundle-per-bin", type=int, default=2, help="examples per activation range kept in the committed index")
     p.add_argument("--stop-after", default="", choices=("", "lm", "sae", "index", "matches"),
                    help="stop after this step (each step resumes from its outputs in --work)")
     p.add_argument("--index-proteome-sample", type=int, default=3000, help="proteome proteins in the index (balanced over kingdoms)")
@@ -191,7 +195,7 @@ def build_demo(ns: argparse.Namespace) -> dict:
     if ns.stop_after == "matches":
         return report
     report["figures"] = demo_figures(index_path, sae_dir, model_name, work)
-    report.update(bundle(out, model_name, sae_dir, index_path, shared))
+    report.update(bundle(out, model_name, sae_dir, index_path, shared, ns.bundle_top_n, ns.bundle_per_bin))
     report["build_seconds"] = round(time.time() - t0)
     (out / "demo.json").write_text(json.dumps(portable(report, shared, model_name), indent=2, default=str) + "\n")
     return report
@@ -276,11 +280,12 @@ def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, rep
     if not idx_fa.exists():
         balanced_sample(shared, ns.index_proteome_sample, idx_fa, ns.seed + 2, ns.max_len, exclude={lab.sequence for lab in labelled})
     index_path = work / "index.duckdb"
+    round_to_fp16(sae_dir)  # before the index, so the fp16 bundle and its index agree exactly
     if not index_path.exists():
         # the group page compares the kingdom-balanced proteome sample only: the label sets are
         # not samples of their kingdoms (84% of TMbed's eukaryotes are membrane proteins)
         icfg = IndexConfig(sae=str(sae_dir), out=str(index_path), fasta=[str(idx_fa)], concepts=str(shared), add_labelled=True,
-                           group_sources=[idx_fa.name.split(".")[0]])
+                           group_sources=[idx_fa.name.split(".")[0]], cluster_proteins=ns.cluster_proteins)
         if ns.labelled_limit:  # smoke runs: a few labelled proteins of every source
             rng = random.Random(ns.seed)
             by_src: dict[str, list] = {}
@@ -290,6 +295,22 @@ def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, rep
         build_index(icfg, labelled=labelled)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return index_path
+
+
+def round_to_fp16(sae_dir: Path) -> None:
+    """Round the SAE's weights to float16 values (kept as float32), once: the bundle stores them in fp16
+    (a d1900 x 4,096 SAE is 31 MB instead of 62), and the index is built from exactly those values."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    if cfg.get("provenance", {}).get("weights_rounded_to") == "float16":
+        return
+    state = load_file(str(sae_dir / "sae.safetensors"))
+    save_file({k: (v.half().float() if v.dtype == torch.float32 else v).contiguous() for k, v in state.items()}, str(sae_dir / "sae.safetensors.tmp"))
+    os.replace(sae_dir / "sae.safetensors.tmp", sae_dir / "sae.safetensors")
+    cfg.setdefault("provenance", {})["weights_rounded_to"] = "float16"
+    (sae_dir / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 CROSS_SEED_PROTEINS = 200
@@ -391,7 +412,55 @@ def demo_figures(index_path: Path, sae_dir: Path, lm_dir: str, work: Path | None
     return out
 
 
-def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: Path) -> dict:
+def slim_index(path: Path, top_n: int, per_bin: int) -> dict:
+    """Shrink a built index for the committed bundle (size budget: 80 MB with a 31 MB SAE): keep each
+    feature's best ``top_n`` top examples (the top-N is exact, so this equals an index built with that
+    ``top_n``) and ``per_bin`` of the examples sampled per activation range, store track values as
+    FLOAT instead of DOUBLE, and rewrite the file (DuckDB does not shrink a file in place)."""
+    import duckdb
+
+    tmp = path.with_name(path.name + ".slim")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    con.execute(f"ATTACH '{path}' AS s (READ_ONLY)")
+    tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = 's'").fetchall()]
+    for t in tables:
+        if t == "top_examples":
+            con.execute(f"""CREATE TABLE top_examples AS SELECT feature, rank, pidx, max_act, max_pos, positions,
+                            CAST("values" AS FLOAT[]) AS "values" FROM s.top_examples WHERE rank < {int(top_n)} ORDER BY feature, rank""")
+        elif t == "quantile_examples":
+            con.execute(f"""CREATE TABLE quantile_examples AS SELECT * EXCLUDE ("values", rn), CAST("values" AS FLOAT[]) AS "values" FROM
+                            (SELECT *, row_number() OVER (PARTITION BY feature, bin ORDER BY max_act DESC, pidx) AS rn FROM s.quantile_examples)
+                            WHERE rn <= {int(per_bin)} ORDER BY feature, bin, max_act DESC""")
+        elif t == "structure_tracks":
+            # a structure coloured by a feature at under 10% of its max shows nothing: those tracks are dropped
+            con.execute("""CREATE TABLE structure_tracks AS SELECT t.* EXCLUDE ("values"), CAST(t."values" AS FLOAT[]) AS "values"
+                           FROM s.structure_tracks t JOIN s.features f USING (feature) WHERE t.max_act >= 0.1 * f.max_act
+                           ORDER BY feature, t.max_act DESC""")
+        elif t == "group_usage":  # shares and effect sizes as FLOAT; p and q stay DOUBLE (they go far below 1e-38)
+            con.execute("""CREATE TABLE group_usage AS SELECT * REPLACE (CAST(frac AS FLOAT) AS frac, CAST(mean_act AS FLOAT) AS mean_act,
+                           CAST(log_odds AS FLOAT) AS log_odds, CAST(log_odds_composition AS FLOAT) AS log_odds_composition)
+                           FROM s.group_usage ORDER BY grouping, feature""")
+        elif t == "concept_f1":  # the rows a page can show: some F1 on either half
+            con.execute("CREATE TABLE concept_f1 AS SELECT * FROM s.concept_f1 WHERE f1 >= 0.05 OR f1_valid >= 0.05 OR beats_baselines "
+                        "ORDER BY feature, f1 DESC")
+        else:
+            con.execute(f"CREATE TABLE {t} AS SELECT * FROM s.{t}")
+    meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+    icfg = json.loads(meta["index_config"])
+    icfg.update({"top_n": top_n, "per_bin": per_bin, "slimmed_for_bundle": f"top {top_n} and {per_bin} per range kept of the built index"})
+    con.execute("UPDATE meta SET value = ? WHERE key = 'index_config'", [json.dumps(icfg)])
+    for k, v in (("top_n", top_n), ("per_bin", per_bin)):
+        con.execute("UPDATE meta SET value = ? WHERE key = ?", [json.dumps(v), k])
+    con.execute("DETACH s")
+    con.execute("CHECKPOINT")
+    con.close()
+    before = path.stat().st_size
+    os.replace(tmp, path)
+    return {"index_mb_before_slim": round(before / 2**20, 1), "index_mb": round(path.stat().st_size / 2**20, 1)}
+
+
+def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: Path, top_n: int = 4, per_bin: int = 2) -> dict:
     """Copy model (fp16), SAE, index and linked structures into the bundle folder."""
     import duckdb
     from safetensors.torch import load_file, save_file
@@ -418,6 +487,10 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
 
     # the demo's index proteins are the SAE's reference set for max / IDF display scaling
     write_reference_stats(tmp / "sae", tmp / "index.duckdb")
+    if json.loads((sae_dir / "cfg.json").read_text()).get("provenance", {}).get("weights_rounded_to") == "float16":
+        st = load_file(str(tmp / "sae" / "sae.safetensors"))  # exact: the values are fp16 already (round_to_fp16)
+        save_file({k: (v.half() if k not in ("display_max", "display_idf") and v.is_floating_point() else v).contiguous()
+                   for k, v in st.items()}, str(tmp / "sae" / "sae.safetensors"))
     con = duckdb.connect(str(tmp / "index.duckdb"))
     con.execute("UPDATE features SET ref_max = max_act, ref_idf = idf")
     files = [r[0] for r in con.execute("SELECT DISTINCT structure FROM proteins WHERE structure <> ''").fetchall()]
@@ -435,6 +508,7 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
         with open(src, "rb") as a, gzip.open(dst, "wb", compresslevel=9) as b:
             shutil.copyfileobj(a, b)
     unirep = is_unirep_name(model_name)
+    slim = slim_index(tmp / "index.duckdb", top_n, per_bin)
     (tmp / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(model_line=MODEL_LINE_UNIREP if unirep else MODEL_LINE_TRAINED))
     if unirep:
         (tmp / "NOTICE").write_text(NOTICE)
@@ -447,5 +521,5 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
         shutil.rmtree(out)
     tmp.rename(out)
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
-    return {"bundle_mb": round(sum(sizes.values()) / 2**20, 1), "largest_file_mb": round(max(sizes.values()) / 2**20, 1),
+    return {**slim, "bundle_mb": round(sum(sizes.values()) / 2**20, 1), "largest_file_mb": round(max(sizes.values()) / 2**20, 1),
             "n_structure_files": len(files), "index_meta": {k: json.loads(v) for k, v in meta.items() if k in ("n_proteins", "n_residues", "build_seconds", "skipped_model")}}

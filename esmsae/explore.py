@@ -318,6 +318,18 @@ class FeatureIndex:
         return self.q(f"""SELECT grp, feature, n_proteins, n_fire, frac, mean_act, log_odds, p, q{comp} FROM group_usage
                           WHERE grouping = ?""", [grouping])
 
+    def cluster_profiles(self) -> pd.DataFrame:
+        """What each embedding cluster holds (``index --cluster-proteins``), or empty."""
+        tables = set(self.q("SELECT table_name FROM information_schema.tables")["table_name"])
+        if "cluster_profiles" not in tables:
+            return pd.DataFrame()
+        df = self.q("SELECT * FROM cluster_profiles ORDER BY n_proteins DESC, cluster")
+        df["kingdoms"] = df["kingdoms"].map(lambda j: ", ".join(f"{k} {v:.0%}" for k, v in json.loads(j).items()) or "none recorded")
+        return df.rename(columns={"n_proteins": "proteins", "length_q1": "length Q1", "length_median": "median length", "length_q3": "length Q3",
+                                  "no_kingdom": "proteins without a kingdom", "top_organisms": "top organisms",
+                                  "top_protein_names": "most common protein names", "n_enriched_features": "enriched features (q < 0.05)",
+                                  "top_enriched_features": "most enriched features", "enriched_concepts": "concepts of its enriched features"})
+
     def group_coverage(self, grouping: str) -> tuple[int, int]:
         """(proteins in some group of this grouping, proteins indexed)."""
         n = int(self.q("SELECT coalesce(sum(n_proteins), 0) AS n FROM groups WHERE grouping = ?", [grouping])["n"].iloc[0])

@@ -17,3 +17,4 @@ def shared_data() -> Path:
 def workspace() -> Path:
     """Folder holding runs started from the app."""
     return Path(os.environ.get("ESMSAE_WORKSPACE", ROOT / "workspace")).resolve()
+DEMO = ROOT / "data" / "demo"  # the built-in demo bundle

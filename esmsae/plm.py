@@ -19,260 +19,22 @@ from __future__ import annotations
 import os
 import re
 import types
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import SITES, ModelConfig, hook_name, layer_range, resolve_device
-from .fasta import ALPHABET, SequenceError
+from .config import ModelConfig, resolve_device
+from .lm_names import KNOWN_HUB_MODELS
+from .plm_base import (ESM_VOCAB, POOLS, EsmTokens, Hook, ModelMismatchError, ProteinLM, _Stop, length_batches,  # noqa: F401 (re-exported)
+                       pool_residues)
 
-# The ESM alphabet (ESM-2 and ESM C share it, in this order).
-ESM_VOCAB = [
-    "<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D",
-    "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-",
-    "<null_1>", "<mask>",
-]
 ESM2_HEADS = {320: 20, 480: 20, 640: 20, 1280: 20, 2560: 40, 5120: 40}
 ESMC_SIZES = {"esmc_300m": (960, 15, 30), "esmc_600m": (1152, 18, 36)}
 
 
-class ModelMismatchError(ValueError):
-    """A checkpoint or hook does not fit the protein LM."""
-
-
-class _Stop(Exception):
-    """Raised by the deepest hook to end the forward pass early."""
-
-
-@dataclass(frozen=True)
-class Hook:
-    layer: int
-    site: str
-
-    @property
-    def name(self) -> str:
-        return hook_name(self.layer, self.site)
-
-
-class EsmTokens:
-    """Fast ESM tokenisation (ESM-2 and ESM C share the alphabet): BOS + residues + EOS, right-padded."""
-
-    def __init__(self, vocab: Sequence[str] = ESM_VOCAB):
-        tok = {t: i for i, t in enumerate(vocab)}
-        self.cls, self.eos, self.pad, self.mask = tok["<cls>"], tok["<eos>"], tok["<pad>"], tok["<mask>"]
-        self.lut = np.full(256, tok.get("<unk>", 3), dtype=np.int64)
-        for aa in ALPHABET:
-            self.lut[ord(aa)] = tok[aa]
-
-    def batch(self, seqs: Sequence[str]) -> Tensor:
-        """Token ids ``[B, Lmax + 2]`` for validated (upper-case) sequences."""
-        ids = np.full((len(seqs), max(len(s) for s in seqs) + 2), self.pad, dtype=np.int64)
-        for i, s in enumerate(seqs):
-            ids[i, 0] = self.cls
-            ids[i, 1 : len(s) + 1] = self.lut[np.frombuffer(s.encode("ascii"), dtype=np.uint8)]
-            ids[i, len(s) + 1] = self.eos
-        return torch.from_numpy(ids)
-
-
-class ProteinLM:
-    """Common machinery; subclasses say where each hook lives and how to run the model.
-    ``objective``: ``"mlm"`` (ESM: logits at t predict token t, a ``<mask>`` token exists) or
-    ``"causal"`` (UniRep: logits at t predict token t+1; ``mask_id`` is None)."""
-
-    family: str = ""
-    objective: str = "mlm"
-    default_max_residues: int = 1022
-
-    def __init__(self, model: nn.Module, cfg: ModelConfig, vocab: Sequence[str], n_layers: int, d_model: int, tokens=None):
-        self.model = model.eval()
-        self.cfg = cfg
-        self.name = cfg.name
-        self.n_layers = n_layers
-        self.d_model = d_model
-        self.device = torch.device(resolve_device(cfg.device))
-        self.dtype = getattr(torch, cfg.dtype)
-        self.model.to(self.device, self.dtype)
-        self.max_residues = cfg.max_residues or self.default_max_residues
-        self.tokens = tokens or EsmTokens(vocab)
-        self.vocab_size = len(vocab)
-        self.cls_id, self.eos_id, self.pad_id, self.mask_id = self.tokens.cls, self.tokens.eos, self.tokens.pad, self.tokens.mask
-
-    # ---------------------------------------------------------------- description
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "family": self.family,
-            "n_layers": self.n_layers,
-            "d_model": self.d_model,
-            "max_residues": self.max_residues,
-        }
-
-    def check_hook(self, hook: Hook) -> None:
-        if hook.site not in SITES:
-            raise ModelMismatchError(f"hook site {hook.site!r} cannot be read from {self.name}: esmsae reads {', '.join(SITES)}")
-        lo, hi = layer_range(hook.site, self.n_layers)
-        if not lo <= hook.layer <= hi:
-            raise ModelMismatchError(
-                f"layer {hook.layer} with site {hook.site!r} does not exist in {self.name} "
-                f"({self.n_layers} blocks: valid layers are {lo}..{self.n_layers})"
-            )
-
-    # ---------------------------------------------------------------- subclass API
-    def _hook_target(self, hook: Hook) -> tuple[nn.Module, Callable[[object], Tensor], Callable[[object, Tensor], object]]:
-        raise NotImplementedError
-
-    def _run(self, ids_BL: Tensor, mask_BL: Tensor) -> Tensor:
-        """Run the model; return MLM logits [B, L, V]."""
-        raise NotImplementedError
-
-    # ---------------------------------------------------------------- tokenisation
-    def tokenize(self, seqs: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """BOS + residues + EOS, right-padded. Returns (ids_BL, attention mask_BL)."""
-        ids = self.tokens.batch(seqs).to(self.device)
-        return ids, ids != self.pad_id
-
-    # ---------------------------------------------------------------- forward with hooks
-    @torch.inference_mode()
-    def forward_hooks(self, seqs: Sequence[str], hooks: Sequence[Hook]) -> dict[str, Tensor]:
-        """Run one padded batch; return {hook name: [B, Lmax+2, D]} (BOS/EOS/padding included)."""
-        ids, mask = self.tokenize(seqs)
-        return self._collect(ids, mask, hooks)
-
-    def _collect(self, ids: Tensor, mask: Tensor, hooks: Sequence[Hook]) -> dict[str, Tensor]:
-        for h in hooks:
-            self.check_hook(h)
-        out: dict[str, Tensor] = {}
-        handles = []
-        remaining = {h.name for h in hooks}
-
-        def make(h: Hook, get: Callable[[object], Tensor]):
-            def fn(_m, _inp, output):
-                out[h.name] = get(output).detach()
-                remaining.discard(h.name)
-                if not remaining:
-                    raise _Stop
-            return fn
-
-        try:
-            for h in hooks:
-                mod, get, _ = self._hook_target(h)
-                handles.append(mod.register_forward_hook(make(h, get)))
-            try:
-                self._run(ids, mask)
-            except _Stop:
-                pass
-        finally:
-            for hd in handles:
-                hd.remove()
-        if remaining:  # pragma: no cover - would be a bug in _hook_target
-            raise RuntimeError(f"hooks never fired: {sorted(remaining)}")
-        return out
-
-    @torch.inference_mode()
-    def logits(self, ids_BL: Tensor, mask_BL: Tensor, replace: dict[Hook, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
-        """MLM logits, optionally replacing hooked activations ``[B, L, D]`` by ``fn(acts)``."""
-        handles = []
-        try:
-            for h, fn in (replace or {}).items():
-                self.check_hook(h)
-                mod, get, put = self._hook_target(h)
-
-                def hook_fn(_m, _inp, output, get=get, put=put, fn=fn):
-                    return put(output, fn(get(output)))
-
-                handles.append(mod.register_forward_hook(hook_fn))
-            return self._run(ids_BL, mask_BL).float()
-        finally:
-            for hd in handles:
-                hd.remove()
-
-    # ---------------------------------------------------------------- windows + length batching
-    def windows(self, n: int) -> list[tuple[int, int]]:
-        """Overlapping [start, end) windows covering n residues (one window if it fits)."""
-        W = self.max_residues
-        if n <= W:
-            return [(0, n)]
-        stride = W - min(self.cfg.window_overlap, W // 2)
-        starts = list(range(0, n - W, stride)) + [n - W]
-        return [(s, s + W) for s in starts]
-
-    def embed(self, seqs: Sequence[str], hooks: Sequence[Hook]) -> list[dict[str, Tensor]]:
-        """Per-residue activations for each sequence: ``[{hook: [L_i, D]}, ...]`` (float32, CPU).
-
-        Sequences are split into windows when longer than ``max_residues``; each
-        residue takes its activation from the window where it sits farthest from an
-        edge. Windows are sorted by length and packed into batches of at most
-        ``batch_tokens`` padded tokens, so little compute goes to padding.
-        """
-        for i, s in enumerate(seqs):
-            if not s:
-                raise SequenceError(f"sequence {i}: empty sequence")
-        pieces: list[tuple[int, int, int]] = []  # (seq index, start, end)
-        for i, s in enumerate(seqs):
-            pieces.extend((i, a, b) for a, b in self.windows(len(s)))
-        results: dict[tuple[int, int], dict[str, Tensor]] = {}
-        for batch in length_batches([b - a for _, a, b in pieces], self.cfg.resolved_batch_tokens(), extra=2):
-            sub = [seqs[pieces[j][0]][pieces[j][1] : pieces[j][2]] for j in batch]
-            acts = self.forward_hooks(sub, hooks)
-            for row, j in enumerate(batch):
-                i, a, b = pieces[j]
-                results[(i, a)] = {k: v[row, 1 : b - a + 1].float().cpu() for k, v in acts.items()}
-        out: list[dict[str, Tensor]] = []
-        for i, s in enumerate(seqs):
-            wins = self.windows(len(s))
-            if len(wins) == 1:
-                out.append(results[(i, 0)])
-                continue
-            centers = torch.tensor([(a + b) / 2 for a, b in wins])
-            pos = torch.arange(len(s)).float()
-            best = (pos[:, None] - centers[None, :]).abs().argmin(1)  # nearest window centre
-            merged = {}
-            for name in results[(i, 0)]:
-                buf = torch.empty(len(s), results[(i, 0)][name].shape[-1])
-                for w, (a, b) in enumerate(wins):
-                    sel = (best == w).nonzero().squeeze(1)
-                    buf[sel] = results[(i, a)][name][sel - a]
-                merged[name] = buf
-            out.append(merged)
-        return out
-
-
-POOLS = ("none", "mean", "last")
-
-
-def pool_residues(acts_LD: Tensor, pool: str) -> Tensor:
-    """One vector per protein from its residues' activations: ``mean``, or the ``last`` residue's
-    (esm-sae's per-protein SAEs); ``none`` keeps ``[L, d]``."""
-    if pool == "mean":
-        return acts_LD.mean(0)
-    if pool == "last":
-        return acts_LD[-1]
-    return acts_LD
-
-
-def length_batches(lengths: Sequence[int], batch_tokens: int, extra: int = 0) -> Iterator[list[int]]:
-    """Group item indices so that (count x longest + extra) <= batch_tokens, longest first."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batch: list[int] = []
-    longest = 0
-    for i in order:
-        L = lengths[i] + extra
-        new_longest = max(longest, L)
-        if batch and new_longest * (len(batch) + 1) > batch_tokens:
-            yield batch
-            batch, new_longest = [], L
-        batch.append(i)
-        longest = new_longest
-    if batch:
-        yield batch
-
-
-# ====================================================================== ESM-2
 class ESM2(ProteinLM):
     family = "esm2"
     default_max_residues = 1022
@@ -390,6 +152,24 @@ def _esm2_from_fairesm(path: Path):
     return model
 
 
+def _check_hub_name(name: str) -> None:
+    """Fail at once, naming what is known, for a name that is no local path, no known ESM-2 hub name
+    and not in the local Hugging Face cache (the hub client would otherwise retry it for a minute)."""
+    if name in KNOWN_HUB_MODELS:
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except Exception:  # a malformed repo id: fall through to the message
+        pass
+    raise FileNotFoundError(
+        f"unknown protein LM {name!r}: it is not a local folder or file, not in the Hugging Face cache, and not a model esmsae "
+        f"knows. Known names: {', '.join(KNOWN_HUB_MODELS)} (downloaded from the hub, or read from its cache), esmc_300m, esmc_600m, "
+        f"unirep1900, unirep256, unirep64; or a local Hugging Face folder, a fair-esm .pt file or an ESM C .pth file.")
+
+
 def _load_esm2(cfg: ModelConfig) -> ESM2:
     from transformers import EsmForMaskedLM
 
@@ -401,6 +181,8 @@ def _load_esm2(cfg: ModelConfig) -> ESM2:
     if p.is_dir():
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"{p} is not a Hugging Face model folder (no config.json)")
+    if not p.exists():
+        _check_hub_name(cfg.name)
     try:
         model = EsmForMaskedLM.from_pretrained(cfg.name)
     except OSError as e:

@@ -56,6 +56,9 @@ KNOWN_MODELS: dict[str, tuple[str, int | None, int | None]] = {
     "esmc_300m": ("esmc", 30, 960),
     "esmc_600m": ("esmc", 36, 1152),
     "esmc_6b": ("esmc", None, None),  # served by the Forge API only; recorded, not loadable here
+    "unirep1900": ("unirep", 1, 1900),
+    "unirep256": ("unirep", 4, 256),
+    "unirep64": ("unirep", 4, 64),
 }
 
 # The known releases, for the app's import tab and for format detection of hub ids.

@@ -72,12 +72,22 @@ def parse_structure(text: str, fmt: str) -> dict[str, tuple[str, list[int]]]:
     if not text.strip():
         raise StructureError("the structure file is empty")
     parser = MMCIFParser(QUIET=True) if fmt in ("cif", "mmcif") else PDBParser(QUIET=True)
-    try:
+    def read(t: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            s = parser.get_structure("x", io.StringIO(text))
+            return parser.get_structure("x", io.StringIO(t))
+
+    try:
+        s = read(text)
     except Exception as e:  # Bio raises a variety of errors on broken files
-        raise StructureError(f"could not read this {fmt.upper()} file: {e}") from e
+        # a file cut in the middle of a record: read what is whole (truncation_warnings says so)
+        whole = text[: text.rstrip("\n").rfind("\n") + 1]
+        try:
+            s = read(whole) if whole.strip() else None
+        except Exception:
+            s = None
+        if s is None:
+            raise StructureError(f"could not read this {fmt.upper()} file: {e}") from e
     models = list(s)
     if not models:
         raise StructureError(f"no models with atoms in this {fmt.upper()} file")
@@ -91,6 +101,56 @@ def parse_structure(text: str, fmt: str) -> dict[str, tuple[str, list[int]]]:
     if not chains:
         raise StructureError(f"no protein chains found in this {fmt.upper()} file")
     return chains
+
+
+def truncation_warnings(text: str, fmt: str, chains: dict[str, tuple[str, list]]) -> list[str]:
+    """Signs that a structure file was cut short (a partial download, the first kilobytes of a file):
+    it ends in the middle of a record, or its chains hold far fewer residues with atoms than the file
+    declares (PDB SEQRES per chain; mmCIF _entity_poly_seq per entity). Empty when it looks whole."""
+    out = []
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    last = lines[-1].strip() if lines else ""
+    n_res = {c: len(s) for c, (s, _) in chains.items()}
+    if fmt in ("cif", "mmcif"):
+        fields = [ln.strip() for ln in lines if ln.startswith("_atom_site.")]
+        if fields and last.startswith(("ATOM", "HETATM")) and len(last.split()) < len(fields):
+            out.append(f"the file ends in the middle of an atom record ({len(last.split())} of {len(fields)} fields)")
+        elif fields and last != "#" and not text.endswith("\n"):
+            out.append("the file ends in the middle of a line")
+        declared: dict[str, int] = {}
+        in_loop = False
+        cols: list[str] = []
+        for ln in lines:
+            t = ln.strip()
+            if t.startswith("_entity_poly_seq."):
+                in_loop, cols = True, cols + [t.split(".", 1)[1].split()[0]]
+            elif in_loop and (t.startswith(("_", "loop_", "#"))):
+                if declared:
+                    break
+                in_loop = t.startswith("_entity_poly_seq.")
+            elif in_loop and cols and "entity_id" in cols:
+                parts = t.split()
+                if len(parts) >= len(cols):
+                    e = parts[cols.index("entity_id")]
+                    declared[e] = declared.get(e, 0) + 1
+        if declared and n_res and max(n_res.values()) < 0.5 * min(declared.values()):
+            out.append(f"its polymer entities declare {min(declared.values())}-{max(declared.values())} residues, but the longest chain "
+                       f"has atoms for {max(n_res.values())}")
+    else:
+        if lines and not last.startswith(("END", "MASTER", "CONECT", "ENDMDL", "TER")):
+            short = last.startswith(("ATOM", "HETATM")) and len(last) < 54
+            out.append("the file ends in the middle of an atom record" if short else "the file has no END record")
+        seqres: dict[str, int] = {}
+        for ln in lines:
+            if ln.startswith("SEQRES") and len(ln) > 17:
+                try:
+                    seqres[ln[11]] = int(ln[13:17])
+                except ValueError:
+                    pass
+        for c, n in n_res.items():
+            if c in seqres and n < 0.5 * seqres[c]:
+                out.append(f"chain {c}: atoms for {n} of the {seqres[c]} residues its SEQRES declares")
+    return out
 
 
 def structure_html(text: str, fmt: str, chain: str, resi: list[int], values: np.ndarray, vmax: float, height: int = 420,

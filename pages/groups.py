@@ -23,6 +23,11 @@ if source == "from the index":
     note = coverage_note(g, *idx.group_coverage(g))
     if note:
         st.warning(note)
+    if g == "embedding cluster":
+        prof = idx.cluster_profiles()
+        if not prof.empty:
+            st.markdown("**What each cluster holds** (k-means of the proteins' mean-pooled LM embeddings at the SAE's layer)")
+            st.dataframe(prof, hide_index=True, key="cluster_profiles")
 else:
     g = "uploaded"
     up = st.file_uploader("TSV (protein id <TAB> group, ids from this index) or JSON {group: [[sequence, header], ...]}",

@@ -4,8 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from esmsae.analyze import InputError, generate_in_app, parse_input, steer_in_app
-from esmsae.render import StructureError, chain_breaks, format_number, heatmap, parse_structure, steer_figure, structure_html, track_html
-from esmsae.steer import EDITS, WHERE, Edit
+from esmsae.render import (StructureError, chain_breaks, format_number, heatmap, parse_structure, steer_figure, structure_html,
+                           track_html, truncation_warnings)
+from esmsae.steer import EDITS, WHERE, Edit, perplexity_name
 from esmsae.ui import analyzer_of, feature_link, feature_url, index_of, pick_run
 
 run = pick_run()
@@ -28,6 +29,10 @@ if go:
             fmt = "cif" if up.name.lower().endswith(("cif", "mmcif")) else "pdb"
             raw = up.getvalue().decode("utf-8", errors="replace")
             chains = parse_structure(raw, fmt)
+            cut = truncation_warnings(raw, fmt, chains)
+            if cut:
+                st.warning(f"{up.name} looks truncated: " + "; ".join(cut) + ". Only the residues with atoms are analysed; "
+                           "upload the whole file to analyse the whole protein.")
             st.session_state["inspect"] = {"structure": (raw, fmt, chains), "records": [(f"{up.name} chain {c}", s) for c, (s, _) in chains.items()]}
         else:
             st.session_state["inspect"] = {"structure": None, "records": parse_input(text)}
@@ -47,6 +52,9 @@ if state:
         st.error(f"Could not run the protein LM + SAE of run {run.name}: {e}")
         st.stop()
     st.caption(f"{len(seq)} residues - protein LM + SAE in {res.seconds * 1000:.0f} ms")
+    if getattr(an.plm, "objective", "mlm") == "causal":
+        st.caption(f"{an.plm.name} reads left to right: the activation at residue t comes from a state that has seen residues 1..t "
+                   "only, never what follows. A feature that marks the start of a segment can only fire once the segment has begun.")
     top = res.top_features(20)
     if top.empty:
         st.warning("No feature fires on this sequence.")
@@ -111,8 +119,12 @@ if state:
         k[0].metric("Target fires on the steered sequence", "yes" if sm["fires_after"] else "no",
                     help=f"max {format_number(sm['target_max_after'])} after vs {format_number(sm['target_max_before'])} on the original")
         k[1].metric("Residues changed", f"{sm['residues_changed']} / {sm['length']}")
-        k[2].metric("Pseudo-perplexity, original", format_number(sm["pppl_original"]))
-        k[3].metric("...with the edit held", format_number(sm["pppl_steered"]))
+        pname = perplexity_name(an.plm).capitalize()
+        k[2].metric(f"{pname}, original", format_number(sm["pppl_original"]) if sm["pppl_original"] is not None else "not computed")
+        k[3].metric("...with the edit held", format_number(sm["pppl_steered"]) if sm["pppl_steered"] is not None else "not computed")
+        if sm["degenerate"]:
+            st.warning("The steered sequence looks degenerate: " + "; ".join(sm["degenerate"]) + ". The edit pushes the model off "
+                       "real proteins; try a smaller value or another feature.")
         st.code(r.steered_sequence, language=None)
         st.html(track_html(r.steered_sequence, np.flatnonzero(r.target_after_L > 0), r.target_after_L[r.target_after_L > 0],
                            float(max(r.target_after_L.max(initial=0), 1e-9)), title=f"feature {r.target} on the steered sequence (re-embedded)"))
@@ -122,8 +134,11 @@ if state:
         st.download_button("Download the steered sequence (FASTA)", r.fasta(f"{name.split()[0]}_steered_f{r.target}"),
                            file_name=f"steered_f{r.target}.fasta", mime="text/plain")
 
-        st.markdown("**Generate designs with this edit held** (plm-sae's iterative masked resampling: each round masks a "
-                    "fraction of positions and samples them from the steered model; each design is then re-embedded by the "
+        causal = getattr(an.plm, "objective", "mlm") == "causal"
+        st.markdown("**Generate designs with this edit held** (" + ("left-to-right resampling for this causal LM: each round picks a "
+                    "fraction of positions and resamples them in order, each from the steered model's next-residue distribution given "
+                    "the residues before it" if causal else "plm-sae's iterative masked resampling: each round masks a fraction of "
+                    "positions and samples them from the steered model") + "; each design is then re-embedded by the "
                     "unmodified model to check whether the feature fires without the edit). Seeded: the same settings give the same designs.")
         with st.form("generate_form"):
             g = st.columns(6)
@@ -132,7 +147,7 @@ if state:
             mask_frac = g[2].number_input("Masked per round", 0.01, 1.0, 0.15, step=0.05, key="gen_mask")
             temperature = g[3].number_input("Temperature", 0.05, 5.0, 1.0, step=0.1, key="gen_temp")
             gseed = g[4].number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
-            with_pppl = g[5].checkbox("Pseudo-perplexity", False, key="gen_pppl", help="one forward per residue of each design (slow on long sequences)")
+            with_pppl = g[5].checkbox("Perplexity", False, key="gen_pppl", help="one forward per residue of each design (slow on long sequences)")
             go_gen = st.form_submit_button("Generate")
         if go_gen:
             try:
@@ -145,11 +160,14 @@ if state:
         if gd and gd[0] == name and gd[1] == seq and gd[2] == r.target:
             d = gd[3]
             ds = d.summary()
-            m = st.columns(3)
+            m = st.columns(4)
             m[0].metric("Designs in which the feature fires", f"{sum(d.fires)} / {len(d.sequences)}",
                         help="the design re-embedded by the unmodified model, no edit")
             m[1].metric("Mean identity to the seed", f"{ds['mean_identity_to_seed']:.1%}")
-            m[2].metric("Mean pseudo-perplexity", format_number(ds["mean_pppl"]))
+            m[2].metric("Mean perplexity", format_number(ds["mean_pppl"]) if ds["mean_pppl"] is not None else "not computed",
+                        help=perplexity_name(an.plm) + " under the unmodified model")
+            m[3].metric("Degenerate designs", f"{ds['n_degenerate']} / {len(d.sequences)}",
+                        help="low complexity, a long homopolymer run, under 30% identity to the seed, or perplexity over 2x the seed's")
             st.dataframe(d.table(), hide_index=True, key="designs_table")
             st.download_button("Download the designs (FASTA)", d.fasta(f"{name.split()[0]}_f{d.target}"),
                                file_name=f"designs_f{d.target}.fasta", mime="text/plain")

@@ -1,5 +1,4 @@
 """Overview: the run card, frequency histogram and the feature map."""
-import pandas as pd
 import streamlit as st
 
 from esmsae.render import feature_map, format_number, freq_histogram, lm_curve_figure

@@ -15,7 +15,7 @@ from esmsae.cli import main
 from esmsae.fasta import read_fasta
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_LM = ROOT / "data" / "demo" / "model"
+DEMO_LM = ROOT / "data" / "esm_lm" / "model"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_api_batch_pool_sparse_and_scaled(lm, mgen_fasta, tmp_path):
     torch.testing.assert_close(lm.embed(seqs[1], layer=3, pool="last"), many[1][-1])
     with pytest.raises(ValueError, match="sequence 2: invalid residue 'J' at position 3"):
         lm.embed(["MKV", "MKJV"], layer=3)
-    sae = esmsae.load_sae(str(ROOT / "data" / "demo" / "sae"))  # an esmsae checkpoint through the same call
+    sae = esmsae.load_sae(str(ROOT / "data" / "esm_lm" / "sae"))  # an esmsae checkpoint through the same call
     dense = esmsae.features(lm, sae, seqs[:2])
     sparse = esmsae.features(lm, sae, seqs[:2], output="sparse")
     assert [d.shape for d in dense] == [(len(s), 2048) for s in seqs[:2]]

@@ -42,8 +42,21 @@ def test_overview(env):
     assert metrics["latents"] == "128" and metrics["layer"] == "4" and metrics["hook site"] == "resid"
     assert "features matching a concept (test)" in metrics and "residue detectors % (live)" in metrics
     assert "% loss recovered (vs mean ablation)" in metrics and "ΔCE spliced (nats)" in metrics
-    assert any({"trivial_f1", "aa_rule_f1", "n_features_beat_baselines"} <= set(d.value.columns) for d in at.dataframe)
+    assert any({"fire everywhere F1", "single-residue rule", "best local-sequence rule", "hydropathy window F1",
+                "features beating every baseline (valid and test)"} <= set(d.value.columns) for d in at.dataframe)
     assert len(at.get("plotly_chart")) == 2  # frequency histogram + feature map
+
+
+def test_bad_links_say_what_is_wrong(env):
+    """?feature=abc, a feature past the last, and ?run=nope each get a message naming the problem (no
+    Python error text, no silent fallback)."""
+    at = ok(page("features", feature="abc"))
+    assert any("'abc', which is not a feature number" in e.value for e in at.error), [e.value for e in at.error]
+    assert not any("invalid literal" in e.value for e in at.error)
+    at = ok(page("features", feature="99999"))
+    assert any("has no feature 99999" in e.value for e in at.error)
+    at = ok(page("overview", run="nope"))
+    assert any("names run 'nope', which is not here" in w.value for w in at.warning)
 
 
 def test_feature_browser_table_search_and_deep_link(env):
@@ -76,7 +89,7 @@ def test_feature_browser_table_search_and_deep_link(env):
     assert "my test label" in at.title[0].value
     # a bad deep link shows a message and the table
     at = ok(page("features", feature="99999"))
-    assert "does not exist" in at.error[0].value and at.dataframe
+    assert "has no feature" in at.error[0].value and at.dataframe
 
 
 def test_feature_page_structure(env):
@@ -124,8 +137,9 @@ def test_inspector_steer_panel(env):
     assert n == "3" and 0 <= int(fired) <= 3
     designs = at.dataframe[-1].value
     assert len(designs) == 3 and all(len(s) == len(seq) for s in designs["sequence"])
-    assert int(designs["fires"].sum()) == int(fired)
-    assert ((designs["identity_to_seed"] > 0) & (designs["identity_to_seed"] <= 1)).all()
+    assert int(designs["feature fires (unmodified model)"].sum()) == int(fired)
+    assert ((designs["identity to the seed"] > 0) & (designs["identity to the seed"] <= 1)).all()
+    assert "degenerate" in designs.columns and labels["Mean perplexity"] == "not computed"  # not "nan"
     first = list(designs["sequence"])
     at.button(key="FormSubmitter:generate_form-Generate").click().run()  # same seed, same designs
     assert list(at.dataframe[-1].value["sequence"]) == first
@@ -299,9 +313,30 @@ def test_demo_bundle_pages(monkeypatch):
     runs = list_runs()
     assert runs[0].name == "demo"
     con = duckdb.connect(str(DEMO / "index.duckdb"), read_only=True)
-    assert con.execute("SELECT count(*) FROM proteins").fetchall()[0][0] >= 15000
+    assert con.execute("SELECT count(*) FROM proteins").fetchall()[0][0] >= 10000
     for name in ("overview", "features", "groups", "training"):
         ok(page(name))
     f = con.execute("SELECT feature FROM features ORDER BY best_f1 DESC LIMIT 1").fetchall()[0][0]
     at = ok(page("features", feature=str(f)))
     assert at.title[0].value.startswith(f"Feature {f}")
+
+
+def test_pages_open_an_index_with_no_concepts_groups_or_structures(tmp_path, tiny_sae, mgen_fasta, monkeypatch):
+    """The README's simplest index (no --concepts, no groups, no structures) opens on every page."""
+    import shutil
+
+    from esmsae.config import IndexConfig
+    from esmsae.index import build_index
+
+    ws = tmp_path / "ws"
+    ck = ws / "plain" / "L4_resid"
+    shutil.copytree(tiny_sae, ck)
+    build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[str(mgen_fasta)], top_n=3, umap=False, batch_tokens=2048),
+                progress=False)
+    monkeypatch.setenv("ESMSAE_WORKSPACE", str(ws))
+    monkeypatch.setenv("ESMSAE_DEMO", str(tmp_path / "no-demo"))
+    monkeypatch.chdir(ROOT)
+    for name in ("overview", "features", "groups", "inspector"):
+        ok(page(name))
+    f = int(FeatureIndex(ck / "index.duckdb").q("SELECT feature FROM features WHERE NOT dead LIMIT 1")["feature"].iloc[0])
+    ok(page("features", feature=str(f)))

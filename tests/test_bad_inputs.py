@@ -10,7 +10,7 @@ import pytest
 from esmsae.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_LM = ROOT / "data" / "demo" / "model"
+DEMO_LM = ROOT / "data" / "esm_lm" / "model"
 
 
 def test_empty_fasta_is_an_error_and_leaves_no_store(tmp_path, capsys):
@@ -36,7 +36,7 @@ def test_windows_line_endings_read_like_unix(tmp_path):
 
 def test_truncated_checkpoint_names_the_file(tmp_path, capsys):
     ck = tmp_path / "ck"
-    shutil.copytree(ROOT / "data" / "demo" / "sae", ck, ignore=shutil.ignore_patterns("eval.json"))
+    shutil.copytree(ROOT / "data" / "esm_lm" / "sae", ck, ignore=shutil.ignore_patterns("eval.json"))
     w = ck / "sae.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 3])
     from esmsae.checkpoint import load_sae
@@ -87,11 +87,11 @@ def test_a_copied_checkpoint_says_where_its_relative_model_went(tmp_path):
     from esmsae.checkpoint import model_config_of, read_cfg
 
     ck = tmp_path / "elsewhere" / "sae"
-    shutil.copytree(ROOT / "data" / "demo" / "sae", ck)
+    shutil.copytree(ROOT / "data" / "esm_lm" / "sae", ck)
     with pytest.raises(FileNotFoundError, match=r"relative to its own folder \('\.\./model'\).*copy the model folder"):
         model_config_of(read_cfg(ck))
     # with the model folder beside it, as in the bundle, it resolves; naming a model always works
-    shutil.copytree(ROOT / "data" / "demo" / "model", tmp_path / "elsewhere" / "model")
+    shutil.copytree(ROOT / "data" / "esm_lm" / "model", tmp_path / "elsewhere" / "model")
     assert model_config_of(read_cfg(ck)).name == str((tmp_path / "elsewhere" / "model").resolve())
     assert model_config_of(read_cfg(ck), "facebook/esm2_t6_8M_UR50D").name == "facebook/esm2_t6_8M_UR50D"
 
@@ -117,7 +117,7 @@ def test_site_typo_and_unwritable_output_are_named(tmp_path, capsys, mgen_fasta)
 
 def test_checkpoint_that_does_not_fit_the_model(tmp_path, capsys, mgen_fasta, esmc_file):
     # the demo SAE (d_in 320) on a 128-wide ESM C: refused before anything is written
-    assert main(["index", "--sae", str(ROOT / "data" / "demo" / "sae"), "--fasta", str(mgen_fasta), "--model", str(esmc_file),
+    assert main(["index", "--sae", str(ROOT / "data" / "esm_lm" / "sae"), "--fasta", str(mgen_fasta), "--model", str(esmc_file),
                  "--out", str(tmp_path / "i.duckdb")]) == 2
     assert "SAE d_in is 320 but" in capsys.readouterr().err and not (tmp_path / "i.duckdb").exists()
 

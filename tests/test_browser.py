@@ -225,7 +225,7 @@ def test_journey_training(server, browser):
     from esmsae.fasta import read_fasta, write_fasta
 
     write_fasta(fasta, read_fasta(SHARED / "uniprot" / "mgenitalium" / "mgenitalium.fasta"), max_len=200, limit=80)
-    model = str(DEMO / "model") if (DEMO / "model").exists() else _tiny_model(ws)
+    model = str(ROOT / "data" / "esm_lm" / "model") if (ROOT / "data" / "esm_lm" / "model").exists() else _tiny_model(ws)
     page.get_by_label("Protein LM", exact=True).fill(model)
     page.get_by_label("Proteins (FASTA path)", exact=True).fill(str(fasta))
     page.get_by_label("Layer(s)", exact=True).fill("2")

@@ -7,7 +7,7 @@ import pytest
 from esmsae.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_LM = ROOT / "data" / "demo" / "model"
+DEMO_LM = ROOT / "data" / "esm_lm" / "model"
 
 
 def test_init_model_writes_a_loadable_esm2(tmp_path, shared, capsys):

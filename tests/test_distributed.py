@@ -177,12 +177,14 @@ TABLE_KEYS = {  # the order rows are compared in (the tables' content, not their
     "proteins": "pidx", "features": "feature", "feature_hist": "feature, bin_lo", "top_examples": "feature, rank",
     "quantile_examples": "feature, bin, max_act DESC, pidx", "structure_tracks": "pidx, feature", "concepts": "concept",
     "concept_f1": "feature, concept", "groups": "grouping, grp", "group_usage": "grouping, grp, feature",
+    "cluster_profiles": "cluster",
 }
 
 
 def test_two_rank_index_equals_one_process(tmp_path, tiny_sae, mgen_full, shared):
     """The 2-rank index equals the one-process index table for table: labelled proteins (UniProt),
-    a grouping file, a small batch budget (many batches dealt to the ranks). Integers, strings and
+    a grouping file, embedding clusters (rank 0 clusters the gathered pooled vectors), a small batch
+    budget (many batches dealt to the ranks). Integers, strings and
     example tracks exactly; floats to 1e-9 relative (float64 sums in another order)."""
     import duckdb
     import pandas as pd
@@ -193,7 +195,7 @@ def test_two_rank_index_equals_one_process(tmp_path, tiny_sae, mgen_full, shared
     ids = [h.split()[0] for h, _ in read_fasta(mgen_full)]
     groups.write_text("id\tgroup\n" + "".join(f"{pid}\t{'A' if i % 3 == 0 else 'B'}\n" for i, pid in enumerate(ids)))
     args = ["index", "--sae", str(tiny_sae), "--fasta", str(mgen_full), "--concepts", str(shared), "--groups", str(groups),
-            "--top-n", "5", "--umap", "false", "--batch-tokens", "2048", "--device", "cpu", "--threads", "1"]
+            "--top-n", "5", "--umap", "false", "--batch-tokens", "2048", "--device", "cpu", "--threads", "1", "--cluster-proteins", "3"]
     run1(*args, "--out", str(tmp_path / "one.duckdb"))
     r = run2(*args, "--out", str(tmp_path / "two.duckdb"))
     assert "index:" in r.stdout and not (tmp_path / "two.duckdb.parts").exists()

@@ -11,7 +11,7 @@ import pytest
 from esmsae.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_LM = ROOT / "data" / "demo" / "model"
+DEMO_LM = ROOT / "data" / "esm_lm" / "model"
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from hub_cache import offline_env, put_repo
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_LM = ROOT / "data" / "demo" / "model"
+DEMO_LM = ROOT / "data" / "esm_lm" / "model"
 
 
 def run(env, *args, code=None, timeout=600):

@@ -11,7 +11,6 @@ from scipy.stats import fisher_exact
 from esmsae.checkpoint import load_sae
 from esmsae.concepts import load_all, load_tmbed, runs
 from esmsae.config import ConfigError, IndexConfig, ModelConfig
-import esmsae.index.build as idx_mod
 from esmsae.fasta import read_fasta
 from esmsae.index import IndexError_, ProteinTable, build_index, enrichment, read_grouping
 from esmsae.plm import Hook, ModelMismatchError, load_plm

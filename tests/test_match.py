@@ -90,7 +90,7 @@ def test_match_command_on_the_demo_sae_and_a_published_copy(tmp_path, mgen_fasta
 
     from esmsae.cli import main
 
-    demo = Path(__file__).resolve().parents[1] / "data" / "demo" / "sae"
+    demo = Path(__file__).resolve().parents[1] / "data" / "esm_lm" / "sae"
     assert main(["export", str(demo), "--format", "saelens", "--out", str(tmp_path / "sl")]) == 0
     capsys.readouterr()
     short = tmp_path / "p.fasta"

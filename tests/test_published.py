@@ -4,7 +4,7 @@ Each test writes a checkpoint in the source's exact published layout (file names
 shapes, config files) with random weights, imports it with ``python -m esmsae import`` and
 checks ``encode_dense`` against an independent numpy encode written from the source's
 documented algorithm (../shared/design/published_sae_formats.md), on real activations: the
-demo protein LM (data/demo/model) on real M. genitalium proteins, layer 4.
+demo protein LM (data/esm_lm/model) on real M. genitalium proteins, layer 4.
 """
 import json
 from pathlib import Path
@@ -18,7 +18,7 @@ from esmsae.checkpoint import load_sae
 from esmsae.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_LM = ROOT / "data" / "demo" / "model"
+DEMO_LM = ROOT / "data" / "esm_lm" / "model"
 D, F, K, LAYER = 320, 512, 16, 4
 
 
@@ -268,7 +268,7 @@ def test_sparsify(tmp_path, acts):
 @pytest.mark.parametrize("fmt", ["saelens", "sparsify"])
 def test_export_round_trip_demo_sae(tmp_path, acts, fmt):
     """The demo SAE (TopK, scalar normalisation) exported and imported again gives the same features."""
-    demo = ROOT / "data" / "demo" / "sae"
+    demo = ROOT / "data" / "esm_lm" / "sae"
     out = tmp_path / f"exp_{fmt}"
     assert main(["export", str(demo), "--format", fmt, "--out", str(out)]) == 0
     sae0, meta0 = load_sae(demo)

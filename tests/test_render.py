@@ -72,6 +72,15 @@ def test_bad_structures_are_named(shared, case):
         "not_utf8": (b"\xff\xfe\x00garbage\x80\x81".decode("utf-8", errors="replace"), "pdb"),
         "garbage": ("this is not a structure\n", "cif"),
     }[case]
+    if case == "truncated_cif":  # cut in the middle: what is whole is read, and it is flagged as cut short
+        from esmsae.render import truncation_warnings
+
+        try:
+            chains = parse_structure(text, fmt)
+        except StructureError:
+            return
+        assert truncation_warnings(text, fmt, chains)
+        return
     with pytest.raises(StructureError, match="empty|no protein chains|could not read|no models"):
         parse_structure(text, fmt)
 

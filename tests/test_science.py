@@ -553,16 +553,21 @@ def test_aa_lookup_fvu_is_zero_when_residue_identity_is_everything(tmp_path):
     assert noisy["fvu"] == pytest.approx(want, rel=0.15)
 
 
-def test_overview_names_the_demo_lm_and_its_curve():
-    """The overview's one line on the demo LM (<mask> perplexity next to unigram, real ESM-2 8M
-    for scale) and its training curve are found from the bundle's portable model path."""
+def test_overview_names_the_demo_lm_against_its_baselines():
+    """The overview's one line on the demo LM: UniRep, what h_t has seen, its next-residue perplexity next
+    to the bigram and the unigram on the same held-out proteins (from the bundle's lm_eval.json), and the
+    bundle says it is GPL-3.0 (NOTICE)."""
+    import json
     from pathlib import Path
 
     from esmsae.explore import FeatureIndex
 
-    idx = FeatureIndex(Path(__file__).resolve().parents[1] / "data" / "demo" / "index.duckdb")
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo"
+    idx = FeatureIndex(demo / "index.duckdb")
     note = idx.lm_note()
-    assert "<mask> perplexity" in note and "for residue frequencies alone" in note
-    assert "10-10.5" in note
-    curve = idx.lm_curve()
-    assert len(curve) > 5 and {"masked_ppl", "masked_unigram_ppl"} <= set(curve.columns)
+    ev = json.loads((demo / "lm_eval.json").read_text())
+    assert note.startswith("Protein LM: UniRep") and "residues 1..t" in note
+    assert f"{ev['next_ppl']:.2f}" in note and f"{ev['bigram_ppl']:.2f} for a bigram" in note and f"{ev['unigram_ppl']:.2f}" in note
+    assert ev["next_ppl"] < ev["bigram_ppl"] < ev["unigram_ppl"]
+    assert "GNU General Public License v3.0" in (demo / "NOTICE").read_text()
+    assert not (demo / "model").exists()  # the weights are read from the installed package, never copied

@@ -92,3 +92,18 @@ def test_light_entry_points_do_not_import_torch():
             "import esmsae.explore, esmsae.index.tables, esmsae.pipeline\nprint('TORCH', 'torch' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "TORCH False" in p.stdout, p.stdout[-500:] + p.stderr[-800:]
+
+
+def test_a_truncated_structure_file_is_flagged(shared):
+    """The first part of a real mmCIF / PDB file parses into a few residues; it is flagged as cut short
+    (mid-record end, atoms far below the declared chain length), while the whole files are not."""
+    from esmsae.render import parse_structure, truncation_warnings
+
+    S = shared / "structures"
+    for f, fmt in ((S / "pdb" / "1aki.cif", "cif"), (S / "plip" / "1acj.pdb", "pdb")):
+        text = f.read_text()
+        assert truncation_warnings(text, fmt, parse_structure(text, fmt)) == []
+        cut = text[: text.index("_atom_site.group_PDB") + 3000] if fmt == "cif" else text[: len(text) // 3]
+        w = truncation_warnings(cut, fmt, parse_structure(cut, fmt))
+        assert any("ends in the middle of an atom record" in x for x in w), w
+        assert any("declare" in x for x in w), w

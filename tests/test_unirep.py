@@ -153,3 +153,13 @@ def test_steering_and_generation_on_a_causal_lm(mgen):
     d2 = generate(lm, sae, seq, Edit(feature=5, kind="clamp", value=3.0), n_designs=2, rounds=1, mask_frac=0.2, seed=1, pppl=False)
     assert d1.sequences == d2.sequences and all(len(s) == len(seq) for s in d1.sequences)
     assert any(s != seq for s in d1.sequences)
+
+
+def test_an_unknown_model_name_fails_at_once_listing_the_known_ones(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    t = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="facebook/esm2_t6_8M_UR50D.*unirep1900"):
+        load_plm(ModelConfig(name="someone/not-a-model"))
+    assert time.perf_counter() - t < 5  # no hub retries

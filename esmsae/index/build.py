@@ -39,6 +39,7 @@ from ..dist import World, barrier, process_group
 from ..checkpoint import hook_of, read_eval
 from ..fasta import SequenceError
 from ..plm import ProteinLM, load_plm
+from .clusters import GROUPING as CLUSTER_GROUPING, ClusterData, ClusterSpill, cluster_counts, cluster_names, cluster_profiles, cluster_vectors
 from .composition import FiringSpill, composition_counts, composition_enrichment
 from .concept_f1 import DETECTOR_PURITY, THRESHOLDS, aa_codes, aa_purity, concept_counts, concept_layout, eligible, report as concept_report, select
 from .describe import describe, search_text
@@ -121,7 +122,10 @@ class Stream:
     n_res_A: np.ndarray = None  # [20] indexed residues per amino acid
     ends_F2: np.ndarray = None  # [F, 2] firing residues in the first / last 10% of their protein (position profile)
     firing: FiringSpill | None = None  # per grouped protein: composition and counted features (the composition control)
+    clusters: ClusterSpill | None = None  # per clustered protein: pooled LM vector and counted features (embedding clusters)
+    cluster_sources: tuple = ()  # only proteins of these sources are clustered (empty: all)
     n_res: int = 0
+    last_pairs: list = field(default_factory=list)
     skipped_model: list[str] = field(default_factory=list)
     struct_rows: list[tuple] = field(default_factory=list)
 
@@ -185,14 +189,16 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
     csr = CSRWriter(scratch)
     spill = TrackSpill(scratch)
     firing = FiringSpill(scratch, list(layout.groupings)) if layout.groupings else None
+    clus = ClusterSpill(scratch, plm.d_model) if cfg.cluster_proteins else None
     if os.name == "posix":
         # the scratch files are used only through their open handles: unlinked now, the disk space
         # is freed when the handles close, even after a kill -9 (no scratch folder is left behind)
         shutil.rmtree(scratch, ignore_errors=True)
     try:
-        st, done = _stream(cfg, plm, sae, hook, table, layout, csr, spill, progress, w, firing)
+        st, done = _stream(cfg, plm, sae, hook, table, layout, csr, spill, progress, w, firing, clus)
         halves = _concept_halves(csr, table.labelled_items(), layout, st, w)
         comp = _composition_counts(st, layout, w)
+        cdata = _gather_clusters(clus, parts, w) if clus is not None else None
         if w.distributed:
             done = _merge_ranks(st, done, spill, parts, w)
         if not w.main:
@@ -200,8 +206,14 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         n_done = _write_proteins(con, table, done)
         concepts_df, f1_df, best, aa = _concept_frames(halves, layout, st)
         groups_df, usage, (top_group, top_q) = _group_frames(cfg, table, layout, st, comp)
+        if cdata is not None:
+            groups_df, usage = _cluster_grouping(cfg, layout, st, cdata, groups_df, usage)
         features = _feature_frame(cfg, sae, st, n_done, best, aa, top_group)
         features = _with_descriptions(features, table, st, top_q)
+        if cdata is not None:
+            info = table.columns(cdata.pidx.tolist(), ("length", "kingdom", "organism", "description")).reindex(cdata.pidx)
+            _table(con, "cluster_profiles", cluster_profiles(cdata.labels, info, usage[usage.grouping == CLUSTER_GROUPING], features,
+                                                             cfg.cluster_proteins))
         spill.finish()
         _write_tables(con, cfg, st, spill, features, concepts_df, f1_df, groups_df, usage)
         _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, table.report, t0, w.size)
@@ -224,6 +236,8 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         spill.fh.close()
         if firing is not None:
             firing.close()
+        if clus is not None:
+            clus.close()
         csr.release()
         shutil.rmtree(scratch, ignore_errors=True)
         if w.main:
@@ -342,12 +356,13 @@ def _batches(table: ProteinTable, keep: np.ndarray, batch_S: np.ndarray) -> Iter
 
 
 def _stream(cfg, plm, sae, hook, table: ProteinTable, layout: Layout, csr: CSRWriter, spill: TrackSpill, progress: bool,
-            w: World = World(), firing: FiringSpill | None = None) -> tuple[Stream, np.ndarray]:
+            w: World = World(), firing: FiringSpill | None = None, clusters: ClusterSpill | None = None) -> tuple[Stream, np.ndarray]:
     """The one pass of every protein (of this rank's batches) through model + SAE; under torchrun
     the running statistics are then all-reduced, so every rank holds the global ones. Returns them
     and this rank's indexed proteins as (pidx, features active) rows."""
     st = Stream.empty(sae.cfg.n_latents, cfg, layout)
     st.firing = firing
+    st.clusters, st.cluster_sources = clusters, tuple(cfg.group_sources)
     batch_tokens = cfg.batch_tokens or auto_batch_tokens(str(plm.device), plm.family)
     trim = HeapTrim()
     length_S = table.lengths()
@@ -366,6 +381,8 @@ def _stream(cfg, plm, sae, hook, table: ProteinTable, layout: Layout, csr: CSRWr
             st.skipped_model.append(str(e))
             continue
         n_active = _add_batch(st, sae, batch, acts, layout, csr, spill, cfg.group_statistic, cfg.pooled_k)
+        if st.clusters is not None:
+            _add_cluster_rows(st, batch, acts, layout, n_active)
         done.extend((it.pidx, n) for it, n in zip(batch, n_active))
         trim()
         bar.update(sum(len(q) for q in seqs))
@@ -374,6 +391,52 @@ def _stream(cfg, plm, sae, hook, table: ProteinTable, layout: Layout, csr: CSRWr
     if w.distributed:
         _reduce_stream(st)
     return st, np.array(done, np.int64).reshape(-1, 2)
+
+
+def _add_cluster_rows(st: Stream, batch: list[Item], acts: list[torch.Tensor], layout: Layout, n_active: list[int]) -> None:
+    """Each clustered protein's mean-pooled LM vector and the features counted for it (the last batch's
+    pairs, kept by _add_batch) into the cluster spill."""
+    pairs = st.last_pairs
+    for j, it in enumerate(batch):
+        if st.cluster_sources and not set(it.source.split(",")) & set(st.cluster_sources):
+            continue
+        a = aa_codes(it.sequence)
+        feats, vmax = pairs[j]
+        st.clusters.put(it.pidx, length_bin(len(it.sequence), layout.length_edges), np.bincount(a[a >= 0], minlength=20),
+                        acts[j].float().mean(0).cpu().numpy(), feats, vmax)
+
+
+def _gather_clusters(clus: ClusterSpill, parts: Path, w: World):
+    """All ranks' clustered proteins on rank 0 (through ``parts/``), in pidx order; None on other ranks."""
+    data = clus.collect()
+    if not w.distributed:
+        return data
+    if not w.main:
+        data.save(parts / f"clusters-rank{w.rank}.npz")
+    barrier()
+    if not w.main:
+        return None
+    return ClusterData.merge([data] + [ClusterData.load(parts / f"clusters-rank{r}.npz") for r in range(1, w.size)])
+
+
+def _cluster_grouping(cfg: IndexConfig, layout: Layout, st: Stream, cdata, groups_df: pd.DataFrame, usage: pd.DataFrame):
+    """Cluster the pooled vectors, then the grouping 'embedding cluster' with the same tests as every grouping."""
+    K = cfg.cluster_proteins
+    cdata.labels = cluster_vectors(cdata.vec, K, cfg.seed)
+    F = len(st.fire_prot_F)
+    B = len(layout.length_edges) + 1
+    n_fire, smax, n_prot = cluster_counts(cdata, K, B, F)
+    names = cluster_names(K)
+    frame, enr = usage_frame(names, n_fire, smax, n_prot, cfg.group_test, cfg.min_group_size)
+    top_aa_F = st.aa_FA.argmax(1)
+    freq_A = st.n_res_A / max(int(st.n_res_A.sum()), 1)
+    (cfire, cprot), = composition_counts(cdata, top_aa_F, freq_A, [K], B)
+    frame = _with_composition(frame, enr, {"top_aa_F": top_aa_F, "counts": {CLUSTER_GROUPING: (cfire, cprot)}}, CLUSTER_GROUPING,
+                              cfg.min_group_size)
+    rows = pd.DataFrame([(CLUSTER_GROUPING, nm, int(n_prot[i].sum()), bool(enr["tested"][i])) for i, nm in enumerate(names)],
+                        columns=["grouping", "grp", "n_proteins", "tested"])
+    return (pd.concat([groups_df, rows], ignore_index=True),
+            pd.concat([usage, frame.assign(grouping=CLUSTER_GROUPING)[USAGE_COLUMNS]], ignore_index=True))
 
 
 def _write_proteins(con, table: ProteinTable, done: np.ndarray) -> int:
@@ -464,16 +527,19 @@ def _add_batch(st: Stream, sae, batch: list[Item], acts: list[torch.Tensor], lay
 
     st.top.offer_batch(pair_f, pair_v, pair_pidx, tracks)
     st.res.offer_batch(pair_f, pair_v, pair_pidx, tracks)
+    st.last_pairs = []  # per protein: the features counted for groupings and their per-protein max (embedding clusters)
     for j, it in enumerate(batch):
         i = it.pidx
         lo, hi = pair_bounds[j], pair_bounds[j + 1]
         feats, vmax = pair_f[lo:hi], pair_v[lo:hi]
+        counted, counted_max = feats, vmax
+        if group_statistic == "pooled_topk" and (it.groups or st.clusters is not None):  # esm-sae: the top-k of the mean-pooled code
+            a, b = res_bounds[j], res_bounds[j + 1]
+            pooled = np.bincount(f_R[a:b], weights=v_R[a:b], minlength=F)[feats] / max(int(len_P[j]), 1)
+            keep = np.argsort(-pooled, kind="stable")[:pooled_k]
+            counted, counted_max = feats[keep], vmax[keep]
+        st.last_pairs.append((counted, counted_max))
         if it.groups:
-            counted = feats
-            if group_statistic == "pooled_topk":  # esm-sae: the top-k features of the mean-pooled code
-                a, b = res_bounds[j], res_bounds[j + 1]
-                pooled = np.bincount(f_R[a:b], weights=v_R[a:b], minlength=F)[feats] / max(int(len_P[j]), 1)
-                counted = feats[np.argsort(-pooled, kind="stable")[:pooled_k]]
             gb = length_bin(len(it.sequence), layout.length_edges)
             for g, grp in it.groups.items():
                 gi = layout.group_ids[g][grp]
@@ -523,8 +589,13 @@ def _concept_frames(halves, layout: Layout, st: "Stream"):
     concepts_df = pd.DataFrame({"concept": layout.concept_names, "source": [layout.source_names[s] for s in layout.concept_source],
                                 "n_proteins": v.n_prot + t.n_prot, "n_residues": v.n_res + t.n_res, "n_domains": v.n_dom + t.n_dom,
                                 "n_valid_proteins": v.n_prot, "n_test_proteins": t.n_prot})
-    if len(per_c):
-        concepts_df = pd.concat([concepts_df, per_c], axis=1)
+    # always the full column set: an index built without --concepts has an empty table that pages still query,
+    # with typed columns (an empty object column would reach DuckDB as NULL / DOUBLE and break text comparisons)
+    concepts_df = pd.concat([concepts_df, per_c], axis=1)
+    if concepts_df.empty:
+        text = {"concept", "source", "recall_over", "aa_rule", "local_rule", "best_baseline"} | {c for c in concepts_df if c.endswith("_rule")}
+        concepts_df = concepts_df.astype({c: ("string" if c in text else bool if c in ("catch_all", "eligible") else "float64")
+                                          for c in concepts_df.columns})
     return concepts_df, f1_df, best, aa
 
 

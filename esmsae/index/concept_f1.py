@@ -312,7 +312,14 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
         fs = np.flatnonzero(b == c)
         precs[fs], recs[fs] = prec[fs, sel.t_CF[c, fs]], rec[fs, sel.t_CF[c, fs]]
     best["precision"], best["recall"] = precs, recs
-    return df, pd.DataFrame(per_c), best
+    return df, pd.DataFrame(per_c, columns=PER_CONCEPT_COLUMNS), best
+
+
+PER_CONCEPT_COLUMNS = (["recall_over", "catch_all", "eligible", "coverage", "trivial_f1", "aa_rule", "aa_rule_f1_valid", "aa_rule_f1"]
+                       + [f"{fam}_{x}" for fam in RULE_FAMILIES for x in ("rule", "f1")]
+                       + ["local_rule", "local_rule_f1_valid", "local_rule_f1", "best_baseline", "best_baseline_f1_valid", "best_baseline_f1",
+                          "baseline_max_f1", "best_feature", "best_feature_f1", "best_feature_f1_valid", "n_features_f1_05",
+                          "n_features_beat_baselines"])
 
 
 def _baseline_columns(test: SplitCounts, valid: SplitCounts, lay: ConceptLayout, sel: Selection, c: int, triv: float, aa_t: float,

