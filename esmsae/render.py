@@ -103,6 +103,18 @@ def parse_structure(text: str, fmt: str) -> dict[str, tuple[str, list[int]]]:
     return chains
 
 
+def align_positions(a: str, b: str) -> dict[int, int]:
+    """Positions of sequence ``a`` mapped onto ``b`` through their matching blocks (difflib; identical
+    runs of at least 3 residues), e.g. an indexed sequence onto a chain whose atoms miss some residues."""
+    from difflib import SequenceMatcher
+
+    out: dict[int, int] = {}
+    for blk in SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks():
+        if blk.size >= 3:
+            out.update({blk.a + i: blk.b + i for i in range(blk.size)})
+    return out
+
+
 def truncation_warnings(text: str, fmt: str, chains: dict[str, tuple[str, list]]) -> list[str]:
     """Signs that a structure file was cut short (a partial download, the first kilobytes of a file):
     it ends in the middle of a record, or its chains hold far fewer residues with atoms than the file

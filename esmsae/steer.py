@@ -365,7 +365,8 @@ def _resample_left_to_right(plm, hook, fn, cols: Tensor, cur: str, pos: Tensor, 
     steered model's next-residue distribution given the current prefix (one forward per position)."""
     chars = list(cur)
     for p in sorted(pos.tolist()):
-        ids, _ = plm.tokenize(["".join(chars)])
+        # causal: the prediction of residue p depends on residues < p only, so run the prefix alone
+        ids, _ = plm.tokenize(["".join(chars[:max(p, 1)])])
         logits = _logits(plm, hook, [], ids=ids, fn=lambda a, x=ids: fn(a, x))[0, p][cols].float().cpu()  # row p predicts residue p
         a = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen))
         chars[p] = STANDARD[a]

@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from esmsae.explore import FeatureScale, LabelStoreBusy, display_scale, read_text, set_label, structure_file
-from esmsae.render import PQ_COLUMNS, activation_hist, format_number, group_bar, parse_structure, structure_html, track_html
+from esmsae.render import (PQ_COLUMNS, activation_hist, align_positions, format_number, group_bar, parse_structure, structure_html,
+                           track_html)
 from esmsae.ui import pick_run, require_index
 
 run = pick_run()
@@ -114,13 +115,20 @@ def show_structure(f: int) -> None:
     fmt = "cif" if ".cif" in path.name else "pdb"
     text = read_text(path)
     seq, resi = parse_structure(text, fmt).get(r["chain"], ("", []))
-    if seq != r["sequence"]:
-        st.warning(f"Chain {r['chain']} of {path.name} does not match the indexed sequence; colouring skipped.")
+    # the chain's atom sequence may lack residues (unresolved) or differ at ends: map by aligned blocks
+    to_chain = align_positions(r["sequence"], seq)
+    pos = np.asarray(r["positions"], int)
+    hit = np.array([p in to_chain for p in pos], bool)
+    if not len(seq) or len(to_chain) < 0.5 * min(len(seq), len(r["sequence"])):
+        st.warning(f"Chain {r['chain']} of {path.name} does not align with the indexed sequence; colouring skipped.")
         return
     vals = np.zeros(len(seq))
-    vals[np.asarray(r["positions"], int)] = r["values"]
+    vals[[to_chain[p] for p in pos[hit]]] = np.asarray(r["values"])[hit]
+    if seq != r["sequence"]:
+        st.caption(f"The chain's atom sequence differs from the indexed sequence ({len(seq)} vs {len(r['sequence'])} residues): "
+                   f"{len(to_chain)} residues aligned, {int(hit.sum())} of {len(pos)} firing residues coloured.")
     st.iframe(structure_html(text, fmt, r["chain"], resi, vals, float(r["max_act"])), height=440)
-    st.html(track_html(seq, r["positions"], r["values"], float(r["max_act"]), title=f"{r['id']} chain {r['chain']}"))
+    st.html(track_html(r["sequence"], r["positions"], r["values"], float(r["max_act"]), title=f"{r['id']} chain {r['chain']}"))
 
 
 def show_feature(f: int) -> None:

@@ -115,10 +115,10 @@ def test_journey_feature_deep_link_with_structure(server, browser):
     page.get_by_role("heading", name=f"Feature {f}").first.wait_for(timeout=90_000)
 
 
-def _inspect(browser, url: str, name: str, seq: str):
-    """Open the inspector, paste one sequence and press Analyse; returns the page."""
+def _inspect(browser, url: str, name: str, seq: str, run_q: str = ""):
+    """Open the inspector (of the run in ``run_q``, default the demo), paste one sequence and press Analyse; returns the page."""
     page = _page(browser)
-    page.goto(f"{url}/inspector")
+    page.goto(f"{url}/inspector{run_q}")
     box = page.get_by_label("Protein sequence or FASTA", exact=True)
     box.wait_for(timeout=90_000)
     box.fill(f">{name}\n{seq}")
@@ -155,7 +155,9 @@ def test_journey_steer_in_inspector(server, browser):
     """Analyse a sequence, steer its top feature, and see the check (does the feature fire when
     the steered sequence is re-embedded), the steered sequence and the FASTA download."""
     url, _ = server
-    page = _inspect(browser, url, "q", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV")
+    # the tiny ESM run: this journey checks the UI flow; UniRep (the demo) steers and generates in
+    # tests/test_unirep.py and tests/test_steer.py, and one resampled position there costs one forward
+    page = _inspect(browser, url, "q", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV", "?run=tiny/L4_resid")
     page.get_by_text("Steer along a feature, checked").wait_for(timeout=120_000)
     page.get_by_role("button", name="Download activations (CSV)").wait_for(timeout=60_000)  # the script has finished
     steer = page.get_by_role("button", name="Steer", exact=True)
