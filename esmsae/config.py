@@ -159,8 +159,8 @@ def auto_batch_tokens(device: str, family: str = "esm2") -> int:
     """Forward-batch size in padded tokens when the config says 0. On a 2-core CPU 1,024
     tokens ran 1.8x faster per residue than 8,192 (intermediates stay in cache); a GPU
     needs large batches to fill it. A recurrent model (UniRep) runs one step for all rows at
-    once, so it wants many rows: 128 rows of 256 residues ran at 55% of the bf16 GEMM limit
-    on a 2-core CPU, 32 rows at 68% but 2x fewer residues/s (bench/unirep_forward.py)."""
+    once, so it wants many rows: in bench/results/unirep_forward.json 128 rows ran at 14.5k residues/s
+    (47% of the same run's bf16 GEMM limit), 32 rows at 10.2k (75%) on a 2-core CPU."""
     if family == "unirep":
         return 32768 if str(device).startswith("cpu") else 262144
     return 1024 if str(device).startswith("cpu") else 16384
