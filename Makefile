@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 PORT ?= 8501
 THREEDMOL := static/3Dmol-min.js
 
-.PHONY: venv app test test-fast browser demo bench clean
+.PHONY: venv app test test-fast lint browser demo bench clean
 
-$(STAMP): requirements.txt requirements-esm.txt
+$(STAMP): requirements.txt requirements-esm.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel (a bare `torch` would pull GBs of CUDA packages)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 	# esm without its declared deps: they pull torchvision/torchtext builds that break
 	# transformers next to a CPU torch; its real runtime needs are in requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-esm.txt
@@ -38,7 +38,10 @@ browser:
 	  || { if [ "$$CI" = "true" ]; then echo "ERROR: could not install Debian's chromium, which CI needs for tests/test_browser.py"; exit 1; \
 	       else echo "WARNING: could not install Debian's chromium: the browser journeys (tests/test_browser.py) will be skipped"; fi; }
 
-test: venv browser
+lint: venv
+	$(BIN)/ruff check esmsae pages app.py tests bench
+
+test: venv browser lint
 	$(BIN)/python -m pytest -q -ra tests
 
 test-fast: venv

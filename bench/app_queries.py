@@ -37,37 +37,66 @@ def build(path: Path) -> Path:
     for (t,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = 'demo'").fetchall():
         con.execute(f"CREATE TABLE {t} AS SELECT * FROM demo.{t} LIMIT 0")
     F, P = N_FEATURES, N_PROTEINS
-    track = f"list_transform(range({TRACK}), lambda x: (x * 11)::INTEGER) AS positions, list_transform(range({TRACK}), lambda x: random()) AS \"values\""
+    track = (
+        f"list_transform(range({TRACK}), lambda x: (x * 11)::INTEGER) AS positions, list_transform(range({TRACK}),"
+        ' lambda x: random()) AS "values"'
+    )
     con.execute("SELECT setseed(0.42)")
-    con.execute(f"""INSERT INTO proteins SELECT i, 'SYN' || i, 'synthetic protein ' || i, 350,
-        array_to_string(list_transform(range(350), lambda x: substr('ACDEFGHIKLMNPQRSTVWY', 1 + (random() * 19.99)::INTEGER, 1)), ''),
-        'organism ' || (i % 300), i % 300, ['Bacteria', 'Archaea', 'Eukaryota'][1 + i % 3], 'cellular organisms', 'synthetic', '',
-        CASE WHEN i < 200 THEN 'structures/s' || i || '.pdb' END, CASE WHEN i < 200 THEN 'A' END, 40 FROM range({P}) t(i)""")
-    con.execute(f"""INSERT INTO features SELECT f, random() * 0.01, random() * 0.2, 100, 1000, 1 + random() * 9, random(),
+    con.execute(
+        f"""INSERT INTO proteins SELECT i, 'SYN' || i, 'synthetic protein ' || i, 350,
+        array_to_string(list_transform(range(350), lambda x: substr('ACDEFGHIKLMNPQRSTVWY', 1 + (random() *
+        19.99)::INTEGER, 1)), ''),
+        'organism ' || (i % 300), i % 300, ['Bacteria', 'Archaea', 'Eukaryota'][1 + i % 3], 'cellular organisms',
+        'synthetic', '',
+        CASE WHEN i < 200 THEN 'structures/s' || i || '.pdb' END, CASE WHEN i < 200 THEN 'A' END, 40 FROM range({P})
+        t(i)"""
+    )
+    con.execute(
+        f"""INSERT INTO features SELECT f, random() * 0.01, random() * 0.2, 100, 1000, 1 + random() * 9, random(),
         random(), random() * 2, random() * 5, f % 10 = 0, false, random() * 5,
         CASE WHEN f % 3 = 0 THEN 'concept ' || (f % 60) END, random(), 0.5, random(), random(),
-        'feature ' || f || ' helix' || (f % 7), ['Bacteria', 'Archaea', 'Eukaryota'][1 + f % 3], f % 40, random() * 10, random() * 10
-        FROM range({F}) t(f)""")
-    con.execute(f"INSERT INTO feature_hist SELECT f, b * 0.1, b * 0.1 + 0.1, (random() * 1000)::BIGINT FROM range({F}) t(f), range(12) u(b) ORDER BY f, b")
+        'feature ' || f || ' helix' || (f % 7), ['Bacteria', 'Archaea', 'Eukaryota'][1 + f % 3], f % 40, random() *
+        10, random() * 10
+        FROM range({F}) t(f)"""
+    )
+    con.execute(
+        f"INSERT INTO feature_hist SELECT f, b * 0.1, b * 0.1 + 0.1, (random() * 1000)::BIGINT FROM range({F}) t(f),"
+        " range(12) u(b) ORDER BY f, b"
+    )
     con.execute(f"""INSERT INTO top_examples SELECT f, r, (hash(f * 131 + r) % {P})::BIGINT, 10 - r * 0.1, 33, {track}
         FROM range({F}) t(f), range({TOP_N}) u(r) ORDER BY f, r""")
-    con.execute(f"""INSERT INTO quantile_examples SELECT f, b, b * 0.2, b * 0.2 + 0.2, (hash(f * 7 + b * 1000 + j) % {P})::BIGINT,
-        random(), 5, {track} FROM range({F}) t(f), range(5) u(b), range(5) v(j) ORDER BY f, b, 6 DESC""")
+    con.execute(
+        f"""INSERT INTO quantile_examples SELECT f, b, b * 0.2, b * 0.2 + 0.2, (hash(f * 7 + b * 1000 + j) %
+        {P})::BIGINT,
+        random(), 5, {track} FROM range({F}) t(f), range(5) u(b), range(5) v(j) ORDER BY f, b, 6 DESC"""
+    )
     con.execute(f"""INSERT INTO structure_tracks SELECT (hash(f * 3 + j) % 200)::BIGINT, f, random(), {track}
         FROM range({F}) t(f), range(36) v(j) ORDER BY f, 3 DESC""")
-    con.execute("INSERT INTO concepts SELECT 'concept ' || c, 'synthetic', 1000, 100, 100, 0.1, true FROM range(60) t(c)")
-    con.execute(f"""INSERT INTO concept_f1 SELECT f, 'concept ' || ((f + c) % 60), 0.5, 10, 20, 5, random(), random(), random(), random()
-        FROM range({F}) t(f), range(28) u(c) ORDER BY f, 10 DESC""")
-    con.execute("""INSERT INTO groups SELECT 'kingdom', k, 33333 FROM (VALUES ('Bacteria'), ('Archaea'), ('Eukaryota')) v(k)
-        UNION ALL SELECT 'organism', 'organism ' || o, 333 FROM range(300) t(o)""")
-    con.execute(f"""INSERT INTO group_usage SELECT 'kingdom', ['Bacteria', 'Archaea', 'Eukaryota'][1 + g], f, 33333, 100, random(), random(),
+    con.execute(
+        "INSERT INTO concepts SELECT 'concept ' || c, 'synthetic', 1000, 100, 100, 0.1, true FROM range(60) t(c)"
+    )
+    con.execute(
+        f"""INSERT INTO concept_f1 SELECT f, 'concept ' || ((f + c) % 60), 0.5, 10, 20, 5, random(), random(),
+        random(), random()
+        FROM range({F}) t(f), range(28) u(c) ORDER BY f, 10 DESC"""
+    )
+    con.execute(
+        """INSERT INTO groups SELECT 'kingdom', k, 33333 FROM (VALUES ('Bacteria'), ('Archaea'), ('Eukaryota')) v(k)
+        UNION ALL SELECT 'organism', 'organism ' || o, 333 FROM range(300) t(o)"""
+    )
+    con.execute(
+        f"""INSERT INTO group_usage SELECT 'kingdom', ['Bacteria', 'Archaea', 'Eukaryota'][1 + g], f, 33333, 100,
+        random(), random(),
         random(), random(), random() FROM range({F}) t(f), range(3) u(g)
         UNION ALL SELECT 'organism', 'organism ' || o, f, 333, 10, random(), random(), random(), random(), random()
-        FROM range({F}) t(f), range(27) u(o) ORDER BY 1, 3""")
+        FROM range({F}) t(f), range(27) u(o) ORDER BY 1, 3"""
+    )
     meta = dict(con.execute("SELECT key, value FROM demo.meta").fetchall())
     sae_cfg = json.loads(meta["sae_cfg"])
     sae_cfg["sae"]["n_latents"] = F
-    meta.update(n_latents=json.dumps(F), n_proteins=json.dumps(P), n_residues=json.dumps(P * 350), sae_cfg=json.dumps(sae_cfg))
+    meta.update(
+        n_latents=json.dumps(F), n_proteins=json.dumps(P), n_residues=json.dumps(P * 350), sae_cfg=json.dumps(sae_cfg)
+    )
     con.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
     con.execute("DETACH demo")
     con.close()
@@ -100,7 +129,9 @@ def main(n: int = 200) -> dict:
     table = {  # the feature browser's table: default, a search, a concept filter with a sort
         "table_default": lambda f: idx.features(),
         "table_search": lambda f: idx.features(search="helix3"),
-        "table_concept_sorted": lambda f: idx.features(concept=f"concept {f % 60}", sort="freq_residue", descending=True),
+        "table_concept_sorted": lambda f: idx.features(
+            concept=f"concept {f % 60}", sort="freq_residue", descending=True
+        ),
     }
     times: dict[str, list[float]] = {k: [] for k in [*page, "feature_page_total", *table]}
     for q in (*page.values(), *table.values()):  # warm-up: the app keeps the connection open
@@ -119,9 +150,22 @@ def main(n: int = 200) -> dict:
             t = time.perf_counter()
             q(f)
             times[k].append(time.perf_counter() - t)
-    rows = {k: {"median_ms": 1000 * statistics.median(v), "p95_ms": 1000 * percentile(v, 95), "n": len(v)} for k, v in times.items()}
-    sizes = {t: idx.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-             for t in ("proteins", "features", "top_examples", "quantile_examples", "structure_tracks", "concept_f1", "group_usage")}
+    rows = {
+        k: {"median_ms": 1000 * statistics.median(v), "p95_ms": 1000 * percentile(v, 95), "n": len(v)}
+        for k, v in times.items()
+    }
+    sizes = {
+        t: idx.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+        for t in (
+            "proteins",
+            "features",
+            "top_examples",
+            "quantile_examples",
+            "structure_tracks",
+            "concept_f1",
+            "group_usage",
+        )
+    }
     out = {"index": {"rows": sizes, "file_mb": path.stat().st_size / 1e6, "build_s": build_s, "open_s": open_s},
            "queries": rows, "target_p95_ms": 100,
            "feature_page_p95_ms": rows["feature_page_total"]["p95_ms"],

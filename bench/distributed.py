@@ -3,9 +3,11 @@
 
 Embed: ESM-2 8M architecture (random weights: the speed does not depend on them), layers 3,
 2,000 real proteome proteins of <= 400 residues (two proteomes). Train: TopK 2,048 latents, k 32,
-batch 4,096, 300 steps on that store. Index: that SAE over the 2,000 proteins, no UMAP. Wall time includes interpreter and model start (torchrun's rendezvous too),
+batch 4,096, 300 steps on that store. Index: that SAE over the 2,000 proteins, no UMAP. Wall time includes interpreter
+and model start (torchrun's rendezvous too),
 as a user would see it. Writes bench/results/distributed.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +48,18 @@ def main() -> None:
     try:
         model = save_initial_esm2(SHARED / "esm2_t6_8M_config", work / "esm2", seed=0)
         src = sorted((SHARED / "uniprot" / "proteomes15").glob("*.fasta.gz"))[:2]
-        fa = write_fasta(work / "p.fasta", ((h, s) for f in src for h, s in read_fasta(f) if len(s) <= 400), limit=N_PROTEINS)
-        py, tr = [sys.executable, "-m", "esmsae"], [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "esmsae"]
+        fa = write_fasta(
+            work / "p.fasta", ((h, s) for f in src for h, s in read_fasta(f) if len(s) <= 400), limit=N_PROTEINS
+        )
+        py, tr = [sys.executable, "-m", "esmsae"], [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "esmsae",
+        ]
 
         def embed(store: str) -> list[str]:
             return ["embed", "--fasta", str(fa), "--model", str(model), "--layers", "3", "--store", str(work / store),
@@ -60,16 +72,46 @@ def main() -> None:
         out["embed_tokens"], out["embed_shards"] = man["n_tokens"], len(man["shards"])
 
         def train(run: str, threads: int) -> list[str]:
-            return ["train", "--store", str(work / "s1"), "--out", str(work / run), "--n-latents", "2048", "--k", "32",
-                    "--batch-size", "4096", "--token-budget", str(4096 * TRAIN_STEPS), "--device", "cpu", "--threads", str(threads)]
+            return [
+                "train",
+                "--store",
+                str(work / "s1"),
+                "--out",
+                str(work / run),
+                "--n-latents",
+                "2048",
+                "--k",
+                "32",
+                "--batch-size",
+                "4096",
+                "--token-budget",
+                str(4096 * TRAIN_STEPS),
+                "--device",
+                "cpu",
+                "--threads",
+                str(threads),
+            ]
 
         out["train_1proc_2threads_s"] = timed(py + train("t1", 2), 2)
         out["train_ddp_2ranks_1thread_s"] = timed(tr + train("t2", 1), 1)
         sae = next((work / "t1").glob("L3_*"))
 
         def index(name: str, threads: int) -> list[str]:
-            return ["index", "--sae", str(sae), "--fasta", str(fa), "--out", str(work / name), "--umap", "false", "--device", "cpu",
-                    "--threads", str(threads)]
+            return [
+                "index",
+                "--sae",
+                str(sae),
+                "--fasta",
+                str(fa),
+                "--out",
+                str(work / name),
+                "--umap",
+                "false",
+                "--device",
+                "cpu",
+                "--threads",
+                str(threads),
+            ]
 
         out["index_1proc_2threads_s"] = timed(py + index("i1.duckdb", 2), 2)
         out["index_2ranks_1thread_s"] = timed(tr + index("i2.duckdb", 1), 1)
@@ -77,7 +119,9 @@ def main() -> None:
         out["embed_speedup"] = out["embed_1proc_2threads_s"] / out["embed_2ranks_1thread_s"]
         out["train_speedup"] = out["train_1proc_2threads_s"] / out["train_ddp_2ranks_1thread_s"]
         res = ROOT / "bench" / "results" / "distributed.json"
-        res.write_text(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}, indent=2) + "\n")
+        res.write_text(
+            json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}, indent=2) + "\n"
+        )
         print(res.read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)

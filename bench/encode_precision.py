@@ -54,19 +54,31 @@ def fidelity(n_proteins: int = 200, top: int = 20) -> dict:
     ref_max_PF = torch.zeros(len(seqs), ref.shape[1]).index_reduce_(0, prot_T, ref, "amax")
     live = ref.amax(0) > 0
     top_ref = ref_max_PF.topk(top, dim=0).indices  # [top, F]
-    out = {"proteins": len(seqs), "residues": int(lens.sum()), "sae": "demo SAE", "k": sae.cfg.k, "n_latents": sae.cfg.n_latents, "variants": {}}
+    out = {
+        "proteins": len(seqs),
+        "residues": int(lens.sum()),
+        "sae": "demo SAE",
+        "k": sae.cfg.k,
+        "n_latents": sae.cfg.n_latents,
+        "variants": {},
+    }
     for lm, enc in (("bfloat16", "float32"), ("float32", "bfloat16"), ("bfloat16", "bfloat16")):
         c = codes(lm, enc)
         shared_T = (ref_sel & (c > 0)).sum(1).float() / ref_sel.sum(1).clamp_min(1)
         m_PF = torch.zeros_like(ref_max_PF).index_reduce_(0, prot_T, c, "amax")
         rel = ((c.amax(0) - ref.amax(0)).abs() / ref.amax(0).clamp_min(1e-12))[live]
         top_c = m_PF.topk(top, dim=0).indices
-        overlap = torch.tensor([len(set(top_ref[:, f].tolist()) & set(top_c[:, f].tolist())) / top for f in range(ref.shape[1]) if live[f]])
+        overlap = torch.tensor(
+            [len(set(top_ref[:, f].tolist()) & set(top_c[:, f].tolist())) / top for f in range(ref.shape[1]) if live[f]]
+        )
         out["variants"][f"LM {lm}, SAE encode {enc}"] = {
-            "latents_shared": float(shared_T.mean()), "tokens_identical": float((shared_T == 1).float().mean()),
+            "latents_shared": float(shared_T.mean()),
+            "tokens_identical": float((shared_T == 1).float().mean()),
             "code_rel_l2": float((c - ref).norm() / ref.norm()),
-            "feature_max_rel_err_median": float(rel.median()), "feature_max_rel_err_p99": float(rel.quantile(0.99)),
-            f"top{top}_proteins_overlap_mean": float(overlap.mean()), f"top{top}_proteins_identical_features": float((overlap == 1).float().mean()),
+            "feature_max_rel_err_median": float(rel.median()),
+            "feature_max_rel_err_p99": float(rel.quantile(0.99)),
+            f"top{top}_proteins_overlap_mean": float(overlap.mean()),
+            f"top{top}_proteins_identical_features": float((overlap == 1).float().mean()),
         }
     sae.set_encode_dtype(None)
     return out

@@ -23,9 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from esmsae.paths import shared_data  # noqa: E402
 from esmsae.config import ModelConfig  # noqa: E402
 from esmsae.fasta import read_fasta  # noqa: E402
+from esmsae.paths import shared_data  # noqa: E402
 from esmsae.plm import Hook, length_batches, load_plm  # noqa: E402
 
 PROTEOMES = shared_data() / "uniprot" / "proteomes15"
@@ -89,9 +89,15 @@ def main(n_proteins: int = 400, repeats: int = 3, threads: int = 2, fixed_batch:
     hf = plm.model.config
     flops = forward_flops([len(p) for p in pieces], hf.hidden_size, hf.intermediate_size, plm.n_layers)
     padded = {  # tokens each method actually computes, padding included
-        "esmsae": sum(max(len(pieces[j]) for j in b) + 2 for b in length_batches([len(p) for p in pieces], plm.cfg.resolved_batch_tokens(), extra=2) for _ in b),
-        f"fixed_batch_{fixed_batch}": sum((max(len(p) for p in pieces[i:i + fixed_batch]) + 2) * len(pieces[i:i + fixed_batch])
-                                          for i in range(0, len(pieces), fixed_batch)),
+        "esmsae": sum(
+            max(len(pieces[j]) for j in b) + 2
+            for b in length_batches([len(p) for p in pieces], plm.cfg.resolved_batch_tokens(), extra=2)
+            for _ in b
+        ),
+        f"fixed_batch_{fixed_batch}": sum(
+            (max(len(p) for p in pieces[i : i + fixed_batch]) + 2) * len(pieces[i : i + fixed_batch])
+            for i in range(0, len(pieces), fixed_batch)
+        ),
         "one_at_a_time": sum(len(p) + 2 for p in pieces),
     }
     out = {"cpu": platform.processor() or platform.machine(), "threads": threads, "dtype": "float32",
@@ -105,7 +111,9 @@ def main(n_proteins: int = 400, repeats: int = 3, threads: int = 2, fixed_batch:
                              "fraction_of_matmul_peak": flops / med / peak}
     base = out["methods"][f"fixed_batch_{fixed_batch}"]["residues_per_s"]
     out["ratio_vs_fixed_batch"] = out["methods"]["esmsae"]["residues_per_s"] / base
-    out["ratio_vs_one_at_a_time"] = out["methods"]["esmsae"]["residues_per_s"] / out["methods"]["one_at_a_time"]["residues_per_s"]
+    out["ratio_vs_one_at_a_time"] = (
+        out["methods"]["esmsae"]["residues_per_s"] / out["methods"]["one_at_a_time"]["residues_per_s"]
+    )
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "extract_throughput.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "methods"}))

@@ -35,11 +35,11 @@ def make_sae() -> Path:
     import numpy as np
     import torch
 
+    from bench.train_throughput import real_acts
     from esmsae.checkpoint import read_cfg, save_sae
     from esmsae.config import SAEConfig
     from esmsae.sae import SAE, default_lr
     from esmsae.train import train_step
-    from bench.train_throughput import real_acts
 
     torch.manual_seed(0)
     X = torch.from_numpy(np.load(real_acts()))
@@ -51,7 +51,10 @@ def make_sae() -> Path:
         o = train_step(sae, opt, X[torch.randint(len(X), (4096,), generator=g)])
     demo = read_cfg(ROOT / "data" / "esm_lm" / "sae")  # same model, layer and site as the demo SAE
     meta = {k: demo[k] for k in ("base_model", "model_config", "layer", "site", "hook")}
-    meta["provenance"] = {"note": "bench/index_scaling.py: 300 steps on bench/cache/demo_L3_acts.npy", "fvu_last_batch": float(o.fvu.detach())}
+    meta["provenance"] = {
+        "note": "bench/index_scaling.py: 300 steps on bench/cache/demo_L3_acts.npy",
+        "fvu_last_batch": float(o.fvu.detach()),
+    }
     save_sae(sae.eval(), out, meta)
     return out
 
@@ -79,8 +82,18 @@ def make_sized(size: str) -> Path:
     cfg_dir = ROOT.parent / "shared" / "data" / "esm2_t6_8M_config"
     model_dir = CACHE / f"esm2_{size}_random"
     if not (model_dir / "config.json").exists():
-        save_hf(make_esm2_model(cfg_dir, seed=0, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                                intermediate_size=ffn), cfg_dir, model_dir)
+        save_hf(
+            make_esm2_model(
+                cfg_dir,
+                seed=0,
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                intermediate_size=ffn,
+            ),
+            cfg_dir,
+            model_dir,
+        )
     demo = read_cfg(ROOT / "data" / "esm_lm" / "sae")
     mcfg = ModelConfig(name=str(model_dir), family="esm2", dtype=demo["model_config"]["dtype"])
     plm = load_plm(mcfg)
@@ -89,9 +102,14 @@ def make_sized(size: str) -> Path:
     acts = torch.cat([a[hook.name] for a in plm.embed(proteins_seqs(64), [hook])]).float()
     sae = SAE(SAEConfig(architecture="topk", n_latents=N_LATENTS, k=K, normalize="scalar"), hidden, seed=0)
     sae.fit_normalization(acts)
-    meta = {"base_model": {"name": str(model_dir), "family": "esm2", "n_layers": layers, "d_model": hidden},
-            "model_config": {**demo["model_config"], "name": str(model_dir), "family": "esm2"},
-            "layer": layer, "site": "resid", "hook": hook.name, "provenance": {"note": f"bench/index_scaling.py: untrained, ESM-2 {size} random weights"}}
+    meta = {
+        "base_model": {"name": str(model_dir), "family": "esm2", "n_layers": layers, "d_model": hidden},
+        "model_config": {**demo["model_config"], "name": str(model_dir), "family": "esm2"},
+        "layer": layer,
+        "site": "resid",
+        "hook": hook.name,
+        "provenance": {"note": f"bench/index_scaling.py: untrained, ESM-2 {size} random weights"},
+    }
     save_sae(sae.eval(), out, meta)
     return out
 
@@ -164,21 +182,32 @@ def one(n: int, size: str = "8M", encode_dtype: str = "float32") -> dict:
     build_mod._stream = timed(build_mod._stream, "pass_s")  # the streaming pass: what grows with the proteins
     threading.Thread(target=sample_rss, daemon=True).start()
     out = CACHE / f"index_{n}.duckdb"
-    cfg = IndexConfig(sae=str(sae_dir), out=str(out), fasta=[str(proteins_fasta(n))], umap=False, threads=2, encode_dtype=encode_dtype)
+    cfg = IndexConfig(
+        sae=str(sae_dir), out=str(out), fasta=[str(proteins_fasta(n))], umap=False, threads=2, encode_dtype=encode_dtype
+    )
     t = time.perf_counter()
     build_index(cfg, plm=plm, progress=False)
     total = time.perf_counter() - t
     out.unlink(missing_ok=True)
-    return {"model": f"ESM-2 {size}" + (" (demo LM)" if size == "8M" else " (random weights)"), "encode_dtype": encode_dtype, "proteins": n, "total_s": total, "proteins_per_s": n / total, "forward_s": spent["forward_s"],
-            "forward_fraction": spent["forward_s"] / total, "sae_encode_s": spent["encode_s"],
-            "encode_over_forward": spent["encode_s"] / spent["forward_s"],
-            # everything else: per-protein bookkeeping, protein set, feature map, tables
-            "rest_s": total - spent["forward_s"] - spent["encode_s"],
-            # the per-protein part alone (fixed costs, the feature map and tables, amortise over a large set)
-            "pass_s": spent["pass_s"], "forward_fraction_of_pass": spent["forward_s"] / spent["pass_s"],
-            "pass_over_forward": spent["pass_s"] / spent["forward_s"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_rss_streaming_mb": spent["streaming_peak"] / 2**20}
+    return {
+        "model": f"ESM-2 {size}" + (" (demo LM)" if size == "8M" else " (random weights)"),
+        "encode_dtype": encode_dtype,
+        "proteins": n,
+        "total_s": total,
+        "proteins_per_s": n / total,
+        "forward_s": spent["forward_s"],
+        "forward_fraction": spent["forward_s"] / total,
+        "sae_encode_s": spent["encode_s"],
+        "encode_over_forward": spent["encode_s"] / spent["forward_s"],
+        # everything else: per-protein bookkeeping, protein set, feature map, tables
+        "rest_s": total - spent["forward_s"] - spent["encode_s"],
+        # the per-protein part alone (fixed costs, the feature map and tables, amortise over a large set)
+        "pass_s": spent["pass_s"],
+        "forward_fraction_of_pass": spent["forward_s"] / spent["pass_s"],
+        "pass_over_forward": spent["pass_s"] / spent["forward_s"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_streaming_mb": spent["streaming_peak"] / 2**20,
+    }
 
 
 def main(n: int = 1000) -> dict:
@@ -209,15 +238,24 @@ def sizes(n: int, which: list[str], encode_dtype: str = "float32") -> dict:
     for size in which:
         make_sae() if size == "8M" else make_sized(size)  # 8M: the demo LM with the trained SAE
         proteins_fasta(n)
-        r = subprocess.run([sys.executable, __file__, "--one", str(n), size, encode_dtype], capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), size, encode_dtype], capture_output=True, text=True, cwd=ROOT
+        )
         if r.returncode:
             raise RuntimeError(r.stderr[-3000:])
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(runs[-1]), flush=True)
     key = lambda r: (r["model"], r.get("encode_dtype", "float32"), r["proteins"])  # noqa: E731
     new = {key(r) for r in runs}
-    runs = sorted([r for r in old if key(r) not in new] + runs, key=lambda r: (r.get("encode_dtype", "float32"), r["proteins"], r["forward_s"]))
-    out = {"sae": {"n_latents": N_LATENTS, "k": K, "architecture": "topk, untrained, middle layer"}, "threads": 2, "runs": runs}
+    runs = sorted(
+        [r for r in old if key(r) not in new] + runs,
+        key=lambda r: (r.get("encode_dtype", "float32"), r["proteins"], r["forward_s"]),
+    )
+    out = {
+        "sae": {"n_latents": N_LATENTS, "k": K, "architecture": "topk, untrained, middle layer"},
+        "threads": 2,
+        "runs": runs,
+    }
     path.write_text(json.dumps(out, indent=2) + "\n")
     return out
 

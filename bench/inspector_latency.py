@@ -14,9 +14,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from esmsae.paths import shared_data  # noqa: E402
 from esmsae.analyze import Analyzer  # noqa: E402
 from esmsae.fasta import read_fasta  # noqa: E402
+from esmsae.paths import shared_data  # noqa: E402
 
 MGEN = shared_data() / "uniprot" / "mgenitalium" / "mgenitalium.fasta"
 
@@ -34,8 +34,16 @@ def main(length: int = 400, repeats: int = 10) -> dict:
         res = an.run("q", seq)
         res.top_features(20)
         times.append(time.perf_counter() - t)
-    out = {"residues": length, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-           "model_load_s": load_s, "threads": 2, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+    out = {
+        "residues": length,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "model_load_s": load_s,
+        "threads": 2,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "inspector_latency.json").write_text(json.dumps(out, indent=2) + "\n")
     return out

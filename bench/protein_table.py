@@ -59,10 +59,10 @@ def child(kind: str, n: int) -> dict:
     import numpy as np
 
     from esmsae.config import IndexConfig
+    from esmsae.fasta import read_proteins
     from esmsae.index.build import _batches, batch_plan
     from esmsae.index.protein_table import ProteinTable
     from esmsae.index.proteins import Item
-    from esmsae.fasta import read_proteins
 
     fa, tsv = fasta(n)
     base = peak_mb()
@@ -72,7 +72,13 @@ def child(kind: str, n: int) -> dict:
         groups = dict(line.split("\t") for line in tsv.read_text().splitlines())
         for it in items:
             it.groups["g"] = groups[it.id]
-        return {"kind": kind, "n": len(items), "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_mb(), "import_rss_mb": base}
+        return {
+            "kind": kind,
+            "n": len(items),
+            "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_mb(),
+            "import_rss_mb": base,
+        }
     folder = CACHE / f"table_{n}_pt"
     if kind == "index_proteins":  # rank 0: the index's proteins table, every protein indexed
         import duckdb
@@ -88,11 +94,23 @@ def child(kind: str, n: int) -> dict:
         n_rows = _write_proteins(con, t, np.stack([pidx, np.ones_like(pidx)], 1))
         con.close()
         db.unlink()
-        return {"kind": kind, "n": n_rows, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_mb(), "import_rss_mb": base}
+        return {
+            "kind": kind,
+            "n": n_rows,
+            "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_mb(),
+            "import_rss_mb": base,
+        }
     if kind == "build":
         t = ProteinTable.build(IndexConfig(sae="x", out="x.duckdb", fasta=[str(fa)], groups=[str(tsv)]), [], folder)
-        return {"kind": kind, "n": t.n, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_mb(), "import_rss_mb": base,
-                "parquet_mb": (folder / "proteins.parquet").stat().st_size / 2**20}
+        return {
+            "kind": kind,
+            "n": t.n,
+            "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_mb(),
+            "import_rss_mb": base,
+            "parquet_mb": (folder / "proteins.parquet").stat().st_size / 2**20,
+        }
     # one of 2 ranks: the plan from the length column, then its batches streamed
     t = ProteinTable.open(folder)
     length_S = t.lengths()
@@ -103,15 +121,26 @@ def child(kind: str, n: int) -> dict:
         n_items += len(batch)
         n_res += sum(len(it.sequence) for it in batch)
     assert n_res == int(length_S[keep].sum())
-    return {"kind": kind, "n": n_items, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_mb(), "import_rss_mb": base,
-            "batches": int(batch_S[-1]) + 1}
+    return {
+        "kind": kind,
+        "n": n_items,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_mb(),
+        "import_rss_mb": base,
+        "batches": int(batch_S[-1]) + 1,
+    }
 
 
 def main() -> None:
     sizes = [int(a) for a in sys.argv[1:] if not a.startswith("--")] or [100_000]
-    kinds = next((a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--kinds=")), ["list", "build", "read_rank", "index_proteins"])
+    kinds = next(
+        (a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--kinds=")),
+        ["list", "build", "read_rank", "index_proteins"],
+    )
     dst = ROOT / "bench" / "results" / "protein_table.json"
-    out = {(r["kind"], r["size"]): r for r in (json.loads(dst.read_text())["runs"] if dst.exists() else []) if "size" in r}
+    out = {
+        (r["kind"], r["size"]): r for r in (json.loads(dst.read_text())["runs"] if dst.exists() else []) if "size" in r
+    }
     for n in sizes:
         fasta(n)
         for kind in kinds:
@@ -121,7 +150,10 @@ def main() -> None:
             res = {"size": n, **json.loads(r.stdout.strip().splitlines()[-1])}
             print(res, flush=True)
             out[(kind, n)] = res
-            runs = sorted(out.values(), key=lambda r: (r["size"], ["list", "build", "read_rank", "index_proteins"].index(r["kind"])))
+            runs = sorted(
+                out.values(),
+                key=lambda r: (r["size"], ["list", "build", "read_rank", "index_proteins"].index(r["kind"])),
+            )
             dst.write_text(json.dumps({"runs": runs, "note": __doc__.split("\n\n")[0]}, indent=1))
 
 

@@ -5,18 +5,44 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from esmsae.checkpoint import load_sae
 from esmsae.config import SAEConfig, TrainConfig
+from esmsae.evaluate import reconstruction_metrics
+from esmsae.store import ActivationStore
 from esmsae.train import train
-k = int(sys.argv[1]); n = int(sys.argv[2])
+
+k, n = int(sys.argv[1]), int(sys.argv[2])
 STORE = str(Path.home() / ".cache" / "esmsae" / "demo_work" / "sae" / "store")
 OUT = str(Path.home() / ".cache" / "esmsae" / "k_sweep")
 t = time.time()
-(d,) = train(TrainConfig(store=STORE, out=f"{OUT}/k{k}_n{n}", layers=[1], token_budget=1_000_000, batch_size=4096, seed=0, buffer_shards=8),
-             SAEConfig(architecture="topk", n_latents=n, k=k, normalize="center_scalar"), progress=False)
-from esmsae.evaluate import reconstruction_metrics
-from esmsae.checkpoint import load_sae
-from esmsae.store import ActivationStore
+(d,) = train(
+    TrainConfig(
+        store=STORE,
+        out=f"{OUT}/k{k}_n{n}",
+        layers=[1],
+        token_budget=1_000_000,
+        batch_size=4096,
+        seed=0,
+        buffer_shards=8,
+    ),
+    SAEConfig(architecture="topk", n_latents=n, k=k, normalize="center_scalar"),
+    progress=False,
+)
+
+
 sae, meta = load_sae(d)
 st = ActivationStore(STORE)
 rec = reconstruction_metrics(sae, (a for a, _, _ in st.iter_split("L1_resid", "heldout", 131072)), 0.1)
-print(json.dumps({"k": k, "n_latents": n, "tokens": 1_000_000, "fvu_heldout": rec["fvu"], "dead": rec["dead_fraction"], "seconds": time.time() - t}))
+print(
+    json.dumps(
+        {
+            "k": k,
+            "n_latents": n,
+            "tokens": 1_000_000,
+            "fvu_heldout": rec["fvu"],
+            "dead": rec["dead_fraction"],
+            "seconds": time.time() - t,
+        }
+    )
+)

@@ -138,8 +138,22 @@ def main() -> None:
         if i >= 2:
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    print(json.dumps({"impl": a.impl, "d_in": d, "n_latents": a.n_latents, "k": a.k, "batch": a.batch, "threads": a.threads,
-                      "median_step_s": med, "tokens_per_s": a.batch / med, "steps": a.steps, "adam_fused": fused}))
+    print(
+        json.dumps(
+            {
+                "impl": a.impl,
+                "d_in": d,
+                "n_latents": a.n_latents,
+                "k": a.k,
+                "batch": a.batch,
+                "threads": a.threads,
+                "median_step_s": med,
+                "tokens_per_s": a.batch / med,
+                "steps": a.steps,
+                "adam_fused": fused,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ def make_store(n_proteins: int = 3000) -> Path:
     from esmsae.config import EmbedConfig, HookConfig, ModelConfig
     from esmsae.store import embed_fasta
 
-    embed_fasta(EmbedConfig(fasta=str(proteins_fasta(n_proteins)), store=str(out), shard_tokens=SHARD_TOKENS),
-                ModelConfig(name=str(ROOT / "data" / "esm_lm" / "model"), dtype="bfloat16"), HookConfig(layers=[3]), progress=False)
+    embed_fasta(
+        EmbedConfig(fasta=str(proteins_fasta(n_proteins)), store=str(out), shard_tokens=SHARD_TOKENS),
+        ModelConfig(name=str(ROOT / "data" / "esm_lm" / "model"), dtype="bfloat16"),
+        HookConfig(layers=[3]),
+        progress=False,
+    )
     return out
 
 
@@ -69,14 +73,21 @@ def main(steps: int = 300) -> dict:
     n = len(json.loads((store / "manifest.json").read_text())["shards"])
     runs = []
     for s in (view(store, max(1, n // 10)), store):
-        r = subprocess.run([sys.executable, __file__, "--one", str(s), str(steps)], capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, __file__, "--one", str(s), str(steps)], capture_output=True, text=True, cwd=ROOT
+        )
         if r.returncode:
             raise RuntimeError(r.stderr[-3000:])
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(runs[-1]))
-    out = {"sae": {"n_latents": 10240, "k": 32, "d_in": 320}, "shard_tokens": SHARD_TOKENS, "buffer_shards": 4, "runs": runs,
-           "peak_rss_ratio": runs[1]["peak_rss_mb"] / runs[0]["peak_rss_mb"],
-           "store_ratio": runs[1]["train_tokens_in_store"] / runs[0]["train_tokens_in_store"]}
+    out = {
+        "sae": {"n_latents": 10240, "k": 32, "d_in": 320},
+        "shard_tokens": SHARD_TOKENS,
+        "buffer_shards": 4,
+        "runs": runs,
+        "peak_rss_ratio": runs[1]["peak_rss_mb"] / runs[0]["peak_rss_mb"],
+        "store_ratio": runs[1]["train_tokens_in_store"] / runs[0]["train_tokens_in_store"],
+    }
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "train_memory.json").write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from esmsae.paths import shared_data  # noqa: E402
+
 CACHE = ROOT / "bench" / "cache"
 PEERS = {  # impl -> (venv, pip requirement)
     "sparsify": (ROOT / "bench" / "venv-sparsify", "eai-sparsify==1.3.3", "sparsify"),
@@ -49,8 +50,13 @@ def real_acts(n_proteins: int = 700) -> Path:
     from esmsae.fasta import read_fasta
 
     an = Analyzer(ROOT / "data" / "esm_lm" / "sae")
-    seqs = [s for i, (_, s) in enumerate(read_fasta(shared_data() / "uniprot" / "proteomes15" / "UP000000625-E.coli.fasta.gz"))
-            if i < n_proteins and len(s) <= 1000]
+    seqs = [
+        s
+        for i, (_, s) in enumerate(
+            read_fasta(shared_data() / "uniprot" / "proteomes15" / "UP000000625-E.coli.fasta.gz")
+        )
+        if i < n_proteins and len(s) <= 1000
+    ]
     acts = np.concatenate([a[an.hook.name].numpy() for a in an.plm.embed(seqs, [an.hook])])
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(out, acts.astype(np.float32))

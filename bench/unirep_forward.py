@@ -58,13 +58,24 @@ def main(batches=(32, 64, 128, 256), L: int = 128) -> dict:
                     h @ lay.wmh
                     m @ lay.wh
             t_gemm = _best(gemms) / 20
-            r = {"dtype": str(dtype).replace("torch.", ""), "batch_rows": B, "steps": L, "residues_per_s": B * L / t_fwd,
-                 "gemm_limit_residues_per_s": B / t_gemm, "gemm_tflops": 2 * B * 1900 * (1900 + 7600) / t_gemm / 1e12}
+            r = {
+                "dtype": str(dtype).replace("torch.", ""),
+                "batch_rows": B,
+                "steps": L,
+                "residues_per_s": B * L / t_fwd,
+                "gemm_limit_residues_per_s": B / t_gemm,
+                "gemm_tflops": 2 * B * 1900 * (1900 + 7600) / t_gemm / 1e12,
+            }
             r["fraction_of_gemm_peak"] = r["residues_per_s"] / r["gemm_limit_residues_per_s"]
             rows.append(r)
             print(json.dumps(r), flush=True)
-    out = {"what": "UniRep-1900 recurrent forward (one mLSTM layer) vs the same run's two-GEMM limit per step", "rows": rows,
-           "threads": torch.get_num_threads(), "real_proteins": real_proteins(), "drift": drift()}
+    out = {
+        "what": "UniRep-1900 recurrent forward (one mLSTM layer) vs the same run's two-GEMM limit per step",
+        "rows": rows,
+        "threads": torch.get_num_threads(),
+        "real_proteins": real_proteins(),
+        "drift": drift(),
+    }
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "unirep_forward.json").write_text(json.dumps(out, indent=2) + "\n")
     return out
@@ -106,7 +117,9 @@ def drift(n: int = 40) -> dict:
     Y = torch.cat([y[hook.name] for y in b])
     out = {"n_proteins": n, "hidden_rel_l2": float((X - Y).norm() / X.norm())}
     sae_dir = ROOT / "data" / "demo" / "sae"
-    if (sae_dir / "cfg.json").exists() and json.loads((sae_dir / "cfg.json").read_text())["base_model"]["name"] == "unirep1900":
+    if (sae_dir / "cfg.json").exists() and json.loads((sae_dir / "cfg.json").read_text())["base_model"][
+        "name"
+    ] == "unirep1900":
         from esmsae.checkpoint import load_sae
 
         sae, _ = load_sae(sae_dir)

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import load_sae, model_config_of
-from .checkpoint import hook_of
+from .checkpoint import hook_of, load_sae, model_config_of
 from .fasta import SequenceError, parse_fasta_text
 from .plm import load_plm
 
@@ -63,8 +62,14 @@ class Result:
         out = np.zeros((len(self.sequence), len(features)), np.float32)
         feats = np.asarray(features, dtype=np.int64)
         order = np.argsort(feats)
-        pos = np.searchsorted(feats[order], self.idx_LK).clip(max=len(feats) - 1) if len(feats) else np.zeros_like(self.idx_LK)
-        hit = (self.acts_LK > 0) & (feats[order][pos] == self.idx_LK) if len(feats) else np.zeros(self.idx_LK.shape, bool)
+        pos = (
+            np.searchsorted(feats[order], self.idx_LK).clip(max=len(feats) - 1)
+            if len(feats)
+            else np.zeros_like(self.idx_LK)
+        )
+        hit = (
+            (self.acts_LK > 0) & (feats[order][pos] == self.idx_LK) if len(feats) else np.zeros(self.idx_LK.shape, bool)
+        )
         rows, _ = np.nonzero(hit)
         out[rows, order[pos[hit]]] = self.acts_LK[hit]
         return out
@@ -78,8 +83,14 @@ class Result:
             return pd.DataFrame(columns=["feature", "max_act", "mean_act", "n_residues", "max_pos"])
         df = pd.DataFrame({"feature": f, "v": v, "pos": pos})
         g = df.groupby("feature")
-        out = pd.DataFrame({"max_act": g["v"].max(), "mean_act": g["v"].mean(), "n_residues": g.size(),
-                            "max_pos": g.apply(lambda d: int(d.loc[d["v"].idxmax(), "pos"]) + 1, include_groups=False)}).reset_index()
+        out = pd.DataFrame(
+            {
+                "max_act": g["v"].max(),
+                "mean_act": g["v"].mean(),
+                "n_residues": g.size(),
+                "max_pos": g.apply(lambda d: int(d.loc[d["v"].idxmax(), "pos"]) + 1, include_groups=False),
+            }
+        ).reset_index()
         return out.sort_values("max_act", ascending=False).head(n).reset_index(drop=True)
 
     def track(self, f: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +124,9 @@ class Analyzer:
         t = time.perf_counter()
         x_LD = self.plm.embed([sequence], [self.hook])[0][self.hook.name]
         lat = self.sae.encode(x_LD.to(self.plm.device))
-        return Result(name, sequence, lat.acts_BK.float().cpu().numpy(), lat.idx_BK.cpu().numpy(), time.perf_counter() - t)
+        return Result(
+            name, sequence, lat.acts_BK.float().cpu().numpy(), lat.idx_BK.cpu().numpy(), time.perf_counter() - t
+        )
 
 
 def steer_in_app(analyzer: "Analyzer", sequence: str, edit):
@@ -130,8 +143,18 @@ def generate_in_app(analyzer: "Analyzer", sequence: str, edit, n_designs: int, r
     from .api import Model
     from .steer import generate
 
-    return generate(Model(analyzer.plm), analyzer.sae, sequence, edit, n_designs=n_designs, rounds=rounds, mask_frac=mask_frac,
-                    temperature=temperature, seed=seed, pppl=pppl)
+    return generate(
+        Model(analyzer.plm),
+        analyzer.sae,
+        sequence,
+        edit,
+        n_designs=n_designs,
+        rounds=rounds,
+        mask_frac=mask_frac,
+        temperature=temperature,
+        seed=seed,
+        pppl=pppl,
+    )
 
 
 MAX_GROUP_PROTEINS = 500
@@ -161,7 +184,9 @@ def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, li
                 else:
                     unknown += 1
             if pairs and unknown == len(pairs):
-                raise InputError(f"{name}: none of its {len(pairs)} protein ids is in this index (first: {pairs[0][0]!r})")
+                raise InputError(
+                    f"{name}: none of its {len(pairs)} protein ids is in this index (first: {pairs[0][0]!r})"
+                )
     except InputError:
         raise
     except ValueError as e:  # IndexError_ and SequenceError name the line, group or entry

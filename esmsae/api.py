@@ -20,6 +20,7 @@ from .config import ModelConfig
 from .fasta import clean_sequence
 from .plm import POOLS, Hook, ProteinLM, load_plm, pool_residues
 
+
 class Model:
     """A protein LM with a per-residue ``embed``; ``.plm`` is the underlying :class:`ProteinLM`."""
 
@@ -34,7 +35,9 @@ class Model:
     def d_model(self) -> int:
         return self.plm.d_model
 
-    def embed(self, seqs: str | Sequence[str], layer: int, site: str = "resid", pool: str = "none") -> Tensor | list[Tensor]:
+    def embed(
+        self, seqs: str | Sequence[str], layer: int, site: str = "resid", pool: str = "none"
+    ) -> Tensor | list[Tensor]:
         """Activations at ``layer`` (esmsae convention: hidden_states index) for one sequence
         (``[L, d]``) or a list (a list of ``[L_i, d]``), BOS/EOS stripped. ``pool="mean"`` or
         ``"last"`` gives one ``[d]`` vector per protein (mean over residues, or the last
@@ -63,15 +66,16 @@ def load_sae(source: str, layer: int | None = None, *, format: str = "auto", k: 
     """An SAE from an esmsae checkpoint folder, a published file or folder, or a hub id
     (see :mod:`esmsae.published`). ``sae.meta`` holds its cfg (base model, layer, site,
     provenance); ``encode_dense`` / ``encode_sparse`` / ``encode_scaled`` encode."""
-    from .published import load_any
-
     from .config import resolve_device
+    from .published import load_any
 
     sae = load_any(source, format, layer=layer, k=k, model=model, file=file)
     return sae.to(resolve_device(device))
 
 
-def features(lm: Model, sae, seqs: str | Sequence[str], output: str = "dense", scale: str = "raw") -> Tensor | list[Tensor]:
+def features(
+    lm: Model, sae, seqs: str | Sequence[str], output: str = "dense", scale: str = "raw"
+) -> Tensor | list[Tensor]:
     """Per-residue SAE features of sequences, run at the SAE's recorded layer and site.
 
     ``output``: ``dense`` ([L, F] per sequence) or ``sparse`` (a sparse COO [L, F]).

@@ -45,8 +45,10 @@ def explain(path: Path, e: BaseException, what: str = "") -> WriteError:
     if (getattr(e, "errno", None) == errno.ENOSPC or "os error 28" in str(e)
             or ("requested and" in str(e) and "written" in str(e))):
         reason = f"the disk is full (No space left on device: {e})"
-    return WriteError(f"could not write {what + ' ' if what else ''}{path}: {reason} ({free_space(Path(path))}). "
-                      "Nothing already finished was lost; free some space (or choose another folder) and rerun the same command to resume.")
+    return WriteError(
+        f"could not write {what + ' ' if what else ''}{path}: {reason} ({free_space(Path(path))}). Nothing already"
+        " finished was lost; free some space (or choose another folder) and rerun the same command to resume."
+    )
 
 
 @contextmanager

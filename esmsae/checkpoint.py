@@ -47,7 +47,9 @@ def save_sae(sae: SAE, folder: str | os.PathLike, meta: dict[str, Any]) -> Path:
         "normalization": {
             "mode": sae.cfg.normalize,
             "scale": float(sae.norm_scale),
-            "mean": "tensor 'norm_mean' in sae.safetensors" if sae.cfg.normalize in ("center", "center_scalar") else None,
+            "mean": (
+                "tensor 'norm_mean' in sae.safetensors" if sae.cfg.normalize in ("center", "center_scalar") else None
+            ),
         },
         "bos_eos": "stripped",
         **meta,
@@ -88,16 +90,25 @@ def write_reference_stats(folder: str | os.PathLike, index_path: str | os.PathLi
         con.close()
     prior = json.loads((folder / CFG).read_text()).get("display_stats", {}).get("weights_sha256_before")
     if meta.get("sae_sha256") not in (sae_sha, prior):
-        raise ValueError(f"{index_path} was built from another SAE (weights sha256 {meta.get('sae_sha256')}, this checkpoint {sae_sha})")
+        raise ValueError(
+            f"{index_path} was built from another SAE (weights sha256 {meta.get('sae_sha256')}, this checkpoint"
+            f" {sae_sha})"
+        )
     state = load_file(str(folder / WEIGHTS))
     import torch
 
     state["display_max"] = torch.tensor(df["max_act"].to_numpy(), dtype=torch.float32)
     state["display_idf"] = torch.tensor(df["idf"].to_numpy(), dtype=torch.float32)
-    info = {"reference": f"feature index {Path(index_path).name}: {meta['n_proteins']} proteins, {meta['n_residues']} residues",
-            "n_proteins": meta["n_proteins"], "n_residues": meta["n_residues"], "max": "largest activation over the reference proteins",
-            "weights_sha256_before": prior or sae_sha,  # the index's sha of these weights, before the statistics were added
-            "idf": "log(reference proteins / reference proteins where the feature fires)"}
+    info = {
+        "reference": (
+            f"feature index {Path(index_path).name}: {meta['n_proteins']} proteins, {meta['n_residues']} residues"
+        ),
+        "n_proteins": meta["n_proteins"],
+        "n_residues": meta["n_residues"],
+        "max": "largest activation over the reference proteins",
+        "weights_sha256_before": prior or sae_sha,  # the index's sha of these weights, before the statistics were added
+        "idf": "log(reference proteins / reference proteins where the feature fires)",
+    }
     cfg = json.loads((folder / CFG).read_text())
     cfg["display_stats"] = info
     tmp = folder / (WEIGHTS + ".tmp")
@@ -124,7 +135,9 @@ def read_cfg(folder: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_sae(folder: str | os.PathLike, plm: ProteinLM | None = None, device: str = "cpu") -> tuple[SAE, dict[str, Any]]:
+def load_sae(
+    folder: str | os.PathLike, plm: ProteinLM | None = None, device: str = "cpu"
+) -> tuple[SAE, dict[str, Any]]:
     """Load an SAE checkpoint; with ``plm`` given, check that it fits that model first."""
     folder = Path(folder)
     meta = read_cfg(folder)
@@ -145,7 +158,10 @@ def load_sae(folder: str | os.PathLike, plm: ProteinLM | None = None, device: st
         raise ValueError(f"{folder / WEIGHTS} lacks tensors {sorted(missing)}")
     for k, v in state.items():
         if k in sae.state_dict() and sae.state_dict()[k].shape != v.shape:
-            raise ValueError(f"{folder / WEIGHTS}: tensor {k} has shape {tuple(v.shape)}, cfg.json implies {tuple(sae.state_dict()[k].shape)}")
+            raise ValueError(
+                f"{folder / WEIGHTS}: tensor {k} has shape {tuple(v.shape)}, cfg.json implies"
+                f" {tuple(sae.state_dict()[k].shape)}"
+            )
     sae.load_state_dict(state)
     return sae.to(resolve_device(device)).eval(), meta
 
@@ -164,9 +180,10 @@ def model_config_of(meta: dict[str, Any], name: str = "") -> ModelConfig:
         raise ValueError("cfg.json records no base model; pass a model name")
     if not name and base.get("relative_to_checkpoint") and not os.path.exists(rec["name"]):
         raise FileNotFoundError(
-            f"the checkpoint records its base model relative to its own folder ({base['relative_to_checkpoint']!r}), "
-            f"and there is nothing at {rec['name']}: copy the model folder along with the checkpoint (as data/demo keeps "
-            "sae/ and model/ side by side) or name the model (--model / model_name)")
+            f"the checkpoint records its base model relative to its own folder ({base['relative_to_checkpoint']!r}),"
+            f" and there is nothing at {rec['name']}: copy the model folder along with the checkpoint (as data/demo"
+            " keeps sae/ and model/ side by side) or name the model (--model / model_name)"
+        )
     rec["family"] = "auto" if name else base.get("family", rec.get("family", "auto"))
     return from_dict(ModelConfig, rec)
 
@@ -183,7 +200,12 @@ def check_compatible(meta: dict[str, Any], plm: ProteinLM, strict_name: bool = T
     lo, hi = layer_range(site, plm.n_layers)
     if layer is not None and not lo <= layer <= hi:
         problems.append(f"SAE layer {layer} ({site}) does not exist in {plm.name}")
-    if strict_name and base.get("name") and os.path.abspath(base["name"]) != os.path.abspath(plm.name) and base["name"] != plm.name:
+    if (
+        strict_name
+        and base.get("name")
+        and os.path.abspath(base["name"]) != os.path.abspath(plm.name)
+        and base["name"] != plm.name
+    ):
         problems.append(f"SAE was trained on {base['name']!r}, not {plm.name!r}")
     if problems:
         raise ModelMismatchError("SAE checkpoint does not fit this model: " + "; ".join(problems))

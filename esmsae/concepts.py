@@ -82,14 +82,29 @@ def _tsv_gz(path: Path) -> Iterator[dict]:
 # ---------------------------------------------------------------- UniProt feature tables
 # concept -> UniProt feature types naming it (flat-file code, and the XML name used in mgenitalium)
 _UNIPROT_CONCEPTS = {
-    "binding site": ("BINDING",), "active site": ("ACT_SITE",), "metal-binding site": ("METAL", "metal ion-binding site"),
-    "domain": ("DOMAIN",), "motif": ("MOTIF", "short sequence motif"), "zinc finger": ("ZN_FING", "zinc finger region"),
-    "transmembrane": ("TRANSMEM", "transmembrane region"), "signal peptide": ("SIGNAL",), "disulfide bond": ("DISULFID",),
-    "helix": ("HELIX",), "strand": ("STRAND",), "turn": ("TURN",), "coiled coil": ("COILED", "coiled-coil region"),
-    "compositional bias": ("COMPBIAS", "compositionally biased region"), "repeat": ("REPEAT",),
-    "lipidation": ("LIPID", "lipid moiety-binding region"), "nucleotide-binding region": ("NP_BIND", "nucleotide phosphate-binding region"),
-    "modified residue": ("MOD_RES",), "glycosylation": ("CARBOHYD",), "topological domain": ("TOPO_DOM",),
-    "DNA-binding region": ("DNA_BIND",), "cross-link": ("CROSSLNK",), "site": ("SITE",),
+    "binding site": ("BINDING",),
+    "active site": ("ACT_SITE",),
+    "metal-binding site": ("METAL", "metal ion-binding site"),
+    "domain": ("DOMAIN",),
+    "motif": ("MOTIF", "short sequence motif"),
+    "zinc finger": ("ZN_FING", "zinc finger region"),
+    "transmembrane": ("TRANSMEM", "transmembrane region"),
+    "signal peptide": ("SIGNAL",),
+    "disulfide bond": ("DISULFID",),
+    "helix": ("HELIX",),
+    "strand": ("STRAND",),
+    "turn": ("TURN",),
+    "coiled coil": ("COILED", "coiled-coil region"),
+    "compositional bias": ("COMPBIAS", "compositionally biased region"),
+    "repeat": ("REPEAT",),
+    "lipidation": ("LIPID", "lipid moiety-binding region"),
+    "nucleotide-binding region": ("NP_BIND", "nucleotide phosphate-binding region"),
+    "modified residue": ("MOD_RES",),
+    "glycosylation": ("CARBOHYD",),
+    "topological domain": ("TOPO_DOM",),
+    "DNA-binding region": ("DNA_BIND",),
+    "cross-link": ("CROSSLNK",),
+    "site": ("SITE",),
 }
 # feature type -> concept; the concept's own name is also accepted as a type
 UNIPROT_TYPES = {t: c for c, types in _UNIPROT_CONCEPTS.items() for t in (c, *types)}
@@ -98,8 +113,19 @@ UNIPROT_TYPES = {t: c for c, types in _UNIPROT_CONCEPTS.items() for t in (c, *ty
 NAMED_TYPES = {"binding site", "metal-binding site", "nucleotide-binding region", "domain", "zinc finger", "motif",
                "DNA-binding region", "repeat", "active site", "compositional bias", "topological domain"}
 # properties of single residues (recalled residue by residue), by UniProt type and by source
-RESIDUE_TYPES = {"binding site", "active site", "metal-binding site", "disulfide bond", "modified residue", "glycosylation",
-                 "cross-link", "site", "helix", "strand", "turn"}
+RESIDUE_TYPES = {
+    "binding site",
+    "active site",
+    "metal-binding site",
+    "disulfide bond",
+    "modified residue",
+    "glycosylation",
+    "cross-link",
+    "site",
+    "helix",
+    "strand",
+    "turn",
+}
 RESIDUE_SOURCES = {"FLIP SS", "FLIP bind", "FLIP conservation", "CheZOD", "Structure"}
 # catch-all types: "any domain", "any binding site"; their named sub-concepts are the real concepts
 CATCH_ALL_TYPES = NAMED_TYPES | {"site", "modified residue", "cross-link"}
@@ -193,10 +219,21 @@ def load_flip(folder: Path) -> list[Labeled]:
         for r in _tsv_gz(ss):
             seq = _clean(r["sequence"])
             if seq and len(r["ss3"]) == len(seq):
-                lab = "".join(c if m == "1" else "-" for c, m in zip(r["ss3"], r["resolved_mask"])) if len(r["resolved_mask"]) == len(seq) else r["ss3"]
+                lab = (
+                    "".join(c if m == "1" else "-" for c, m in zip(r["ss3"], r["resolved_mask"]))
+                    if len(r["resolved_mask"]) == len(seq)
+                    else r["ss3"]
+                )
                 # unresolved residues ("-") have no secondary structure: unknown, not coil or negative
-                out.append(Labeled(r["id"], seq, "FLIP SS", _from_codes(lab, {"H": "helix", "E": "strand", "C": "coil"}, "FLIP SS"),
-                                   unknown=runs(np.frombuffer(lab.encode(), dtype="S1") == b"-")))
+                out.append(
+                    Labeled(
+                        r["id"],
+                        seq,
+                        "FLIP SS",
+                        _from_codes(lab, {"H": "helix", "E": "strand", "C": "coil"}, "FLIP SS"),
+                        unknown=runs(np.frombuffer(lab.encode(), dtype="S1") == b"-"),
+                    )
+                )
     bind = folder / "bind" / "bind_joined.tsv.gz"
     if bind.exists():
         for r in _tsv_gz(bind):
@@ -217,9 +254,17 @@ def load_flip(folder: Path) -> list[Labeled]:
             seq = _clean(r["sequence"])
             if seq and len(r["conservation_bin"]) == len(seq):
                 cb = r["conservation_bin"]
-                out.append(Labeled(r["id"], seq, "FLIP conservation",
-                                   _from_codes(cb, {"123": "low (1-3)", "456": "medium (4-6)", "789": "high (7-9)"}, "FLIP conservation"),
-                                   unknown=runs(~np.isin(np.frombuffer(cb.encode(), dtype="S1"), list(b"123456789")))))
+                out.append(
+                    Labeled(
+                        r["id"],
+                        seq,
+                        "FLIP conservation",
+                        _from_codes(
+                            cb, {"123": "low (1-3)", "456": "medium (4-6)", "789": "high (7-9)"}, "FLIP conservation"
+                        ),
+                        unknown=runs(~np.isin(np.frombuffer(cb.encode(), dtype="S1"), list(b"123456789"))),
+                    )
+                )
     return out
 
 
@@ -239,8 +284,15 @@ def load_chezod(folder: Path, z_disorder: float = 8.0) -> list[Labeled]:
         z = np.asarray(z, float)
         # CheZOD Z-scores below ~8 indicate disorder; 999 marks a residue with no data
         spans = runs((z < z_disorder) & (z != 999))
-        out.append(Labeled(f"chezod_{d['brmid'][k]}", seq, "CheZOD", {"CheZOD: disordered (Z<8)": spans} if spans else {},
-                           unknown=runs((z == 999) | ~np.isfinite(z))))
+        out.append(
+            Labeled(
+                f"chezod_{d['brmid'][k]}",
+                seq,
+                "CheZOD",
+                {"CheZOD: disordered (Z<8)": spans} if spans else {},
+                unknown=runs((z == 999) | ~np.isfinite(z)),
+            )
+        )
     return out
 
 
@@ -255,8 +307,14 @@ def load_structures(structures: Path) -> list[Labeled]:
             seq = _clean(r["atom_seq"])
             if seq and len(seq) >= 20:
                 key = (r["file"], r["chain"])
-                chains[key] = Labeled(f"{Path(r['file']).stem}_{r['chain']}", seq, "Structure", organism=(r.get("organism") or "").title(),
-                                      structure=r["file"].removeprefix("structures/"), chain=r["chain"])
+                chains[key] = Labeled(
+                    f"{Path(r['file']).stem}_{r['chain']}",
+                    seq,
+                    "Structure",
+                    organism=(r.get("organism") or "").title(),
+                    structure=r["file"].removeprefix("structures/"),
+                    chain=r["chain"],
+                )
     rsa: dict[tuple, list] = {}
     for r in _tsv_gz(links / "structure_residue_labels.tsv.gz"):
         rsa.setdefault((r["structure_file"], r["chain"]), []).append((r["aa"], r["rsa"], r["sse_psea"]))
@@ -281,7 +339,10 @@ def load_all(shared: Path) -> list[Labeled]:
     out: list[Labeled] = []
     for sub in ("mgenitalium", "core"):
         d = shared / "uniprot" / sub
-        pt, ft = d / f"{'uniprot_core' if sub == 'core' else sub}_proteins.tsv", d / f"{'uniprot_core' if sub == 'core' else sub}_features.tsv"
+        pt, ft = (
+            d / f"{'uniprot_core' if sub == 'core' else sub}_proteins.tsv",
+            d / f"{'uniprot_core' if sub == 'core' else sub}_features.tsv",
+        )
         if pt.exists() and ft.exists():
             out += load_uniprot(pt, ft)
     if (shared / "tmbed").exists():
@@ -300,27 +361,115 @@ KINGDOMS = ("Bacteria", "Archaea", "Eukaryota", "Viruses")
 # The 17 proteomes shipped in shared/data (NCBI taxid -> superkingdom); FASTA headers carry
 # only OS/OX, and no taxonomy database is reachable offline.
 PROTEOME_KINGDOM = {
-    83333: "Bacteria", 99287: "Bacteria", 216597: "Bacteria", 43989: "Bacteria", 1111708: "Bacteria", 103690: "Bacteria",
-    1140: "Bacteria", 174633: "Bacteria", 243273: "Bacteria", 36329: "Eukaryota", 559292: "Eukaryota", 515849: "Eukaryota",
-    759272: "Eukaryota", 185431: "Eukaryota", 5851: "Eukaryota", 5823: "Eukaryota", 309800: "Archaea", 547559: "Archaea",
-    9606: "Eukaryota", 10090: "Eukaryota", 2697049: "Viruses",
-    186497: "Archaea", 272844: "Archaea", 272561: "Bacteria",  # proteomes_extra: P. furiosus, P. abyssi, C. trachomatis
+    83333: "Bacteria",
+    99287: "Bacteria",
+    216597: "Bacteria",
+    43989: "Bacteria",
+    1111708: "Bacteria",
+    103690: "Bacteria",
+    1140: "Bacteria",
+    174633: "Bacteria",
+    243273: "Bacteria",
+    36329: "Eukaryota",
+    559292: "Eukaryota",
+    515849: "Eukaryota",
+    759272: "Eukaryota",
+    185431: "Eukaryota",
+    5851: "Eukaryota",
+    5823: "Eukaryota",
+    309800: "Archaea",
+    547559: "Archaea",
+    9606: "Eukaryota",
+    10090: "Eukaryota",
+    2697049: "Viruses",
+    186497: "Archaea",
+    272844: "Archaea",
+    272561: "Bacteria",  # proteomes_extra: P. furiosus, P. abyssi, C. trachomatis
 }
 
 # Genera whose superkingdom is known without a taxonomy database: the shipped proteomes and common
 # model organisms, so a FASTA with OS= names but no taxid still gets a kingdom.
-GENUS_KINGDOM = {g: "Bacteria" for g in (
-    "Escherichia", "Salmonella", "Synechocystis", "Synechococcus", "Nostoc", "Anabaena", "Cyanothece", "Kuenenia", "Mycoplasma",
-    "Mycoplasmoides", "Chlamydia", "Bacillus", "Staphylococcus", "Streptococcus", "Pseudomonas", "Mycobacterium", "Vibrio",
-    "Helicobacter", "Listeria", "Klebsiella", "Thermus", "Caulobacter", "Streptomyces", "Clostridium", "Clostridioides")}
-GENUS_KINGDOM.update({g: "Archaea" for g in (
-    "Haloferax", "Natrialba", "Pyrococcus", "Thermococcus", "Methanocaldococcus", "Sulfolobus", "Saccharolobus", "Halobacterium",
-    "Methanosarcina", "Archaeoglobus", "Nitrosopumilus")})
-GENUS_KINGDOM.update({g: "Eukaryota" for g in (
-    "Saccharomyces", "Homo", "Mus", "Rattus", "Plasmodium", "Trypanosoma", "Podospora", "Chaetomium", "Arabidopsis", "Drosophila",
-    "Caenorhabditis", "Danio", "Bos", "Schizosaccharomyces", "Xenopus", "Gallus", "Candida", "Neurospora", "Dictyostelium",
-    "Leishmania", "Toxoplasma", "Oryza", "Zea")})
-GENUS_KINGDOM.update({"Severe": "Viruses", "Human": "Viruses"})  # "Severe acute respiratory syndrome coronavirus 2", "Human immunodeficiency virus"
+GENUS_KINGDOM = {
+    g: "Bacteria"
+    for g in (
+        "Escherichia",
+        "Salmonella",
+        "Synechocystis",
+        "Synechococcus",
+        "Nostoc",
+        "Anabaena",
+        "Cyanothece",
+        "Kuenenia",
+        "Mycoplasma",
+        "Mycoplasmoides",
+        "Chlamydia",
+        "Bacillus",
+        "Staphylococcus",
+        "Streptococcus",
+        "Pseudomonas",
+        "Mycobacterium",
+        "Vibrio",
+        "Helicobacter",
+        "Listeria",
+        "Klebsiella",
+        "Thermus",
+        "Caulobacter",
+        "Streptomyces",
+        "Clostridium",
+        "Clostridioides",
+    )
+}
+GENUS_KINGDOM.update(
+    {
+        g: "Archaea"
+        for g in (
+            "Haloferax",
+            "Natrialba",
+            "Pyrococcus",
+            "Thermococcus",
+            "Methanocaldococcus",
+            "Sulfolobus",
+            "Saccharolobus",
+            "Halobacterium",
+            "Methanosarcina",
+            "Archaeoglobus",
+            "Nitrosopumilus",
+        )
+    }
+)
+GENUS_KINGDOM.update(
+    {
+        g: "Eukaryota"
+        for g in (
+            "Saccharomyces",
+            "Homo",
+            "Mus",
+            "Rattus",
+            "Plasmodium",
+            "Trypanosoma",
+            "Podospora",
+            "Chaetomium",
+            "Arabidopsis",
+            "Drosophila",
+            "Caenorhabditis",
+            "Danio",
+            "Bos",
+            "Schizosaccharomyces",
+            "Xenopus",
+            "Gallus",
+            "Candida",
+            "Neurospora",
+            "Dictyostelium",
+            "Leishmania",
+            "Toxoplasma",
+            "Oryza",
+            "Zea",
+        )
+    }
+)
+GENUS_KINGDOM.update(
+    {"Severe": "Viruses", "Human": "Viruses"}
+)  # "Severe acute respiratory syndrome coronavirus 2", "Human immunodeficiency virus"
 
 
 KINGDOM_ALIASES = {"Eukarya": "Eukaryota", "Eukaryotes": "Eukaryota", "Bacteria": "Bacteria", "Archaea": "Archaea",

@@ -26,7 +26,16 @@ TRAINABLE_ARCHITECTURES = ("topk", "batchtopk", "relu")  # jumprelu: imported (S
 # SAELens' "layer_norm" and Biohub's z-score, (x - mean) / (unbiased std + 1e-5); layernorm_biased_eps
 # is esm-sae's (biased std + 1e-5); unit_norm_sqrt_d is SAELens' constant_norm_rescale, x * sqrt(d) / |x|.
 TOKEN_NORMALIZATIONS = ("layernorm", "layernorm_eps", "layernorm_biased_eps", "unit_norm_sqrt_d")
-NORMALIZATIONS = ("none", "scalar", "layernorm", "center", "center_scalar", "layernorm_eps", "layernorm_biased_eps", "unit_norm_sqrt_d")
+NORMALIZATIONS = (
+    "none",
+    "scalar",
+    "layernorm",
+    "center",
+    "center_scalar",
+    "layernorm_eps",
+    "layernorm_biased_eps",
+    "unit_norm_sqrt_d",
+)
 FAMILIES = ("auto", "esm2", "esmc", "unirep")
 
 
@@ -89,13 +98,17 @@ class ModelConfig:
     )
     family: str = opt("auto", "Model family; 'auto' guesses from the name", choices=FAMILIES, label="Model family")
     device: str = opt("auto", "Torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N", ui=False)
-    dtype: str = opt("float32", "Compute dtype of the protein LM", choices=("float32", "bfloat16", "float16"), label="Compute dtype")
+    dtype: str = opt(
+        "float32", "Compute dtype of the protein LM", choices=("float32", "bfloat16", "float16"), label="Compute dtype"
+    )
     max_residues: int = opt(
         0,
         "Residues per forward window (0 = the model's limit: 1022 for ESM-2, 2046 for ESM C). "
         "Longer proteins are split into overlapping windows and stitched", label="Residues per window", zero="auto",
     )
-    window_overlap: int = opt(256, "Overlap between consecutive windows of a long protein, in residues", label="Window overlap (residues)")
+    window_overlap: int = opt(
+        256, "Overlap between consecutive windows of a long protein, in residues", label="Window overlap (residues)"
+    )
     batch_tokens: int = opt(
         0,
         "Padded tokens per forward batch, proteins batched by length (0 = auto: 1024 on CPU, where "
@@ -147,7 +160,9 @@ def resolve_device(spec: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {spec!r}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu or auto")
+            raise ConfigError(
+                f"device {spec!r}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu or auto"
+            )
         if ":" in spec and int(spec.split(":")[1]) >= torch.cuda.device_count():
             raise ConfigError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif not DEVICE_RE.fullmatch(spec):
@@ -177,18 +192,33 @@ class HookConfig:
     is the output of that sublayer of block L, before it is added to the residual.
     """
 
-    layers: list[int] = opt([3], "Layer(s) to read; several layers are read in one forward pass", label="Layer(s)", main=True)
-    site: str = opt("resid", "Hook site: residual stream after the block, MLP output, or attention output", choices=SITES, label="Hook site", main=True)
+    layers: list[int] = opt(
+        [3], "Layer(s) to read; several layers are read in one forward pass", label="Layer(s)", main=True
+    )
+    site: str = opt(
+        "resid",
+        "Hook site: residual stream after the block, MLP output, or attention output",
+        choices=SITES,
+        label="Hook site",
+        main=True,
+    )
 
     def __post_init__(self) -> None:
         _check_choices(self)
         if isinstance(self.layers, int):
             self.layers = [self.layers]
         _check(len(self.layers) > 0, "HookConfig", "layers", "needs at least one layer")
-        _check(all(isinstance(x, int) and x >= 0 for x in self.layers), "HookConfig", "layers", f"must be non-negative integers, got {self.layers}")
+        _check(
+            all(isinstance(x, int) and x >= 0 for x in self.layers),
+            "HookConfig",
+            "layers",
+            f"must be non-negative integers, got {self.layers}",
+        )
         _check(len(set(self.layers)) == len(self.layers), "HookConfig", "layers", f"has duplicates: {self.layers}")
         lo = layer_range(self.site, max(self.layers))[0]
-        _check(min(self.layers) >= lo, "HookConfig", "layers", f"site {self.site!r} has no layer 0 (blocks are 1-based)")
+        _check(
+            min(self.layers) >= lo, "HookConfig", "layers", f"site {self.site!r} has no layer 0 (blocks are 1-based)"
+        )
 
 
 def layer_range(site: str, n_layers: int) -> tuple[int, int]:
@@ -208,14 +238,37 @@ def hook_name(layer: int, site: str) -> str:
 class EmbedConfig:
     """Streaming FASTA -> sharded activation store."""
 
-    fasta: str = opt("", "Input FASTA (plain or .gz); UniRef Tax=/TaxID= and UniProt OS=/OX= headers are parsed", label="Proteins (FASTA path)", main=True)
+    fasta: str = opt(
+        "",
+        "Input FASTA (plain or .gz); UniRef Tax=/TaxID= and UniProt OS=/OX= headers are parsed",
+        label="Proteins (FASTA path)",
+        main=True,
+    )
     store: str = opt("", "Output activation store folder (resumable: rerun the same command to continue)")
-    shard_tokens: int = opt(262_144, "Residues per shard file (bounds memory while embedding)", label="Shard size (residues)")
+    shard_tokens: int = opt(
+        262_144, "Residues per shard file (bounds memory while embedding)", label="Shard size (residues)"
+    )
     max_proteins: int = opt(0, "Stop after this many proteins (0 = all)", label="Proteins to use", zero="all")
-    holdout_fraction: float = opt(0.05, "Fraction of proteins held out for evaluation, split by sequence hash (no identical sequence on both sides)", label="Held-out fraction")
-    on_invalid: str = opt("error", "What to do with an invalid or empty sequence: stop with an error, or skip it and count it", choices=("error", "skip"), label="Invalid sequences")
-    pool: str = opt("none", label="Pooling", help="none: one vector per residue; mean / last: one vector per protein (mean over residues, or the last "
-                    "residue's vector as esm-sae uses), for protein-level SAEs", choices=("none", "mean", "last"))
+    holdout_fraction: float = opt(
+        0.05,
+        "Fraction of proteins held out for evaluation, split by sequence hash (no identical sequence on both sides)",
+        label="Held-out fraction",
+    )
+    on_invalid: str = opt(
+        "error",
+        "What to do with an invalid or empty sequence: stop with an error, or skip it and count it",
+        choices=("error", "skip"),
+        label="Invalid sequences",
+    )
+    pool: str = opt(
+        "none",
+        label="Pooling",
+        help=(
+            "none: one vector per residue; mean / last: one vector per protein (mean over residues, or the last "
+            "residue's vector as esm-sae uses), for protein-level SAEs"
+        ),
+        choices=("none", "mean", "last"),
+    )
 
     def __post_init__(self) -> None:
         c = "EmbedConfig"
@@ -229,25 +282,48 @@ class EmbedConfig:
 class SAEConfig:
     """Sparse autoencoder architecture."""
 
-    architecture: str = opt("topk", "topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024) or relu with L1 penalty "
-                            "(jumprelu: imported SAELens SAEs only)", choices=ARCHITECTURES, ui_choices=TRAINABLE_ARCHITECTURES, label="Architecture", main=True)
+    architecture: str = opt(
+        "topk",
+        "topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024) or relu with L1 penalty "
+        "(jumprelu: imported SAELens SAEs only)",
+        choices=ARCHITECTURES,
+        ui_choices=TRAINABLE_ARCHITECTURES,
+        label="Architecture",
+        main=True,
+    )
     n_latents: int = opt(4096, "Number of latents (dictionary size)", label="Latents (dictionary size)", main=True)
-    k: int = opt(32, "Active latents per token (topk) or mean active per token (batchtopk)", label="k (active latents per token)", main=True)
+    k: int = opt(
+        32,
+        "Active latents per token (topk) or mean active per token (batchtopk)",
+        label="k (active latents per token)",
+        main=True,
+    )
     normalize: str = opt(
         "scalar",
         "Input normalisation: none; scalar (dataset-wide scale to unit mean squared norm); "
         "layernorm (per token); center (subtract dataset mean); center_scalar (both). "
         "layernorm_eps, layernorm_biased_eps and unit_norm_sqrt_d reproduce published SAEs (esmsae.published)",
-        choices=NORMALIZATIONS, ui_choices=("none", "scalar", "layernorm", "center", "center_scalar"), label="Input normalisation",
+        choices=NORMALIZATIONS,
+        ui_choices=("none", "scalar", "layernorm", "center", "center_scalar"),
+        label="Input normalisation",
     )
     l1_coef: float = opt(1.0, "L1 penalty weight (relu architecture)", label="L1 weight (relu)")
-    auxk_coef: float = opt(1 / 32, "AuxK loss weight for dead latents (Gao et al. 2024 use 1/32); 0 disables", label="AuxK weight")
+    auxk_coef: float = opt(
+        1 / 32, "AuxK loss weight for dead latents (Gao et al. 2024 use 1/32); 0 disables", label="AuxK weight"
+    )
     auxk_k: int = opt(256, "Dead latents used by the AuxK loss per token", label="AuxK latents per token")
-    dead_tokens: int = opt(1_000_000, "A latent is dead when it has not fired in this many training tokens", label="Dead after (tokens without firing)")
+    dead_tokens: int = opt(
+        1_000_000,
+        "A latent is dead when it has not fired in this many training tokens",
+        label="Dead after (tokens without firing)",
+    )
     d_in: int = opt(0, "Input width (0 = taken from the activation store)", ui=False)
     decode_denormalize: bool = opt(
-        True, "Map reconstructions back to the input's scale (False only for SAEs that reconstruct in normalised space, "
-        "like Biohub's ESM C SAEs)", ui=False)
+        True,
+        "Map reconstructions back to the input's scale (False only for SAEs that reconstruct in normalised space, "
+        "like Biohub's ESM C SAEs)",
+        ui=False,
+    )
 
     def __post_init__(self) -> None:
         c = "SAEConfig"
@@ -271,21 +347,48 @@ class TrainConfig:
     store: str = opt("", "Activation store folder written by `esmsae embed`")
     out: str = opt("", "Run folder: checkpoints, metrics.jsonl, eval.json")
     layers: list[int] = opt([], "Train one SAE per listed layer of the store (empty = every layer in the store)")
-    lr: float = opt(0.0, "Adam learning rate (0 = 2e-4 / sqrt(n_latents / 16384), the scaling of Gao et al. 2024)", label="Learning rate", main=True, zero="auto")
+    lr: float = opt(
+        0.0,
+        "Adam learning rate (0 = 2e-4 / sqrt(n_latents / 16384), the scaling of Gao et al. 2024)",
+        label="Learning rate",
+        main=True,
+        zero="auto",
+    )
     warmup_steps: int = opt(100, "Linear learning-rate warm-up steps", label="Warm-up (steps)")
-    decay_start: float = opt(0.8, "Fraction of training after which the learning rate decays linearly to 0", label="Decay from (fraction of training)")
-    l1_warmup_steps: int = opt(500, "Steps over which the L1 coefficient ramps from 0 (relu architecture)", label="L1 warm-up (steps)")
-    token_budget: int = opt(10_000_000, "Training tokens (residues), summed over epochs of the store", label="Training tokens", main=True)
+    decay_start: float = opt(
+        0.8,
+        "Fraction of training after which the learning rate decays linearly to 0",
+        label="Decay from (fraction of training)",
+    )
+    l1_warmup_steps: int = opt(
+        500, "Steps over which the L1 coefficient ramps from 0 (relu architecture)", label="L1 warm-up (steps)"
+    )
+    token_budget: int = opt(
+        10_000_000, "Training tokens (residues), summed over epochs of the store", label="Training tokens", main=True
+    )
     batch_size: int = opt(4096, "Tokens per optimisation step", label="Batch (tokens per step)", main=True)
     buffer_shards: int = opt(4, "Shards loaded and shuffled together (bounds memory)", label="Shards shuffled together")
-    checkpoint_every: int = opt(500, "Write a checkpoint every N steps (and at the end)", label="Checkpoint every (steps)")
+    checkpoint_every: int = opt(
+        500, "Write a checkpoint every N steps (and at the end)", label="Checkpoint every (steps)"
+    )
     log_every: int = opt(20, "Append a metrics.jsonl row every N steps", label="Log every (steps)")
     seed: int = opt(0, "Random seed (initialisation and data order)")
     threads: int = opt(0, "Torch CPU threads (0 = torch default)", label="CPU threads", zero="auto")
-    device: str = opt("auto", "Device for the SAEs and batches: auto (CUDA when present), cpu, cuda, cuda:N; checkpoints load on CPU", ui=False)
-    parallel: str = opt("data", "Under torchrun: data = DDP over one global batch (batch_size is global, split over ranks); "
-                        "layers = each rank trains whole layers, no communication, bit-identical to one process", choices=("data", "layers"), ui=False)
-    use_wandb: bool = opt(False, "Also log to Weights & Biases (imported only when set)", label="Log to Weights & Biases")
+    device: str = opt(
+        "auto",
+        "Device for the SAEs and batches: auto (CUDA when present), cpu, cuda, cuda:N; checkpoints load on CPU",
+        ui=False,
+    )
+    parallel: str = opt(
+        "data",
+        "Under torchrun: data = DDP over one global batch (batch_size is global, split over ranks); "
+        "layers = each rank trains whole layers, no communication, bit-identical to one process",
+        choices=("data", "layers"),
+        ui=False,
+    )
+    use_wandb: bool = opt(
+        False, "Also log to Weights & Biases (imported only when set)", label="Log to Weights & Biases"
+    )
     wandb_project: str = opt("esmsae", "Weights & Biases project", label="W&B project")
 
     def __post_init__(self) -> None:
@@ -313,11 +416,21 @@ class EvalConfig:
     """Evaluation card of a trained SAE on held-out proteins."""
 
     max_tokens: int = opt(200_000, "Held-out tokens used for reconstruction metrics", label="Evaluation tokens")
-    lm_proteins: int = opt(64, "Held-out proteins used for the spliced-in masked-LM loss (0 skips it)", label="Proteins for the LM loss")
+    lm_proteins: int = opt(
+        64, "Held-out proteins used for the spliced-in masked-LM loss (0 skips it)", label="Proteins for the LM loss"
+    )
     mask_prob: float = opt(0.15, "Fraction of residues masked for the masked-LM loss", label="Masked fraction")
-    dense_threshold: float = opt(DENSE_FREQ, "A latent is dense when it fires on more than this fraction of tokens", label="Dense above (firing fraction)")
+    dense_threshold: float = opt(
+        DENSE_FREQ,
+        "A latent is dense when it fires on more than this fraction of tokens",
+        label="Dense above (firing fraction)",
+    )
     seed: int = opt(0, "Seed for the masked positions")
-    device: str = opt("auto", "Device for the SAE, the protein LM and the metrics: auto (CUDA when present), cpu, cuda, cuda:N", ui=False)
+    device: str = opt(
+        "auto",
+        "Device for the SAE, the protein LM and the metrics: auto (CUDA when present), cpu, cuda, cuda:N",
+        ui=False,
+    )
 
     def __post_init__(self) -> None:
         c = "EvalConfig"
@@ -342,16 +455,28 @@ class LMTrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay")
     warmup_steps: int = opt(300, "Linear warm-up steps")
     token_budget: int = opt(20_000_000, "Training tokens")
-    mask_prob: float = opt(0.15, "Masked fraction of residues in training (evaluation always masks 0.15, the rate of ESM-2, so recipes compare)")
+    mask_prob: float = opt(
+        0.15,
+        "Masked fraction of residues in training (evaluation always masks 0.15, the rate of ESM-2, so recipes compare)",
+    )
     eval_proteins: int = opt(400, "Held-out proteins for perplexity")
-    eval_crop: int = opt(254, "Residues of each held-out protein evaluated (its first crop), whatever the training crop")
-    init_from: str = opt("", "Start from these weights (a Hugging Face ESM folder), e.g. to continue a demo LM with a new recipe")
+    eval_crop: int = opt(
+        254, "Residues of each held-out protein evaluated (its first crop), whatever the training crop"
+    )
+    init_from: str = opt(
+        "", "Start from these weights (a Hugging Face ESM folder), e.g. to continue a demo LM with a new recipe"
+    )
     checkpoint_every: int = opt(200, "Checkpoint every N steps")
     time_limit_s: float = opt(0.0, "Stop cleanly after this many seconds, with a checkpoint (0 = none)")
     seed: int = opt(0, "Seed")
     threads: int = opt(0, "Torch threads (0 = default)")
     device: str = opt("auto", "Torch device: auto (CUDA when present), cpu, cuda, cuda:N")
-    amp: str = opt("bfloat16", "Autocast dtype for the forward pass (bench/lm_amp.py: bfloat16 2.3x faster than float32 on an AVX512-BF16 CPU)", choices=("bfloat16", "float16", "none"))
+    amp: str = opt(
+        "bfloat16",
+        "Autocast dtype for the forward pass (bench/lm_amp.py: bfloat16 2.3x faster than float32 on an AVX512-BF16"
+        " CPU)",
+        choices=("bfloat16", "float16", "none"),
+    )
 
     def __post_init__(self) -> None:
         c = "LMTrainConfig"
@@ -376,46 +501,119 @@ class IndexConfig:
     """Feature index (DuckDB) of an SAE over a protein set."""
 
     sae: str = opt("", "SAE checkpoint folder (sae.safetensors + cfg.json)")
-    out: str = opt("", "Index file to write (DuckDB), e.g. runs/x/index.duckdb; built under a temporary name, then renamed")
+    out: str = opt(
+        "", "Index file to write (DuckDB), e.g. runs/x/index.duckdb; built under a temporary name, then renamed"
+    )
     fasta: list = opt([], "FASTA files (plain or .gz) of the proteins to index")
     model: str = opt("", "Protein LM to run (default: the base model recorded in the checkpoint)")
-    concepts: str = opt("", "Folder with per-residue label sets laid out as ../shared/data; labelled proteins are matched by sequence")
-    add_labelled: bool = opt(False, "Also index every labelled protein found under --concepts, not only FASTA proteins that match", label="Also index all labelled proteins")
-    groups: list = opt([], "Grouping files: TSV (protein id <tab> group), an MMseqs2 cluster TSV (representative <tab> member, detected), or JSON {group: [[sequence, header], ...]}")
-    group_sources: list = opt([], "Only proteins from these sources (FASTA file names without extension, label sets) join groupings; empty = all. A label set is not a sample of its kingdoms", ui=False)
-    taxonomy: str = opt("", "TSV of taxid <tab> lineage (e.g. UniProt's taxonomy export: 'Taxon Id', 'Lineage'): kingdoms and lineages for proteins whose headers carry only a taxid (UniRef TaxID=)")
+    concepts: str = opt(
+        "", "Folder with per-residue label sets laid out as ../shared/data; labelled proteins are matched by sequence"
+    )
+    add_labelled: bool = opt(
+        False,
+        "Also index every labelled protein found under --concepts, not only FASTA proteins that match",
+        label="Also index all labelled proteins",
+    )
+    groups: list = opt(
+        [],
+        "Grouping files: TSV (protein id <tab> group), an MMseqs2 cluster TSV (representative <tab> member, detected),"
+        " or JSON {group: [[sequence, header], ...]}",
+    )
+    group_sources: list = opt(
+        [],
+        "Only proteins from these sources (FASTA file names without extension, label sets) join groupings; empty = all."
+        " A label set is not a sample of its kingdoms",
+        ui=False,
+    )
+    taxonomy: str = opt(
+        "",
+        "TSV of taxid <tab> lineage (e.g. UniProt's taxonomy export: 'Taxon Id', 'Lineage'): kingdoms and lineages for"
+        " proteins whose headers carry only a taxid (UniRef TaxID=)",
+    )
     lineage_rank: int = opt(1, "Lineage rank used for the 'lineage' grouping (0 = superkingdom)", label="Lineage rank")
-    group_test: str = opt("cmh", "Group enrichment test: cmh = Cochran-Mantel-Haenszel over protein-length bins (firing grows with length), fisher = unstratified Fisher's exact", choices=("cmh", "fisher"), label="Group test")
+    group_test: str = opt(
+        "cmh",
+        "Group enrichment test: cmh = Cochran-Mantel-Haenszel over protein-length bins (firing grows with length),"
+        " fisher = unstratified Fisher's exact",
+        choices=("cmh", "fisher"),
+        label="Group test",
+    )
     length_bins: int = opt(5, "Protein-length bins (quantiles) the CMH test stratifies by", label="Length bins")
-    min_group_size: int = opt(20, "Groups with fewer proteins are listed but not tested, and never a feature's top group", label="Minimum group size")
-    group_cap: int = opt(0, "Proteins kept per group, chosen by sequence hash, to balance sizes (esm-sae: 100 for taxa with > 2,500 sequences; 0 = all)", label="Proteins per group (cap)", zero="all")
-    cluster_proteins: int = opt(0, "Cluster the indexed proteins (those of --group-sources when given) into this many groups by their "
-                                "mean-pooled LM embedding at the SAE's layer (seeded MiniBatchKMeans), compared like every grouping as "
-                                "'embedding cluster' and described by their taxonomy (esm-sae's workflow; 0 = none)",
-                                label="Embedding clusters", zero="none")
-    group_statistic: str = opt("fires", "Per protein and feature: fires = fires on at least one residue; pooled_topk = among the top pooled_k features of the mean-pooled code (esm-sae)", choices=("fires", "pooled_topk"), label="Group statistic")
+    min_group_size: int = opt(
+        20,
+        "Groups with fewer proteins are listed but not tested, and never a feature's top group",
+        label="Minimum group size",
+    )
+    group_cap: int = opt(
+        0,
+        "Proteins kept per group, chosen by sequence hash, to balance sizes (esm-sae: 100 for taxa with > 2,500"
+        " sequences; 0 = all)",
+        label="Proteins per group (cap)",
+        zero="all",
+    )
+    cluster_proteins: int = opt(
+        0,
+        "Cluster the indexed proteins (those of --group-sources when given) into this many groups by their "
+        "mean-pooled LM embedding at the SAE's layer (seeded MiniBatchKMeans), compared like every grouping as "
+        "'embedding cluster' and described by their taxonomy (esm-sae's workflow; 0 = none)",
+        label="Embedding clusters",
+        zero="none",
+    )
+    group_statistic: str = opt(
+        "fires",
+        "Per protein and feature: fires = fires on at least one residue; pooled_topk = among the top pooled_k features"
+        " of the mean-pooled code (esm-sae)",
+        choices=("fires", "pooled_topk"),
+        label="Group statistic",
+    )
     pooled_k: int = opt(10, "k of the pooled top-k statistic", label="Pooled top-k")
-    top_n: int = opt(20, "Strongest proteins kept per feature, with their full activation tracks", label="Top examples per feature")
-    quantile_bins: int = opt(5, "Activation ranges (equal parts of the feature's max) for quantile examples", label="Activation ranges")
+    top_n: int = opt(
+        20, "Strongest proteins kept per feature, with their full activation tracks", label="Top examples per feature"
+    )
+    quantile_bins: int = opt(
+        5, "Activation ranges (equal parts of the feature's max) for quantile examples", label="Activation ranges"
+    )
     per_bin: int = opt(5, "Examples kept per activation range", label="Examples per range")
-    reservoir: int = opt(40, "Firing proteins sampled uniformly per feature to draw quantile examples from", label="Reservoir per feature")
+    reservoir: int = opt(
+        40,
+        "Firing proteins sampled uniformly per feature to draw quantile examples from",
+        label="Reservoir per feature",
+    )
     max_proteins: int = opt(0, "Index at most this many proteins (0 = all)", label="Proteins to index", zero="all")
-    batch_tokens: int = opt(0, "Padded tokens per forward batch (0 = auto: 1024 on CPU, 16384 on a GPU)", label="Index forward batch (padded tokens)", zero="auto")
-    on_invalid: str = opt("skip", "Sequences the model cannot take: skip them (reported with a count) or stop with an error", choices=("skip", "error"), label="Invalid sequences (index)")
+    batch_tokens: int = opt(
+        0,
+        "Padded tokens per forward batch (0 = auto: 1024 on CPU, 16384 on a GPU)",
+        label="Index forward batch (padded tokens)",
+        zero="auto",
+    )
+    on_invalid: str = opt(
+        "skip",
+        "Sequences the model cannot take: skip them (reported with a count) or stop with an error",
+        choices=("skip", "error"),
+        label="Invalid sequences (index)",
+    )
     umap: bool = opt(True, "Compute the 2-D UMAP feature map of decoder directions", label="UMAP feature map")
     seed: int = opt(0, "Seed (reservoir sampling, UMAP)", label="Index seed")
     threads: int = opt(0, "Torch threads (0 = default)")
-    device: str = opt("auto", "Device for the protein LM and the SAE: auto (CUDA when present), cpu, cuda, cuda:N", ui=False)
-    encode_dtype: str = opt("float32", "SAE encoder matmul precision: float32 = exact; bfloat16 = encode 2.8-3.8x faster on an AMX CPU (GPUs not measured), "
-                            "moving codes ~12x less than running the LM in bfloat16 does (bench/encode_precision.py)",
-                            choices=("float32", "bfloat16"), label="SAE encode precision")
+    device: str = opt(
+        "auto", "Device for the protein LM and the SAE: auto (CUDA when present), cpu, cuda, cuda:N", ui=False
+    )
+    encode_dtype: str = opt(
+        "float32",
+        "SAE encoder matmul precision: float32 = exact; bfloat16 = encode 2.8-3.8x faster on an AMX CPU (GPUs not"
+        " measured), moving codes ~12x less than running the LM in bfloat16 does (bench/encode_precision.py)",
+        choices=("float32", "bfloat16"),
+        label="SAE encode precision",
+    )
 
     def __post_init__(self) -> None:
         c = "IndexConfig"
         check_device(c, self.device)
         _check_choices(self)
         _check(self.top_n >= 1, c, "top_n", "must be >= 1")
-        _check(self.quantile_bins >= 1 and self.per_bin >= 1, c, "quantile_bins", "quantile_bins and per_bin must be >= 1")
+        _check(
+            self.quantile_bins >= 1 and self.per_bin >= 1, c, "quantile_bins", "quantile_bins and per_bin must be >= 1"
+        )
         _check(self.reservoir >= self.per_bin, c, "reservoir", "must be >= per_bin")
         _check(self.max_proteins >= 0, c, "max_proteins", "must be >= 0")
         _check(self.batch_tokens == 0 or self.batch_tokens >= 64, c, "batch_tokens", "must be 0 (auto) or >= 64")
@@ -423,7 +621,9 @@ class IndexConfig:
         _check(self.length_bins >= 1, c, "length_bins", "must be >= 1")
         _check(self.min_group_size >= 1, c, "min_group_size", "must be >= 1")
         _check(self.group_cap >= 0, c, "group_cap", "must be >= 0")
-        _check(self.cluster_proteins == 0 or self.cluster_proteins >= 2, c, "cluster_proteins", "must be 0 (none) or >= 2")
+        _check(
+            self.cluster_proteins == 0 or self.cluster_proteins >= 2, c, "cluster_proteins", "must be 0 (none) or >= 2"
+        )
         _check(self.pooled_k >= 1, c, "pooled_k", "must be >= 1")
 
 

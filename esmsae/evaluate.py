@@ -28,7 +28,6 @@ from .sae import SAE
 from .store import ActivationStore
 
 
-
 @torch.no_grad()
 def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = DENSE_FREQ, batch: int = 8192) -> dict[str, Any]:
     """Stream fp16/fp32 activation chunks [T, D] through the SAE and accumulate metrics."""
@@ -79,21 +78,29 @@ def reconstruction_metrics(sae: SAE, chunks, dense_threshold: float = DENSE_FREQ
     }
 
 
-def aa_lookup_fvu(store: ActivationStore, name: str, max_tokens: int, fit_tokens: int = 1_000_000) -> dict[str, Any] | None:
+def aa_lookup_fvu(
+    store: ActivationStore, name: str, max_tokens: int, fit_tokens: int = 1_000_000
+) -> dict[str, Any] | None:
     """The control for FVU: a 20-entry table (the mean activation of each residue type, fitted on
     training tokens) predicting held-out activations from the residue alone. In a small protein
     LM's middle layer residue identity carries almost all the variance (the demo: FVU about 0.04
     for this table), so an SAE's FVU is read against this, not against 1. None when the store has
     no sequences (pooled or .npy stores)."""
     prots = store.proteins()
-    if "sequence" not in prots or (prots["sequence"].str.len() == 0).all() or store.manifest.get("embed", {}).get("pool", "none") != "none":
+    if (
+        "sequence" not in prots
+        or (prots["sequence"].str.len() == 0).all()
+        or store.manifest.get("embed", {}).get("pool", "none") != "none"
+    ):
         return None
     seq_of = dict(zip(prots["pidx"], prots["sequence"]))
     lut = np.full(256, 20, np.int64)
     lut[np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", np.uint8)] = np.arange(20)
 
     def aa(prot: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        return np.array([lut[ord(seq_of[p][q])] if 0 <= q < len(seq_of[p]) else 20 for p, q in zip(prot.tolist(), pos.tolist())])
+        return np.array(
+            [lut[ord(seq_of[p][q])] if 0 <= q < len(seq_of[p]) else 20 for p, q in zip(prot.tolist(), pos.tolist())]
+        )
 
     sums, counts = None, np.zeros(21)
     for acts, prot, pos in store.iter_split(name, "train", fit_tokens):
@@ -115,8 +122,12 @@ def aa_lookup_fvu(store: ActivationStore, name: str, max_tokens: int, fit_tokens
     if n == 0:
         return None
     total = sx2 - float((np.asarray(sx) ** 2).sum()) / n
-    return {"fvu": sse / max(total, 1e-12), "n_tokens": int(n), "fit_tokens": int(counts.sum()),
-            "what": "20-entry table: the mean training activation of each residue type, predicting held-out activations"}
+    return {
+        "fvu": sse / max(total, 1e-12),
+        "n_tokens": int(n),
+        "fit_tokens": int(counts.sum()),
+        "what": "20-entry table: the mean training activation of each residue type, predicting held-out activations",
+    }
 
 
 PROTOCOLS = ("unmasked", "masked")
@@ -160,7 +171,9 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
         mean_act_D = torch.zeros(plm.d_model)
     causal = getattr(plm, "objective", "mlm") == "causal"
     protocols = ("next",) if causal else PROTOCOLS
-    per: dict[str, dict[str, list]] = {p: {k: [] for k in ("orig", "sae", "mean", "zero", "unigram")} for p in protocols}
+    per: dict[str, dict[str, list]] = {
+        p: {k: [] for k in ("orig", "sae", "mean", "zero", "unigram")} for p in protocols
+    }
     n_pos = {p: 0 for p in protocols}
     for batch in length_batches([len(s) for s in seqs], plm.cfg.resolved_batch_tokens(), extra=2):
         sub = [seqs[i] for i in batch]
@@ -173,7 +186,9 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
             inp = ids.masked_fill(sel_m, plm.mask_id) if protocol == "masked" else ids
             scored = sel_m if protocol == "masked" else resid
             spliced = resid & ~sel_m if protocol == "masked" else resid
-            if protocol == "next":  # causal LM: the state at residue t predicts residue t+1; every residue state spliced
+            if (
+                protocol == "next"
+            ):  # causal LM: the state at residue t predicts residue t+1; every residue state spliced
                 scored = torch.zeros_like(resid)
                 scored[:, 1:] = resid[:, 1:] & resid[:, :-1]  # targets whose predicting state is a (spliced) residue
 
@@ -203,12 +218,18 @@ def spliced_lm_loss(plm: ProteinLM, sae: SAE, hook: Hook, sequences: list[str], 
                 n = scored.sum(1)
                 per[protocol]["unigram"].append(((ce_BL * scored).sum(1) / n.clamp(min=1)).double().cpu().numpy())
             n_pos[protocol] += int(scored.sum())
-    out: dict[str, Any] = {"n_proteins": len(seqs), "mask_prob": mask_prob, "mean_over": "proteins (per-protein mean CE, InterPLM)",
-                           "mean_ablation": "every spliced activation replaced by the mean activation over the evaluation store",
-                           "objective": "causal" if causal else "mlm"}
+    out: dict[str, Any] = {
+        "n_proteins": len(seqs),
+        "mask_prob": mask_prob,
+        "mean_over": "proteins (per-protein mean CE, InterPLM)",
+        "mean_ablation": "every spliced activation replaced by the mean activation over the evaluation store",
+        "objective": "causal" if causal else "mlm",
+    }
     if causal:
-        out["next_protocol"] = ("next-residue CE: the state after residue t (spliced at every residue) predicts residue t+1; "
-                                "residues 2..L scored, nothing masked")
+        out["next_protocol"] = (
+            "next-residue CE: the state after residue t (spliced at every residue) predicts residue t+1; "
+            "residues 2..L scored, nothing masked"
+        )
     for protocol in protocols:
         ce = {k: float(np.nanmean(np.concatenate(v))) for k, v in per[protocol].items() if v}
         d = {f"ce_{k}": v for k, v in ce.items()}
@@ -243,7 +264,13 @@ def unigram_of(sequences: list[str], tokenize, vocab_size: int, special: tuple[i
     return np.where(counts > 0, counts, 1e-9) / counts.sum()
 
 
-def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_path: str | None = None, plm: ProteinLM | None = None, model_name: str | None = None) -> dict[str, Any]:
+def evaluate(
+    sae_dir: str | os.PathLike,
+    ecfg: EvalConfig | None = None,
+    store_path: str | None = None,
+    plm: ProteinLM | None = None,
+    model_name: str | None = None,
+) -> dict[str, Any]:
     """Write ``eval.json`` in the checkpoint folder and return it."""
     ecfg = ecfg or EvalConfig()
     sae_dir = Path(sae_dir)
@@ -253,17 +280,23 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
     imported = "format" in prov  # a published SAE (esmsae.published): none of the user's proteins trained it
     store_path = store_path or prov.get("store")
     if not store_path:
-        raise ValueError(f"{sae_dir} was imported ({prov.get('format')} from {prov.get('source')}) and has no activation store: "
-                         "embed your proteins at its layer first (python -m esmsae embed ... --layers "
-                         f"{meta.get('layer')} --site {meta.get('site')}) and pass --store")
+        raise ValueError(
+            f"{sae_dir} was imported ({prov.get('format')} from {prov.get('source')}) and has no activation store: "
+            "embed your proteins at its layer first (python -m esmsae embed ... --layers "
+            f"{meta.get('layer')} --site {meta.get('site')}) and pass --store"
+        )
     store = ActivationStore(store_path)
     name = meta["hook"]
     store.check_hook(name)
     if store.d_in != sae.d_in:
         raise ValueError(f"store {store.path} has width {store.d_in}, SAE d_in is {sae.d_in}")
-    split = "all" if imported else "heldout"  # an imported SAE has no store of its own: none of these proteins trained it
+    split = (
+        "all" if imported else "heldout"
+    )  # an imported SAE has no store of its own: none of these proteins trained it
     t0 = time.perf_counter()
-    rec = reconstruction_metrics(sae, (a for a, _, _ in store.iter_split(name, split, ecfg.max_tokens)), ecfg.dense_threshold)
+    rec = reconstruction_metrics(
+        sae, (a for a, _, _ in store.iter_split(name, split, ecfg.max_tokens)), ecfg.dense_threshold
+    )
     card: dict[str, Any] = {
         "checkpoint": str(sae_dir),
         "hook": name,
@@ -286,7 +319,9 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
             card["fvu_aa_lookup"] = ctl  # the control FVU is read against
     pool = store.manifest.get("embed", {}).get("pool", "none")
     if ecfg.lm_proteins > 0 and pool != "none":
-        card["downstream_skipped"] = f"the store holds one vector per protein or rows without sequences (pool {pool!r}): no spliced LM loss"
+        card["downstream_skipped"] = (
+            f"the store holds one vector per protein or rows without sequences (pool {pool!r}): no spliced LM loss"
+        )
     elif ecfg.lm_proteins > 0:
         if plm is None:
             mcfg = model_config_of(meta, model_name or "")
@@ -295,12 +330,22 @@ def evaluate(sae_dir: str | os.PathLike, ecfg: EvalConfig | None = None, store_p
         sae = sae.to(plm.device)
         check_compatible(meta, plm, strict_name=model_name is None)
         prots = store.proteins()
-        held = (prots if split == "all" else prots[prots["split"] == "heldout"]).sort_values("pidx").head(ecfg.lm_proteins)
+        held = (
+            (prots if split == "all" else prots[prots["split"] == "heldout"]).sort_values("pidx").head(ecfg.lm_proteins)
+        )
         train_seqs = prots[prots["split"] != "heldout"]["sequence"].head(2000).tolist() or held["sequence"].tolist()
         if len(held):
             uni = unigram_of(train_seqs, plm.tokenize, plm.vocab_size, (plm.cls_id, plm.eos_id, plm.pad_id))
-            card["downstream"] = spliced_lm_loss(plm, sae, hook_of(meta), held["sequence"].tolist(), ecfg.mask_prob, ecfg.seed,
-                                                 mean_act_D=torch.as_tensor(rec["mean_act"]), unigram_V=uni)
+            card["downstream"] = spliced_lm_loss(
+                plm,
+                sae,
+                hook_of(meta),
+                held["sequence"].tolist(),
+                ecfg.mask_prob,
+                ecfg.seed,
+                mean_act_D=torch.as_tensor(rec["mean_act"]),
+                unigram_V=uni,
+            )
     card["eval_seconds"] = time.perf_counter() - t0
     save_json(card, sae_dir / EVAL)
     return card

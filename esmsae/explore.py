@@ -6,8 +6,8 @@ feature labels live in a separate writable file (:func:`esmsae.index.labels_path
 """
 from __future__ import annotations
 
-import gzip
 import functools
+import gzip
 import json
 import os
 import threading
@@ -53,7 +53,10 @@ def list_runs(ws: Path | None = None, demo: Path | None = None) -> list[Run]:
         for pattern in ("*/cfg.json", "*/*/cfg.json", "*/*/*/cfg.json"):
             for cfg in ws.glob(pattern):
                 ck = cfg.parent
-                if any(part.endswith((".tmp", ".old")) for part in ck.relative_to(ws).parts) or not (ck / "sae.safetensors").exists():
+                if (
+                    any(part.endswith((".tmp", ".old")) for part in ck.relative_to(ws).parts)
+                    or not (ck / "sae.safetensors").exists()
+                ):
                     continue
                 found.append((cfg.stat().st_mtime, Run(ck.relative_to(ws).as_posix(), ck, index_file(ck))))
         runs += [r for _, r in sorted(found, key=lambda x: -x[0])]
@@ -64,7 +67,9 @@ def index_file(ck: Path) -> Path:
     """The feature index of a checkpoint folder: index.duckdb, else its newest other .duckdb file."""
     if (ck / "index.duckdb").exists():
         return ck / "index.duckdb"
-    others = sorted((p for p in ck.glob("*.duckdb") if not p.name.endswith(".labels.duckdb")), key=lambda p: -p.stat().st_mtime)
+    others = sorted(
+        (p for p in ck.glob("*.duckdb") if not p.name.endswith(".labels.duckdb")), key=lambda p: -p.stat().st_mtime
+    )
     return others[0] if others else ck / "index.duckdb"
 
 
@@ -112,9 +117,12 @@ class FeatureIndex:
         its values are not the inspector's (fp32) to the last digit. Empty for an exact index."""
         if (self.meta.get("index_config") or {}).get("encode_dtype", "float32") == "float32":
             return ""
-        return ("This index ran the SAE encoder's matmul in bfloat16 (--encode-dtype bfloat16). The sequence inspector encodes in "
-                "float32, so its activations can differ from the index's by about 0.2% (median of per-feature maxima on the demo), and "
-                "a latent at a residue's top-k boundary can change (0.1% of latents; bench/encode_precision.py).")
+        return (
+            "This index ran the SAE encoder's matmul in bfloat16 (--encode-dtype bfloat16). The sequence inspector"
+            " encodes in float32, so its activations can differ from the index's by about 0.2% (median of per-feature"
+            " maxima on the demo), and a latent at a residue's top-k boundary can change (0.1% of latents;"
+            " bench/encode_precision.py)."
+        )
 
     def lm_note(self) -> str:
         """One line on the protein LM when esmsae trained it (the demo): what it is, its <mask>
@@ -123,9 +131,11 @@ class FeatureIndex:
         if beside.exists():
             try:
                 ev = json.loads(beside.read_text())
-                return (f"Protein LM: {ev.get('about', ev.get('model', ''))} Next-residue perplexity on {ev['n_proteins']} held-out "
-                        f"UniProtKB proteins: {ev['next_ppl']:.2f}, against {ev['bigram_ppl']:.2f} for a bigram (the residue before) and "
-                        f"{ev['unigram_ppl']:.2f} for residue frequencies alone.")
+                return (
+                    f"Protein LM: {ev.get('about', ev.get('model', ''))} Next-residue perplexity on {ev['n_proteins']}"
+                    f" held-out UniProtKB proteins: {ev['next_ppl']:.2f}, against {ev['bigram_ppl']:.2f} for a bigram"
+                    f" (the residue before) and {ev['unigram_ppl']:.2f} for residue frequencies alone."
+                )
             except (KeyError, ValueError, OSError):
                 return ""
         f = self._model_file("lm_eval.json")
@@ -133,9 +143,13 @@ class FeatureIndex:
             return ""
         try:
             ev = json.loads(f.read_text())
-            return (f"Protein LM: the ESM-2 8M architecture trained by esmsae on {ev.get('tokens_total', ev['tokens_seen']) / 1e6:.0f} M tokens "
-                    f"of the shared proteins (CPU). Held-out <mask> perplexity {ev['masked_ppl']:.2f} vs {ev['masked_unigram_ppl']:.2f} for "
-                    f"residue frequencies alone; real ESM-2 8M reaches about 10-10.5 (reported), so this model knows far less about proteins.")
+            return (
+                "Protein LM: the ESM-2 8M architecture trained by esmsae on"
+                f" {ev.get('tokens_total', ev['tokens_seen']) / 1e6:.0f} M tokens of the shared proteins (CPU)."
+                f" Held-out <mask> perplexity {ev['masked_ppl']:.2f} vs {ev['masked_unigram_ppl']:.2f} for residue"
+                " frequencies alone; real ESM-2 8M reaches about 10-10.5 (reported), so this model knows far less"
+                " about proteins."
+            )
         except (KeyError, ValueError, OSError):
             return ""
 
@@ -150,16 +164,26 @@ class FeatureIndex:
         feats = self.q("SELECT count(*) FILTER (WHERE dead) AS dead, " + self.headline_sql()).iloc[0]
         down = ev.get("downstream", {})
         return {
-            "base model": Path(self.meta["model"]).name if os.path.isabs(str(self.meta["model"])) else self.meta["model"],
-            "layer": self.meta["layer"], "hook site": self.meta["site"], "d_in": self.meta["d_in"],
-            "latents": sae["n_latents"], "architecture": sae["architecture"], "k": sae["k"],
-            "FVU": ev.get("fvu"), "L0": ev.get("l0"), "dead % (eval)": None if ev.get("dead_fraction") is None else 100 * ev["dead_fraction"],
+            "base model": (
+                Path(self.meta["model"]).name if os.path.isabs(str(self.meta["model"])) else self.meta["model"]
+            ),
+            "layer": self.meta["layer"],
+            "hook site": self.meta["site"],
+            "d_in": self.meta["d_in"],
+            "latents": sae["n_latents"],
+            "architecture": sae["architecture"],
+            "k": sae["k"],
+            "FVU": ev.get("fvu"),
+            "L0": ev.get("l0"),
+            "dead % (eval)": None if ev.get("dead_fraction") is None else 100 * ev["dead_fraction"],
             "dead % (index)": 100 * int(feats["dead"]) / self.n_features,
             "% loss recovered (vs mean ablation)": down.get("pct_loss_recovered") if "ce_mean" in down else None,
             "ΔCE spliced (nats)": down.get("delta_ce_nats"),
-            "features matching a concept (test)": int(feats["matches"]), "concepts matched": int(feats["concepts"]),
+            "features matching a concept (test)": int(feats["matches"]),
+            "concepts matched": int(feats["concepts"]),
             "residue detectors % (live)": 100 * int(feats["detectors"]) / max(1, int(feats["live"])),
-            "proteins indexed": self.meta["n_proteins"], "residues indexed": self.meta["n_residues"],
+            "proteins indexed": self.meta["n_proteins"],
+            "residues indexed": self.meta["n_residues"],
         }
 
     def has_controls(self) -> bool:
@@ -171,28 +195,44 @@ class FeatureIndex:
         (beating the trivial and the single-residue rule, not a residue detector), catch-all
         concepts excluded; amino-acid pseudo-concepts are never concepts."""
         if not self.has_controls():
-            return ("count(*) FILTER (WHERE best_f1 > 0.5) AS matches, count(DISTINCT best_concept) FILTER (WHERE best_f1 > 0.5) AS concepts, "
-                    "0 AS detectors, count(*) FILTER (WHERE NOT dead) AS live FROM features")
+            return (
+                "count(*) FILTER (WHERE best_f1 > 0.5) AS matches, count(DISTINCT best_concept) FILTER (WHERE best_f1 >"
+                " 0.5) AS concepts, 0 AS detectors, count(*) FILTER (WHERE NOT dead) AS live FROM features"
+            )
         good = "matches_concept AND best_concept NOT IN (SELECT concept FROM concepts WHERE catch_all)"
-        return (f"count(*) FILTER (WHERE {good}) AS matches, count(DISTINCT best_concept) FILTER (WHERE {good}) AS concepts, "
-                "count(*) FILTER (WHERE residue_detector AND NOT dead) AS detectors, count(*) FILTER (WHERE NOT dead) AS live FROM features")
+        return (
+            f"count(*) FILTER (WHERE {good}) AS matches, count(DISTINCT best_concept) FILTER (WHERE {good}) AS"
+            " concepts, count(*) FILTER (WHERE residue_detector AND NOT dead) AS detectors, count(*) FILTER (WHERE NOT"
+            " dead) AS live FROM features"
+        )
 
     def concept_summary(self) -> pd.DataFrame:
         """Per concept: support, baselines on test proteins, and features beating them."""
         if not self.has_controls():
             return self.q("SELECT concept, source, n_proteins, n_residues, n_domains FROM concepts ORDER BY concept")
         if "best_baseline" not in self.q("SELECT * FROM concepts LIMIT 0").columns:
-            return self.q("""SELECT concept, source, recall_over, eligible, catch_all, n_proteins, n_residues, n_domains, trivial_f1,
-                             aa_rule, aa_rule_f1, best_feature, best_feature_f1, n_features_f1_05, n_features_beat_baselines
-                             FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC, concept""")
-        return self.q("""SELECT concept, source, best_feature AS "best feature", best_feature_f1 AS "best feature F1 (test)",
+            return self.q(
+                """SELECT concept, source, recall_over, eligible, catch_all, n_proteins, n_residues, n_domains,
+                trivial_f1,
+                             aa_rule, aa_rule_f1, best_feature, best_feature_f1, n_features_f1_05,
+                             n_features_beat_baselines
+                             FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC, concept"""
+            )
+        return self.q(
+            """SELECT concept, source, best_feature AS "best feature", best_feature_f1 AS "best feature F1 (test)",
                          best_baseline AS "best baseline (chosen on valid)", best_baseline_f1 AS "its F1 (test)",
-                         baseline_max_f1 AS "best baseline F1 (test, any)", local_rule AS "best local-sequence rule", local_rule_f1 AS "its F1",
-                         hydropathy_f1 AS "hydropathy window F1", position_f1 AS "position rule F1", aa_window_f1 AS "amino-acid window F1",
+                         baseline_max_f1 AS "best baseline F1 (test, any)", local_rule AS "best local-sequence rule",
+                         local_rule_f1 AS "its F1",
+                         hydropathy_f1 AS "hydropathy window F1", position_f1 AS "position rule F1", aa_window_f1 AS
+                         "amino-acid window F1",
                          aa_rule AS "single-residue rule", aa_rule_f1 AS "its F1 ", trivial_f1 AS "fire everywhere F1",
-                         n_features_beat_baselines AS "features beating every baseline (valid and test)", recall_over AS "recall over",
-                         n_proteins AS proteins, n_residues AS residues, n_domains AS domains, eligible, catch_all AS "catch-all"
-                         FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC, best_feature_f1 - baseline_max_f1 DESC""")
+                         n_features_beat_baselines AS "features beating every baseline (valid and test)", recall_over
+                         AS "recall over",
+                         n_proteins AS proteins, n_residues AS residues, n_domains AS domains, eligible, catch_all AS
+                         "catch-all"
+                         FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC,
+                         best_feature_f1 - baseline_max_f1 DESC"""
+        )
 
     def representation(self) -> pd.DataFrame:
         """The representation card (``esmsae probe``) of this index's SAE, or empty."""
@@ -200,14 +240,33 @@ class FeatureIndex:
         for d in (f, self.path.parent / f):
             if (d / "representation.json").exists():
                 rows = json.loads((d / "representation.json").read_text())["rows"]
-                return pd.DataFrame(rows)[["task", "metric", "representation", "value", "minus_window10", "n_train_proteins", "n_test_proteins"]]
+                return pd.DataFrame(rows)[
+                    [
+                        "task",
+                        "metric",
+                        "representation",
+                        "value",
+                        "minus_window10",
+                        "n_train_proteins",
+                        "n_test_proteins",
+                    ]
+                ]
         return pd.DataFrame()
 
     # -------------------------------------------------------- features
     KINDS = ("all", "context features", "residue detectors")
 
-    def features(self, search: str = "", min_freq: float = 0.0, concept: str = "", hide_dead: bool = True, sort: str = "feature",
-                 descending: bool = False, limit: int = 5000, kind: str = "all") -> pd.DataFrame:
+    def features(
+        self,
+        search: str = "",
+        min_freq: float = 0.0,
+        concept: str = "",
+        hide_dead: bool = True,
+        sort: str = "feature",
+        descending: bool = False,
+        limit: int = 5000,
+        kind: str = "all",
+    ) -> pd.DataFrame:
         where, params = ["1=1"], []
         controls = self.has_controls()
         if kind != "all" and controls:
@@ -223,8 +282,12 @@ class FeatureIndex:
         extra = "f.best_aa_rule_f1, f.aa_top, f.aa_purity," if controls else ""
         described = "search_text" in self.feature_columns
         extra += " f.description, f.search_text," if described else ""
-        df = self.q(f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, {extra} f.freq_residue, f.freq_protein, f.max_act,
-                        f.top_group, f.cluster FROM features f WHERE {' AND '.join(where)}""", params)
+        df = self.q(
+            f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, {extra} f.freq_residue,
+            f.freq_protein, f.max_act,
+                        f.top_group, f.cluster FROM features f WHERE {' AND '.join(where)}""",
+            params,
+        )
         labels = self.labels()
         df["label"] = df["feature"].map(labels).fillna(df["auto_label"])
         if search:
@@ -233,7 +296,11 @@ class FeatureIndex:
             from .index.describe import search_terms
 
             terms = search_terms(search)
-            hay = (df["search_text"] if described else df["best_concept"]).fillna("").str.lower() + " | " + df["label"].fillna("").str.lower()
+            hay = (
+                (df["search_text"] if described else df["best_concept"]).fillna("").str.lower()
+                + " | "
+                + df["label"].fillna("").str.lower()
+            )
             hit = np.ones(len(df), bool)
             for t in terms:
                 hit &= hay.str.contains(t, regex=False).to_numpy()
@@ -243,8 +310,13 @@ class FeatureIndex:
             df = df[hit]
         if sort in df.columns:
             df = df.sort_values(sort, ascending=not descending, kind="stable")
-        cols = ["feature", "label"] + (["description"] if described else []) + ["best_concept", "best_f1"] + (
-            ["best_aa_rule_f1", "aa_top", "aa_purity"] if controls else []) + ["freq_residue", "freq_protein", "max_act", "top_group"]
+        cols = (
+            ["feature", "label"]
+            + (["description"] if described else [])
+            + ["best_concept", "best_f1"]
+            + (["best_aa_rule_f1", "aa_top", "aa_purity"] if controls else [])
+            + ["freq_residue", "freq_protein", "max_act", "top_group"]
+        )
         return df[cols].head(limit).reset_index(drop=True)
 
     def feature(self, f: int) -> dict[str, Any]:
@@ -255,7 +327,9 @@ class FeatureIndex:
 
     def _check(self, f: int) -> None:
         if not 0 <= f < self.n_features:
-            raise KeyError(f"feature {f} does not exist (this SAE has {self.n_features} features, 0..{self.n_features - 1})")
+            raise KeyError(
+                f"feature {f} does not exist (this SAE has {self.n_features} features, 0..{self.n_features - 1})"
+            )
 
     def concepts(self) -> list[str]:
         return self.q("SELECT concept FROM concepts ORDER BY concept")["concept"].tolist()
@@ -267,10 +341,12 @@ class FeatureIndex:
         """Top or quantile examples of a feature joined with their proteins."""
         self._check(f)
         if kind == "top":
-            sql = """SELECT e.rank, e.max_act, e.max_pos, e.positions, e."values", p.* FROM top_examples e JOIN proteins p USING (pidx)
+            sql = """SELECT e.rank, e.max_act, e.max_pos, e.positions, e."values", p.* FROM top_examples e JOIN
+            proteins p USING (pidx)
                      WHERE e.feature = ? ORDER BY e.rank LIMIT ?"""
         else:
-            sql = """SELECT e.bin, e.bin_lo, e.bin_hi, e.max_act, e.max_pos, e.positions, e."values", p.* FROM quantile_examples e
+            sql = """SELECT e.bin, e.bin_lo, e.bin_hi, e.max_act, e.max_pos, e.positions, e."values", p.* FROM
+            quantile_examples e
                      JOIN proteins p USING (pidx) WHERE e.feature = ? ORDER BY e.bin DESC, e.max_act DESC LIMIT ?"""
         return self.q(sql, [f, n])
 
@@ -278,18 +354,28 @@ class FeatureIndex:
         """A feature's concepts: threshold and F1 chosen on valid proteins, F1 / precision / recall
         on test proteins, next to the trivial and the single-residue rule on the same residues."""
         if not self.has_controls():
-            return self.q("""SELECT concept, threshold, precision, recall_domain, recall_residue, f1, tp_residues, hit_domains
-                             FROM concept_f1 WHERE feature = ? ORDER BY f1 DESC LIMIT ?""", [f, n])
-        return self.q("""SELECT concept, threshold, f1_valid, f1 AS f1_test, precision, recall, trivial_f1, aa_rule_f1, beats_baselines,
-                         tp_residues, hit_domains FROM concept_f1 WHERE feature = ? ORDER BY f1_valid DESC LIMIT ?""", [f, n])
+            return self.q(
+                """SELECT concept, threshold, precision, recall_domain, recall_residue, f1, tp_residues, hit_domains
+                             FROM concept_f1 WHERE feature = ? ORDER BY f1 DESC LIMIT ?""",
+                [f, n],
+            )
+        return self.q(
+            """SELECT concept, threshold, f1_valid, f1 AS f1_test, precision, recall, trivial_f1, aa_rule_f1,
+            beats_baselines,
+                         tp_residues, hit_domains FROM concept_f1 WHERE feature = ? ORDER BY f1_valid DESC LIMIT ?""",
+            [f, n],
+        )
 
     def related(self, f: int) -> pd.DataFrame:
         """This feature's best matches in other SAEs (stored by ``match --index``), or empty."""
         tables = set(self.q("SELECT table_name FROM information_schema.tables")["table_name"])
         if "feature_matches" not in tables:
             return pd.DataFrame()
-        return self.q("""SELECT other_sae, method, rank, other_feature, score, split FROM feature_matches WHERE feature = ?
-                         ORDER BY other_sae, method, rank""", [f])
+        return self.q(
+            """SELECT other_sae, method, rank, other_feature, score, split FROM feature_matches WHERE feature = ?
+                         ORDER BY other_sae, method, rank""",
+            [f],
+        )
 
     def match_summaries(self) -> pd.DataFrame:
         """Per other SAE and method: the match rate next to its chance level (``match --index``)."""
@@ -299,17 +385,24 @@ class FeatureIndex:
         return self.q("SELECT * FROM match_summaries ORDER BY other_sae, method")
 
     def group_table(self, f: int, grouping: str) -> pd.DataFrame:
-        return self.q("""SELECT g.grp, g.n_proteins, coalesce(u.n_fire, 0) AS n_fire, coalesce(u.frac, 0) AS frac,
+        return self.q(
+            """SELECT g.grp, g.n_proteins, coalesce(u.n_fire, 0) AS n_fire, coalesce(u.frac, 0) AS frac,
                          coalesce(u.mean_act, 0) AS mean_act, u.log_odds, coalesce(u.q, 1) AS q
-                         FROM groups g LEFT JOIN group_usage u ON u.grouping = g.grouping AND u.grp = g.grp AND u.feature = ?
-                         WHERE g.grouping = ? ORDER BY frac DESC""", [f, grouping])
+                         FROM groups g LEFT JOIN group_usage u ON u.grouping = g.grouping AND u.grp = g.grp AND
+                         u.feature = ?
+                         WHERE g.grouping = ? ORDER BY frac DESC""",
+            [f, grouping],
+        )
 
     def groupings(self) -> list[str]:
         return self.q("SELECT DISTINCT grouping FROM groups ORDER BY grouping")["grouping"].tolist()
 
     def structure_examples(self, f: int, n: int = 5) -> pd.DataFrame:
-        return self.q("""SELECT s.max_act, s.positions, s."values", p.* FROM structure_tracks s JOIN proteins p USING (pidx)
-                         WHERE s.feature = ? ORDER BY s.max_act DESC LIMIT ?""", [f, n])
+        return self.q(
+            """SELECT s.max_act, s.positions, s."values", p.* FROM structure_tracks s JOIN proteins p USING (pidx)
+                         WHERE s.feature = ? ORDER BY s.max_act DESC LIMIT ?""",
+            [f, n],
+        )
 
     # -------------------------------------------------------- groups
     def group_usage(self, grouping: str) -> pd.DataFrame:
@@ -324,25 +417,44 @@ class FeatureIndex:
         if "cluster_profiles" not in tables:
             return pd.DataFrame()
         df = self.q("SELECT * FROM cluster_profiles ORDER BY n_proteins DESC, cluster")
-        df["kingdoms"] = df["kingdoms"].map(lambda j: ", ".join(f"{k} {v:.0%}" for k, v in json.loads(j).items()) or "none recorded")
-        return df.rename(columns={"n_proteins": "proteins", "length_q1": "length Q1", "length_median": "median length", "length_q3": "length Q3",
-                                  "no_kingdom": "proteins without a kingdom", "top_organisms": "top organisms",
-                                  "top_protein_names": "most common protein names", "n_enriched_features": "enriched features (q < 0.05)",
-                                  "top_enriched_features": "most enriched features", "enriched_concepts": "concepts of its enriched features"})
+        df["kingdoms"] = df["kingdoms"].map(
+            lambda j: ", ".join(f"{k} {v:.0%}" for k, v in json.loads(j).items()) or "none recorded"
+        )
+        return df.rename(
+            columns={
+                "n_proteins": "proteins",
+                "length_q1": "length Q1",
+                "length_median": "median length",
+                "length_q3": "length Q3",
+                "no_kingdom": "proteins without a kingdom",
+                "top_organisms": "top organisms",
+                "top_protein_names": "most common protein names",
+                "n_enriched_features": "enriched features (q < 0.05)",
+                "top_enriched_features": "most enriched features",
+                "enriched_concepts": "concepts of its enriched features",
+            }
+        )
 
     def group_coverage(self, grouping: str) -> tuple[int, int]:
         """(proteins in some group of this grouping, proteins indexed)."""
-        n = int(self.q("SELECT coalesce(sum(n_proteins), 0) AS n FROM groups WHERE grouping = ?", [grouping])["n"].iloc[0])
+        n = int(
+            self.q("SELECT coalesce(sum(n_proteins), 0) AS n FROM groups WHERE grouping = ?", [grouping])["n"].iloc[0]
+        )
         return n, int(self.meta.get("n_proteins") or 0)
 
     def group_test_note(self) -> str:
         """One line on how this index tested enrichment (older indexes: Fisher, unstratified)."""
         c = self.meta.get("index_config") or {}
         if c.get("group_test", "fisher") == "cmh":
-            return (f"One-sided Cochran-Mantel-Haenszel test over {c.get('length_bins', 5)} protein-length bins (firing grows with length) "
-                    f"against all other groups; effect size = Mantel-Haenszel log odds ratio; Benjamini-Hochberg FDR (q). "
-                    f"Groups under {c.get('min_group_size', 1)} proteins are not tested.")
-        return "One-sided Fisher's exact test against all other groups (not controlled for protein length), Benjamini-Hochberg FDR (q); effect size = log odds ratio."
+            return (
+                f"One-sided Cochran-Mantel-Haenszel test over {c.get('length_bins', 5)} protein-length bins (firing"
+                " grows with length) against all other groups; effect size = Mantel-Haenszel log odds ratio;"
+                f" Benjamini-Hochberg FDR (q). Groups under {c.get('min_group_size', 1)} proteins are not tested."
+            )
+        return (
+            "One-sided Fisher's exact test against all other groups (not controlled for protein length),"
+            " Benjamini-Hochberg FDR (q); effect size = log odds ratio."
+        )
 
     def sequences(self, ids: list[str]) -> dict[str, str]:
         """id -> sequence for the proteins of the index among ``ids``."""
@@ -375,10 +487,16 @@ def coverage_note(grouping: str, covered: int, total: int) -> str:
     """A warning when a grouping covers few of the indexed proteins (empty when it covers most)."""
     if total <= 0 or covered >= 0.5 * total:
         return ""
-    how = ("pass --taxonomy (a taxid -> lineage file) or a grouping file (--groups), or give FASTA headers with OX=taxid / TaxID=; "
-           "organisms esmsae knows by name are mapped to their kingdom") if grouping in ("kingdom", "organism") or grouping.startswith("lineage") \
+    how = (
+        "pass --taxonomy (a taxid -> lineage file) or a grouping file (--groups), or give FASTA headers with OX=taxid /"
+        " TaxID=; organisms esmsae knows by name are mapped to their kingdom"
+        if grouping in ("kingdom", "organism") or grouping.startswith("lineage")
         else "pass a grouping file that lists more of the indexed proteins (--groups)"
-    return f"{total - covered:,} of {total:,} indexed proteins have no {grouping}: only {covered:,} are compared here. To cover more, {how}."
+    )
+    return (
+        f"{total - covered:,} of {total:,} indexed proteins have no {grouping}: only {covered:,} are compared here. To"
+        f" cover more, {how}."
+    )
 
 
 def enriched(usage: pd.DataFrame, group: str, n: int = 20, max_q: float = 0.05) -> pd.DataFrame:
@@ -406,7 +524,11 @@ def display_scale(info: dict[str, Any]) -> tuple[float, float, str]:
     the index recorded them, so two indexes of one SAE agree; otherwise this index's own."""
     rm, ri = info.get("ref_max"), info.get("ref_idf")
     if rm is not None and np.isfinite(rm):
-        return float(rm), float(ri) if ri is not None and np.isfinite(ri) else float(info["idf"]), "reference statistics shipped with the SAE"
+        return (
+            float(rm),
+            float(ri) if ri is not None and np.isfinite(ri) else float(info["idf"]),
+            "reference statistics shipped with the SAE",
+        )
     return float(info["max_act"]), float(info["idf"]), "this index's proteins"
 
 
@@ -465,7 +587,9 @@ def _with_labels(index_path: Path, fn):
 def get_labels(index_path: Path) -> dict[int, str]:
     if not labels_path(index_path).exists():
         return {}
-    return _with_labels(index_path, lambda con: {int(f): t for f, t in con.execute("SELECT feature, label FROM labels").fetchall() if t})
+    return _with_labels(
+        index_path, lambda con: {int(f): t for f, t in con.execute("SELECT feature, label FROM labels").fetchall() if t}
+    )
 
 
 def set_label(index_path: Path, feature: int, text: str) -> None:

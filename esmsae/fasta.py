@@ -99,7 +99,9 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
         yield from _records(fh, str(path))
 
 
-def write_fasta(path: str | Path, records: Iterable[tuple[str, str]], max_len: int | None = None, limit: int | None = None) -> Path:
+def write_fasta(
+    path: str | Path, records: Iterable[tuple[str, str]], max_len: int | None = None, limit: int | None = None
+) -> Path:
     """Write (header, sequence) records as FASTA, written under a temp name and renamed;
     ``max_len`` cuts each sequence, ``limit`` stops after that many records."""
     from .atomic import atomic_path
@@ -132,7 +134,9 @@ def clean_sequence(seq: str, record: str = "sequence") -> str:
     return s
 
 
-def read_proteins(path: str | Path, on_invalid: str = "error", skipped: list | None = None, unique_ids: bool = True) -> Iterator[Protein]:
+def read_proteins(
+    path: str | Path, on_invalid: str = "error", skipped: list | None = None, unique_ids: bool = True
+) -> Iterator[Protein]:
     """Stream validated :class:`Protein` records. Duplicate ids are an error (``unique_ids=False``:
     the caller checks, e.g. in DuckDB, without a set of every id in memory).
 

@@ -20,15 +20,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .pipeline import SECTIONS as _ALL_SECTIONS, SKIPS, run_pipeline
 from .config import IndexConfig, from_dict, save_json
+from .pipeline import SECTIONS as _ALL_SECTIONS
+from .pipeline import SKIPS, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # a training job = `esmsae pipeline` + `esmsae index`: the sections of both, and the fields each
 # stage sets itself (folders, the evaluation seed, the index's SAE / output / proteins / model)
 SECTIONS = {**{k: _ALL_SECTIONS[k] for k in SKIPS["pipeline"]}, "index": IndexConfig}
-JOB_SKIPS: dict[str, tuple[str, ...]] = {**SKIPS["pipeline"], "index": ("sae", "out", "fasta", "model", "concepts", "groups", "threads")}
+JOB_SKIPS: dict[str, tuple[str, ...]] = {
+    **SKIPS["pipeline"],
+    "index": ("sae", "out", "fasta", "model", "concepts", "groups", "threads"),
+}
 
 
 class JobError(ValueError):
@@ -41,9 +45,13 @@ def app_presets() -> dict[tuple[str, str], object]:
     first run of minutes (1,024 latents, 2 M tokens). Every other field starts at its
     dataclass default."""
     demo = ROOT / "data" / "demo"
-    return {("model", "name"): str(demo / "model") if (demo / "model").exists() else "facebook/esm2_t6_8M_UR50D",
-            ("embed", "fasta"): str(demo / "sample.fasta"), ("sae", "n_latents"): 1024, ("train", "token_budget"): 2_000_000,
-            ("train", "batch_size"): 2048}
+    return {
+        ("model", "name"): str(demo / "model") if (demo / "model").exists() else "facebook/esm2_t6_8M_UR50D",
+        ("embed", "fasta"): str(demo / "sample.fasta"),
+        ("sae", "n_latents"): 1024,
+        ("train", "token_budget"): 2_000_000,
+        ("train", "batch_size"): 2048,
+    }
 
 
 def run_dir(ws: Path, name: str) -> Path:
@@ -73,9 +81,18 @@ def start(ws: Path, name: str, cfg: dict[str, Any], index_concepts: str = "") ->
     if d.exists() and (d / "job.json").exists():
         old = json.loads((d / "job.json").read_text())
         if old.get("config") != {k: asdict(v) for k, v in sections.items()}:
-            raise JobError(f"run {name!r} already exists with another configuration; choose a new name (or resume it as it is)")
+            raise JobError(
+                f"run {name!r} already exists with another configuration; choose a new name (or resume it as it is)"
+            )
     d.mkdir(parents=True, exist_ok=True)
-    save_json({"config": {k: asdict(v) for k, v in sections.items()}, "index_concepts": index_concepts, "created": time.time()}, d / "job.json")
+    save_json(
+        {
+            "config": {k: asdict(v) for k, v in sections.items()},
+            "index_concepts": index_concepts,
+            "created": time.time(),
+        },
+        d / "job.json",
+    )
     return launch(d)
 
 
@@ -97,11 +114,18 @@ def start_import(ws: Path, name: str, spec: dict[str, Any], fasta: str, index_co
         if v is not None and (not isinstance(v, int) or v < 0):
             raise JobError(f"import: {key} must be a non-negative integer, got {v!r}")
     d = run_dir(ws, name)
-    job = {"kind": "import", "import": {k: spec.get(k) for k in IMPORT_KEYS}, "fasta": str(fasta), "index_concepts": index_concepts}
+    job = {
+        "kind": "import",
+        "import": {k: spec.get(k) for k in IMPORT_KEYS},
+        "fasta": str(fasta),
+        "index_concepts": index_concepts,
+    }
     if d.exists() and (d / "job.json").exists():
         old = json.loads((d / "job.json").read_text())
         if {k: old.get(k) for k in ("kind", "import", "fasta")} != {k: job[k] for k in ("kind", "import", "fasta")}:
-            raise JobError(f"run {name!r} already exists with another configuration; choose a new name (or resume it as it is)")
+            raise JobError(
+                f"run {name!r} already exists with another configuration; choose a new name (or resume it as it is)"
+            )
     d.mkdir(parents=True, exist_ok=True)
     save_json({**job, "created": time.time()}, d / "job.json")
     return launch(d)
@@ -118,18 +142,37 @@ def _run_import(d: Path, job: dict[str, Any]) -> None:
         import_sae(spec["source"], ck, spec.get("format") or "auto", layer=spec.get("layer"), k=spec.get("k"),
                    model=spec.get("model") or "", file=spec.get("file") or "")
     _write_status(d, stage="index")
-    build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[job["fasta"]], concepts=job.get("index_concepts", ""),
-                            umap=True), progress=False)
+    build_index(
+        IndexConfig(
+            sae=str(ck),
+            out=str(ck / "index.duckdb"),
+            fasta=[job["fasta"]],
+            concepts=job.get("index_concepts", ""),
+            umap=True,
+        ),
+        progress=False,
+    )
 
 
 def launch(d: Path) -> Path:
     st = status(d)
     if st.get("alive"):
         raise JobError(f"run {d.name} is already running (pid {st['pid']})")
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "PYTHONUNBUFFERED": "1",
+    }
     with open(d / "job.log", "ab") as log:  # the child keeps its own copy of the handle
-        p = subprocess.Popen([sys.executable, "-m", "esmsae", "job", str(Path(d).resolve())], cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "esmsae", "job", str(Path(d).resolve())],
+            cwd=str(ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
     _write_status(d, state="starting", stage="", pid=p.pid)
     return d
 
@@ -177,8 +220,12 @@ def status(d: Path) -> dict[str, Any]:
     return st
 
 
-def wait(d: Path, until=lambda st: st["state"] in ("done", "failed", "cancelled", "interrupted"), timeout_s: float = 300,
-         poll_s: float = 0.2) -> dict[str, Any]:
+def wait(
+    d: Path,
+    until=lambda st: st["state"] in ("done", "failed", "cancelled", "interrupted"),
+    timeout_s: float = 300,
+    poll_s: float = 0.2,
+) -> dict[str, Any]:
     """Poll a job's status until ``until(status)`` holds or the time is up; returns the last status."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -225,7 +272,9 @@ def run_job(d: Path) -> int:
 
     def on_term(*_):
         _write_status(d, state="cancelled")
-        if now["stage"] == "train":  # let the training loop write a checkpoint first (cancel before the first one lost the run)
+        if (
+            now["stage"] == "train"
+        ):  # let the training loop write a checkpoint first (cancel before the first one lost the run)
             now["stop"] = True
             return
         os._exit(143)  # embed / evaluate / index resume from their own finished parts
@@ -243,8 +292,15 @@ def run_job(d: Path) -> int:
             _write_status(d, state="cancelled")
             return 143
         on_stage("index")
-        icfg = IndexConfig(**{**asdict(c["index"]), "sae": str(ck), "out": str(ck / "index.duckdb"), "fasta": [c["embed"].fasta],
-                              "concepts": job.get("index_concepts", "")})
+        icfg = IndexConfig(
+            **{
+                **asdict(c["index"]),
+                "sae": str(ck),
+                "out": str(ck / "index.duckdb"),
+                "fasta": [c["embed"].fasta],
+                "concepts": job.get("index_concepts", ""),
+            }
+        )
         build_index(icfg, progress=False)
         _write_status(d, state="done", stage="", finished=time.time())
         return 0

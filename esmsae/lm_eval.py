@@ -61,8 +61,17 @@ def next_residue_eval(plm: ProteinLM, heldout: Sequence[str], train: Sequence[st
             ce_big -= float(np.log(big[prev[ok], a[ok]]).sum())
             n += int(ok.sum())
     n = max(n, 1)
-    out = {"next_ppl": math.exp(ce_lm / n), "next_ce": ce_lm / n, "unigram_ppl": math.exp(ce_uni / n), "unigram_ce": ce_uni / n,
-           "bigram_ppl": math.exp(ce_big / n), "bigram_ce": ce_big / n, "n_residues": n, "n_proteins": len(seqs), "max_len": max_len,
-           "n_train_proteins": len(train)}
+    out = {
+        "next_ppl": math.exp(ce_lm / n),
+        "next_ce": ce_lm / n,
+        "unigram_ppl": math.exp(ce_uni / n),
+        "unigram_ce": ce_uni / n,
+        "bigram_ppl": math.exp(ce_big / n),
+        "bigram_ce": ce_big / n,
+        "n_residues": n,
+        "n_proteins": len(seqs),
+        "max_len": max_len,
+        "n_train_proteins": len(train),
+    }
     out["gain_over_bigram_nats"] = out["bigram_ce"] - out["next_ce"]
     return out

@@ -83,7 +83,9 @@ def unigram_ce(train: list[str], held_ids: torch.Tensor, chosen: torch.Tensor) -
     return float(-np.log(probs[held_ids[chosen].numpy()]).mean())
 
 
-def neighbour_ce(train: list[str], ids: torch.Tensor, inp: torch.Tensor, sel: torch.Tensor, alpha: float = 20.0) -> float:
+def neighbour_ce(
+    train: list[str], ids: torch.Tensor, inp: torch.Tensor, sel: torch.Tensor, alpha: float = 20.0
+) -> float:
     """CE of a neighbour-residue model at the selected positions: P(residue | the residues just
     left and right of it in the *input*), counted on training proteins, Dirichlet-smoothed
     towards residue frequencies; a neighbour that is masked (or a sequence end) is marginalised.
@@ -116,7 +118,9 @@ def neighbour_ce(train: list[str], ids: torch.Tensor, inp: torch.Tensor, sel: to
 
 
 @torch.no_grad()
-def heldout_ce(model, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: EsmTokens, device: str, bs: int = 32) -> float:
+def heldout_ce(
+    model, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: EsmTokens, device: str, bs: int = 32
+) -> float:
     model.eval()
     tot, n = 0.0, 0
     for i in range(0, len(ids), bs):
@@ -148,11 +152,21 @@ class HeldOut:
         inp, chosen = mask_tokens(ids, tok, EVAL_MASK_PROB, torch.Generator().manual_seed(12345))
         # at the 10% kept-unchanged positions the input is the answer, at the 10% random ones it is noise
         masked = chosen & (inp == tok.mask)
-        return cls(ids, inp, chosen, masked, unigram_ce(train, ids, chosen), unigram_ce(train, ids, masked), neighbour_ce(train, ids, inp, masked))
+        return cls(
+            ids,
+            inp,
+            chosen,
+            masked,
+            unigram_ce(train, ids, chosen),
+            unigram_ce(train, ids, masked),
+            neighbour_ce(train, ids, inp, masked),
+        )
 
     def evaluate(self, model, tok: EsmTokens, device: str) -> tuple[float, float]:
         """(CE over all chosen positions, CE at <mask> positions)."""
-        return heldout_ce(model, self.ids, self.inp, self.chosen, tok, device), heldout_ce(model, self.ids, self.inp, self.masked, tok, device)
+        return heldout_ce(model, self.ids, self.inp, self.chosen, tok, device), heldout_ce(
+            model, self.ids, self.inp, self.masked, tok, device
+        )
 
 
 def _crop_batch(train: list[str], weights: np.ndarray, cfg: LMTrainConfig, rng: np.random.Generator) -> list[str]:
@@ -229,10 +243,20 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
         out_of_time = bool(cfg.time_limit_s) and time.time() - t_start > cfg.time_limit_s
         if step % cfg.checkpoint_every == 0 or step == total or out_of_time:
             ce, ce_m = ho.evaluate(model, tok, device)
-            history.append({"step": step, "tokens": step * cfg.batch_size * (cfg.crop + 2), "train_ce": run_loss / run_n,
-                            "heldout_ce": ce, "heldout_ppl": math.exp(ce), "unigram_ppl": math.exp(ho.uni),
-                            "masked_ppl": math.exp(ce_m), "masked_unigram_ppl": math.exp(ho.uni_m), "masked_neighbour_ppl": math.exp(ho.neigh_m),
-                            "tokens_per_s": run_n * cfg.batch_size * (cfg.crop + 2) / (time.time() - t0)})
+            history.append(
+                {
+                    "step": step,
+                    "tokens": step * cfg.batch_size * (cfg.crop + 2),
+                    "train_ce": run_loss / run_n,
+                    "heldout_ce": ce,
+                    "heldout_ppl": math.exp(ce),
+                    "unigram_ppl": math.exp(ho.uni),
+                    "masked_ppl": math.exp(ce_m),
+                    "masked_unigram_ppl": math.exp(ho.uni_m),
+                    "masked_neighbour_ppl": math.exp(ho.neigh_m),
+                    "tokens_per_s": run_n * cfg.batch_size * (cfg.crop + 2) / (time.time() - t0),
+                }
+            )
             bar.set_postfix(ppl=f"{math.exp(ce_m):.2f}", uni=f"{math.exp(ho.uni_m):.2f}")
             run_loss, run_n, t0 = 0.0, 0, time.time()
             save()
@@ -246,18 +270,29 @@ def train_lm(cfg: LMTrainConfig, progress: bool = True) -> dict:
     save_hf(model, cfg.config_dir, out)
     report = {
         # <mask> positions only: the figure to quote (next to unigram on the same positions)
-        "masked_ppl": math.exp(ce_m), "masked_ce": ce_m, "masked_unigram_ppl": math.exp(ho.uni_m), "masked_unigram_ce": ho.uni_m,
+        "masked_ppl": math.exp(ce_m),
+        "masked_ce": ce_m,
+        "masked_unigram_ppl": math.exp(ho.uni_m),
+        "masked_unigram_ce": ho.uni_m,
         "masked_tokens": int(ho.masked.sum()),
         # the local-context reference: P(residue | its two input neighbours), from training proteins
         "masked_neighbour_ppl": math.exp(ho.neigh_m),
         # all chosen positions, including the 10% left unchanged (whose input is the answer): optimistic
-        "heldout_ppl": math.exp(ce), "heldout_ce": ce, "unigram_ppl": math.exp(ho.uni), "unigram_ce": ho.uni,
-        "steps": step, "total_steps": total, "tokens_seen": step * cfg.batch_size * (cfg.crop + 2),
+        "heldout_ppl": math.exp(ce),
+        "heldout_ce": ce,
+        "unigram_ppl": math.exp(ho.uni),
+        "unigram_ce": ho.uni,
+        "steps": step,
+        "total_steps": total,
+        "tokens_seen": step * cfg.batch_size * (cfg.crop + 2),
         # tokens behind the starting weights (--init-from an esmsae-trained LM), so the total is known
         "tokens_before": _prior_tokens(cfg.init_from),
         "tokens_total": _prior_tokens(cfg.init_from) + step * cfg.batch_size * (cfg.crop + 2),
-        "finished": not stopped_early, "heldout_masked_tokens": int(ho.chosen.sum()),
-        "eval_proteins": len(ho.ids), "corpus": info, "config": asdict(cfg),
+        "finished": not stopped_early,
+        "heldout_masked_tokens": int(ho.chosen.sum()),
+        "eval_proteins": len(ho.ids),
+        "corpus": info,
+        "config": asdict(cfg),
     }
     save_json(report, out / "lm_eval.json")
     return report
@@ -271,13 +306,24 @@ def _prior_tokens(init_from: str) -> int:
     return int(e.get("tokens_total", e.get("tokens_seen", 0)))
 
 
-def _lm_step(model, opt_, ids: torch.Tensor, inp: torch.Tensor, chosen: torch.Tensor, tok: EsmTokens, cfg: LMTrainConfig, lr: float,
-             device: str = "cpu") -> float:
+def _lm_step(
+    model,
+    opt_,
+    ids: torch.Tensor,
+    inp: torch.Tensor,
+    chosen: torch.Tensor,
+    tok: EsmTokens,
+    cfg: LMTrainConfig,
+    lr: float,
+    device: str = "cpu",
+) -> float:
     """One masked-LM step (bf16 autocast by default, gradient clipped at 1); returns the loss."""
     for g in opt_.param_groups:
         g["lr"] = lr
     x = inp.to(device)
-    with torch.autocast(torch.device(device).type, dtype=getattr(torch, cfg.amp, torch.float32), enabled=cfg.amp != "none"):
+    with torch.autocast(
+        torch.device(device).type, dtype=getattr(torch, cfg.amp, torch.float32), enabled=cfg.amp != "none"
+    ):
         logits = model(input_ids=x, attention_mask=(x != tok.pad)).logits
     sel = chosen.to(device)
     loss = F.cross_entropy(logits[sel].float(), ids.to(device)[sel])

@@ -38,9 +38,16 @@ class MatchResult:
         first = self.pairs[self.pairs["rank"] == 0].set_index("feature_a")["score"]
         matched = first >= threshold
         strong_b = self.best_score_b >= threshold
-        counts = np.bincount(self.best_a_in_b[strong_b], minlength=len(first)) if strong_b.any() else np.zeros(len(first), int)
+        counts = (
+            np.bincount(self.best_a_in_b[strong_b], minlength=len(first))
+            if strong_b.any()
+            else np.zeros(len(first), int)
+        )
         return {
-            "method": self.method, "threshold": threshold, "n_features_a": int(len(first)), "n_features_b": int(len(self.best_a_in_b)),
+            "method": self.method,
+            "threshold": threshold,
+            "n_features_a": int(len(first)),
+            "n_features_b": int(len(self.best_a_in_b)),
             "match_rate": float(matched.mean()) if len(first) else 0.0,
             "median_best_score": float(first.median()) if len(first) else 0.0,
             "no_counterpart": int((~matched).sum()),
@@ -49,7 +56,9 @@ class MatchResult:
         }
 
 
-def _top_pairs(score_rows: Iterable[tuple[int, Tensor]], top: int, n_b: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def _top_pairs(
+    score_rows: Iterable[tuple[int, Tensor]], top: int, n_b: int
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Collect the top matches of each A row and, across rows, the best A row of each B column."""
     fa, rk, fb, sc = [], [], [], []
     best_b = torch.full((n_b,), -float("inf"))
@@ -154,7 +163,10 @@ def match_saes(sae_a, sae_b, sequences: list[str] = (), top: int = 5, models: di
         lm_a, lm_b = (models[s.meta["base_model"]["name"]] for s in (sae_a, sae_b))
         results.append(match_on_proteins(lm_a, sae_a, lm_b, sae_b, list(sequences), top))
     if not results:
-        raise ValueError(f"A has d_in {sae_a.d_in} and B {sae_b.d_in}: decoder cosine needs one width; pass proteins (--fasta) for activation correlation")
+        raise ValueError(
+            f"A has d_in {sae_a.d_in} and B {sae_b.d_in}: decoder cosine needs one width; pass proteins (--fasta) for"
+            " activation correlation"
+        )
     return results
 
 
@@ -202,7 +214,9 @@ MATCH_TABLE = "feature_matches"
 SUMMARY_TABLE = "match_summaries"
 
 
-def store_matches(index_path, results: list[MatchResult], other: str, threshold: float = 0.7, summaries: list[dict] | None = None) -> int:
+def store_matches(
+    index_path, results: list[MatchResult], other: str, threshold: float = 0.7, summaries: list[dict] | None = None
+) -> int:
     """Write the pairs into A's feature index (table ``feature_matches``: feature, rank, other_sae,
     other_feature, score, method, and per pair whether several features of B map to this one, the
     feature-splitting flag), replacing earlier rows for the same ``other`` SAE, so the feature
@@ -218,22 +232,42 @@ def store_matches(index_path, results: list[MatchResult], other: str, threshold:
     try:
         con = duckdb.connect(str(index_path))
     except duckdb.IOException as e:
-        raise OSError(f"cannot write the matches into {index_path}: it is open elsewhere (stop the app or the job using it): {e}") from e
+        raise OSError(
+            f"cannot write the matches into {index_path}: it is open elsewhere (stop the app or the job using it): {e}"
+        ) from e
     try:
-        con.execute(f"CREATE TABLE IF NOT EXISTS {MATCH_TABLE} (feature INTEGER, rank INTEGER, other_sae VARCHAR, other_feature INTEGER, "
-                    "score DOUBLE, method VARCHAR, split BOOLEAN)")
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {MATCH_TABLE} (feature INTEGER, rank INTEGER, other_sae VARCHAR, other_feature"
+            " INTEGER, score DOUBLE, method VARCHAR, split BOOLEAN)"
+        )
         con.execute(f"DELETE FROM {MATCH_TABLE} WHERE other_sae = ?", [other])
         con.register("_m", df)
         con.execute(f"INSERT INTO {MATCH_TABLE} SELECT * FROM _m")
         # one row a method: the match rate next to its chance level, shown above the related features
-        sm = pd.DataFrame([{"other_sae": other, "method": x["method"], "threshold": x["threshold"], "match_rate": x["match_rate"],
-                            "match_rate_live": x.get("match_rate_live"), "chance_match_rate": x.get("chance_match_rate"),
-                            "chance_match_rate_live": x.get("chance_match_rate_live"), "split_features": x["split_features"]}
-                           for x in (summaries or [r.summary(threshold) for r in results])])
-        con.execute(f"CREATE TABLE IF NOT EXISTS {SUMMARY_TABLE} (other_sae VARCHAR, method VARCHAR, threshold DOUBLE, match_rate DOUBLE, "
-                    "match_rate_live DOUBLE, chance_match_rate DOUBLE, chance_match_rate_live DOUBLE, split_features INTEGER)")
+        sm = pd.DataFrame(
+            [
+                {
+                    "other_sae": other,
+                    "method": x["method"],
+                    "threshold": x["threshold"],
+                    "match_rate": x["match_rate"],
+                    "match_rate_live": x.get("match_rate_live"),
+                    "chance_match_rate": x.get("chance_match_rate"),
+                    "chance_match_rate_live": x.get("chance_match_rate_live"),
+                    "split_features": x["split_features"],
+                }
+                for x in summaries or [r.summary(threshold) for r in results]
+            ]
+        )
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {SUMMARY_TABLE} (other_sae VARCHAR, method VARCHAR, threshold DOUBLE,"
+            " match_rate DOUBLE, match_rate_live DOUBLE, chance_match_rate DOUBLE, chance_match_rate_live DOUBLE,"
+            " split_features INTEGER)"
+        )
         con.execute(f"DELETE FROM {SUMMARY_TABLE} WHERE other_sae = ?", [other])
-        con.register("_s", sm.astype({c: "float64" for c in ("match_rate_live", "chance_match_rate", "chance_match_rate_live")}))
+        con.register(
+            "_s", sm.astype({c: "float64" for c in ("match_rate_live", "chance_match_rate", "chance_match_rate_live")})
+        )
         con.execute(f"INSERT INTO {SUMMARY_TABLE} SELECT * FROM _s")
         con.execute("CHECKPOINT")
     finally:

@@ -9,19 +9,35 @@ from pathlib import Path
 
 from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, ModelConfig, SAEConfig, TrainConfig
 
-SECTIONS = {"model": ModelConfig, "hook": HookConfig, "embed": EmbedConfig, "sae": SAEConfig, "train": TrainConfig, "eval": EvalConfig,
-            "index": IndexConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "hook": HookConfig,
+    "embed": EmbedConfig,
+    "sae": SAEConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "index": IndexConfig,
+}
 SKIPS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed": {"model": (), "hook": (), "embed": ()},
     "train": {"sae": (), "train": ()},
     "evaluate": {"eval": ()},
     # one --device (ModelConfig's) feeds every section: from_args reads ns.device for train and eval too
-    "pipeline": {"model": (), "hook": (), "embed": ("store",), "sae": (), "train": ("store", "out", "layers", "device", "parallel"), "eval": ("seed", "device")},
+    "pipeline": {
+        "model": (),
+        "hook": (),
+        "embed": ("store",),
+        "sae": (),
+        "train": ("store", "out", "layers", "device", "parallel"),
+        "eval": ("seed", "device"),
+    },
     "index": {"index": ()},
 }
 
 
-def run_pipeline(cfg: dict, out: str, progress: bool = True, on_stage=lambda stage: None, should_stop=None) -> list[Path]:
+def run_pipeline(
+    cfg: dict, out: str, progress: bool = True, on_stage=lambda stage: None, should_stop=None
+) -> list[Path]:
     """embed -> train -> evaluate into the run folder ``out``; ``on_stage(name)`` is told as each
     starts; ``should_stop`` is handed to training (checkpoint, then ``TrainInterrupted``)."""
     from .evaluate import evaluate
@@ -33,7 +49,9 @@ def run_pipeline(cfg: dict, out: str, progress: bool = True, on_stage=lambda sta
     embed = EmbedConfig(**{**asdict(cfg["embed"]), "store": str(outp / "store")})
     store = embed_fasta(embed, cfg["model"], cfg["hook"], progress=progress)
     on_stage("train")
-    tcfg = TrainConfig(**{**asdict(cfg["train"]), "store": str(store), "out": str(outp), "layers": list(cfg["hook"].layers)})
+    tcfg = TrainConfig(
+        **{**asdict(cfg["train"]), "store": str(store), "out": str(outp), "layers": list(cfg["hook"].layers)}
+    )
     dirs = train(tcfg, cfg["sae"], progress=progress, should_stop=should_stop)
     on_stage("evaluate")
     ecfg = EvalConfig(**{**asdict(cfg["eval"]), "seed": tcfg.seed})
@@ -52,9 +70,33 @@ def summary(card: dict) -> dict:
         d = card["downstream"]
         s.update({k: d[k] for k in ("ce_orig", "ce_sae", "ce_mean", "delta_ce_nats", "pct_loss_recovered") if k in d})
         if "next" in d:
-            s["next"] = {k: d["next"][k] for k in ("ce_orig", "ce_sae", "ce_mean", "ce_unigram", "ce_zero", "delta_ce_nats",
-                                                   "pct_loss_recovered", "pct_recovered_vs_zero_ablation") if k in d["next"]}
+            s["next"] = {
+                k: d["next"][k]
+                for k in (
+                    "ce_orig",
+                    "ce_sae",
+                    "ce_mean",
+                    "ce_unigram",
+                    "ce_zero",
+                    "delta_ce_nats",
+                    "pct_loss_recovered",
+                    "pct_recovered_vs_zero_ablation",
+                )
+                if k in d["next"]
+            }
         if "masked" in d:
-            s["masked"] = {k: d["masked"][k] for k in ("ce_orig", "ce_sae", "ce_mean", "ce_unigram", "ce_zero", "delta_ce_nats",
-                                                       "pct_loss_recovered", "pct_recovered_vs_zero_ablation") if k in d["masked"]}
+            s["masked"] = {
+                k: d["masked"][k]
+                for k in (
+                    "ce_orig",
+                    "ce_sae",
+                    "ce_mean",
+                    "ce_unigram",
+                    "ce_zero",
+                    "delta_ce_nats",
+                    "pct_loss_recovered",
+                    "pct_recovered_vs_zero_ablation",
+                )
+                if k in d["masked"]
+            }
     return s

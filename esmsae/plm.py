@@ -28,8 +28,17 @@ from torch import Tensor, nn
 
 from .config import ModelConfig, resolve_device
 from .lm_names import KNOWN_HUB_MODELS
-from .plm_base import (ESM_VOCAB, POOLS, EsmTokens, Hook, ModelMismatchError, ProteinLM, _Stop, length_batches,  # noqa: F401 (re-exported)
-                       pool_residues)
+from .plm_base import (  # noqa: F401 (re-exported)
+    ESM_VOCAB,
+    POOLS,
+    EsmTokens,
+    Hook,
+    ModelMismatchError,
+    ProteinLM,
+    _Stop,
+    length_batches,
+    pool_residues,
+)
 
 ESM2_HEADS = {320: 20, 480: 20, 640: 20, 1280: 20, 2560: 40, 5120: 40}
 ESMC_SIZES = {"esmc_300m": (960, 15, 30), "esmc_600m": (1152, 18, 36)}
@@ -129,7 +138,11 @@ def _esm2_from_fairesm(path: Path):
     heads = None
     mcfg = (ckpt.get("cfg") or {}).get("model") if isinstance(ckpt.get("cfg"), dict) else None
     if mcfg is not None:
-        heads = mcfg.get("encoder_attention_heads") if isinstance(mcfg, dict) else getattr(mcfg, "encoder_attention_heads", None)
+        heads = (
+            mcfg.get("encoder_attention_heads")
+            if isinstance(mcfg, dict)
+            else getattr(mcfg, "encoder_attention_heads", None)
+        )
     if heads is None and "args" in ckpt:
         heads = getattr(ckpt["args"], "encoder_attention_heads", None)
     heads = heads or ESM2_HEADS.get(d)
@@ -148,7 +161,9 @@ def _esm2_from_fairesm(path: Path):
     allowed = re.compile(r"(position_ids|position_embeddings|contact_head|lm_head\.decoder\.weight|inv_freq)")
     bad = [k for k in missing if not allowed.search(k)]
     if bad or unexpected:
-        raise ModelMismatchError(f"{path}: fair-esm checkpoint does not fit ESM-2 (missing {bad[:5]}, unexpected {list(unexpected)[:5]})")
+        raise ModelMismatchError(
+            f"{path}: fair-esm checkpoint does not fit ESM-2 (missing {bad[:5]}, unexpected {list(unexpected)[:5]})"
+        )
     return model
 
 
@@ -165,9 +180,11 @@ def _check_hub_name(name: str) -> None:
     except Exception:  # a malformed repo id: fall through to the message
         pass
     raise FileNotFoundError(
-        f"unknown protein LM {name!r}: it is not a local folder or file, not in the Hugging Face cache, and not a model esmsae "
-        f"knows. Known names: {', '.join(KNOWN_HUB_MODELS)} (downloaded from the hub, or read from its cache), esmc_300m, esmc_600m, "
-        f"unirep1900, unirep256, unirep64; or a local Hugging Face folder, a fair-esm .pt file or an ESM C .pth file.")
+        f"unknown protein LM {name!r}: it is not a local folder or file, not in the Hugging Face cache, and not a model"
+        f" esmsae knows. Known names: {', '.join(KNOWN_HUB_MODELS)} (downloaded from the hub, or read from its cache),"
+        " esmc_300m, esmc_600m, unirep1900, unirep256, unirep64; or a local Hugging Face folder, a fair-esm .pt file"
+        " or an ESM C .pth file."
+    )
 
 
 def _load_esm2(cfg: ModelConfig) -> ESM2:
@@ -234,7 +251,9 @@ def build_esmc(d_model: int, n_heads: int, n_layers: int, seed: int | None = Non
 
     if seed is not None:
         torch.manual_seed(seed)
-    return ESMC(d_model=d_model, n_heads=n_heads, n_layers=n_layers, tokenizer=EsmSequenceTokenizer(), use_flash_attn=False)
+    return ESMC(
+        d_model=d_model, n_heads=n_heads, n_layers=n_layers, tokenizer=EsmSequenceTokenizer(), use_flash_attn=False
+    )
 
 
 def _load_esmc(cfg: ModelConfig) -> ESMCAdapter:
@@ -259,7 +278,10 @@ def _load_esmc(cfg: ModelConfig) -> ESMCAdapter:
         try:
             model = LOCAL_MODEL_REGISTRY[key](torch.device(resolve_device(cfg.device)), use_flash_attn=False)
         except Exception as e:  # network or hub errors
-            raise OSError(f"could not load ESM C model {key!r} from the hub (EvolutionaryScale/{key.replace('_', '-')}-2024-12): {e}") from e
+            raise OSError(
+                f"could not load ESM C model {key!r} from the hub"
+                f" (EvolutionaryScale/{key.replace('_', '-')}-2024-12): {e}"
+            ) from e
         return ESMCAdapter(model.float(), cfg)
     raise FileNotFoundError(f"ESM C model {cfg.name!r}: not esmc_300m/esmc_600m and no such weights file")
 

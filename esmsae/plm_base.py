@@ -70,7 +70,9 @@ class ProteinLM:
     objective: str = "mlm"
     default_max_residues: int = 1022
 
-    def __init__(self, model: nn.Module, cfg: ModelConfig, vocab: Sequence[str], n_layers: int, d_model: int, tokens=None):
+    def __init__(
+        self, model: nn.Module, cfg: ModelConfig, vocab: Sequence[str], n_layers: int, d_model: int, tokens=None
+    ):
         self.model = model.eval()
         self.cfg = cfg
         self.name = cfg.name
@@ -85,7 +87,12 @@ class ProteinLM:
         self.lock = threading.RLock()
         self.tokens = tokens or EsmTokens(vocab)
         self.vocab_size = len(vocab)
-        self.cls_id, self.eos_id, self.pad_id, self.mask_id = self.tokens.cls, self.tokens.eos, self.tokens.pad, self.tokens.mask
+        self.cls_id, self.eos_id, self.pad_id, self.mask_id = (
+            self.tokens.cls,
+            self.tokens.eos,
+            self.tokens.pad,
+            self.tokens.mask,
+        )
 
     # ---------------------------------------------------------------- description
     def describe(self) -> dict:
@@ -99,7 +106,9 @@ class ProteinLM:
 
     def check_hook(self, hook: Hook) -> None:
         if hook.site not in SITES:
-            raise ModelMismatchError(f"hook site {hook.site!r} cannot be read from {self.name}: esmsae reads {', '.join(SITES)}")
+            raise ModelMismatchError(
+                f"hook site {hook.site!r} cannot be read from {self.name}: esmsae reads {', '.join(SITES)}"
+            )
         lo, hi = layer_range(hook.site, self.n_layers)
         if not lo <= hook.layer <= hi:
             raise ModelMismatchError(
@@ -108,7 +117,9 @@ class ProteinLM:
             )
 
     # ---------------------------------------------------------------- subclass API
-    def _hook_target(self, hook: Hook) -> tuple[nn.Module, Callable[[object], Tensor], Callable[[object, Tensor], object]]:
+    def _hook_target(
+        self, hook: Hook
+    ) -> tuple[nn.Module, Callable[[object], Tensor], Callable[[object, Tensor], object]]:
         raise NotImplementedError
 
     def _run(self, ids_BL: Tensor, mask_BL: Tensor) -> Tensor:
@@ -163,7 +174,9 @@ class ProteinLM:
         return out
 
     @torch.inference_mode()
-    def logits(self, ids_BL: Tensor, mask_BL: Tensor, replace: dict[Hook, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+    def logits(
+        self, ids_BL: Tensor, mask_BL: Tensor, replace: dict[Hook, Callable[[Tensor], Tensor]] | None = None
+    ) -> Tensor:
         """MLM logits, optionally replacing hooked activations ``[B, L, D]`` by ``fn(acts)``."""
         with self.lock:
             return self._logits_locked(ids_BL, mask_BL, replace)

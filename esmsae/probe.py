@@ -66,10 +66,18 @@ def tm_helix_task(shared: Path, n_train: int = 500, n_test: int = 250, max_len: 
             parts.setdefault(part, []).append((seq, y))
     test_part = max(parts)
     train = [r for p, rows in parts.items() if p != test_part for r in rows]
-    return ProbeTask("TM helix (TMbed)", "F1 (TM helix)", 2, _sample(train, n_train, seed), _sample(parts[test_part], n_test, seed + 1))
+    return ProbeTask(
+        "TM helix (TMbed)",
+        "F1 (TM helix)",
+        2,
+        _sample(train, n_train, seed),
+        _sample(parts[test_part], n_test, seed + 1),
+    )
 
 
-def secondary_structure_task(shared: Path, n_train: int = 500, n_test: int = 250, max_len: int = 1000, seed: int = 0) -> ProbeTask:
+def secondary_structure_task(
+    shared: Path, n_train: int = 500, n_test: int = 250, max_len: int = 1000, seed: int = 0
+) -> ProbeTask:
     """FLIP 3-state secondary structure (H 0, E 1, C 2; unresolved -1), split by a hash of the sequence."""
     rows = {0: [], 1: []}
     for lab in load_flip(shared / "labels_flip"):
@@ -81,7 +89,13 @@ def secondary_structure_task(shared: Path, n_train: int = 500, n_test: int = 250
                 y[a:b] = k
         half = int(hashlib.md5(b"probe-split:" + lab.sequence.encode()).hexdigest()[:8], 16) & 1
         rows[half].append((lab.sequence, y))
-    return ProbeTask("secondary structure (FLIP, 3 states)", "Q3", 3, _sample(rows[0], n_train, seed), _sample(rows[1], n_test, seed + 1))
+    return ProbeTask(
+        "secondary structure (FLIP, 3 states)",
+        "Q3",
+        3,
+        _sample(rows[0], n_train, seed),
+        _sample(rows[1], n_test, seed + 1),
+    )
 
 
 def onehot_window(seq: str, w: int) -> np.ndarray:
@@ -113,7 +127,9 @@ def _stack(task_rows, featurize: Callable[[list[str]], list[np.ndarray]], max_re
     return Xc.astype(np.float32), yc
 
 
-def fit_probe(X: np.ndarray, y: np.ndarray, n_classes: int, epochs: int = 300, lr: float = 0.01, l2: float = 1e-4, seed: int = 0):
+def fit_probe(
+    X: np.ndarray, y: np.ndarray, n_classes: int, epochs: int = 300, lr: float = 0.01, l2: float = 1e-4, seed: int = 0
+):
     """Logistic regression on standardised inputs (full-batch Adam). Returns a predict-proba function."""
     torch.manual_seed(seed)
     Xt = torch.from_numpy(X)
@@ -153,14 +169,28 @@ def score_probe(task: ProbeTask, featurize, max_train_residues: int = 60_000, se
         value = _f1(yte, (proba(Xte)[:, 1] >= thr).astype(int))
     else:
         value = float((proba(Xte).argmax(1) == yte).mean())
-    return {"value": value, "n_train_residues": int(len(ytr)), "n_test_residues": int(len(yte)), "dims": int(Xtr.shape[1])}
+    return {
+        "value": value,
+        "n_train_residues": int(len(ytr)),
+        "n_test_residues": int(len(yte)),
+        "dims": int(Xtr.shape[1]),
+    }
 
 
-def representation_card(representations: dict[str, Callable[[list[str]], list[np.ndarray]]], shared: Path, n_train: int = 500,
-                        n_test: int = 250, seed: int = 0, tasks: Sequence[ProbeTask] | None = None) -> pd.DataFrame:
+def representation_card(
+    representations: dict[str, Callable[[list[str]], list[np.ndarray]]],
+    shared: Path,
+    n_train: int = 500,
+    n_test: int = 250,
+    seed: int = 0,
+    tasks: Sequence[ProbeTask] | None = None,
+) -> pd.DataFrame:
     """One row per (task, representation): the probe's test metric. ``representations`` maps a name to
     a function from sequences to per-residue feature matrices; the one-hot windows are added here."""
-    tasks = tasks or [tm_helix_task(shared, n_train, n_test, seed=seed), secondary_structure_task(shared, n_train, n_test, seed=seed)]
+    tasks = tasks or [
+        tm_helix_task(shared, n_train, n_test, seed=seed),
+        secondary_structure_task(shared, n_train, n_test, seed=seed),
+    ]
     reps = {"one-hot window +-3 (control)": lambda seqs: [onehot_window(s, 3) for s in seqs],
             "one-hot window +-10 (control)": lambda seqs: [onehot_window(s, 10) for s in seqs], **representations}
     rows = []
@@ -192,7 +222,10 @@ def model_representations(plm, hook, sae=None) -> dict[str, Callable]:
     if sae is not None:
         def codes(seqs):
             with torch.no_grad():
-                return [sae.encode_dense(torch.from_numpy(h).to(next(sae.parameters()).device)).float().cpu().numpy() for h in layer(seqs)]
+                return [
+                    sae.encode_dense(torch.from_numpy(h).to(next(sae.parameters()).device)).float().cpu().numpy()
+                    for h in layer(seqs)
+                ]
         out[f"SAE codes ({sae.cfg.n_latents} latents)"] = codes
     return out
 
@@ -200,7 +233,9 @@ def model_representations(plm, hook, sae=None) -> dict[str, Callable]:
 REPRESENTATION = "representation.json"
 
 
-def probe_checkpoint(sae_dir, shared=None, n_train: int = 500, n_test: int = 250, seed: int = 0, plm=None) -> pd.DataFrame:
+def probe_checkpoint(
+    sae_dir, shared=None, n_train: int = 500, n_test: int = 250, seed: int = 0, plm=None
+) -> pd.DataFrame:
     """The representation card of a checkpoint's model layer and SAE codes, written to
     ``representation.json`` in the checkpoint folder (atomically) and returned."""
     import json

@@ -63,27 +63,79 @@ KNOWN_MODELS: dict[str, tuple[str, int | None, int | None]] = {
 
 # The known releases, for the app's import tab and for format detection of hub ids.
 CATALOGUE: list[dict[str, Any]] = [
-    {"source": "Elana/InterPLM-esm2-8m", "format": "interplm", "layers": [1, 2, 3, 4, 5, 6], "k": None,
-     "model": "facebook/esm2_t6_8M_UR50D", "what": "InterPLM, ESM-2 8M, 10,240 latents per layer, ReLU (features / max)"},
-    {"source": "Elana/InterPLM-esm2-650m", "format": "interplm", "layers": [1, 9, 18, 24, 30, 33], "k": None,
-     "model": "facebook/esm2_t33_650M_UR50D", "what": "InterPLM, ESM-2 650M, 10,240 latents per layer, ReLU (features / max)"},
-    {"source": "liambai/InterProt-ESM2-SAEs", "format": "interprot", "layers": [4, 8, 12, 16, 20, 24, 28, 32, 33], "k": 64,
-     "model": "facebook/esm2_t33_650M_UR50D", "what": "InterProt layer sweep, ESM-2 650M, 4,096 latents, TopK k 64 (k inferred from InterProt's viz config)"},
-    {"source": "liambai/InterProt-ESM2-SAEs", "format": "interprot", "layers": [24], "k": 128,
-     "file": "esm2_plm1280_l24_sae4096_100k.safetensors",
-     "model": "facebook/esm2_t33_650M_UR50D", "what": "InterProt 100k-sequence SAE, ESM-2 650M layer 24, 4,096 latents, k 128"},
-    {"source": "biohub/ESMC-600M-sae-layer27-k64-codebook16384", "format": "esmc", "layers": [27], "k": None,
-     "model": "esmc_600m", "what": "Biohub ESM C 600M SAE, layer 27, 16,384 latents, k 64, ships max / IDF"},
-    {"source": "biohub/ESMC-300M-sae-mlp-k64-codebook131072", "format": "esmc", "layers": [], "k": None,
-     "model": "esmc_300m", "what": "Biohub ESM C 300M residual-update SAE, 131,072 latents (imported; not runnable: residual-update hook)"},
-    {"source": "Biohub/ESMC-6B-sae-k64-codebook16384", "format": "esmc", "layers": [30, 60], "k": None,
-     "model": "esmc_6b", "what": "Biohub ESM C 6B SAEs (the 6B model is Forge-only: imported, not runnable here)"},
-    {"source": "evillegasgarcia/sae_esm2_6_l3", "format": "plm-sae", "layers": [4], "k": None,
-     "model": "facebook/esm2_t6_8M_UR50D", "what": "plm-sae, ESM-2 8M block 4 output (their layer index 3), ReLU + L1"},
+    {
+        "source": "Elana/InterPLM-esm2-8m",
+        "format": "interplm",
+        "layers": [1, 2, 3, 4, 5, 6],
+        "k": None,
+        "model": "facebook/esm2_t6_8M_UR50D",
+        "what": "InterPLM, ESM-2 8M, 10,240 latents per layer, ReLU (features / max)",
+    },
+    {
+        "source": "Elana/InterPLM-esm2-650m",
+        "format": "interplm",
+        "layers": [1, 9, 18, 24, 30, 33],
+        "k": None,
+        "model": "facebook/esm2_t33_650M_UR50D",
+        "what": "InterPLM, ESM-2 650M, 10,240 latents per layer, ReLU (features / max)",
+    },
+    {
+        "source": "liambai/InterProt-ESM2-SAEs",
+        "format": "interprot",
+        "layers": [4, 8, 12, 16, 20, 24, 28, 32, 33],
+        "k": 64,
+        "model": "facebook/esm2_t33_650M_UR50D",
+        "what": "InterProt layer sweep, ESM-2 650M, 4,096 latents, TopK k 64 (k inferred from InterProt's viz config)",
+    },
+    {
+        "source": "liambai/InterProt-ESM2-SAEs",
+        "format": "interprot",
+        "layers": [24],
+        "k": 128,
+        "file": "esm2_plm1280_l24_sae4096_100k.safetensors",
+        "model": "facebook/esm2_t33_650M_UR50D",
+        "what": "InterProt 100k-sequence SAE, ESM-2 650M layer 24, 4,096 latents, k 128",
+    },
+    {
+        "source": "biohub/ESMC-600M-sae-layer27-k64-codebook16384",
+        "format": "esmc",
+        "layers": [27],
+        "k": None,
+        "model": "esmc_600m",
+        "what": "Biohub ESM C 600M SAE, layer 27, 16,384 latents, k 64, ships max / IDF",
+    },
+    {
+        "source": "biohub/ESMC-300M-sae-mlp-k64-codebook131072",
+        "format": "esmc",
+        "layers": [],
+        "k": None,
+        "model": "esmc_300m",
+        "what": "Biohub ESM C 300M residual-update SAE, 131,072 latents (imported; not runnable: residual-update hook)",
+    },
+    {
+        "source": "Biohub/ESMC-6B-sae-k64-codebook16384",
+        "format": "esmc",
+        "layers": [30, 60],
+        "k": None,
+        "model": "esmc_6b",
+        "what": "Biohub ESM C 6B SAEs (the 6B model is Forge-only: imported, not runnable here)",
+    },
+    {
+        "source": "evillegasgarcia/sae_esm2_6_l3",
+        "format": "plm-sae",
+        "layers": [4],
+        "k": None,
+        "model": "facebook/esm2_t6_8M_UR50D",
+        "what": "plm-sae, ESM-2 8M block 4 output (their layer index 3), ReLU + L1",
+    },
 ]
 
-_HUB_FORMATS = [(re.compile(r"^elana/interplm", re.I), "interplm"), (re.compile(r"^liambai/interprot", re.I), "interprot"),
-                (re.compile(r"^biohub/esmc-.*sae", re.I), "esmc"), (re.compile(r"^evillegasgarcia/sae_esm2", re.I), "plm-sae")]
+_HUB_FORMATS = [
+    (re.compile(r"^elana/interplm", re.I), "interplm"),
+    (re.compile(r"^liambai/interprot", re.I), "interprot"),
+    (re.compile(r"^biohub/esmc-.*sae", re.I), "esmc"),
+    (re.compile(r"^evillegasgarcia/sae_esm2", re.I), "plm-sae"),
+]
 
 
 class ImportError_(ValueError):
@@ -123,9 +175,16 @@ class Canonical:
         self.b_enc_F = _f32(self.b_enc_F)
         self.b_dec_D = _f32(self.b_dec_D)
         d, Fn = self.W_enc_DF.shape
-        for name, t, shape in (("W_dec", self.W_dec_FD, (Fn, d)), ("b_enc", self.b_enc_F, (Fn,)), ("b_dec", self.b_dec_D, (d,))):
+        for name, t, shape in (
+            ("W_dec", self.W_dec_FD, (Fn, d)),
+            ("b_enc", self.b_enc_F, (Fn,)),
+            ("b_dec", self.b_dec_D, (d,)),
+        ):
             if tuple(t.shape) != shape:
-                raise ImportError_(f"{self.fmt}: tensor {name} has shape {tuple(t.shape)}, expected {shape} for W_enc {tuple(self.W_enc_DF.shape)} [d_in, latents]")
+                raise ImportError_(
+                    f"{self.fmt}: tensor {name} has shape {tuple(t.shape)}, expected {shape} for W_enc"
+                    f" {tuple(self.W_enc_DF.shape)} [d_in, latents]"
+                )
 
     @property
     def d_in(self) -> int:
@@ -174,7 +233,9 @@ def _read_interplm(path: Path, opts: dict) -> Canonical:
         c.display_note = "per-feature max recovered from InterPLM's ae_normalized.pt (decoder column norm ratio)"
     fac = sd.get("activation_rescale_factor")
     if fac is not None and not torch.all(fac == 1):
-        c.notes.append("InterPLM v1 activation_rescale_factor present: raw features are imported; the factor is not applied")
+        c.notes.append(
+            "InterPLM v1 activation_rescale_factor present: raw features are imported; the factor is not applied"
+        )
     return c
 
 
@@ -192,14 +253,28 @@ def _read_interprot(path: Path, opts: dict) -> Canonical:
     if not k:
         raise ImportError_(f"{path.name}: InterProt files do not store k; pass --k (64 for the layer-sweep files "
                            "esm2_plm1280_l*_sae4096.safetensors, 128 for esm2_plm1280_l24_sae4096_100k.safetensors)")
-    c = Canonical("interprot", sd["w_enc"], sd["b_enc"], sd["w_dec"], sd["b_pre"], "topk", k=int(k), normalize="layernorm_eps",
-                  bos_eos="included in training and encode (BOS/EOS rows dropped after encoding); the per-token "
-                  "normalisation makes residue features independent of them", files=[path])
+    c = Canonical(
+        "interprot",
+        sd["w_enc"],
+        sd["b_enc"],
+        sd["w_dec"],
+        sd["b_pre"],
+        "topk",
+        k=int(k),
+        normalize="layernorm_eps",
+        bos_eos=(
+            "included in training and encode (BOS/EOS rows dropped after encoding); the per-token "
+            "normalisation makes residue features independent of them"
+        ),
+        files=[path],
+    )
     m = _INTERPROT_NAME.search(path.name)
     if m:
         d, layer, Fn = map(int, m.groups())
         if (d, Fn) != (c.d_in, c.n_latents):
-            raise ImportError_(f"{path.name}: the name says d {d} and {Fn} latents, the tensors have {c.d_in} and {c.n_latents}")
+            raise ImportError_(
+                f"{path.name}: the name says d {d} and {Fn} latents, the tensors have {c.d_in} and {c.n_latents}"
+            )
         c.layer = layer
     c.notes.append("InterProt's feature pages used Hugging Face EsmModel activations (with the 0.88 token-dropout "
                    "rescale, as esmsae); its steering/inference endpoints used fair-esm without it")
@@ -214,7 +289,11 @@ def _read_esmc(folder: Path, opts: dict) -> Canonical:
         raise ImportError_(f"{folder}: a Biohub ESM C SAE repo needs config.json")
     cfg = json.loads(cfgp.read_text())
     layers = [int(x) for x in cfg.get("available_layers", [])]
-    files = {int(m.group(1)): p for p in folder.glob("layer_*.safetensors") if (m := re.match(r"layer_(\d+)\.safetensors$", p.name))}
+    files = {
+        int(m.group(1)): p
+        for p in folder.glob("layer_*.safetensors")
+        if (m := re.match(r"layer_(\d+)\.safetensors$", p.name))
+    }
     layer = opts.get("layer")
     if layer is None:
         cands = sorted(set(layers) & set(files)) or sorted(files)
@@ -231,22 +310,38 @@ def _read_esmc(folder: Path, opts: dict) -> Canonical:
     if not k:
         raise ImportError_(f"{cfgp}: no k in config.json; pass --k")
     Fn = sd["W_enc"].shape[1]
-    c = Canonical("esmc", sd["W_enc"], torch.zeros(Fn), sd["W_dec"], sd["b_dec"], "topk", k=k, normalize="layernorm_eps",
-                  decode_denormalize=False, layer=layer, files=[cfgp, files[layer]],
-                  bos_eos="included (Biohub encodes every non-padding token; esmsae drops the BOS/EOS rows)")
+    c = Canonical(
+        "esmc",
+        sd["W_enc"],
+        torch.zeros(Fn),
+        sd["W_dec"],
+        sd["b_dec"],
+        "topk",
+        k=k,
+        normalize="layernorm_eps",
+        decode_denormalize=False,
+        layer=layer,
+        files=[cfgp, files[layer]],
+        bos_eos="included (Biohub encodes every non-padding token; esmsae drops the BOS/EOS rows)",
+    )
     name = opts.get("source_name", folder.name)
     update = bool(cfg.get("use_residual_update_instead_of_states")) or "-mlp-" in name.lower()
     if update:
         # trained on h[N] - h[N-1]; esmsae's hooks read states, not updates
         c.site = "resid_update"
-        c.notes.append("residual-update SAE (h[N] - h[N-1]; the '-mlp-' repos carry no flag, so it is set from the name): "
-                       "imported and encodable, but esmsae has no residual-update hook to run it on a model")
+        c.notes.append(
+            "residual-update SAE (h[N] - h[N-1]; the '-mlp-' repos carry no flag, so it is set from the name): "
+            "imported and encodable, but esmsae has no residual-update hook to run it on a model"
+        )
     mx, idf = sd.get("max"), sd.get("idf")
     if mx is not None or idf is not None:
         c.display_max, c.display_idf = mx, idf
         trivial = (mx is None or torch.all(mx == 1)) and (idf is None or torch.all(idf == 1))
-        c.display_note = ("Biohub's shipped max / idf are all ones (as the 300M shards): no reference scaling" if trivial
-                          else "Biohub's shipped per-feature max and IDF (features / max x idf is their 'TF-IDF' scale)")
+        c.display_note = (
+            "Biohub's shipped max / idf are all ones (as the 300M shards): no reference scaling"
+            if trivial
+            else "Biohub's shipped per-feature max and IDF (features / max x idf is their 'TF-IDF' scale)"
+        )
     if cfg.get("d_model") and int(cfg["d_model"]) != c.d_in:
         raise ImportError_(f"{cfgp}: d_model {cfg['d_model']} but layer_{layer}.safetensors has width {c.d_in}")
     m = re.search(r"esmc-(\d+[mb])", name, re.I)
@@ -270,8 +365,16 @@ def _read_plm_sae(folder: Path, opts: dict) -> Canonical:
     need = {"W_enc", "W_dec", "b_enc", "b_dec"}
     if not need <= set(sd):
         raise ImportError_(f"{wp}: not a plm-sae AutoEncoder (needs {sorted(need)}, has {sorted(sd)})")
-    c = Canonical("plm-sae", sd["W_enc"], sd["b_enc"], sd["W_dec"], sd["b_dec"], "relu", files=[p for p in (cfgp, wp) if p.exists()],
-                  bos_eos="included (plm-sae's inference encodes <cls> and <eos> rows too; esmsae drops them)")
+    c = Canonical(
+        "plm-sae",
+        sd["W_enc"],
+        sd["b_enc"],
+        sd["W_dec"],
+        sd["b_dec"],
+        "relu",
+        files=[p for p in (cfgp, wp) if p.exists()],
+        bos_eos="included (plm-sae's inference encodes <cls> and <eos> rows too; esmsae drops them)",
+    )
     if cfg.get("act_size") and int(cfg["act_size"]) != c.d_in:
         raise ImportError_(f"{cfgp}: act_size {cfg['act_size']} but the weights have width {c.d_in}")
     # plm-sae hooks model.esm.encoder.layer[i].output: the output of block i + 1 (esmsae layer i + 1)
@@ -304,12 +407,28 @@ def _read_esm_sae(path: Path, opts: dict) -> Canonical:
         m = re.search(r"_k(\d+)", str(path.parent.name) + "_" + path.stem)
         k = int(m.group(1)) if m else None
     if k is None:
-        raise ImportError_(f"{path}: esm-sae files do not store k; pass --k (the run folder name L3840_k32 means k 32; --k 0 for plain ReLU)")
+        raise ImportError_(
+            f"{path}: esm-sae files do not store k; pass --k (the run folder name L3840_k32 means k 32; --k 0 for plain"
+            " ReLU)"
+        )
     if not opts.get("model"):
-        raise ImportError_(f"{path}: esm-sae files do not store the base model; pass --model (esm-sae's default is esmc_300m)")
+        raise ImportError_(
+            f"{path}: esm-sae files do not store the base model; pass --model (esm-sae's default is esmc_300m)"
+        )
     norm = {"none": "none", "layernorm": "layernorm_biased_eps"}[opts.get("input_norm") or "none"]
-    c = Canonical("esm-sae", enc, lb, dec, pb, "topk" if k else "relu", k=int(k), normalize=norm, files=[path], pool="last",
-                  bos_eos="per-protein: esm-sae embeds the last residue's vector of the final (post-norm) layer")
+    c = Canonical(
+        "esm-sae",
+        enc,
+        lb,
+        dec,
+        pb,
+        "topk" if k else "relu",
+        k=int(k),
+        normalize=norm,
+        files=[path],
+        pool="last",
+        bos_eos="per-protein: esm-sae embeds the last residue's vector of the final (post-norm) layer",
+    )
     c.notes.append("esm-sae is a per-protein SAE on ESM C's final post-norm output at the last residue "
                    "(use `esmsae embed --pool last`); its metadata has no k, model or normalisation flag")
     return c
@@ -338,12 +457,16 @@ def _read_saelens(folder: Path, opts: dict) -> Canonical:
     cfg = json.loads((folder / "cfg.json").read_text())
     sd = load_file(str(folder / "sae_weights.safetensors"))
     meta = cfg.get("metadata", {}) or {}
-    arch = cfg.get("architecture") or {"relu": "standard", "topk": "topk"}.get(cfg.get("activation_fn_str", "relu"), "standard")
+    arch = cfg.get("architecture") or {"relu": "standard", "topk": "topk"}.get(
+        cfg.get("activation_fn_str", "relu"), "standard"
+    )
     k = int(cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k") or 0)
     W_enc, W_dec, b_dec = sd["W_enc"].float(), sd["W_dec"].float(), sd["b_dec"].float()
     b_enc = sd.get("b_enc", torch.zeros(W_enc.shape[1])).float()
     if arch not in ("standard", "topk", "jumprelu"):
-        raise ImportError_(f"{folder / 'cfg.json'}: SAELens architecture {arch!r} is not supported (standard, topk, jumprelu are)")
+        raise ImportError_(
+            f"{folder / 'cfg.json'}: SAELens architecture {arch!r} is not supported (standard, topk, jumprelu are)"
+        )
     files = [folder / "cfg.json", folder / "sae_weights.safetensors"]
     notes = []
     if not cfg.get("apply_b_dec_to_input", True):
@@ -361,13 +484,27 @@ def _read_saelens(folder: Path, opts: dict) -> Canonical:
     if normalize == "scalar":
         sp = folder / "activation_scaler.json"
         if not sp.exists():
-            raise ImportError_(f"{folder}: normalize_activations {norm_key!r} needs its scaling factor (activation_scaler.json), "
-                               "which SAELens writes only into training checkpoints; the inference SAE has it folded in")
+            raise ImportError_(
+                f"{folder}: normalize_activations {norm_key!r} needs its scaling factor (activation_scaler.json), "
+                "which SAELens writes only into training checkpoints; the inference SAE has it folded in"
+            )
         scale = float(json.loads(sp.read_text())["scaling_factor"])
         files.append(sp)
-    c = Canonical("saelens", W_enc, b_enc, W_dec, b_dec, {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}[arch],
-                  k=k, normalize=normalize, norm_scale=scale, threshold=sd.get("threshold"), files=files, notes=notes,
-                  model=str(meta.get("model_name") or cfg.get("model_name") or ""))
+    c = Canonical(
+        "saelens",
+        W_enc,
+        b_enc,
+        W_dec,
+        b_dec,
+        {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}[arch],
+        k=k,
+        normalize=normalize,
+        norm_scale=scale,
+        threshold=sd.get("threshold"),
+        files=files,
+        notes=notes,
+        model=str(meta.get("model_name") or cfg.get("model_name") or ""),
+    )
     hook = str(meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point") or "")
     if meta.get("esmsae_layer") is not None:  # written by esmsae's own export
         c.layer, c.site = int(meta["esmsae_layer"]), str(meta.get("esmsae_site", "resid"))
@@ -375,7 +512,12 @@ def _read_saelens(folder: Path, opts: dict) -> Canonical:
         c.layer, c.site = _hook_to_layer(hook)
         c.notes.append(f"SAELens hook {hook!r}")
     bos = meta.get("exclude_special_tokens", meta.get("prepend_bos"))
-    c.bos_eos = f"SAELens metadata: prepend_bos={meta.get('prepend_bos')}, exclude_special_tokens={meta.get('exclude_special_tokens')}" if bos is not None else c.bos_eos
+    c.bos_eos = (
+        f"SAELens metadata: prepend_bos={meta.get('prepend_bos')},"
+        f" exclude_special_tokens={meta.get('exclude_special_tokens')}"
+        if bos is not None
+        else c.bos_eos
+    )
     return c
 
 
@@ -385,7 +527,9 @@ def _read_sparsify(folder: Path, opts: dict) -> Canonical:
     cfg = json.loads((folder / "cfg.json").read_text())
     sd = load_file(str(folder / "sae.safetensors"))
     if cfg.get("activation", "topk") != "topk":
-        raise ImportError_(f"{folder / 'cfg.json'}: sparsify activation {cfg.get('activation')!r} is not supported (topk is)")
+        raise ImportError_(
+            f"{folder / 'cfg.json'}: sparsify activation {cfg.get('activation')!r} is not supported (topk is)"
+        )
     if cfg.get("skip_connection") or "W_skip" in sd:
         raise ImportError_(f"{folder}: sparsify skip connections (W_skip) are not supported: esmsae's decoder has none")
     W_enc = sd["encoder.weight"].float().T
@@ -393,8 +537,20 @@ def _read_sparsify(folder: Path, opts: dict) -> Canonical:
     notes = []
     if cfg.get("transcode"):
         b_enc = _fold_no_input_bias(W_enc, b_enc, b_dec)
-        notes.append("transcoder: the input is not centred by b_dec (folded into b_enc); its reconstruction targets another site")
-    c = Canonical("sparsify", W_enc, b_enc, W_dec, b_dec, "topk", k=int(cfg["k"]), files=[folder / "cfg.json", folder / "sae.safetensors"], notes=notes)
+        notes.append(
+            "transcoder: the input is not centred by b_dec (folded into b_enc); its reconstruction targets another site"
+        )
+    c = Canonical(
+        "sparsify",
+        W_enc,
+        b_enc,
+        W_dec,
+        b_dec,
+        "topk",
+        k=int(cfg["k"]),
+        files=[folder / "cfg.json", folder / "sae.safetensors"],
+        notes=notes,
+    )
     c.layer, c.site = _hook_to_layer(folder.name)
     run = folder.parent / "config.json"
     if run.exists():
@@ -423,9 +579,15 @@ def detect_format(path: Path) -> str:
                 keys = set(f.keys())
             if {"w_enc", "b_pre"} <= keys:
                 return "interprot"
-            if path.name == "sae.safetensors" or re.match(r"layer_\d+\.safetensors$", path.name) or path.name == "sae_weights.safetensors":
+            if (
+                path.name == "sae.safetensors"
+                or re.match(r"layer_\d+\.safetensors$", path.name)
+                or path.name == "sae_weights.safetensors"
+            ):
                 return detect_format(path.parent)
-        raise ImportError_(f"{path}: cannot tell which published SAE format this file is; pass --format ({', '.join(FORMATS)})")
+        raise ImportError_(
+            f"{path}: cannot tell which published SAE format this file is; pass --format ({', '.join(FORMATS)})"
+        )
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if (path / "sae.safetensors").exists() and (path / "cfg.json").exists():
@@ -449,8 +611,10 @@ def detect_format(path: Path) -> str:
         return "interplm"
     if any(path.glob("esm2_plm*_sae*.safetensors")):
         return "interprot"
-    raise ImportError_(f"{path}: no known SAE layout found (looked for cfg.json + sae.safetensors, sae_weights.safetensors, "
-                       "config.json + layer_N.safetensors, layer_N/ae_*.pt, esm2_plm*_sae*.safetensors); pass --format")
+    raise ImportError_(
+        f"{path}: no known SAE layout found (looked for cfg.json + sae.safetensors, sae_weights.safetensors, "
+        "config.json + layer_N.safetensors, layer_N/ae_*.pt, esm2_plm*_sae*.safetensors); pass --format"
+    )
 
 
 def _pick_file(folder: Path, fmt: str, opts: dict) -> Path:
@@ -465,7 +629,9 @@ def _pick_file(folder: Path, fmt: str, opts: dict) -> Path:
         if layer is None:
             found = sorted(folder.glob("layer_*/ae_normalized.pt"))
             if len(found) != 1:
-                raise ImportError_(f"{folder}: pass --layer N (InterPLM ships one SAE per layer: {[p.parent.name for p in found]})")
+                raise ImportError_(
+                    f"{folder}: pass --layer N (InterPLM ships one SAE per layer: {[p.parent.name for p in found]})"
+                )
             return found[0]
         for name in ("ae_normalized.pt", "ae_unnormalized.pt"):
             if (folder / f"layer_{layer}" / name).exists():
@@ -477,8 +643,10 @@ def _pick_file(folder: Path, fmt: str, opts: dict) -> Path:
         plain = [p for p in found if "_100k" not in p.name]
         found = plain or found
         if len(found) != 1:
-            raise ImportError_(f"{folder}: {'pass --layer N or --file NAME' if found else 'no InterProt file for layer ' + str(layer)}"
-                               f" ({[p.name for p in found]})")
+            raise ImportError_(
+                f"{folder}: {'pass --layer N or --file NAME' if found else 'no InterProt file for layer ' + str(layer)}"
+                f" ({[p.name for p in found]})"
+            )
         return found[0]
     if fmt in ("saelens", "sparsify"):
         mark = "sae_weights.safetensors" if fmt == "saelens" else "sae.safetensors"
@@ -486,7 +654,9 @@ def _pick_file(folder: Path, fmt: str, opts: dict) -> Path:
         if layer is not None:
             found = [p for p in found if _hook_to_layer(p.name)[0] == layer] or found
         if len(found) != 1:
-            raise ImportError_(f"{folder}: several SAEs {[str(p.relative_to(folder)) for p in found]}; pass --file SUBFOLDER")
+            raise ImportError_(
+                f"{folder}: several SAEs {[str(p.relative_to(folder)) for p in found]}; pass --file SUBFOLDER"
+            )
         return found[0]
     return folder
 
@@ -510,7 +680,9 @@ def fetch_hub(repo_id: str, fmt: str | None, opts: dict) -> Path:
             return Path(hf_hub_download(repo_id, f"layer_{layer}/ae_normalized.pt"))
         elif fmt == "interprot":
             if layer is None:
-                raise ImportError_(f"{repo_id}: pass --layer N (InterProt files: esm2_plm1280_l{{4,8,...,33}}_sae4096.safetensors)")
+                raise ImportError_(
+                    f"{repo_id}: pass --layer N (InterProt files: esm2_plm1280_l{{4,8,...,33}}_sae4096.safetensors)"
+                )
             pats = [f"*_l{layer}_*.safetensors"]
         elif fmt == "esmc":
             cfg = json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
@@ -526,8 +698,10 @@ def fetch_hub(repo_id: str, fmt: str | None, opts: dict) -> Path:
     except ImportError_:
         raise
     except Exception as e:  # huggingface_hub: offline without a cache, no such repo/file, network
-        raise OSError(f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
-                      "Without internet, put the repo in the Hugging Face cache (HF_HOME) or pass a local file/folder.") from None
+        raise OSError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            "Without internet, put the repo in the Hugging Face cache (HF_HOME) or pass a local file/folder."
+        ) from None
 
 
 def _is_hub_id(source: str) -> bool:
@@ -634,7 +808,9 @@ def canonical_meta(c: Canonical) -> dict[str, Any]:
         "provenance": {
             "source": c.source,
             "format": c.fmt,
-            "files": [{"name": p.name, "sha256": _sha256(p), "bytes": p.stat().st_size} for p in c.files if p.is_file()],
+            "files": [
+                {"name": p.name, "sha256": _sha256(p), "bytes": p.stat().st_size} for p in c.files if p.is_file()
+            ],
             "imported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "imported_by": f"esmsae {__version__}",
             "notes": c.notes,
@@ -700,29 +876,50 @@ def export_sae(folder: str | os.PathLike, out: str | os.PathLike, fmt: str) -> P
     if fmt == "saelens":
         sl_norm = {"none": "none", "layernorm_eps": "layer_norm", "unit_norm_sqrt_d": "constant_norm_rescale"}.get(norm)
         if sl_norm is None:
-            raise ImportError_(f"{folder}: normalisation {norm!r} has no SAELens equivalent (none, layernorm_eps, unit_norm_sqrt_d do)")
+            raise ImportError_(
+                f"{folder}: normalisation {norm!r} has no SAELens equivalent (none, layernorm_eps, unit_norm_sqrt_d do)"
+            )
         tensors = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
         sl_arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[arch]
         if arch == "jumprelu":
             tensors["threshold"] = sae.threshold.detach().float()
         elif arch == "batchtopk":  # SAELens saves BatchTopK SAEs as JumpReLU with one shared threshold
             tensors["threshold"] = torch.full((Fn,), float(sae.threshold))
-        cfg = {"d_in": d, "d_sae": Fn, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
-               "normalize_activations": sl_norm, "reshape_activations": "none", "architecture": sl_arch,
-               "metadata": {"model_name": model, "hook_name": f"blocks.{layer - 1}.hook_resid_post" if site == "resid" and layer else f"L{layer}_{site}",
-                            "prepend_bos": True, "exclude_special_tokens": True, "esmsae_layer": layer, "esmsae_site": site,
-                            "esmsae_source": str(folder)}}
+        cfg = {
+            "d_in": d,
+            "d_sae": Fn,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": True,
+            "normalize_activations": sl_norm,
+            "reshape_activations": "none",
+            "architecture": sl_arch,
+            "metadata": {
+                "model_name": model,
+                "hook_name": f"blocks.{layer - 1}.hook_resid_post" if site == "resid" and layer else f"L{layer}_{site}",
+                "prepend_bos": True,
+                "exclude_special_tokens": True,
+                "esmsae_layer": layer,
+                "esmsae_site": site,
+                "esmsae_source": str(folder),
+            },
+        }
         if arch == "topk":
             cfg.update({"k": sae.cfg.k, "rescale_acts_by_decoder_norm": False})
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "sae_weights.safetensors"))
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
     elif fmt == "sparsify":
         if arch != "topk" or norm != "none":
-            raise ImportError_(f"{folder}: sparsify SAEs are TopK with no input normalisation; this SAE is {arch} with {norm!r}")
+            raise ImportError_(
+                f"{folder}: sparsify SAEs are TopK with no input normalisation; this SAE is {arch} with {norm!r}"
+            )
         hook = f"encoder.layer.{layer - 1}" if site == "resid" and layer else f"L{layer}_{site}"
         sub = tmp / hook
         sub.mkdir()
-        save_file({"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec}, str(sub / "sae.safetensors"))
+        save_file(
+            {"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec},
+            str(sub / "sae.safetensors"),
+        )
         cfg = {"activation": "topk", "expansion_factor": max(1, Fn // d), "normalize_decoder": True, "num_latents": Fn,
                "k": sae.cfg.k, "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": d}
         (sub / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -753,5 +950,18 @@ def parse_optional_int(text: str, field_name: str) -> int | None:
     return v
 
 
-__all__ = ["FORMATS", "CATALOGUE", "KNOWN_MODELS", "Canonical", "ImportError_", "detect_format", "read_source", "to_sae",
-           "import_sae", "load_any", "export_sae", "import_catalogue", "parse_optional_int"]
+__all__ = [
+    "FORMATS",
+    "CATALOGUE",
+    "KNOWN_MODELS",
+    "Canonical",
+    "ImportError_",
+    "detect_format",
+    "read_source",
+    "to_sae",
+    "import_sae",
+    "load_any",
+    "export_sae",
+    "import_catalogue",
+    "parse_optional_int",
+]

@@ -94,7 +94,11 @@ def parse_structure(text: str, fmt: str) -> dict[str, tuple[str, list[int]]]:
     chains = {}
     for ch in models[0]:
         # standard residues, plus modified amino acids written as HETATM (e.g. TPO), as in the atom sequence
-        res = [r for r in ch if (r.id[0] == " " and is_aa(r, standard=False)) or (r.id[0].startswith("H_") and "CA" in r and "N" in r)]
+        res = [
+            r
+            for r in ch
+            if (r.id[0] == " " and is_aa(r, standard=False)) or (r.id[0].startswith("H_") and "CA" in r and "N" in r)
+        ]
         if res:
             seq = "".join(seq1(r.get_resname(), undef_code="X") for r in res)
             chains[ch.id] = (seq, [f"{r.id[1]}{r.id[2].strip()}" for r in res])
@@ -146,8 +150,10 @@ def truncation_warnings(text: str, fmt: str, chains: dict[str, tuple[str, list]]
                     e = parts[cols.index("entity_id")]
                     declared[e] = declared.get(e, 0) + 1
         if declared and n_res and max(n_res.values()) < 0.5 * min(declared.values()):
-            out.append(f"its polymer entities declare {min(declared.values())}-{max(declared.values())} residues, but the longest chain "
-                       f"has atoms for {max(n_res.values())}")
+            out.append(
+                f"its polymer entities declare {min(declared.values())}-{max(declared.values())} residues, but the"
+                f" longest chain has atoms for {max(n_res.values())}"
+            )
     else:
         if lines and not last.startswith(("END", "MASTER", "CONECT", "ENDMDL", "TER")):
             short = last.startswith(("ATOM", "HETATM")) and len(last) < 54
@@ -175,12 +181,14 @@ def structure_html(text: str, fmt: str, chain: str, resi: list[int], values: np.
 <style>html,body{{margin:0;height:100%;background:#fff}}#v{{width:100%;height:{height}px;position:relative}}
 #err{{font:14px sans-serif;color:#a00;padding:8px}}</style></head><body><div id="v"></div><div id="err"></div><script>
 (function(){{
-  if (typeof $3Dmol === "undefined") {{ document.getElementById("err").textContent = {script_json("3Dmol.js could not be loaded from " + js_src)}; return; }}
+  var missing = {script_json("3Dmol.js could not be loaded from " + js_src)};
+  if (typeof $3Dmol === "undefined") {{ document.getElementById("err").textContent = missing; return; }}
   var v = $3Dmol.createViewer(document.getElementById("v"), {{backgroundColor: "white"}});
   v.addModel({payload}, "{'cif' if fmt in ('cif', 'mmcif') else 'pdb'}");
   var colors = {script_json(colors)};
   v.setStyle({{}}, {{}});  // other chains hidden: the view is about this chain
-  v.setStyle({{chain: {script_json(chain)}, hetflag: false}}, {{cartoon: {{colorfunc: function(a) {{ return colors[String(a.resi) + (a.icode ? String(a.icode).trim() : "")] || "#f2f2f2"; }}}}}});
+  var colorOf = function(a) {{ return colors[String(a.resi) + (a.icode ? String(a.icode).trim() : "")] || "#f2f2f2"; }};
+  v.setStyle({{chain: {script_json(chain)}, hetflag: false}}, {{cartoon: {{colorfunc: colorOf}}}});
   v.zoomTo({{chain: {script_json(chain)}}}); v.render();
   window.esmsaeViewer = v;
 }})();
@@ -209,8 +217,11 @@ def track_html(sequence: str, positions, values, vmax: float, highlight: int | N
         style = f"background:{_hex(v / vmax)}" + (";outline:2px solid #333" if highlight == i else "")
         cells.append(f'<span title="{html.escape(aa)}{i + 1}: {v:.3f}" style="{style}">{html.escape(aa)}</span>')
     head = f'<div class="esmsae-track-title">{html.escape(title)}</div>' if title else ""
-    return (f'{head}<div class="esmsae-track" style="font-family:monospace;font-size:12px;line-height:1.5;word-break:break-all;'
-            f'letter-spacing:0.5px">{"".join(cells)}</div>')
+    return (
+        f'{head}<div class="esmsae-track"'
+        ' style="font-family:monospace;font-size:12px;line-height:1.5;word-break:break-all;'
+        f'letter-spacing:0.5px">{"".join(cells)}</div>'
+    )
 
 
 def freq_histogram(features: pd.DataFrame):
@@ -227,8 +238,12 @@ def steer_figure(delta_L20: np.ndarray, sequence: str, feature: int):
     steered minus original log-probability, residues x the 20 amino acids."""
     from .fasta import STANDARD
 
-    m = pd.DataFrame(np.asarray(delta_L20).T, index=list(STANDARD), columns=[f"{a}{i + 1}" for i, a in enumerate(sequence)])
-    return heatmap(m, f"Δ log-probability, steering feature {feature}", xlab="residue", ylab="amino acid", diverging=True)
+    m = pd.DataFrame(
+        np.asarray(delta_L20).T, index=list(STANDARD), columns=[f"{a}{i + 1}" for i, a in enumerate(sequence)]
+    )
+    return heatmap(
+        m, f"Δ log-probability, steering feature {feature}", xlab="residue", ylab="amino acid", diverging=True
+    )
 
 
 def lm_curve_figure(curve: pd.DataFrame):
@@ -239,9 +254,13 @@ def lm_curve_figure(curve: pd.DataFrame):
     fig = go.Figure()
     x = curve["tokens"] / 1e6
     fig.add_scatter(x=x, y=curve["masked_ppl"], mode="lines+markers", name="protein LM (<mask> positions)")
-    fig.add_scatter(x=x, y=curve["masked_unigram_ppl"], mode="lines", name="unigram (residue frequencies)", line=dict(dash="dash"))
+    fig.add_scatter(
+        x=x, y=curve["masked_unigram_ppl"], mode="lines", name="unigram (residue frequencies)", line=dict(dash="dash")
+    )
     if "masked_neighbour_ppl" in curve:
-        fig.add_scatter(x=x, y=curve["masked_neighbour_ppl"], mode="lines", name="two neighbouring residues", line=dict(dash="dot"))
+        fig.add_scatter(
+            x=x, y=curve["masked_neighbour_ppl"], mode="lines", name="two neighbouring residues", line=dict(dash="dot")
+        )
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), title="Held-out perplexity at <mask> positions",
                       xaxis_title="training tokens of this run (M)", yaxis_title="perplexity")
     return fig
@@ -251,16 +270,25 @@ def feature_map(index, color: str = "best_concept"):
     """UMAP of decoder directions, one WebGL point per feature."""
     import plotly.express as px
 
-    df = index.q("SELECT feature, umap_x, umap_y, best_concept, best_f1, freq_residue, cluster, dead, label FROM features")
+    df = index.q(
+        "SELECT feature, umap_x, umap_y, best_concept, best_f1, freq_residue, cluster, dead, label FROM features"
+    )
     df["log10_freq"] = np.log10(df["freq_residue"].clip(lower=1e-7))
     df["best_concept"] = np.where(df["best_f1"] > 0.5, df["best_concept"], "(none > 0.5)")
     df["state"] = np.where(df["dead"], "dead", "live")
     df["cluster"] = df["cluster"].astype(str)
     c = {"frequency": "log10_freq", "cluster": "cluster", "dead": "state"}.get(color, "best_concept")
-    fig = px.scatter(df, x="umap_x", y="umap_y", color=c, hover_data=["feature", "label", "best_f1", "freq_residue", "cluster"],
-                     render_mode="webgl", custom_data=["feature"],
-                     labels={"log10_freq": "log10 frequency", "best_concept": "best concept", "state": ""},
-                     color_discrete_sequence=px.colors.qualitative.Dark24)
+    fig = px.scatter(
+        df,
+        x="umap_x",
+        y="umap_y",
+        color=c,
+        hover_data=["feature", "label", "best_f1", "freq_residue", "cluster"],
+        render_mode="webgl",
+        custom_data=["feature"],
+        labels={"log10_freq": "log10 frequency", "best_concept": "best concept", "state": ""},
+        color_discrete_sequence=px.colors.qualitative.Dark24,
+    )
     fig.update_traces(marker=dict(size=4))
     # many categories (40 clusters, dozens of concepts): a compact legend beside the map, or none for clusters
     fig.update_layout(height=520, margin=dict(l=10, r=10, t=30, b=10), title="Feature map (UMAP of decoder directions)",
@@ -271,9 +299,20 @@ def feature_map(index, color: str = "best_concept"):
 def activation_hist(hist: pd.DataFrame):
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Bar(x=np.sqrt(hist["bin_lo"].clip(lower=1e-4) * hist["bin_hi"]), y=hist["count"], width=(hist["bin_hi"] - hist["bin_lo"])))
-    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Activation histogram (residues)", xaxis_title="activation",
-                      yaxis_title="residues")
+    fig = go.Figure(
+        go.Bar(
+            x=np.sqrt(hist["bin_lo"].clip(lower=1e-4) * hist["bin_hi"]),
+            y=hist["count"],
+            width=(hist["bin_hi"] - hist["bin_lo"]),
+        )
+    )
+    fig.update_layout(
+        height=260,
+        margin=dict(l=10, r=10, t=30, b=10),
+        title="Activation histogram (residues)",
+        xaxis_title="activation",
+        yaxis_title="residues",
+    )
     return fig
 
 
@@ -290,9 +329,15 @@ def heatmap(m: pd.DataFrame, title: str, xlab: str = "feature", ylab: str = "", 
     import plotly.express as px
 
     lim = float(np.abs(m.values).max()) if diverging and m.size else None
-    fig = px.imshow(m.values, x=[str(c) for c in m.columns], y=[str(i) for i in m.index], aspect="auto",
-                    color_continuous_scale="RdBu_r" if diverging else "Reds", labels=dict(x=xlab, y=ylab, color="value"),
-                    **({"zmin": -lim, "zmax": lim} if lim else {}))
+    fig = px.imshow(
+        m.values,
+        x=[str(c) for c in m.columns],
+        y=[str(i) for i in m.index],
+        aspect="auto",
+        color_continuous_scale="RdBu_r" if diverging else "Reds",
+        labels=dict(x=xlab, y=ylab, color="value"),
+        **({"zmin": -lim, "zmax": lim} if lim else {}),
+    )
     # feature ids are names, not numbers: one column each, in the order given (cluster order)
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=[str(c) for c in m.columns])
     fig.update_layout(height=max(250, 22 * len(m.index) + 120), margin=dict(l=10, r=10, t=40, b=10), title=title)

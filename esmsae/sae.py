@@ -364,7 +364,9 @@ class SAE(nn.Module):
         stats = self.normalize(x_BD.to(self.W_enc.dtype))[1] if self.cfg.normalize in TOKEN_NORMALIZATIONS else None
         return self.denormalize(dense_BF @ self.W_dec + self.b_dec, stats)
 
-    def decode(self, acts_BK: Tensor, idx_BK: Tensor, x_BD: Tensor | None = None, denormalize: bool | None = None) -> Tensor:
+    def decode(
+        self, acts_BK: Tensor, idx_BK: Tensor, x_BD: Tensor | None = None, denormalize: bool | None = None
+    ) -> Tensor:
         """Sparse latents -> reconstruction, in raw space unless the SAE reconstructs in its
         normalised space (``cfg.decode_denormalize`` False, Biohub's ESM C SAEs) and
         ``denormalize`` is not forced. Evaluation and splicing pass ``denormalize=True``.
@@ -376,7 +378,9 @@ class SAE(nn.Module):
         stats = None
         if self.cfg.normalize in TOKEN_NORMALIZATIONS:
             if x_BD is None:
-                raise ValueError(f"decode() with {self.cfg.normalize} normalisation needs the input x_BD for its statistics")
+                raise ValueError(
+                    f"decode() with {self.cfg.normalize} normalisation needs the input x_BD for its statistics"
+                )
             _, stats = self.normalize(x_BD.to(self.W_enc.dtype))
         return self.denormalize(self._decode_norm(acts_BK, idx_BK), stats)
 
@@ -391,7 +395,14 @@ class SAE(nn.Module):
             coef = self.cfg.l1_coef if l1_coef is None else l1_coef
             # decoder rows are unit norm, so the norm-weighted L1 of Conerly et al. is sum |z|
             l1 = pre_BF.sum(-1).mean()
-            lat = _to_sparse(pre_BF.detach()) if not self.training else Latents(pre_BF.new_zeros(x_BD.shape[0], 0), torch.zeros(x_BD.shape[0], 0, dtype=torch.long, device=x_BD.device))
+            lat = (
+                _to_sparse(pre_BF.detach())
+                if not self.training
+                else Latents(
+                    pre_BF.new_zeros(x_BD.shape[0], 0),
+                    torch.zeros(x_BD.shape[0], 0, dtype=torch.long, device=x_BD.device),
+                )
+            )
         elif arch == "topk":
             xc_BD = xn_BD - self.b_dec
             lat, pre_BF = self._topk(xc_BD)

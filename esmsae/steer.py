@@ -53,7 +53,13 @@ def degenerate_reasons(seq: str, seed: str, ppl: float | None = None, seed_ppl: 
     ident = sum(a == b for a, b in zip(seq, seed)) / max(len(seq), 1)
     if ident < MIN_IDENTITY:
         out.append(f"identity to the seed {ident:.0%} < {MIN_IDENTITY:.0%}")
-    if ppl is not None and seed_ppl is not None and math.isfinite(ppl) and math.isfinite(seed_ppl) and ppl > PPL_FOLD * seed_ppl:
+    if (
+        ppl is not None
+        and seed_ppl is not None
+        and math.isfinite(ppl)
+        and math.isfinite(seed_ppl)
+        and ppl > PPL_FOLD * seed_ppl
+    ):
         out.append(f"perplexity {ppl:.1f} > {PPL_FOLD:g}x the seed's {seed_ppl:.1f}")
     return out
 
@@ -63,8 +69,10 @@ def check_live(sae, feature: int) -> None:
     clamping a dead direction drives the model off its data and returns junk."""
     mx, _ = sae.display_stats() if hasattr(sae, "display_stats") else (None, None)
     if mx is not None and 0 <= feature < len(mx) and float(mx[feature]) <= 0:
-        raise ValueError(f"feature {feature} is dead: it never fired on this SAE's reference proteins, so there is no direction "
-                         "the model uses to steer along. Pick a live feature (the Feature browser hides dead ones).")
+        raise ValueError(
+            f"feature {feature} is dead: it never fired on this SAE's reference proteins, so there is no direction "
+            "the model uses to steer along. Pick a live feature (the Feature browser hides dead ones)."
+        )
 WHERE = ("all", "range", "active")
 
 
@@ -162,12 +170,19 @@ class SteerResult:
     def summary(self) -> dict:
         changed = sum(a != b for a, b in zip(self.sequence, self.steered_sequence))
         fin = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731  (None: not computed)
-        return {"feature": self.target, "residues_changed": changed, "length": len(self.sequence),
-                "pppl_original": fin(self.pppl_original), "pppl_steered": fin(self.pppl_steered),
-                "degenerate": degenerate_reasons(self.steered_sequence, self.sequence),
-                "target_max_before": float(self.target_before_L.max(initial=0)), "target_max_after": float(self.target_after_L.max(initial=0)),
-                "fires_after": self.fires_after, "fires_at": [int(i) + 1 for i in np.flatnonzero(self.target_after_L > 0)[:50]],
-                "moved": [{"feature": f, "delta_mean": d} for f, d in self.moved]}
+        return {
+            "feature": self.target,
+            "residues_changed": changed,
+            "length": len(self.sequence),
+            "pppl_original": fin(self.pppl_original),
+            "pppl_steered": fin(self.pppl_steered),
+            "degenerate": degenerate_reasons(self.steered_sequence, self.sequence),
+            "target_max_before": float(self.target_before_L.max(initial=0)),
+            "target_max_after": float(self.target_after_L.max(initial=0)),
+            "fires_after": self.fires_after,
+            "fires_at": [int(i) + 1 for i in np.flatnonzero(self.target_after_L > 0)[:50]],
+            "moved": [{"feature": f, "delta_mean": d} for f, d in self.moved],
+        }
 
     def fasta(self, name: str = "steered") -> str:
         return f">{name} feature={self.target}\n{self.steered_sequence}\n"
@@ -269,7 +284,17 @@ def steer(lm, sae, sequence: str, edits: list[Edit] | Edit, n_moved: int = 10, p
     moved = [(int(i), float(delta[i])) for i in top.indices]
     p0 = pseudo_perplexity(plm, seq) if pppl else float("nan")
     p1 = pseudo_perplexity(plm, seq, hook, fn) if pppl else float("nan")
-    return SteerResult(seq, steered, (ls - lo).cpu().numpy(), p0, p1, target, fb[:, target].cpu().numpy(), fa[:, target].cpu().numpy(), moved)
+    return SteerResult(
+        seq,
+        steered,
+        (ls - lo).cpu().numpy(),
+        p0,
+        p1,
+        target,
+        fb[:, target].cpu().numpy(),
+        fa[:, target].cpu().numpy(),
+        moved,
+    )
 
 
 @dataclass
@@ -289,28 +314,56 @@ class Designs:
         return [degenerate_reasons(s, self.seed_sequence, p, self.seed_pppl) for s, p in zip(self.sequences, self.pppl)]
 
     def summary(self) -> dict:
-        return {"feature": self.target, "n_designs": len(self.sequences), "fraction_firing": float(np.mean(self.fires)) if self.fires else 0.0,
-                "mean_pppl": float(np.nanmean(self.pppl)) if np.isfinite(self.pppl).any() else None,  # None: not computed
-                "n_degenerate": sum(bool(f) for f in self.flags()),
-                "mean_identity_to_seed": float(np.mean([sum(a == b for a, b in zip(s, self.seed_sequence)) / len(s) for s in self.sequences]))
-                if self.sequences else float("nan")}
+        return {
+            "feature": self.target,
+            "n_designs": len(self.sequences),
+            "fraction_firing": float(np.mean(self.fires)) if self.fires else 0.0,
+            "mean_pppl": float(np.nanmean(self.pppl)) if np.isfinite(self.pppl).any() else None,  # None: not computed
+            "n_degenerate": sum(bool(f) for f in self.flags()),
+            "mean_identity_to_seed": (
+                float(np.mean([sum(a == b for a, b in zip(s, self.seed_sequence)) / len(s) for s in self.sequences]))
+                if self.sequences
+                else float("nan")
+            ),
+        }
 
     def fasta(self, name: str = "design") -> str:
-        return "".join(f">{name}_{i} feature={self.target} fires={int(f)}\n{s}\n" for i, (s, f) in enumerate(zip(self.sequences, self.fires)))
+        return "".join(
+            f">{name}_{i} feature={self.target} fires={int(f)}\n{s}\n"
+            for i, (s, f) in enumerate(zip(self.sequences, self.fires))
+        )
 
     def table(self) -> pd.DataFrame:
         """One row a design: the check (fires, max of the target on the re-embedded design),
         pseudo-perplexity, identity to the seed and the design itself."""
-        return pd.DataFrame({"design": range(len(self.sequences)), "feature fires (unmodified model)": self.fires,
-                             "feature max": self.target_max,
-                             "perplexity": [p if math.isfinite(p) else None for p in self.pppl],
-                             "identity to the seed": [sum(a == b for a, b in zip(s, self.seed_sequence)) / max(len(s), 1) for s in self.sequences],
-                             "degenerate": ["; ".join(f) for f in self.flags()], "sequence": self.sequences})
+        return pd.DataFrame(
+            {
+                "design": range(len(self.sequences)),
+                "feature fires (unmodified model)": self.fires,
+                "feature max": self.target_max,
+                "perplexity": [p if math.isfinite(p) else None for p in self.pppl],
+                "identity to the seed": [
+                    sum(a == b for a, b in zip(s, self.seed_sequence)) / max(len(s), 1) for s in self.sequences
+                ],
+                "degenerate": ["; ".join(f) for f in self.flags()],
+                "sequence": self.sequences,
+            }
+        )
 
 
 @torch.no_grad()
-def generate(lm, sae, seed_sequence: str, edits: list[Edit] | Edit, n_designs: int = 8, rounds: int = 10, mask_frac: float = 0.15,
-             temperature: float = 1.0, seed: int = 0, pppl: bool = True) -> Designs:
+def generate(
+    lm,
+    sae,
+    seed_sequence: str,
+    edits: list[Edit] | Edit,
+    n_designs: int = 8,
+    rounds: int = 10,
+    mask_frac: float = 0.15,
+    temperature: float = 1.0,
+    seed: int = 0,
+    pppl: bool = True,
+) -> Designs:
     """Iterative masked resampling with the edit held (plm-sae's generation): each round masks
     ``mask_frac`` of the positions at random and samples them from the steered model's residue
     distribution (20 amino acids, ``temperature``). For a causal LM (UniRep) each round resamples
@@ -339,13 +392,17 @@ def generate(lm, sae, seed_sequence: str, edits: list[Edit] | Edit, n_designs: i
         cur = seq
         for _ in range(rounds):
             if _causal(plm):
-                cur = _resample_left_to_right(plm, hook, fn, cols, cur, torch.randperm(L, generator=gen)[:n_mask], temperature, gen)
+                cur = _resample_left_to_right(
+                    plm, hook, fn, cols, cur, torch.randperm(L, generator=gen)[:n_mask], temperature, gen
+                )
                 continue
             ids, _ = plm.tokenize([cur])
             pos = torch.randperm(L, generator=gen)[:n_mask] + 1
             x = ids.clone()
             x[0, pos.to(x.device)] = plm.mask_id
-            logits = _logits(plm, hook, [cur], ids=x, fn=lambda a, x=x: fn(a, x))[0, pos.to(x.device)][:, cols].float().cpu()
+            logits = (
+                _logits(plm, hook, [cur], ids=x, fn=lambda a, x=x: fn(a, x))[0, pos.to(x.device)][:, cols].float().cpu()
+            )
             probs = torch.softmax(logits / temperature, -1)
             pick = torch.multinomial(probs, 1, generator=gen).squeeze(1)
             chars = list(cur)
@@ -367,7 +424,9 @@ def _resample_left_to_right(plm, hook, fn, cols: Tensor, cur: str, pos: Tensor, 
     for p in sorted(pos.tolist()):
         # causal: the prediction of residue p depends on residues < p only, so run the prefix alone
         ids, _ = plm.tokenize(["".join(chars[:max(p, 1)])])
-        logits = _logits(plm, hook, [], ids=ids, fn=lambda a, x=ids: fn(a, x))[0, p][cols].float().cpu()  # row p predicts residue p
+        logits = (
+            _logits(plm, hook, [], ids=ids, fn=lambda a, x=ids: fn(a, x))[0, p][cols].float().cpu()
+        )  # row p predicts residue p
         a = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen))
         chars[p] = STANDARD[a]
     return "".join(chars)

@@ -63,7 +63,9 @@ def _file_fingerprint(path: str) -> dict:
     return {"path": os.path.abspath(path), "size": st.st_size}
 
 
-def embed_fasta(embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: ProteinLM | None = None, progress: bool = True) -> Path:
+def embed_fasta(
+    embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: ProteinLM | None = None, progress: bool = True
+) -> Path:
     """Stream ``embed.fasta`` through the model into ``embed.store`` (resumable).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) rank r embeds the shards i with i mod W == r. A shard's
@@ -107,14 +109,20 @@ def embed_fasta(embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: 
         if man["n_proteins"] == 0:
             # nothing to train on: say so, and leave no empty store behind to be mistaken for a result
             shutil.rmtree(out, ignore_errors=True)
-            why = f"every record was invalid and skipped ({man['n_skipped']}, e.g. {skipped[0]})" if skipped else "the file has no records"
+            why = (
+                f"every record was invalid and skipped ({man['n_skipped']}, e.g. {skipped[0]})"
+                if skipped
+                else "the file has no records"
+            )
             raise StoreError(f"{embed.fasta}: no proteins to embed: {why}")
         man["complete"] = True
         save_json(man, out / MANIFEST)
     return out
 
 
-def _open_manifest(out: Path, embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: ProteinLM, names: list[str]) -> dict:
+def _open_manifest(
+    out: Path, embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: ProteinLM, names: list[str]
+) -> dict:
     """The store's manifest: the existing one (checked to match these settings) or a new one."""
     provenance = {"fasta": _file_fingerprint(embed.fasta)}
     path = out / MANIFEST
@@ -123,9 +131,21 @@ def _open_manifest(out: Path, embed: EmbedConfig, model: ModelConfig, hooks: Hoo
         _check_resume(man, embed, model, hooks, provenance)
         return man
     man = {
-        "version": STORE_VERSION, "model": asdict(model), "model_info": plm.describe(), "hooks": asdict(hooks), "hook_names": names,
-        "d_in": plm.d_model, "bos_eos": "stripped", "embed": asdict(embed), "provenance": provenance, "shards": [],
-        "n_proteins": 0, "n_tokens": 0, "n_skipped": 0, "skipped_examples": [], "complete": False,
+        "version": STORE_VERSION,
+        "model": asdict(model),
+        "model_info": plm.describe(),
+        "hooks": asdict(hooks),
+        "hook_names": names,
+        "d_in": plm.d_model,
+        "bos_eos": "stripped",
+        "embed": asdict(embed),
+        "provenance": provenance,
+        "shards": [],
+        "n_proteins": 0,
+        "n_tokens": 0,
+        "n_skipped": 0,
+        "skipped_examples": [],
+        "complete": False,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     save_json(man, path)
@@ -245,8 +265,16 @@ def _check_resume(man: dict, embed: EmbedConfig, model: ModelConfig, hooks: Hook
         )
 
 
-def _write_shard(out: Path, i: int, prots: list[Protein], first_pidx: int, plm: ProteinLM, hooks: list[Hook], embed: EmbedConfig,
-                 skipped: list[str]) -> None:
+def _write_shard(
+    out: Path,
+    i: int,
+    prots: list[Protein],
+    first_pidx: int,
+    plm: ProteinLM,
+    hooks: list[Hook],
+    embed: EmbedConfig,
+    skipped: list[str],
+) -> None:
     name = f"shard_{i:05d}"
     tmp = out / (name + ".tmp")
     tmp.mkdir()
@@ -316,7 +344,11 @@ def store_from_npy(npy_dir: str | os.PathLike, out: str | os.PathLike, layer: in
     mp = out / MANIFEST
     if mp.exists():
         man = json.loads(mp.read_text())
-        if man.get("complete") and man["provenance"].get("npy_files") == fp and man["hooks"] == {"layers": [layer], "site": site}:
+        if (
+            man.get("complete")
+            and man["provenance"].get("npy_files") == fp
+            and man["hooks"] == {"layers": [layer], "site": site}
+        ):
             return out
         shutil.rmtree(out)
     arrays = []
@@ -331,13 +363,24 @@ def store_from_npy(npy_dir: str | os.PathLike, out: str | os.PathLike, layer: in
         arrays.append(a)
     out.mkdir(parents=True, exist_ok=True)
     name = hook_name(layer, site)
-    man = {"version": STORE_VERSION, "model": {"name": model or f"npy:{src.resolve()}"},
-           "model_info": {"name": model or f"npy:{src.resolve()}", "family": "auto", "n_layers": None, "d_model": d},
-           "hooks": {"layers": [layer], "site": site}, "hook_names": [name], "d_in": d, "bos_eos": "as in the .npy files",
-           "embed": {"holdout_fraction": holdout_fraction, "pool": "unknown (.npy input)"},
-           "provenance": {"fasta": {"path": str(src.resolve()), "size": sum(x["size"] for x in fp)}, "npy_files": fp},
-           "shards": [], "n_proteins": len(files), "n_tokens": 0, "n_skipped": 0, "skipped_examples": [], "complete": False,
-           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    man = {
+        "version": STORE_VERSION,
+        "model": {"name": model or f"npy:{src.resolve()}"},
+        "model_info": {"name": model or f"npy:{src.resolve()}", "family": "auto", "n_layers": None, "d_model": d},
+        "hooks": {"layers": [layer], "site": site},
+        "hook_names": [name],
+        "d_in": d,
+        "bos_eos": "as in the .npy files",
+        "embed": {"holdout_fraction": holdout_fraction, "pool": "unknown (.npy input)"},
+        "provenance": {"fasta": {"path": str(src.resolve()), "size": sum(x["size"] for x in fp)}, "npy_files": fp},
+        "shards": [],
+        "n_proteins": len(files),
+        "n_tokens": 0,
+        "n_skipped": 0,
+        "skipped_examples": [],
+        "complete": False,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     rows = [{"pidx": i, "id": f.stem, "description": f.name, "organism": "", "taxid": -1, "length": int(a.shape[0]),
              "sequence": "", "md5": "", "split": "mixed"} for i, (f, a) in enumerate(zip(files, arrays))]
     # rows as (file index, row) runs, cut into shards
@@ -361,8 +404,16 @@ def store_from_npy(npy_dir: str | os.PathLike, out: str | os.PathLike, layer: in
         in_shard = set(np.unique(prot).tolist())
         pd.DataFrame([r for r in rows if r["pidx"] in in_shard]).to_parquet(tmp / "proteins.parquet", index=False)
         os.replace(tmp, out / tmp.name[:-4])
-        man["shards"].append({"name": tmp.name[:-4], "n_tokens": len(acts), "n_train_tokens": int((~held).sum()),
-                              "n_heldout_tokens": int(held.sum()), "first_protein": int(prot[0]), "n_proteins": int(len(np.unique(prot)))})
+        man["shards"].append(
+            {
+                "name": tmp.name[:-4],
+                "n_tokens": len(acts),
+                "n_train_tokens": int((~held).sum()),
+                "n_heldout_tokens": int(held.sum()),
+                "first_protein": int(prot[0]),
+                "n_proteins": int(len(np.unique(prot))),
+            }
+        )
         man["n_tokens"] += len(acts)
         save_json(man, mp)
         buf_a, buf_p, buf_pos, n_buf = [], [], [], 0
@@ -394,7 +445,9 @@ class ActivationStore:
         self.path = Path(path)
         mp = self.path / MANIFEST
         if not mp.exists():
-            raise StoreError(f"{self.path} is not an activation store (no {MANIFEST}); create one with `python -m esmsae embed`")
+            raise StoreError(
+                f"{self.path} is not an activation store (no {MANIFEST}); create one with `python -m esmsae embed`"
+            )
         self.manifest = json.loads(mp.read_text())
         if not self.manifest["shards"]:
             raise StoreError(f"{self.path}: the store has no finished shard yet")
@@ -424,7 +477,9 @@ class ActivationStore:
             raise StoreError(f"{self.path} has no activations for {name!r}; it holds {self.hook_names}")
 
     def proteins(self) -> pd.DataFrame:
-        return pd.concat([pd.read_parquet(self.path / s["name"] / "proteins.parquet") for s in self.shards], ignore_index=True)
+        return pd.concat(
+            [pd.read_parquet(self.path / s["name"] / "proteins.parquet") for s in self.shards], ignore_index=True
+        )
 
     def shard_array(self, i: int, name: str) -> np.ndarray:
         self.check_hook(name)
@@ -444,7 +499,9 @@ class ActivationStore:
         key = "n_heldout_tokens" if split == "heldout" else "n_train_tokens"
         return sum(s[key] for s in self.shards)
 
-    def iter_split(self, name: str, split: str, max_tokens: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def iter_split(
+        self, name: str, split: str, max_tokens: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield (acts fp16 [T, D], protein [T], position [T]) per shard for a split ('train',
         'heldout' or 'all'), up to max_tokens."""
         seen = 0

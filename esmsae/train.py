@@ -27,8 +27,8 @@ from . import __version__
 from .atomic import write_atomic, write_text_atomic
 from .checkpoint import save_sae
 from .config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, resolve_device, save_json
-from .sae import SAE, default_lr
 from .dist import World, process_group
+from .sae import SAE, default_lr
 from .store import ActivationStore
 
 STATE = "state.pt"
@@ -155,7 +155,12 @@ def _rewrite_metrics(path: Path, max_step: int) -> None:
 def sae_meta(store: ActivationStore, layer: int, tcfg: TrainConfig, step: int, tokens: int) -> dict[str, Any]:
     info = store.manifest["model_info"]
     return {
-        "base_model": {"name": info["name"], "family": info["family"], "n_layers": info["n_layers"], "d_model": info["d_model"]},
+        "base_model": {
+            "name": info["name"],
+            "family": info["family"],
+            "n_layers": info["n_layers"],
+            "d_model": info["d_model"],
+        },
         "model_config": store.manifest["model"],
         "layer": layer,
         "site": store.site,
@@ -192,15 +197,20 @@ class _Run:
             raise TrainError(f"SAEConfig.d_in is {scfg.d_in} but the store's activations have width {store.d_in}")
         scfg = SAEConfig(**{**asdict(scfg), "d_in": store.d_in})
         if scfg.architecture not in TRAINABLE_ARCHITECTURES:
-            raise TrainError(f"SAEConfig.architecture {scfg.architecture!r} can be imported (python -m esmsae import), not trained; "
-                             f"train one of {list(TRAINABLE_ARCHITECTURES)}")
+            raise TrainError(
+                f"SAEConfig.architecture {scfg.architecture!r} can be imported (python -m esmsae import), not trained; "
+                f"train one of {list(TRAINABLE_ARCHITECTURES)}"
+            )
         # under torchrun: "layers" gives rank r the layers r, r + W, ... (sparsify's
         # --distribute_modules, without the all-gather: activations are cached); "data" splits
         # every global batch over the ranks (DDP)
         self.layer_parallel = w.distributed and tcfg.parallel == "layers"
         self.data_parallel = w.distributed and tcfg.parallel == "data"
         if self.data_parallel and tcfg.batch_size % w.size:
-            raise TrainError(f"TrainConfig.batch_size {tcfg.batch_size} is the global batch and must be divisible by the {w.size} ranks")
+            raise TrainError(
+                f"TrainConfig.batch_size {tcfg.batch_size} is the global batch and must be divisible by the {w.size}"
+                " ranks"
+            )
         mine = list(range(w.rank, len(all_names), w.size)) if self.layer_parallel else list(range(len(all_names)))
         self.layers = [all_layers[j] for j in mine]
         self.names = [all_names[j] for j in mine]
@@ -222,7 +232,11 @@ class _Run:
         self.since_fired = {n: torch.zeros(scfg.n_latents, dtype=torch.long, device=self.device) for n in self.names}
         # data-parallel: each rank draws the same global batch and keeps its rows of it
         part = (w.rank, w.size) if self.data_parallel else (0, 1)
-        self.loader = ShardBatches(store, self.names, tcfg.batch_size, tcfg.buffer_shards, tcfg.seed, part) if self.names else None
+        self.loader = (
+            ShardBatches(store, self.names, tcfg.batch_size, tcfg.buffer_shards, tcfg.seed, part)
+            if self.names
+            else None
+        )
         self.forwards: dict[str, Any] = {}
         self.step = 0
         suffix = f".rank{w.rank}-of-{w.size}" if self.layer_parallel else ""
@@ -246,7 +260,9 @@ class _Run:
         for n, s in self.saes.items():
             s.dist_reduce, s.dist_gather, s.dist_local_auxk = partial(all_reduce_, op="sum"), all_gather_cat, local
             # buffers (normalisation, BatchTopK threshold) are equal on every rank by construction
-            self.forwards[n] = DDP(s, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False)
+            self.forwards[n] = DDP(
+                s, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
+            )
 
     def resume_or_start(self) -> None:
         """Restore the state of an interrupted run, or fit the normalisation of a new one. Under
@@ -284,12 +300,19 @@ class _Run:
         tokens = self.step * self.tcfg.batch_size
         for layer, n in zip(self.layers, self.names):
             save_sae(self.saes[n], self.out / n, sae_meta(self.store, layer, self.tcfg, self.step, tokens))
-        _atomic_torch_save({
-            "step": self.step, "loader_pos": list(self.loader.pos), "train": asdict(self.tcfg), "sae": asdict(self.scfg),
-            "saes": {n: s.state_dict() for n, s in self.saes.items()},
-            "opts": {n: o.state_dict() for n, o in self.opts.items()},
-            "since_fired": self.since_fired, "esmsae_version": __version__,
-        }, self.state_path)
+        _atomic_torch_save(
+            {
+                "step": self.step,
+                "loader_pos": list(self.loader.pos),
+                "train": asdict(self.tcfg),
+                "sae": asdict(self.scfg),
+                "saes": {n: s.state_dict() for n, s in self.saes.items()},
+                "opts": {n: o.state_dict() for n, o in self.opts.items()},
+                "since_fired": self.since_fired,
+                "esmsae_version": __version__,
+            },
+            self.state_path,
+        )
 
     def step_all(self, batch: dict[str, torch.Tensor], acc: dict[str, dict[str, float]]) -> float:
         """One optimisation step of every layer's SAE on its batch; running sums go to ``acc``."""
@@ -298,8 +321,15 @@ class _Run:
         l1c = scfg.l1_coef * min(1.0, (self.step + 1) / max(1, self.tcfg.l1_warmup_steps))
         for n in self.names:
             sae, x = self.saes[n], batch[n].to(self.device, non_blocking=True)
-            o = train_step(sae, self.opts[n], x, dead_mask_F=self.since_fired[n] >= scfg.dead_tokens, l1_coef=l1c, lr=lr,
-                           forward=self.forwards.get(n))
+            o = train_step(
+                sae,
+                self.opts[n],
+                x,
+                dead_mask_F=self.since_fired[n] >= scfg.dead_tokens,
+                l1_coef=l1c,
+                lr=lr,
+                forward=self.forwards.get(n),
+            )
             with torch.no_grad():
                 if scfg.architecture == "relu":
                     active_BF = sae.pre_acts(sae.normalize(x)[0]) > 0
@@ -319,7 +349,13 @@ class _Run:
                 self.since_fired[n] += self.tcfg.batch_size
                 self.since_fired[n][fired] = 0
             a = acc[n]
-            for key, val in (("loss", o.loss), ("mse", o.mse), ("fvu", o.fvu), ("auxk", o.auxk_loss), ("l1", o.l1_loss)):
+            for key, val in (
+                ("loss", o.loss),
+                ("mse", o.mse),
+                ("fvu", o.fvu),
+                ("auxk", o.auxk_loss),
+                ("l1", o.l1_loss),
+            ):
                 a[key] = a.get(key, 0.0) + float(val.detach())
             a["l0"] = a.get("l0", 0.0) + l0
             a["n"] = a.get("n", 0) + 1
@@ -339,7 +375,13 @@ class _Run:
                 v = all_reduce_(torch.tensor([a[k] for k in keys], dtype=torch.float64), op="sum") / self.w.size
                 a.update({k: float(x) for k, x in zip(keys, v)})
             cnt = max(1, a.pop("n", 1))
-            row = {"step": self.step, "tokens": self.step * self.tcfg.batch_size, "sae": n, "lr": lr, "tokens_per_s": tokens_per_s}
+            row = {
+                "step": self.step,
+                "tokens": self.step * self.tcfg.batch_size,
+                "sae": n,
+                "lr": lr,
+                "tokens_per_s": tokens_per_s,
+            }
             row.update({k: v / cnt for k, v in a.items()})
             row["dead_frac"] = float((self.since_fired[n] >= self.scfg.dead_tokens).float().mean())
             rows.append(row)
@@ -372,13 +414,22 @@ def _train(tcfg: TrainConfig, scfg: SAEConfig, w: World, progress: bool, stop_af
     if tcfg.use_wandb and w.main:
         import wandb  # optional dependency, imported only when asked for
 
-        wandb_run = wandb.init(project=tcfg.wandb_project, config={"train": asdict(tcfg), "sae": asdict(run.scfg)}, resume="allow",
-                               dir=str(run.out))
+        wandb_run = wandb.init(
+            project=tcfg.wandb_project,
+            config={"train": asdict(tcfg), "sae": asdict(run.scfg)},
+            resume="allow",
+            dir=str(run.out),
+        )
     total = tcfg.total_steps
     for s in run.saes.values():
         s.train()
-    bar = tqdm(total=total, initial=run.step, unit="step", desc="train" if not w.distributed else f"train rank {w.rank}",
-               disable=not progress or not run.writes)
+    bar = tqdm(
+        total=total,
+        initial=run.step,
+        unit="step",
+        desc="train" if not w.distributed else f"train rank {w.rank}",
+        disable=not progress or not run.writes,
+    )
     it = iter(run.loader)
     acc: dict[str, dict[str, float]] = {n: {} for n in run.names}
     t_last, tok_last = time.perf_counter(), run.step * tcfg.batch_size
@@ -395,10 +446,14 @@ def _train(tcfg: TrainConfig, scfg: SAEConfig, w: World, progress: bool, stop_af
                 if metrics_f is not None:
                     metrics_f.write("".join(json.dumps(r) + "\n" for r in rows))
                     metrics_f.flush()
-                bar.set_postfix(fvu=f"{rows[0]['fvu']:.3f}", l0=f"{rows[0]['l0']:.1f}", dead=f"{rows[0]['dead_frac']:.2f}")
+                bar.set_postfix(
+                    fvu=f"{rows[0]['fvu']:.3f}", l0=f"{rows[0]['l0']:.1f}", dead=f"{rows[0]['dead_frac']:.2f}"
+                )
                 if wandb_run is not None:
                     for r in rows:
-                        wandb_run.log({f"{r['sae']}/{k}": v for k, v in r.items() if k not in ("sae", "step")}, step=step)
+                        wandb_run.log(
+                            {f"{r['sae']}/{k}": v for k, v in r.items() if k not in ("sae", "step")}, step=step
+                        )
             if step % tcfg.checkpoint_every == 0 or step == total:
                 run.checkpoint()
             if stop_after_steps is not None and step >= stop_after_steps:
@@ -409,7 +464,9 @@ def _train(tcfg: TrainConfig, scfg: SAEConfig, w: World, progress: bool, stop_af
             if should_stop is not None and step < total and _rank0_decides(should_stop(), run):
                 if step % tcfg.checkpoint_every != 0:
                     run.checkpoint()
-                raise TrainInterrupted(f"training stopped at step {step} of {total}, checkpoint written; rerun to resume")
+                raise TrainInterrupted(
+                    f"training stopped at step {step} of {total}, checkpoint written; rerun to resume"
+                )
     finally:
         if metrics_f is not None:
             metrics_f.close()
@@ -444,5 +501,3 @@ def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
     if len(paths) > 1:
         rows.sort(key=lambda r: r.get("step", 0))
     return rows
-
-

@@ -1,7 +1,6 @@
 """Streamlit glue shared by the pages: cached resources and the run picker (no analysis here)."""
 from __future__ import annotations
 
-
 import streamlit as st
 
 from .explore import FeatureIndex, Run, list_runs
@@ -39,13 +38,19 @@ def pick_run() -> Run | None:
     names = [r.name for r in runs]
     asked = st.query_params.get("run")
     if asked and asked not in names:
-        st.warning(f"The link names run {asked!r}, which is not here: showing {names[0]!r}. Runs found: {', '.join(names[:10])}"
-                   + (" ..." if len(names) > 10 else "") + ".")
+        st.warning(
+            f"The link names run {asked!r}, which is not here: showing {names[0]!r}. Runs found:"
+            f" {', '.join(names[:10])}"
+            + (" ..." if len(names) > 10 else "")
+            + "."
+        )
         del st.query_params["run"]
         asked = None
     want = asked or st.session_state.get("run") or names[0]
     i = names.index(want) if want in names else 0
-    name = st.sidebar.selectbox("SAE run", names, index=i, format_func=lambda n: next(r.label for r in runs if r.name == n), key="run_picker")
+    name = st.sidebar.selectbox(
+        "SAE run", names, index=i, format_func=lambda n: next(r.label for r in runs if r.name == n), key="run_picker"
+    )
     st.session_state["run"] = name
     if name != names[0] or "run" in st.query_params:
         st.query_params["run"] = name
@@ -57,7 +62,10 @@ def require_index(run: Run | None) -> FeatureIndex:
         st.stop()
     idx = index_of(run)
     if idx is None:
-        st.info(f"Run **{run.name}** has no feature index yet (it is built at the end of a training job, or with `python -m esmsae index`).")
+        st.info(
+            f"Run **{run.name}** has no feature index yet (it is built at the end of a training job, or with `python -m"
+            " esmsae index`)."
+        )
         st.stop()
     return idx
 
@@ -78,4 +86,3 @@ def feature_url(f: int, run: Run | None = None) -> str:
 
 def feature_link(f: int, run: Run | None = None) -> None:
     st.page_link("pages/features.py", label=f"Open feature {f}", query_params=feature_query(f, run))
-

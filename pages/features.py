@@ -6,8 +6,16 @@ import pandas as pd
 import streamlit as st
 
 from esmsae.explore import FeatureScale, LabelStoreBusy, display_scale, read_text, set_label, structure_file
-from esmsae.render import (PQ_COLUMNS, activation_hist, align_positions, format_number, group_bar, parse_structure, structure_html,
-                           track_html)
+from esmsae.render import (
+    PQ_COLUMNS,
+    activation_hist,
+    align_positions,
+    format_number,
+    group_bar,
+    parse_structure,
+    structure_html,
+    track_html,
+)
 from esmsae.ui import pick_run, require_index
 
 run = pick_run()
@@ -25,8 +33,10 @@ def show_table() -> None:
     min_freq = c4.number_input("Min. protein frequency", 0.0, 1.0, 0.0, 0.01, key="min_freq")
     hide_dead = c5.checkbox("Hide dead", True, key="hide_dead")
     df = idx.features(search=search, concept=concept, min_freq=min_freq, hide_dead=hide_dead, kind=kind)
-    st.caption("best_f1: F1 on held-out test proteins of the concept chosen on validation proteins; best_aa_rule_f1: the best "
-               "single-residue rule ('fire on every L') for that concept on the same test residues.")
+    st.caption(
+        "best_f1: F1 on held-out test proteins of the concept chosen on validation proteins; best_aa_rule_f1: the best "
+        "single-residue rule ('fire on every L') for that concept on the same test residues."
+    )
     st.caption(f"{len(df)} features - click a row to open it, or use ?feature=N")
     ev = st.dataframe(df, hide_index=True, on_select="rerun", selection_mode="single-row", key="ftable",
                       column_config={"best_f1": st.column_config.NumberColumn(format="%.2f"),
@@ -43,16 +53,30 @@ def show_header(f: int, info: dict) -> None:
     if st.button("Back to all features"):
         del st.query_params["feature"]
         st.rerun()
-    st.title(f"Feature {f}" + (f": {info['user_label'] or info['label']}" if (info["user_label"] or info["label"]) else ""))
+    st.title(
+        f"Feature {f}" + (f": {info['user_label'] or info['label']}" if (info["user_label"] or info["label"]) else "")
+    )
     m = st.columns(6)
-    m[0].metric("Residue freq.", format_number(info["freq_residue"]), help="fraction of indexed residues where it fires")
-    m[1].metric("Protein freq.", format_number(info["freq_protein"]), help="fraction of indexed proteins where it fires")
+    m[0].metric(
+        "Residue freq.", format_number(info["freq_residue"]), help="fraction of indexed residues where it fires"
+    )
+    m[1].metric(
+        "Protein freq.", format_number(info["freq_protein"]), help="fraction of indexed proteins where it fires"
+    )
     m[2].metric("Max", format_number(info["max_act"]), help="largest activation on the indexed proteins")
     m[3].metric("IDF", format_number(info["idf"]), help="log(N proteins / proteins where it fires)")
-    m[4].metric("Best F1 (test)", format_number(info["best_f1"]),
-                help=f"best concept (chosen on validation proteins): {info['best_concept'] or 'none'}"
-                + (f"; single-residue rule {format_number(info['best_aa_rule_f1'])}, fire-everywhere {format_number(info['best_trivial_f1'])}; "
-                   f"{info['aa_purity']:.0%} of its firing on {info['aa_top'] or '-'}" if "aa_purity" in info else ""))
+    m[4].metric(
+        "Best F1 (test)",
+        format_number(info["best_f1"]),
+        help=f"best concept (chosen on validation proteins): {info['best_concept'] or 'none'}"
+        + (
+            f"; single-residue rule {format_number(info['best_aa_rule_f1'])}, fire-everywhere"
+            f" {format_number(info['best_trivial_f1'])}; {info['aa_purity']:.0%} of its firing on"
+            f" {info['aa_top'] or '-'}"
+            if "aa_purity" in info
+            else ""
+        ),
+    )
     m[5].metric("Top group", info["top_group"] or "-")
     if info.get("description"):
         st.markdown(f"**Description** (from this index's evidence): {info['description']}")
@@ -77,8 +101,15 @@ def show_examples(f: int, scale) -> None:
     if ex.empty:
         st.info("No examples: the feature never fires.")
     for _, r in ex.iterrows():
-        title = f"#{r['rank'] + 1}  {r['id']}  {r['organism'] or ''}  (max {r['max_act']:.3f} at {r['sequence'][r['max_pos']]}{r['max_pos'] + 1}, {r['length']} aa)"
-        st.html(track_html(r["sequence"], r["positions"], scale(r["values"]), scale.vmax, highlight=int(r["max_pos"]), title=title))
+        title = (
+            f"#{r['rank'] + 1}  {r['id']}  {r['organism'] or ''}  (max {r['max_act']:.3f} at"
+            f" {r['sequence'][r['max_pos']]}{r['max_pos'] + 1}, {r['length']} aa)"
+        )
+        st.html(
+            track_html(
+                r["sequence"], r["positions"], scale(r["values"]), scale.vmax, highlight=int(r["max_pos"]), title=title
+            )
+        )
 
 
 def show_ranges(f: int, scale) -> None:
@@ -87,8 +118,16 @@ def show_ranges(f: int, scale) -> None:
     for b, grp in qx.groupby("bin", sort=False):
         st.markdown(f"**Range {grp['bin_lo'].iloc[0]:.3f} - {grp['bin_hi'].iloc[0]:.3f}**")
         for _, r in grp.iterrows():
-            st.html(track_html(r["sequence"], r["positions"], scale(r["values"]), scale.vmax, highlight=int(r["max_pos"]),
-                               title=f"{r['id']} (max {r['max_act']:.3f})"))
+            st.html(
+                track_html(
+                    r["sequence"],
+                    r["positions"],
+                    scale(r["values"]),
+                    scale.vmax,
+                    highlight=int(r["max_pos"]),
+                    title=f"{r['id']} (max {r['max_act']:.3f})",
+                )
+            )
 
 
 def show_groups(f: int) -> None:
@@ -97,7 +136,11 @@ def show_groups(f: int) -> None:
         g = st.selectbox("Grouping", gs, index=gs.index("kingdom") if "kingdom" in gs else 0, key="feat_grouping")
         gt = idx.group_table(f, g)
         st.plotly_chart(group_bar(gt, g), key="gbar")
-        st.dataframe(gt, hide_index=True, column_config={c: st.column_config.NumberColumn(format=fmt) for c, fmt in PQ_COLUMNS.items()})
+        st.dataframe(
+            gt,
+            hide_index=True,
+            column_config={c: st.column_config.NumberColumn(format=fmt) for c, fmt in PQ_COLUMNS.items()},
+        )
 
 
 def show_structure(f: int) -> None:
@@ -105,8 +148,15 @@ def show_structure(f: int) -> None:
     if sx.empty:
         st.info("None of the proteins with a structure activates this feature.")
         return
-    choice = st.selectbox("Protein with a structure", list(range(len(sx))), key="struct_pick",
-                          format_func=lambda i: f"{sx.iloc[i]['id']} ({sx.iloc[i]['structure']} chain {sx.iloc[i]['chain']}, max {sx.iloc[i]['max_act']:.3f})")
+    choice = st.selectbox(
+        "Protein with a structure",
+        list(range(len(sx))),
+        key="struct_pick",
+        format_func=lambda i: (
+            f"{sx.iloc[i]['id']} ({sx.iloc[i]['structure']} chain {sx.iloc[i]['chain']}, "
+            f"max {sx.iloc[i]['max_act']:.3f})"
+        ),
+    )
     r = sx.iloc[choice]
     path = structure_file(idx, r["structure"])
     if path is None:
@@ -125,10 +175,16 @@ def show_structure(f: int) -> None:
     vals = np.zeros(len(seq))
     vals[[to_chain[p] for p in pos[hit]]] = np.asarray(r["values"])[hit]
     if seq != r["sequence"]:
-        st.caption(f"The chain's atom sequence differs from the indexed sequence ({len(seq)} vs {len(r['sequence'])} residues): "
-                   f"{len(to_chain)} residues aligned, {int(hit.sum())} of {len(pos)} firing residues coloured.")
+        st.caption(
+            f"The chain's atom sequence differs from the indexed sequence ({len(seq)} vs {len(r['sequence'])}"
+            f" residues): {len(to_chain)} residues aligned, {int(hit.sum())} of {len(pos)} firing residues coloured."
+        )
     st.iframe(structure_html(text, fmt, r["chain"], resi, vals, float(r["max_act"])), height=440)
-    st.html(track_html(r["sequence"], r["positions"], r["values"], float(r["max_act"]), title=f"{r['id']} chain {r['chain']}"))
+    st.html(
+        track_html(
+            r["sequence"], r["positions"], r["values"], float(r["max_act"]), title=f"{r['id']} chain {r['chain']}"
+        )
+    )
 
 
 def show_feature(f: int) -> None:
@@ -145,9 +201,12 @@ def show_feature(f: int) -> None:
     with tabs[1]:
         show_ranges(f, scale)
     with tabs[2]:
-        st.caption("Thresholds are fractions of the feature's max (InterPLM); precision per labelled residue, recall per domain or per "
-                   "residue by concept kind. Threshold and f1_valid chosen on validation proteins; f1_test, precision and recall on held-out test proteins, "
-                   "next to trivial_f1 (fire on every residue) and aa_rule_f1 (the best single-residue rule).")
+        st.caption(
+            "Thresholds are fractions of the feature's max (InterPLM); precision per labelled residue, recall per"
+            " domain or per residue by concept kind. Threshold and f1_valid chosen on validation proteins; f1_test,"
+            " precision and recall on held-out test proteins, next to trivial_f1 (fire on every residue) and aa_rule_f1"
+            " (the best single-residue rule)."
+        )
         st.dataframe(idx.concept_table(f), hide_index=True)
     with tabs[3]:
         show_groups(f)
@@ -156,15 +215,23 @@ def show_feature(f: int) -> None:
     with tabs[5]:
         rel = idx.related(f)
         if rel.empty:
-            st.info("No other SAE matched into this index yet: `python -m esmsae match THIS_SAE OTHER_SAE --index THIS_INDEX` "
-                    "stores the best matches (decoder cosine, same width; activation correlation with --fasta, any two SAEs).")
+            st.info(
+                "No other SAE matched into this index yet: `python -m esmsae match THIS_SAE OTHER_SAE --index"
+                " THIS_INDEX` stores the best matches (decoder cosine, same width; activation correlation with --fasta,"
+                " any two SAEs)."
+            )
         else:
-            st.caption("Best matches of this feature in other SAEs; split = several features of the other SAE map to this one "
-                       "(feature splitting).")
+            st.caption(
+                "Best matches of this feature in other SAEs; split = several features of the other SAE map to this one "
+                "(feature splitting)."
+            )
             sm = idx.match_summaries()
             if not sm.empty:
-                st.caption("How often a feature has a counterpart (best score >= threshold), next to the chance level: the same "
-                           "comparison against an untrained SAE of the other SAE's shape. A method whose rate is near chance says little here.")
+                st.caption(
+                    "How often a feature has a counterpart (best score >= threshold), next to the chance level: the"
+                    " same comparison against an untrained SAE of the other SAE's shape. A method whose rate is near"
+                    " chance says little here."
+                )
                 st.dataframe(sm, hide_index=True, key="match_summary_table")
             st.dataframe(rel, hide_index=True, key="related_table",
                          column_config={"score": st.column_config.NumberColumn(format="%.3f")})
@@ -178,7 +245,10 @@ else:
         f = int(q)
         idx.feature(f)
     except ValueError:
-        st.error(f"The link asks for feature {q!r}, which is not a feature number: features are numbered 0 to {idx.n_features - 1}.")
+        st.error(
+            f"The link asks for feature {q!r}, which is not a feature number: features are numbered 0 to"
+            f" {idx.n_features - 1}."
+        )
         show_table()
     except KeyError:
         st.error(f"This run has no feature {q}: its SAE has features 0 to {idx.n_features - 1}.")

@@ -26,12 +26,17 @@ if source == "from the index":
     if g == "embedding cluster":
         prof = idx.cluster_profiles()
         if not prof.empty:
-            st.markdown("**What each cluster holds** (k-means of the proteins' mean-pooled LM embeddings at the SAE's layer)")
+            st.markdown(
+                "**What each cluster holds** (k-means of the proteins' mean-pooled LM embeddings at the SAE's layer)"
+            )
             st.dataframe(prof, hide_index=True, key="cluster_profiles")
 else:
     g = "uploaded"
-    up = st.file_uploader("TSV (protein id <TAB> group, ids from this index) or JSON {group: [[sequence, header], ...]}",
-                          type=["tsv", "txt", "json"], key="group_upload")
+    up = st.file_uploader(
+        "TSV (protein id <TAB> group, ids from this index) or JSON {group: [[sequence, header], ...]}",
+        type=["tsv", "txt", "json"],
+        key="group_upload",
+    )
     if up is None:
         st.stop()
     key = hashlib.md5(up.getvalue()).hexdigest()
@@ -51,27 +56,41 @@ else:
         st.session_state["group_upload_unknown"] = unknown
     usage = st.session_state["group_upload_usage"]
     if st.session_state.get("group_upload_unknown"):
-        st.warning(f"{st.session_state['group_upload_unknown']} ids in the file are not in this index and were skipped.")
+        st.warning(
+            f"{st.session_state['group_upload_unknown']} ids in the file are not in this index and were skipped."
+        )
 
 sizes = usage.groupby("grp")["n_proteins"].first().sort_values(ascending=False)
 st.caption(" - ".join(f"{k}: {v} proteins" for k, v in sizes.head(20).items()))
-value = st.radio("Heatmap value", ["frac", "mean_act"], horizontal=True, key="heat_value",
-                 format_func={"frac": "fraction of proteins where it fires", "mean_act": "mean of per-protein max activation"}.get)
+value = st.radio(
+    "Heatmap value",
+    ["frac", "mean_act"],
+    horizontal=True,
+    key="heat_value",
+    format_func={"frac": "fraction of proteins where it fires", "mean_act": "mean of per-protein max activation"}.get,
+)
 m = group_heatmap(usage, 40, value)
 if not m.empty:
     st.plotly_chart(heatmap(m.head(30), f"Most group-specific features by {g}", ylab=g), key="group_heat")
 groups_list = sizes.index.tolist()
 grp = st.selectbox("Most enriched features in group", groups_list, key="enriched_group")
-st.caption(idx.group_test_note() if source == "from the index" else
-           "One-sided Cochran-Mantel-Haenszel test over 5 protein-length bins against all other groups, Benjamini-Hochberg FDR (q); "
-           "effect size = Mantel-Haenszel log odds ratio. Groups under 5 proteins are not tested.")
+st.caption(
+    idx.group_test_note()
+    if source == "from the index"
+    else (
+        "One-sided Cochran-Mantel-Haenszel test over 5 protein-length bins against all other groups, Benjamini-Hochberg"
+        " FDR (q); effect size = Mantel-Haenszel log odds ratio. Groups under 5 proteins are not tested."
+    )
+)
 st.dataframe(idx.with_labels(enriched(usage, grp)), hide_index=True, key="enriched_table",
              column_config={c: st.column_config.NumberColumn(format=f) for c, f in PQ_COLUMNS.items()})
 if "composition_driven" in usage.columns:
-    st.caption("Composition control: q_composition repeats the test stratified by protein length and by the protein's content of the "
-               "feature's top amino acid (below 0.75x, 0.75-1.25x, above 1.25x its overall frequency). composition_driven = enriched "
-               "by length alone but not once amino-acid content is stratified: the group's proteins are richer in that residue, "
-               "which says nothing new about the group.")
+    st.caption(
+        "Composition control: q_composition repeats the test stratified by protein length and by the protein's content"
+        " of the feature's top amino acid (below 0.75x, 0.75-1.25x, above 1.25x its overall frequency)."
+        " composition_driven = enriched by length alone but not once amino-acid content is stratified: the group's"
+        " proteins are richer in that residue, which says nothing new about the group."
+    )
 if len(groups_list) >= 2:
     st.subheader("Two groups side by side")
     a, b = st.columns(2)

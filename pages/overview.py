@@ -19,11 +19,23 @@ if idx.lm_note():
 rep = idx.representation()
 if not rep.empty:
     with st.expander("Representation card: does this model know more than local sequence?", expanded=False):
-        st.dataframe(rep.rename(columns={"value": "test score", "minus_window10": "minus the +-10 window", "n_train_proteins": "train proteins",
-                                         "n_test_proteins": "test proteins"}), hide_index=True, key="rep_card")
-        st.caption("Linear probes per residue, trained and tested on different proteins (TMbed's homology partitions for TM helices, "
-                   "a sequence-hash split for secondary structure). The one-hot windows are the controls: a representation knows more "
-                   "than local sequence where it beats the +-10 window.")
+        st.dataframe(
+            rep.rename(
+                columns={
+                    "value": "test score",
+                    "minus_window10": "minus the +-10 window",
+                    "n_train_proteins": "train proteins",
+                    "n_test_proteins": "test proteins",
+                }
+            ),
+            hide_index=True,
+            key="rep_card",
+        )
+        st.caption(
+            "Linear probes per residue, trained and tested on different proteins (TMbed's homology partitions for TM"
+            " helices, a sequence-hash split for secondary structure). The one-hot windows are the controls: a"
+            " representation knows more than local sequence where it beats the +-10 window."
+        )
 card = idx.card()
 cols = st.columns(6)
 for i, (k, v) in enumerate(card.items()):
@@ -34,15 +46,22 @@ with left:
     st.plotly_chart(freq_histogram(feats), key="freq_hist")
     st.markdown("**Concepts: the best feature against the best baseline**")
     st.dataframe(idx.concept_summary().head(40), hide_index=True, key="concept_summary")
-    st.caption("A feature matches a concept when its F1 beats every baseline by 0.05 on the valid proteins and again on the held-out "
-               "test proteins: fire everywhere, the best single-residue rule, and local-sequence rules (a Kyte-Doolittle hydropathy "
-               "window, an amino-acid window, the first / last w residues, the N-terminus with hydropathy), each rule chosen on valid. "
-               "It must not be an amino-acid detector. Catch-all UniProt types are not counted.")
+    st.caption(
+        "A feature matches a concept when its F1 beats every baseline by 0.05 on the valid proteins and again on the"
+        " held-out test proteins: fire everywhere, the best single-residue rule, and local-sequence rules (a"
+        " Kyte-Doolittle hydropathy window, an amino-acid window, the first / last w residues, the N-terminus with"
+        " hydropathy), each rule chosen on valid. It must not be an amino-acid detector. Catch-all UniProt types are"
+        " not counted."
+    )
 with right:
     color = st.radio("Colour by", ["best concept", "frequency", "cluster", "dead"], horizontal=True, key="map_color",
                      help="cluster: k-means of the decoder directions; dead: never fired on the indexed proteins")
-    ev = st.plotly_chart(feature_map(idx, {"best concept": "best_concept"}.get(color, color)), key="fmap", on_select="rerun",
-                         selection_mode="points")
+    ev = st.plotly_chart(
+        feature_map(idx, {"best concept": "best_concept"}.get(color, color)),
+        key="fmap",
+        on_select="rerun",
+        selection_mode="points",
+    )
     pts = (ev.selection.points if ev and hasattr(ev, "selection") else []) or []
     if pts:
         f = int(pts[0]["customdata"][0])

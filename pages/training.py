@@ -6,9 +6,9 @@ import streamlit as st
 
 from esmsae import jobs
 from esmsae.config import ConfigError, field_specs, parse_int_list, parse_zero_number
-from esmsae.published import import_catalogue, parse_optional_int
 from esmsae.explore import DEMO
 from esmsae.paths import shared_data, workspace
+from esmsae.published import import_catalogue, parse_optional_int
 from esmsae.train import read_metrics
 
 st.title("Train an SAE")
@@ -24,9 +24,15 @@ def widget(spec, container):
     label = spec.label
     if spec.zero and spec.kind in ("int", "float"):  # 0 has a name ("auto", "all"): show the name, parse on Start
         shown = spec.zero if default == 0 else f"{default:g}" if spec.kind == "float" else str(default)
-        return ("zero", spec, container.text_input(label, value=shown, help=f"{spec.help} ('{spec.zero}' or a number)", key=key))
+        return (
+            "zero",
+            spec,
+            container.text_input(label, value=shown, help=f"{spec.help} ('{spec.zero}' or a number)", key=key),
+        )
     if spec.kind == "choice":
-        return container.selectbox(label, spec.choices, index=list(spec.choices).index(default), help=spec.help, key=key)
+        return container.selectbox(
+            label, spec.choices, index=list(spec.choices).index(default), help=spec.help, key=key
+        )
     if spec.kind == "bool":
         return container.checkbox(label, value=bool(default), help=spec.help, key=key)
     if spec.kind == "int":
@@ -34,39 +40,78 @@ def widget(spec, container):
     if spec.kind == "float":
         return container.number_input(label, value=float(default), format="%g", help=spec.help, key=key)
     if spec.kind == "int_list":  # parsed on Start: a bad list is an error, not silently dropped
-        return ("int_list", spec, container.text_input(label, value=",".join(map(str, default)), help=spec.help, key=key))
+        return (
+            "int_list",
+            spec,
+            container.text_input(label, value=",".join(map(str, default)), help=spec.help, key=key),
+        )
     return container.text_input(label, value=str(default), help=spec.help, key=key)
 
 
-specs = [s for sec, cls in jobs.SECTIONS.items() for s in field_specs(cls, sec) if (s.section, s.name) not in SKIP and s.kind != "path_list"]
+specs = [
+    s
+    for sec, cls in jobs.SECTIONS.items()
+    for s in field_specs(cls, sec)
+    if (s.section, s.name) not in SKIP and s.kind != "path_list"
+]
 tab_train, tab_import = st.tabs(["Train an SAE", "Import a published SAE"])
 concepts = str(shared_data()) if shared_data().exists() else ""
 with tab_import:
-    st.caption("A published SAE (hub id, or a local file/folder in its source's own layout) becomes an esmsae run: "
-               "imported as a checkpoint, then indexed over a FASTA you choose. Model weights are needed for the index, "
-               "not for the import.")
+    st.caption(
+        "A published SAE (hub id, or a local file/folder in its source's own layout) becomes an esmsae run: "
+        "imported as a checkpoint, then indexed over a FASTA you choose. Model weights are needed for the index, "
+        "not for the import."
+    )
     entries = import_catalogue()
-    labels = [f"{e['source']}{' / ' + e['file'] if e.get('file') else ''}: {e['what']}" for e in entries] + ["Other: a hub id or a local path"]
+    labels = [f"{e['source']}{' / ' + e['file'] if e.get('file') else ''}: {e['what']}" for e in entries] + [
+        "Other: a hub id or a local path"
+    ]
     pick = st.selectbox("Release", range(len(labels)), format_func=lambda i: labels[i], key="imp_pick")
     entry = entries[pick] if pick < len(entries) else {}
     with st.form("import_form"):
-        source = st.text_input("Hub id or path (for 'Other')", value="", key="imp_source", disabled=pick < len(entries),
-                               help="ORG/NAME on the Hugging Face hub, or a file/folder: InterPLM .pt, InterProt .safetensors, "
-                               "Biohub config.json + layer_N.safetensors, plm-sae, esm-sae .npy, SAELens or sparsify folders")
+        source = st.text_input(
+            "Hub id or path (for 'Other')",
+            value="",
+            key="imp_source",
+            disabled=pick < len(entries),
+            help=(
+                "ORG/NAME on the Hugging Face hub, or a file/folder: InterPLM .pt, InterProt .safetensors, "
+                "Biohub config.json + layer_N.safetensors, plm-sae, esm-sae .npy, SAELens or sparsify folders"
+            ),
+        )
         c1, c2, c3 = st.columns(3)
-        layer_txt = c1.text_input("Layer", value=str(entry["layers"][0]) if entry.get("layers") else "", key=f"imp_layer_{pick}",
-                                  help=f"esmsae's convention (hidden_states index); this release has {entry.get('layers') or 'one or unknown'}")
-        k_txt = c2.text_input("k (active latents)", value=str(entry["k"]) if entry.get("k") else "", key=f"imp_k_{pick}",
-                              help="needed where the source does not store it (InterProt, esm-sae)")
-        model = c3.text_input("Base model", value=entry.get("model", ""), key=f"imp_model_{pick}", help="recorded, and run by the index")
+        layer_txt = c1.text_input(
+            "Layer",
+            value=str(entry["layers"][0]) if entry.get("layers") else "",
+            key=f"imp_layer_{pick}",
+            help=(
+                f"esmsae's convention (hidden_states index); this release has {entry.get('layers') or 'one or unknown'}"
+            ),
+        )
+        k_txt = c2.text_input(
+            "k (active latents)",
+            value=str(entry["k"]) if entry.get("k") else "",
+            key=f"imp_k_{pick}",
+            help="needed where the source does not store it (InterProt, esm-sae)",
+        )
+        model = c3.text_input(
+            "Base model", value=entry.get("model", ""), key=f"imp_model_{pick}", help="recorded, and run by the index"
+        )
         imp_fasta = st.text_input("FASTA to index", value=str(DEMO / "sample.fasta"), key="imp_fasta")
-        imp_name = st.text_input("Name of the imported run", value=f"import-{time.strftime('%Y%m%d-%H%M%S')}", key="imp_name")
+        imp_name = st.text_input(
+            "Name of the imported run", value=f"import-{time.strftime('%Y%m%d-%H%M%S')}", key="imp_name"
+        )
         go = st.form_submit_button("Import and index", type="primary")
     if go:
         try:
-            spec = {"source": (source.strip() if pick == len(entries) else entry["source"]), "file": entry.get("file", ""),
-                    "format": entry.get("format", "auto"), "model": model.strip(),
-                    "layer": parse_optional_int(layer_txt, "Layer"), "k": parse_optional_int(k_txt, "k")}
+            spec = {
+                "source": source.strip() if pick == len(entries) else entry["source"],
+                "file": entry.get("file", ""),
+                "format": entry.get("format", "auto"),
+                "model": model.strip(),
+                "layer": parse_optional_int(layer_txt, "Layer"),
+                "k": parse_optional_int(k_txt, "k"),
+            }
             jobs.start_import(ws, imp_name, spec, imp_fasta.strip(), index_concepts=concepts)
             st.session_state["watch"] = imp_name
             st.session_state["job_pick"] = imp_name
@@ -86,7 +131,9 @@ with tab_train, st.form("train_form"):
         for s in specs:
             if not s.main:
                 cfg[s.section][s.name] = widget(s, st)
-    upload = st.file_uploader("...or upload a FASTA file to train on", type=["fasta", "fa", "faa", "txt"], key="fasta_upload")
+    upload = st.file_uploader(
+        "...or upload a FASTA file to train on", type=["fasta", "fa", "faa", "txt"], key="fasta_upload"
+    )
     submitted = st.form_submit_button("Start", type="primary")
 
 if submitted:

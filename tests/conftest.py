@@ -69,7 +69,9 @@ def small_store(tmp_path_factory, esm2_dir, mgen_fasta):
 @pytest.fixture(scope="session")
 def mgen_full(tmp_path_factory, shared):
     """60 whole M. genitalium proteins of <= 300 residues (their UniProt features match)."""
-    return write_fasta(tmp_path_factory.mktemp("fa") / "mgen60.fasta", ((h, s) for h, s in read_fasta(MGEN) if len(s) <= 300), limit=60)
+    return write_fasta(
+        tmp_path_factory.mktemp("fa") / "mgen60.fasta", ((h, s) for h, s in read_fasta(MGEN) if len(s) <= 300), limit=60
+    )
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +81,11 @@ def tiny_sae(tmp_path_factory, small_store):
     from esmsae.train import train
 
     out = tmp_path_factory.mktemp("sae")
-    (d,) = train(TrainConfig(store=str(small_store), out=str(out), layers=[4], token_budget=60_000, batch_size=512, seed=0),
-                 SAEConfig(n_latents=128, k=8), progress=False)
+    (d,) = train(
+        TrainConfig(store=str(small_store), out=str(out), layers=[4], token_budget=60_000, batch_size=512, seed=0),
+        SAEConfig(n_latents=128, k=8),
+        progress=False,
+    )
     return d
 
 
@@ -92,7 +97,9 @@ def structure_fasta(tmp_path_factory, shared):
 
     out = tmp_path_factory.mktemp("fa") / "chains.fasta"
     rows = list(csv.DictReader(open(shared / "structures" / "links" / "structure_chains.tsv"), delimiter="\t"))
-    rows = [r for r in rows if 60 <= len(r["atom_seq"]) <= 200 and set(r["atom_seq"]) <= set("ACDEFGHIKLMNPQRSTVWY")][:3]
+    rows = [r for r in rows if 60 <= len(r["atom_seq"]) <= 200 and set(r["atom_seq"]) <= set("ACDEFGHIKLMNPQRSTVWY")][
+        :3
+    ]
     return write_fasta(out, ((f"{Path(r['file']).stem}_{r['chain']}", r["atom_seq"]) for r in rows))
 
 
@@ -105,8 +112,18 @@ def app_workspace(tmp_path_factory, tiny_sae, mgen_full, structure_fasta, shared
     ws = tmp_path_factory.mktemp("ws")
     ck = ws / "tiny" / "L4_resid"
     shutil.copytree(tiny_sae, ck)
-    build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[str(mgen_full), str(structure_fasta)], concepts=str(shared),
-                            top_n=5, umap=True, batch_tokens=2048), progress=False)
+    build_index(
+        IndexConfig(
+            sae=str(ck),
+            out=str(ck / "index.duckdb"),
+            fasta=[str(mgen_full), str(structure_fasta)],
+            concepts=str(shared),
+            top_n=5,
+            umap=True,
+            batch_tokens=2048,
+        ),
+        progress=False,
+    )
     return ws
 
 
@@ -122,7 +139,11 @@ def built_index(tmp_path_factory, tiny_sae, mgen_full, shared, esm2_dir):
     tmp = tmp_path_factory.mktemp("idx")
     groups = tmp / "half.tsv"
     ids = [h.split()[0] for h, _ in read_fasta(mgen_full)]
-    groups.write_text("id\tgroup\n" + "".join(f"{pid}\t{'A' if i % 3 == 0 else 'B'}\n" for i, pid in enumerate(ids)) + "NOT_A_PROTEIN\tA\n")
+    groups.write_text(
+        "id\tgroup\n"
+        + "".join(f"{pid}\t{'A' if i % 3 == 0 else 'B'}\n" for i, pid in enumerate(ids))
+        + "NOT_A_PROTEIN\tA\n"
+    )
 
     cfg = IndexConfig(sae=str(tiny_sae), out=str(tmp / "index.duckdb"), fasta=[str(mgen_full)], concepts=str(shared),
                       groups=[str(groups)], top_n=5, umap=False, batch_tokens=2048)

@@ -28,9 +28,18 @@ def _plm_sae_folder(root: Path, seed=0) -> Path:
     g = torch.Generator().manual_seed(seed)
     repo = root / "sae_esm2_6_l3"
     repo.mkdir(parents=True)
-    (repo / "config.json").write_text(json.dumps({"cfg": {"act_size": 320, "dict_size": 256, "l1_coeff": 1e-3, "enc_dtype": "fp32"}}))
-    save_file({"W_enc": torch.randn(320, 256, generator=g) / 320 ** 0.5 * 4, "W_dec": torch.randn(256, 320, generator=g) / 16,
-               "b_enc": torch.full((256,), -0.5), "b_dec": torch.zeros(320)}, str(repo / "model.safetensors"))
+    (repo / "config.json").write_text(
+        json.dumps({"cfg": {"act_size": 320, "dict_size": 256, "l1_coeff": 1e-3, "enc_dtype": "fp32"}})
+    )
+    save_file(
+        {
+            "W_enc": torch.randn(320, 256, generator=g) / 320**0.5 * 4,
+            "W_dec": torch.randn(256, 320, generator=g) / 16,
+            "b_enc": torch.full((256,), -0.5),
+            "b_dec": torch.zeros(320),
+        },
+        str(repo / "model.safetensors"),
+    )
     return repo
 
 
@@ -89,8 +98,28 @@ def test_api_batch_pool_sparse_and_scaled(lm, mgen_fasta, tmp_path):
 
 
 def test_embed_pool_last_store_and_npy_dir_training(tmp_path, mgen_fasta, lm):
-    assert main(["embed", "--model", str(DEMO_LM), "--fasta", str(mgen_fasta), "--store", str(tmp_path / "pooled"), "--layers", "6",
-                 "--pool", "last", "--max-proteins", "30", "--holdout-fraction", "0.2"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(DEMO_LM),
+                "--fasta",
+                str(mgen_fasta),
+                "--store",
+                str(tmp_path / "pooled"),
+                "--layers",
+                "6",
+                "--pool",
+                "last",
+                "--max-proteins",
+                "30",
+                "--holdout-fraction",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     from esmsae.store import ActivationStore
 
     st = ActivationStore(tmp_path / "pooled")
@@ -100,8 +129,26 @@ def test_embed_pool_last_store_and_npy_dir_training(tmp_path, mgen_fasta, lm):
     ref = torch.stack(lm.embed(seqs[:5], layer=6, pool="last")).numpy()
     np.testing.assert_allclose(a[:5], ref, rtol=2e-3, atol=2e-3)  # fp16 store
     # a protein-level SAE trains on it, and evaluate skips the residue-level LM loss
-    assert main(["train", "--store", str(tmp_path / "pooled"), "--out", str(tmp_path / "prun"), "--n-latents", "64", "--k", "4",
-                 "--token-budget", "2000", "--batch-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--store",
+                str(tmp_path / "pooled"),
+                "--out",
+                str(tmp_path / "prun"),
+                "--n-latents",
+                "64",
+                "--k",
+                "4",
+                "--token-budget",
+                "2000",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "prun" / "L6_resid" / "cfg.json").read_text())["pool"] == "last"
     assert main(["evaluate", str(tmp_path / "prun" / "L6_resid")]) == 0
     card = json.loads((tmp_path / "prun" / "L6_resid" / "eval.json").read_text())
@@ -112,8 +159,25 @@ def test_embed_pool_last_store_and_npy_dir_training(tmp_path, mgen_fasta, lm):
     rng = np.random.default_rng(0)
     for i, n in enumerate((2500, 700, 1800)):
         np.save(npy / f"batch_{i}.npy", rng.standard_normal((n, 48)).astype(np.float32))
-    args = ["train", "--npy-dir", str(npy), "--npy-layer", "30", "--npy-model", "esmc_300m", "--out", str(tmp_path / "nrun"),
-            "--n-latents", "96", "--k", "6", "--token-budget", "8000", "--batch-size", "500"]
+    args = [
+        "train",
+        "--npy-dir",
+        str(npy),
+        "--npy-layer",
+        "30",
+        "--npy-model",
+        "esmc_300m",
+        "--out",
+        str(tmp_path / "nrun"),
+        "--n-latents",
+        "96",
+        "--k",
+        "6",
+        "--token-budget",
+        "8000",
+        "--batch-size",
+        "500",
+    ]
     assert main(args) == 0
     from esmsae.store import ActivationStore
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import torch
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from esmsae.explore import DEMO, FeatureIndex, get_labels, list_runs
@@ -62,8 +62,17 @@ def test_bad_links_say_what_is_wrong(env):
 def test_feature_browser_table_search_and_deep_link(env):
     at = ok(page("features"))
     table = at.dataframe[0].value
-    assert len(table) > 10 and {"feature", "label", "best_concept", "best_f1", "best_aa_rule_f1", "aa_purity", "freq_residue", "max_act",
-                                "top_group"} <= set(table.columns)
+    assert len(table) > 10 and {
+        "feature",
+        "label",
+        "best_concept",
+        "best_f1",
+        "best_aa_rule_f1",
+        "aa_purity",
+        "freq_residue",
+        "max_act",
+        "top_group",
+    } <= set(table.columns)
     # residue detectors vs context features: two disjoint subsets of the live features
     at.selectbox(key="kind_filter").set_value("residue detectors").run()
     det = set(at.dataframe[0].value["feature"])
@@ -198,7 +207,9 @@ def test_groups(env):
             at.selectbox(key="enriched_group").set_value(grp).run()
             got = at.dataframe[0].value
             want = usage[(usage.grp == grp) & (usage.q <= 0.05)].sort_values("log_odds", ascending=False).head(20)
-            assert got["feature"].tolist() == want["feature"].tolist()  # the enriched table is exactly the significant rows, by effect
+            assert (
+                got["feature"].tolist() == want["feature"].tolist()
+            )  # the enriched table is exactly the significant rows, by effect
             assert (got["q"] <= 0.05).all() and (got["grp"] == grp).all()
         if len(groups) >= 2:
             cmp_ = at.dataframe[1].value
@@ -220,8 +231,19 @@ def test_enriched_and_compare_known_answer():
     for grp, fr in (("A", {0: 0.9, 1: 0.5, 2: 0.1}), ("B", {0: 0.1, 1: 0.5, 2: 0.2})):
         for f, frac in fr.items():
             q = 0.001 if (grp, f) == ("A", 0) else (0.04 if (grp, f) == ("B", 2) else 0.8)
-            rows.append({"grp": grp, "feature": f, "n_proteins": 100, "n_fire": int(frac * 100), "frac": frac, "mean_act": frac,
-                         "log_odds": {0: 4.4, 1: 0.0, 2: -0.8}[f] * (1 if grp == "A" else -1), "p": q / 3, "q": q})
+            rows.append(
+                {
+                    "grp": grp,
+                    "feature": f,
+                    "n_proteins": 100,
+                    "n_fire": int(frac * 100),
+                    "frac": frac,
+                    "mean_act": frac,
+                    "log_odds": {0: 4.4, 1: 0.0, 2: -0.8}[f] * (1 if grp == "A" else -1),
+                    "p": q / 3,
+                    "q": q,
+                }
+            )
     usage = pd.DataFrame(rows)
     assert enriched(usage, "A")["feature"].tolist() == [0]
     assert enriched(usage, "B")["feature"].tolist() == [2]
@@ -245,7 +267,10 @@ def test_uploaded_grouping(env, mgen_full, esm2_dir):
     # brute force: fraction of group A proteins where feature f fires
     f = int(usage.feature.iloc[0])
     with torch.no_grad():
-        fires = [float(an.sae.encode_dense(an.plm.embed([s], [an.hook])[0][an.hook.name])[:, f].max()) > 0 for _, s in groups["A"]]
+        fires = [
+            float(an.sae.encode_dense(an.plm.embed([s], [an.hook])[0][an.hook.name])[:, f].max()) > 0
+            for _, s in groups["A"]
+        ]
     row = usage[(usage.grp == "A") & (usage.feature == f)]
     assert (row.n_fire.iloc[0] if len(row) else 0) == sum(fires)
     with pytest.raises(InputError, match="none of its"):
@@ -257,10 +282,23 @@ def test_uploaded_grouping(env, mgen_full, esm2_dir):
 def test_training_page_form_and_validation(env):
     at = ok(page("training"))
     labels = {w.label for w in at.text_input} | {w.label for w in at.number_input} | {w.label for w in at.selectbox}
-    for want in ("Protein LM", "Layer(s)", "Hook site", "Proteins (FASTA path)", "Architecture", "Latents (dictionary size)",
-                 "k (active latents per token)", "Learning rate", "Training tokens", "Batch (tokens per step)", "Top examples per feature"):
+    for want in (
+        "Protein LM",
+        "Layer(s)",
+        "Hook site",
+        "Proteins (FASTA path)",
+        "Architecture",
+        "Latents (dictionary size)",
+        "k (active latents per token)",
+        "Learning rate",
+        "Training tokens",
+        "Batch (tokens per step)",
+        "Top examples per feature",
+    ):
         assert want in labels  # human labels, generated from the dataclasses (the index stage is configurable too)
-    assert not any("." in lab and lab.split(".")[0] in ("model", "hook", "sae", "train") for lab in labels)  # no raw field names
+    assert not any(
+        "." in lab and lab.split(".")[0] in ("model", "hook", "sae", "train") for lab in labels
+    )  # no raw field names
     assert at.text_input(key="cfg_train_lr").value == "auto"  # 0 is shown as what it means
     assert "jumprelu" not in at.selectbox(key="cfg_sae_architecture").options  # importable, not trainable
     assert "cfg_eval_seed" not in [w.key for w in at.number_input]  # the pipeline sets it
@@ -331,12 +369,18 @@ def test_pages_open_an_index_with_no_concepts_groups_or_structures(tmp_path, tin
     ws = tmp_path / "ws"
     ck = ws / "plain" / "L4_resid"
     shutil.copytree(tiny_sae, ck)
-    build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[str(mgen_fasta)], top_n=3, umap=False, batch_tokens=2048),
-                progress=False)
+    build_index(
+        IndexConfig(
+            sae=str(ck), out=str(ck / "index.duckdb"), fasta=[str(mgen_fasta)], top_n=3, umap=False, batch_tokens=2048
+        ),
+        progress=False,
+    )
     monkeypatch.setenv("ESMSAE_WORKSPACE", str(ws))
     monkeypatch.setenv("ESMSAE_DEMO", str(tmp_path / "no-demo"))
     monkeypatch.chdir(ROOT)
     for name in ("overview", "features", "groups", "inspector"):
         ok(page(name))
-    f = int(FeatureIndex(ck / "index.duckdb").q("SELECT feature FROM features WHERE NOT dead LIMIT 1")["feature"].iloc[0])
+    f = int(
+        FeatureIndex(ck / "index.duckdb").q("SELECT feature FROM features WHERE NOT dead LIMIT 1")["feature"].iloc[0]
+    )
     ok(page("features", feature=str(f)))

@@ -16,7 +16,10 @@ DEMO_LM = ROOT / "data" / "esm_lm" / "model"
 def test_empty_fasta_is_an_error_and_leaves_no_store(tmp_path, capsys):
     empty = tmp_path / "empty.fasta"
     empty.write_text("")
-    assert main(["embed", "--model", str(DEMO_LM), "--fasta", str(empty), "--store", str(tmp_path / "s"), "--layers", "3"]) == 2
+    assert (
+        main(["embed", "--model", str(DEMO_LM), "--fasta", str(empty), "--store", str(tmp_path / "s"), "--layers", "3"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "empty.fasta: no proteins to embed" in err and not (tmp_path / "s").exists()
     bad = tmp_path / "bad.fasta"
@@ -101,7 +104,10 @@ def test_a_copied_checkpoint_says_where_its_relative_model_went(tmp_path):
     (["--layers", "0", "--site", "mlp"], "HookConfig.layers: site 'mlp' has no layer 0"),
 ])
 def test_embed_layer_problems_are_named(tmp_path, capsys, mgen_fasta, extra, want):
-    assert main(["embed", "--model", str(DEMO_LM), "--fasta", str(mgen_fasta), "--store", str(tmp_path / "s"), *extra]) == 2
+    assert (
+        main(["embed", "--model", str(DEMO_LM), "--fasta", str(mgen_fasta), "--store", str(tmp_path / "s"), *extra])
+        == 2
+    )
     assert want in capsys.readouterr().err
 
 
@@ -111,14 +117,43 @@ def test_site_typo_and_unwritable_output_are_named(tmp_path, capsys, mgen_fasta)
     assert "invalid choice: 'mpl'" in capsys.readouterr().err
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    assert main(["embed", "--model", str(DEMO_LM), "--fasta", str(mgen_fasta), "--store", str(blocker / "store"), "--layers", "3"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(DEMO_LM),
+                "--fasta",
+                str(mgen_fasta),
+                "--store",
+                str(blocker / "store"),
+                "--layers",
+                "3",
+            ]
+        )
+        == 2
+    )
     assert str(blocker / "store") in capsys.readouterr().err
 
 
 def test_checkpoint_that_does_not_fit_the_model(tmp_path, capsys, mgen_fasta, esmc_file):
     # the demo SAE (d_in 320) on a 128-wide ESM C: refused before anything is written
-    assert main(["index", "--sae", str(ROOT / "data" / "esm_lm" / "sae"), "--fasta", str(mgen_fasta), "--model", str(esmc_file),
-                 "--out", str(tmp_path / "i.duckdb")]) == 2
+    assert (
+        main(
+            [
+                "index",
+                "--sae",
+                str(ROOT / "data" / "esm_lm" / "sae"),
+                "--fasta",
+                str(mgen_fasta),
+                "--model",
+                str(esmc_file),
+                "--out",
+                str(tmp_path / "i.duckdb"),
+            ]
+        )
+        == 2
+    )
     assert "SAE d_in is 320 but" in capsys.readouterr().err and not (tmp_path / "i.duckdb").exists()
 
 
@@ -138,8 +173,12 @@ def test_kill_9_of_the_indexer_keeps_the_old_index_and_leaves_no_scratch(tmp_pat
     # a rebuild over more proteins, killed with SIGKILL while it writes
     big = tmp_path / "big.fasta"
     big.write_text(open(mgen_full).read() * 1)
-    p = subprocess.Popen([sys.executable, "-m", "esmsae", *base, "--fasta", str(big), "--batch-tokens", "256"], cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "esmsae", *base, "--fasta", str(big), "--batch-tokens", "256"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tmp_db = out.with_name(out.name + ".tmp")
     for _ in range(600):
         if tmp_db.exists():

@@ -25,7 +25,12 @@ DEMO = ROOT / "data" / "demo"
 # Skipped without a browser on a developer machine; in CI (CI=true) never skipped, so a missing
 # browser fails the run instead of passing it with no journey run.
 IN_CI = os.environ.get("CI", "").lower() == "true"
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not IN_CI and not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make browser)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not IN_CI and not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make browser)"
+    ),
+]
 
 
 def _free_port() -> int:
@@ -41,8 +46,25 @@ def server(tmp_path_factory, app_workspace):
     port = _free_port()
     env = {**os.environ, "ESMSAE_WORKSPACE": str(ws), "PYTHONPATH": str(ROOT)}
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-                          "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -64,9 +86,20 @@ def browser():
 
     ART.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                               args=["--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--ignore-gpu-blocklist",
-                                     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--enable-unsafe-swiftshader",
+                "--use-angle=swiftshader",
+                "--ignore-gpu-blocklist",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         yield b
         b.close()
 
@@ -116,7 +149,8 @@ def test_journey_feature_deep_link_with_structure(server, browser):
 
 
 def _inspect(browser, url: str, name: str, seq: str, run_q: str = ""):
-    """Open the inspector (of the run in ``run_q``, default the demo), paste one sequence and press Analyse; returns the page."""
+    """Open the inspector (of the run in ``run_q``, default the demo), paste one sequence and press Analyse;
+    returns the page."""
     page = _page(browser)
     page.goto(f"{url}/inspector{run_q}")
     box = page.get_by_label("Protein sequence or FASTA", exact=True)
@@ -129,9 +163,14 @@ def _inspect(browser, url: str, name: str, seq: str, run_q: str = ""):
 
 def test_journey_inspector(server, browser):
     url, _ = server
-    seq = "KVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLCNIPCSALLSSDITASVNCAKKIVSDGNGMNAWVAWRNRCKGTDVQAWIRGCRL"
+    seq = (
+        "KVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLCNIPCSALLSSDITASVNCAKKIVSDGNGMN"
+        "AWVAWRNRCKGTDVQAWIRGCRL"
+    )
     page = _inspect(browser, url, "lysozyme", seq)
-    page.get_by_text(f"{len(seq)} residues - protein LM + SAE").wait_for(timeout=30_000)  # the whole sequence was analysed
+    page.get_by_text(f"{len(seq)} residues - protein LM + SAE").wait_for(
+        timeout=30_000
+    )  # the whole sequence was analysed
     import re
 
     link = page.get_by_role("link", name=re.compile(r"Open feature \d+")).first
@@ -157,7 +196,13 @@ def test_journey_steer_in_inspector(server, browser):
     url, _ = server
     # the tiny ESM run: this journey checks the UI flow; UniRep (the demo) steers and generates in
     # tests/test_unirep.py and tests/test_steer.py, and one resampled position there costs one forward
-    page = _inspect(browser, url, "q", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV", "?run=tiny/L4_resid")
+    page = _inspect(
+        browser,
+        url,
+        "q",
+        "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV",
+        "?run=tiny/L4_resid",
+    )
     page.get_by_text("Steer along a feature, checked").wait_for(timeout=120_000)
     page.get_by_role("button", name="Download activations (CSV)").wait_for(timeout=60_000)  # the script has finished
     steer = page.get_by_role("button", name="Steer", exact=True)
@@ -227,7 +272,9 @@ def test_journey_training(server, browser):
     from esmsae.fasta import read_fasta, write_fasta
 
     write_fasta(fasta, read_fasta(SHARED / "uniprot" / "mgenitalium" / "mgenitalium.fasta"), max_len=200, limit=80)
-    model = str(ROOT / "data" / "esm_lm" / "model") if (ROOT / "data" / "esm_lm" / "model").exists() else _tiny_model(ws)
+    model = (
+        str(ROOT / "data" / "esm_lm" / "model") if (ROOT / "data" / "esm_lm" / "model").exists() else _tiny_model(ws)
+    )
     page.get_by_label("Protein LM", exact=True).fill(model)
     page.get_by_label("Proteins (FASTA path)", exact=True).fill(str(fasta))
     page.get_by_label("Layer(s)", exact=True).fill("2")
@@ -244,9 +291,13 @@ def test_journey_training(server, browser):
     # reload while the job runs: the job goes on (its own process) and the page finds it again
     page.reload()
     # (or already finished: a fast job may end before the reload)
-    page.get_by_text(re.compile(r"browser-run: (starting|running)|Finished: the run is in the run picker")).first.wait_for(timeout=90_000)
+    page.get_by_text(
+        re.compile(r"browser-run: (starting|running)|Finished: the run is in the run picker")
+    ).first.wait_for(timeout=90_000)
 
-    page.get_by_text(re.compile(r"Finished: the run is in the run picker|browser-run\*\*: failed")).first.wait_for(timeout=400_000)
+    page.get_by_text(re.compile(r"Finished: the run is in the run picker|browser-run\*\*: failed")).first.wait_for(
+        timeout=400_000
+    )
     status = (ws / "browser-run" / "status.json").read_text()
     assert '"done"' in status, status
     page.screenshot(path=str(ART / "journey3_training_done.png"), full_page=True)
@@ -272,8 +323,12 @@ def test_journey_addresses(server, browser):
     """Every page answers at its own address, "/" included (the overview was "Page not found" at /overview)."""
     url, _ = server
     page = _page(browser)
-    for path, heading in (("/overview", "esmsae: sparse autoencoder features"), ("/", "esmsae: sparse autoencoder features"),
-                          ("/groups", "Group comparison"), ("/training", "Train an SAE")):
+    for path, heading in (
+        ("/overview", "esmsae: sparse autoencoder features"),
+        ("/", "esmsae: sparse autoencoder features"),
+        ("/groups", "Group comparison"),
+        ("/training", "Train an SAE"),
+    ):
         page.goto(url + path)
         page.get_by_role("heading", name=heading).first.wait_for(timeout=90_000)
         assert page.get_by_text("Page not found").count() == 0, path
@@ -293,7 +348,12 @@ def test_journey_search_description_and_related(server, browser):
     run_q = "" if index.parent == DEMO else "?run=tiny/L4_resid"
     con = duckdb.connect(str(index), read_only=True)
     try:
-        want = {int(r[0]) for r in con.execute("SELECT feature FROM features WHERE NOT dead AND description ILIKE '%residue detector%'").fetchall()}
+        want = {
+            int(r[0])
+            for r in con.execute(
+                "SELECT feature FROM features WHERE NOT dead AND description ILIKE '%residue detector%'"
+            ).fetchall()
+        }
         live = int(con.execute("SELECT count(*) FROM features WHERE NOT dead").fetchall()[0][0])
     finally:
         con.close()

@@ -22,17 +22,29 @@ def test_two_separated_families_make_two_clusters_deterministically(tmp_path, ti
     from esmsae.index import build_index
 
     a, b = _families()
-    fa = write_fasta(tmp_path / "fam.fasta", [(f"A{i} hydrophobic protein OS=Escherichia coli OX=83333", s) for i, s in enumerate(a)]
-                     + [(f"B{i} charged protein OS=Homo sapiens OX=9606", s) for i, s in enumerate(b)])
+    fa = write_fasta(
+        tmp_path / "fam.fasta",
+        [(f"A{i} hydrophobic protein OS=Escherichia coli OX=83333", s) for i, s in enumerate(a)]
+        + [(f"B{i} charged protein OS=Homo sapiens OX=9606", s) for i, s in enumerate(b)],
+    )
     tables = []
     for run in (1, 2):
-        cfg = IndexConfig(sae=str(tiny_sae), out=str(tmp_path / f"i{run}.duckdb"), fasta=[str(fa)], cluster_proteins=2, umap=False,
-                          min_group_size=5, top_n=3)
+        cfg = IndexConfig(
+            sae=str(tiny_sae),
+            out=str(tmp_path / f"i{run}.duckdb"),
+            fasta=[str(fa)],
+            cluster_proteins=2,
+            umap=False,
+            min_group_size=5,
+            top_n=3,
+        )
         con = duckdb.connect(str(build_index(cfg, progress=False)), read_only=True)
         prof = con.execute("SELECT * FROM cluster_profiles ORDER BY cluster").df()
         groups = con.execute("SELECT * FROM groups WHERE grouping = 'embedding cluster' ORDER BY grp").df()
-        usage = con.execute("SELECT grp, feature, q, composition_driven FROM group_usage WHERE grouping = 'embedding cluster' "
-                            "ORDER BY grp, feature").df()
+        usage = con.execute(
+            "SELECT grp, feature, q, composition_driven FROM group_usage WHERE grouping = 'embedding cluster' "
+            "ORDER BY grp, feature"
+        ).df()
         con.close()
         tables.append((prof, groups, usage))
     prof, groups, _ = tables[0]
@@ -55,16 +67,31 @@ def test_cluster_vectors_separate_and_repeat():
 
 def test_profile_composition_equals_a_hand_count():
     labels = np.array([0, 0, 0, 1, 1])
-    proteins = pd.DataFrame({"length": [100, 200, 300, 50, 70], "kingdom": ["Archaea", "Archaea", "Bacteria", "", "Eukaryota"],
-                             "organism": ["Pyrococcus furiosus", "Pyrococcus furiosus", "Escherichia coli", "", "Homo sapiens"],
-                             "description": ["Ferredoxin OS=Pyrococcus furiosus", "Ferredoxin", "Porin", "Uncharacterized protein", "Actin"]})
+    proteins = pd.DataFrame(
+        {
+            "length": [100, 200, 300, 50, 70],
+            "kingdom": ["Archaea", "Archaea", "Bacteria", "", "Eukaryota"],
+            "organism": ["Pyrococcus furiosus", "Pyrococcus furiosus", "Escherichia coli", "", "Homo sapiens"],
+            "description": [
+                "Ferredoxin OS=Pyrococcus furiosus",
+                "Ferredoxin",
+                "Porin",
+                "Uncharacterized protein",
+                "Actin",
+            ],
+        }
+    )
     usage = pd.DataFrame({"grp": ["cluster 0", "cluster 0", "cluster 1"], "feature": [3, 4, 5], "q": [0.01, 0.2, 0.001],
                           "log_odds": [1.5, 2.0, 0.7], "composition_driven": [False, False, True]})
-    feats = pd.DataFrame({"feature": [3, 4, 5], "matches_concept": [True, True, True], "best_concept": ["TMbed: TM helix", "X", "Y"]})
+    feats = pd.DataFrame(
+        {"feature": [3, 4, 5], "matches_concept": [True, True, True], "best_concept": ["TMbed: TM helix", "X", "Y"]}
+    )
     p = cluster_profiles(labels, proteins, usage, feats, 2).set_index("cluster")
     assert p.loc["cluster 0", "n_proteins"] == 3 and p.loc["cluster 0", "length_median"] == 200
     assert json.loads(p.loc["cluster 0", "kingdoms"]) == {"Archaea": round(2 / 3, 3), "Bacteria": round(1 / 3, 3)}
     assert p.loc["cluster 0", "top_organisms"] == "Pyrococcus furiosus (2); Escherichia coli (1)"
     assert p.loc["cluster 0", "top_protein_names"] == "Ferredoxin (2); Porin (1)"
     assert p.loc["cluster 0", "enriched_concepts"] == "TMbed: TM helix (feature 3)"  # feature 4 has q 0.2
-    assert p.loc["cluster 1", "no_kingdom"] == 1 and p.loc["cluster 1", "n_enriched_features"] == 0  # composition-driven dropped
+    assert (
+        p.loc["cluster 1", "no_kingdom"] == 1 and p.loc["cluster 1", "n_enriched_features"] == 0
+    )  # composition-driven dropped

@@ -43,8 +43,24 @@ def test_a_cuda_run_of_a_checkpoint_loads_on_cpu(tiny_sae, tmp_path):
 def test_cli_says_when_cuda_is_missing(tmp_path, tiny_sae, mgen_fasta):
     if HAS_CUDA:
         pytest.skip("this machine has CUDA")
-    r = subprocess.run([sys.executable, "-m", "esmsae", "index", "--sae", str(tiny_sae), "--out", str(tmp_path / "i.duckdb"),
-                        "--fasta", str(mgen_fasta), "--device", "cuda"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esmsae",
+            "index",
+            "--sae",
+            str(tiny_sae),
+            "--out",
+            str(tmp_path / "i.duckdb"),
+            "--fasta",
+            str(mgen_fasta),
+            "--device",
+            "cuda",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "sees no CUDA device" in r.stderr
 
 
@@ -52,17 +68,70 @@ def test_cli_says_when_cuda_is_missing(tmp_path, tiny_sae, mgen_fasta):
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 def test_pipeline_and_index_on_cuda(tmp_path, shared, esm2_dir):
     """embed -> train -> evaluate -> index on CUDA; the checkpoint then loads and encodes on CPU."""
-    fa = write_fasta(tmp_path / "p.fasta", ((h, s) for h, s in read_fasta(shared / "af3_samples" / "uniref90__subsampled_1000.fasta")
-                                            if 50 <= len(s) <= 300), limit=200)
+    fa = write_fasta(
+        tmp_path / "p.fasta",
+        (
+            (h, s)
+            for h, s in read_fasta(shared / "af3_samples" / "uniref90__subsampled_1000.fasta")
+            if 50 <= len(s) <= 300
+        ),
+        limit=200,
+    )
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "esmsae", "pipeline", "--fasta", str(fa), "--model", str(esm2_dir), "--layers", "3",
-                        "--out", str(out), "--n-latents", "256", "--k", "8", "--token-budget", "100000", "--batch-size", "1024",
-                        "--holdout-fraction", "0.1", "--lm-proteins", "8", "--device", "cuda"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esmsae",
+            "pipeline",
+            "--fasta",
+            str(fa),
+            "--model",
+            str(esm2_dir),
+            "--layers",
+            "3",
+            "--out",
+            str(out),
+            "--n-latents",
+            "256",
+            "--k",
+            "8",
+            "--token-budget",
+            "100000",
+            "--batch-size",
+            "1024",
+            "--holdout-fraction",
+            "0.1",
+            "--lm-proteins",
+            "8",
+            "--device",
+            "cuda",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     card = json.loads((out / "L3_resid" / "eval.json").read_text())
     assert card["fvu"] < 1 and "masked" in card["downstream"]
-    r = subprocess.run([sys.executable, "-m", "esmsae", "index", "--sae", str(out / "L3_resid"), "--out", str(tmp_path / "i.duckdb"),
-                        "--fasta", str(fa), "--device", "cuda", "--no-umap"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esmsae",
+            "index",
+            "--sae",
+            str(out / "L3_resid"),
+            "--out",
+            str(tmp_path / "i.duckdb"),
+            "--fasta",
+            str(fa),
+            "--device",
+            "cuda",
+            "--no-umap",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     from esmsae.checkpoint import load_sae
 

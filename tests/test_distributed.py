@@ -28,15 +28,35 @@ def _env() -> dict:
 
 
 def run1(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "esmsae", *args], capture_output=True, text=True, env={**_env(), **(env or {})}, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "esmsae", *args],
+        capture_output=True,
+        text=True,
+        env={**_env(), **(env or {})},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
 
 def run2(*args: str, nproc: int = 2, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node 2 -m esmsae ...``."""
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "esmsae", *args],
-                       capture_output=True, text=True, env={**_env(), **(env or {})}, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "esmsae",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env={**_env(), **(env or {})},
+        timeout=600,
+    )
     if check:
         assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -96,8 +116,30 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def _train_args(store: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--store", str(store), "--out", str(out), "--layers", "4", "--batch-size", "256", "--token-budget", str(256 * 30),
-            "--warmup-steps", "5", "--log-every", "10", "--checkpoint-every", "1000", "--device", "cpu", "--threads", "1", *extra]
+    return [
+        "train",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--layers",
+        "4",
+        "--batch-size",
+        "256",
+        "--token-budget",
+        str(256 * 30),
+        "--warmup-steps",
+        "5",
+        "--log-every",
+        "10",
+        "--checkpoint-every",
+        "1000",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def test_ddp_matches_one_process_with_auxk_active(tmp_path, small_store):
@@ -107,7 +149,7 @@ def test_ddp_matches_one_process_with_auxk_active(tmp_path, small_store):
     beyond the bound, so the test can tell the two apart."""
     sae = ["--n-latents", "1024", "--k", "8", "--dead-tokens", "512", "--auxk-coef", "0.5"]
     run1(*_train_args(small_store, tmp_path / "one", *sae))
-    r = run2(*_train_args(small_store, tmp_path / "two", *sae))
+    run2(*_train_args(small_store, tmp_path / "two", *sae))
     run2(*_train_args(small_store, tmp_path / "local", *sae), env={"ESMSAE_DDP_LOCAL_NORMALISER": "1"})
     one, two, local = (_params(tmp_path / x) for x in ("one", "two", "local"))
     good, bad = _max_diff(one, two), _max_diff(one, local)
@@ -142,11 +184,15 @@ def test_layer_parallel_is_bit_identical(tmp_path, small_store):
     par = [a if a != "4" else "2,4" for a in _train_args(small_store, tmp_path / "two", *args, "--parallel", "layers")]
     run2(*par)
     for name in ("L2_resid", "L4_resid"):
-        assert filecmp.cmp(tmp_path / "one" / name / "sae.safetensors", tmp_path / "two" / name / "sae.safetensors", shallow=False), name
+        assert filecmp.cmp(
+            tmp_path / "one" / name / "sae.safetensors", tmp_path / "two" / name / "sae.safetensors", shallow=False
+        ), name
         ca, cb = (json.loads((tmp_path / x / name / "cfg.json").read_text()) for x in ("one", "two"))
         assert ca["train"].pop("out") != cb["train"].pop("out") and ca == cb  # only the run folder differs
     rows = read_metrics(tmp_path / "two")
-    assert sorted({r["sae"] for r in rows}) == ["L2_resid", "L4_resid"] and len(rows) == len(read_metrics(tmp_path / "one"))
+    assert sorted({r["sae"] for r in rows}) == ["L2_resid", "L4_resid"] and len(rows) == len(
+        read_metrics(tmp_path / "one")
+    )
 
 
 def test_ddp_resume_is_exact(tmp_path, small_store):
@@ -155,13 +201,32 @@ def test_ddp_resume_is_exact(tmp_path, small_store):
     script = str(ROOT / "tests" / "dist_train_script.py")
 
     def cfg(out):
-        return json.dumps({"train": {"store": str(small_store), "out": str(out), "layers": [4], "batch_size": 256, "token_budget": 256 * 24,
-                                     "warmup_steps": 5, "checkpoint_every": 1000, "log_every": 6, "device": "cpu", "threads": 1},
-                           "sae": {"n_latents": 512, "k": 8, "dead_tokens": 512}})
+        return json.dumps(
+            {
+                "train": {
+                    "store": str(small_store),
+                    "out": str(out),
+                    "layers": [4],
+                    "batch_size": 256,
+                    "token_budget": 256 * 24,
+                    "warmup_steps": 5,
+                    "checkpoint_every": 1000,
+                    "log_every": 6,
+                    "device": "cpu",
+                    "threads": 1,
+                },
+                "sae": {"n_latents": 512, "k": 8, "dead_tokens": 512},
+            }
+        )
 
     def torchrun(*a):
-        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", script, *a],
-                           capture_output=True, text=True, env=_env(), timeout=600)
+        r = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", script, *a],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
 
     torchrun(cfg(tmp_path / "full"))
@@ -194,8 +259,29 @@ def test_two_rank_index_equals_one_process(tmp_path, tiny_sae, mgen_full, shared
     groups = tmp_path / "half.tsv"
     ids = [h.split()[0] for h, _ in read_fasta(mgen_full)]
     groups.write_text("id\tgroup\n" + "".join(f"{pid}\t{'A' if i % 3 == 0 else 'B'}\n" for i, pid in enumerate(ids)))
-    args = ["index", "--sae", str(tiny_sae), "--fasta", str(mgen_full), "--concepts", str(shared), "--groups", str(groups),
-            "--top-n", "5", "--umap", "false", "--batch-tokens", "2048", "--device", "cpu", "--threads", "1", "--cluster-proteins", "3"]
+    args = [
+        "index",
+        "--sae",
+        str(tiny_sae),
+        "--fasta",
+        str(mgen_full),
+        "--concepts",
+        str(shared),
+        "--groups",
+        str(groups),
+        "--top-n",
+        "5",
+        "--umap",
+        "false",
+        "--batch-tokens",
+        "2048",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--cluster-proteins",
+        "3",
+    ]
     run1(*args, "--out", str(tmp_path / "one.duckdb"))
     r = run2(*args, "--out", str(tmp_path / "two.duckdb"))
     assert "index:" in r.stdout and not (tmp_path / "two.duckdb.parts").exists()
@@ -208,7 +294,9 @@ def test_two_rank_index_equals_one_process(tmp_path, tiny_sae, mgen_full, shared
         for col in da.columns:
             x, y = da[col], db[col]
             if pd.api.types.is_float_dtype(x):
-                np.testing.assert_allclose(x.to_numpy(), y.to_numpy(), rtol=1e-9, atol=0, equal_nan=True, err_msg=f"{table}.{col}")
+                np.testing.assert_allclose(
+                    x.to_numpy(), y.to_numpy(), rtol=1e-9, atol=0, equal_nan=True, err_msg=f"{table}.{col}"
+                )
             elif x.dtype == object and len(x) and isinstance(x.iloc[0], (list, np.ndarray)):
                 assert all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in zip(x, y)), f"{table}.{col}"
             else:
@@ -233,6 +321,17 @@ def test_nccl_embed_train_index_on_two_gpus(tmp_path, esm2_dir, mgen_fasta, shar
     run1(*targs)
     run2(*[a if a != str(tmp_path / "t1") else str(tmp_path / "t2") for a in targs])
     assert _max_diff(_params(tmp_path / "t1"), _params(tmp_path / "t2")) < 1e-4
-    r = run2("index", "--sae", str(tmp_path / "t2" / "L4_resid"), "--fasta", str(mgen_fasta), "--out", str(tmp_path / "i.duckdb"),
-             "--umap", "false", "--device", "cuda")
+    r = run2(
+        "index",
+        "--sae",
+        str(tmp_path / "t2" / "L4_resid"),
+        "--fasta",
+        str(mgen_fasta),
+        "--out",
+        str(tmp_path / "i.duckdb"),
+        "--umap",
+        "false",
+        "--device",
+        "cuda",
+    )
     assert "index:" in r.stdout and (tmp_path / "i.duckdb").exists()

@@ -2,8 +2,8 @@
 import json
 import subprocess
 import sys
-import numpy as np
 
+import numpy as np
 import pytest
 
 from esmsae.fasta import read_fasta, write_fasta
@@ -11,8 +11,15 @@ from esmsae.fasta import read_fasta, write_fasta
 
 @pytest.mark.slow
 def test_cli_pipeline_learns_on_real_uniref90_proteins(tmp_path, shared, esm2_dir):
-    fa = write_fasta(tmp_path / "uniref90_400.fasta", ((h, s) for h, s in read_fasta(shared / "af3_samples" / "uniref90__subsampled_1000.fasta")
-                                                       if 50 <= len(s) <= 300), limit=400)
+    fa = write_fasta(
+        tmp_path / "uniref90_400.fasta",
+        (
+            (h, s)
+            for h, s in read_fasta(shared / "af3_samples" / "uniref90__subsampled_1000.fasta")
+            if 50 <= len(s) <= 300
+        ),
+        limit=400,
+    )
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "esmsae", "pipeline", "--fasta", str(fa), "--model", str(esm2_dir), "--layers", "3",
            "--out", str(out), "--n-latents", "1024", "--k", "16", "--token-budget", "600000", "--batch-size", "1024",
@@ -31,7 +38,9 @@ def test_cli_pipeline_learns_on_real_uniref90_proteins(tmp_path, shared, esm2_di
     ds = card["downstream"]
     assert ds["n_masked_tokens"] > 100 and ds["ce_orig"] > 0
     for p in ("unmasked", "masked"):  # mean ablation is a real baseline: worse than the original, finite
-        assert ds[p]["ce_mean"] > ds[p]["ce_orig"] and np.isfinite(ds[p]["pct_loss_recovered"]) and "ce_unigram" in ds[p]
+        assert (
+            ds[p]["ce_mean"] > ds[p]["ce_orig"] and np.isfinite(ds[p]["pct_loss_recovered"]) and "ce_unigram" in ds[p]
+        )
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 600000 // 1024 and rows[-1]["fvu"] < rows[0]["fvu"]
     # over its 100k-token window AuxK keeps most latents alive (measured 12% dead; the held-out
@@ -45,14 +54,26 @@ def test_cli_help_and_config_round_trip(tmp_path):
     r = subprocess.run([sys.executable, "-m", "esmsae", "train", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--token-budget" in r.stdout and "--n-latents" in r.stdout and "AuxK" in r.stdout
     cfgp = tmp_path / "c.json"
-    r = subprocess.run([sys.executable, "-m", "esmsae", "train", "--k", "48", "--n-latents", "8192", "--save-config", str(cfgp)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "esmsae", "train", "--k", "48", "--n-latents", "8192", "--save-config", str(cfgp)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     cfg = json.loads(cfgp.read_text())
     assert cfg["sae"]["k"] == 48 and cfg["sae"]["n_latents"] == 8192
     cfg2 = tmp_path / "c2.json"
-    r = subprocess.run([sys.executable, "-m", "esmsae", "train", "--config", str(cfgp), "--lr", "0.001", "--save-config", str(cfg2)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "esmsae", "train", "--config", str(cfgp), "--lr", "0.001", "--save-config", str(cfg2)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     c2 = json.loads(cfg2.read_text())
     assert c2["sae"]["k"] == 48 and c2["train"]["lr"] == 0.001
-    r = subprocess.run([sys.executable, "-m", "esmsae", "train", "--k", "99999", "--n-latents", "16", "--save-config", str(cfg2)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "esmsae", "train", "--k", "99999", "--n-latents", "16", "--save-config", str(cfg2)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "SAEConfig.k" in r.stderr

@@ -21,7 +21,9 @@ def small_disk(tmp_path):
     def make(size_kb: int) -> Path:
         d = Path("/tmp") / f"esmsae_fulldisk_{uuid.uuid4().hex[:8]}"
         d.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(d)], capture_output=True, text=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(d)], capture_output=True, text=True
+        )
         if r.returncode:
             d.rmdir()
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
@@ -39,7 +41,11 @@ def test_embed_on_a_full_disk_stops_cleanly_and_resumes(small_disk, tmp_path, mg
     args = ["embed", "--model", str(DEMO_LM), "--fasta", str(mgen_fasta), "--layers", "3", "--shard-tokens", "1024"]
     assert main([*args, "--store", str(disk / "store")]) == 2
     err = capsys.readouterr().err
-    assert "could not write activation shard" in err and "No space left on device" in err and "rerun the same command" in err
+    assert (
+        "could not write activation shard" in err
+        and "No space left on device" in err
+        and "rerun the same command" in err
+    )
     assert not list((disk / "store").glob("*.tmp"))  # no half shard
     import json
 
@@ -63,8 +69,28 @@ def test_index_on_a_full_disk_leaves_nothing_behind(small_disk, tiny_sae, mgen_f
 
 def test_training_checkpoint_on_a_full_disk(small_disk, small_store, capsys):
     disk = small_disk(64)
-    assert main(["train", "--store", str(small_store), "--out", str(disk / "run"), "--layers", "4", "--n-latents", "1024", "--k", "8",
-                 "--token-budget", "2048", "--batch-size", "512"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--store",
+                str(small_store),
+                "--out",
+                str(disk / "run"),
+                "--layers",
+                "4",
+                "--n-latents",
+                "1024",
+                "--k",
+                "8",
+                "--token-budget",
+                "2048",
+                "--batch-size",
+                "512",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "could not write" in err and "No space left on device" in err
     assert not [p for p in (disk / "run").rglob("*") if ".tmp" in p.name]

@@ -15,7 +15,6 @@ from esmsae.fasta import read_fasta
 from esmsae.index import IndexError_, ProteinTable, build_index, enrichment, read_grouping
 from esmsae.plm import Hook, ModelMismatchError, load_plm
 
-
 _DENSE: dict = {}
 
 
@@ -160,8 +159,15 @@ def test_group_usage_and_enrichment_match_cmh_by_hand(built_index, esm2_dir, tin
     in_a = np.array([grp[pid] == "A" for pid in ids])
     for _, r in g.sample(15, random_state=1).iterrows():
         mine = in_a if r.grp == "A" else ~in_a
-        tables = [(int((fires[:, r.feature] & mine & (bins == k)).sum()), int((mine & (bins == k)).sum()),
-                   int((fires[:, r.feature] & (bins == k)).sum()), int((bins == k).sum())) for k in range(len(edges) + 1)]
+        tables = [
+            (
+                int((fires[:, r.feature] & mine & (bins == k)).sum()),
+                int((mine & (bins == k)).sum()),
+                int((fires[:, r.feature] & (bins == k)).sum()),
+                int((bins == k).sum()),
+            )
+            for k in range(len(edges) + 1)
+        ]
         assert r.n_fire == sum(t[0] for t in tables)
         assert r.p == pytest.approx(_cmh_p(tables), rel=1e-6, abs=1e-12)
     # the composition control sits beside it: "composition-driven" only where the length-only test is significant
@@ -182,7 +188,11 @@ def test_bad_index_input(tmp_path, tiny_sae, mgen_full, esm2_dir, shared):
     bad = tmp_path / "g.tsv"
     bad.write_text("P99999\tX\n")
     with pytest.raises(IndexError_, match="none of its 1 protein ids"):
-        ProteinTable.build(IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(mgen_full)], groups=[str(bad)]), [], tmp_path / "pt")
+        ProteinTable.build(
+            IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(mgen_full)], groups=[str(bad)]),
+            [],
+            tmp_path / "pt",
+        )
     broken = tmp_path / "g.json"
     broken.write_text('{"A": [["MKV*Z1", "x"]]}')
     with pytest.raises(ValueError, match="group 'A' entry 0"):
@@ -190,7 +200,9 @@ def test_bad_index_input(tmp_path, tiny_sae, mgen_full, esm2_dir, shared):
     dup = tmp_path / "dup.fasta"
     dup.write_text(">a\nMKVL\n>a\nMKVA\n")
     with pytest.raises(ValueError, match="duplicate"):
-        ProteinTable.build(IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(dup)]), [], tmp_path / "pt")
+        ProteinTable.build(
+            IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(dup)]), [], tmp_path / "pt"
+        )
     with pytest.raises(ConfigError, match="top_n"):
         IndexConfig(top_n=0)
     # an SAE whose d_in does not fit the model: clear error, nothing written
@@ -200,16 +212,27 @@ def test_bad_index_input(tmp_path, tiny_sae, mgen_full, esm2_dir, shared):
     torch.save(build_esmc(128, 2, 3, seed=0).state_dict(), esmc)
     out = tmp_path / "x.duckdb"
     with pytest.raises(ModelMismatchError, match="d_in is 320"):
-        build_index(IndexConfig(sae=str(tiny_sae), out=str(out), fasta=[str(mgen_full)], model=str(esmc)), progress=False)
+        build_index(
+            IndexConfig(sae=str(tiny_sae), out=str(out), fasta=[str(mgen_full)], model=str(esmc)), progress=False
+        )
     assert not out.exists()
 
 
 def test_grouping_json_adds_proteins(tmp_path, tiny_sae, mgen_full):
     seqs = [(s, h) for h, s in read_fasta(mgen_full)][:3]
     js = tmp_path / "sampled_sequences.json"
-    js.write_text(json.dumps({"Mollicutes": [[s, h] for s, h in seqs[:2]], "Other": [["MKTAYIAKQRQISFVKSHFSRQ", "new_protein OS=X"]]}))
-    items = list(ProteinTable.build(IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(mgen_full)], groups=[str(js)]), [],
-                                    tmp_path / "pt").items())
+    js.write_text(
+        json.dumps(
+            {"Mollicutes": [[s, h] for s, h in seqs[:2]], "Other": [["MKTAYIAKQRQISFVKSHFSRQ", "new_protein OS=X"]]}
+        )
+    )
+    items = list(
+        ProteinTable.build(
+            IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(mgen_full)], groups=[str(js)]),
+            [],
+            tmp_path / "pt",
+        ).items()
+    )
     assert len(items) == 61
     grp = {it.id: it.groups.get("sampled_sequences") for it in items}
     assert grp["new_protein"] == "Other" and sum(v == "Mollicutes" for v in grp.values()) == 2
@@ -225,8 +248,15 @@ def test_ranks_stream_exactly_their_batches_of_the_plan(tmp_path, monkeypatch):
 
     rng = np.random.default_rng(0)
     fa = tmp_path / "p.fasta"
-    fa.write_text("".join(f">p{i}\n{''.join(rng.choice(list('ACDEFGHIKLMNPQRSTVWY'), int(rng.integers(20, 80))))}\n" for i in range(5000)))
-    monkeypatch.setattr(protein_table, "ROW_GROUP", 2048)  # DuckDB's smallest: 3 row groups, batches across their borders
+    fa.write_text(
+        "".join(
+            f">p{i}\n{''.join(rng.choice(list('ACDEFGHIKLMNPQRSTVWY'), int(rng.integers(20, 80))))}\n"
+            for i in range(5000)
+        )
+    )
+    monkeypatch.setattr(
+        protein_table, "ROW_GROUP", 2048
+    )  # DuckDB's smallest: 3 row groups, batches across their borders
     t = ProteinTable.build(IndexConfig(sae="x", out="i.duckdb", fasta=[str(fa)]), [], tmp_path / "pt")
     assert pq.ParquetFile(t.parquet).metadata.num_row_groups == 3 and t.n == 5000
     length_S = t.lengths()
@@ -259,7 +289,9 @@ def test_table_written_through_length_buckets_equals_one_sort(tmp_path, monkeypa
     seqs = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), int(rng.integers(10, 120)))) for _ in range(3000)]
     seqs += seqs[:200]  # 200 duplicate sequences: the first record wins
     fa = tmp_path / "p.fasta"
-    fa.write_text("".join(f">p{i} protein {i} OS=Org{i % 7} OX={9606 if i % 2 else 562}\n{s}\n" for i, s in enumerate(seqs)))
+    fa.write_text(
+        "".join(f">p{i} protein {i} OS=Org{i % 7} OX={9606 if i % 2 else 562}\n{s}\n" for i, s in enumerate(seqs))
+    )
     tsv = tmp_path / "clade.tsv"
     tsv.write_text("".join(f"p{i}\tc{i % 5}\n" for i in range(0, len(seqs), 3)))
     cfg = IndexConfig(sae="x", out="i.duckdb", fasta=[str(fa)], groups=[str(tsv)])
@@ -271,7 +303,10 @@ def test_table_written_through_length_buckets_equals_one_sort(tmp_path, monkeypa
     pd.testing.assert_frame_equal(a, b)
     assert list(zip(a["length"], a["pidx"])) == sorted(zip(a["length"], a["pidx"]))
     it = {i.id: i for i in many.items()}
-    assert it["p3"].groups == {"clade": "c3", "kingdom": "Eukaryota", "organism": "Org3"} and "clade" not in it["p4"].groups
+    assert (
+        it["p3"].groups == {"clade": "c3", "kingdom": "Eukaryota", "organism": "Org3"}
+        and "clade" not in it["p4"].groups
+    )
     assert "p3001" not in it  # a duplicate of p1's sequence
 
 def test_concept_loaders_on_shared(shared):
@@ -307,7 +342,11 @@ def test_reference_stats_written_into_the_checkpoint(built_index, tiny_sae, tmp_
     path, _ = built_index
     ck = tmp_path / "sae"
     shutil.copytree(tiny_sae, ck)
-    r = subprocess.run([sys.executable, "-m", "esmsae", "reference-stats", str(ck), "--index", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "esmsae", "reference-stats", str(ck), "--index", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     con = duckdb.connect(str(path), read_only=True)
     feats = con.execute("SELECT max_act, idf FROM features ORDER BY feature").df()
@@ -315,21 +354,31 @@ def test_reference_stats_written_into_the_checkpoint(built_index, tiny_sae, tmp_
     mx, idf = sae.display_stats()
     np.testing.assert_allclose(mx.numpy(), feats["max_act"], rtol=1e-6)
     np.testing.assert_allclose(idf.numpy(), feats["idf"], rtol=1e-6)
-    assert meta["display_stats"]["n_proteins"] == json.loads(dict(con.execute("SELECT key, value FROM meta").fetchall())["n_proteins"])
+    assert meta["display_stats"]["n_proteins"] == json.loads(
+        dict(con.execute("SELECT key, value FROM meta").fetchall())["n_proteins"]
+    )
     x = torch.randn(6, sae.d_in)
     dense = sae.encode_dense(x)
     scaled = sae.encode_scaled(x, "max")
     live = mx > 0
     torch.testing.assert_close(scaled[:, live], dense[:, live] / mx[live], rtol=1e-5, atol=1e-6)
     # writing again from the same index is fine; an index of another SAE is refused
-    r2 = subprocess.run([sys.executable, "-m", "esmsae", "reference-stats", str(ck), "--index", str(path)], capture_output=True, text=True)
+    r2 = subprocess.run(
+        [sys.executable, "-m", "esmsae", "reference-stats", str(ck), "--index", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert r2.returncode == 0, r2.stderr
     other = tmp_path / "other"
     shutil.copytree(tiny_sae, other)
     st = load_file(str(other / "sae.safetensors"))
     st["b_dec"] = st["b_dec"] + 1
     save_file(st, str(other / "sae.safetensors"))
-    r3 = subprocess.run([sys.executable, "-m", "esmsae", "reference-stats", str(other), "--index", str(path)], capture_output=True, text=True)
+    r3 = subprocess.run(
+        [sys.executable, "-m", "esmsae", "reference-stats", str(other), "--index", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert r3.returncode == 2 and "another SAE" in r3.stderr
 
 
@@ -343,7 +392,10 @@ def test_bf16_encode_index_is_the_bf16_brute_force(built_index, esm2_dir, tiny_s
     path = build_index(cfg, progress=False)
     con = duckdb.connect(str(path), read_only=True)
     feats = con.execute("SELECT max_act, n_residues FROM features ORDER BY feature").df()
-    assert json.loads(dict(con.execute("SELECT key, value FROM meta").fetchall())["index_config"])["encode_dtype"] == "bfloat16"
+    assert (
+        json.loads(dict(con.execute("SELECT key, value FROM meta").fetchall())["index_config"])["encode_dtype"]
+        == "bfloat16"
+    )
     plm = load_plm(ModelConfig(name=str(esm2_dir)))
     sae, _ = load_sae(tiny_sae)
     seqs = [s for _, s in read_fasta(cfg.fasta[0])]
@@ -372,7 +424,9 @@ def test_batched_example_offers_equal_one_at_a_time(tmp_path):
     f_Q = np.array([f for f, _ in pairs])
     p_Q = np.array([p for _, p in pairs])
     v_Q = rng.choice([0.5, 1.0, 1.5, 2.0], size=len(pairs)).astype(np.float32)  # ties everywhere
-    track = {q: (np.arange(q % 5 + 1, dtype=np.int32) + q, np.full(q % 5 + 1, v_Q[q], np.float32)) for q in range(len(pairs))}
+    track = {
+        q: (np.arange(q % 5 + 1, dtype=np.int32) + q, np.full(q % 5 + 1, v_Q[q], np.float32)) for q in range(len(pairs))
+    }
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -393,7 +447,9 @@ def test_batched_example_offers_equal_one_at_a_time(tmp_path):
 
         def tracks(q, chunk=chunk, off=off):
             new = np.unique(q[off[chunk[q]] < 0])
-            off[chunk[new]] = batch_spill.put_many(start_Q[chunk[new]], start_Q[chunk[new]] + lens[chunk[new]], pos_all, val_all)
+            off[chunk[new]] = batch_spill.put_many(
+                start_Q[chunk[new]], start_Q[chunk[new]] + lens[chunk[new]], pos_all, val_all
+            )
             return off[chunk[q]], lens[chunk[q]]
         top2.offer_batch(f_Q[chunk], v_Q[chunk], p_Q[chunk], tracks)
         res2.offer_batch(f_Q[chunk], v_Q[chunk], p_Q[chunk], tracks)
@@ -404,7 +460,9 @@ def test_batched_example_offers_equal_one_at_a_time(tmp_path):
         got = [(top2.val_FN[f, s], it[0]) for s, it in top2.ranked(f)]
         assert want == got and len(got) == N
         assert sorted(res1.key_FR[f]) == sorted(res2.key_FR[f])
-        assert sorted((it[0], it[1]) for it in res1.items[f].values()) == sorted((it[0], it[1]) for it in res2.items[f].values())
+        assert sorted((it[0], it[1]) for it in res1.items[f].values()) == sorted(
+            (it[0], it[1]) for it in res2.items[f].values()
+        )
         for top, res, spill in ((top2, res2, batch_spill), (top1, res1, one_spill)):
             for pidx, o, n in top.items[f].values():
                 q = pairs.index((f, pidx))

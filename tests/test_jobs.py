@@ -8,8 +8,14 @@ from esmsae.config import ConfigError
 
 
 def _cfg(esm2_dir, fasta, budget):
-    return {"model": {"name": str(esm2_dir)}, "hook": {"layers": [2]}, "embed": {"fasta": str(fasta), "holdout_fraction": 0.2},
-            "sae": {"n_latents": 128, "k": 8}, "train": {"token_budget": budget, "batch_size": 256, "checkpoint_every": 20}, "eval": {"lm_proteins": 4}}
+    return {
+        "model": {"name": str(esm2_dir)},
+        "hook": {"layers": [2]},
+        "embed": {"fasta": str(fasta), "holdout_fraction": 0.2},
+        "sae": {"n_latents": 128, "k": 8},
+        "train": {"token_budget": budget, "batch_size": 256, "checkpoint_every": 20},
+        "eval": {"lm_proteins": 4},
+    }
 
 
 def test_run_dir_is_confined(tmp_path):
@@ -35,7 +41,9 @@ def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
     cfg = _cfg(esm2_dir, mgen_fasta, 400_000)
     cfg["train"]["checkpoint_every"] = 100_000  # cancel comes before the first periodic checkpoint
     d = jobs.start(tmp_path, "run1", cfg)
-    st = jobs.wait(d, lambda st: st["state"] == "failed" or (st.get("stage") == "train" and (d / "metrics.jsonl").exists()), 120)
+    st = jobs.wait(
+        d, lambda st: st["state"] == "failed" or (st.get("stage") == "train" and (d / "metrics.jsonl").exists()), 120
+    )
     assert st["state"] not in ("failed",), (d / "job.log").read_text()
     assert jobs.cancel(d)
     st = jobs.wait(d, lambda st: not st["alive"], 30, 0.1)  # the job finishes its step, writes a checkpoint and exits

@@ -17,7 +17,9 @@ def test_learning_rate_schedule():
     got = [lr_at(s, t, 1.0) for s in range(100)]
     assert got[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warm-up to the peak
     assert got[10:80] == pytest.approx([1.0] * 70)  # constant
-    assert got[80:] == pytest.approx([(100 - s) / 20 for s in range(80, 100)])  # linear decay: 1.0 at step 80 ... 0.05 at 99
+    assert got[80:] == pytest.approx(
+        [(100 - s) / 20 for s in range(80, 100)]
+    )  # linear decay: 1.0 at step 80 ... 0.05 at 99
     assert lr_at(100, t, 1.0) == 0.0
 
 
@@ -70,9 +72,20 @@ def test_train_other_architectures(tmp_path, small_store, arch):
     from esmsae.evaluate import evaluate
     from esmsae.train import train
 
-    (d,) = train(TrainConfig(store=str(small_store), out=str(tmp_path), layers=[4], token_budget=120_000, batch_size=512, seed=0,
-                             l1_warmup_steps=20, checkpoint_every=1000), SAEConfig(architecture=arch, n_latents=128, k=8, l1_coef=0.01),
-                 progress=False)
+    (d,) = train(
+        TrainConfig(
+            store=str(small_store),
+            out=str(tmp_path),
+            layers=[4],
+            token_budget=120_000,
+            batch_size=512,
+            seed=0,
+            l1_warmup_steps=20,
+            checkpoint_every=1000,
+        ),
+        SAEConfig(architecture=arch, n_latents=128, k=8, l1_coef=0.01),
+        progress=False,
+    )
     sae, meta = load_sae(d)
     assert meta["sae"]["architecture"] == arch
     card = evaluate(d, EvalConfig(lm_proteins=0))
@@ -89,4 +102,7 @@ def test_jumprelu_is_refused_by_train(tmp_path, small_store):
     from esmsae.train import TrainError, train
 
     with pytest.raises(TrainError, match="can be imported"):
-        train(TrainConfig(store=str(small_store), out=str(tmp_path), layers=[4]), SAEConfig(architecture="jumprelu", n_latents=16, k=0))
+        train(
+            TrainConfig(store=str(small_store), out=str(tmp_path), layers=[4]),
+            SAEConfig(architecture="jumprelu", n_latents=16, k=0),
+        )

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 import torch
 
 from esmsae.config import LMTrainConfig, ModelConfig
@@ -32,7 +31,10 @@ def test_lm_training_learns_context_and_loads_like_a_hub_model(tmp_path, shared)
 
     rng = random.Random(0)
     aa = "ACDEFGHIKLMNPQRSTVWY"
-    fa = write_fasta(tmp_path / "periodic.fasta", ((f"s{i}", ("".join(rng.choice(aa) for _ in range(4)) * 20)[:60]) for i in range(2000)))
+    fa = write_fasta(
+        tmp_path / "periodic.fasta",
+        ((f"s{i}", ("".join(rng.choice(aa) for _ in range(4)) * 20)[:60]) for i in range(2000)),
+    )
     train, held, info = load_corpus([str(fa)], 0.1)
     assert info["unique"] == len(train) + len(held) and not set(train) & set(held)
     cfg = LMTrainConfig(config_dir=str(shared / "esm2_t6_8M_config"), out=str(tmp_path / "lm"), fasta=[str(fa)],

@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
+from esmsae.config import SAEConfig
 from esmsae.match import activation_correlation, decoder_cosine
 from esmsae.sae import SAE
-from esmsae.config import SAEConfig
 
 
 def _sae(F=96, d=32, seed=0):
@@ -63,8 +63,18 @@ def test_two_seeds_on_the_same_activations_match_above_chance(tmp_path, small_st
 
     saes = []
     for seed in (0, 1):
-        (d,) = train(TrainConfig(store=str(small_store), out=str(tmp_path / f"s{seed}"), layers=[4], token_budget=200_000, batch_size=512,
-                                 seed=seed), SAEConfig(n_latents=128, k=8), progress=False)
+        (d,) = train(
+            TrainConfig(
+                store=str(small_store),
+                out=str(tmp_path / f"s{seed}"),
+                layers=[4],
+                token_budget=200_000,
+                batch_size=512,
+                seed=seed,
+            ),
+            SAEConfig(n_latents=128, k=8),
+            progress=False,
+        )
         saes.append(load_sae(d)[0])
     real = decoder_cosine(*saes).summary(0.7)
     # chance: the same SAE against random unit directions of the same width
@@ -121,8 +131,22 @@ def test_matches_stored_in_the_index_feed_the_related_panel(built_index, tiny_sa
 
     idx_path = tmp_path / "index.duckdb"
     shutil.copy(built_index[0], idx_path)
-    r = subprocess.run([sys.executable, "-m", "esmsae", "match", str(tiny_sae), str(tiny_sae), "--index", str(idx_path), "--name", "itself"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esmsae",
+            "match",
+            str(tiny_sae),
+            str(tiny_sae),
+            "--index",
+            str(idx_path),
+            "--name",
+            "itself",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     idx = FeatureIndex(idx_path)
     for f in (0, 7, 100):
@@ -132,9 +156,27 @@ def test_matches_stored_in_the_index_feed_the_related_panel(built_index, tiny_sa
     # storing again replaces the rows for that SAE, it does not duplicate them
     n = len(idx.related(0))
     idx.con.close()
-    r = subprocess.run([sys.executable, "-m", "esmsae", "match", str(tiny_sae), str(tiny_sae), "--index", str(idx_path), "--name", "itself"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esmsae",
+            "match",
+            str(tiny_sae),
+            str(tiny_sae),
+            "--index",
+            str(idx_path),
+            "--name",
+            "itself",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and len(FeatureIndex(idx_path).related(0)) == n
     # the summary per method, next to its chance level (an untrained SAE of B's shape)
     sm = FeatureIndex(idx_path).match_summaries()
-    assert list(sm["method"]) == ["decoder_cosine"] and sm["match_rate"].iloc[0] == 1.0 and sm["chance_match_rate"].iloc[0] < 0.05
+    assert (
+        list(sm["method"]) == ["decoder_cosine"]
+        and sm["match_rate"].iloc[0] == 1.0
+        and sm["chance_match_rate"].iloc[0] < 0.05
+    )

@@ -3,7 +3,7 @@ import torch
 
 from esmsae.config import ModelConfig
 from esmsae.fasta import SequenceError, clean_sequence, parse_fasta_text, parse_header
-from esmsae.plm import Hook, ModelMismatchError, fairesm_to_hf_state_dict, load_plm, length_batches
+from esmsae.plm import Hook, ModelMismatchError, fairesm_to_hf_state_dict, length_batches, load_plm
 
 SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "ACDEFGHIKLMNPQRSTVWYXBZUO", "MSL"]
 
@@ -74,7 +74,9 @@ def test_esmc_hooks_equal_hidden_states(esmc):
         assert row[: len(r)].tolist() == r
     blk = esmc.model.transformer.blocks[1]
     sub = esmc.forward_hooks(SEQS, [Hook(1, "resid"), Hook(2, "resid"), Hook(2, "attn"), Hook(2, "mlp")])
-    torch.testing.assert_close(sub["L2_resid"], sub["L1_resid"] + (sub["L2_attn"] + sub["L2_mlp"]) / blk.scaling_factor, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        sub["L2_resid"], sub["L1_resid"] + (sub["L2_attn"] + sub["L2_mlp"]) / blk.scaling_factor, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_embed_strips_bos_eos_and_batches_by_length(esm2):
@@ -107,10 +109,17 @@ def test_fairesm_checkpoint_loads_into_transformers(esm2, tmp_path):
         "lm_head.decoder.weight": "encoder.lm_head.weight", "lm_head.bias": "encoder.lm_head.bias",
         "lm_head.dense.": "encoder.lm_head.dense.", "lm_head.layer_norm.": "encoder.lm_head.layer_norm.",
     }
-    per_layer = {"attention.self.query.": "self_attn.q_proj.", "attention.self.key.": "self_attn.k_proj.",
-                 "attention.self.value.": "self_attn.v_proj.", "attention.output.dense.": "self_attn.out_proj.",
-                 "attention.self.rotary_embeddings.": "self_attn.rot_emb.", "attention.LayerNorm.": "self_attn_layer_norm.",
-                 "intermediate.dense.": "fc1.", "output.dense.": "fc2.", "LayerNorm.": "final_layer_norm."}
+    per_layer = {
+        "attention.self.query.": "self_attn.q_proj.",
+        "attention.self.key.": "self_attn.k_proj.",
+        "attention.self.value.": "self_attn.v_proj.",
+        "attention.output.dense.": "self_attn.out_proj.",
+        "attention.self.rotary_embeddings.": "self_attn.rot_emb.",
+        "attention.LayerNorm.": "self_attn_layer_norm.",
+        "intermediate.dense.": "fc1.",
+        "output.dense.": "fc2.",
+        "LayerNorm.": "final_layer_norm.",
+    }
     fair = {}
     for k, v in esm2.model.state_dict().items():
         if "position_ids" in k or "contact_head" in k:
@@ -148,8 +157,13 @@ def test_bad_hooks_and_sequences_get_clear_errors(esm2):
 
 
 def test_header_parsing():
-    assert parse_header("sp|P47259|Y013_MYCGE Uncharacterized protein OS=Mycoplasma genitalium (strain G37) OX=243273 GN=x PE=1 SV=2") == (
-        "P47259", "Uncharacterized protein OS=Mycoplasma genitalium (strain G37) OX=243273 GN=x PE=1 SV=2",
-        "Mycoplasma genitalium (strain G37)", 243273)
+    assert parse_header(
+        "sp|P47259|Y013_MYCGE Uncharacterized protein OS=Mycoplasma genitalium (strain G37) OX=243273 GN=x PE=1 SV=2"
+    ) == (
+        "P47259",
+        "Uncharacterized protein OS=Mycoplasma genitalium (strain G37) OX=243273 GN=x PE=1 SV=2",
+        "Mycoplasma genitalium (strain G37)",
+        243273,
+    )
     pid, _, org, tax = parse_header("UniRef90_A0A0 Some protein n=2 Tax=Bacillus subtilis TaxID=1423 RepID=A0A0_BACSU")
     assert (pid, org, tax) == ("UniRef90_A0A0", "Bacillus subtilis", 1423)

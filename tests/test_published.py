@@ -141,8 +141,9 @@ def test_interprot(tmp_path, acts, capsys):
 def _esmc_repo(folder, seed=2, trivial=False):
     W_enc, _, W_dec, b_dec = rng_weights(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"d_model": D, "codebook_dim": F, "k": K, "available_layers": [LAYER],
-                                                   "model_type": "esmc_sae"}))
+    (folder / "config.json").write_text(
+        json.dumps({"d_model": D, "codebook_dim": F, "k": K, "available_layers": [LAYER], "model_type": "esmc_sae"})
+    )
     fmax = torch.ones(F) if trivial else torch.rand(F) * 4 + 0.1
     idf = torch.ones(F) if trivial else torch.rand(F) * 5
     fmax[3] = 0.0  # a dead feature: 0/0 must give 0, not NaN
@@ -164,16 +165,20 @@ def test_biohub_esmc(tmp_path, acts):
     np.testing.assert_allclose(got, ref_scaled, rtol=1e-4, atol=1e-4 * np.abs(ref_scaled).max())
     # Biohub's reconstruction stays in z-scored space (no de-normalisation)
     lat = sae.encode(torch.from_numpy(acts))
-    np.testing.assert_allclose(sae.decode(lat.acts_BK, lat.idx_BK).detach().numpy(), ref @ W_dec + b_dec, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        sae.decode(lat.acts_BK, lat.idx_BK).detach().numpy(), ref @ W_dec + b_dec, rtol=1e-3, atol=1e-3
+    )
     assert meta["display_stats"]["max"] and meta["display_stats"]["idf"]
 
 
 def test_biohub_residual_update_repo_is_marked(tmp_path, acts):
     _esmc_repo(tmp_path / "ESMC-300M-sae-mlp-k16-codebook512")
-    sae, meta = imported(tmp_path, tmp_path / "ESMC-300M-sae-mlp-k16-codebook512", "--model", "facebook/esm2_t6_8M_UR50D")
+    sae, meta = imported(
+        tmp_path, tmp_path / "ESMC-300M-sae-mlp-k16-codebook512", "--model", "facebook/esm2_t6_8M_UR50D"
+    )
     assert meta["site"] == "resid_update" and any("residual-update" in n for n in meta["provenance"]["notes"])
-    from esmsae.plm import Hook, ModelMismatchError
     import esmsae
+    from esmsae.plm import Hook, ModelMismatchError
 
     lm = esmsae.load_model(str(DEMO_LM))
     with pytest.raises(ModelMismatchError, match="resid_update"):
@@ -185,8 +190,21 @@ def test_plm_sae(tmp_path, acts):
     W_enc, b_enc, W_dec, b_dec = rng_weights(3)
     repo = tmp_path / "sae_esm2_6_l3"  # hook esm.encoder.layer.3.output = the output of block 4
     repo.mkdir()
-    (repo / "config.json").write_text(json.dumps({"cfg": {"act_size": D, "dict_size": F, "l1_coeff": 3e-4, "enc_dtype": "fp32",
-                                                          "seed": 49, "device": "cuda", "SAVE_DIR": "./checkpoints"}}))
+    (repo / "config.json").write_text(
+        json.dumps(
+            {
+                "cfg": {
+                    "act_size": D,
+                    "dict_size": F,
+                    "l1_coeff": 3e-4,
+                    "enc_dtype": "fp32",
+                    "seed": 49,
+                    "device": "cuda",
+                    "SAVE_DIR": "./checkpoints",
+                }
+            }
+        )
+    )
     save_file({"W_enc": torch.from_numpy(W_enc), "W_dec": torch.from_numpy(W_dec), "b_enc": torch.from_numpy(b_enc),
                "b_dec": torch.from_numpy(b_dec)}, str(repo / "model.safetensors"))
     sae, meta = imported(tmp_path, repo)
@@ -205,7 +223,9 @@ def test_esm_sae(tmp_path, acts, layernorm, capsys):
     # no model stored: required
     assert main(["import", str(run / "checkpoint_epoch_3.npy"), "--out", str(tmp_path / "x")]) == 2
     assert "--model" in capsys.readouterr().err
-    args = ["--model", "facebook/esm2_t6_8M_UR50D", "--layer", "6"] + (["--input-norm", "layernorm"] if layernorm else [])
+    args = ["--model", "facebook/esm2_t6_8M_UR50D", "--layer", "6"] + (
+        ["--input-norm", "layernorm"] if layernorm else []
+    )
     sae, meta = imported(tmp_path, run / "checkpoint_epoch_3.npy", *args)  # k 16 from the run folder name
     x = zscore(acts.astype(np.float64), 0) if layernorm else acts.astype(np.float64)  # esm-sae: biased std
     assert_match(features(sae, acts), topk_np((x - b_dec) @ W_enc + b_enc, K))
@@ -220,9 +240,21 @@ def test_saelens(tmp_path, acts, arch):
     folder.mkdir()
     norm = {"standard": "none", "topk": "layer_norm", "jumprelu": "constant_norm_rescale"}[arch]
     apply_b_dec = arch != "standard"  # the standard one also checks apply_b_dec_to_input False
-    cfg = {"d_in": D, "d_sae": F, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": apply_b_dec,
-           "normalize_activations": norm, "reshape_activations": "none", "architecture": arch,
-           "metadata": {"model_name": "facebook/esm2_t6_8M_UR50D", "hook_name": "blocks.3.hook_resid_post", "prepend_bos": True}}
+    cfg = {
+        "d_in": D,
+        "d_sae": F,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": apply_b_dec,
+        "normalize_activations": norm,
+        "reshape_activations": "none",
+        "architecture": arch,
+        "metadata": {
+            "model_name": "facebook/esm2_t6_8M_UR50D",
+            "hook_name": "blocks.3.hook_resid_post",
+            "prepend_bos": True,
+        },
+    }
     tensors = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
     thr = np.abs(np.random.default_rng(9).standard_normal(F)).astype(np.float32) * 0.3
     if arch == "topk":
@@ -250,12 +282,33 @@ def test_sparsify(tmp_path, acts):
     run = tmp_path / "run"
     hp = run / "encoder.layer.3"  # module output of block index 3 = esmsae layer 4
     hp.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"model": "facebook/esm2_t6_8M_UR50D", "hookpoints": ["encoder.layer.3"]}))
-    (hp / "cfg.json").write_text(json.dumps({"activation": "topk", "expansion_factor": F // D, "normalize_decoder": True,
-                                             "num_latents": F, "k": K, "multi_topk": False, "skip_connection": False,
-                                             "transcode": False, "d_in": D}))
-    save_file({"encoder.weight": torch.from_numpy(W_enc.T.copy()).to(torch.bfloat16), "encoder.bias": torch.from_numpy(b_enc).to(torch.bfloat16),
-               "W_dec": torch.from_numpy(W_dec).to(torch.bfloat16), "b_dec": torch.from_numpy(b_dec).to(torch.bfloat16)}, str(hp / "sae.safetensors"))
+    (run / "config.json").write_text(
+        json.dumps({"model": "facebook/esm2_t6_8M_UR50D", "hookpoints": ["encoder.layer.3"]})
+    )
+    (hp / "cfg.json").write_text(
+        json.dumps(
+            {
+                "activation": "topk",
+                "expansion_factor": F // D,
+                "normalize_decoder": True,
+                "num_latents": F,
+                "k": K,
+                "multi_topk": False,
+                "skip_connection": False,
+                "transcode": False,
+                "d_in": D,
+            }
+        )
+    )
+    save_file(
+        {
+            "encoder.weight": torch.from_numpy(W_enc.T.copy()).to(torch.bfloat16),
+            "encoder.bias": torch.from_numpy(b_enc).to(torch.bfloat16),
+            "W_dec": torch.from_numpy(W_dec).to(torch.bfloat16),
+            "b_dec": torch.from_numpy(b_dec).to(torch.bfloat16),
+        },
+        str(hp / "sae.safetensors"),
+    )
     sae, meta = imported(tmp_path, run)
     # bf16 weights as sparsify saves them: the reference uses the same rounded values
     r = lambda a: torch.from_numpy(a).to(torch.bfloat16).double().numpy()  # noqa: E731
@@ -279,8 +332,12 @@ def test_export_round_trip_demo_sae(tmp_path, acts, fmt):
     assert_match(f1, f0)
     assert (meta1["layer"], meta1["site"]) == (meta0["layer"], meta0["site"])
     lat0, lat1 = sae0.encode(x), sae1.encode(x)
-    np.testing.assert_allclose(sae1.decode(lat1.acts_BK, lat1.idx_BK, x).detach().numpy(), sae0.decode(lat0.acts_BK, lat0.idx_BK, x).detach().numpy(),
-                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        sae1.decode(lat1.acts_BK, lat1.idx_BK, x).detach().numpy(),
+        sae0.decode(lat0.acts_BK, lat0.idx_BK, x).detach().numpy(),
+        rtol=1e-3,
+        atol=1e-3,
+    )
 
 
 def test_export_round_trip_layernorm_sae(tmp_path, acts):
@@ -288,7 +345,9 @@ def test_export_round_trip_layernorm_sae(tmp_path, acts):
     _esmc_repo(tmp_path / "repo")
     sae0, _ = imported(tmp_path / "a", tmp_path / "repo", "--model", "facebook/esm2_t6_8M_UR50D")
     assert main(["export", str(tmp_path / "a" / "imported"), "--format", "saelens", "--out", str(tmp_path / "sl")]) == 0
-    assert main(["export", str(tmp_path / "a" / "imported"), "--format", "sparsify", "--out", str(tmp_path / "sp")]) == 2
+    assert (
+        main(["export", str(tmp_path / "a" / "imported"), "--format", "sparsify", "--out", str(tmp_path / "sp")]) == 2
+    )
     sae1, _ = imported(tmp_path / "b", tmp_path / "sl")
     assert_match(features(sae1, acts), features(sae0, acts))
 
@@ -301,7 +360,10 @@ def test_bad_sources_name_the_problem(tmp_path, capsys):
     assert main(["import", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().err
     bad = tmp_path / "esm2_plm320_l4_sae512.safetensors"
-    save_file({"w_enc": torch.zeros(D, F), "w_dec": torch.zeros(F + 1, D), "b_enc": torch.zeros(F), "b_pre": torch.zeros(D)}, str(bad))
+    save_file(
+        {"w_enc": torch.zeros(D, F), "w_dec": torch.zeros(F + 1, D), "b_enc": torch.zeros(F), "b_pre": torch.zeros(D)},
+        str(bad),
+    )
     assert main(["import", str(bad), "--k", "8", "--out", str(tmp_path / "o")]) == 2
     assert "W_dec" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -1,9 +1,8 @@
 """Rendering: hostile text from structure files, headers and labels never becomes markup or script."""
 import re
 
-import pytest
-
 import numpy as np
+import pytest
 
 from esmsae.render import parse_structure, script_json, structure_html, track_html
 
@@ -43,7 +42,10 @@ def _pdb(residues):
     lines, n = [], 1
     for k, (name, num, ic) in enumerate(residues):
         for atom, dx in (("N", 0.0), ("CA", 1.5), ("C", 3.0)):
-            lines.append(f"ATOM  {n:5d}  {atom:<3} {name} A{num:4d}{ic:1s}   {k * 3.8 + dx:8.3f}{0.0:8.3f}{0.0:8.3f}  1.00  0.00           {atom[0]}")
+            lines.append(
+                f"ATOM  {n:5d}  {atom:<3} {name} A{num:4d}{ic:1s}   {k * 3.8 + dx:8.3f}{0.0:8.3f}{0.0:8.3f}  1.00  0.00"
+                f"           {atom[0]}"
+            )
             n += 1
     return "\n".join(lines + ["END"]) + "\n"
 

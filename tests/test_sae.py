@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from esmsae.config import SAEConfig
-from esmsae.train import train_step
 from esmsae.sae import SAE
+from esmsae.train import train_step
 
 
 def _data(n=512, d=32, seed=0):

@@ -8,8 +8,20 @@ import torch
 
 from esmsae.concepts import Labeled, concept_kind, is_catch_all, load_uniprot
 from esmsae.config import IndexConfig, ModelConfig, SAEConfig
-from esmsae.index.concept_f1 import (AMINO_ACIDS, THRESHOLDS, aa_purity, aa_rule_f1, concept_counts, concept_layout, eligible,
-                                     feature_prf, report, select, split_of, trivial_f1)
+from esmsae.index.concept_f1 import (
+    AMINO_ACIDS,
+    THRESHOLDS,
+    aa_purity,
+    aa_rule_f1,
+    concept_counts,
+    concept_layout,
+    eligible,
+    feature_prf,
+    report,
+    select,
+    split_of,
+    trivial_f1,
+)
 from esmsae.index.group_stats import enrichment, top_groups
 from esmsae.index.protein_table import ProteinTable
 from esmsae.index.proteins import Item, grouping_tsv, md5, read_taxonomy
@@ -27,7 +39,11 @@ class FakeCSR:
 
     def read(self):
         for pidx, res, feat, val in self.rows:
-            yield pidx, (np.asarray(res, np.int64) << LATENT_BITS) | np.asarray(feat, np.int64), np.asarray(val, np.float32)
+            yield (
+                pidx,
+                (np.asarray(res, np.int64) << LATENT_BITS) | np.asarray(feat, np.int64),
+                np.asarray(val, np.float32),
+            )
 
 
 def protein_table(tmp_path, labelled=(), fasta: dict[str, str] | None = None, **kw) -> tuple[ProteinTable, list[Item]]:
@@ -36,7 +52,9 @@ def protein_table(tmp_path, labelled=(), fasta: dict[str, str] | None = None, **
     for name, text in (fasta or {}).items():
         files.append(str(tmp_path / name))
         (tmp_path / name).write_text(text)
-    t = ProteinTable.build(IndexConfig(sae="x", out=str(tmp_path / "i.duckdb"), fasta=files, **kw), list(labelled), tmp_path / "pt")
+    t = ProteinTable.build(
+        IndexConfig(sae="x", out=str(tmp_path / "i.duckdb"), fasta=files, **kw), list(labelled), tmp_path / "pt"
+    )
     return t, sorted(t.items(), key=lambda it: it.pidx)
 
 
@@ -61,8 +79,11 @@ def test_duplicated_chain_leaves_precision_unchanged(tmp_path):
     lab = Labeled("A", seq, "Structure", {"Structure: buried (RSA<0.2)": [(5, 20), (30, 40)]})
     rows = [(0, np.arange(0, 50), np.zeros(50, int), np.ones(50))]
     one = Item("A", seq, labels=[lab])
-    t, (merged,) = protein_table(tmp_path, [lab, Labeled("B", seq, "Structure", {"Structure: buried (RSA<0.2)": [(5, 20), (30, 40)]})],
-                                 add_labelled=True)
+    t, (merged,) = protein_table(
+        tmp_path,
+        [lab, Labeled("B", seq, "Structure", {"Structure: buried (RSA<0.2)": [(5, 20), (30, 40)]})],
+        add_labelled=True,
+    )
     assert len(merged.labels) == 1 and t.report["duplicate_label_records"] == 1 and merged.id == "A"
     h1, lay, _ = _counts([one], rows, 1)
     h2, _, _ = _counts([merged], rows, 1)
@@ -84,7 +105,11 @@ def test_precision_and_recall_never_exceed_one(seed):
         L = int(rng.integers(30, 120))
         seq = _seq(rng, L)
         labs = []
-        for src, concept in (("UniProt", "UniProt: domain (X)"), ("FLIP SS", "FLIP SS: helix"), ("UniProt", "UniProt: transmembrane")):
+        for src, concept in (
+            ("UniProt", "UniProt: domain (X)"),
+            ("FLIP SS", "FLIP SS: helix"),
+            ("UniProt", "UniProt: transmembrane"),
+        ):
             if rng.random() < 0.7:
                 spans = []
                 for _ in range(int(rng.integers(1, 5))):
@@ -112,7 +137,11 @@ def test_precision_and_recall_never_exceed_one(seed):
             for x in (p, r, f1, aa_rule_f1(h, lay, c)):
                 assert (x >= 0).all() and (x <= 1 + 1e-12).all()
             assert 0 <= trivial_f1(h, lay, c) <= 1
-            assert (h.tp[c] <= h.act[lay.source[c]]).all() and (h.tp[c] <= h.n_res[c]).all() and (h.dom[c] <= h.n_dom[c]).all()
+            assert (
+                (h.tp[c] <= h.act[lay.source[c]]).all()
+                and (h.tp[c] <= h.n_res[c]).all()
+                and (h.dom[c] <= h.n_dom[c]).all()
+            )
             # higher thresholds fire on fewer residues
             assert (np.diff(h.tp[c], axis=1) <= 0).all() and (np.diff(h.act[lay.source[c]], axis=1) <= 0).all()
 
@@ -120,8 +149,10 @@ def test_precision_and_recall_never_exceed_one(seed):
 def test_single_residue_rule_f1_equals_hand_computation():
     """Concept = residues 0-9 of each protein; the rule "fire on every L" by hand."""
     seqs = ["LLLLLAAAAAKKKKKLLLLL", "AAAAALLLLLKKKKKKKKKK", "LKLKLKLKLKAAAAAAAAAA", "KKKKKKKKKKLLLLLLLLLL"]
-    items = [Item(f"p{i}", s, labels=[Labeled(f"p{i}", s, "FLIP SS", {"FLIP SS: helix": [(0, 10)]}, unknown=[(18, 20)])])
-             for i, s in enumerate(seqs)]
+    items = [
+        Item(f"p{i}", s, labels=[Labeled(f"p{i}", s, "FLIP SS", {"FLIP SS: helix": [(0, 10)]}, unknown=[(18, 20)])])
+        for i, s in enumerate(seqs)
+    ]
     halves, lay, _ = _counts(items, [(i, [0], [0], [1.0]) for i in range(4)], 1)
     for half in (0, 1):
         mine = [s for s in seqs if split_of(s) == half]
@@ -147,7 +178,15 @@ def test_selection_never_reads_test_proteins():
         items, rows = [], []
         for i in range(60):
             s = _seq(rng, 60)
-            items.append(Item(f"p{i}", s, labels=[Labeled(f"p{i}", s, "FLIP SS", {"FLIP SS: helix": [(10, 40)], "FLIP SS: strand": [(45, 55)]})]))
+            items.append(
+                Item(
+                    f"p{i}",
+                    s,
+                    labels=[
+                        Labeled(f"p{i}", s, "FLIP SS", {"FLIP SS: helix": [(10, 40)], "FLIP SS: strand": [(45, 55)]})
+                    ],
+                )
+            )
             key = np.unique(rng.integers(0, 60, 90) * F + rng.integers(0, F, 90))
             val = rng.random(len(key))
             if redraw_test and split_of(s) == 1:
@@ -203,7 +242,11 @@ def test_concept_kinds_and_named_subconcepts(shared):
     d = shared / "uniprot" / "mgenitalium"
     labs = load_uniprot(d / "mgenitalium_proteins.tsv", d / "mgenitalium_features.tsv")
     names = {c for lab in labs for c in lab.spans}
-    assert {"UniProt: binding site (ATP)", "UniProt: metal-binding site (Zinc)", "UniProt: domain (ABC transporter)"} <= names
+    assert {
+        "UniProt: binding site (ATP)",
+        "UniProt: metal-binding site (Zinc)",
+        "UniProt: domain (ABC transporter)",
+    } <= names
     assert is_catch_all("UniProt: domain") and not is_catch_all("UniProt: domain (ABC transporter)")
     assert concept_kind("FLIP SS: helix") == "residue" and concept_kind("UniProt: binding site (ATP)") == "residue"
     assert concept_kind("TMbed: TM helix") == "domain" and concept_kind("UniProt: transmembrane") == "domain"
@@ -262,7 +305,9 @@ def test_taxonomy_file_gives_uniref_proteins_a_kingdom(tmp_path):
     fa.write_text(">UniRef90_X n=1 Tax=Escherichia coli TaxID=562 RepID=X\nMKTAYIAKQRQISFVKSHFSRQ\n"
                   ">UniRef90_Y n=1 Tax=Homo sapiens TaxID=9606 RepID=Y\nMKLLVVAAGGKKEEDD\n")
     tax = tmp_path / "tax.tsv"
-    tax.write_text("Taxon Id\tScientific name\tLineage\n562\tEscherichia coli\tcellular organisms, Bacteria, Pseudomonadota\n")
+    tax.write_text(
+        "Taxon Id\tScientific name\tLineage\n562\tEscherichia coli\tcellular organisms, Bacteria, Pseudomonadota\n"
+    )
     assert read_taxonomy(tax) == {562: "cellular organisms, Bacteria, Pseudomonadota"}
     _, items = protein_table(tmp_path, fasta={"u.fasta": fa.read_text()}, taxonomy=str(tax))
     by = {it.id: it for it in items}
@@ -310,12 +355,19 @@ def test_protein_table_dedup_rules(tmp_path):
         assert by["a"].taxid == 9606 and by["a"].kingdom == "Eukaryota" and by["a"].source == "one,two"
         assert by["b"].structure == "x.cif" and by["b"].chain == "A" and [lab.id for lab in by["b"].labels] == ["L1"]
         assert by["b"].groups["g"] == "X" and by["a#2"].groups["g"] == "Y" and t.report["unknown_group_ids"]["g"] == 1
-        assert by["new"].groups["j"] == "J" and by["new"].source == "j" and by["b"].groups["j"] == "J" and by["new"].kingdom == "Eukaryota"
+        assert (
+            by["new"].groups["j"] == "J"
+            and by["new"].source == "j"
+            and by["b"].groups["j"] == "J"
+            and by["new"].kingdom == "Eukaryota"
+        )
         assert ("L2" in by) == add_all and t.report["duplicate_sequences"] == 1
         assert by["a"].groups["kingdom"] == "Eukaryota" and by["a"].groups["organism"] == "Homo sapiens"
     (tmp_path / "dup.fasta").write_text(">x\nMKV\n>x\nMKA\n")
     with pytest.raises(ValueError, match="dup.fasta: duplicate record id 'x'"):
-        ProteinTable.build(IndexConfig(sae="x", out="i.duckdb", fasta=[str(tmp_path / "dup.fasta")]), [], tmp_path / "pt2")
+        ProteinTable.build(
+            IndexConfig(sae="x", out="i.duckdb", fasta=[str(tmp_path / "dup.fasta")]), [], tmp_path / "pt2"
+        )
 
 
 # ------------------------------------------------------------------ LM fidelity
@@ -427,13 +479,19 @@ def test_committed_demo_bundle_has_no_machine_paths():
     con = duckdb.connect(str(demo / "index.duckdb"), read_only=True)
     texts.update({f"meta:{k}": v for k, v in con.execute("SELECT key, value FROM meta").fetchall()})
     con.close()
-    bad = {k: v[max(0, v.find(m) - 40): v.find(m) + 60] for k, v in texts.items() for m in ('"/root', '"/home', '"/work', '"/tmp')
-           if m in v}
+    bad = {
+        k: v[max(0, v.find(m) - 40) : v.find(m) + 60]
+        for k, v in texts.items()
+        for m in ('"/root', '"/home', '"/work', '"/tmp')
+        if m in v
+    }
     assert not bad, bad
     from esmsae.demo import portable
 
-    assert portable({"a": ["/x/y/shared/data/uniprot/f.fasta", "/root/.cache/esmsae/demo_work/index.duckdb", "rel/p", 3]},
-                    Path("/x/y/shared/data")) == {"a": ["shared/data/uniprot/f.fasta", "demo_work/index.duckdb", "rel/p", 3]}
+    assert portable(
+        {"a": ["/x/y/shared/data/uniprot/f.fasta", "/root/.cache/esmsae/demo_work/index.duckdb", "rel/p", 3]},
+        Path("/x/y/shared/data"),
+    ) == {"a": ["shared/data/uniprot/f.fasta", "demo_work/index.duckdb", "rel/p", 3]}
     json.dumps(texts)  # all text
 
 
@@ -445,15 +503,32 @@ def test_descriptions_say_exactly_their_evidence():
 
     from esmsae.index.describe import describe
 
-    feats = pd.DataFrame({
-        "feature": [0, 1, 2, 3], "dead": [False, False, False, True],
-        "matches_concept": [True, False, False, False], "best_concept": ["TMbed: TM helix", "FLIP SS: helix", "", ""],
-        "best_f1": [0.71, 0.60, 0.0, 0.0], "best_aa_rule_f1": [0.33, 0.58, 0.0, 0.0], "best_trivial_f1": [0.2, 0.5, 0, 0],
-        "aa_top": ["L", "L", "C", ""], "aa_purity": [0.3, 0.95, 0.55, 0.0], "n_residues": [1000, 500, 100, 0],
-        "top_group": ["", "", "Archaea", ""], "n_nterm": [100, 50, 60, 0], "n_cterm": [100, 50, 0, 0]})
-    names = {0: ["Sodium channel OS=Homo sapiens OX=9606", "Sodium channel OS=Mus musculus OX=10090", "Porin"], 2: ["Zinc finger protein"]}
+    feats = pd.DataFrame(
+        {
+            "feature": [0, 1, 2, 3],
+            "dead": [False, False, False, True],
+            "matches_concept": [True, False, False, False],
+            "best_concept": ["TMbed: TM helix", "FLIP SS: helix", "", ""],
+            "best_f1": [0.71, 0.60, 0.0, 0.0],
+            "best_aa_rule_f1": [0.33, 0.58, 0.0, 0.0],
+            "best_trivial_f1": [0.2, 0.5, 0, 0],
+            "aa_top": ["L", "L", "C", ""],
+            "aa_purity": [0.3, 0.95, 0.55, 0.0],
+            "n_residues": [1000, 500, 100, 0],
+            "top_group": ["", "", "Archaea", ""],
+            "n_nterm": [100, 50, 60, 0],
+            "n_cterm": [100, 50, 0, 0],
+        }
+    )
+    names = {
+        0: ["Sodium channel OS=Homo sapiens OX=9606", "Sodium channel OS=Mus musculus OX=10090", "Porin"],
+        2: ["Zinc finger protein"],
+    }
     d = describe(feats, names, np.array([np.nan, np.nan, 3e-4, np.nan])).set_index("feature")
-    assert d.loc[0, "description"] == ("TMbed: TM helix (test F1 0.71; single-residue rule 0.33), top proteins: Sodium channel; Porin")
+    assert (
+        d.loc[0, "description"]
+        == "TMbed: TM helix (test F1 0.71; single-residue rule 0.33), top proteins: Sodium channel; Porin"
+    )
     # a feature that does not beat the single-residue rule gets no concept: it is named a residue detector
     assert d.loc[1, "description"] == "residue detector: 95% of its firing on L"
     assert d.loc[2, "description"] == ("mostly: 55% of its firing on C, N-terminal (60% of firing in the first tenth), "
@@ -478,8 +553,11 @@ def test_descriptions_never_cite_a_catch_all_or_a_contig_name():
              1: ["Podospora anserina S mat+ genomic DNA chromosome 3, supercontig 2", "Sodium channel protein"]}
     d = describe(feats, names).set_index("feature")
     assert d.loc[0, "description"] == "no clear evidence"  # a catch-all match and locus names are no evidence
-    assert d.loc[1, "description"] == ("TMbed: TM helix (test F1 0.80; best local-sequence rule 0.70, single-residue rule 0.30), "
-                                       "top proteins: Sodium channel protein")
+    assert (
+        d.loc[1, "description"]
+        == "TMbed: TM helix (test F1 0.80; best local-sequence rule 0.70, single-residue rule 0.30), "
+        "top proteins: Sodium channel protein"
+    )
 
 
 def test_search_finds_features_whose_description_names_the_concept(built_index):
@@ -494,12 +572,16 @@ def test_search_finds_features_whose_description_names_the_concept(built_index):
     # a concept name finds the features whose best concept it is
     c = all_.loc[all_["best_concept"] != "", "best_concept"]
     if len(c):
-        assert set(all_.loc[all_["best_concept"] == c.iloc[0], "feature"]) <= set(idx.features(search=c.iloc[0], hide_dead=False)["feature"])
+        assert set(all_.loc[all_["best_concept"] == c.iloc[0], "feature"]) <= set(
+            idx.features(search=c.iloc[0], hide_dead=False)["feature"]
+        )
     # two words: both must occur
     both = idx.features(search="ribosomal zzzz-no-such-word", hide_dead=False)
     assert both.empty
     # a protein id of a top example finds its features
-    pid = idx.q("SELECT p.id FROM top_examples e JOIN proteins p USING (pidx) ORDER BY e.max_act DESC LIMIT 1").iloc[0, 0]
+    pid = idx.q("SELECT p.id FROM top_examples e JOIN proteins p USING (pidx) ORDER BY e.max_act DESC LIMIT 1").iloc[
+        0, 0
+    ]
     assert len(idx.features(search=pid, hide_dead=False))
 
 
@@ -530,19 +612,48 @@ def test_aa_lookup_fvu_is_zero_when_residue_identity_is_everything(tmp_path):
             pos += list(range(len(s)))
             ho = is_heldout(s, 0.3)
             held += [ho] * len(s)
-            rows.append({"pidx": i, "id": f"p{i}", "description": "", "organism": "", "taxid": -1, "length": len(s), "sequence": s,
-                         "md5": "", "split": "heldout" if ho else "train"})
+            rows.append(
+                {
+                    "pidx": i,
+                    "id": f"p{i}",
+                    "description": "",
+                    "organism": "",
+                    "taxid": -1,
+                    "length": len(s),
+                    "sequence": s,
+                    "md5": "",
+                    "split": "heldout" if ho else "train",
+                }
+            )
         A = np.concatenate(acts).astype(np.float16)
         np.save(sh / "L1_resid.npy", A)
         np.save(sh / "protein.npy", np.array(prot, np.int32))
         np.save(sh / "position.npy", np.array(pos, np.int32))
         np.save(sh / "heldout.npy", np.array(held))
         pd.DataFrame(rows).to_parquet(sh / "proteins.parquet", index=False)
-        man = {"version": 1, "model": {"name": "x"}, "model_info": {"name": "x", "family": "esm2", "n_layers": 2, "d_model": 8},
-               "hooks": {"layers": [1], "site": "resid"}, "hook_names": ["L1_resid"], "d_in": 8, "embed": {"holdout_fraction": 0.3, "pool": "none"},
-               "provenance": {"fasta": {}}, "shards": [{"name": "shard_00000", "n_tokens": len(A), "n_train_tokens": int((~np.array(held)).sum()),
-                                                          "n_heldout_tokens": int(np.sum(held)), "first_protein": 0, "n_proteins": len(seqs)}],
-               "n_proteins": len(seqs), "n_tokens": len(A), "complete": True}
+        man = {
+            "version": 1,
+            "model": {"name": "x"},
+            "model_info": {"name": "x", "family": "esm2", "n_layers": 2, "d_model": 8},
+            "hooks": {"layers": [1], "site": "resid"},
+            "hook_names": ["L1_resid"],
+            "d_in": 8,
+            "embed": {"holdout_fraction": 0.3, "pool": "none"},
+            "provenance": {"fasta": {}},
+            "shards": [
+                {
+                    "name": "shard_00000",
+                    "n_tokens": len(A),
+                    "n_train_tokens": int((~np.array(held)).sum()),
+                    "n_heldout_tokens": int(np.sum(held)),
+                    "first_protein": 0,
+                    "n_proteins": len(seqs),
+                }
+            ],
+            "n_proteins": len(seqs),
+            "n_tokens": len(A),
+            "complete": True,
+        }
         (out / "manifest.json").write_text(_json.dumps(man))
         return ActivationStore(out)
 
@@ -567,7 +678,11 @@ def test_overview_names_the_demo_lm_against_its_baselines():
     note = idx.lm_note()
     ev = json.loads((demo / "lm_eval.json").read_text())
     assert note.startswith("Protein LM: UniRep") and "residues 1..t" in note
-    assert f"{ev['next_ppl']:.2f}" in note and f"{ev['bigram_ppl']:.2f} for a bigram" in note and f"{ev['unigram_ppl']:.2f}" in note
+    assert (
+        f"{ev['next_ppl']:.2f}" in note
+        and f"{ev['bigram_ppl']:.2f} for a bigram" in note
+        and f"{ev['unigram_ppl']:.2f}" in note
+    )
     assert ev["next_ppl"] < ev["bigram_ppl"] < ev["unigram_ppl"]
     assert "GNU General Public License v3.0" in (demo / "NOTICE").read_text()
     assert not (demo / "model").exists()  # the weights are read from the installed package, never copied

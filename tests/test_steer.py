@@ -1,12 +1,13 @@
 """Steering: known answers at the hook, and the check on the demo (does the feature fire after?)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import esmsae
-from esmsae.steer import Edit, _logits, _residue_fn, steer, steer_activations
 from esmsae.checkpoint import hook_of
-from pathlib import Path
+from esmsae.steer import Edit, _logits, _residue_fn, steer, steer_activations
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ"
@@ -14,7 +15,9 @@ SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ"
 
 @pytest.fixture(scope="module")
 def demo():
-    return esmsae.load_model(str(ROOT / "data" / "esm_lm" / "model")), esmsae.load_sae(str(ROOT / "data" / "esm_lm" / "sae"))
+    return esmsae.load_model(str(ROOT / "data" / "esm_lm" / "model")), esmsae.load_sae(
+        str(ROOT / "data" / "esm_lm" / "sae")
+    )
 
 
 def test_empty_and_identity_edits_reproduce_the_model(demo):
@@ -25,7 +28,11 @@ def test_empty_and_identity_edits_reproduce_the_model(demo):
     dead_here = int(torch.nonzero(dense.sum(0) == 0)[0])
     live = int(dense.sum(0).argmax())
     ids, _ = lm.plm.tokenize([SEQ])
-    for edits in ([Edit(live, "scale", 1.0)], [Edit(dead_here, "clamp", 0.0)], [Edit(live, "scale", 1.0, where="range", start=3, end=9)]):
+    for edits in (
+        [Edit(live, "scale", 1.0)],
+        [Edit(dead_here, "clamp", 0.0)],
+        [Edit(live, "scale", 1.0, where="range", start=3, end=9)],
+    ):
         fn = _residue_fn(lm.plm, sae, edits)
         got = _logits(lm.plm, hook, [SEQ], ids=ids, fn=lambda a: fn(a, ids))
         torch.testing.assert_close(got, base, rtol=1e-4, atol=1e-4)  # the reconstruction error is kept
@@ -60,10 +67,17 @@ def test_steering_result_and_the_check_on_the_demo(unirep_demo):
     from esmsae.fasta import read_fasta
 
     idx = FeatureIndex(ROOT / "data" / "demo" / "index.duckdb")
-    feats = idx.q("SELECT feature, max_act FROM features WHERE NOT dead AND freq_residue < 0.02 AND freq_residue > 0.001 "
-                  "ORDER BY feature LIMIT 200").sample(8, random_state=0)
-    seqs = [s for _, (h, s) in zip(range(200), read_fasta(ROOT.parent / "shared" / "data" / "uniprot" / "mgenitalium" / "mgenitalium.fasta"))
-            if 60 <= len(s) <= 150][:4]
+    feats = idx.q(
+        "SELECT feature, max_act FROM features WHERE NOT dead AND freq_residue < 0.02 AND freq_residue > 0.001 "
+        "ORDER BY feature LIMIT 200"
+    ).sample(8, random_state=0)
+    seqs = [
+        s
+        for _, (h, s) in zip(
+            range(200), read_fasta(ROOT.parent / "shared" / "data" / "uniprot" / "mgenitalium" / "mgenitalium.fasta")
+        )
+        if 60 <= len(s) <= 150
+    ][:4]
     raised, changed = 0, []
     for _, r in feats.iterrows():
         for s in seqs:
@@ -75,12 +89,16 @@ def test_steering_result_and_the_check_on_the_demo(unirep_demo):
     # the check is the unmodified model on the steered sequence, recomputed here independently
     f0 = int(feats.iloc[0].feature)
     out = steer(lm, sae, seqs[0], Edit(f0, "clamp", float(feats.iloc[0].max_act) * 50), pppl=False)
-    want = sae.encode_dense(lm.embed(out.steered_sequence, layer=sae.meta["layer"], site=sae.meta["site"]))[:, f0].numpy()
+    want = sae.encode_dense(lm.embed(out.steered_sequence, layer=sae.meta["layer"], site=sae.meta["site"]))[
+        :, f0
+    ].numpy()
     np.testing.assert_allclose(out.target_after_L, want, rtol=1e-4, atol=1e-5)
     res = steer(lm, sae, seqs[0], Edit(int(feats.iloc[0].feature), "clamp", float(feats.iloc[0].max_act) * 50))
     s = res.summary()
     assert s["length"] == len(seqs[0]) and res.delta_logprob_L20.shape == (len(seqs[0]), 20)
-    assert np.isfinite(s["pppl_original"]) and s["pppl_steered"] > s["pppl_original"]  # the edit makes the sequence less likely
+    assert (
+        np.isfinite(s["pppl_original"]) and s["pppl_steered"] > s["pppl_original"]
+    )  # the edit makes the sequence less likely
     assert res.fasta().startswith(">steered feature=") and len(s["moved"]) == 10
 
 
@@ -102,8 +120,25 @@ def test_steer_command(tmp_path, capsys):
 
     from esmsae.cli import main
 
-    assert main(["steer", str(ROOT / "data" / "esm_lm" / "sae"), "--sequence", "MKTAYIAKQRQISFVKSHFSRQ", "--feature", "7", "--edit", "clamp",
-                 "--value", "40", "--fasta-out", str(tmp_path / "s.fasta")]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                str(ROOT / "data" / "esm_lm" / "sae"),
+                "--sequence",
+                "MKTAYIAKQRQISFVKSHFSRQ",
+                "--feature",
+                "7",
+                "--edit",
+                "clamp",
+                "--value",
+                "40",
+                "--fasta-out",
+                str(tmp_path / "s.fasta"),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["length"] == 22 and len(out["steered_sequence"]) == 22 and "fires_after" in out
     assert (tmp_path / "s.fasta").read_text().splitlines()[1] == out["steered_sequence"]
@@ -135,8 +170,29 @@ def test_generation_is_seeded_and_checked(demo, tmp_path, capsys):
     assert z.fires == [bool((before > 0).any())] * 2
     s = a.summary()
     assert 0 <= s["fraction_firing"] <= 1 and 0 < s["mean_identity_to_seed"] < 1
-    assert main(["steer", str(ROOT / "data" / "esm_lm" / "sae"), "--sequence", SEQ, "--feature", "7", "--edit", "clamp", "--value", "40",
-                 "--generate", "2", "--rounds", "2", "--fasta-out", str(tmp_path / "d.fasta")]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                str(ROOT / "data" / "esm_lm" / "sae"),
+                "--sequence",
+                SEQ,
+                "--feature",
+                "7",
+                "--edit",
+                "clamp",
+                "--value",
+                "40",
+                "--generate",
+                "2",
+                "--rounds",
+                "2",
+                "--fasta-out",
+                str(tmp_path / "d.fasta"),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["n_designs"] == 2 and len(out["designs"]) == 2
     assert (tmp_path / "d.fasta").read_text().count(">") == 2
@@ -154,6 +210,9 @@ def test_dead_features_are_refused_and_degenerate_designs_flagged(demo):
         with pytest.raises(ValueError, match=f"feature {dead} is dead"):
             steer(lm, sae, SEQ, Edit(dead, "clamp", 5.0), pppl=False)
     assert degenerate_reasons("LLLLLLLLLLIIIIILLLLLLLLLL", SEQ[:25]) == [
-        "low complexity (composition entropy 0.72 bits < 3.0)", "a run of 10 identical residues", "identity to the seed 8% < 30%"]
+        "low complexity (composition entropy 0.72 bits < 3.0)",
+        "a run of 10 identical residues",
+        "identity to the seed 8% < 30%",
+    ]
     assert degenerate_reasons(SEQ, SEQ) == []
     assert degenerate_reasons(SEQ, SEQ, ppl=30.0, seed_ppl=10.0) == ["perplexity 30.0 > 2x the seed's 10.0"]

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from esmsae.checkpoint import load_sae, read_cfg
-from esmsae.config import ConfigError, EmbedConfig, HookConfig, ModelConfig, SAEConfig, TrainConfig, load_json, save_json
+from esmsae.config import (
+    ConfigError,
+    EmbedConfig,
+    HookConfig,
+    ModelConfig,
+    SAEConfig,
+    TrainConfig,
+    load_json,
+    save_json,
+)
 from esmsae.fasta import SequenceError
 from esmsae.plm import ModelMismatchError, load_plm
 from esmsae.store import ActivationStore, StoreError, embed_fasta
@@ -65,7 +74,12 @@ def test_bad_fasta_is_reported(tmp_path, esm2_dir):
     model, hooks = ModelConfig(name=str(esm2_dir)), HookConfig(layers=[1])
     with pytest.raises(SequenceError, match=r"record 'b'.*'1' at position 4"):
         embed_fasta(EmbedConfig(fasta=str(fa), store=str(tmp_path / "s1")), model, hooks, progress=False)
-    embed_fasta(EmbedConfig(fasta=str(fa), store=str(tmp_path / "s2"), on_invalid="skip", holdout_fraction=0), model, hooks, progress=False)
+    embed_fasta(
+        EmbedConfig(fasta=str(fa), store=str(tmp_path / "s2"), on_invalid="skip", holdout_fraction=0),
+        model,
+        hooks,
+        progress=False,
+    )
     st = ActivationStore(tmp_path / "s2")
     assert st.manifest["n_skipped"] == 2 and st.proteins()["id"].tolist() == ["a", "d"]
     dup = tmp_path / "dup.fasta"
@@ -100,12 +114,22 @@ def test_resume_gives_identical_parameters(tmp_path, small_store):
 
 
 def test_checkpoint_metadata_and_mismatch_errors(tmp_path, small_store, esm2_dir, esmc_file):
-    dirs = train(_tcfg(small_store, tmp_path / "run", layers=[4], token_budget=6 * 256), SAEConfig(n_latents=256, k=4), progress=False)
+    dirs = train(
+        _tcfg(small_store, tmp_path / "run", layers=[4], token_budget=6 * 256),
+        SAEConfig(n_latents=256, k=4),
+        progress=False,
+    )
     assert [d.name for d in dirs] == ["L4_resid"]
     cfg = read_cfg(dirs[0])
     assert cfg["d_in"] == 320 and cfg["layer"] == 4 and cfg["site"] == "resid" and cfg["bos_eos"] == "stripped"
-    assert cfg["base_model"]["n_layers"] == 6 and cfg["normalization"]["mode"] == "scalar" and cfg["normalization"]["scale"] > 0
-    assert cfg["provenance"]["fasta"]["path"].endswith("mgen120.fasta") and cfg["provenance"]["tokens_trained"] == 6 * 256
+    assert (
+        cfg["base_model"]["n_layers"] == 6
+        and cfg["normalization"]["mode"] == "scalar"
+        and cfg["normalization"]["scale"] > 0
+    )
+    assert (
+        cfg["provenance"]["fasta"]["path"].endswith("mgen120.fasta") and cfg["provenance"]["tokens_trained"] == 6 * 256
+    )
     sae, _ = load_sae(dirs[0], plm=load_plm(ModelConfig(name=str(esm2_dir))))
     with torch.no_grad():
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(256))

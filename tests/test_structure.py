@@ -73,7 +73,9 @@ def test_no_import_cycles():
     # also counting imports inside functions (cli <-> demo and cli -> jobs -> cli were such cycles)
     _check_acyclic({m: _module_level_imports(m, everywhere=True) for m in ALL})
     # the splits this layout promises
-    assert "esmsae.cli" not in set().union(*(d for m, d in graph.items() if m != "esmsae.__main__")), "only __main__ imports the CLI"
+    assert "esmsae.cli" not in set().union(
+        *(d for m, d in graph.items() if m != "esmsae.__main__")
+    ), "only __main__ imports the CLI"
     assert graph["esmsae.explore"] <= {"esmsae.index.tables"} | {m for m in ALL if not m.startswith("esmsae.index")}
 
 

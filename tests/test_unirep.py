@@ -34,7 +34,10 @@ def test_forward_matches_the_packages_jax_forward(fx, name):
     seqs = [str(s) for s in fx["seqs"]]
     ids = UniRepTokens().batch(seqs)
     caps = {}
-    hooks = [layer.register_forward_hook(lambda m, i, o, l=l: caps.__setitem__(l, o)) for l, layer in enumerate(net.layers, 1)]
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o, n=n: caps.__setitem__(n, o))
+        for n, layer in enumerate(net.layers, 1)
+    ]
     with torch.no_grad():
         logits = net(ids, torch.tensor([len(s) + 2 for s in seqs]))
     for h in hooks:
@@ -133,9 +136,9 @@ def test_steering_and_generation_on_a_causal_lm(mgen):
     forward, equal to next_residue_eval's on the same protein), and generation resamples left to right
     with seeded, reproducible designs."""
     import esmsae
+    from esmsae.config import SAEConfig
     from esmsae.lm_eval import next_residue_eval
     from esmsae.sae import SAE
-    from esmsae.config import SAEConfig
     from esmsae.steer import Edit, generate, perplexity_name, pseudo_perplexity, steer
 
     lm = esmsae.load_model("unirep64")
@@ -149,8 +152,12 @@ def test_steering_and_generation_on_a_causal_lm(mgen):
     assert ppl == pytest.approx(ev["next_ppl"], rel=1e-4)
     res = steer(lm, sae, seq, Edit(feature=5, kind="scale", value=1.0))
     assert np.abs(res.delta_logprob_L20).max() < 1e-3 and res.pppl_steered == pytest.approx(res.pppl_original, rel=1e-3)
-    d1 = generate(lm, sae, seq, Edit(feature=5, kind="clamp", value=3.0), n_designs=2, rounds=1, mask_frac=0.2, seed=1, pppl=False)
-    d2 = generate(lm, sae, seq, Edit(feature=5, kind="clamp", value=3.0), n_designs=2, rounds=1, mask_frac=0.2, seed=1, pppl=False)
+    d1 = generate(
+        lm, sae, seq, Edit(feature=5, kind="clamp", value=3.0), n_designs=2, rounds=1, mask_frac=0.2, seed=1, pppl=False
+    )
+    d2 = generate(
+        lm, sae, seq, Edit(feature=5, kind="clamp", value=3.0), n_designs=2, rounds=1, mask_frac=0.2, seed=1, pppl=False
+    )
     assert d1.sequences == d2.sequences and all(len(s) == len(seq) for s in d1.sequences)
     assert any(s != seq for s in d1.sequences)
 

@@ -4,7 +4,8 @@ Memory is bounded by (features x examples kept) and (features x groups), never b
 number of proteins: per-feature statistics are running sums, top examples are a
 running top-N (ties: lower protein index first), quantile examples come from a uniform
 sample per feature (the R smallest keyed hashes, independent of processing order), and the
-sparse codes of *labelled* proteins go to a temporary CSR file on disk so the concept pass can run once the feature maxima are known (InterPLM
+sparse codes of *labelled* proteins go to a temporary CSR file on disk so the concept pass can run once the feature
+maxima are known (InterPLM
 normalises each feature by its max before thresholding, Simon & Zou 2024).
 
 Tables: meta, proteins, features, feature_hist, top_examples, quantile_examples,
@@ -12,6 +13,7 @@ structure_tracks, concepts, concept_f1, groups, group_usage. The file is built u
 ``<out>.tmp`` and renamed, so a reader never sees half an index. User labels live in
 a separate file (:func:`labels_path`) so that rebuilding never loses them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,16 +34,37 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..atomic import explain
-from ..checkpoint import WEIGHTS, check_compatible, load_sae, model_config_of
+from ..checkpoint import WEIGHTS, check_compatible, hook_of, load_sae, model_config_of, read_eval
 from ..concepts import Labeled, load_all
 from ..config import DENSE_FREQ, IndexConfig, auto_batch_tokens, resolve_device
 from ..dist import World, barrier, process_group
-from ..checkpoint import hook_of, read_eval
 from ..fasta import SequenceError
 from ..plm import ProteinLM, load_plm
-from .clusters import GROUPING as CLUSTER_GROUPING, ClusterData, ClusterSpill, cluster_counts, cluster_names, cluster_profiles, cluster_vectors
+from .clusters import (
+    GROUPING as CLUSTER_GROUPING,
+)
+from .clusters import (
+    ClusterData,
+    ClusterSpill,
+    cluster_counts,
+    cluster_names,
+    cluster_profiles,
+    cluster_vectors,
+)
 from .composition import FiringSpill, composition_counts, composition_enrichment
-from .concept_f1 import DETECTOR_PURITY, THRESHOLDS, aa_codes, aa_purity, concept_counts, concept_layout, eligible, report as concept_report, select
+from .concept_f1 import (
+    DETECTOR_PURITY,
+    THRESHOLDS,
+    aa_codes,
+    aa_purity,
+    concept_counts,
+    concept_layout,
+    eligible,
+    select,
+)
+from .concept_f1 import (
+    report as concept_report,
+)
 from .describe import describe, search_text
 from .group_stats import length_bin, length_edges, top_group_q, top_groups, usage_frame
 from .protein_table import COLUMNS, MEMORY_LIMIT, ProteinTable
@@ -122,7 +145,9 @@ class Stream:
     n_res_A: np.ndarray = None  # [20] indexed residues per amino acid
     ends_F2: np.ndarray = None  # [F, 2] firing residues in the first / last 10% of their protein (position profile)
     firing: FiringSpill | None = None  # per grouped protein: composition and counted features (the composition control)
-    clusters: ClusterSpill | None = None  # per clustered protein: pooled LM vector and counted features (embedding clusters)
+    clusters: ClusterSpill | None = (
+        None  # per clustered protein: pooled LM vector and counted features (embedding clusters)
+    )
     cluster_sources: tuple = ()  # only proteins of these sources are clustered (empty: all)
     n_res: int = 0
     last_pairs: list = field(default_factory=list)
@@ -133,13 +158,25 @@ class Stream:
     def empty(cls, F: int, cfg: IndexConfig, layout: Layout) -> "Stream":
         B = len(layout.length_edges) + 1
         shape = {g: (len(layout.group_names[g]), F) for g in layout.groupings}
-        return cls(np.zeros(F, np.int64), np.zeros(F, np.int64), np.zeros(F, np.float64), np.zeros(F, np.float32),
-                   np.zeros((F, len(HIST_EDGES) - 1), np.int64), TopN(F, cfg.top_n), Reservoir(F, cfg.reservoir, cfg.seed),
-                   {g: np.zeros((G, B, F), np.int64) for g, (G, F) in shape.items()}, {g: np.zeros(sh, np.float64) for g, sh in shape.items()},
-                   np.zeros((F, 20), np.int64), np.zeros(20, np.int64), np.zeros((F, 2), np.int64))
+        return cls(
+            np.zeros(F, np.int64),
+            np.zeros(F, np.int64),
+            np.zeros(F, np.float64),
+            np.zeros(F, np.float32),
+            np.zeros((F, len(HIST_EDGES) - 1), np.int64),
+            TopN(F, cfg.top_n),
+            Reservoir(F, cfg.reservoir, cfg.seed),
+            {g: np.zeros((G, B, F), np.int64) for g, (G, F) in shape.items()},
+            {g: np.zeros(sh, np.float64) for g, sh in shape.items()},
+            np.zeros((F, 20), np.int64),
+            np.zeros(20, np.int64),
+            np.zeros((F, 2), np.int64),
+        )
 
 
-def build_index(cfg: IndexConfig, plm: ProteinLM | None = None, labelled: list[Labeled] | None = None, progress: bool = True) -> Path:
+def build_index(
+    cfg: IndexConfig, plm: ProteinLM | None = None, labelled: list[Labeled] | None = None, progress: bool = True
+) -> Path:
     """Build the DuckDB feature index of ``cfg.sae`` over a protein set; returns its path.
     ``labelled``: the label records to match (default: those under ``cfg.concepts``).
 
@@ -170,7 +207,11 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         # before any rank makes its scratch folder: on several nodes another node's pid looks dead here
         _sweep_stale_scratch(out.parent)
         try:
-            table = ProteinTable.build(cfg, load_all(Path(cfg.concepts)) if labelled is None and cfg.concepts else labelled or [], parts / "proteins")
+            table = ProteinTable.build(
+                cfg,
+                load_all(Path(cfg.concepts)) if labelled is None and cfg.concepts else labelled or [],
+                parts / "proteins",
+            )
             if not table.n:
                 raise IndexBuildError("the protein set is empty (check --fasta / --concepts --add-labelled)")
         except BaseException:
@@ -211,9 +252,16 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         features = _feature_frame(cfg, sae, st, n_done, best, aa, top_group)
         features = _with_descriptions(features, table, st, top_q)
         if cdata is not None:
-            info = table.columns(cdata.pidx.tolist(), ("length", "kingdom", "organism", "description")).reindex(cdata.pidx)
-            _table(con, "cluster_profiles", cluster_profiles(cdata.labels, info, usage[usage.grouping == CLUSTER_GROUPING], features,
-                                                             cfg.cluster_proteins))
+            info = table.columns(cdata.pidx.tolist(), ("length", "kingdom", "organism", "description")).reindex(
+                cdata.pidx
+            )
+            _table(
+                con,
+                "cluster_profiles",
+                cluster_profiles(
+                    cdata.labels, info, usage[usage.grouping == CLUSTER_GROUPING], features, cfg.cluster_proteins
+                ),
+            )
         spill.finish()
         _write_tables(con, cfg, st, spill, features, concepts_df, f1_df, groups_df, usage)
         _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, table.report, t0, w.size)
@@ -317,15 +365,19 @@ def _set_up(cfg: IndexConfig, plm: ProteinLM | None, w: World = World()):
     hook = hook_of(meta)
     plm.check_hook(hook)
     if sae.cfg.n_latents > MAX_LATENTS:
-        raise IndexBuildError(f"the SAE has {sae.cfg.n_latents} latents; the index packs (residue, latent) pairs in 20 bits of latent id, "
-                              f"so at most {MAX_LATENTS} latents")
+        raise IndexBuildError(
+            f"the SAE has {sae.cfg.n_latents} latents; the index packs (residue, latent) pairs in 20 bits of latent id,"
+            f" so at most {MAX_LATENTS} latents"
+        )
     return sae, meta, plm, hook
 
 
 def batch_plan(length_S: np.ndarray, batch_tokens: int, max_residues: int) -> np.ndarray:
     """The one-process plan over proteins sorted by length (little padding): the batch of each,
     cut at most ``batch_tokens`` padded tokens. Ranks take whole batches of it (b mod W)."""
-    cost_S = np.minimum(np.asarray(length_S, np.int64), max_residues) + 2  # nondecreasing: the last protein sets the padding
+    cost_S = (
+        np.minimum(np.asarray(length_S, np.int64), max_residues) + 2
+    )  # nondecreasing: the last protein sets the padding
     batch_S = np.zeros(len(cost_S), np.int64)
     b = n = 0
     for lo in range(0, len(cost_S), 1 << 20):  # Python ints a chunk at a time: 10 M at once are 0.4 GB
@@ -355,8 +407,20 @@ def _batches(table: ProteinTable, keep: np.ndarray, batch_S: np.ndarray) -> Iter
         yield batch
 
 
-def _stream(cfg, plm, sae, hook, table: ProteinTable, layout: Layout, csr: CSRWriter, spill: TrackSpill, progress: bool,
-            w: World = World(), firing: FiringSpill | None = None, clusters: ClusterSpill | None = None) -> tuple[Stream, np.ndarray]:
+def _stream(
+    cfg,
+    plm,
+    sae,
+    hook,
+    table: ProteinTable,
+    layout: Layout,
+    csr: CSRWriter,
+    spill: TrackSpill,
+    progress: bool,
+    w: World = World(),
+    firing: FiringSpill | None = None,
+    clusters: ClusterSpill | None = None,
+) -> tuple[Stream, np.ndarray]:
     """The one pass of every protein (of this rank's batches) through model + SAE; under torchrun
     the running statistics are then all-reduced, so every rank holds the global ones. Returns them
     and this rank's indexed proteins as (pidx, features active) rows."""
@@ -393,7 +457,9 @@ def _stream(cfg, plm, sae, hook, table: ProteinTable, layout: Layout, csr: CSRWr
     return st, np.array(done, np.int64).reshape(-1, 2)
 
 
-def _add_cluster_rows(st: Stream, batch: list[Item], acts: list[torch.Tensor], layout: Layout, n_active: list[int]) -> None:
+def _add_cluster_rows(
+    st: Stream, batch: list[Item], acts: list[torch.Tensor], layout: Layout, n_active: list[int]
+) -> None:
     """Each clustered protein's mean-pooled LM vector and the features counted for it (the last batch's
     pairs, kept by _add_batch) into the cluster spill."""
     pairs = st.last_pairs
@@ -402,8 +468,14 @@ def _add_cluster_rows(st: Stream, batch: list[Item], acts: list[torch.Tensor], l
             continue
         a = aa_codes(it.sequence)
         feats, vmax = pairs[j]
-        st.clusters.put(it.pidx, length_bin(len(it.sequence), layout.length_edges), np.bincount(a[a >= 0], minlength=20),
-                        acts[j].float().mean(0).cpu().numpy(), feats, vmax)
+        st.clusters.put(
+            it.pidx,
+            length_bin(len(it.sequence), layout.length_edges),
+            np.bincount(a[a >= 0], minlength=20),
+            acts[j].float().mean(0).cpu().numpy(),
+            feats,
+            vmax,
+        )
 
 
 def _gather_clusters(clus: ClusterSpill, parts: Path, w: World):
@@ -419,7 +491,9 @@ def _gather_clusters(clus: ClusterSpill, parts: Path, w: World):
     return ClusterData.merge([data] + [ClusterData.load(parts / f"clusters-rank{r}.npz") for r in range(1, w.size)])
 
 
-def _cluster_grouping(cfg: IndexConfig, layout: Layout, st: Stream, cdata, groups_df: pd.DataFrame, usage: pd.DataFrame):
+def _cluster_grouping(
+    cfg: IndexConfig, layout: Layout, st: Stream, cdata, groups_df: pd.DataFrame, usage: pd.DataFrame
+):
     """Cluster the pooled vectors, then the grouping 'embedding cluster' with the same tests as every grouping."""
     K = cfg.cluster_proteins
     cdata.labels = cluster_vectors(cdata.vec, K, cfg.seed)
@@ -431,10 +505,17 @@ def _cluster_grouping(cfg: IndexConfig, layout: Layout, st: Stream, cdata, group
     top_aa_F = st.aa_FA.argmax(1)
     freq_A = st.n_res_A / max(int(st.n_res_A.sum()), 1)
     (cfire, cprot), = composition_counts(cdata, top_aa_F, freq_A, [K], B)
-    frame = _with_composition(frame, enr, {"top_aa_F": top_aa_F, "counts": {CLUSTER_GROUPING: (cfire, cprot)}}, CLUSTER_GROUPING,
-                              cfg.min_group_size)
-    rows = pd.DataFrame([(CLUSTER_GROUPING, nm, int(n_prot[i].sum()), bool(enr["tested"][i])) for i, nm in enumerate(names)],
-                        columns=["grouping", "grp", "n_proteins", "tested"])
+    frame = _with_composition(
+        frame,
+        enr,
+        {"top_aa_F": top_aa_F, "counts": {CLUSTER_GROUPING: (cfire, cprot)}},
+        CLUSTER_GROUPING,
+        cfg.min_group_size,
+    )
+    rows = pd.DataFrame(
+        [(CLUSTER_GROUPING, nm, int(n_prot[i].sum()), bool(enr["tested"][i])) for i, nm in enumerate(names)],
+        columns=["grouping", "grp", "n_proteins", "tested"],
+    )
     return (pd.concat([groups_df, rows], ignore_index=True),
             pd.concat([usage, frame.assign(grouping=CLUSTER_GROUPING)[USAGE_COLUMNS]], ignore_index=True))
 
@@ -448,7 +529,10 @@ def _write_proteins(con, table: ProteinTable, done: np.ndarray) -> int:
     # DuckDB's default buffer (80% of RAM) let this sort take 9.3 GB at 10 M proteins; with 2 GB it
     # spills and takes 2.7 GB, no slower (bench/protein_table.py)
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-    con.execute(f"INSERT INTO proteins SELECT {cols}, d.n_active_features FROM read_parquet('{table.parquet}') p JOIN _done d USING (pidx) ORDER BY p.pidx")
+    con.execute(
+        f"INSERT INTO proteins SELECT {cols}, d.n_active_features FROM read_parquet('{table.parquet}') p JOIN _done d"
+        " USING (pidx) ORDER BY p.pidx"
+    )
     con.execute("RESET memory_limit")
     con.unregister("_done")
     return len(done)
@@ -488,7 +572,11 @@ def _add_batch(st: Stream, sae, batch: list[Item], acts: list[torch.Tensor], lay
     r_R = t_R - off_P[p_R]  # residue within its protein
     # per-feature counts over the batch
     st.n_res += int(off_P[-1])
-    aa_T = np.concatenate([aa_codes(it.sequence)[:n] for it, n in zip(batch, len_P)]) if len(batch) else np.zeros(0, np.int64)
+    aa_T = (
+        np.concatenate([aa_codes(it.sequence)[:n] for it, n in zip(batch, len_P)])
+        if len(batch)
+        else np.zeros(0, np.int64)
+    )
     st.n_res_A += np.bincount(aa_T[aa_T >= 0], minlength=20)
     a_R = aa_T[t_R]
     ok = a_R >= 0
@@ -533,7 +621,9 @@ def _add_batch(st: Stream, sae, batch: list[Item], acts: list[torch.Tensor], lay
         lo, hi = pair_bounds[j], pair_bounds[j + 1]
         feats, vmax = pair_f[lo:hi], pair_v[lo:hi]
         counted, counted_max = feats, vmax
-        if group_statistic == "pooled_topk" and (it.groups or st.clusters is not None):  # esm-sae: the top-k of the mean-pooled code
+        if group_statistic == "pooled_topk" and (
+            it.groups or st.clusters is not None
+        ):  # esm-sae: the top-k of the mean-pooled code
             a, b = res_bounds[j], res_bounds[j + 1]
             pooled = np.bincount(f_R[a:b], weights=v_R[a:b], minlength=F)[feats] / max(int(len_P[j]), 1)
             keep = np.argsort(-pooled, kind="stable")[:pooled_k]
@@ -547,8 +637,12 @@ def _add_batch(st: Stream, sae, batch: list[Item], acts: list[torch.Tensor], lay
                 st.sum_max_G[g][gi, feats] += vmax
             if st.firing is not None:
                 a = aa_codes(it.sequence)
-                st.firing.put(gb, [layout.group_ids[g][it.groups[g]] if g in it.groups else -1 for g in layout.groupings],
-                              np.bincount(a[a >= 0], minlength=20), counted)
+                st.firing.put(
+                    gb,
+                    [layout.group_ids[g][it.groups[g]] if g in it.groups else -1 for g in layout.groupings],
+                    np.bincount(a[a >= 0], minlength=20),
+                    counted,
+                )
         if it.labels:
             a, b = res_bounds[j], res_bounds[j + 1]
             csr.add(i, r_R[a:b], f_R[a:b], v_R[a:b])
@@ -586,21 +680,49 @@ def _concept_frames(halves, layout: Layout, st: "Stream"):
     aa = aa_purity(st.aa_FA, st.n_res_A)
     f1_df, per_c, best = concept_report(halves, lay, sel, ok, aa["aa_purity"])
     v, t = halves
-    concepts_df = pd.DataFrame({"concept": layout.concept_names, "source": [layout.source_names[s] for s in layout.concept_source],
-                                "n_proteins": v.n_prot + t.n_prot, "n_residues": v.n_res + t.n_res, "n_domains": v.n_dom + t.n_dom,
-                                "n_valid_proteins": v.n_prot, "n_test_proteins": t.n_prot})
+    concepts_df = pd.DataFrame(
+        {
+            "concept": layout.concept_names,
+            "source": [layout.source_names[s] for s in layout.concept_source],
+            "n_proteins": v.n_prot + t.n_prot,
+            "n_residues": v.n_res + t.n_res,
+            "n_domains": v.n_dom + t.n_dom,
+            "n_valid_proteins": v.n_prot,
+            "n_test_proteins": t.n_prot,
+        }
+    )
     # always the full column set: an index built without --concepts has an empty table that pages still query,
     # with typed columns (an empty object column would reach DuckDB as NULL / DOUBLE and break text comparisons)
     concepts_df = pd.concat([concepts_df, per_c], axis=1)
     if concepts_df.empty:
-        text = {"concept", "source", "recall_over", "aa_rule", "local_rule", "best_baseline"} | {c for c in concepts_df if c.endswith("_rule")}
-        concepts_df = concepts_df.astype({c: ("string" if c in text else bool if c in ("catch_all", "eligible") else "float64")
-                                          for c in concepts_df.columns})
+        text = {"concept", "source", "recall_over", "aa_rule", "local_rule", "best_baseline"} | {
+            c for c in concepts_df if c.endswith("_rule")
+        }
+        concepts_df = concepts_df.astype(
+            {
+                c: "string" if c in text else bool if c in ("catch_all", "eligible") else "float64"
+                for c in concepts_df.columns
+            }
+        )
     return concepts_df, f1_df, best, aa
 
 
-USAGE_COLUMNS = ["grouping", "grp", "feature", "n_proteins", "n_fire", "frac", "mean_act", "log_odds", "p", "q", "tested",
-                 "log_odds_composition", "q_composition", "composition_driven"]
+USAGE_COLUMNS = [
+    "grouping",
+    "grp",
+    "feature",
+    "n_proteins",
+    "n_fire",
+    "frac",
+    "mean_act",
+    "log_odds",
+    "p",
+    "q",
+    "tested",
+    "log_odds_composition",
+    "q_composition",
+    "composition_driven",
+]
 
 
 def _composition_counts(st: Stream, layout: Layout, w: World = World()) -> dict | None:
@@ -631,10 +753,15 @@ def _group_frames(cfg: IndexConfig, table: ProteinTable, layout: Layout, st: Str
     members_GB = table.member_counts(layout.group_ids, layout.length_edges)
     for g in layout.groupings:
         n_prot_GB = members_GB[g]
-        frame, enr = usage_frame(layout.group_names[g], st.n_fire_G[g], st.sum_max_G[g], n_prot_GB, cfg.group_test, cfg.min_group_size)
+        frame, enr = usage_frame(
+            layout.group_names[g], st.n_fire_G[g], st.sum_max_G[g], n_prot_GB, cfg.group_test, cfg.min_group_size
+        )
         frame = _with_composition(frame, enr, comp, g, cfg.min_group_size)
         usage_frames.append(frame.assign(grouping=g)[USAGE_COLUMNS])
-        group_rows += [(g, name, int(n_prot_GB[gi].sum()), bool(enr["tested"][gi])) for gi, name in enumerate(layout.group_names[g])]
+        group_rows += [
+            (g, name, int(n_prot_GB[gi].sum()), bool(enr["tested"][gi]))
+            for gi, name in enumerate(layout.group_names[g])
+        ]
         if g == "kingdom" or (g == layout.groupings[0] and "kingdom" not in layout.groupings):
             top_group = top_groups(layout.group_names[g], enr, st.fire_prot_F)
             top_q = top_group_q(layout.group_names[g], enr, top_group)
@@ -651,32 +778,66 @@ def _with_composition(frame: pd.DataFrame, enr: dict, comp: dict | None, g: str,
     ce = composition_enrichment(fire, prot, comp["top_aa_F"], min_group_size)
     sig = (enr["q"] < 0.05) & (enr["log_odds"] > 0)
     sig_c = (ce["q"] < 0.05) & (ce["log_odds"] > 0)
-    return frame.assign(log_odds_composition=ce["log_odds"].ravel(), q_composition=ce["q"].ravel(), composition_driven=(sig & ~sig_c).ravel())
+    return frame.assign(
+        log_odds_composition=ce["log_odds"].ravel(),
+        q_composition=ce["q"].ravel(),
+        composition_driven=(sig & ~sig_c).ravel(),
+    )
 
 
-def _feature_frame(cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, aa: dict, top_group: np.ndarray) -> pd.DataFrame:
+def _feature_frame(
+    cfg: IndexConfig, sae, st: Stream, n_done: int, best: dict, aa: dict, top_group: np.ndarray
+) -> pd.DataFrame:
     F = sae.cfg.n_latents
     freq_res = st.fire_res_F / max(st.n_res, 1)
     qs = hist_quantiles(st.hist_FH, (0.5, 0.9, 0.99))
     umap_xy, cluster = feature_map(sae.W_dec.detach().float().cpu().numpy(), cfg.seed, cfg.umap)
-    return pd.DataFrame({
-        "feature": np.arange(F), "freq_residue": freq_res, "freq_protein": st.fire_prot_F / max(n_done, 1), "n_proteins": st.fire_prot_F,
-        "n_residues": st.fire_res_F, "max_act": st.max_F, "mean_act": np.where(st.fire_res_F > 0, st.sum_F / np.maximum(st.fire_res_F, 1), 0.0),
-        "q50": qs[:, 0], "q90": qs[:, 1], "q99": qs[:, 2], "dead": st.fire_res_F == 0, "dense": freq_res > DENSE_FREQ,
-        "idf": np.log(max(n_done, 1) / np.maximum(st.fire_prot_F, 1)),
-        # best concept: chosen on valid proteins; F1, precision, recall on held-out test proteins
-        "best_concept": best["concept"], "best_f1": best["f1"], "best_f1_valid": best["f1_valid"], "best_threshold": best["threshold"],
-        "best_precision": best["precision"], "best_recall": best["recall"],
-        "best_trivial_f1": best["trivial_f1"], "best_aa_rule_f1": best["aa_rule_f1"], "best_local_rule_f1": best["local_rule_f1"], "matches_concept": best["match"],
-        # the amino-acid control: top residue type, share of firing on it, F1 for "is that residue"
-        "aa_top": aa["aa_top"], "aa_purity": aa["aa_purity"], "aa_f1": aa["aa_f1"], "residue_detector": aa["aa_purity"] >= DETECTOR_PURITY,
-        # automatic label: a concept only where the feature beats both baselines on test proteins
-        "label": np.where(best["match"], best["concept"],
-                          np.where(aa["aa_purity"] >= DETECTOR_PURITY, np.char.add("Amino acid: ", aa["aa_top"].astype(str)), "")),
-        "top_group": top_group,
-        "cluster": cluster, "umap_x": umap_xy[:, 0], "umap_y": umap_xy[:, 1],
-        # reference display statistics shipped with the SAE (NaN when it has none)
-        "ref_max": _ref_stat(sae, 0, F), "ref_idf": _ref_stat(sae, 1, F)})
+    return pd.DataFrame(
+        {
+            "feature": np.arange(F),
+            "freq_residue": freq_res,
+            "freq_protein": st.fire_prot_F / max(n_done, 1),
+            "n_proteins": st.fire_prot_F,
+            "n_residues": st.fire_res_F,
+            "max_act": st.max_F,
+            "mean_act": np.where(st.fire_res_F > 0, st.sum_F / np.maximum(st.fire_res_F, 1), 0.0),
+            "q50": qs[:, 0],
+            "q90": qs[:, 1],
+            "q99": qs[:, 2],
+            "dead": st.fire_res_F == 0,
+            "dense": freq_res > DENSE_FREQ,
+            "idf": np.log(max(n_done, 1) / np.maximum(st.fire_prot_F, 1)),
+            # best concept: chosen on valid proteins; F1, precision, recall on held-out test proteins
+            "best_concept": best["concept"],
+            "best_f1": best["f1"],
+            "best_f1_valid": best["f1_valid"],
+            "best_threshold": best["threshold"],
+            "best_precision": best["precision"],
+            "best_recall": best["recall"],
+            "best_trivial_f1": best["trivial_f1"],
+            "best_aa_rule_f1": best["aa_rule_f1"],
+            "best_local_rule_f1": best["local_rule_f1"],
+            "matches_concept": best["match"],
+            # the amino-acid control: top residue type, share of firing on it, F1 for "is that residue"
+            "aa_top": aa["aa_top"],
+            "aa_purity": aa["aa_purity"],
+            "aa_f1": aa["aa_f1"],
+            "residue_detector": aa["aa_purity"] >= DETECTOR_PURITY,
+            # automatic label: a concept only where the feature beats both baselines on test proteins
+            "label": np.where(
+                best["match"],
+                best["concept"],
+                np.where(aa["aa_purity"] >= DETECTOR_PURITY, np.char.add("Amino acid: ", aa["aa_top"].astype(str)), ""),
+            ),
+            "top_group": top_group,
+            "cluster": cluster,
+            "umap_x": umap_xy[:, 0],
+            "umap_y": umap_xy[:, 1],
+            # reference display statistics shipped with the SAE (NaN when it has none)
+            "ref_max": _ref_stat(sae, 0, F),
+            "ref_idf": _ref_stat(sae, 1, F),
+        }
+    )
 
 
 def _with_descriptions(features: pd.DataFrame, table: ProteinTable, st: Stream, top_q: np.ndarray) -> pd.DataFrame:
@@ -689,8 +850,13 @@ def _with_descriptions(features: pd.DataFrame, table: ProteinTable, st: Stream, 
     top_names = {f: [names[p] for p in v] for f, v in ranked.items()}
     features = features.assign(n_nterm=st.ends_F2[:, 0], n_cterm=st.ends_F2[:, 1], top_group_q=top_q)
     d = describe(features, top_names, top_q)
-    return features.assign(description=d["description"].to_numpy(), evidence=d["evidence"].to_numpy(),
-                           search_text=search_text(d, features, {f: ids + [n for n in top_names[f] if n] for f, ids in top_ids.items()}).to_numpy())
+    return features.assign(
+        description=d["description"].to_numpy(),
+        evidence=d["evidence"].to_numpy(),
+        search_text=search_text(
+            d, features, {f: ids + [n for n in top_names[f] if n] for f, ids in top_ids.items()}
+        ).to_numpy(),
+    )
 
 
 def _table(con, name: str, df, order: str = "") -> None:
@@ -699,12 +865,24 @@ def _table(con, name: str, df, order: str = "") -> None:
     con.unregister(f"_{name}_df")
 
 
-def _write_tables(con, cfg: IndexConfig, st: Stream, spill: TrackSpill, features, concepts_df, f1_df, groups_df, usage) -> None:
+def _write_tables(
+    con, cfg: IndexConfig, st: Stream, spill: TrackSpill, features, concepts_df, f1_df, groups_df, usage
+) -> None:
     F = len(features)
     _table(con, "features", features)
     hist_f, hist_b = np.nonzero(st.hist_FH)
-    _table(con, "feature_hist", pd.DataFrame({"feature": hist_f, "bin_lo": HIST_EDGES[hist_b], "bin_hi": HIST_EDGES[hist_b + 1],
-                                              "count": st.hist_FH[hist_f, hist_b]}))
+    _table(
+        con,
+        "feature_hist",
+        pd.DataFrame(
+            {
+                "feature": hist_f,
+                "bin_lo": HIST_EDGES[hist_b],
+                "bin_hi": HIST_EDGES[hist_b + 1],
+                "count": st.hist_FH[hist_f, hist_b],
+            }
+        ),
+    )
     # written in blocks of features, in feature order (DuckDB keeps insertion order), so the
     # tracks in memory at once are bounded by the block, not by the whole index
     for lo in range(0, F, EXAMPLE_BLOCK):
@@ -716,8 +894,12 @@ def _write_tables(con, cfg: IndexConfig, st: Stream, spill: TrackSpill, features
         con.execute(verb.format("quantile_examples") + " SELECT * FROM q_df ORDER BY feature, bin, max_act DESC")
         con.unregister("top_df")
         con.unregister("q_df")
-    _table(con, "structure_tracks", pd.DataFrame(st.struct_rows, columns=["pidx", "feature", "max_act", "positions", "values"]),
-           "feature, max_act DESC")
+    _table(
+        con,
+        "structure_tracks",
+        pd.DataFrame(st.struct_rows, columns=["pidx", "feature", "max_act", "positions", "values"]),
+        "feature, max_act DESC",
+    )
     _table(con, "concepts", concepts_df)
     _table(con, "concept_f1", f1_df, "feature, f1 DESC")
     _table(con, "groups", groups_df)
@@ -726,16 +908,49 @@ def _write_tables(con, cfg: IndexConfig, st: Stream, spill: TrackSpill, features
     con.unregister("_usage_df")
 
 
-def _write_meta(con, cfg: IndexConfig, meta: dict, plm, hook, sae, st: Stream, n_done: int, report: dict, t0: float, world_size: int = 1) -> None:
+def _write_meta(
+    con,
+    cfg: IndexConfig,
+    meta: dict,
+    plm,
+    hook,
+    sae,
+    st: Stream,
+    n_done: int,
+    report: dict,
+    t0: float,
+    world_size: int = 1,
+) -> None:
     wsha = hashlib.sha256((Path(cfg.sae) / WEIGHTS).read_bytes()).hexdigest()[:16]
     info = {
-        "esmsae_version": __version__, "sae": str(cfg.sae), "sae_sha256": wsha, "sae_cfg": meta, "eval": read_eval(cfg.sae),
-        "model": plm.name, "hook": hook.name, "layer": hook.layer, "site": hook.site, "n_latents": sae.cfg.n_latents, "d_in": sae.d_in,
-        "n_proteins": n_done, "n_residues": int(st.n_res), "thresholds": list(THRESHOLDS), "top_n": cfg.top_n,
-        "quantile_bins": cfg.quantile_bins, "per_bin": cfg.per_bin, "build_seconds": round(time.time() - t0, 1), "world_size": world_size,
-        "skipped_model": len(st.skipped_model), "skipped_examples": st.skipped_model[:20], "collect": report,
-        "index_config": asdict(cfg), "normalisations": {"raw": "SAE activation", "max": "activation / feature max (0..1)",
-                                                        "idf": "activation / feature max x IDF, IDF = log(N proteins / proteins where it fires)"},
+        "esmsae_version": __version__,
+        "sae": str(cfg.sae),
+        "sae_sha256": wsha,
+        "sae_cfg": meta,
+        "eval": read_eval(cfg.sae),
+        "model": plm.name,
+        "hook": hook.name,
+        "layer": hook.layer,
+        "site": hook.site,
+        "n_latents": sae.cfg.n_latents,
+        "d_in": sae.d_in,
+        "n_proteins": n_done,
+        "n_residues": int(st.n_res),
+        "thresholds": list(THRESHOLDS),
+        "top_n": cfg.top_n,
+        "quantile_bins": cfg.quantile_bins,
+        "per_bin": cfg.per_bin,
+        "build_seconds": round(time.time() - t0, 1),
+        "world_size": world_size,
+        "skipped_model": len(st.skipped_model),
+        "skipped_examples": st.skipped_model[:20],
+        "collect": report,
+        "index_config": asdict(cfg),
+        "normalisations": {
+            "raw": "SAE activation",
+            "max": "activation / feature max (0..1)",
+            "idf": "activation / feature max x IDF, IDF = log(N proteins / proteins where it fires)",
+        },
     }
     con.execute(f"CREATE TABLE meta ({SCHEMA['meta']})")
     con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, default=str)) for k, v in info.items()])

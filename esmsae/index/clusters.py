@@ -35,7 +35,15 @@ class ClusterSpill:
         self.files = {k: open(folder / f"cluster_{k}.bin", "w+b") for k in ("vec", "feat", "vmax")}
         self.pidx, self.lenbin, self.n, self.aa = array("q"), array("i"), array("q"), array("i")
 
-    def put(self, pidx: int, lenbin: int, aa_counts_20: np.ndarray, pooled_D: np.ndarray, feats: np.ndarray, vmax: np.ndarray) -> None:
+    def put(
+        self,
+        pidx: int,
+        lenbin: int,
+        aa_counts_20: np.ndarray,
+        pooled_D: np.ndarray,
+        feats: np.ndarray,
+        vmax: np.ndarray,
+    ) -> None:
         self.files["vec"].write(np.asarray(pooled_D, np.float16).tobytes())
         self.files["feat"].write(np.asarray(feats, np.int32).tobytes())
         self.files["vmax"].write(np.asarray(vmax, np.float32).tobytes())
@@ -52,9 +60,15 @@ class ClusterSpill:
 
     def collect(self) -> "ClusterData":
         P = len(self.pidx)
-        return ClusterData(np.asarray(self.pidx, np.int64), np.asarray(self.lenbin, np.int32), np.asarray(self.n, np.int64),
-                           np.asarray(self.aa, np.int32).reshape(P, 20), self._all("vec", np.float16).reshape(P, self.d),
-                           self._all("feat", np.int32), self._all("vmax", np.float32)).sorted()
+        return ClusterData(
+            np.asarray(self.pidx, np.int64),
+            np.asarray(self.lenbin, np.int32),
+            np.asarray(self.n, np.int64),
+            np.asarray(self.aa, np.int32).reshape(P, 20),
+            self._all("vec", np.float16).reshape(P, self.d),
+            self._all("feat", np.int32),
+            self._all("vmax", np.float32),
+        ).sorted()
 
     def close(self) -> None:
         for f in self.files.values():
@@ -77,7 +91,9 @@ class ClusterData:
         o = np.argsort(self.pidx, kind="stable")
         off = np.r_[0, np.cumsum(self.n)]
         take = np.concatenate([np.arange(off[i], off[i + 1]) for i in o]) if len(o) else np.zeros(0, np.int64)
-        return ClusterData(self.pidx[o], self.lenbin[o], self.n[o], self.aa[o], self.vec[o], self.feat[take], self.vmax[take])
+        return ClusterData(
+            self.pidx[o], self.lenbin[o], self.n[o], self.aa[o], self.vec[o], self.feat[take], self.vmax[take]
+        )
 
     @classmethod
     def merge(cls, parts: list["ClusterData"]) -> "ClusterData":
@@ -85,7 +101,9 @@ class ClusterData:
         return cls(*(cat(k) for k in ("pidx", "lenbin", "n", "aa", "vec", "feat", "vmax"))).sorted()
 
     def save(self, path: Path) -> None:
-        np.savez(path, pidx=self.pidx, lenbin=self.lenbin, n=self.n, aa=self.aa, vec=self.vec, feat=self.feat, vmax=self.vmax)
+        np.savez(
+            path, pidx=self.pidx, lenbin=self.lenbin, n=self.n, aa=self.aa, vec=self.vec, feat=self.feat, vmax=self.vmax
+        )
 
     @classmethod
     def load(cls, path: Path) -> "ClusterData":
@@ -172,13 +190,20 @@ def cluster_profiles(labels_P: np.ndarray, proteins: pd.DataFrame, usage: pd.Dat
             if len(concepts) >= 3:
                 break
         q = np.percentile(m["length"], [25, 50, 75]) if n else [np.nan] * 3
-        rows.append({
-            "cluster": f"cluster {c}", "n_proteins": n, "length_q1": float(q[0]), "length_median": float(q[1]), "length_q3": float(q[2]),
-            "kingdoms": json.dumps({a: round(b / n, 3) for a, b in kd.most_common()}) if n else "{}",
-            "no_kingdom": int(n - sum(kd.values())),
-            "top_organisms": "; ".join(f"{a} ({b})" for a, b in org.most_common(top)),
-            "top_protein_names": "; ".join(f"{a} ({b})" for a, b in names.most_common(top)),
-            "n_enriched_features": int(len(u)),
-            "top_enriched_features": ", ".join(str(f) for f in u.feature.head(top)),
-            "enriched_concepts": "; ".join(concepts)})
+        rows.append(
+            {
+                "cluster": f"cluster {c}",
+                "n_proteins": n,
+                "length_q1": float(q[0]),
+                "length_median": float(q[1]),
+                "length_q3": float(q[2]),
+                "kingdoms": json.dumps({a: round(b / n, 3) for a, b in kd.most_common()}) if n else "{}",
+                "no_kingdom": int(n - sum(kd.values())),
+                "top_organisms": "; ".join(f"{a} ({b})" for a, b in org.most_common(top)),
+                "top_protein_names": "; ".join(f"{a} ({b})" for a, b in names.most_common(top)),
+                "n_enriched_features": int(len(u)),
+                "top_enriched_features": ", ".join(str(f) for f in u.feature.head(top)),
+                "enriched_concepts": "; ".join(concepts),
+            }
+        )
     return pd.DataFrame(rows)

@@ -52,9 +52,16 @@ class FiringSpill:
 
     def arrays(self):
         P = len(self.lenbin)
-        return (np.frombuffer(self.lenbin, np.int32) if P else np.zeros(0, np.int32), np.frombuffer(self.n, np.int64) if P else np.zeros(0, np.int64),
-                np.frombuffer(self.groups, np.int32).reshape(P, len(self.groupings)) if P else np.zeros((0, len(self.groupings)), np.int32),
-                np.frombuffer(self.aa, np.int32).reshape(P, 20) if P else np.zeros((0, 20), np.int32))
+        return (
+            np.frombuffer(self.lenbin, np.int32) if P else np.zeros(0, np.int32),
+            np.frombuffer(self.n, np.int64) if P else np.zeros(0, np.int64),
+            (
+                np.frombuffer(self.groups, np.int32).reshape(P, len(self.groupings))
+                if P
+                else np.zeros((0, len(self.groupings)), np.int32)
+            ),
+            np.frombuffer(self.aa, np.int32).reshape(P, 20) if P else np.zeros((0, 20), np.int32),
+        )
 
     def close(self) -> None:
         if not self.f.closed:
@@ -72,8 +79,14 @@ def composition_bins(aa_P20: np.ndarray, freq_A: np.ndarray) -> np.ndarray:
     return (frac[:, None, :] >= edges).sum(1).astype(np.int64)
 
 
-def composition_counts(spill: FiringSpill, top_aa_F: np.ndarray, freq_A: np.ndarray, n_groups: list[int], n_len_bins: int,
-                       chunk: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
+def composition_counts(
+    spill: FiringSpill,
+    top_aa_F: np.ndarray,
+    freq_A: np.ndarray,
+    n_groups: list[int],
+    n_len_bins: int,
+    chunk: int = 4096,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per grouping: (n_fire [G, S, F], n_prot [20, G, S]) with strata S = length bin x composition bin
     of the feature's top amino acid (for n_prot: of each amino acid)."""
     lenbin, n, groups, aa = spill.arrays()
@@ -105,7 +118,9 @@ def composition_counts(spill: FiringSpill, top_aa_F: np.ndarray, freq_A: np.ndar
     return out
 
 
-def composition_enrichment(n_fire_GSF: np.ndarray, n_prot_AGS: np.ndarray, top_aa_F: np.ndarray, min_group_size: int = 1) -> dict[str, np.ndarray]:
+def composition_enrichment(
+    n_fire_GSF: np.ndarray, n_prot_AGS: np.ndarray, top_aa_F: np.ndarray, min_group_size: int = 1
+) -> dict[str, np.ndarray]:
     """CMH over length x composition strata, one feature set per top amino acid -> log_odds, p, q [G, F]
     (q: Benjamini-Hochberg over all tested cells, as the length-only test)."""
     from .group_stats import benjamini_hochberg

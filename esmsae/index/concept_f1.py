@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from ..concepts import concept_kind, is_catch_all
-from .local_rules import FAMILIES as RULE_FAMILIES, N_RULES, RULE_NAMES, best_in_family, fire_matrix
+from .local_rules import FAMILIES as RULE_FAMILIES
+from .local_rules import N_RULES, RULE_NAMES, best_in_family, fire_matrix
 from .streaming import LATENT_BITS, MAX_LATENTS
 
 if TYPE_CHECKING:
@@ -72,8 +73,12 @@ class ConceptLayout:
 
 
 def concept_layout(names: list[str], concept_source: np.ndarray) -> ConceptLayout:
-    return ConceptLayout(list(names), np.asarray(concept_source, np.int64), np.array([concept_kind(n) == "domain" for n in names], bool),
-                         np.array([is_catch_all(n) for n in names], bool))
+    return ConceptLayout(
+        list(names),
+        np.asarray(concept_source, np.int64),
+        np.array([concept_kind(n) == "domain" for n in names], bool),
+        np.array([is_catch_all(n) for n in names], bool),
+    )
 
 
 @dataclass
@@ -97,9 +102,21 @@ class SplitCounts:
     @classmethod
     def zeros(cls, C: int, S: int, F: int, T: int) -> "SplitCounts":
         z = np.zeros
-        return cls(z((C, F, T), np.int64), z((C, F, T), np.int64), z((S, F, T), np.int64), z(C, np.int64), z(C, np.int64),
-                   z(C, np.int64), z(S, np.int64), z((C, 20), np.int64), z((C, 20), np.int64), z((S, 20), np.int64),
-                   z((C, N_RULES), np.int64), z((C, N_RULES), np.int64), z((S, N_RULES), np.int64))
+        return cls(
+            z((C, F, T), np.int64),
+            z((C, F, T), np.int64),
+            z((S, F, T), np.int64),
+            z(C, np.int64),
+            z(C, np.int64),
+            z(C, np.int64),
+            z(S, np.int64),
+            z((C, 20), np.int64),
+            z((C, 20), np.int64),
+            z((S, 20), np.int64),
+            z((C, N_RULES), np.int64),
+            z((C, N_RULES), np.int64),
+            z((S, N_RULES), np.int64),
+        )
 
 
 def level_counts(feat: np.ndarray, level: np.ndarray, F: int, T: int) -> np.ndarray:
@@ -114,8 +131,14 @@ def _dedup_spans(spans, known: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in sorted(set(spans)) if known[a:b].any()]
 
 
-def concept_counts(csr: "CSRWriter", items: "dict[int, Item]", fmax_F: np.ndarray, concept_ids: dict[str, int], source_ids: dict[str, int],
-                   layout: ConceptLayout) -> list[SplitCounts]:
+def concept_counts(
+    csr: "CSRWriter",
+    items: "dict[int, Item]",
+    fmax_F: np.ndarray,
+    concept_ids: dict[str, int],
+    source_ids: dict[str, int],
+    layout: ConceptLayout,
+) -> list[SplitCounts]:
     """One pass over the labelled proteins' sparse codes -> [valid counts, test counts]."""
     F, C, S, T = len(fmax_F), len(concept_ids), len(source_ids), len(THRESHOLDS)
     halves = [SplitCounts.zeros(C, S, F, T) for _ in SPLITS]
@@ -278,34 +301,78 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
         keep = np.flatnonzero((sel.f1_valid_CF[c] > 0.01) | (test.tp[c][ar, t] > 0) & (f1_test_CF[c] > 0.01))
         if len(keep):
             tk = t[keep]
-            rows.append(pd.DataFrame({
-                "feature": keep, "concept": lay.names[c], "threshold": thr[tk], "f1_valid": sel.f1_valid_CF[c][keep],
-                "precision": prec[keep, tk], "recall": rec[keep, tk], "f1": f1_test_CF[c][keep],
-                "tp_residues": test.tp[c][keep, tk], "active_residues": test.act[lay.source[c]][keep, tk], "hit_domains": test.dom[c][keep, tk],
-                "trivial_f1": triv, "aa_rule_f1": aa_t, "local_rule_f1": local_t, "beats_baselines": beats_CF[c][keep]}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "feature": keep,
+                        "concept": lay.names[c],
+                        "threshold": thr[tk],
+                        "f1_valid": sel.f1_valid_CF[c][keep],
+                        "precision": prec[keep, tk],
+                        "recall": rec[keep, tk],
+                        "f1": f1_test_CF[c][keep],
+                        "tp_residues": test.tp[c][keep, tk],
+                        "active_residues": test.act[lay.source[c]][keep, tk],
+                        "hit_domains": test.dom[c][keep, tk],
+                        "trivial_f1": triv,
+                        "aa_rule_f1": aa_t,
+                        "local_rule_f1": local_t,
+                        "beats_baselines": beats_CF[c][keep],
+                    }
+                )
+            )
         best_valid = int(sel.f1_valid_CF[c].argmax()) if F else -1
-        per_c.append({"recall_over": "domains" if lay.is_domain[c] else "residues", "catch_all": bool(lay.catch_all[c]),
-                      "eligible": bool(eligible_C[c]), "coverage": test.n_res[c] / max(test.src_res[lay.source[c]], 1),
-                      "trivial_f1": triv, "aa_rule": AMINO_ACIDS[sel.aa_rule_C[c]], "aa_rule_f1_valid": sel.aa_f1_valid_C[c], "aa_rule_f1": aa_t,
-                      **_baseline_columns(test, valid, lay, sel, c, triv, aa_t, rules_t),
-                      "best_feature": best_valid, "best_feature_f1": float(f1_test_CF[c][best_valid]) if F else 0.0,
-                      "best_feature_f1_valid": float(sel.f1_valid_CF[c][best_valid]) if F else 0.0,
-                      "n_features_f1_05": int((f1_test_CF[c] > 0.5).sum()), "n_features_beat_baselines": int(beats_CF[c].sum())})
-    cols = ["feature", "concept", "threshold", "f1_valid", "precision", "recall", "f1", "tp_residues", "active_residues", "hit_domains",
-            "trivial_f1", "aa_rule_f1", "local_rule_f1", "beats_baselines"]
+        per_c.append(
+            {
+                "recall_over": "domains" if lay.is_domain[c] else "residues",
+                "catch_all": bool(lay.catch_all[c]),
+                "eligible": bool(eligible_C[c]),
+                "coverage": test.n_res[c] / max(test.src_res[lay.source[c]], 1),
+                "trivial_f1": triv,
+                "aa_rule": AMINO_ACIDS[sel.aa_rule_C[c]],
+                "aa_rule_f1_valid": sel.aa_f1_valid_C[c],
+                "aa_rule_f1": aa_t,
+                **_baseline_columns(test, valid, lay, sel, c, triv, aa_t, rules_t),
+                "best_feature": best_valid,
+                "best_feature_f1": float(f1_test_CF[c][best_valid]) if F else 0.0,
+                "best_feature_f1_valid": float(sel.f1_valid_CF[c][best_valid]) if F else 0.0,
+                "n_features_f1_05": int((f1_test_CF[c] > 0.5).sum()),
+                "n_features_beat_baselines": int(beats_CF[c].sum()),
+            }
+        )
+    cols = [
+        "feature",
+        "concept",
+        "threshold",
+        "f1_valid",
+        "precision",
+        "recall",
+        "f1",
+        "tp_residues",
+        "active_residues",
+        "hit_domains",
+        "trivial_f1",
+        "aa_rule_f1",
+        "local_rule_f1",
+        "beats_baselines",
+    ]
     df = pd.concat(rows) if rows else pd.DataFrame(columns=cols)
     b = sel.best_c_F
     has = b >= 0
     bc = np.where(has, b, 0)
     ar = np.arange(F)
-    best = {"concept": np.where(has, np.array(lay.names + [""], dtype=object)[np.where(has, b, -1)], ""),
-            "threshold": np.where(has, thr[sel.t_CF[bc, ar]] if C else 0.0, 0.0),
-            "f1_valid": np.where(has, sel.f1_valid_CF[bc, ar] if C else 0.0, 0.0),
-            "f1": np.where(has, f1_test_CF[bc, ar] if C else 0.0, 0.0),
-            "trivial_f1": np.where(has, np.array([p["trivial_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
-            "aa_rule_f1": np.where(has, np.array([p["aa_rule_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
-            "local_rule_f1": np.where(has, np.array([p["local_rule_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
-            "match": np.where(has, beats_CF[bc, ar] if C else False, False)}
+    best = {
+        "concept": np.where(has, np.array(lay.names + [""], dtype=object)[np.where(has, b, -1)], ""),
+        "threshold": np.where(has, thr[sel.t_CF[bc, ar]] if C else 0.0, 0.0),
+        "f1_valid": np.where(has, sel.f1_valid_CF[bc, ar] if C else 0.0, 0.0),
+        "f1": np.where(has, f1_test_CF[bc, ar] if C else 0.0, 0.0),
+        "trivial_f1": np.where(has, np.array([p["trivial_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
+        "aa_rule_f1": np.where(has, np.array([p["aa_rule_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
+        "local_rule_f1": np.where(
+            has, np.array([p["local_rule_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0
+        ),
+        "match": np.where(has, beats_CF[bc, ar] if C else False, False),
+    }
     precs, recs = np.zeros(F), np.zeros(F)
     for c in np.unique(b[has]):
         prec, rec, _ = feature_prf(test, lay, c)
@@ -315,15 +382,36 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
     return df, pd.DataFrame(per_c, columns=PER_CONCEPT_COLUMNS), best
 
 
-PER_CONCEPT_COLUMNS = (["recall_over", "catch_all", "eligible", "coverage", "trivial_f1", "aa_rule", "aa_rule_f1_valid", "aa_rule_f1"]
-                       + [f"{fam}_{x}" for fam in RULE_FAMILIES for x in ("rule", "f1")]
-                       + ["local_rule", "local_rule_f1_valid", "local_rule_f1", "best_baseline", "best_baseline_f1_valid", "best_baseline_f1",
-                          "baseline_max_f1", "best_feature", "best_feature_f1", "best_feature_f1_valid", "n_features_f1_05",
-                          "n_features_beat_baselines"])
+PER_CONCEPT_COLUMNS = (
+    ["recall_over", "catch_all", "eligible", "coverage", "trivial_f1", "aa_rule", "aa_rule_f1_valid", "aa_rule_f1"]
+    + [f"{fam}_{x}" for fam in RULE_FAMILIES for x in ("rule", "f1")]
+    + [
+        "local_rule",
+        "local_rule_f1_valid",
+        "local_rule_f1",
+        "best_baseline",
+        "best_baseline_f1_valid",
+        "best_baseline_f1",
+        "baseline_max_f1",
+        "best_feature",
+        "best_feature_f1",
+        "best_feature_f1_valid",
+        "n_features_f1_05",
+        "n_features_beat_baselines",
+    ]
+)
 
 
-def _baseline_columns(test: SplitCounts, valid: SplitCounts, lay: ConceptLayout, sel: Selection, c: int, triv: float, aa_t: float,
-                      rules_t: np.ndarray) -> dict:
+def _baseline_columns(
+    test: SplitCounts,
+    valid: SplitCounts,
+    lay: ConceptLayout,
+    sel: Selection,
+    c: int,
+    triv: float,
+    aa_t: float,
+    rules_t: np.ndarray,
+) -> dict:
     """Per concept: each local family's rule (chosen on valid) with its test F1, the best local rule,
     and the best baseline of all (the one with the best valid F1) with its test F1."""
     out: dict = {}
@@ -332,9 +420,16 @@ def _baseline_columns(test: SplitCounts, valid: SplitCounts, lay: ConceptLayout,
         out[f"{fam}_rule"] = RULE_NAMES[sel.rule_CK[c, k]]
         out[f"{fam}_f1"] = float(rules_t[k])
     k = int(np.argmax(rules_v))
-    out["local_rule"], out["local_rule_f1_valid"], out["local_rule_f1"] = RULE_NAMES[sel.rule_CK[c, k]], float(rules_v[k]), float(rules_t[k])
-    cands = [("fire everywhere", trivial_f1(valid, lay, c), triv), (f"every {AMINO_ACIDS[sel.aa_rule_C[c]]}", sel.aa_f1_valid_C[c], aa_t),
-             (out["local_rule"], float(rules_v[k]), float(rules_t[k]))]
+    out["local_rule"], out["local_rule_f1_valid"], out["local_rule_f1"] = (
+        RULE_NAMES[sel.rule_CK[c, k]],
+        float(rules_v[k]),
+        float(rules_t[k]),
+    )
+    cands = [
+        ("fire everywhere", trivial_f1(valid, lay, c), triv),
+        (f"every {AMINO_ACIDS[sel.aa_rule_C[c]]}", sel.aa_f1_valid_C[c], aa_t),
+        (out["local_rule"], float(rules_v[k]), float(rules_t[k])),
+    ]
     name, fv, ft = max(cands, key=lambda x: x[1])
     out["best_baseline"], out["best_baseline_f1_valid"], out["best_baseline_f1"] = name, float(fv), float(ft)
     out["baseline_max_f1"] = float(max(triv, aa_t, rules_t.max()))  # what a matching feature must beat on test
@@ -350,4 +445,8 @@ def aa_purity(aa_FA: np.ndarray, n_res_A: np.ndarray) -> dict[str, np.ndarray]:
     hit = aa_FA[np.arange(len(top)), top]
     purity = np.where(fires > 0, hit / np.maximum(fires, 1), 0.0)
     rec = hit / np.maximum(n_res_A[top], 1)
-    return {"aa_top": np.where(fires > 0, np.array(list(AMINO_ACIDS))[top], ""), "aa_purity": purity, "aa_f1": _f1(purity, rec)}
+    return {
+        "aa_top": np.where(fires > 0, np.array(list(AMINO_ACIDS))[top], ""),
+        "aa_purity": purity,
+        "aa_f1": _f1(purity, rec),
+    }

@@ -43,28 +43,51 @@ def _name(desc: str) -> str:
     return "" if CONTIG.search(name) or UNINFORMATIVE.fullmatch(name) else name
 
 
-CONTIG = re.compile(r"genomic DNA|supercontig|\bcontig\b|scaffold|whole genome shotgun|complete genome|chromosome \d", re.I)
-UNINFORMATIVE = re.compile(r"(conserved )?(hypothetical|uncharacteri[sz]ed|predicted|putative uncharacterized)( protein)?( \S+)?", re.I)
+CONTIG = re.compile(
+    r"genomic DNA|supercontig|\bcontig\b|scaffold|whole genome shotgun|complete genome|chromosome \d", re.I
+)
+UNINFORMATIVE = re.compile(
+    r"(conserved )?(hypothetical|uncharacteri[sz]ed|predicted|putative uncharacterized)( protein)?( \S+)?", re.I
+)
 
 
-def describe(features: pd.DataFrame, top_names: dict[int, list[str]], top_group_q: np.ndarray | None = None) -> pd.DataFrame:
+def describe(
+    features: pd.DataFrame, top_names: dict[int, list[str]], top_group_q: np.ndarray | None = None
+) -> pd.DataFrame:
     """-> DataFrame(feature, description, evidence JSON) from the features table's columns
     (dead, matches_concept, best_concept, best_f1, best_aa_rule_f1, best_trivial_f1, aa_top,
     aa_purity, n_residues, top_group) plus ``ends`` ([F, 2] first / last tenth firing counts)."""
     rows = []
-    ends = np.stack([features["n_nterm"].to_numpy(), features["n_cterm"].to_numpy()], 1) if "n_nterm" in features else None
+    ends = (
+        np.stack([features["n_nterm"].to_numpy(), features["n_cterm"].to_numpy()], 1) if "n_nterm" in features else None
+    )
     for i, r in enumerate(features.itertuples(index=False)):
         f = int(r.feature)
         if r.dead:
-            rows.append((f, "dead: never fires on the indexed proteins", json.dumps([{"phrase": "dead", "from": "n_residues = 0"}])))
+            rows.append(
+                (
+                    f,
+                    "dead: never fires on the indexed proteins",
+                    json.dumps([{"phrase": "dead", "from": "n_residues = 0"}]),
+                )
+            )
             continue
         parts, ev = [], []
         if r.matches_concept and r.best_concept and not is_catch_all(r.best_concept):  # "any domain" is no evidence
             local = getattr(r, "best_local_rule_f1", float("nan"))
-            p = (f"{r.best_concept} (test F1 {r.best_f1:.2f}; best local-sequence rule {local:.2f}, single-residue rule {r.best_aa_rule_f1:.2f})"
-                 if np.isfinite(local) else f"{r.best_concept} (test F1 {r.best_f1:.2f}; single-residue rule {r.best_aa_rule_f1:.2f})")
+            p = (
+                f"{r.best_concept} (test F1 {r.best_f1:.2f}; best local-sequence rule {local:.2f}, single-residue rule"
+                f" {r.best_aa_rule_f1:.2f})"
+                if np.isfinite(local)
+                else f"{r.best_concept} (test F1 {r.best_f1:.2f}; single-residue rule {r.best_aa_rule_f1:.2f})"
+            )
             parts.append(p)
-            ev.append({"phrase": p, "from": "concept_f1: chosen on valid proteins; beats every baseline on valid and on test proteins"})
+            ev.append(
+                {
+                    "phrase": p,
+                    "from": "concept_f1: chosen on valid proteins; beats every baseline on valid and on test proteins",
+                }
+            )
         if r.aa_top and r.aa_purity >= PURITY_PHRASE:
             kind = "residue detector" if r.aa_purity >= DETECTOR_PURITY else "mostly"
             p = f"{kind}: {r.aa_purity:.0%} of its firing on {r.aa_top}"
@@ -95,8 +118,12 @@ def describe(features: pd.DataFrame, top_names: dict[int, list[str]], top_group_
 def search_text(desc: pd.DataFrame, features: pd.DataFrame, top_ids: dict[int, list[str]]) -> pd.Series:
     """What a search looks in: description, best concept and its top proteins' ids and names."""
     concept = features.set_index("feature")["best_concept"]
-    return desc.apply(lambda r: " | ".join([r.description, str(concept.get(r.feature, "")), " ".join(top_ids.get(int(r.feature), []))]),
-                      axis=1)
+    return desc.apply(
+        lambda r: " | ".join(
+            [r.description, str(concept.get(r.feature, "")), " ".join(top_ids.get(int(r.feature), []))]
+        ),
+        axis=1,
+    )
 
 
 def search_terms(query: str) -> list[str]:

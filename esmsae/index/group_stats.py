@@ -51,13 +51,28 @@ def usage_frame(group_names: list[str], n_fire_GBF: np.ndarray, sum_max_GF: np.n
     enr = enrichment(n_fire_GBF, n_prot_GB, test, min_group_size)
     G, F = n_fire_GF.shape
     size = np.maximum(n_prot_G[:, None], 1)
-    return pd.DataFrame({"grp": np.repeat(group_names, F), "feature": np.tile(np.arange(F), G), "n_proteins": np.repeat(n_prot_G, F),
-                         "n_fire": n_fire_GF.ravel(), "frac": (n_fire_GF / size).ravel(), "mean_act": (sum_max_GF / size).ravel(),
-                         "log_odds": enr["log_odds"].ravel(), "p": enr["p"].ravel(), "q": enr["q"].ravel(),
-                         "tested": np.repeat(enr["tested"], F)}), enr
+    return (
+        pd.DataFrame(
+            {
+                "grp": np.repeat(group_names, F),
+                "feature": np.tile(np.arange(F), G),
+                "n_proteins": np.repeat(n_prot_G, F),
+                "n_fire": n_fire_GF.ravel(),
+                "frac": (n_fire_GF / size).ravel(),
+                "mean_act": (sum_max_GF / size).ravel(),
+                "log_odds": enr["log_odds"].ravel(),
+                "p": enr["p"].ravel(),
+                "q": enr["q"].ravel(),
+                "tested": np.repeat(enr["tested"], F),
+            }
+        ),
+        enr,
+    )
 
 
-def enrichment(n_fire_GBF: np.ndarray, n_prot_GB: np.ndarray, test: str = "cmh", min_group_size: int = 1) -> dict[str, np.ndarray]:
+def enrichment(
+    n_fire_GBF: np.ndarray, n_prot_GB: np.ndarray, test: str = "cmh", min_group_size: int = 1
+) -> dict[str, np.ndarray]:
     """Enrichment of each feature in each group against all other groups of the grouping.
 
     ``n_fire_GBF`` [G, B, F]: proteins of group g in length bin b on which feature f fires;
@@ -82,7 +97,9 @@ def enrichment(n_fire_GBF: np.ndarray, n_prot_GB: np.ndarray, test: str = "cmh",
         b, c = n1s - A, m1s - A
         d = Ns - n1s - c
         log_odds = np.log((A + 0.5) * (d + 0.5) / ((b + 0.5) * (c + 0.5)))
-        p = hypergeom.sf(A - 1, np.broadcast_to(Ns, A.shape), np.broadcast_to(m1s, A.shape), np.broadcast_to(n1s, A.shape))
+        p = hypergeom.sf(
+            A - 1, np.broadcast_to(Ns, A.shape), np.broadcast_to(m1s, A.shape), np.broadcast_to(n1s, A.shape)
+        )
         p = np.where(A > 0, p, 1.0)
     else:
         from scipy.stats import norm
@@ -108,7 +125,9 @@ def enrichment(n_fire_GBF: np.ndarray, n_prot_GB: np.ndarray, test: str = "cmh",
     return {"log_odds": log_odds, "p": p, "q": q, "tested": tested}
 
 
-def top_groups(group_names: list[str], enr: dict[str, np.ndarray], fires_F: np.ndarray, q_max: float = 0.05) -> np.ndarray:
+def top_groups(
+    group_names: list[str], enr: dict[str, np.ndarray], fires_F: np.ndarray, q_max: float = 0.05
+) -> np.ndarray:
     """Each feature's most enriched group among tested groups with q < ``q_max`` and log odds
     above 0; "" where no group qualifies (shown as none, not as the least bad group). Its q:
     :func:`top_group_q`."""

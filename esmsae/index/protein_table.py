@@ -38,11 +38,33 @@ from .proteins import IndexBuildError, Item, add_label, grouping_json, is_mmseqs
 
 FASTA, LABEL, GROUP_FILE = 0, 1, 2  # kinds of raw records, in the order they are read
 CHUNK = 50_000  # records per insert while reading
-ROW_GROUP = 8192  # proteins per Parquet row group and per read: the file is length-sorted, so the last groups hold the longest proteins
+# proteins per Parquet row group and per read: the file is length-sorted, so the last groups hold the longest proteins
+ROW_GROUP = 8192
 MEMORY_LIMIT = "2GB"  # DuckDB's buffer for the build; beyond it, it spills to the table folder
 BUCKET_BYTES = 256 << 20  # proteins sorted at once in the final write (sequence bytes + 200 a row)
-RAW = ["ord", "kind", "file", "id", "description", "organism", "taxid", "kingdom", "lineage", "structure", "chain", "source", "sequence"]
-FILLED = ("description", "organism", "kingdom", "lineage", "structure", "chain")  # filled from later records of the sequence
+RAW = [
+    "ord",
+    "kind",
+    "file",
+    "id",
+    "description",
+    "organism",
+    "taxid",
+    "kingdom",
+    "lineage",
+    "structure",
+    "chain",
+    "source",
+    "sequence",
+]
+FILLED = (
+    "description",
+    "organism",
+    "kingdom",
+    "lineage",
+    "structure",
+    "chain",
+)  # filled from later records of the sequence
 COLUMNS = ("pidx", "id", "description", "length", "sequence", "organism", "taxid", "kingdom", "lineage", "source",
            "label_sources", "structure", "chain")  # the index's proteins table, less n_active_features
 
@@ -68,10 +90,38 @@ class _Raw:
     def __init__(self, con):
         self.con, self.rows, self.ord = con, [], 0
 
-    def add(self, kind: int, file: str, id: str, description: str, organism: str, taxid, kingdom: str, lineage: str, structure: str,
-            chain: str, source: str, sequence: str) -> None:
-        self.rows.append((self.ord, kind, file, id, description or "", organism or "", taxid, kingdom or "", lineage or "",
-                          structure or "", chain or "", source or "", sequence))
+    def add(
+        self,
+        kind: int,
+        file: str,
+        id: str,
+        description: str,
+        organism: str,
+        taxid,
+        kingdom: str,
+        lineage: str,
+        structure: str,
+        chain: str,
+        source: str,
+        sequence: str,
+    ) -> None:
+        self.rows.append(
+            (
+                self.ord,
+                kind,
+                file,
+                id,
+                description or "",
+                organism or "",
+                taxid,
+                kingdom or "",
+                lineage or "",
+                structure or "",
+                chain or "",
+                source or "",
+                sequence,
+            )
+        )
         self.ord += 1
         if len(self.rows) >= CHUNK:
             self.flush()
@@ -165,7 +215,10 @@ class ProteinTable:
         """grouping -> [groups, length bins] proteins; the bin of a length is the number of inner
         edges at or below it (``group_stats.length_bin``)."""
         bin_sql = " + ".join(f"(length >= {float(e)!r})::INT" for e in edges) or "0"
-        df = self.query(f"SELECT grouping, grp, {bin_sql} AS bin, count(*) AS n FROM members JOIN proteins USING (pidx) GROUP BY ALL")
+        df = self.query(
+            f"SELECT grouping, grp, {bin_sql} AS bin, count(*) AS n FROM members JOIN proteins USING (pidx) GROUP"
+            " BY ALL"
+        )
         out = {g: np.zeros((len(ids), len(edges) + 1), np.int64) for g, ids in group_ids.items()}
         for g, grp, b, n in df.itertuples(index=False):
             out[g][group_ids[g][grp], int(b)] += int(n)
@@ -176,7 +229,13 @@ class ProteinTable:
         con = duckdb.connect()
         try:
             con.register("_want", pd.DataFrame({"pidx": np.asarray(sorted(set(pidx)), np.int64)}))
-            return con.execute(f"SELECT pidx, {', '.join(cols)} FROM read_parquet('{self.parquet}') JOIN _want USING (pidx)").df().set_index("pidx")
+            return (
+                con.execute(
+                    f"SELECT pidx, {', '.join(cols)} FROM read_parquet('{self.parquet}') JOIN _want USING (pidx)"
+                )
+                .df()
+                .set_index("pidx")
+            )
         finally:
             con.close()
 
@@ -185,7 +244,10 @@ class ProteinTable:
         if not self.labels:
             return {}
         got = self.columns(list(self.labels), ("id", "sequence"))
-        return {int(p): Item(got.at[p, "id"], got.at[p, "sequence"], labels=labs, pidx=int(p)) for p, labs in self.labels.items()}
+        return {
+            int(p): Item(got.at[p, "id"], got.at[p, "sequence"], labels=labs, pidx=int(p))
+            for p, labs in self.labels.items()
+        }
 
     def items(self, keep: np.ndarray | None = None) -> Iterator[Item]:
         """The proteins in file order (length, then pidx), read a record batch at a time; with
@@ -208,27 +270,75 @@ class ProteinTable:
 
 def _item(rec: dict, labels: dict[int, list[Labeled]], groupings: list[str]) -> Item:
     p = int(rec["pidx"])
-    return Item(rec["id"], rec["sequence"], rec["description"], rec["organism"], None if rec["taxid"] < 0 else int(rec["taxid"]),
-                kingdom=rec["kingdom"], lineage=rec["lineage"], source=rec["source"], structure=rec["structure"], chain=rec["chain"],
-                labels=labels.get(p, []), groups={g: rec[f"g{i}"] for i, g in enumerate(groupings) if rec[f"g{i}"] is not None}, pidx=p)
+    return Item(
+        rec["id"],
+        rec["sequence"],
+        rec["description"],
+        rec["organism"],
+        None if rec["taxid"] < 0 else int(rec["taxid"]),
+        kingdom=rec["kingdom"],
+        lineage=rec["lineage"],
+        source=rec["source"],
+        structure=rec["structure"],
+        chain=rec["chain"],
+        labels=labels.get(p, []),
+        groups={g: rec[f"g{i}"] for i, g in enumerate(groupings) if rec[f"g{i}"] is not None},
+        pidx=p,
+    )
 
 
 # ---------------------------------------------------------------------- the build, in SQL
 def _build(con, cfg: IndexConfig, labelled: list[Labeled], folder: Path) -> dict[str, Any]:
-    con.execute("CREATE TABLE raw (ord BIGINT, kind TINYINT, file VARCHAR, id VARCHAR, description VARCHAR, organism VARCHAR, taxid BIGINT, "
-                "kingdom VARCHAR, lineage VARCHAR, structure VARCHAR, chain VARCHAR, source VARCHAR, sequence VARCHAR, md5 VARCHAR, length BIGINT)")
-    con.execute("CREATE TABLE gmap (grouping VARCHAR, line BIGINT, key_md5 VARCHAR, key_id VARCHAR, key_parsed VARCHAR, grp VARCHAR)")
+    con.execute(
+        "CREATE TABLE raw (ord BIGINT, kind TINYINT, file VARCHAR, id VARCHAR, description VARCHAR, organism VARCHAR,"
+        " taxid BIGINT, kingdom VARCHAR, lineage VARCHAR, structure VARCHAR, chain VARCHAR, source VARCHAR, sequence"
+        " VARCHAR, md5 VARCHAR, length BIGINT)"
+    )
+    con.execute(
+        "CREATE TABLE gmap (grouping VARCHAR, line BIGINT, key_md5 VARCHAR, key_id VARCHAR, key_parsed VARCHAR, grp"
+        " VARCHAR)"
+    )
     raw = _Raw(con)
     skipped: list = []
     for f in cfg.fasta:
         src = Path(f).name.split(".")[0]
         for p in read_proteins(f, on_invalid=cfg.on_invalid, skipped=skipped, unique_ids=False):
-            raw.add(FASTA, str(f), p.id, p.description, p.organism, p.taxid, kingdom_of(p.taxid, organism=p.organism), "", "", "", src, p.sequence)
+            raw.add(
+                FASTA,
+                str(f),
+                p.id,
+                p.description,
+                p.organism,
+                p.taxid,
+                kingdom_of(p.taxid, organism=p.organism),
+                "",
+                "",
+                "",
+                src,
+                p.sequence,
+            )
     for lab in labelled:
-        raw.add(LABEL, lab.source, lab.id, "", lab.organism, lab.taxid, lab.kingdom, lab.lineage, lab.structure, lab.chain, lab.source, lab.sequence)
+        raw.add(
+            LABEL,
+            lab.source,
+            lab.id,
+            "",
+            lab.organism,
+            lab.taxid,
+            lab.kingdom,
+            lab.lineage,
+            lab.structure,
+            lab.chain,
+            lab.source,
+            lab.sequence,
+        )
     names = {_read_grouping(con, raw, gf): str(gf) for gf in cfg.groups}  # grouping name -> file
     raw.flush()
-    dup = _first(con.execute("SELECT file, id FROM raw WHERE kind = 0 GROUP BY file, id HAVING count(*) > 1 ORDER BY min(ord) LIMIT 1"))
+    dup = _first(
+        con.execute(
+            "SELECT file, id FROM raw WHERE kind = 0 GROUP BY file, id HAVING count(*) > 1 ORDER BY min(ord) LIMIT 1"
+        )
+    )
     if dup:
         raise SequenceError(f"{dup[0]}: duplicate record id {dup[1]!r}")
     # Every step below keeps the sequences out of aggregates, windows and sorts: a sequence stays in
@@ -237,30 +347,49 @@ def _build(con, cfg: IndexConfig, labelled: list[Labeled], folder: Path) -> dict
     # which records make each sequence: FASTA first, labelled proteins (only with add_labelled
     # when no FASTA has the sequence), then grouping-file proteins when the sequence is new
     add_all = "true" if cfg.add_labelled else "false"
-    con.execute(f"""CREATE TABLE keyed AS SELECT md5, CASE WHEN bool_or(kind = 0) THEN 0 WHEN {add_all} AND bool_or(kind = 1) THEN 1
-                    WHEN bool_or(kind = 2) THEN 2 ELSE -1 END AS prim, count(*) AS n_rec FROM raw GROUP BY md5""")
-    con.execute("""CREATE TABLE inc AS SELECT raw.ord, raw.kind, raw.md5, k.prim, k.n_rec > 1 AS multi FROM raw JOIN keyed k USING (md5)
-                   WHERE k.prim >= 0 AND (raw.kind = k.prim OR (k.prim = 0 AND raw.kind = 1))""")
+    con.execute(
+        f"""CREATE TABLE keyed AS SELECT md5, CASE WHEN bool_or(kind = 0) THEN 0 WHEN {add_all} AND bool_or(kind = 1)
+        THEN 1
+                    WHEN bool_or(kind = 2) THEN 2 ELSE -1 END AS prim, count(*) AS n_rec FROM raw GROUP BY md5"""
+    )
+    con.execute(
+        """CREATE TABLE inc AS SELECT raw.ord, raw.kind, raw.md5, k.prim, k.n_rec > 1 AS multi FROM raw JOIN keyed k
+        USING (md5)
+                   WHERE k.prim >= 0 AND (raw.kind = k.prim OR (k.prim = 0 AND raw.kind = 1))"""
+    )
     # the first record of the primary kind gives id and sequence (labelled records come after every
     # FASTA record, so the first included record is of the primary kind)
     con.execute("CREATE TABLE pk AS SELECT md5, min(ord) AS ord0, bool_or(multi) AS multi FROM inc GROUP BY md5")
     # a sequence with several records: later records fill what the first lacks, and its sources
     # are those of its records of the primary kind, in order (most sequences have one record)
     filled = ", ".join(f"coalesce(arg_min(r.{c}, r.ord) FILTER (WHERE r.{c} <> ''), '') AS {c}" for c in FILLED)
-    con.execute(f"""CREATE TABLE fill AS SELECT i.md5, {filled}, arg_min(r.taxid, r.ord) FILTER (WHERE r.taxid IS NOT NULL) AS taxid
-                    FROM inc i JOIN raw r USING (ord) WHERE i.multi GROUP BY i.md5""")
+    con.execute(
+        f"""CREATE TABLE fill AS SELECT i.md5, {filled}, arg_min(r.taxid, r.ord) FILTER (WHERE r.taxid IS NOT NULL) AS
+        taxid
+                    FROM inc i JOIN raw r USING (ord) WHERE i.multi GROUP BY i.md5"""
+    )
     con.execute("""CREATE TABLE msrc AS SELECT md5, string_agg(source, ',' ORDER BY o) AS source FROM
-                   (SELECT i.md5, r.source, min(i.ord) AS o FROM inc i JOIN raw r USING (ord) WHERE i.multi AND i.kind = i.prim AND r.source <> ''
+                   (SELECT i.md5, r.source, min(i.ord) AS o FROM inc i JOIN raw r USING (ord) WHERE i.multi AND i.kind
+                   = i.prim AND r.source <> ''
                     GROUP BY i.md5, r.source) GROUP BY md5""")
     # pidx: order of first appearance
-    con.execute("CREATE TABLE pidx AS SELECT md5, ord0, multi, (row_number() OVER (ORDER BY ord0) - 1)::BIGINT AS pidx FROM pk")
+    con.execute(
+        "CREATE TABLE pidx AS SELECT md5, ord0, multi, (row_number() OVER (ORDER BY ord0) - 1)::BIGINT AS pidx FROM pk"
+    )
     pick = ", ".join(f"CASE WHEN f.md5 IS NULL THEN r.{c} ELSE f.{c} END AS {c}" for c in (*FILLED, "taxid"))
-    con.execute(f"""CREATE TABLE p AS SELECT x.pidx, x.md5, x.ord0, r.id, r.length, {pick},
+    con.execute(
+        f"""CREATE TABLE p AS SELECT x.pidx, x.md5, x.ord0, r.id, r.length, {pick},
                     CASE WHEN x.multi THEN coalesce(s.source, '') ELSE r.source END AS source
-                    FROM pidx x JOIN raw r ON r.ord = x.ord0 LEFT JOIN fill f ON f.md5 = x.md5 LEFT JOIN msrc s ON s.md5 = x.md5""")
+                    FROM pidx x JOIN raw r ON r.ord = x.ord0 LEFT JOIN fill f ON f.md5 = x.md5 LEFT JOIN msrc s ON
+                    s.md5 = x.md5"""
+    )
     # ids stay unique: a taken id gets '#pidx' (the first holder keeps it)
-    con.execute("""UPDATE p SET id = p.id || '#' || p.pidx FROM (SELECT pidx FROM (SELECT pidx, row_number() OVER (PARTITION BY id ORDER BY pidx) AS rn
-                   FROM p WHERE id IN (SELECT id FROM p GROUP BY id HAVING count(*) > 1)) WHERE rn > 1) d WHERE p.pidx = d.pidx""")
+    con.execute(
+        """UPDATE p SET id = p.id || '#' || p.pidx FROM (SELECT pidx FROM (SELECT pidx, row_number() OVER (PARTITION
+        BY id ORDER BY pidx) AS rn
+                   FROM p WHERE id IN (SELECT id FROM p GROUP BY id HAVING count(*) > 1)) WHERE rn > 1) d WHERE p.pidx
+                   = d.pidx"""
+    )
     report: dict[str, Any] = {"skipped_invalid": len(skipped), "unknown_group_ids": {}}
     report["duplicate_sequences"] = int(con.execute("SELECT count(*) FROM inc WHERE kind = prim").fetchall()[0][0]) - \
         int(con.execute("SELECT count(*) FROM p").fetchall()[0][0])
@@ -273,7 +402,10 @@ def _build(con, cfg: IndexConfig, labelled: list[Labeled], folder: Path) -> dict
         con.execute(f"DELETE FROM members WHERE pidx >= {int(cfg.max_proteins)}")
     if cfg.group_sources:  # only proteins of these sources join groupings (a sample of its kingdoms)
         con.register("_srcs", pd.DataFrame({"s": list(cfg.group_sources)}))
-        con.execute("DELETE FROM members WHERE pidx IN (SELECT pidx FROM p WHERE NOT list_has_any(string_split(source, ','), (SELECT list(s) FROM _srcs)))")
+        con.execute(
+            "DELETE FROM members WHERE pidx IN (SELECT pidx FROM p WHERE NOT list_has_any(string_split(source, ','),"
+            " (SELECT list(s) FROM _srcs)))"
+        )
         con.unregister("_srcs")
     if cfg.group_cap:
         report["capped_group_members"] = _cap(con, cfg.group_cap)
@@ -307,7 +439,16 @@ def _read_grouping(con, raw: _Raw, path: str) -> str:
                 for a, b in pairs:
                     key, group = (b, a) if fmt == "mmseqs" else (a, b)
                     is_md5 = key.startswith("md5:")
-                    rows.append((name, line, key[4:] if is_md5 else None, None if is_md5 else key, None if is_md5 else parse_header(key)[0], group))
+                    rows.append(
+                        (
+                            name,
+                            line,
+                            key[4:] if is_md5 else None,
+                            None if is_md5 else key,
+                            None if is_md5 else parse_header(key)[0],
+                            group,
+                        )
+                    )
                     line += 1
                     if len(rows) >= CHUNK:
                         _insert(con, "gmap", rows, cols)
@@ -320,15 +461,25 @@ def _taxonomy(con, cfg: IndexConfig) -> None:
     computed once per distinct (taxid, lineage), not once per protein."""
     if cfg.taxonomy:
         lineages = read_taxonomy(cfg.taxonomy)
-        con.register("_tax", pd.DataFrame({"taxid": list(lineages), "lin": list(lineages.values())}, columns=["taxid", "lin"]).astype({"taxid": "int64"}))
-        con.execute("UPDATE p SET lineage = t.lin::VARCHAR FROM _tax t WHERE p.lineage = '' AND p.taxid = t.taxid::BIGINT")
+        con.register(
+            "_tax",
+            pd.DataFrame({"taxid": list(lineages), "lin": list(lineages.values())}, columns=["taxid", "lin"]).astype(
+                {"taxid": "int64"}
+            ),
+        )
+        con.execute(
+            "UPDATE p SET lineage = t.lin::VARCHAR FROM _tax t WHERE p.lineage = '' AND p.taxid = t.taxid::BIGINT"
+        )
         con.unregister("_tax")
     todo = con.execute("SELECT DISTINCT taxid, lineage FROM p WHERE kingdom = ''").fetchall()
     kd = [(t, lin, kingdom_of(None if t is None else int(t), lin)) for t, lin in todo]
     kd = [r for r in kd if r[2]]
     if kd:
         con.register("_kd", pd.DataFrame(kd, columns=["taxid", "lin", "k"]).astype({"taxid": "Int64"}))
-        con.execute("UPDATE p SET kingdom = d.k FROM _kd d WHERE p.kingdom = '' AND p.lineage = d.lin AND p.taxid IS NOT DISTINCT FROM d.taxid")
+        con.execute(
+            "UPDATE p SET kingdom = d.k FROM _kd d WHERE p.kingdom = '' AND p.lineage = d.lin AND p.taxid IS NOT"
+            " DISTINCT FROM d.taxid"
+        )
         con.unregister("_kd")
 
 
@@ -336,21 +487,43 @@ def _groupings(con, cfg: IndexConfig, names: dict[str, str], report: dict) -> No
     """``members``: the grouping files' memberships (a key is 'md5:<hash>', an id, or a header
     whose parsed id matches; the last line of a key wins), then the built-in groupings kingdom,
     organism and lineage (at ``cfg.lineage_rank``) where no file gave one of that name."""
-    con.execute("""CREATE TABLE gm AS SELECT g.grouping, g.line, g.grp, coalesce(a.pidx, b.pidx, c.pidx) AS pidx FROM gmap g
-                   LEFT JOIN p a ON a.md5 = g.key_md5 LEFT JOIN p b ON b.id = g.key_id LEFT JOIN p c ON c.id = g.key_parsed""")
+    con.execute(
+        """CREATE TABLE gm AS SELECT g.grouping, g.line, g.grp, coalesce(a.pidx, b.pidx, c.pidx) AS pidx FROM gmap g
+                   LEFT JOIN p a ON a.md5 = g.key_md5 LEFT JOIN p b ON b.id = g.key_id LEFT JOIN p c ON c.id =
+                   g.key_parsed"""
+    )
     for name, path in names.items():
-        first = _first(con.execute("SELECT coalesce('md5:' || key_md5, key_id) FROM gmap WHERE grouping = ? ORDER BY line LIMIT 1", [name]))
+        first = _first(
+            con.execute(
+                "SELECT coalesce('md5:' || key_md5, key_id) FROM gmap WHERE grouping = ? ORDER BY line LIMIT 1", [name]
+            )
+        )
         # keys: distinct per file (a later line of the same key replaces the earlier one)
-        n_keys, unknown = con.execute("""SELECT count(*), count(*) FILTER (WHERE pidx IS NULL) FROM (SELECT arg_max(pidx, line) AS pidx
-            FROM gm JOIN gmap USING (grouping, line) WHERE grouping = ? GROUP BY coalesce('md5:' || key_md5, key_id))""", [name]).fetchall()[0]
+        n_keys, unknown = con.execute(
+            """SELECT count(*), count(*) FILTER (WHERE pidx IS NULL) FROM (SELECT arg_max(pidx, line) AS pidx
+            FROM gm JOIN gmap USING (grouping, line) WHERE grouping = ? GROUP BY coalesce('md5:' || key_md5,
+            key_id))""",
+            [name],
+        ).fetchall()[0]
         if n_keys and unknown == n_keys:
-            raise IndexBuildError(f"{path}: none of its {n_keys} protein ids is in the protein set (first: {first[0]!r})")
+            raise IndexBuildError(
+                f"{path}: none of its {n_keys} protein ids is in the protein set (first: {first[0]!r})"
+            )
         report["unknown_group_ids"][name] = int(unknown)
-    con.execute("""CREATE TABLE members AS SELECT pidx, grouping, arg_max(grp, line) AS grp FROM gm WHERE pidx IS NOT NULL
-                   GROUP BY pidx, grouping""")
+    con.execute(
+        """CREATE TABLE members AS SELECT pidx, grouping, arg_max(grp, line) AS grp FROM gm WHERE pidx IS NOT NULL
+                   GROUP BY pidx, grouping"""
+    )
     r = int(cfg.lineage_rank) + 1
-    for g, expr, cond in (("kingdom", "kingdom", "kingdom <> ''"), ("organism", "organism", "organism <> ''"),
-                          ("lineage", f"trim(string_split(lineage, ';')[{r}])", f"lineage <> '' AND len(string_split(lineage, ';')) >= {r}")):
+    for g, expr, cond in (
+        ("kingdom", "kingdom", "kingdom <> ''"),
+        ("organism", "organism", "organism <> ''"),
+        (
+            "lineage",
+            f"trim(string_split(lineage, ';')[{r}])",
+            f"lineage <> '' AND len(string_split(lineage, ';')) >= {r}",
+        ),
+    ):
         con.execute(f"""INSERT INTO members SELECT pidx, '{g}', {expr} FROM p WHERE {cond}
                         AND pidx NOT IN (SELECT pidx FROM members WHERE grouping = '{g}')""")
     con.execute("DROP TABLE gm")
@@ -360,8 +533,11 @@ def _groupings(con, cfg: IndexConfig, names: dict[str, str], report: dict) -> No
 def _cap(con, cap: int) -> dict[str, int]:
     """At most ``cap`` proteins per group, the ones with the smallest sequence md5 (the same
     proteins whatever the file order); the others leave that grouping."""
-    con.execute(f"""CREATE TABLE dropped AS SELECT pidx, grouping FROM (SELECT m.pidx, m.grouping,
-                    row_number() OVER (PARTITION BY m.grouping, m.grp ORDER BY p.md5) AS rn FROM members m JOIN p USING (pidx)) WHERE rn > {int(cap)}""")
+    con.execute(
+        f"""CREATE TABLE dropped AS SELECT pidx, grouping FROM (SELECT m.pidx, m.grouping,
+                    row_number() OVER (PARTITION BY m.grouping, m.grp ORDER BY p.md5) AS rn FROM members m JOIN p
+                    USING (pidx)) WHERE rn > {int(cap)}"""
+    )
     out = dict(con.execute("SELECT grouping, count(*) FROM dropped GROUP BY grouping ORDER BY grouping").fetchall())
     con.execute("DELETE FROM members USING dropped d WHERE members.pidx = d.pidx AND members.grouping = d.grouping")
     con.execute("DROP TABLE dropped")
@@ -395,12 +571,23 @@ def _write(con, folder: Path, labels: dict[int, list[Labeled]]) -> list[str]:
     """``proteins.parquet`` sorted by (length, pidx), the batch plan's order, with each protein's
     label sources and one column per grouping (``g0``, ``g1``, ...: its group there, or null);
     ``members.parquet``. Returns the grouping names, in column order."""
-    con.register("_ls", pd.DataFrame({"pidx": np.array(list(labels), np.int64),
-                                      "ls": [",".join(sorted({lab.source for lab in v})) for v in labels.values()]}, columns=["pidx", "ls"]))
+    con.register(
+        "_ls",
+        pd.DataFrame(
+            {
+                "pidx": np.array(list(labels), np.int64),
+                "ls": [",".join(sorted({lab.source for lab in v})) for v in labels.values()],
+            },
+            columns=["pidx", "ls"],
+        ),
+    )
     names = [g for (g,) in con.execute("SELECT DISTINCT grouping FROM members ORDER BY grouping").fetchall()]
     # one join per grouping rather than a list aggregate over 10 M proteins (hash joins spill)
     cols = "".join(f", m{i}.grp AS g{i}" for i in range(len(names)))
-    joins = " ".join(f"LEFT JOIN (SELECT pidx, grp FROM members WHERE grouping = {_lit(g)}) m{i} USING (pidx)" for i, g in enumerate(names))
+    joins = " ".join(
+        f"LEFT JOIN (SELECT pidx, grp FROM members WHERE grouping = {_lit(g)}) m{i} USING (pidx)"
+        for i, g in enumerate(names)
+    )
     # Sorting 10 M wide rows in one statement runs out of DuckDB's buffer, so the rows go first, in
     # one streaming pass, to length buckets of about BUCKET_BYTES each; each bucket is then sorted
     # alone, and the sorted buckets, in length order, are copied into one file.
@@ -413,28 +600,41 @@ def _write(con, folder: Path, labels: dict[int, list[Labeled]]) -> list[str]:
         acc += nbytes
     con.register("_lb", pd.DataFrame(bucket_of, columns=["length", "bucket"]).astype("int64"))
     tmp = folder / "buckets"
-    rows = f"""SELECT p.pidx, p.id, p.description, p.length, r.sequence, p.organism, coalesce(p.taxid, -1)::BIGINT AS taxid,
-               p.kingdom, p.lineage, p.source, coalesce(l.ls::VARCHAR, '') AS label_sources, p.structure, p.chain, p.md5{cols}, lb.bucket
-               FROM p JOIN raw r ON r.ord = p.ord0 JOIN _lb lb ON lb.length = p.length LEFT JOIN _ls l USING (pidx) {joins}"""
+    rows = f"""SELECT p.pidx, p.id, p.description, p.length, r.sequence, p.organism, coalesce(p.taxid, -1)::BIGINT AS
+    taxid,
+               p.kingdom, p.lineage, p.source, coalesce(l.ls::VARCHAR, '') AS label_sources, p.structure, p.chain,
+               p.md5{cols}, lb.bucket
+               FROM p JOIN raw r ON r.ord = p.ord0 JOIN _lb lb ON lb.length = p.length LEFT JOIN _ls l USING (pidx)
+               {joins}"""
     con.execute(f"COPY ({rows}) TO '{tmp}' (FORMAT parquet, PARTITION_BY (bucket), ROW_GROUP_SIZE {ROW_GROUP})")
     sorted_parts = []
     for k in range(b + 1 if bucket_of else 0):
         part = tmp / f"bucket={k}"
         if part.exists():
             sorted_parts.append(str(tmp / f"sorted-{k:05d}.parquet"))
-            con.execute(f"""COPY (SELECT * FROM read_parquet('{part}/*.parquet', hive_partitioning = false) ORDER BY length, pidx) TO '{sorted_parts[-1]}'
-                            (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})""")
+            con.execute(
+                f"""COPY (SELECT * FROM read_parquet('{part}/*.parquet', hive_partitioning = false) ORDER BY length,
+                pidx) TO '{sorted_parts[-1]}'
+                            (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})"""
+            )
             shutil.rmtree(part)
     con.execute("SET preserve_insertion_order = true")  # the concatenation keeps the buckets' order
     if sorted_parts:
-        con.execute(f"COPY (SELECT * FROM read_parquet({sorted_parts!r})) TO '{folder / 'proteins.parquet'}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})")
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet({sorted_parts!r})) TO '{folder / 'proteins.parquet'}' (FORMAT parquet,"
+            f" ROW_GROUP_SIZE {ROW_GROUP})"
+        )
     else:  # no proteins: an empty file with the columns
-        con.execute(f"COPY (SELECT * EXCLUDE (bucket) FROM ({rows})) TO '{folder / 'proteins.parquet'}' (FORMAT parquet)")
+        con.execute(
+            f"COPY (SELECT * EXCLUDE (bucket) FROM ({rows})) TO '{folder / 'proteins.parquet'}' (FORMAT parquet)"
+        )
     con.execute("SET preserve_insertion_order = false")
     shutil.rmtree(tmp)
     con.unregister("_lb")
     con.unregister("_ls")
-    con.execute(f"COPY (SELECT * FROM members ORDER BY grouping, grp, pidx) TO '{folder / 'members.parquet'}' (FORMAT parquet)")
+    con.execute(
+        f"COPY (SELECT * FROM members ORDER BY grouping, grp, pidx) TO '{folder / 'members.parquet'}' (FORMAT parquet)"
+    )
     return names
 
 

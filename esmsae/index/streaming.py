@@ -66,7 +66,13 @@ class TopN:
         self.items[f][slot] = (pidx, *put())
         return True
 
-    def offer_batch(self, f_Q: np.ndarray, v_Q: np.ndarray, p_Q: np.ndarray, tracks: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:
+    def offer_batch(
+        self,
+        f_Q: np.ndarray,
+        v_Q: np.ndarray,
+        p_Q: np.ndarray,
+        tracks: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    ) -> None:
         """A batch's (feature, max activation, protein) pairs at once; ``tracks(q)`` spills the
         tracks of pairs q and returns (offsets, lengths). Each touched feature keeps the top N of
         its kept entries and its candidates under the total order, in one sort: the result is
@@ -115,7 +121,10 @@ class Reservoir:
 
     def keys(self, f_P: np.ndarray, pidx: int | np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
-            return _mix64(_mix64(np.uint64(self.seed) ^ (np.asarray(f_P, np.uint64) << np.uint64(32))) ^ np.asarray(pidx).astype(np.uint64))
+            return _mix64(
+                _mix64(np.uint64(self.seed) ^ (np.asarray(f_P, np.uint64) << np.uint64(32)))
+                ^ np.asarray(pidx).astype(np.uint64)
+            )
 
     def offer_one(self, f: int, key: np.uint64, pidx: int, vmax: float, put: Callable[[], tuple[int, int]]) -> bool:
         slot = int(np.argmax(self.key_FR[f]))
@@ -126,7 +135,13 @@ class Reservoir:
         self.items[f][slot] = (pidx, float(vmax), *put())
         return True
 
-    def offer_batch(self, f_Q: np.ndarray, v_Q: np.ndarray, p_Q: np.ndarray, tracks: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:
+    def offer_batch(
+        self,
+        f_Q: np.ndarray,
+        v_Q: np.ndarray,
+        p_Q: np.ndarray,
+        tracks: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    ) -> None:
         """A batch's (feature, max activation, protein) pairs at once (see TopN.offer_batch):
         each touched feature keeps the R smallest keys of its kept entries and its candidates."""
         k_Q = self.keys(f_Q, p_Q)
@@ -141,8 +156,14 @@ class Reservoir:
         self.key_FR[fw, sw] = k_Q[q]
         self.max_F[U] = self.key_FR[U].max(1)
         off, n = tracks(q)
-        for f, s_, p, v, o, k in zip(fw.tolist(), sw.tolist(), np.asarray(p_Q)[q].tolist(), np.asarray(v_Q, np.float64)[q].tolist(),
-                                     off.tolist(), n.tolist()):
+        for f, s_, p, v, o, k in zip(
+            fw.tolist(),
+            sw.tolist(),
+            np.asarray(p_Q)[q].tolist(),
+            np.asarray(v_Q, np.float64)[q].tolist(),
+            off.tolist(),
+            n.tolist(),
+        ):
             self.items[f][s_] = (p, v, o, k)
 
 
@@ -156,7 +177,9 @@ class TrackSpill:
 
     def __init__(self, folder: Path):
         self.path = folder / "tracks.bin"
-        self.fh = open(self.path, "w+b")  # read back through the same handle: the file may be unlinked (see scratch_files)
+        self.fh = open(
+            self.path, "w+b"
+        )  # read back through the same handle: the file may be unlinked (see scratch_files)
         self.n_words = 0
         self.words: np.ndarray | None = None
 

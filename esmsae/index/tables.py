@@ -16,9 +16,11 @@ HIST_EDGES = np.concatenate([[0.0], np.logspace(-4, 4, 161)])  # activation hist
 
 SCHEMA = {
     "meta": "key VARCHAR, value VARCHAR",
-    "proteins": "pidx INTEGER, id VARCHAR, description VARCHAR, length INTEGER, sequence VARCHAR, organism VARCHAR, taxid BIGINT, "
-                "kingdom VARCHAR, lineage VARCHAR, source VARCHAR, label_sources VARCHAR, structure VARCHAR, chain VARCHAR, "
-                "n_active_features INTEGER",
+    "proteins": (
+        "pidx INTEGER, id VARCHAR, description VARCHAR, length INTEGER, sequence VARCHAR, organism VARCHAR, taxid"
+        " BIGINT, kingdom VARCHAR, lineage VARCHAR, source VARCHAR, label_sources VARCHAR, structure VARCHAR, chain"
+        " VARCHAR, n_active_features INTEGER"
+    ),
 }
 
 
@@ -51,7 +53,9 @@ def feature_map(W_dec_FD: np.ndarray, seed: int, use_umap: bool) -> tuple[np.nda
     if use_umap and F >= 8:
         import umap
 
-        xy = umap.UMAP(n_neighbors=min(15, F - 1), min_dist=0.1, metric="cosine", random_state=seed, n_jobs=1).fit_transform(Wn)
+        xy = umap.UMAP(
+            n_neighbors=min(15, F - 1), min_dist=0.1, metric="cosine", random_state=seed, n_jobs=1
+        ).fit_transform(Wn)
     else:  # PCA fallback: the first two principal directions
         X = Wn - Wn.mean(0)
         _, _, Vt = np.linalg.svd(X, full_matrices=False)
@@ -88,8 +92,18 @@ def top_frame(top: TopN, spill: TrackSpill, lo: int, hi: int) -> pa.Table:
     return track_table(cols, tracks)
 
 
-def quantile_frame(res: Reservoir, spill: TrackSpill, max_F: np.ndarray, n_bins: int, per_bin: int, lo: int, hi: int) -> pa.Table:
-    cols: dict[str, list] = {"feature": [], "bin": [], "bin_lo": [], "bin_hi": [], "pidx": [], "max_act": [], "max_pos": []}
+def quantile_frame(
+    res: Reservoir, spill: TrackSpill, max_F: np.ndarray, n_bins: int, per_bin: int, lo: int, hi: int
+) -> pa.Table:
+    cols: dict[str, list] = {
+        "feature": [],
+        "bin": [],
+        "bin_lo": [],
+        "bin_hi": [],
+        "pidx": [],
+        "max_act": [],
+        "max_pos": [],
+    }
     tracks = []
     for f in range(lo, hi):
         slots = res.items[f]
@@ -102,7 +116,15 @@ def quantile_frame(res: Reservoir, spill: TrackSpill, max_F: np.ndarray, n_bins:
         for b, lst in by_bin.items():
             for pidx, vmax, off, n in sorted(lst, key=lambda x: (-x[1], x[0]))[:per_bin]:
                 pos, vals = spill.get(off, n)
-                row = (f, b, float(b / n_bins * max_F[f]), float((b + 1) / n_bins * max_F[f]), pidx, vmax, int(pos[vals.argmax()]))
+                row = (
+                    f,
+                    b,
+                    float(b / n_bins * max_F[f]),
+                    float((b + 1) / n_bins * max_F[f]),
+                    pidx,
+                    vmax,
+                    int(pos[vals.argmax()]),
+                )
                 for k, v in zip(cols, row):
                     cols[k].append(v)
                 tracks.append((pos, vals))

