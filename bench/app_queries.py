@@ -19,7 +19,7 @@ import duckdb
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from esmsae.explore import FeatureIndex  # noqa: E402
+from esmsae.index.reader import FeatureIndex  # noqa: E402
 
 DEMO = ROOT / "data" / "demo" / "index.duckdb"
 CACHE = ROOT / "bench" / "cache"

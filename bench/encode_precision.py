@@ -31,7 +31,8 @@ def fidelity(n_proteins: int = 200, top: int = 20) -> dict:
     from esmsae.index.build import hook_of
     from esmsae.plm import load_plm
 
-    sae, meta = load_sae(ROOT / "data" / "esm_lm" / "sae")
+    sae = load_sae(ROOT / "data" / "esm_lm" / "sae")
+    meta = sae.meta
     sae.eval()
     hook = hook_of(meta)
     seqs = sample_proteins(n_proteins, seed=3)

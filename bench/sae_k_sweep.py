@@ -31,7 +31,8 @@ t = time.time()
 )
 
 
-sae, meta = load_sae(d)
+sae = load_sae(d)
+meta = sae.meta
 st = ActivationStore(STORE)
 rec = reconstruction_metrics(sae, (a for a, _, _ in st.iter_split("L1_resid", "heldout", 131072)), 0.1)
 print(

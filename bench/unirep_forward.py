@@ -122,7 +122,7 @@ def drift(n: int = 40) -> dict:
     ] == "unirep1900":
         from esmsae.checkpoint import load_sae
 
-        sae, _ = load_sae(sae_dir)
+        sae = load_sae(sae_dir)
         with torch.no_grad():
             ca, cb = sae.encode_dense(X), sae.encode_dense(Y)
         same = ((ca > 0) & (cb > 0)).sum(1).float() / (ca > 0).sum(1).clamp(min=1).float()

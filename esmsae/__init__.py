@@ -3,7 +3,7 @@
 The Python API (``load_model``, ``load_sae``, ``features``) lives in :mod:`esmsae.api` and is
 imported lazily, so ``python -m esmsae --help`` does not import torch.
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = ("load_model", "load_sae", "features", "Model")
 

@@ -111,7 +111,8 @@ class Analyzer:
     """Protein LM + SAE of a checkpoint, loaded once (the app caches it with st.cache_resource)."""
 
     def __init__(self, sae_dir: str | Path, device: str = "auto"):
-        self.sae, self.meta = load_sae(sae_dir)
+        self.sae = load_sae(sae_dir)
+        self.meta = self.sae.meta
         mcfg = model_config_of(self.meta)
         mcfg.device = device
         self.plm = load_plm(mcfg)
@@ -131,7 +132,7 @@ class Analyzer:
 
 def steer_in_app(analyzer: "Analyzer", sequence: str, edit):
     """Steering (``esmsae.steer``) with the inspector's loaded model and SAE."""
-    from .api import Model
+    from .model import Model
     from .steer import steer
 
     return steer(Model(analyzer.plm), analyzer.sae, sequence, edit)
@@ -140,7 +141,7 @@ def steer_in_app(analyzer: "Analyzer", sequence: str, edit):
 def generate_in_app(analyzer: "Analyzer", sequence: str, edit, n_designs: int, rounds: int, mask_frac: float,
                     temperature: float, seed: int, pppl: bool):
     """Generation with the edit held (``esmsae.steer.generate``) with the inspector's model and SAE."""
-    from .api import Model
+    from .model import Model
     from .steer import generate
 
     return generate(

@@ -14,7 +14,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from ._version import __version__
 from .atomic import explain
 from .config import ModelConfig, SAEConfig, from_dict, layer_range, resolve_device
 from .plm import Hook, ModelMismatchError, ProteinLM
@@ -78,16 +78,11 @@ def write_reference_stats(folder: str | os.PathLike, index_path: str | os.PathLi
     two indexes of one SAE agree (Biohub ships its SAEs the same way)."""
     import hashlib
 
-    import duckdb
+    from .index.reader import reference_stats
 
     folder = Path(folder)
     sae_sha = hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()[:16]
-    con = duckdb.connect(str(index_path), read_only=True)
-    try:
-        meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
-        df = con.execute("SELECT feature, max_act, idf FROM features ORDER BY feature").df()
-    finally:
-        con.close()
+    max_F, idf_F, meta = reference_stats(index_path)
     prior = json.loads((folder / CFG).read_text()).get("display_stats", {}).get("weights_sha256_before")
     if meta.get("sae_sha256") not in (sae_sha, prior):
         raise ValueError(
@@ -97,8 +92,8 @@ def write_reference_stats(folder: str | os.PathLike, index_path: str | os.PathLi
     state = load_file(str(folder / WEIGHTS))
     import torch
 
-    state["display_max"] = torch.tensor(df["max_act"].to_numpy(), dtype=torch.float32)
-    state["display_idf"] = torch.tensor(df["idf"].to_numpy(), dtype=torch.float32)
+    state["display_max"] = torch.from_numpy(max_F)
+    state["display_idf"] = torch.from_numpy(idf_F)
     info = {
         "reference": (
             f"feature index {Path(index_path).name}: {meta['n_proteins']} proteins, {meta['n_residues']} residues"
@@ -135,16 +130,56 @@ def read_cfg(folder: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def is_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is an esmsae checkpoint folder (its cfg.json was written by esmsae)."""
+    p = Path(folder) / CFG
+    try:
+        return p.is_file() and "esmsae_version" in json.loads(p.read_text())
+    except (ValueError, OSError):
+        return False
+
+
 def load_sae(
-    folder: str | os.PathLike, plm: ProteinLM | None = None, device: str = "cpu"
-) -> tuple[SAE, dict[str, Any]]:
-    """Load an SAE checkpoint; with ``plm`` given, check that it fits that model first."""
-    folder = Path(folder)
-    meta = read_cfg(folder)
+    source: str | os.PathLike,
+    *,
+    layer: int | None = None,
+    format: str = "auto",
+    device: str = "cpu",
+    plm: ProteinLM | None = None,
+    k: int | None = None,
+    model: str = "",
+    file: str = "",
+) -> SAE:
+    """The one way to load an SAE: an esmsae checkpoint folder, or a published SAE (hub id, file or
+    folder in its source's own layout; see :mod:`esmsae.published`), read into an :class:`SAE`
+    whose ``meta`` is the checkpoint's cfg (base model, layer, site, normalisation, provenance).
+
+    ``layer``, ``k``, ``model`` and ``file`` choose or complete a published SAE (an esmsae folder
+    records them; a ``layer`` that disagrees with it is an error). With ``plm`` given, the SAE is
+    checked against that model first (:func:`check_compatible`)."""
+    folder = Path(source).expanduser()
+    if format in ("auto", "esmsae") and is_checkpoint(folder):
+        sae = _load_folder(folder)
+        if layer is not None and sae.meta.get("layer") != layer:
+            raise ValueError(f"{folder} is the SAE of layer {sae.meta.get('layer')}, not layer {layer}")
+    elif format == "esmsae":
+        raise FileNotFoundError(f"{folder} is not an esmsae checkpoint folder (cfg.json written by esmsae + {WEIGHTS})")
+    else:
+        from .published.canonical import canonical_meta, to_sae
+        from .published.source import read_source
+
+        c = read_source(str(source), format, layer=layer, k=k, model=model, file=file)
+        sae = to_sae(c)
+        sae.meta = canonical_meta(c)
     if plm is not None:
-        check_compatible(meta, plm)
+        check_compatible(sae.meta, plm)
+    return sae.to(resolve_device(device)).eval()
+
+
+def _load_folder(folder: Path) -> SAE:
+    meta = read_cfg(folder)
     scfg = from_dict(SAEConfig, meta["sae"])
-    sae = SAE(scfg, meta["d_in"], seed=None)
+    sae = SAE(scfg, meta["d_in"], seed=None, meta=meta)
     try:
         state = load_file(str(folder / WEIGHTS))
     except FileNotFoundError:
@@ -156,14 +191,14 @@ def load_sae(
     missing = set(sae.state_dict()) - set(state)
     if missing:
         raise ValueError(f"{folder / WEIGHTS} lacks tensors {sorted(missing)}")
-    for k, v in state.items():
-        if k in sae.state_dict() and sae.state_dict()[k].shape != v.shape:
+    for key, v in state.items():
+        if key in sae.state_dict() and sae.state_dict()[key].shape != v.shape:
             raise ValueError(
-                f"{folder / WEIGHTS}: tensor {k} has shape {tuple(v.shape)}, cfg.json implies"
-                f" {tuple(sae.state_dict()[k].shape)}"
+                f"{folder / WEIGHTS}: tensor {key} has shape {tuple(v.shape)}, cfg.json implies"
+                f" {tuple(sae.state_dict()[key].shape)}"
             )
     sae.load_state_dict(state)
-    return sae.to(resolve_device(device)).eval(), meta
+    return sae
 
 
 def model_config_of(meta: dict[str, Any], name: str = "") -> ModelConfig:

@@ -24,11 +24,11 @@ from pathlib import Path
 from .concepts import PROTEOME_KINGDOM
 from .config import EmbedConfig, EvalConfig, HookConfig, IndexConfig, LMTrainConfig, ModelConfig, SAEConfig, TrainConfig
 from .fasta import parse_header, read_fasta, write_fasta
+from .index.slim import make_portable, slim_index
+from .index.tables import matches_path
 from .lm_names import UNIREP_ABOUT, is_unirep_name
-from .paths import shared_data
+from .paths import DEMO, shared_data
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data" / "demo"
 # proteomes whose headers carry no taxid (taxids from their SOURCE.txt)
 EXTRA_TAXID = {
     "Haloferax": (309800, "Haloferax volcanii DS2"),
@@ -487,9 +487,10 @@ def demo_matches(ns, work: Path, sae_dir: Path, index_path: Path) -> dict:
     (decoder cosine, and activation correlation on index proteins); the pairs go into the index, so
     each feature page lists its counterpart, and the match rate is read against an untrained SAE of
     the same shape (the chance level). The second SAE itself is not bundled."""
-    from .api import load_sae
+    from .checkpoint import load_sae
     from .config import SAEConfig, TrainConfig
     from .fasta import read_fasta
+    from .index.reader import FeatureIndex
     from .match import match_saes, store_matches, untrained_like, with_chance
     from .train import train
 
@@ -506,21 +507,9 @@ def demo_matches(ns, work: Path, sae_dir: Path, index_path: Path) -> dict:
     budget = f", {ns.cross_seed_tokens / 1e6:g} M tokens" if ns.cross_seed_tokens else ""
     name = f"seed {ns.seed + 1} SAE (same recipe{budget}, store and layer; not bundled)"
     chance = match_saes(sae_a, untrained_like(sae_b), seqs, top=5)
-    rows = with_chance(results, chance, 0.7, _live_features(index_path))
+    rows = with_chance(results, chance, 0.7, FeatureIndex(index_path).live_mask())
     store_matches(index_path, results, name, 0.7, rows)
     return {"other": name, "threshold": 0.7, "n_proteins": len(seqs), "results": rows}
-
-
-def _live_features(index_path: Path):
-    import duckdb
-    import numpy as np
-
-    con = duckdb.connect(str(index_path), read_only=True)
-    try:
-        df = con.execute("SELECT feature, NOT dead AS live FROM features ORDER BY feature").df()
-    finally:
-        con.close()
-    return np.asarray(df["live"], bool)
 
 
 def portable(obj, shared: Path, model_dir: str = ""):
@@ -549,29 +538,12 @@ def portable(obj, shared: Path, model_dir: str = ""):
 
 def demo_figures(index_path: Path, sae_dir: Path, lm_dir: str, work: Path | None = None) -> dict:
     """The figures the README and the overview quote, each with its baseline or control."""
-    import duckdb
+    from .index.reader import FeatureIndex
 
-    con = duckdb.connect(str(index_path), read_only=True)
-    try:
-        f = (
-            con.execute(
-                """SELECT count(*) FILTER (WHERE NOT dead) AS live, count(*) FILTER (WHERE dead) AS dead, count(*) AS n,
-                           count(*) FILTER (WHERE residue_detector AND NOT dead) AS detectors,
-                           count(*) FILTER (WHERE matches_concept AND best_concept NOT IN (SELECT concept FROM
-                           concepts WHERE catch_all)) AS matching,
-                           count(*) FILTER (WHERE best_f1 > 0.5) AS f1_05 FROM features"""
-            )
-            .df()
-            .iloc[0]
-        )
-        concepts = con.execute(
-            """SELECT concept, recall_over, n_proteins, n_residues, n_domains, trivial_f1, aa_rule, aa_rule_f1,
-                                  best_feature_f1, n_features_f1_05, n_features_beat_baselines FROM concepts
-                                  WHERE eligible AND NOT catch_all ORDER BY n_features_beat_baselines DESC, concept"""
-        ).df()
-        n_res = json.loads(con.execute("SELECT value FROM meta WHERE key = 'n_residues'").fetchall()[0][0])
-    finally:
-        con.close()
+    idx = FeatureIndex(index_path)
+    f = idx.feature_counts()
+    concepts = idx.eligible_concepts()
+    n_res = idx.meta["n_residues"]
     out = {
         "live_features": int(f["live"]),
         "dead_fraction_index": float(f["dead"] / f["n"]),
@@ -607,85 +579,10 @@ def demo_figures(index_path: Path, sae_dir: Path, lm_dir: str, work: Path | None
     return out
 
 
-def slim_index(path: Path, top_n: int, per_bin: int) -> dict:
-    """Shrink a built index for the committed bundle (size budget: 80 MB with a 31 MB SAE): keep each
-    feature's best ``top_n`` top examples (the top-N is exact, so this equals an index built with that
-    ``top_n``) and ``per_bin`` of the examples sampled per activation range, store track values as
-    FLOAT instead of DOUBLE, and rewrite the file (DuckDB does not shrink a file in place)."""
-    import duckdb
-
-    tmp = path.with_name(path.name + ".slim")
-    tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
-    con.execute(f"ATTACH '{path}' AS s (READ_ONLY)")
-    tables = [
-        r[0]
-        for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = 's'").fetchall()
-    ]
-    for t in tables:
-        if t == "top_examples":
-            con.execute(
-                f"""CREATE TABLE top_examples AS SELECT feature, rank, pidx, max_act, max_pos, positions,
-                            CAST("values" AS FLOAT[]) AS "values" FROM s.top_examples WHERE rank < {int(top_n)} ORDER
-                            BY feature, rank"""
-            )
-        elif t == "quantile_examples":
-            con.execute(
-                f"""CREATE TABLE quantile_examples AS SELECT * EXCLUDE ("values", rn), CAST("values" AS FLOAT[]) AS
-                "values" FROM
-                            (SELECT *, row_number() OVER (PARTITION BY feature, bin ORDER BY max_act DESC, pidx) AS rn
-                            FROM s.quantile_examples)
-                            WHERE rn <= {int(per_bin)} ORDER BY feature, bin, max_act DESC"""
-            )
-        elif t == "structure_tracks":
-            # a structure coloured by a feature at under 10% of its max shows nothing: those tracks are dropped
-            con.execute(
-                """CREATE TABLE structure_tracks AS SELECT t.* EXCLUDE ("values"), CAST(t."values" AS FLOAT[]) AS
-                "values"
-                           FROM s.structure_tracks t JOIN s.features f USING (feature) WHERE t.max_act >= 0.1 *
-                           f.max_act
-                           ORDER BY feature, t.max_act DESC"""
-            )
-        elif t == "group_usage":  # shares and effect sizes as FLOAT; p and q stay DOUBLE (they go far below 1e-38)
-            con.execute(
-                """CREATE TABLE group_usage AS SELECT * REPLACE (CAST(frac AS FLOAT) AS frac, CAST(mean_act AS FLOAT)
-                AS mean_act,
-                           CAST(log_odds AS FLOAT) AS log_odds, CAST(log_odds_composition AS FLOAT) AS
-                           log_odds_composition)
-                           FROM s.group_usage ORDER BY grouping, feature"""
-            )
-        elif t == "concept_f1":  # the rows a page can show: some F1 on either half
-            con.execute(
-                "CREATE TABLE concept_f1 AS SELECT * FROM s.concept_f1 WHERE f1 >= 0.05 OR f1_valid >= 0.05 OR"
-                " beats_baselines ORDER BY feature, f1 DESC"
-            )
-        else:
-            con.execute(f"CREATE TABLE {t} AS SELECT * FROM s.{t}")
-    meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-    icfg = json.loads(meta["index_config"])
-    icfg.update(
-        {
-            "top_n": top_n,
-            "per_bin": per_bin,
-            "slimmed_for_bundle": f"top {top_n} and {per_bin} per range kept of the built index",
-        }
-    )
-    con.execute("UPDATE meta SET value = ? WHERE key = 'index_config'", [json.dumps(icfg)])
-    for k, v in (("top_n", top_n), ("per_bin", per_bin)):
-        con.execute("UPDATE meta SET value = ? WHERE key = ?", [json.dumps(v), k])
-    con.execute("DETACH s")
-    con.execute("CHECKPOINT")
-    con.close()
-    before = path.stat().st_size
-    os.replace(tmp, path)
-    return {"index_mb_before_slim": round(before / 2**20, 1), "index_mb": round(path.stat().st_size / 2**20, 1)}
-
-
 def bundle(
     out: Path, model_name: str, sae_dir: Path, index_path: Path, shared: Path, top_n: int = 4, per_bin: int = 2
 ) -> dict:
     """Copy model (fp16), SAE, index and linked structures into the bundle folder."""
-    import duckdb
     from safetensors.torch import load_file, save_file
 
     tmp = out.with_name(out.name + ".tmp")
@@ -710,6 +607,8 @@ def bundle(
     cfg["base_model"]["name"] = rel_model
     (tmp / "sae" / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
     shutil.copy(index_path, tmp / "index.duckdb")
+    if matches_path(index_path).exists():  # the cross-seed matches (side file, see index/matches.py)
+        shutil.copy(matches_path(index_path), matches_path(tmp / "index.duckdb"))
     from .checkpoint import write_reference_stats
 
     # the demo's index proteins are the SAE's reference set for max / IDF display scaling
@@ -723,16 +622,7 @@ def bundle(
             },
             str(tmp / "sae" / "sae.safetensors"),
         )
-    con = duckdb.connect(str(tmp / "index.duckdb"))
-    con.execute("UPDATE features SET ref_max = max_act, ref_idf = idf")
-    files = [r[0] for r in con.execute("SELECT DISTINCT structure FROM proteins WHERE structure <> ''").fetchall()]
-    meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-    con.execute("UPDATE meta SET value = ? WHERE key = 'sae'", [json.dumps("sae")])
-    for k, v in con.execute("SELECT key, value FROM meta").fetchall():
-        con.execute(
-            "UPDATE meta SET value = ? WHERE key = ?", [json.dumps(portable(json.loads(v), shared, model_name)), k]
-        )
-    con.close()
+    files, meta = make_portable(tmp / "index.duckdb", "sae", lambda v: portable(v, shared, model_name))
     for f in list((tmp / "sae").glob("*.json")) + list((tmp / "model").glob("*.json")):
         f.write_text(json.dumps(portable(json.loads(f.read_text()), shared, model_name), indent=2) + "\n")
     for f in files:  # gzip: 3Dmol reads the text, the app decompresses
@@ -766,7 +656,7 @@ def bundle(
         "largest_file_mb": round(max(sizes.values()) / 2**20, 1),
         "n_structure_files": len(files),
         "index_meta": {
-            k: json.loads(v)
+            k: v
             for k, v in meta.items()
             if k in ("n_proteins", "n_residues", "build_seconds", "skipped_model")
         },

@@ -275,7 +275,8 @@ def evaluate(
     ecfg = ecfg or EvalConfig()
     sae_dir = Path(sae_dir)
     device = resolve_device(ecfg.device)  # the SAE, the protein LM and the metrics on one device
-    sae, meta = load_sae(sae_dir, device=device)
+    sae = load_sae(sae_dir, device=device)
+    meta = sae.meta
     prov = meta.get("provenance", {})
     imported = "format" in prov  # a published SAE (esmsae.published): none of the user's proteins trained it
     store_path = store_path or prov.get("store")

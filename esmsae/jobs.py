@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import IndexConfig, from_dict, save_json
+from .paths import DEMO, ROOT
 from .pipeline import SECTIONS as _ALL_SECTIONS
 from .pipeline import SKIPS, run_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # a training job = `esmsae pipeline` + `esmsae index`: the sections of both, and the fields each
 # stage sets itself (folders, the evaluation seed, the index's SAE / output / proteins / model)
@@ -44,7 +44,7 @@ def app_presets() -> dict[tuple[str, str], object]:
     offline machine or would take hours: the demo bundle's protein LM and sample FASTA, and a
     first run of minutes (1,024 latents, 2 M tokens). Every other field starts at its
     dataclass default."""
-    demo = ROOT / "data" / "demo"
+    demo = DEMO
     return {
         ("model", "name"): str(demo / "model") if (demo / "model").exists() else "facebook/esm2_t6_8M_UR50D",
         ("embed", "fasta"): str(demo / "sample.fasta"),

@@ -136,7 +136,7 @@ def activation_correlation(feats: Iterable[tuple[Tensor, Tensor]], n_a: int, n_b
 def match_on_proteins(lm_a, sae_a, lm_b, sae_b, sequences: list[str], top: int = 5) -> MatchResult:
     """Activation correlation of two SAEs (each run at its own recorded layer, each on its own
     model) over the same proteins."""
-    from .api import features
+    from .model import features
 
     def pairs():
         for s in sequences:
@@ -149,7 +149,7 @@ def match_saes(sae_a, sae_b, sequences: list[str] = (), top: int = 5, models: di
     """Every way two SAEs can be related: decoder cosine when they share d_in, activation
     correlation on ``sequences`` when given (each SAE on its own recorded model, loaded once per
     distinct model; ``models`` maps a base-model name to an already loaded one)."""
-    from .api import load_model
+    from .model import load_model
 
     results = []
     if sae_a.d_in == sae_b.d_in:
@@ -210,66 +210,24 @@ def live_rate(r: MatchResult, live, threshold: float = 0.7) -> float:
     return float((first.to_numpy()[live] >= threshold).mean()) if live.any() else 0.0
 
 
-MATCH_TABLE = "feature_matches"
-SUMMARY_TABLE = "match_summaries"
-
-
 def store_matches(
     index_path, results: list[MatchResult], other: str, threshold: float = 0.7, summaries: list[dict] | None = None
 ) -> int:
-    """Write the pairs into A's feature index (table ``feature_matches``: feature, rank, other_sae,
+    """Store the pairs for A's feature index (``feature_matches``: feature, rank, other_sae,
     other_feature, score, method, and per pair whether several features of B map to this one, the
-    feature-splitting flag), replacing earlier rows for the same ``other`` SAE, so the feature
-    page's "Related features" panel is a query. Returns the rows written."""
-    import duckdb
+    feature-splitting flag) and one row per method with the match rate next to its chance level,
+    replacing earlier rows for the same ``other`` SAE. They go to the index's matches side file
+    (:mod:`esmsae.index.matches`), so a rebuild of the index keeps them. Returns the pairs written."""
+    from .index import matches
 
     frames = []
     for r in results:
         counts = np.bincount(r.best_a_in_b[r.best_score_b >= threshold], minlength=int(r.pairs["feature_a"].max()) + 1)
-        frames.append(r.pairs.rename(columns={"feature_a": "feature", "feature_b": "other_feature"})
-                      .assign(other_sae=other, method=r.method, split=lambda d: counts[d["feature"].to_numpy()] >= 2))
-    df = pd.concat(frames)[["feature", "rank", "other_sae", "other_feature", "score", "method", "split"]]
-    try:
-        con = duckdb.connect(str(index_path))
-    except duckdb.IOException as e:
-        raise OSError(
-            f"cannot write the matches into {index_path}: it is open elsewhere (stop the app or the job using it): {e}"
-        ) from e
-    try:
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS {MATCH_TABLE} (feature INTEGER, rank INTEGER, other_sae VARCHAR, other_feature"
-            " INTEGER, score DOUBLE, method VARCHAR, split BOOLEAN)"
+        frames.append(
+            r.pairs.rename(columns={"feature_a": "feature", "feature_b": "other_feature"}).assign(
+                other_sae=other, method=r.method, split=lambda d: counts[d["feature"].to_numpy()] >= 2
+            )
         )
-        con.execute(f"DELETE FROM {MATCH_TABLE} WHERE other_sae = ?", [other])
-        con.register("_m", df)
-        con.execute(f"INSERT INTO {MATCH_TABLE} SELECT * FROM _m")
-        # one row a method: the match rate next to its chance level, shown above the related features
-        sm = pd.DataFrame(
-            [
-                {
-                    "other_sae": other,
-                    "method": x["method"],
-                    "threshold": x["threshold"],
-                    "match_rate": x["match_rate"],
-                    "match_rate_live": x.get("match_rate_live"),
-                    "chance_match_rate": x.get("chance_match_rate"),
-                    "chance_match_rate_live": x.get("chance_match_rate_live"),
-                    "split_features": x["split_features"],
-                }
-                for x in summaries or [r.summary(threshold) for r in results]
-            ]
-        )
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS {SUMMARY_TABLE} (other_sae VARCHAR, method VARCHAR, threshold DOUBLE,"
-            " match_rate DOUBLE, match_rate_live DOUBLE, chance_match_rate DOUBLE, chance_match_rate_live DOUBLE,"
-            " split_features INTEGER)"
-        )
-        con.execute(f"DELETE FROM {SUMMARY_TABLE} WHERE other_sae = ?", [other])
-        con.register(
-            "_s", sm.astype({c: "float64" for c in ("match_rate_live", "chance_match_rate", "chance_match_rate_live")})
-        )
-        con.execute(f"INSERT INTO {SUMMARY_TABLE} SELECT * FROM _s")
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    return len(df)
+    rows = summaries or [r.summary(threshold) for r in results]
+    sm = pd.DataFrame([{"other_sae": other, **{c: x.get(c) for c in matches.SUMMARY_COLUMNS[1:]}} for x in rows])
+    return matches.write(index_path, other, pd.concat(frames), sm)

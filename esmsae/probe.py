@@ -245,7 +245,8 @@ def probe_checkpoint(
     from .paths import shared_data
     from .plm import load_plm
 
-    sae, meta = load_sae(Path(sae_dir))
+    sae = load_sae(Path(sae_dir))
+    meta = sae.meta
     if plm is None:
         plm = load_plm(model_config_of(meta, ""))
     check_compatible(meta, plm)

@@ -266,13 +266,11 @@ def lm_curve_figure(curve: pd.DataFrame):
     return fig
 
 
-def feature_map(index, color: str = "best_concept"):
-    """UMAP of decoder directions, one WebGL point per feature."""
+def feature_map(points: pd.DataFrame, color: str = "best_concept"):
+    """UMAP of decoder directions, one WebGL point per feature (``FeatureIndex.feature_points``)."""
     import plotly.express as px
 
-    df = index.q(
-        "SELECT feature, umap_x, umap_y, best_concept, best_f1, freq_residue, cluster, dead, label FROM features"
-    )
+    df = points.copy()
     df["log10_freq"] = np.log10(df["freq_residue"].clip(lower=1e-7))
     df["best_concept"] = np.where(df["best_f1"] > 0.5, df["best_concept"], "(none > 0.5)")
     df["state"] = np.where(df["dead"], "dead", "live")

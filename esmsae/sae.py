@@ -93,8 +93,11 @@ class _GatheredPre(torch.autograd.Function):
 
 
 class SAE(nn.Module):
-    def __init__(self, cfg: SAEConfig, d_in: int | None = None, *, seed: int | None = 0):
+    def __init__(self, cfg: SAEConfig, d_in: int | None = None, *, seed: int | None = 0, meta: dict | None = None):
         super().__init__()
+        # the checkpoint's cfg (base model, layer, site, normalisation, provenance): set by
+        # checkpoint.load_sae, empty for an SAE built in memory
+        self.meta: dict = dict(meta or {})
         d_in = d_in or cfg.d_in
         if not d_in:
             raise ValueError("SAE needs d_in (from SAEConfig.d_in or the d_in argument)")
@@ -338,6 +341,8 @@ class SAE(nn.Module):
         reference set's maximum) or by max then times IDF (``"max_idf"``, Biohub's "TF-IDF"
         normalisation). Needs display statistics (:meth:`set_display_stats`); a latent whose
         reference max is 0 (never fired there) gives 0, not NaN."""
+        from .scale import scale_activations
+
         if scale not in ("max", "max_idf"):
             raise ValueError(f"scale must be 'max' or 'max_idf', got {scale!r}")
         ref_max, ref_idf = self.display_stats()
@@ -345,9 +350,8 @@ class SAE(nn.Module):
             raise ValueError("this SAE carries no reference display statistics (display_max / display_idf); "
                              "import a release that ships them or compute them with `esmsae index`")
         dense = self.encode_dense(x_BD)
-        mx = ref_max.to(dense)
-        out = torch.where(mx > 0, dense / mx.clamp_min(1e-30), torch.zeros_like(dense))
-        return out * ref_idf.to(dense) if scale == "max_idf" else out
+        idf = ref_idf.to(dense) if ref_idf is not None else None
+        return scale_activations(dense, ref_max.to(dense), idf, scale)
 
     def _check_input(self, x_BD: Tensor) -> Tensor:
         x_BD = torch.as_tensor(x_BD)

@@ -43,7 +43,16 @@ from .fasta import Protein, read_proteins
 from .plm import Hook, ProteinLM, load_plm, pool_residues
 
 MANIFEST = "manifest.json"
-STORE_VERSION = 1
+STORE_VERSION = 1  # the store's layout; a store in another version is refused on open (no compatibility branches)
+
+
+def check_version(man: dict, path: Path) -> None:
+    """Raise a clear error for a store written in another layout than this esmsae reads."""
+    if man.get("version") != STORE_VERSION:
+        raise StoreError(
+            f"{path} is an activation store in format {man.get('version')}, and this esmsae reads format"
+            f" {STORE_VERSION}: embed the proteins again (python -m esmsae embed) into a new folder"
+        )
 
 
 class StoreError(ValueError):
@@ -128,6 +137,7 @@ def _open_manifest(
     path = out / MANIFEST
     if path.exists():
         man = json.loads(path.read_text())
+        check_version(man, out)
         _check_resume(man, embed, model, hooks, provenance)
         return man
     man = {
@@ -184,10 +194,7 @@ def _shard_done(out: Path, i: int, man: dict, first: int, n: int) -> bool:
     d = out / f"shard_{i:05d}"
     if not d.is_dir():
         return False
-    if (d / SHARD_META).exists():
-        meta = json.loads((d / SHARD_META).read_text())
-    else:  # a store written before the sidecar existed: the manifest lists its finished shards
-        meta = next((e for e in man["shards"] if e["name"] == d.name), {})
+    meta = json.loads((d / SHARD_META).read_text()) if (d / SHARD_META).exists() else {}
     if (meta.get("first_protein"), meta.get("n_proteins")) == (first, n):
         return True
     shutil.rmtree(d)
@@ -224,20 +231,13 @@ def _embed_shards(out: Path, man: dict, embed: EmbedConfig, plm: ProteinLM, hook
 def _collect_manifest(out: Path, man: dict, trailing: list[str]) -> list[str]:
     """The manifest's shard list and counts from the finished shards' sidecars (in shard order);
     returns every skipped-record note."""
-    old = {e["name"]: e for e in man["shards"]}
-    if old and "legacy_skipped" not in man and not all((out / n / SHARD_META).exists() for n in old):
-        # a store begun before shards carried sidecars: its skipped count so far stays as counted
-        man["legacy_skipped"] = [man["n_skipped"], list(man["skipped_examples"])]
-    n_skipped, notes = man.get("legacy_skipped", [0, []])
-    entries, notes = [], list(notes)
+    n_skipped, entries, notes = 0, [], []
     for d in sorted(p for p in out.glob("shard_*") if p.is_dir() and not p.name.endswith(".tmp")):
-        if (d / SHARD_META).exists():
+        if (d / SHARD_META).exists():  # a shard without its sidecar was cut short: it is written again
             meta = json.loads((d / SHARD_META).read_text())
             notes += meta.pop("skipped_examples")
             n_skipped += meta.pop("n_skipped")
             entries.append(meta)
-        elif d.name in old:  # a store written before the sidecar existed
-            entries.append(old[d.name])
     man["shards"] = entries
     man["n_proteins"] = sum(e["n_proteins"] for e in entries)
     man["n_tokens"] = sum(e["n_tokens"] for e in entries)
@@ -449,6 +449,7 @@ class ActivationStore:
                 f"{self.path} is not an activation store (no {MANIFEST}); create one with `python -m esmsae embed`"
             )
         self.manifest = json.loads(mp.read_text())
+        check_version(self.manifest, self.path)
         if not self.manifest["shards"]:
             raise StoreError(f"{self.path}: the store has no finished shard yet")
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from .explore import FeatureIndex, Run, list_runs
+from .index.reader import FeatureIndex
+from .runs import Run, list_runs
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from esmsae.explore import FeatureScale, LabelStoreBusy, display_scale, read_text, set_label, structure_file
+from esmsae.index.reader import LabelStoreBusy, set_label
 from esmsae.render import (
     PQ_COLUMNS,
     activation_hist,
@@ -16,6 +16,8 @@ from esmsae.render import (
     structure_html,
     track_html,
 )
+from esmsae.runs import read_text, structure_file
+from esmsae.scale import FeatureScale, display_scale
 from esmsae.ui import pick_run, require_index
 
 run = pick_run()

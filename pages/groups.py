@@ -4,9 +4,23 @@ import hashlib
 import streamlit as st
 
 from esmsae.analyze import InputError, group_usage, read_uploaded_grouping
-from esmsae.explore import compare, coverage_note, enriched, group_heatmap
+from esmsae.groups import compare, coverage_note, enriched, group_heatmap
 from esmsae.render import PQ_COLUMNS, heatmap
 from esmsae.ui import analyzer_of, pick_run, require_index
+
+
+def group_test_note(t: dict) -> str:
+    """One line on how the index tested enrichment."""
+    if t["test"] == "cmh":
+        return (
+            f"One-sided Cochran-Mantel-Haenszel test over {t['length_bins']} protein-length bins (firing grows with"
+            " length) against all other groups; effect size = Mantel-Haenszel log odds ratio; Benjamini-Hochberg FDR"
+            f" (q). Groups under {t['min_group_size']} proteins are not tested."
+        )
+    return (
+        "One-sided Fisher's exact test against all other groups (not controlled for protein length),"
+        " Benjamini-Hochberg FDR (q); effect size = log odds ratio."
+    )
 
 run = pick_run()
 idx = require_index(run)
@@ -75,7 +89,7 @@ if not m.empty:
 groups_list = sizes.index.tolist()
 grp = st.selectbox("Most enriched features in group", groups_list, key="enriched_group")
 st.caption(
-    idx.group_test_note()
+    group_test_note(idx.group_test())
     if source == "from the index"
     else (
         "One-sided Cochran-Mantel-Haenszel test over 5 protein-length bins against all other groups, Benjamini-Hochberg"

@@ -4,14 +4,46 @@ import streamlit as st
 from esmsae.render import feature_map, format_number, freq_histogram, lm_curve_figure
 from esmsae.ui import feature_query, pick_run, require_index
 
+
+def precision_note(encode_dtype: str) -> str:
+    """One line when the index encoded with a bf16 SAE matmul: its values are not the inspector's (fp32)."""
+    if encode_dtype == "float32":
+        return ""
+    return (
+        "This index ran the SAE encoder's matmul in bfloat16 (--encode-dtype bfloat16). The sequence inspector"
+        " encodes in float32, so its activations can differ from the index's by about 0.2% (median of per-feature"
+        " maxima on the demo), and a latent at a residue's top-k boundary can change (0.1% of latents;"
+        " bench/encode_precision.py)."
+    )
+
+
+def lm_note(ev: dict) -> str:
+    """What the protein LM is, its own perplexity next to its baselines, and real ESM-2 for scale."""
+    if not ev:
+        return ""
+    if ev["objective"] == "causal":
+        return (
+            f"Protein LM: {ev.get('about', ev.get('model', ''))} Next-residue perplexity on {ev['n_proteins']}"
+            f" held-out UniProtKB proteins: {ev['next_ppl']:.2f}, against {ev['bigram_ppl']:.2f} for a bigram"
+            f" (the residue before) and {ev['unigram_ppl']:.2f} for residue frequencies alone."
+        )
+    tokens = ev.get("tokens_total", ev.get("tokens_seen", 0))
+    return (
+        f"Protein LM: the ESM-2 8M architecture trained by esmsae on {tokens / 1e6:.0f} M tokens of the shared proteins"
+        f" (CPU). Held-out <mask> perplexity {ev['masked_ppl']:.2f} vs {ev['masked_unigram_ppl']:.2f} for residue"
+        " frequencies alone; real ESM-2 8M reaches about 10-10.5 (reported), so this model knows far less about"
+        " proteins."
+    )
+
+
 run = pick_run()
 idx = require_index(run)
 st.title("esmsae: sparse autoencoder features of protein language models")
 st.caption(f"Run **{run.name}** - checkpoint `{run.sae_dir}`")
-if idx.precision_note():
-    st.caption(idx.precision_note())
-if idx.lm_note():
-    st.info(idx.lm_note())
+if precision_note(idx.encode_dtype()):
+    st.caption(precision_note(idx.encode_dtype()))
+if lm_note(idx.lm_eval()):
+    st.info(lm_note(idx.lm_eval()))
     curve = idx.lm_curve()
     if not curve.empty:
         with st.expander("Protein LM training curve"):
@@ -57,7 +89,7 @@ with right:
     color = st.radio("Colour by", ["best concept", "frequency", "cluster", "dead"], horizontal=True, key="map_color",
                      help="cluster: k-means of the decoder directions; dead: never fired on the indexed proteins")
     ev = st.plotly_chart(
-        feature_map(idx, {"best concept": "best_concept"}.get(color, color)),
+        feature_map(idx.feature_points(), {"best concept": "best_concept"}.get(color, color)),
         key="fmap",
         on_select="rerun",
         selection_mode="points",

@@ -230,7 +230,7 @@ def test_import_tab_runs_an_import_and_index_job(tmp_path, monkeypatch, mgen_ful
     assert st["state"] == "done", (d / "job.log").read_text()[-3000:]
     assert (d / "sae" / "index.duckdb").exists()
     # the imported run is an ordinary run: the overview and feature pages open it
-    from esmsae.explore import list_runs
+    from esmsae.runs import list_runs
 
     runs = list_runs(ws, tmp_path / "no-demo")
     assert [r.name for r in runs] == ["imp1/sae"]

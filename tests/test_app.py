@@ -7,8 +7,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from esmsae.explore import DEMO, FeatureIndex, get_labels, list_runs
+from esmsae.index.reader import FeatureIndex, get_labels
+from esmsae.paths import DEMO
 from esmsae.render import parse_structure, structure_html, track_html
+from esmsae.runs import list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -225,7 +227,7 @@ def test_enriched_and_compare_known_answer():
     """The group tables on a usage frame with a known answer (the tiny index has no q < 0.05 feature)."""
     import pandas as pd
 
-    from esmsae.explore import compare, enriched, group_heatmap
+    from esmsae.groups import compare, enriched, group_heatmap
 
     rows = []
     for grp, fr in (("A", {0: 0.9, 1: 0.5, 2: 0.1}), ("B", {0: 0.1, 1: 0.5, 2: 0.2})):
@@ -353,7 +355,10 @@ def test_demo_bundle_pages(monkeypatch):
     con = duckdb.connect(str(DEMO / "index.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM proteins").fetchall()[0][0] >= 10000
     for name in ("overview", "features", "groups", "training"):
-        ok(page(name))
+        at = ok(page(name))
+        if name == "overview":  # the LM line: what the model is, next to its bigram and unigram controls
+            lm = [i.value for i in at.info if i.value.startswith("Protein LM: UniRep")]
+            assert lm and "for a bigram" in lm[0] and "residue frequencies alone" in lm[0], [i.value for i in at.info]
     f = con.execute("SELECT feature FROM features ORDER BY best_f1 DESC LIMIT 1").fetchall()[0][0]
     at = ok(page("features", feature=str(f)))
     assert at.title[0].value.startswith(f"Feature {f}")

@@ -162,7 +162,7 @@ def test_kill_9_of_the_indexer_keeps_the_old_index_and_leaves_no_scratch(tmp_pat
     import signal
     import time
 
-    from esmsae.explore import FeatureIndex
+    from esmsae.index.reader import FeatureIndex
 
     out = tmp_path / "idx" / "index.duckdb"
     small = tmp_path / "small.fasta"

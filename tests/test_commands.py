@@ -134,7 +134,7 @@ def test_demo_command_builds_a_bundle_the_app_opens(tmp_path, monkeypatch, capsy
     assert report["sae"]["l0"] == 4.0 and report["index_meta"]["n_proteins"] > 20
     assert json.loads((out / "sae" / "cfg.json").read_text())["base_model"]["name"] == "../model"
     from esmsae.analyze import Analyzer
-    from esmsae.explore import list_runs
+    from esmsae.runs import list_runs
 
     runs = list_runs(tmp_path / "no-ws", demo=out)
     assert runs[0].name == "demo" and runs[0].index.exists()

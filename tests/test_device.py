@@ -135,5 +135,5 @@ def test_pipeline_and_index_on_cuda(tmp_path, shared, esm2_dir):
     assert r.returncode == 0, r.stderr[-3000:]
     from esmsae.checkpoint import load_sae
 
-    sae, _ = load_sae(out / "L3_resid")
+    sae = load_sae(out / "L3_resid")
     assert sae.W_dec.device.type == "cpu" and sae.encode_dense(torch.randn(3, sae.d_in)).shape == (3, 256)

@@ -5,7 +5,7 @@ import threading
 
 import duckdb
 
-from esmsae.explore import FeatureIndex, get_labels, set_label
+from esmsae.index.reader import FeatureIndex, get_labels, set_label
 
 
 def _fake_index(path, n_latents):
@@ -51,7 +51,7 @@ def test_concurrent_label_saves_and_reads(tmp_path):
 
 
 def test_runs_are_found_wherever_the_cli_put_them(tmp_path):
-    from esmsae.explore import list_runs
+    from esmsae.runs import list_runs
 
     def ck(rel, index=None):
         d = tmp_path / rel

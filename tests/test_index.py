@@ -29,7 +29,7 @@ def _dense_codes(cfg, esm2_dir, tiny_sae):
 def _dense_codes_uncached(cfg, esm2_dir, tiny_sae):
     """Brute force: every protein through model + SAE, dense [L, F] codes."""
     plm = load_plm(ModelConfig(name=str(esm2_dir)))
-    sae, meta = load_sae(tiny_sae)
+    sae = load_sae(tiny_sae)
     seqs = [s for _, s in read_fasta(cfg.fasta[0])]
     out = []
     for s in seqs:
@@ -318,8 +318,8 @@ def test_concept_loaders_on_shared(shared):
 
 
 def test_user_labels_survive_a_rebuild(built_index):
-    from esmsae.explore import get_labels, set_label
     from esmsae.index import labels_path
+    from esmsae.index.reader import get_labels, set_label
 
     path, cfg = built_index
     set_label(path, 3, "kept across rebuilds")
@@ -350,7 +350,8 @@ def test_reference_stats_written_into_the_checkpoint(built_index, tiny_sae, tmp_
     assert r.returncode == 0, r.stderr
     con = duckdb.connect(str(path), read_only=True)
     feats = con.execute("SELECT max_act, idf FROM features ORDER BY feature").df()
-    sae, meta = load_sae(ck)
+    sae = load_sae(ck)
+    meta = sae.meta
     mx, idf = sae.display_stats()
     np.testing.assert_allclose(mx.numpy(), feats["max_act"], rtol=1e-6)
     np.testing.assert_allclose(idf.numpy(), feats["idf"], rtol=1e-6)
@@ -397,7 +398,7 @@ def test_bf16_encode_index_is_the_bf16_brute_force(built_index, esm2_dir, tiny_s
         == "bfloat16"
     )
     plm = load_plm(ModelConfig(name=str(esm2_dir)))
-    sae, _ = load_sae(tiny_sae)
+    sae = load_sae(tiny_sae)
     seqs = [s for _, s in read_fasta(cfg.fasta[0])]
     with torch.no_grad():
         acts = [plm.embed([s], [Hook(4, "resid")])[0]["L4_resid"] for s in seqs]
@@ -407,9 +408,9 @@ def test_bf16_encode_index_is_the_bf16_brute_force(built_index, esm2_dir, tiny_s
     # top-k boundary swaps: at most a few residues per feature change hands
     assert np.abs(feats["n_residues"].to_numpy() - (low > 0).sum(0)).max() <= 3
     assert not np.allclose(feats["max_act"], exact.max(0), rtol=1e-5, atol=0)  # the bf16 path ran
-    from esmsae.explore import FeatureIndex
+    from esmsae.index.reader import FeatureIndex
 
-    assert "bfloat16" in FeatureIndex(path).precision_note() and FeatureIndex(built_index[0]).precision_note() == ""
+    assert FeatureIndex(path).encode_dtype() == "bfloat16" and FeatureIndex(built_index[0]).encode_dtype() == "float32"
 
 
 def test_batched_example_offers_equal_one_at_a_time(tmp_path):

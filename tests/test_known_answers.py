@@ -86,7 +86,8 @@ def test_train_other_architectures(tmp_path, small_store, arch):
         SAEConfig(architecture=arch, n_latents=128, k=8, l1_coef=0.01),
         progress=False,
     )
-    sae, meta = load_sae(d)
+    sae = load_sae(d)
+    meta = sae.meta
     assert meta["sae"]["architecture"] == arch
     card = evaluate(d, EvalConfig(lm_proteins=0))
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

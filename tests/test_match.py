@@ -75,7 +75,7 @@ def test_two_seeds_on_the_same_activations_match_above_chance(tmp_path, small_st
             SAEConfig(n_latents=128, k=8),
             progress=False,
         )
-        saes.append(load_sae(d)[0])
+        saes.append(load_sae(d))
     real = decoder_cosine(*saes).summary(0.7)
     # chance: the same SAE against random unit directions of the same width
     rnd = SAE(SAEConfig(n_latents=128, k=8), 320, seed=123)
@@ -127,7 +127,7 @@ def test_matches_stored_in_the_index_feed_the_related_panel(built_index, tiny_sa
     import subprocess
     import sys
 
-    from esmsae.explore import FeatureIndex
+    from esmsae.index.reader import FeatureIndex
 
     idx_path = tmp_path / "index.duckdb"
     shutil.copy(built_index[0], idx_path)

@@ -59,7 +59,8 @@ def zscore(x, ddof):
 def imported(tmp_path, *args):
     out = tmp_path / "imported"
     assert main(["import", *map(str, args), "--out", str(out)]) == 0
-    sae, meta = load_sae(out)
+    sae = load_sae(out)
+    meta = sae.meta
     return sae, meta
 
 
@@ -324,7 +325,8 @@ def test_export_round_trip_demo_sae(tmp_path, acts, fmt):
     demo = ROOT / "data" / "esm_lm" / "sae"
     out = tmp_path / f"exp_{fmt}"
     assert main(["export", str(demo), "--format", fmt, "--out", str(out)]) == 0
-    sae0, meta0 = load_sae(demo)
+    sae0 = load_sae(demo)
+    meta0 = sae0.meta
     x = torch.from_numpy(acts)
     # the demo SAE reads layer 3: feed it layer-4 activations anyway, only the encode is compared
     sae1, meta1 = imported(tmp_path, out)

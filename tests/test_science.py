@@ -561,7 +561,7 @@ def test_descriptions_never_cite_a_catch_all_or_a_contig_name():
 
 
 def test_search_finds_features_whose_description_names_the_concept(built_index):
-    from esmsae.explore import FeatureIndex
+    from esmsae.index.reader import FeatureIndex
 
     idx = FeatureIndex(built_index[0])
     all_ = idx.features(hide_dead=False)
@@ -671,18 +671,15 @@ def test_overview_names_the_demo_lm_against_its_baselines():
     import json
     from pathlib import Path
 
-    from esmsae.explore import FeatureIndex
+    from esmsae.index.reader import FeatureIndex
 
     demo = Path(__file__).resolve().parents[1] / "data" / "demo"
     idx = FeatureIndex(demo / "index.duckdb")
-    note = idx.lm_note()
     ev = json.loads((demo / "lm_eval.json").read_text())
-    assert note.startswith("Protein LM: UniRep") and "residues 1..t" in note
-    assert (
-        f"{ev['next_ppl']:.2f}" in note
-        and f"{ev['bigram_ppl']:.2f} for a bigram" in note
-        and f"{ev['unigram_ppl']:.2f}" in note
-    )
+    facts = idx.lm_eval()  # what the Overview's LM line is written from (tests/test_app.py checks the line)
+    assert facts["objective"] == "causal" and facts["about"].startswith("UniRep") and "residues 1..t" in facts["about"]
+    assert (facts["next_ppl"], facts["bigram_ppl"], facts["unigram_ppl"]) == (
+        ev["next_ppl"], ev["bigram_ppl"], ev["unigram_ppl"])
     assert ev["next_ppl"] < ev["bigram_ppl"] < ev["unigram_ppl"]
     assert "GNU General Public License v3.0" in (demo / "NOTICE").read_text()
     assert not (demo / "model").exists()  # the weights are read from the installed package, never copied

@@ -63,8 +63,8 @@ def test_steering_result_and_the_check_on_the_demo(unirep_demo):
     feature came up in 0 of 32 trials (8 features x 4 proteins) although every edit rewrote the argmax
     sequence. That is what the check is for; here it must be computed from the re-embedded sequence."""
     lm, sae = unirep_demo
-    from esmsae.explore import FeatureIndex
     from esmsae.fasta import read_fasta
+    from esmsae.index.reader import FeatureIndex
 
     idx = FeatureIndex(ROOT / "data" / "demo" / "index.duckdb")
     feats = idx.q(

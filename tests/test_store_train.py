@@ -103,8 +103,8 @@ def test_resume_gives_identical_parameters(tmp_path, small_store):
     assert torch.load(tmp_path / "part" / "state.pt", weights_only=False)["step"] == 9
     train(part, scfg, progress=False)  # resume
     for d in full:
-        a, _ = load_sae(d)
-        b, _ = load_sae(tmp_path / "part" / d.name)
+        a = load_sae(d)
+        b = load_sae(tmp_path / "part" / d.name)
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(va, vb), k
     steps = [r["step"] for r in read_metrics(tmp_path / "part") if r["sae"] == "L2_resid"]
@@ -130,7 +130,7 @@ def test_checkpoint_metadata_and_mismatch_errors(tmp_path, small_store, esm2_dir
     assert (
         cfg["provenance"]["fasta"]["path"].endswith("mgen120.fasta") and cfg["provenance"]["tokens_trained"] == 6 * 256
     )
-    sae, _ = load_sae(dirs[0], plm=load_plm(ModelConfig(name=str(esm2_dir))))
+    sae = load_sae(dirs[0], plm=load_plm(ModelConfig(name=str(esm2_dir))))
     with torch.no_grad():
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(256))
     with pytest.raises(ModelMismatchError, match="d_in is 320"):

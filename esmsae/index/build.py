@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..atomic import explain
 from ..checkpoint import WEIGHTS, check_compatible, hook_of, load_sae, model_config_of, read_eval
 from ..concepts import Labeled, load_all
@@ -70,7 +70,7 @@ from .group_stats import length_bin, length_edges, top_group_q, top_groups, usag
 from .protein_table import COLUMNS, MEMORY_LIMIT, ProteinTable
 from .proteins import IndexBuildError, Item
 from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, Reservoir, TopN, TrackSpill
-from .tables import HIST_EDGES, SCHEMA, feature_map, hist_quantiles, quantile_frame, top_frame
+from .tables import FORMAT_VERSION, HIST_EDGES, SCHEMA, feature_map, hist_quantiles, quantile_frame, top_frame
 
 EXAMPLE_BLOCK = 2048  # features per block when the example tables are written
 
@@ -354,7 +354,8 @@ def _set_up(cfg: IndexConfig, plm: ProteinLM | None, w: World = World()):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = w.device(resolve_device(cfg.device))
-    sae, meta = load_sae(cfg.sae, device=device)
+    sae = load_sae(cfg.sae, device=device)
+    meta = sae.meta
     if plm is None:
         mcfg = model_config_of(meta, cfg.model)
         mcfg.device = device
@@ -923,6 +924,7 @@ def _write_meta(
 ) -> None:
     wsha = hashlib.sha256((Path(cfg.sae) / WEIGHTS).read_bytes()).hexdigest()[:16]
     info = {
+        "format_version": FORMAT_VERSION,
         "esmsae_version": __version__,
         "sae": str(cfg.sae),
         "sae_sha256": wsha,

@@ -24,10 +24,32 @@ SCHEMA = {
 }
 
 
+# The index file's layout. Bump it when a table or column changes meaning or goes away; the reader
+# refuses another version with a message saying to rebuild (no compatibility branches for old files).
+FORMAT_VERSION = 1
+
+
+def check_format(meta: dict, path: str | os.PathLike) -> None:
+    """Raise a clear error when an index file was written in another format than this esmsae reads."""
+    got = meta.get("format_version")
+    if got != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is a feature index in format {got if got is not None else '(unversioned)'}, and this esmsae reads"
+            f" format {FORMAT_VERSION}: rebuild it with `python -m esmsae index` (labels and matches beside it are"
+            " kept)"
+        )
+
+
 def labels_path(index_path: str | os.PathLike) -> Path:
     """User-written feature labels: a DuckDB file beside the index (never rebuilt)."""
     p = Path(index_path)
     return p.with_name(p.stem + ".labels.duckdb")
+
+
+def matches_path(index_path: str | os.PathLike) -> Path:
+    """Cross-SAE matches (``match --index``): a DuckDB file beside the index, kept by a rebuild."""
+    p = Path(index_path)
+    return p.with_name(p.stem + ".matches.duckdb")
 
 
 def hist_quantiles(hist_FH: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:

@@ -1,18 +1,17 @@
-"""What the app shows: runs, index queries, figures and HTML, all testable without Streamlit.
+"""Reading a feature index (the DuckDB file written by :mod:`esmsae.index.build`): every query the
+app, the API and the reports make, user labels (a writable file beside the index) and the reference
+statistics a checkpoint takes from an index. No torch here: the app's read path stays light.
 
-Pages in ``pages/`` only lay these out. The DuckDB index is opened read-only (a job
-writing a new index renames it into place, so readers never see half a file); user
-feature labels live in a separate writable file (:func:`esmsae.index.labels_path`).
+The index file is opened read-only (a job writing a new index renames it into place, so readers
+never see half a file); labels and cross-SAE matches live in side files that a rebuild keeps.
 """
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,60 +19,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .index.tables import labels_path
-from .paths import shared_data, workspace  # noqa: F401 (workspace: used by the pages)
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data" / "demo"
+from . import matches
+from .tables import check_format, labels_path
 
 
-
-@dataclass(frozen=True)
-class Run:
-    name: str
-    sae_dir: Path
-    index: Path | None
-
-    @property
-    def label(self) -> str:
-        return self.name + ("" if self.index and self.index.exists() else " (no index yet)")
-
-
-def list_runs(ws: Path | None = None, demo: Path | None = None) -> list[Run]:
-    """The demo bundle first, then every SAE checkpoint under the workspace (newest first)."""
-    runs = []
-    demo = Path(os.environ.get("ESMSAE_DEMO", DEMO)) if demo is None else demo
-    if (demo / "sae" / "cfg.json").exists():
-        runs.append(Run("demo", demo / "sae", demo / "index.duckdb"))
-    ws = workspace() if ws is None else ws
-    if ws.exists():
-        found = []
-        # checkpoint folders 1-3 levels down (a job's run/L3_resid, or whatever `python -m esmsae
-        # train|import --out` wrote); the index is index.duckdb there, or another .duckdb file
-        for pattern in ("*/cfg.json", "*/*/cfg.json", "*/*/*/cfg.json"):
-            for cfg in ws.glob(pattern):
-                ck = cfg.parent
-                if (
-                    any(part.endswith((".tmp", ".old")) for part in ck.relative_to(ws).parts)
-                    or not (ck / "sae.safetensors").exists()
-                ):
-                    continue
-                found.append((cfg.stat().st_mtime, Run(ck.relative_to(ws).as_posix(), ck, index_file(ck))))
-        runs += [r for _, r in sorted(found, key=lambda x: -x[0])]
-    return runs
-
-
-def index_file(ck: Path) -> Path:
-    """The feature index of a checkpoint folder: index.duckdb, else its newest other .duckdb file."""
-    if (ck / "index.duckdb").exists():
-        return ck / "index.duckdb"
-    others = sorted(
-        (p for p in ck.glob("*.duckdb") if not p.name.endswith(".labels.duckdb")), key=lambda p: -p.stat().st_mtime
-    )
-    return others[0] if others else ck / "index.duckdb"
-
-
-# ---------------------------------------------------------------- the index
 class FeatureIndex:
     """Read-only view of an index file."""
 
@@ -88,12 +37,13 @@ class FeatureIndex:
         self.con.execute("ATTACH ? AS idx (READ_ONLY)", [str(self.path)])
         self.con.execute("USE idx")
         self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta").fetchall()}
+        check_format(self.meta, self.path)
         self.n_features = int(self.meta["n_latents"])
 
     @functools.cached_property
-    def feature_columns(self) -> set[str]:
-        """The features table's columns (what this index version has), read once, when first asked."""
-        return set(self.q("SELECT * FROM features LIMIT 0").columns)
+    def tables(self) -> set[str]:
+        """The tables of this index (optional ones: cluster_profiles), read once, when first asked."""
+        return set(self.q("SELECT table_name FROM information_schema.tables")["table_name"])
 
     def q(self, sql: str, params: list | None = None) -> pd.DataFrame:
         # one cursor per query: Streamlit runs sessions in threads (a cursor starts in the
@@ -112,46 +62,30 @@ class FeatureIndex:
                 return d / name
         return None
 
-    def precision_note(self) -> str:
-        """One line when this index encoded with a bf16 SAE matmul (``--encode-dtype bfloat16``):
-        its values are not the inspector's (fp32) to the last digit. Empty for an exact index."""
-        if (self.meta.get("index_config") or {}).get("encode_dtype", "float32") == "float32":
-            return ""
-        return (
-            "This index ran the SAE encoder's matmul in bfloat16 (--encode-dtype bfloat16). The sequence inspector"
-            " encodes in float32, so its activations can differ from the index's by about 0.2% (median of per-feature"
-            " maxima on the demo), and a latent at a residue's top-k boundary can change (0.1% of latents;"
-            " bench/encode_precision.py)."
-        )
+    def encode_dtype(self) -> str:
+        """The dtype of the SAE encoder's matmul when this index was built (``--encode-dtype``)."""
+        return str(self.meta["index_config"].get("encode_dtype", "float32"))
 
-    def lm_note(self) -> str:
-        """One line on the protein LM when esmsae trained it (the demo): what it is, its <mask>
-        perplexity next to unigram, and real ESM-2 8M for scale. Empty for a hub model."""
-        beside = self.path.parent / "lm_eval.json"  # a bundle's LM figures (UniRep: next-residue perplexity)
-        if beside.exists():
-            try:
-                ev = json.loads(beside.read_text())
-                return (
-                    f"Protein LM: {ev.get('about', ev.get('model', ''))} Next-residue perplexity on {ev['n_proteins']}"
-                    f" held-out UniProtKB proteins: {ev['next_ppl']:.2f}, against {ev['bigram_ppl']:.2f} for a bigram"
-                    f" (the residue before) and {ev['unigram_ppl']:.2f} for residue frequencies alone."
-                )
-            except (KeyError, ValueError, OSError):
-                return ""
-        f = self._model_file("lm_eval.json")
+    def lm_eval(self) -> dict[str, Any]:
+        """The protein LM's own evaluation, when the bundle or the model folder carries one, with
+        ``objective`` "causal" (a bundle's ``lm_eval.json``: next-residue perplexity next to bigram
+        and unigram) or "masked" (an LM esmsae trained: <mask> perplexity next to unigram); else {}."""
+        beside = self.path.parent / "lm_eval.json"
+        f = beside if beside.exists() else self._model_file("lm_eval.json")
         if f is None:
-            return ""
+            return {}
         try:
             ev = json.loads(f.read_text())
-            return (
-                "Protein LM: the ESM-2 8M architecture trained by esmsae on"
-                f" {ev.get('tokens_total', ev['tokens_seen']) / 1e6:.0f} M tokens of the shared proteins (CPU)."
-                f" Held-out <mask> perplexity {ev['masked_ppl']:.2f} vs {ev['masked_unigram_ppl']:.2f} for residue"
-                " frequencies alone; real ESM-2 8M reaches about 10-10.5 (reported), so this model knows far less"
-                " about proteins."
-            )
-        except (KeyError, ValueError, OSError):
-            return ""
+        except (ValueError, OSError):
+            return {}
+        need = (
+            ("next_ppl", "bigram_ppl", "unigram_ppl", "n_proteins")
+            if f == beside
+            else ("masked_ppl", "masked_unigram_ppl")
+        )
+        if any(k not in ev for k in need):
+            return {}
+        return {**ev, "objective": "causal" if f == beside else "masked"}
 
     def lm_curve(self) -> pd.DataFrame:
         """The demo LM's training curve (lm_metrics.jsonl beside its weights), or empty."""
@@ -186,19 +120,10 @@ class FeatureIndex:
             "residues indexed": self.meta["n_residues"],
         }
 
-    def has_controls(self) -> bool:
-        """Whether this index has the amino-acid control and the valid/test split (esmsae >= 0.4)."""
-        return "matches_concept" in self.feature_columns
-
     def headline_sql(self) -> str:
         """Headline counts, as InterPLM reports them: features that match a concept on test proteins
         (beating the trivial and the single-residue rule, not a residue detector), catch-all
         concepts excluded; amino-acid pseudo-concepts are never concepts."""
-        if not self.has_controls():
-            return (
-                "count(*) FILTER (WHERE best_f1 > 0.5) AS matches, count(DISTINCT best_concept) FILTER (WHERE best_f1 >"
-                " 0.5) AS concepts, 0 AS detectors, count(*) FILTER (WHERE NOT dead) AS live FROM features"
-            )
         good = "matches_concept AND best_concept NOT IN (SELECT concept FROM concepts WHERE catch_all)"
         return (
             f"count(*) FILTER (WHERE {good}) AS matches, count(DISTINCT best_concept) FILTER (WHERE {good}) AS"
@@ -206,18 +131,38 @@ class FeatureIndex:
             " dead) AS live FROM features"
         )
 
+    def feature_counts(self) -> dict[str, int]:
+        """Live, dead and all features; live residue detectors; features matching a non-catch-all concept
+        (test); features whose best F1 is over 0.5."""
+        good = "matches_concept AND best_concept NOT IN (SELECT concept FROM concepts WHERE catch_all)"
+        row = self.q(
+            f"""SELECT count(*) FILTER (WHERE NOT dead) AS live, count(*) FILTER (WHERE dead) AS dead, count(*) AS n,
+            count(*) FILTER (WHERE residue_detector AND NOT dead) AS detectors, count(*) FILTER (WHERE {good}) AS
+            matching,
+            count(*) FILTER (WHERE best_f1 > 0.5) AS f1_05 FROM features"""
+        ).iloc[0]
+        return {k: int(v) for k, v in row.items()}
+
+    def live_mask(self) -> np.ndarray:
+        """[F] bool: the features that fired on the indexed proteins."""
+        return self.q("SELECT NOT dead AS live FROM features ORDER BY feature")["live"].to_numpy(bool)
+
+    def eligible_concepts(self) -> pd.DataFrame:
+        """The concepts with enough support (not catch-all), with their baselines and best feature."""
+        return self.q(
+            """SELECT concept, recall_over, n_proteins, n_residues, n_domains, trivial_f1, aa_rule, aa_rule_f1,
+            best_feature_f1, n_features_f1_05, n_features_beat_baselines FROM concepts
+            WHERE eligible AND NOT catch_all ORDER BY n_features_beat_baselines DESC, concept"""
+        )
+
+    def feature_points(self) -> pd.DataFrame:
+        """Per feature: its UMAP position (decoder directions), best concept, frequency, cluster, state."""
+        return self.q(
+            "SELECT feature, umap_x, umap_y, best_concept, best_f1, freq_residue, cluster, dead, label FROM features"
+        )
+
     def concept_summary(self) -> pd.DataFrame:
         """Per concept: support, baselines on test proteins, and features beating them."""
-        if not self.has_controls():
-            return self.q("SELECT concept, source, n_proteins, n_residues, n_domains FROM concepts ORDER BY concept")
-        if "best_baseline" not in self.q("SELECT * FROM concepts LIMIT 0").columns:
-            return self.q(
-                """SELECT concept, source, recall_over, eligible, catch_all, n_proteins, n_residues, n_domains,
-                trivial_f1,
-                             aa_rule, aa_rule_f1, best_feature, best_feature_f1, n_features_f1_05,
-                             n_features_beat_baselines
-                             FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC, concept"""
-            )
         return self.q(
             """SELECT concept, source, best_feature AS "best feature", best_feature_f1 AS "best feature F1 (test)",
                          best_baseline AS "best baseline (chosen on valid)", best_baseline_f1 AS "its F1 (test)",
@@ -268,8 +213,7 @@ class FeatureIndex:
         kind: str = "all",
     ) -> pd.DataFrame:
         where, params = ["1=1"], []
-        controls = self.has_controls()
-        if kind != "all" and controls:
+        if kind != "all":
             where.append("f.residue_detector" if kind == "residue detectors" else "NOT f.residue_detector")
         if hide_dead:
             where.append("NOT f.dead")
@@ -279,11 +223,9 @@ class FeatureIndex:
         if concept:
             where.append("f.best_concept = ?")
             params.append(concept)
-        extra = "f.best_aa_rule_f1, f.aa_top, f.aa_purity," if controls else ""
-        described = "search_text" in self.feature_columns
-        extra += " f.description, f.search_text," if described else ""
         df = self.q(
-            f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, {extra} f.freq_residue,
+            f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, f.best_aa_rule_f1, f.aa_top,
+            f.aa_purity, f.description, f.search_text, f.freq_residue,
             f.freq_protein, f.max_act,
                         f.top_group, f.cluster FROM features f WHERE {' AND '.join(where)}""",
             params,
@@ -293,11 +235,11 @@ class FeatureIndex:
         if search:
             # every term in the description, concept, top proteins' ids / names or the user label
             # (DuckDB's FTS extension is not installable offline: see index/describe.py)
-            from .index.describe import search_terms
+            from .describe import search_terms
 
             terms = search_terms(search)
             hay = (
-                (df["search_text"] if described else df["best_concept"]).fillna("").str.lower()
+                df["search_text"].fillna("").str.lower()
                 + " | "
                 + df["label"].fillna("").str.lower()
             )
@@ -311,10 +253,7 @@ class FeatureIndex:
         if sort in df.columns:
             df = df.sort_values(sort, ascending=not descending, kind="stable")
         cols = (
-            ["feature", "label"]
-            + (["description"] if described else [])
-            + ["best_concept", "best_f1"]
-            + (["best_aa_rule_f1", "aa_top", "aa_purity"] if controls else [])
+            ["feature", "label", "description", "best_concept", "best_f1", "best_aa_rule_f1", "aa_top", "aa_purity"]
             + ["freq_residue", "freq_protein", "max_act", "top_group"]
         )
         return df[cols].head(limit).reset_index(drop=True)
@@ -353,12 +292,6 @@ class FeatureIndex:
     def concept_table(self, f: int, n: int = 15) -> pd.DataFrame:
         """A feature's concepts: threshold and F1 chosen on valid proteins, F1 / precision / recall
         on test proteins, next to the trivial and the single-residue rule on the same residues."""
-        if not self.has_controls():
-            return self.q(
-                """SELECT concept, threshold, precision, recall_domain, recall_residue, f1, tp_residues, hit_domains
-                             FROM concept_f1 WHERE feature = ? ORDER BY f1 DESC LIMIT ?""",
-                [f, n],
-            )
         return self.q(
             """SELECT concept, threshold, f1_valid, f1 AS f1_test, precision, recall, trivial_f1, aa_rule_f1,
             beats_baselines,
@@ -367,22 +300,12 @@ class FeatureIndex:
         )
 
     def related(self, f: int) -> pd.DataFrame:
-        """This feature's best matches in other SAEs (stored by ``match --index``), or empty."""
-        tables = set(self.q("SELECT table_name FROM information_schema.tables")["table_name"])
-        if "feature_matches" not in tables:
-            return pd.DataFrame()
-        return self.q(
-            """SELECT other_sae, method, rank, other_feature, score, split FROM feature_matches WHERE feature = ?
-                         ORDER BY other_sae, method, rank""",
-            [f],
-        )
+        """This feature's best matches in other SAEs (``match --index``, kept in the matches side file), or empty."""
+        return matches.related(self.path, f)
 
     def match_summaries(self) -> pd.DataFrame:
-        """Per other SAE and method: the match rate next to its chance level (``match --index``)."""
-        tables = set(self.q("SELECT table_name FROM information_schema.tables")["table_name"])
-        if "match_summaries" not in tables:
-            return pd.DataFrame()
-        return self.q("SELECT * FROM match_summaries ORDER BY other_sae, method")
+        """Per other SAE and method: the match rate next to its chance level (``match --index``), or empty."""
+        return matches.summaries(self.path)
 
     def group_table(self, f: int, grouping: str) -> pd.DataFrame:
         return self.q(
@@ -406,15 +329,16 @@ class FeatureIndex:
 
     # -------------------------------------------------------- groups
     def group_usage(self, grouping: str) -> pd.DataFrame:
-        cols = set(self.q("SELECT * FROM group_usage LIMIT 0").columns)
-        comp = ", q_composition, composition_driven" if "composition_driven" in cols else ""
-        return self.q(f"""SELECT grp, feature, n_proteins, n_fire, frac, mean_act, log_odds, p, q{comp} FROM group_usage
-                          WHERE grouping = ?""", [grouping])
+        return self.q(
+            """SELECT grp, feature, n_proteins, n_fire, frac, mean_act, log_odds, p, q, q_composition,
+            composition_driven
+            FROM group_usage WHERE grouping = ?""",
+            [grouping],
+        )
 
     def cluster_profiles(self) -> pd.DataFrame:
         """What each embedding cluster holds (``index --cluster-proteins``), or empty."""
-        tables = set(self.q("SELECT table_name FROM information_schema.tables")["table_name"])
-        if "cluster_profiles" not in tables:
+        if "cluster_profiles" not in self.tables:
             return pd.DataFrame()
         df = self.q("SELECT * FROM cluster_profiles ORDER BY n_proteins DESC, cluster")
         df["kingdoms"] = df["kingdoms"].map(
@@ -442,19 +366,10 @@ class FeatureIndex:
         )
         return n, int(self.meta.get("n_proteins") or 0)
 
-    def group_test_note(self) -> str:
-        """One line on how this index tested enrichment (older indexes: Fisher, unstratified)."""
-        c = self.meta.get("index_config") or {}
-        if c.get("group_test", "fisher") == "cmh":
-            return (
-                f"One-sided Cochran-Mantel-Haenszel test over {c.get('length_bins', 5)} protein-length bins (firing"
-                " grows with length) against all other groups; effect size = Mantel-Haenszel log odds ratio;"
-                f" Benjamini-Hochberg FDR (q). Groups under {c.get('min_group_size', 1)} proteins are not tested."
-            )
-        return (
-            "One-sided Fisher's exact test against all other groups (not controlled for protein length),"
-            " Benjamini-Hochberg FDR (q); effect size = log odds ratio."
-        )
+    def group_test(self) -> dict[str, Any]:
+        """How this index tested enrichment: ``test`` ("cmh" or "fisher"), ``length_bins``, ``min_group_size``."""
+        c = self.meta["index_config"]
+        return {"test": c["group_test"], "length_bins": c["length_bins"], "min_group_size": c["min_group_size"]}
 
     def sequences(self, ids: list[str]) -> dict[str, str]:
         """id -> sequence for the proteins of the index among ``ids``."""
@@ -472,85 +387,6 @@ class FeatureIndex:
         out = df.merge(f, on="feature", how="left")
         out["label"] = out["feature"].map(self.labels()).fillna(out["label"])
         return out
-
-
-def group_heatmap(usage: pd.DataFrame, n_features: int = 40, value: str = "frac") -> pd.DataFrame:
-    """Groups x features matrix of the most group-specific features (largest spread of usage)."""
-    if usage.empty:
-        return pd.DataFrame()
-    m = usage.pivot_table(index="grp", columns="feature", values=value, fill_value=0.0)
-    spread = (m.max(0) - m.min(0)).sort_values(ascending=False)
-    return m[spread.index[:n_features]]
-
-
-def coverage_note(grouping: str, covered: int, total: int) -> str:
-    """A warning when a grouping covers few of the indexed proteins (empty when it covers most)."""
-    if total <= 0 or covered >= 0.5 * total:
-        return ""
-    how = (
-        "pass --taxonomy (a taxid -> lineage file) or a grouping file (--groups), or give FASTA headers with OX=taxid /"
-        " TaxID=; organisms esmsae knows by name are mapped to their kingdom"
-        if grouping in ("kingdom", "organism") or grouping.startswith("lineage")
-        else "pass a grouping file that lists more of the indexed proteins (--groups)"
-    )
-    return (
-        f"{total - covered:,} of {total:,} indexed proteins have no {grouping}: only {covered:,} are compared here. To"
-        f" cover more, {how}."
-    )
-
-
-def enriched(usage: pd.DataFrame, group: str, n: int = 20, max_q: float = 0.05) -> pd.DataFrame:
-    """The group's features with FDR q <= max_q, by effect size (log odds)."""
-    df = usage[(usage.grp == group) & (usage.q <= max_q)]
-    return df.sort_values("log_odds", ascending=False).head(n).reset_index(drop=True)
-
-
-def compare(usage: pd.DataFrame, a: str, b: str, n: int = 25) -> pd.DataFrame:
-    """Features whose usage differs most between two groups."""
-    m = usage[usage.grp.isin([a, b])].pivot_table(index="feature", columns="grp", values="frac", fill_value=0.0)
-    for g in (a, b):
-        if g not in m:
-            m[g] = 0.0
-    m = m[[a, b]] if a != b else m[[a]]
-    m["difference"] = m[a] - m[b]
-    return m.reindex(m["difference"].abs().sort_values(ascending=False).index).head(n).reset_index()
-
-
-
-
-def display_scale(info: dict[str, Any]) -> tuple[float, float, str]:
-    """(max, IDF, where they come from) for the max / max x IDF display scales of a feature: the
-    reference statistics shipped with the SAE (Biohub's max / idf, InterPLM's folded max) when
-    the index recorded them, so two indexes of one SAE agree; otherwise this index's own."""
-    rm, ri = info.get("ref_max"), info.get("ref_idf")
-    if rm is not None and np.isfinite(rm):
-        return (
-            float(rm),
-            float(ri) if ri is not None and np.isfinite(ri) else float(info["idf"]),
-            "reference statistics shipped with the SAE",
-        )
-    return float(info["max_act"]), float(info["idf"]), "this index's proteins"
-
-
-def normalise(values: np.ndarray, fmax: float, idf: float, mode: str) -> np.ndarray:
-    v = np.asarray(values, float)
-    if mode == "raw":
-        return v
-    v = v / fmax if fmax > 0 else v * 0
-    return v * idf if mode == "idf" else v
-
-
-class FeatureScale:
-    """The activation scale a feature's tracks are drawn in (raw, / max, / max x IDF), with the
-    colour-scale maximum; max and IDF from :func:`display_scale`."""
-
-    def __init__(self, info: dict[str, Any], mode: str):
-        self.fmax, self.idf, self.source = display_scale(info)
-        self.mode = mode
-        self.vmax = float(self(np.array([info["max_act"]]))[0]) or 1.0
-
-    def __call__(self, values) -> np.ndarray:
-        return normalise(np.asarray(values), self.fmax, self.idf, self.mode)
 
 
 class LabelStoreBusy(RuntimeError):
@@ -597,16 +433,12 @@ def set_label(index_path: Path, feature: int, text: str) -> None:
                                                      [int(feature), text.strip()[:200], time.time()]))
 
 
-# ---------------------------------------------------------------- structures
-def structure_file(index: FeatureIndex, rel: str) -> Path | None:
-    """Locate a structure named in the index: in the bundle (gzipped) or in shared/data."""
-    for base in (index.path.parent / "structures", shared_data() / "structures"):
-        for cand in (base / (rel + ".gz"), base / rel):
-            if cand.exists():
-                return cand
-    return None
-
-
-def read_text(path: Path) -> str:
-    data = path.read_bytes()
-    return (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8", errors="replace")
+def reference_stats(index_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(max_F, idf_F, meta) of an index: each feature's largest activation and IDF over the indexed
+    proteins, and the index's meta (``sae_sha256`` names the SAE weights it was built from)."""
+    idx = FeatureIndex(index_path)
+    try:
+        df = idx.q("SELECT feature, max_act, idf FROM features ORDER BY feature")
+        return df["max_act"].to_numpy(np.float32), df["idf"].to_numpy(np.float32), idx.meta
+    finally:
+        idx.con.close()

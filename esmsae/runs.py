@@ -1,0 +1,71 @@
+"""The runs the app can open (the demo bundle, then every checkpoint under the workspace), the index
+file of a checkpoint folder, and the structure files an index names. No SQL here: an index is
+read through :class:`esmsae.index.reader.FeatureIndex`."""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .paths import DEMO, shared_data, workspace
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    sae_dir: Path
+    index: Path | None
+
+    @property
+    def label(self) -> str:
+        return self.name + ("" if self.index and self.index.exists() else " (no index yet)")
+
+
+def list_runs(ws: Path | None = None, demo: Path | None = None) -> list[Run]:
+    """The demo bundle first, then every SAE checkpoint under the workspace (newest first)."""
+    runs = []
+    demo = Path(os.environ.get("ESMSAE_DEMO", DEMO)) if demo is None else demo
+    if (demo / "sae" / "cfg.json").exists():
+        runs.append(Run("demo", demo / "sae", demo / "index.duckdb"))
+    ws = workspace() if ws is None else ws
+    if ws.exists():
+        found = []
+        # checkpoint folders 1-3 levels down (a job's run/L3_resid, or whatever `python -m esmsae
+        # train|import --out` wrote); the index is index.duckdb there, or another .duckdb file
+        for pattern in ("*/cfg.json", "*/*/cfg.json", "*/*/*/cfg.json"):
+            for cfg in ws.glob(pattern):
+                ck = cfg.parent
+                if (
+                    any(part.endswith((".tmp", ".old")) for part in ck.relative_to(ws).parts)
+                    or not (ck / "sae.safetensors").exists()
+                ):
+                    continue
+                found.append((cfg.stat().st_mtime, Run(ck.relative_to(ws).as_posix(), ck, index_file(ck))))
+        runs += [r for _, r in sorted(found, key=lambda x: -x[0])]
+    return runs
+
+
+def index_file(ck: Path) -> Path:
+    """The feature index of a checkpoint folder: index.duckdb, else its newest other .duckdb file."""
+    if (ck / "index.duckdb").exists():
+        return ck / "index.duckdb"
+    others = sorted(
+        (p for p in ck.glob("*.duckdb") if not p.name.endswith(".labels.duckdb")), key=lambda p: -p.stat().st_mtime
+    )
+    return others[0] if others else ck / "index.duckdb"
+
+
+# ---------------------------------------------------------------- structures
+def structure_file(index, rel: str) -> Path | None:
+    """Locate a structure named in an index (a :class:`FeatureIndex`): in the bundle (gzipped) or in shared/data."""
+    for base in (index.path.parent / "structures", shared_data() / "structures"):
+        for cand in (base / (rel + ".gz"), base / rel):
+            if cand.exists():
+                return cand
+    return None
+
+
+def read_text(path: Path) -> str:
+    data = path.read_bytes()
+    return (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8", errors="replace")
