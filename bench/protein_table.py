@@ -83,7 +83,7 @@ def child(kind: str, n: int) -> dict:
     if kind == "index_proteins":  # rank 0: the index's proteins table, every protein indexed
         import duckdb
 
-        from esmsae.index.build import _write_proteins
+        from esmsae.index.write import _write_proteins
 
         t = ProteinTable.open(folder)
         pidx = t.query("SELECT pidx FROM proteins")["pidx"].to_numpy()

@@ -13,7 +13,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import ConfigError, LMTrainConfig, add_args, from_args, from_dict
+from .config import ConfigError, LMTrainConfig, from_dict
+from .fields import add_args, from_args
 from .pipeline import SECTIONS, SKIPS
 
 

@@ -10,7 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, LMTrainConfig, TrainConfig, from_args
+from .config import ConfigError, LMTrainConfig, TrainConfig
+from .fields import from_args
 from .pipeline import run_pipeline, summary
 
 
@@ -202,7 +203,7 @@ def cmd_train(ns: argparse.Namespace, cfg: dict) -> int:
 
     tcfg = cfg["train"]
     if ns.npy_dir:
-        from .store import store_from_npy
+        from .store_npy import store_from_npy
 
         if not tcfg.out:
             raise ConfigError("TrainConfig.out: give the run folder (--out)")

@@ -9,9 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
+from .index.reader import FeatureIndex
 from .paths import DEMO
 
 
@@ -38,8 +38,8 @@ def demo_markdown(bundle: Path = DEMO) -> str:
     rep = json.loads((bundle / "demo.json").read_text())
     ev = json.loads((bundle / "sae" / "eval.json").read_text())
     lm = json.loads((bundle / "lm_eval.json").read_text())
-    con = duckdb.connect(str(bundle / "index.duckdb"), read_only=True)
-    q = lambda s: con.execute(s).df()  # noqa: E731
+    idx = FeatureIndex(bundle / "index.duckdb")  # read-only, through the index's reader
+    q = idx.q
     fig = rep["figures"]
     down = ev.get("downstream", {}).get("next", {})
     lines = [
@@ -194,8 +194,7 @@ def demo_markdown(bundle: Path = DEMO) -> str:
         _table(g),
         "",
     ]
-    tables = set(q("SELECT table_name FROM information_schema.tables")["table_name"])
-    if "cluster_profiles" in tables:
+    if "cluster_profiles" in idx.tables:
         p = q(
             "SELECT cluster, n_proteins, length_median, kingdoms, top_organisms, enriched_concepts FROM"
             " cluster_profiles ORDER BY cluster"
@@ -211,7 +210,7 @@ def demo_markdown(bundle: Path = DEMO) -> str:
             _table(p, "{:.0f}"),
             "",
         ]
-    con.close()
+    idx.con.close()
     return "\n".join(lines) + "\n"
 
 

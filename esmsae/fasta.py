@@ -30,7 +30,12 @@ class Protein:
 
     @property
     def md5(self) -> str:
-        return hashlib.md5(self.sequence.encode()).hexdigest()
+        return seq_md5(self.sequence)
+
+
+def seq_md5(sequence: str) -> str:
+    """The md5 of a sequence: the key that de-duplicates proteins (one rule, used everywhere)."""
+    return hashlib.md5(sequence.encode()).hexdigest()
 
 
 def open_text(path: str | Path) -> io.TextIOBase:

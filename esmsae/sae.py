@@ -1,10 +1,11 @@
-"""Sparse autoencoder: one ``nn.Module`` for TopK, BatchTopK and ReLU+L1 SAEs.
+"""Sparse autoencoder: one ``nn.Module`` for TopK, BatchTopK, ReLU+L1 and (imported) JumpReLU SAEs.
 
 Shapes in names: B tokens in a batch, D input width (d_in), F latents, K active
 latents kept per token.
 
-The TopK path never materialises a dense gradient for the encoder: only the K
-selected pre-activations of each token receive gradient (``_GatheredPre``), so the
+Each architecture is one small activation object (:mod:`esmsae.sae_activations`); the kernels live
+in :mod:`esmsae.sae_kernels`. The TopK path never materialises a dense gradient for the encoder: only
+the K selected pre-activations of each token receive gradient (``_GatheredPre``), so the
 encoder weight gradient is a sparse CSR product over B*K entries instead of an
 (F x B) @ (B x D) matmul, and the decoder is an ``embedding_bag`` over the K active rows (Gao et al. 2024, "Scaling
 and evaluating sparse autoencoders", sec. 3 and appendix on sparse kernels).
@@ -12,19 +13,15 @@ and evaluating sparse autoencoders", sec. 3 and appendix on sparse kernels).
 from __future__ import annotations
 
 import math
-import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import TOKEN_NORMALIZATIONS, SAEConfig
-
-
-class Latents(NamedTuple):
-    acts_BK: Tensor  # activation values (zeros are padding; a padding entry's index may repeat a real one)
-    idx_BK: Tensor  # latent indices
+from .sae_activations import ACTIVATIONS, BatchThreshold
+from .sae_kernels import Latents, _GatheredPre
 
 
 class ForwardOutput(NamedTuple):
@@ -45,51 +42,6 @@ ENCODE_CHUNK = 2048  # rows per dense pre-activation block at inference (bounds 
 # the matmul dominates and 256 rows go from 1.27x faster (d_in 320) to slower (0.87x-0.95x at
 # d_in 1,280), so fp32 keeps 2,048 (bench/encode_precision.py).
 ENCODE_CHUNK_LOWP = 256
-
-
-class _GatheredPre(torch.autograd.Function):
-    """The pre-activations ``x @ W^T + b`` at K chosen latents per token, with a sparse backward.
-
-    The forward takes the values already computed (by one dense matmul, no graph), so
-    autograd never keeps or differentiates the dense [B, F] pre-activations: gradient
-    reaches only the K chosen latents of each token. The encoder weight gradient is then a
-    sparse (F x B) @ (B x D) product over B*K non-zeros instead of a dense matmul (Gao et
-    al. 2024, "Scaling and evaluating sparse autoencoders", appendix on sparse kernels),
-    which halves the dense FLOPs of a training step. Used for the TopK latents and for
-    the AuxK dead latents alike.
-    """
-
-    @staticmethod
-    def forward(ctx, x_BD: Tensor, W_FD: Tensor, b_F: Tensor, vals_BK: Tensor, idx_BK: Tensor):  # type: ignore[override]
-        ctx.save_for_backward(x_BD, W_FD, idx_BK)
-        return vals_BK.clone()
-
-    @staticmethod
-    def backward(ctx, g_BK: Tensor):  # type: ignore[override]
-        x_BD, W_FD, idx_BK = ctx.saved_tensors
-        g_BK = g_BK.contiguous()
-        Fn, (B, K) = W_FD.shape[0], idx_BK.shape
-        flat_idx = idx_BK.reshape(-1)
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(idx_BK, W_FD, per_sample_weights=g_BK, mode="sum")
-        if ctx.needs_input_grad[1]:
-            # CSR with one row per latent: sort the B*K (token, latent) pairs by latent.
-            # Each gradient row is then written once (measured 2.7x faster than a COO
-            # sparse.mm at d_in 960, 16,384 latents, k 64).
-            order = torch.argsort(flat_idx)
-            crow = torch.zeros(Fn + 1, dtype=torch.long, device=x_BD.device)
-            torch.cumsum(torch.bincount(flat_idx, minlength=Fn), 0, out=crow[1:])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                G_FB = torch.sparse_csr_tensor(
-                    crow, torch.div(order, K, rounding_mode="floor"), g_BK.reshape(-1)[order], (Fn, B),
-                    check_invariants=False,
-                )
-                grad_W = G_FB @ x_BD
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.bincount(flat_idx, weights=g_BK.reshape(-1), minlength=Fn).to(g_BK.dtype)
-        return grad_x, grad_W, grad_b, None, None
 
 
 class SAE(nn.Module):
@@ -130,11 +82,8 @@ class SAE(nn.Module):
         # set_encode_dtype. The low-precision copy of W_enc is cached with the version it came from.
         self.encode_dtype: torch.dtype | None = None
         self._W_enc_lp: tuple[int, Tensor] | None = None
-        # data-parallel training (esmsae.train under torchrun) sets these to all-reduce (sum) and
-        # all-gather across ranks, so batch statistics are the global batch's; None in one process
-        self.dist_reduce = None
-        self.dist_gather = None
-        self.dist_local_auxk = False  # tests only: the per-rank AuxK normaliser, to show it diverges
+        # how pre-activations become latents: one small object per architecture, chosen once
+        self.activation = ACTIVATIONS[cfg.architecture](cfg)
 
     # ------------------------------------------------------------ reference display statistics
     def set_display_stats(self, max_F: Tensor | None, idf_F: Tensor | None) -> None:
@@ -220,15 +169,13 @@ class SAE(nn.Module):
                 buf = self._pre_buf_BF = torch.empty(shape, dtype=xc_BD.dtype, device=xc_BD.device)
             return torch.addmm(self.b_enc, xc_BD, self.W_enc.t(), out=buf)
 
-    def _topk(self, xc_BD: Tensor) -> tuple[Latents, Tensor]:
-        """TopK latents of centred inputs, and the dense pre-activations (no graph) they came from."""
-        pre_BF = self._dense_pre(xc_BD)
-        vals_BK, idx_BK = topk_rows(pre_BF, self.cfg.k)
-        acts_BK = F.relu(_GatheredPre.apply(xc_BD, self.W_enc, self.b_enc, vals_BK, idx_BK))
-        return Latents(acts_BK, idx_BK), pre_BF
-
     def pre_acts(self, xn_BD: Tensor) -> Tensor:
         return torch.addmm(self.b_enc, xn_BD - self.b_dec, self.W_enc.t())
+
+    def _pre(self, xc_BD: Tensor, train: bool) -> Tensor:
+        """Pre-activations of centred inputs: differentiable in training, else the inference encode
+        (which may run in ``encode_dtype``)."""
+        return torch.addmm(self.b_enc, xc_BD, self.W_enc.t()) if train else self._pre_eval(xc_BD)
 
     def set_encode_dtype(self, dtype: str | torch.dtype | None) -> "SAE":
         """Run the inference encoder's matmul in ``dtype`` ("bfloat16"): inputs, weights and the
@@ -259,47 +206,7 @@ class SAE(nn.Module):
         return torch.mm(xc_BD.to(lp), self._W_enc_lp[1].t()).to(xc_BD.dtype).add_(self.b_enc)
 
     def _encode_norm(self, xn_BD: Tensor, train: bool = False) -> Latents:
-        arch = self.cfg.architecture
-        if arch == "topk":
-            return self._topk(xn_BD - self.b_dec)[0]
-        # training differentiates the exact pre-activations; inference may run them in encode_dtype
-        pre_BF = self.pre_acts(xn_BD) if train else self._pre_eval(xn_BD - self.b_dec)
-        if arch == "jumprelu":  # relu(h) * (h > threshold), per latent (SAELens' JumpReLU)
-            return _to_sparse(F.relu(pre_BF) * (pre_BF > self.threshold))
-        pre_BF = F.relu(pre_BF)
-        if arch == "batchtopk":
-            if train:
-                B = pre_BF.shape[0]
-                flat = pre_BF.flatten()
-                if self.dist_reduce is None:
-                    n_keep = min(self.cfg.k * B, flat.numel())
-                    vals, pos = flat.topk(n_keep, sorted=False)
-                    mask = torch.zeros_like(flat, dtype=torch.bool)
-                    mask[pos] = True
-                else:
-                    # data-parallel: the k x B_global largest values of the *global* batch. Each rank
-                    # offers its local top k x B_global (no more can come from one rank), all ranks
-                    # take the same threshold, so every rank keeps what one process would keep.
-                    with torch.no_grad():
-                        n_glob = int(self.dist_reduce(torch.tensor([float(B)], device=flat.device))[0]) * self.cfg.k
-                        local = flat.detach().topk(min(n_glob, flat.numel()), sorted=False).values
-                        glob = self.dist_gather(local)
-                        t_glob = glob.topk(min(n_glob, glob.numel()), sorted=False).values.min()
-                    mask = (flat >= t_glob) & (flat > 0)
-                    vals = flat[mask]
-                kept_pos = vals[vals > 0]
-                if kept_pos.numel():
-                    with torch.no_grad():
-                        t = kept_pos.min()
-                        if self.threshold > 0:
-                            self.threshold.lerp_(t, 0.01)  # running mean
-                        else:
-                            self.threshold.copy_(t)
-                dense_BF = pre_BF * mask.view_as(pre_BF)
-            else:
-                dense_BF = pre_BF * (pre_BF > self.threshold)
-            return _to_sparse(dense_BF)
-        return _to_sparse(pre_BF)
+        return self.activation.latents(self, xn_BD - self.b_dec, train=train)[0]
 
     def encode(self, x_BD: Tensor, chunk: int | None = None) -> Latents:
         """Raw activations -> sparse latents (acts_BK, idx_BK); zeros in acts are padding.
@@ -389,72 +296,65 @@ class SAE(nn.Module):
         return self.denormalize(self._decode_norm(acts_BK, idx_BK), stats)
 
     # ------------------------------------------------------------ forward / loss
-    def forward(self, x_BD: Tensor, dead_mask_F: Tensor | None = None, l1_coef: float | None = None) -> ForwardOutput:
+    def forward(
+        self,
+        x_BD: Tensor,
+        *,
+        dead_mask_F: Tensor | None = None,
+        l1_coef: float | None = None,
+        error_variance: Callable[[Tensor], Tensor] | None = None,
+        batch_threshold: BatchThreshold | None = None,
+    ) -> ForwardOutput:
+        """Reconstruction and losses. Batch statistics that must be the global batch's under data
+        parallelism come from the trainer: ``error_variance`` (AuxK's normaliser of the residual
+        error, default this batch's :func:`local_error_variance`) and ``batch_threshold`` (BatchTopK)."""
         x_BD = x_BD.to(self.W_enc.dtype)
         xn_BD, stats = self.normalize(x_BD)
-        arch = self.cfg.architecture
-        if arch == "relu":
-            pre_BF = F.relu(self.pre_acts(xn_BD))
-            recon_n = pre_BF @ self.W_dec + self.b_dec
-            coef = self.cfg.l1_coef if l1_coef is None else l1_coef
-            # decoder rows are unit norm, so the norm-weighted L1 of Conerly et al. is sum |z|
-            l1 = pre_BF.sum(-1).mean()
-            lat = (
-                _to_sparse(pre_BF.detach())
-                if not self.training
-                else Latents(
-                    pre_BF.new_zeros(x_BD.shape[0], 0),
-                    torch.zeros(x_BD.shape[0], 0, dtype=torch.long, device=x_BD.device),
-                )
-            )
-        elif arch == "topk":
-            xc_BD = xn_BD - self.b_dec
-            lat, pre_BF = self._topk(xc_BD)
-            recon_n = self._decode_norm(*lat)
-            coef, l1 = 0.0, xn_BD.new_zeros(())
-        else:
-            lat = self._encode_norm(xn_BD, train=self.training)
-            recon_n = self._decode_norm(*lat)
-            coef, l1 = 0.0, xn_BD.new_zeros(())
+        xc_BD = xn_BD - self.b_dec
+        act = self.activation
+        lat, recon_n, l1, pre_BF = act.forward_outputs(
+            self, xc_BD, train=self.training, batch_threshold=batch_threshold
+        )
+        coef = (self.cfg.l1_coef if l1_coef is None else l1_coef) if act.l1 else 0.0
         err_BD = recon_n - xn_BD
         mse = err_BD.pow(2).sum(-1).mean()
         total_var = (xn_BD - xn_BD.mean(0)).pow(2).sum(-1).mean()
         fvu = mse / total_var.clamp_min(1e-12)
 
         auxk = xn_BD.new_zeros(())
-        if dead_mask_F is not None and self.cfg.auxk_coef > 0 and arch != "relu" and bool(dead_mask_F.any()):
+        if dead_mask_F is not None and self.cfg.auxk_coef > 0 and act.auxk and bool(dead_mask_F.any()):
             # AuxK (Gao et al. 2024, sec. 2.4 / appendix A.2): the top-k_aux *dead* latents
             # model the residual error, giving them gradient so they can revive.
             # The dead latents' pre-activations come from the TopK pass's dense matmul (no
             # second one), and their gradient is sparse like the TopK latents'.
             k_aux = min(self.cfg.auxk_k, int(dead_mask_F.sum()))
-            if arch != "topk":
-                xc_BD = xn_BD - self.b_dec
+            if pre_BF is None:
                 pre_BF = self._dense_pre(xc_BD)
             pre_BF.masked_fill_(~dead_mask_F, -torch.inf)
             a_pre, a_idx = pre_BF.topk(k_aux, dim=-1, sorted=False)
             a_vals = F.relu(_GatheredPre.apply(xc_BD, self.W_enc, self.b_enc, a_pre, a_idx))
             e_hat = F.embedding_bag(a_idx, self.W_dec, per_sample_weights=a_vals, mode="sum")
             e_BD = (xn_BD - recon_n).detach()
-            auxk = (e_hat - e_BD).pow(2).sum(-1).mean() / self._error_variance(e_BD).clamp_min(1e-12)
-            auxk = torch.nan_to_num(auxk, nan=0.0)
+            var = (error_variance or local_error_variance)(e_BD)
+            auxk = torch.nan_to_num((e_hat - e_BD).pow(2).sum(-1).mean() / var.clamp_min(1e-12), nan=0.0)
 
         loss = mse + self.cfg.auxk_coef * auxk + coef * l1
         recon = self.denormalize(recon_n, stats)
         return ForwardOutput(recon, lat.acts_BK, lat.idx_BK, fvu, mse, auxk, l1, loss)
 
-    def _error_variance(self, e_BD: Tensor) -> Tensor:
-        """AuxK's normaliser: the variance of the residual error over the batch. Under data
-        parallelism it must be the *global* batch's (from all-reduced sums), or each rank scales
-        its AuxK gradient differently and the replicas drift from one process (1.1e-2 after 40
-        steps, vs 1.8e-7 with the global value: shared/design/scale_out.md; sparsify #119)."""
-        if self.dist_reduce is None or self.dist_local_auxk:
-            return (e_BD - e_BD.mean(0)).pow(2).sum(-1).mean()
-        e = e_BD.double()
-        stats = self.dist_reduce(torch.cat([e.sum(0), e.pow(2).sum().view(1), e.new_tensor([e.shape[0]])]))
-        n = stats[-1]
-        mean_D = stats[:-2] / n
-        return (stats[-2] / n - mean_D.pow(2).sum()).to(e_BD.dtype)
+    def for_inference(self) -> "SAE":
+        """The SAE as saved for inference: a BatchTopK SAE becomes JumpReLU with its learned threshold
+        for every latent (the same codes: SAELens saves BatchTopK the same way); others are returned
+        as they are."""
+        if self.cfg.architecture != "batchtopk":
+            return self
+        cfg = SAEConfig(**{**self.cfg.__dict__, "architecture": "jumprelu", "k": 0})
+        out = SAE(cfg, self.d_in, seed=None, meta=self.meta)
+        state = dict(self.state_dict())
+        state["threshold"] = self.threshold.detach().reshape(()).expand(cfg.n_latents).clone()
+        out.set_display_stats(*self.display_stats())
+        out.load_state_dict(state)
+        return out.to(self.W_enc.device).train(self.training)
 
     # ------------------------------------------------------------ decoder constraints
     @torch.no_grad()
@@ -472,37 +372,12 @@ class SAE(nn.Module):
         g_FD.addcmul_(parallel_F1, W_FD, value=-1.0)
 
 
-TOPK_GROUPS = 16
-
-
-def topk_rows(x_BF: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Exact row-wise top-k (unsorted), faster than ``Tensor.topk`` over wide rows on CPU.
-
-    View each row as G strided groups of C = F / G columns and take the max over the groups
-    for every column (one vectorised pass). The row's top-k elements all lie in the k columns
-    with the largest maxima: a column whose max is below the k-th largest element cannot
-    hold any of them, and at most k columns can have a max at or above it. So top-k runs on
-    C column maxima and then on the G * k candidates instead of on all F values.
-    """
-    B, Fn = x_BF.shape
-    G = TOPK_GROUPS
-    if x_BF.device.type != "cpu" or Fn % G or Fn // G < 4 * k:
-        return x_BF.topk(k, dim=-1, sorted=False)
-    C = Fn // G
-    x_BGC = x_BF.view(B, G, C)
-    _, col_BK = x_BGC.amax(1).topk(k, dim=-1, sorted=False)
-    cand_BGK = x_BGC.gather(2, col_BK.unsqueeze(1).expand(B, G, k))
-    vals_BK, j_BK = cand_BGK.reshape(B, G * k).topk(k, dim=-1, sorted=False)
-    full_BGK = torch.arange(0, Fn, C, device=x_BF.device).view(1, G, 1) + col_BK.unsqueeze(1)
-    return vals_BK, full_BGK.reshape(B, G * k).gather(1, j_BK)
-
-
-def _to_sparse(dense_BF: Tensor) -> Latents:
-    """Dense non-negative latents -> padded (acts_BK, idx_BK) with K = max active per row."""
-    nnz = int((dense_BF > 0).sum(-1).max()) if dense_BF.numel() else 0
-    k = max(nnz, 1)
-    vals, idx = dense_BF.topk(k, dim=-1, sorted=False)
-    return Latents(vals, idx)
+def local_error_variance(e_BD: Tensor) -> Tensor:
+    """AuxK's normaliser: the variance of the residual error over this batch. Under data parallelism
+    the trainer passes the *global* batch's instead (esmsae.train), or each rank scales its AuxK
+    gradient differently and the replicas drift from one process (1.1e-2 after 40 steps, vs 1.8e-7
+    with the global value: shared/design/scale_out.md; sparsify #119)."""
+    return (e_BD - e_BD.mean(0)).pow(2).sum(-1).mean()
 
 
 def default_lr(n_latents: int) -> float:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -28,6 +26,7 @@ from .atomic import write_atomic, write_text_atomic
 from .checkpoint import save_sae
 from .config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, resolve_device, save_json
 from .dist import World, process_group
+from .loader import ShardBatches, TrainError
 from .sae import SAE, default_lr
 from .store import ActivationStore
 
@@ -37,72 +36,6 @@ METRICS = "metrics.jsonl"
 
 class TrainInterrupted(Exception):
     """Training stopped on request (``should_stop``) after writing a checkpoint; rerun to resume."""
-
-
-class TrainError(ValueError):
-    pass
-
-
-class ShardBatches:
-    """Deterministic, resumable batches of training tokens from a store."""
-
-    def __init__(self, store: ActivationStore, names: list[str], batch_size: int, buffer_shards: int, seed: int,
-                 part: tuple[int, int] = (0, 1)):
-        """``part`` = (rank, world): yield only this rank's rows of each global batch (the order
-        is the global batch's, so the ranks' rows together are the one-process batch)."""
-        self.store, self.names, self.bs, self.group_size, self.seed = store, names, batch_size, buffer_shards, seed
-        self.part = part
-        self.pos = (0, 0, 0)  # (epoch, group, batch within group)
-        if store.n_tokens("train") < batch_size:
-            raise TrainError(
-                f"the store has {store.n_tokens('train')} training tokens, fewer than one batch of {batch_size}; "
-                "embed more proteins or lower batch_size"
-            )
-
-    def _groups(self, epoch: int) -> list[list[int]]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.store.shards))
-        return [sorted(order[i : i + self.group_size].tolist()) for i in range(0, len(order), self.group_size)]
-
-    def _load(self, shards: list[int]) -> dict[str, np.ndarray]:
-        return {n: np.concatenate([self.store.split_tokens(i, n, "train") for i in shards]) for n in self.names}
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch, g0, b0 = self.pos
-        prefetch: dict[tuple[int, int], Any] = {}
-
-        def start(e: int, g: int, groups: list[list[int]]) -> None:
-            box: dict[str, Any] = {}
-            t = threading.Thread(target=lambda: box.update(data=self._load(groups[g])), daemon=True)
-            t.start()
-            prefetch[(e, g)] = (t, box)
-
-        while True:
-            groups = self._groups(epoch)
-            for g in range(g0, len(groups)):
-                if (epoch, g) not in prefetch:
-                    start(epoch, g, groups)
-                t, box = prefetch.pop((epoch, g))
-                t.join()
-                data = box["data"]
-                # prefetch the next group while this one trains
-                if g + 1 < len(groups):
-                    start(epoch, g + 1, groups)
-                else:
-                    start(epoch + 1, 0, self._groups(epoch + 1))
-                T = len(next(iter(data.values())))
-                perm = np.random.default_rng([self.seed, epoch, g]).permutation(T)
-                for b in range(b0, T // self.bs):
-                    sel = np.sort(perm[b * self.bs : (b + 1) * self.bs])
-                    r, W = self.part
-                    sel = sel[r * (self.bs // W):(r + 1) * (self.bs // W)]
-                    batch = {n: torch.from_numpy(data[n][sel].astype(np.float32)) for n in self.names}
-                    self.pos = (epoch, g, b + 1)
-                    yield batch
-                b0 = 0
-                self.pos = (epoch, g + 1, 0)
-            g0 = 0
-            epoch += 1
-            self.pos = (epoch, 0, 0)
 
 
 def lr_at(step: int, tcfg: TrainConfig, base_lr: float) -> float:
@@ -117,22 +50,47 @@ def lr_at(step: int, tcfg: TrainConfig, base_lr: float) -> float:
 
 
 def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_mask_F: torch.Tensor | None = None,
-               l1_coef: float | None = None, lr: float | None = None, forward=None):
+               l1_coef: float | None = None, lr: float | None = None, forward=None, **batch_stats):
     """One optimisation step of an SAE (the one copy: the trainer, the tests and the benches):
     forward, backward, remove the gradient component along each decoder row (it would only
     change the row's norm), Adam, re-normalise the decoder rows to unit norm. Returns the
     forward output (losses, latents). ``forward``: the DDP wrapper of ``sae`` under torchrun,
-    whose backward averages the gradients over ranks."""
+    whose backward averages the gradients over ranks, with ``batch_stats`` (``error_variance``,
+    ``batch_threshold``) computing the global batch's statistics."""
     if lr is not None:
         for g in opt.param_groups:
             g["lr"] = lr
-    o = (forward or sae)(x_BD, dead_mask_F=dead_mask_F, l1_coef=l1_coef)
+    o = (forward or sae)(x_BD, dead_mask_F=dead_mask_F, l1_coef=l1_coef, **batch_stats)
     opt.zero_grad(set_to_none=True)
     o.loss.backward()
     sae.remove_gradient_parallel_to_decoder()
     opt.step()
     sae.set_decoder_norm_to_unit()
     return o
+
+
+def global_error_variance(e_BD: torch.Tensor) -> torch.Tensor:
+    """AuxK's normaliser over the global batch (data parallel), from all-reduced sums: each rank then
+    scales its AuxK gradient as one process would (:func:`esmsae.sae.local_error_variance`)."""
+    from .dist import all_reduce_
+
+    e = e_BD.double()
+    stats = all_reduce_(torch.cat([e.sum(0), e.pow(2).sum().view(1), e.new_tensor([e.shape[0]])]), op="sum")
+    n = stats[-1]
+    mean_D = stats[:-2] / n
+    return (stats[-2] / n - mean_D.pow(2).sum()).to(e_BD.dtype)
+
+
+def global_batch_threshold(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
+    """BatchTopK's threshold over the global batch (data parallel): the k x B_global largest values.
+    Each rank offers its local top k x B_global (no more can come from one rank) and all take the
+    same threshold, so every rank keeps what one process would keep."""
+    from .dist import all_gather_cat, all_reduce_
+
+    flat = pre_BF.flatten()
+    n_glob = int(all_reduce_(torch.tensor([float(pre_BF.shape[0])], device=flat.device), op="sum")[0]) * k
+    glob = all_gather_cat(flat.topk(min(n_glob, flat.numel()), sorted=False).values)
+    return glob.topk(min(n_glob, glob.numel()), sorted=False).values.min()
 
 
 def _resumable(train_cfg: dict) -> dict:
@@ -152,9 +110,17 @@ def _rewrite_metrics(path: Path, max_step: int) -> None:
     write_text_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
-def sae_meta(store: ActivationStore, layer: int, tcfg: TrainConfig, step: int, tokens: int) -> dict[str, Any]:
+def sae_meta(
+    store: ActivationStore, layer: int, tcfg: TrainConfig, step: int, tokens: int, trained_as: str = ""
+) -> dict[str, Any]:
     info = store.manifest["model_info"]
+    saved_as = (
+        {"trained_as": "batchtopk: saved as jumprelu with the learned threshold for every latent (the same codes)"}
+        if trained_as == "batchtopk"
+        else {}
+    )
     return {
+        **saved_as,
         "base_model": {
             "name": info["name"],
             "family": info["family"],
@@ -238,6 +204,7 @@ class _Run:
             else None
         )
         self.forwards: dict[str, Any] = {}
+        self.batch_stats: dict[str, Any] = {}  # data-parallel: the global batch statistics (wrap_ddp)
         self.step = 0
         suffix = f".rank{w.rank}-of-{w.size}" if self.layer_parallel else ""
         self.state_path = self.out / f"state{suffix}.pt"
@@ -246,19 +213,17 @@ class _Run:
         self.writes = w.main or self.layer_parallel
 
     def wrap_ddp(self) -> None:
-        """Data-parallel: wrap each SAE in DDP (gradients averaged over ranks in backward) and let
-        its batch statistics (AuxK normaliser, BatchTopK threshold) come from the global batch."""
-        from functools import partial
-
+        """Data-parallel: wrap each SAE in DDP (gradients averaged over ranks in backward) and pass
+        the global batch's statistics (AuxK normaliser, BatchTopK threshold) into every forward."""
         from torch.nn.parallel import DistributedDataParallel as DDP
-
-        from .dist import all_gather_cat, all_reduce_
 
         # ESMSAE_DDP_LOCAL_NORMALISER=1 (tests only) keeps AuxK's normaliser per rank, the variant
         # tests/test_distributed.py shows drifting from one process
         local = os.environ.get("ESMSAE_DDP_LOCAL_NORMALISER") == "1"
+        self.batch_stats = {"batch_threshold": global_batch_threshold}
+        if not local:
+            self.batch_stats["error_variance"] = global_error_variance
         for n, s in self.saes.items():
-            s.dist_reduce, s.dist_gather, s.dist_local_auxk = partial(all_reduce_, op="sum"), all_gather_cat, local
             # buffers (normalisation, BatchTopK threshold) are equal on every rank by construction
             self.forwards[n] = DDP(
                 s, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
@@ -299,7 +264,9 @@ class _Run:
             return
         tokens = self.step * self.tcfg.batch_size
         for layer, n in zip(self.layers, self.names):
-            save_sae(self.saes[n], self.out / n, sae_meta(self.store, layer, self.tcfg, self.step, tokens))
+            # BatchTopK is saved as JumpReLU with its learned threshold (the inference form, as SAELens)
+            meta = sae_meta(self.store, layer, self.tcfg, self.step, tokens, trained_as=self.scfg.architecture)
+            save_sae(self.saes[n].for_inference(), self.out / n, meta)
         _atomic_torch_save(
             {
                 "step": self.step,
@@ -329,6 +296,7 @@ class _Run:
                 l1_coef=l1c,
                 lr=lr,
                 forward=self.forwards.get(n),
+                **self.batch_stats,
             )
             with torch.no_grad():
                 if scfg.architecture == "relu":

@@ -5,7 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from esmsae import jobs
-from esmsae.config import ConfigError, field_specs, parse_int_list, parse_zero_number
+from esmsae.config import ConfigError
+from esmsae.fields import field_specs, parse_int_list, parse_zero_number
 from esmsae.paths import DEMO, shared_data, workspace
 from esmsae.published import import_catalogue, parse_optional_int
 from esmsae.train import read_metrics

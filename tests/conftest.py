@@ -131,7 +131,7 @@ def app_workspace(tmp_path_factory, tiny_sae, mgen_full, structure_fasta, shared
 def built_index(tmp_path_factory, tiny_sae, mgen_full, shared, esm2_dir):
     """An index of 60 real M. genitalium proteins with their UniProt labels and a grouping file
     (one id unknown), shared by the brute-force tests of test_index.py and test_science.py."""
-    import esmsae.index.build as idx_mod
+    import esmsae.index.write as idx_mod
     from esmsae.config import IndexConfig
     from esmsae.fasta import read_fasta
     from esmsae.index import build_index

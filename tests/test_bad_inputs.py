@@ -66,7 +66,8 @@ def test_a_bad_layer_list_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["embed", "--fasta", "x.fasta", "--store", str(tmp_path / "s"), "--layers", "3,x"])
     assert "expected comma-separated integers, got '3,x'" in capsys.readouterr().err
-    from esmsae.config import ConfigError, parse_int_list
+    from esmsae.config import ConfigError
+    from esmsae.fields import parse_int_list
 
     with pytest.raises(ConfigError, match="hook.layers: expected comma-separated whole numbers, got '3,x'"):
         parse_int_list("3,x", "hook.layers")

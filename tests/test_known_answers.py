@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from esmsae.config import EvalConfig, HookConfig, SAEConfig, TrainConfig, add_args, from_args
+from esmsae.config import EvalConfig, HookConfig, SAEConfig, TrainConfig
+from esmsae.fields import add_args, from_args
 from esmsae.sae import SAE
 from esmsae.train import lr_at
 
@@ -88,13 +89,16 @@ def test_train_other_architectures(tmp_path, small_store, arch):
     )
     sae = load_sae(d)
     meta = sae.meta
-    assert meta["sae"]["architecture"] == arch
+    # BatchTopK is saved as JumpReLU with its learned threshold (SAELens does the same)
+    assert meta["sae"]["architecture"] == ("jumprelu" if arch == "batchtopk" else arch)
     card = evaluate(d, EvalConfig(lm_proteins=0))
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["fvu"] < 0.8 * rows[0]["fvu"]  # it learned
     assert card["fvu"] < 0.5
     if arch == "batchtopk":
-        assert float(sae.threshold) > 0 and 2 <= card["l0"] <= 24  # inference threshold keeps about k per token
+        th = sae.threshold  # one threshold per latent, all the learned BatchTopK threshold
+        assert meta["trained_as"].startswith("batchtopk") and th.shape == (128,) and bool((th == th[0]).all())
+        assert float(th[0]) > 0 and 2 <= card["l0"] <= 24  # inference threshold keeps about k per token
     else:
         assert card["l0"] < 128 * 0.9  # the L1 penalty keeps codes sparse
 

@@ -180,3 +180,37 @@ def test_matches_stored_in_the_index_feed_the_related_panel(built_index, tiny_sa
         and sm["match_rate"].iloc[0] == 1.0
         and sm["chance_match_rate"].iloc[0] < 0.05
     )
+
+
+def test_matches_survive_a_rebuild(built_index, tiny_sae, tmp_path):
+    """Matches live in the side file index.matches.duckdb (as labels live in index.labels.duckdb): a
+    rebuild of the index, which renames a new file into place, keeps them; the index file itself
+    holds no match table."""
+    import shutil
+
+    import duckdb
+
+    from esmsae.checkpoint import load_sae
+    from esmsae.config import IndexConfig
+    from esmsae.index import build_index
+    from esmsae.index.reader import FeatureIndex
+    from esmsae.index.tables import matches_path
+    from esmsae.match import match_saes, store_matches
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_sae, ck)
+    idx_path = ck / "index.duckdb"
+    shutil.copy(built_index[0], idx_path)
+    sae = load_sae(ck)
+    n = store_matches(idx_path, match_saes(sae, sae, [], top=2), "itself", 0.7)
+    before = FeatureIndex(idx_path).related(3)
+    assert n > 0 and len(before) and matches_path(idx_path).exists()
+    cfg = built_index[1]
+    build_index(IndexConfig(**{**cfg.__dict__, "sae": str(ck), "out": str(idx_path)}), progress=False)
+    idx = FeatureIndex(idx_path)
+    assert idx.meta["sae"] == str(ck)  # the rebuilt file
+    con = duckdb.connect(str(idx_path), read_only=True)
+    assert not {"feature_matches", "match_summaries"} & {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    con.close()
+    after = idx.related(3)
+    assert after.equals(before) and len(idx.match_summaries()) >= 1

@@ -109,6 +109,30 @@ def test_batchtopk_keeps_k_times_batch_in_training_and_threshold_at_inference():
     sae.eval()
     lat = sae.encode(x)
     assert bool((lat.acts_BK[lat.acts_BK > 0] > sae.threshold).all())
+    # saved for inference as JumpReLU (as SAELens): one threshold per latent, the same codes
+    jr = sae.for_inference()
+    assert jr.cfg.architecture == "jumprelu" and jr.threshold.shape == (128,)
+    assert torch.equal(jr.threshold, torch.full((128,), float(sae.threshold)))
+    assert torch.equal(jr.encode_dense(x), sae.encode_dense(x)) and int((jr.encode_dense(x) > 0).sum()) > 0
+    assert SAE(SAEConfig(n_latents=16, k=2), 8).for_inference().cfg.architecture == "topk"
+
+
+def test_batch_statistics_come_from_the_caller():
+    """The SAE holds no collectives: the AuxK normaliser and the BatchTopK threshold are functions the
+    trainer passes in (data parallel: the global batch's). A caller's values change the result."""
+    x = _data(256)
+    sae = SAE(SAEConfig(architecture="topk", n_latents=128, k=4, auxk_k=8), 32, seed=0)
+    sae.fit_normalization(x)
+    dead = torch.ones(128, dtype=torch.bool)
+    a = sae(x, dead_mask_F=dead).auxk_loss
+    b = sae(x, dead_mask_F=dead, error_variance=lambda e: 2 * (e - e.mean(0)).pow(2).sum(-1).mean()).auxk_loss
+    torch.testing.assert_close(b, a / 2)
+    bt = SAE(SAEConfig(architecture="batchtopk", n_latents=128, k=6), 32, seed=0)
+    bt.fit_normalization(x)
+    bt.train()
+    out = bt(x, batch_threshold=lambda pre, k: pre.flatten().topk(2 * k * pre.shape[0]).values.min())
+    assert int((out.acts_BK > 0).sum()) == 2 * 6 * 256  # the caller's threshold, not this batch's top k x B
+    assert not any(hasattr(bt, n) for n in ("dist_reduce", "dist_gather", "dist_local_auxk"))
 
 
 def test_relu_l1_penalty_and_auxk_revives():
@@ -159,7 +183,7 @@ def test_fvu_drops_when_trained():
 def test_topk_rows_is_exact(shape, k):
     """The group-max prefilter returns exactly torch.topk's values, with matching indices,
     including rows full of ties."""
-    from esmsae.sae import topk_rows
+    from esmsae.sae_kernels import topk_rows
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g)

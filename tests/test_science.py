@@ -8,6 +8,7 @@ import torch
 
 from esmsae.concepts import Labeled, concept_kind, is_catch_all, load_uniprot
 from esmsae.config import IndexConfig, ModelConfig, SAEConfig
+from esmsae.fasta import seq_md5
 from esmsae.index.concept_f1 import (
     AMINO_ACIDS,
     THRESHOLDS,
@@ -24,7 +25,7 @@ from esmsae.index.concept_f1 import (
 )
 from esmsae.index.group_stats import enrichment, top_groups
 from esmsae.index.protein_table import ProteinTable
-from esmsae.index.proteins import Item, grouping_tsv, md5, read_taxonomy
+from esmsae.index.proteins import Item, grouping_tsv, read_taxonomy
 from esmsae.index.streaming import LATENT_BITS
 
 AA = AMINO_ACIDS
@@ -326,8 +327,8 @@ def test_group_cap_keeps_a_hash_chosen_subset(tmp_path):
         t, items = protein_table(d, fasta={"p.fasta": fa}, groups=[str(tmp_path / "size.tsv")], group_cap=20)
         assert t.report["capped_group_members"] == {"size": 30}
         assert sum(it.groups.get("size") == "Small" for it in items) == 10
-        by_md5 = sorted(md5(it.sequence) for it in items if it.groups.get("size") == "Big")
-        assert by_md5 == sorted(md5("M" + "A" * (i + 1)) for i in range(50))[:20]  # the 20 smallest hashes
+        by_md5 = sorted(seq_md5(it.sequence) for it in items if it.groups.get("size") == "Big")
+        assert by_md5 == sorted(seq_md5("M" + "A" * (i + 1)) for i in range(50))[:20]  # the 20 smallest hashes
         kept.append({it.id for it in items if "size" in it.groups})
     assert kept[0] == kept[1]  # order-independent
 
@@ -340,7 +341,7 @@ def test_protein_table_dedup_rules(tmp_path):
     s1, s2, s3, s4 = "MKTAYIAKQR", "MKLLVVAAGG", "MSTNPKPQRK", "MDDEEKKRRL"
     fa1 = ">a desc one\n" + s1 + "\n>b\n" + s2 + "\n"
     fa2 = ">c OS=Homo sapiens OX=9606\n" + s1 + "\n>a\n" + s3 + "\n"
-    (tmp_path / "g.tsv").write_text("id\tgroup\nsp|b|B_HUMAN\tX\nmd5:" + md5(s3) + "\tY\nnobody\tZ\n")
+    (tmp_path / "g.tsv").write_text("id\tgroup\nsp|b|B_HUMAN\tX\nmd5:" + seq_md5(s3) + "\tY\nnobody\tZ\n")
     (tmp_path / "j.json").write_text('{"J": [["' + s4 + '", "new OS=Homo sapiens OX=9606"], ["' + s2 + '", "again"]]}')
     lab_in = Labeled("L1", s2, "TMbed", {"TMbed: TM helix": [(0, 5)]}, structure="x.cif", chain="A")
     lab_out = Labeled("L2", "MPPPPPPPPW", "TMbed", {"TMbed: TM helix": [(0, 5)]})
@@ -486,7 +487,7 @@ def test_committed_demo_bundle_has_no_machine_paths():
         if m in v
     }
     assert not bad, bad
-    from esmsae.demo import portable
+    from esmsae.demo_bundle import portable
 
     assert portable(
         {"a": ["/x/y/shared/data/uniprot/f.fasta", "/root/.cache/esmsae/demo_work/index.duckdb", "rel/p", 3]},

@@ -76,7 +76,32 @@ def test_no_import_cycles():
     assert "esmsae.cli" not in set().union(
         *(d for m, d in graph.items() if m != "esmsae.__main__")
     ), "only __main__ imports the CLI"
-    assert graph["esmsae.explore"] <= {"esmsae.index.tables"} | {m for m in ALL if not m.startswith("esmsae.index")}
+    # one owner per artefact: the index is read through index/reader (which needs only the schema and
+    # the matches side file), and nothing inside the package imports the public api facade
+    assert graph["esmsae.index.reader"] <= {"esmsae.index.tables", "esmsae.index.matches"}
+    everywhere = {m: _module_level_imports(m, everywhere=True) for m in ALL}
+    assert not [m for m, d in everywhere.items() if "esmsae.api" in d and m != "esmsae"], "api is a facade"
+
+
+def _imports_duckdb(mod: str) -> bool:
+    path = ROOT / (mod.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text())
+    return any(
+        (isinstance(n, ast.Import) and any(a.name == "duckdb" for a in n.names))
+        or (isinstance(n, ast.ImportFrom) and n.module == "duckdb")
+        for n in ast.walk(tree)
+    )
+
+
+def test_the_index_file_has_one_owner_and_modules_stay_small():
+    """SQL on the index file lives in esmsae/index/ only (checkpoint, demo, render, match, runs hold
+    none), and no module of the package is over 500 lines."""
+    files = [m for m in ALL if not m.startswith("esmsae.index") and (ROOT / (m.replace(".", "/") + ".py")).exists()]
+    outside = sorted(m for m in files if _imports_duckdb(m))
+    assert outside == [], outside
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in PKG.rglob("*.py")}
+    long = {p: n for p, n in sizes.items() if n > 500}
+    assert not long, long
 
 
 def test_every_module_imports_alone():
@@ -91,7 +116,8 @@ def test_every_module_imports_alone():
 
 def test_light_entry_points_do_not_import_torch():
     code = ("import sys\nfrom esmsae.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "import esmsae.explore, esmsae.index.tables, esmsae.pipeline\nprint('TORCH', 'torch' in sys.modules)")
+            "import esmsae.index.reader, esmsae.runs, esmsae.scale, esmsae.groups, esmsae.pipeline\n"
+            "print('TORCH', 'torch' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "TORCH False" in p.stdout, p.stdout[-500:] + p.stderr[-800:]
 

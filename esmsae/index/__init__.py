@@ -18,9 +18,9 @@ from __future__ import annotations
 from importlib import import_module
 
 _WHERE = {
-    "build_index": "build", "EXAMPLE_BLOCK": "build",
+    "build_index": "build", "EXAMPLE_BLOCK": "write",
     "Item": "proteins", "IndexBuildError": "proteins", "ProteinTable": "protein_table", "grouping_json": "proteins",
-    "grouping_tsv": "proteins", "read_grouping": "proteins", "md5": "proteins",
+    "grouping_tsv": "proteins", "read_grouping": "proteins",
     "enrichment": "group_stats", "benjamini_hochberg": "group_stats",
     "THRESHOLDS": "concept_f1", "MIN_DOMAINS": "concept_f1", "MIN_RESIDUES": "concept_f1", "MARGIN": "concept_f1",
     "labels_path": "tables", "SCHEMA": "tables", "HIST_EDGES": "tables",

@@ -3,7 +3,6 @@ file readers, and the one-label-record-per-source rule. The set itself is a colu
 (``protein_table``)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..concepts import Labeled
-from ..fasta import Protein, clean_sequence, parse_header
+from ..fasta import Protein, clean_sequence, parse_header, seq_md5
 
 
 class IndexBuildError(ValueError):
@@ -32,8 +31,6 @@ class Item(Protein):
     pidx: int = -1  # row of the index's protein table
 
 
-def md5(seq: str) -> str:
-    return hashlib.md5(seq.encode()).hexdigest()
 
 
 def grouping_json(text: str, name: str) -> Iterator[tuple[str, str, str]]:
@@ -104,7 +101,7 @@ def read_grouping(path: str | os.PathLike) -> tuple[str, dict[str, str], list[Pr
         for group, header, seq in grouping_json(path.read_text(), path.name):
             pid, desc, org, taxid = parse_header(header)
             extra.append(Protein(pid, seq, desc, org, taxid))
-            mapping["md5:" + md5(seq)] = group
+            mapping["md5:" + seq_md5(seq)] = group
         return name, mapping, extra
     return name, dict(grouping_tsv(path.read_text(), str(path))), extra
 
