@@ -8,24 +8,22 @@ sparsify passes ``total_variance`` in.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import SAEConfig
 from .sae_kernels import Latents, _GatheredPre, _to_sparse, topk_rows
-
-if TYPE_CHECKING:
-    from .sae import SAE
 
 # (relu'd pre-activations [B, F] without a graph, k) -> the value a latent must reach to be kept
 BatchThreshold = Callable[[Tensor, int], Tensor]
 
 
 class Activation:
-    """Base: latents of centred inputs; the forward pass's reconstruction and L1 term."""
+    """Base: latents of centred inputs; the forward pass's reconstruction and L1 term. ``sae`` is the
+    :class:`esmsae.sae.SAE` that owns the activation (typed loosely: sae.py imports this module)."""
 
     name = ""
     auxk = True  # AuxK (dead latents model the residual) applies
@@ -35,14 +33,14 @@ class Activation:
         self.k = cfg.k
 
     def latents(
-        self, sae: "SAE", xc_BD: Tensor, *, train: bool, batch_threshold: BatchThreshold | None = None
+        self, sae: nn.Module, xc_BD: Tensor, *, train: bool, batch_threshold: BatchThreshold | None = None
     ) -> tuple[Latents, Tensor | None]:
         """Sparse latents (differentiable in training), and the dense pre-activations computed without
         a graph when there are some (AuxK reuses them instead of a second matmul), else None."""
         raise NotImplementedError
 
     def forward_outputs(
-        self, sae: "SAE", xc_BD: Tensor, *, train: bool, batch_threshold: BatchThreshold | None = None
+        self, sae: nn.Module, xc_BD: Tensor, *, train: bool, batch_threshold: BatchThreshold | None = None
     ) -> tuple[Latents, Tensor, Tensor, Tensor | None]:
         """(latents, reconstruction in normalised space, L1 term, dense pre-activations or None)."""
         lat, pre_BF = self.latents(sae, xc_BD, train=train, batch_threshold=batch_threshold)
@@ -90,7 +88,7 @@ class BatchTopK(Activation):
 
     @staticmethod
     @torch.no_grad()
-    def update_threshold(sae: "SAE", t: Tensor) -> None:
+    def update_threshold(sae: nn.Module, t: Tensor) -> None:
         """The inference threshold: a running mean of the smallest value kept per training batch."""
         if sae.threshold > 0:
             sae.threshold.lerp_(t, 0.01)

@@ -8,8 +8,23 @@ from esmsae import jobs
 from esmsae.config import ConfigError
 from esmsae.fields import field_specs, parse_int_list, parse_zero_number
 from esmsae.paths import DEMO, shared_data, workspace
-from esmsae.published import import_catalogue, parse_optional_int
+from esmsae.published import import_catalogue
 from esmsae.train import read_metrics
+
+
+def parse_optional_int(text: str, field_name: str) -> int | None:
+    """'' -> None, '12' -> 12; anything else is an error naming the form's field."""
+    t = (text or "").strip()
+    if not t:
+        return None
+    try:
+        v = int(t)
+    except ValueError:
+        raise ValueError(f"{field_name}: expected a whole number, got {t!r}") from None
+    if v < 0:
+        raise ValueError(f"{field_name}: must be >= 0, got {v}")
+    return v
+
 
 st.title("Train an SAE")
 ws = workspace()

@@ -4,15 +4,28 @@ import os
 import threading
 
 import duckdb
+import pytest
 
 from esmsae.index.reader import FeatureIndex, get_labels, set_label
+from esmsae.index.tables import FORMAT_VERSION
 
 
-def _fake_index(path, n_latents):
+def _fake_index(path, n_latents, version=FORMAT_VERSION):
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE meta (key VARCHAR, value VARCHAR)")
     con.execute("INSERT INTO meta VALUES ('n_latents', ?)", [json.dumps(n_latents)])
+    if version is not None:
+        con.execute("INSERT INTO meta VALUES ('format_version', ?)", [json.dumps(version)])
     con.close()
+
+
+def test_an_index_in_another_format_is_refused_with_the_fix(tmp_path):
+    """The index's format version is checked on open: an unversioned or newer file gets a message
+    saying which format it is and to rebuild, not a KeyError deep in a page."""
+    for v in (None, FORMAT_VERSION + 1):
+        _fake_index(tmp_path / f"i{v}.duckdb", 8, v)
+        with pytest.raises(ValueError, match=r"feature index in format .*this esmsae reads format .*rebuild it"):
+            FeatureIndex(tmp_path / f"i{v}.duckdb")
 
 
 def test_a_rebuilt_index_is_seen_by_new_readers(tmp_path):

@@ -147,3 +147,19 @@ def test_config_validation_and_json_round_trip(tmp_path):
     cfg = SAEConfig(architecture="batchtopk", n_latents=2048, k=16, normalize="center")
     save_json(cfg, tmp_path / "s.json")
     assert load_json(SAEConfig, tmp_path / "s.json") == cfg
+
+
+def test_a_store_in_another_format_is_refused(tmp_path, small_store):
+    """The store's format version is checked on open (reading and resuming): another version gets a
+    message naming it and what to do, not a KeyError later."""
+    import shutil
+
+    from esmsae.store import STORE_VERSION, ActivationStore, StoreError
+
+    copy = tmp_path / "store"
+    shutil.copytree(small_store, copy)
+    man = json.loads((copy / "manifest.json").read_text())
+    assert man["version"] == STORE_VERSION and ActivationStore(copy).d_in > 0
+    (copy / "manifest.json").write_text(json.dumps({**man, "version": STORE_VERSION + 1}))
+    with pytest.raises(StoreError, match=r"activation store in format 2, and this esmsae reads format 1"):
+        ActivationStore(copy)
