@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from .config import IndexConfig, from_dict, save_json
+from .form_checks import FormError, check_fasta, check_import_source, check_layers
 from .paths import DEMO, ROOT
 from .pipeline import SECTIONS as _ALL_SECTIONS
 from .pipeline import SKIPS, run_pipeline
@@ -45,8 +46,13 @@ def app_presets() -> dict[tuple[str, str], object]:
     first run of minutes (1,024 latents, 2 M tokens). Every other field starts at its
     dataclass default."""
     demo = DEMO
+    # the demo's own protein LM and layer (UniRep-1900, read from the installed package: offline)
+    cfg = json.loads((demo / "sae" / "cfg.json").read_text()) if (demo / "sae" / "cfg.json").exists() else {}
+    name = (cfg.get("base_model") or {}).get("name", "")
+    model = str((demo / "sae" / name).resolve()) if name.startswith(".") else name
     return {
-        ("model", "name"): str(demo / "model") if (demo / "model").exists() else "facebook/esm2_t6_8M_UR50D",
+        ("model", "name"): model or "unirep1900",
+        ("hook", "layers"): [int(cfg.get("layer", 1))],
         ("embed", "fasta"): str(demo / "sample.fasta"),
         ("sae", "n_latents"): 1024,
         ("train", "token_budget"): 2_000_000,
@@ -69,8 +75,11 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     out = {k: from_dict(cls, cfg.get(k, {})) for k, cls in SECTIONS.items()}
     if len(out["hook"].layers) != 1:
         raise JobError("train one layer per run from the app (HookConfig.layers has several)")
-    if not out["embed"].fasta or not Path(out["embed"].fasta).exists():
-        raise JobError(f"EmbedConfig.fasta: data file not found: {out['embed'].fasta!r}")
+    try:  # what the job would reject, refused here in the form's words (esmsae.form_checks)
+        out["embed"] = replace(out["embed"], fasta=str(check_fasta(out["embed"].fasta)))
+        check_layers(out["model"].name, list(out["hook"].layers), out["hook"].site)
+    except FormError as e:
+        raise JobError(str(e)) from None
     return out
 
 
@@ -105,10 +114,11 @@ def start_import(ws: Path, name: str, spec: dict[str, Any], fasta: str, index_co
     unknown = set(spec) - set(IMPORT_KEYS)
     if unknown:
         raise JobError(f"import: unknown field(s) {sorted(unknown)}")
-    if not str(spec.get("source", "")).strip():
-        raise JobError("import: give a hub id (ORG/NAME) or a local file or folder")
-    if not fasta or not Path(fasta).exists():
-        raise JobError(f"import: FASTA to index not found: {fasta!r}")
+    try:
+        check_import_source(str(spec.get("source", "")), str(spec.get("format") or "auto"))
+        fasta = str(check_fasta(fasta, "FASTA to index"))
+    except FormError as e:
+        raise JobError(str(e)) from None
     for key in ("layer", "k"):
         v = spec.get(key)
         if v is not None and (not isinstance(v, int) or v < 0):

@@ -7,6 +7,7 @@ import streamlit as st
 from esmsae import jobs
 from esmsae.config import ConfigError
 from esmsae.fields import field_specs, parse_int_list, parse_zero_number
+from esmsae.form_checks import form_message
 from esmsae.paths import DEMO, shared_data, workspace
 from esmsae.published import import_catalogue
 from esmsae.train import read_metrics
@@ -132,7 +133,7 @@ with tab_import:
             st.session_state["job_pick"] = imp_name
             st.success(f"Started import {imp_name}.")
         except (ConfigError, jobs.JobError, ValueError, OSError) as e:
-            st.error(str(e))
+            st.error(form_message(str(e)))
 
 with tab_train, st.form("train_form"):
     name = st.text_input("Run name", value=f"run-{time.strftime('%Y%m%d-%H%M%S')}", key="run_name",
@@ -169,7 +170,7 @@ if submitted:
         st.session_state["job_pick"] = name  # the Jobs box follows the job just started (Cancel / Resume act on it)
         st.success(f"Started run {name}.")
     except (ConfigError, jobs.JobError, ValueError, OSError) as e:
-        st.error(str(e))
+        st.error(form_message(str(e)))
 
 st.subheader("Jobs")
 listing = jobs.list_jobs(ws)

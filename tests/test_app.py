@@ -312,12 +312,22 @@ def test_training_page_form_and_validation(env):
         at.text_input(key=key).input("3" if key == "cfg_hook_layers" else "auto")
     at.number_input(key="cfg_sae_k").set_value(-3)
     at.button[0].click().run()
-    assert "SAEConfig.k" in at.error[0].value
+    assert "k (active latents per token): must be" in at.error[0].value  # the form's words, not SAEConfig.k
+    assert "SAEConfig" not in at.error[0].value
     at.number_input(key="cfg_sae_k").set_value(8)
-    at.text_input(key="cfg_embed_fasta").input("/nonexistent.fasta")
+    # what the job would reject is refused in the form: a missing file, a file that is not FASTA, a path
+    # leading out of the workspace, a layer the model does not have
+    for fasta, msg in (("/nonexistent.fasta", "data file not found"), ("/etc/passwd", "is not a FASTA file"),
+                       (str(ROOT / "README.md"), "is not a FASTA file"), ("../../../etc/hosts", "leads outside")):
+        at.text_input(key="cfg_embed_fasta").input(fasta)
+        at.button[0].click().run()
+        assert msg in at.error[0].value, (fasta, at.error[0].value)
+    at.text_input(key="cfg_embed_fasta").input(str(DEMO / "sample.fasta"))
+    assert at.text_input(key="cfg_model_name").value == "unirep1900"  # the demo's LM: runs offline
+    at.text_input(key="cfg_hook_layers").input("99")
     at.button[0].click().run()
-    assert "data file not found" in at.error[0].value
-    at.text_input(key="cfg_embed_fasta").input(str(ROOT / "README.md"))
+    assert "Layer(s): 99 does not exist in unirep1900 (site resid: layers 1..1)" in at.error[0].value
+    at.text_input(key="cfg_hook_layers").input("1")
     for bad in ("../escape", "../../etc", "; rm -rf ~"):
         at.text_input(key="run_name").input(bad)
         at.button[0].click().run()

@@ -1,5 +1,6 @@
 """Background training jobs: confinement to the workspace, validation, cancel and resume."""
 import json
+import re
 
 import pytest
 
@@ -34,6 +35,36 @@ def test_validation_names_the_field(tmp_path, esm2_dir, mgen_fasta):
     with pytest.raises(jobs.JobError, match="data file not found"):
         jobs.start(tmp_path, "r", cfg)
     assert not (tmp_path / "r").exists()  # nothing written for a refused job
+
+
+def test_the_form_refuses_what_the_job_would(tmp_path, esm2_dir, mgen_fasta, tiny_sae):
+    """Layer out of the model's range (read from its config), a server file that is not FASTA, a model or
+    an SAE hub id that is not in the (offline) cache, a folder that holds no SAE: refused before
+    anything is written, each naming the form's field; and config errors in the form's words."""
+    from esmsae.form_checks import form_message
+
+    cases = [
+        ({"hook": {"layers": [99], "site": "resid"}}, "Layer(s): 99 does not exist in"),
+        ({"embed": {"fasta": "/etc/passwd"}}, "is not a FASTA file (its first line does not start with '>')"),
+        ({"model": {"name": "nobody/no-such-model"}}, "not in the Hugging Face cache"),
+    ]
+    for patch, msg in cases:
+        cfg = _cfg(esm2_dir, mgen_fasta, 1000)
+        for sec, vals in patch.items():
+            cfg[sec] = {**cfg.get(sec, {}), **vals}
+        with pytest.raises(jobs.JobError, match=re.escape(msg)):
+            jobs.start(tmp_path, "r", cfg)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("hello")
+    for source, msg in (("nobody/no-such-sae", "not in the Hugging Face cache"),
+                        (str(tmp_path / "junk"), "no known SAE layout found"),
+                        (str(tiny_sae), "already an esmsae checkpoint")):
+        with pytest.raises(jobs.JobError, match=re.escape(msg)):
+            jobs.start_import(tmp_path, "imp", {"source": source}, str(mgen_fasta))
+    assert not (tmp_path / "r").exists() and not (tmp_path / "imp").exists()
+    got = form_message("SAEConfig.k: must be in [1, n_latents=16]")
+    assert got == "k (active latents per token): must be in [1, n_latents=16]"
+    assert form_message("x: no known layout; pass --format") == "x: no known layout; choose its format"
 
 
 @pytest.mark.slow
