@@ -340,3 +340,36 @@ def heatmap(m: pd.DataFrame, title: str, xlab: str = "feature", ylab: str = "", 
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=[str(c) for c in m.columns])
     fig.update_layout(height=max(250, 22 * len(m.index) + 120), margin=dict(l=10, r=10, t=40, b=10), title=title)
     return fig
+
+
+def firing_windows(examples: pd.DataFrame, flank: int = 7) -> list[str]:
+    """The residues around each example's strongest position (``flank`` either side), padded with '-'
+    at the protein's ends: the input of :func:`sequence_logo`."""
+    out = []
+    for _, r in examples.iterrows():
+        s, p = r["sequence"], int(r["max_pos"])
+        left = s[max(0, p - flank):p].rjust(flank, "-")
+        right = s[p + 1:p + 1 + flank].ljust(flank, "-")
+        out.append(left + s[p] + right)
+    return out
+
+
+def sequence_logo(windows: list[str], flank: int = 7):
+    """A sequence logo (information content, bits) of the windows around firing positions, drawn by
+    logomaker (Tareen & Kinney 2020) with its standard amino-acid colours; position 0 is the maximum."""
+    import logomaker
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = logomaker.alignment_to_matrix(windows, to_type="counts", characters_to_ignore="-.X")
+    info = logomaker.transform_matrix(counts, from_type="counts", to_type="information")
+    info.index = info.index - flank
+    fig, ax = plt.subplots(figsize=(8, 2.2))
+    logomaker.Logo(info, ax=ax, color_scheme="chemistry")
+    ax.set_xlabel("position relative to the strongest residue")
+    ax.set_ylabel("bits")
+    ax.set_title(f"{len(windows)} top examples", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -3,6 +3,7 @@ file of a checkpoint folder, and the structure files an index names. No SQL here
 read through :class:`esmsae.index.reader.FeatureIndex`."""
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from dataclasses import dataclass
@@ -69,3 +70,26 @@ def structure_file(index, rel: str) -> Path | None:
 def read_text(path: Path) -> str:
     data = path.read_bytes()
     return (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8", errors="replace")
+
+
+@functools.lru_cache(maxsize=4)
+def _structure_chains(path: str) -> dict[tuple[str, str], dict[str, str]]:
+    import csv
+
+    out = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            rel = row["file"].removeprefix("structures/")
+            out[(rel, row["chain"])] = {"title": row.get("title", ""), "uniprot": row.get("uniprot", ""),
+                                        "organism": row.get("organism", "")}
+    return out
+
+
+def structure_info(rel: str, chain: str) -> dict[str, str]:
+    """The PDB title, UniProt accession (SIFTS db reference) and organism of a structure chain, from the
+    shared data's structure links table; {} where that table is not here."""
+    p = shared_data() / "structures" / "links" / "structure_chains.tsv"
+    if not rel or not p.exists():
+        return {}
+    table = _structure_chains(str(p))
+    return table.get((rel, chain)) or table.get((rel.rsplit(".", 1)[0], chain)) or {}

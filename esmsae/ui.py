@@ -87,3 +87,15 @@ def feature_url(f: int, run: Run | None = None) -> str:
 
 def feature_link(f: int, run: Run | None = None) -> None:
     st.page_link("pages/features.py", label=f"Open feature {f}", query_params=feature_query(f, run))
+
+
+def table(df, key: str | None = None, link: dict | None = None, **kw):
+    """st.dataframe with readable column names, number formats and no "nan"/"None" cells
+    (esmsae.columns); ``link``: {column: display text} for LinkColumns. Returns the widget's event."""
+    from .columns import formats, human
+
+    cfg = {c: st.column_config.NumberColumn(format=f) for c, f in formats(df).items()}
+    for c, text in (link or {}).items():
+        cfg[c] = st.column_config.LinkColumn(c, display_text=text)
+    cfg.update(kw.pop("column_config", {}) or {})
+    return st.dataframe(human(df), hide_index=True, key=key, column_config=cfg, **kw)

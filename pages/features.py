@@ -5,20 +5,23 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from esmsae.columns import match_verdict
 from esmsae.index.reader import LabelStoreBusy, set_label
+from esmsae.links import links_markdown
 from esmsae.render import (
-    PQ_COLUMNS,
     activation_hist,
     align_positions,
+    firing_windows,
     format_number,
     group_bar,
     parse_structure,
+    sequence_logo,
     structure_html,
     track_html,
 )
-from esmsae.runs import read_text, structure_file
+from esmsae.runs import read_text, structure_file, structure_info
 from esmsae.scale import FeatureScale, display_scale
-from esmsae.ui import pick_run, require_index
+from esmsae.ui import pick_run, require_index, table
 
 run = pick_run()
 idx = require_index(run)
@@ -36,15 +39,13 @@ def show_table() -> None:
     hide_dead = c5.checkbox("Hide dead", True, key="hide_dead")
     df = idx.features(search=search, concept=concept, min_freq=min_freq, hide_dead=hide_dead, kind=kind)
     st.caption(
-        "best_f1: F1 on held-out test proteins of the concept chosen on validation proteins; best_aa_rule_f1: the best "
-        "single-residue rule ('fire on every L') for that concept on the same test residues."
+        "Best concept F1 (test): F1 on held-out test proteins of the concept chosen on validation proteins; "
+        "single-residue rule F1: the best rule 'fire on every L' for that concept on the same test residues."
+        + (" A search is ranked: features matching a concept first, residue detectors last, then by BM25 relevance."
+           if search else "")
     )
     st.caption(f"{len(df)} features - click a row to open it, or use ?feature=N")
-    ev = st.dataframe(df, hide_index=True, on_select="rerun", selection_mode="single-row", key="ftable",
-                      column_config={"best_f1": st.column_config.NumberColumn(format="%.2f"),
-                                     "freq_residue": st.column_config.NumberColumn(format="%.2e"),
-                                     "freq_protein": st.column_config.NumberColumn(format="%.3f"),
-                                     "max_act": st.column_config.NumberColumn(format="%.3f")})
+    ev = table(df, key="ftable", on_select="rerun", selection_mode="single-row")
     rows = ev.selection.rows if ev and hasattr(ev, "selection") else []
     if rows:
         st.query_params["feature"] = str(int(df.iloc[rows[0]]["feature"]))
@@ -98,13 +99,29 @@ def show_header(f: int, info: dict) -> None:
                 st.error(f"Label not saved: {e}")
 
 
+def protein_name(r) -> str:
+    """The protein's name: its FASTA description, or for a structure chain the PDB entry's title."""
+    name = (r.get("description") or "").strip()
+    if not name and r.get("structure"):
+        name = structure_info(r["structure"], r.get("chain") or "").get("title", "").capitalize()
+    return name
+
+
 def show_examples(f: int, scale) -> None:
     ex = idx.examples(f, "top", 20)
     if ex.empty:
         st.info("No examples: the feature never fires.")
+        return
+    if len(ex) >= 3:
+        with st.expander("Sequence logo of the residues around each top example's maximum", expanded=False):
+            st.pyplot(sequence_logo(firing_windows(ex)), clear_figure=True)
+            st.caption("Information content (bits) at each position relative to the strongest residue of each of the "
+                       "top examples (logomaker). A tall letter at 0 alone is a residue detector; letters either side "
+                       "show the context the feature reads.")
     for _, r in ex.iterrows():
+        name = protein_name(r)
         title = (
-            f"#{r['rank'] + 1}  {r['id']}  {r['organism'] or ''}  (max {r['max_act']:.3f} at"
+            f"#{r['rank'] + 1}  {r['id']}  {name[:80]}  {r['organism'] or ''}  (max {r['max_act']:.3f} at"
             f" {r['sequence'][r['max_pos']]}{r['max_pos'] + 1}, {r['length']} aa)"
         )
         st.html(
@@ -112,6 +129,9 @@ def show_examples(f: int, scale) -> None:
                 r["sequence"], r["positions"], scale(r["values"]), scale.vmax, highlight=int(r["max_pos"]), title=title
             )
         )
+        links = links_markdown(r["id"], r.get("structure") or "")
+        if links:
+            st.markdown(links)
 
 
 def show_ranges(f: int, scale) -> None:
@@ -138,11 +158,7 @@ def show_groups(f: int) -> None:
         g = st.selectbox("Grouping", gs, index=gs.index("kingdom") if "kingdom" in gs else 0, key="feat_grouping")
         gt = idx.group_table(f, g)
         st.plotly_chart(group_bar(gt, g), key="gbar")
-        st.dataframe(
-            gt,
-            hide_index=True,
-            column_config={c: st.column_config.NumberColumn(format=fmt) for c, fmt in PQ_COLUMNS.items()},
-        )
+        table(gt, key="feature_group_table")
 
 
 def show_structure(f: int) -> None:
@@ -160,6 +176,12 @@ def show_structure(f: int) -> None:
         ),
     )
     r = sx.iloc[choice]
+    about = structure_info(r["structure"], r["chain"])
+    name = protein_name(r)
+    st.markdown(f"**{name or r['id']}**" + (f" ({about['organism'].capitalize()})" if about.get("organism") else "")
+                + "  " + links_markdown(r["id"], r["structure"])
+                + (f" · [UniProt {about['uniprot']}](https://www.uniprot.org/uniprotkb/{about['uniprot']}/entry)"
+                   if about.get("uniprot") else ""))
     path = structure_file(idx, r["structure"])
     if path is None:
         st.warning(f"Structure file {r['structure']} is not available here.")
@@ -193,8 +215,8 @@ def show_feature(f: int) -> None:
     info = idx.feature(f)
     show_header(f, info)
     ref_from = display_scale(info)[2]
-    mode = st.radio("Activation scale", ["raw", "max", "idf"], horizontal=True, key="norm_mode",
-                    format_func={"raw": "raw", "max": "/ feature max (0-1)", "idf": "/ max x IDF (ESM C SAE)"}.get,
+    mode = st.radio("Activation scale", ["raw", "max", "max_idf"], horizontal=True, key="norm_mode",
+                    format_func={"raw": "raw", "max": "/ feature max (0-1)", "max_idf": "/ max x IDF (ESM C SAE)"}.get,
                     help=f"max and IDF from {ref_from}")
     scale = FeatureScale(info, mode)
     tabs = st.tabs(["Top examples", "Activation ranges", "Concepts", "Groups", "Structure", "Related features"])
@@ -205,11 +227,11 @@ def show_feature(f: int) -> None:
     with tabs[2]:
         st.caption(
             "Thresholds are fractions of the feature's max (InterPLM); precision per labelled residue, recall per"
-            " domain or per residue by concept kind. Threshold and f1_valid chosen on validation proteins; f1_test,"
-            " precision and recall on held-out test proteins, next to trivial_f1 (fire on every residue) and aa_rule_f1"
-            " (the best single-residue rule)."
+            " domain or per residue by concept kind. Threshold and F1 (valid) chosen on validation proteins; F1 (test),"
+            " precision and recall on held-out test proteins, next to the fire-everywhere F1 and the best"
+            " single-residue rule's F1."
         )
-        st.dataframe(idx.concept_table(f), hide_index=True)
+        table(idx.concept_table(f), key="concept_table")
     with tabs[3]:
         show_groups(f)
     with tabs[4]:
@@ -234,9 +256,15 @@ def show_feature(f: int) -> None:
                     " same comparison against an untrained SAE of the other SAE's shape. A method whose rate is near"
                     " chance says little here."
                 )
-                st.dataframe(sm, hide_index=True, key="match_summary_table")
-            st.dataframe(rel, hide_index=True, key="related_table",
-                         column_config={"score": st.column_config.NumberColumn(format="%.3f")})
+                for _, m in sm.iterrows():
+                    live = m.get("match_rate_live")
+                    use_live = live is not None and not pd.isna(live)
+                    rate, chance = (live, m.get("chance_match_rate_live")) if use_live else (
+                        m["match_rate"], m.get("chance_match_rate"))
+                    st.markdown(f"**{m['method'].replace('_', ' ')}** against {m['other_sae']}: "
+                                f"{match_verdict(rate, chance)}" + (" (live features)" if use_live else ""))
+                table(sm, key="match_summary_table")
+            table(rel, key="related_table")
 
 
 q = st.query_params.get("feature")

@@ -5,8 +5,8 @@ import streamlit as st
 
 from esmsae.analyze import InputError, group_usage, read_uploaded_grouping
 from esmsae.groups import compare, coverage_note, enriched, group_heatmap
-from esmsae.render import PQ_COLUMNS, heatmap
-from esmsae.ui import analyzer_of, pick_run, require_index
+from esmsae.render import heatmap
+from esmsae.ui import analyzer_of, pick_run, require_index, table
 
 
 def group_test_note(t: dict) -> str:
@@ -96,13 +96,13 @@ st.caption(
         " FDR (q); effect size = Mantel-Haenszel log odds ratio. Groups under 5 proteins are not tested."
     )
 )
-st.dataframe(idx.with_labels(enriched(usage, grp)), hide_index=True, key="enriched_table",
-             column_config={c: st.column_config.NumberColumn(format=f) for c, f in PQ_COLUMNS.items()})
+table(idx.with_labels(enriched(usage, grp)), key="enriched_table")
 if "composition_driven" in usage.columns:
     st.caption(
-        "Composition control: q_composition repeats the test stratified by protein length and by the protein's content"
+        "Composition control: 'q, composition-controlled' repeats the test stratified by protein length and by the"
+        " protein's content"
         " of the feature's top amino acid (below 0.75x, 0.75-1.25x, above 1.25x its overall frequency)."
-        " composition_driven = enriched by length alone but not once amino-acid content is stratified: the group's"
+        " 'Composition-driven' = enriched by length alone but not once amino-acid content is stratified: the group's"
         " proteins are richer in that residue, which says nothing new about the group."
     )
 if len(groups_list) >= 2:
@@ -110,4 +110,4 @@ if len(groups_list) >= 2:
     a, b = st.columns(2)
     ga = a.selectbox("Group A", groups_list, index=0, key="ga")
     gb = b.selectbox("Group B", groups_list, index=1, key="gb")
-    st.dataframe(compare(usage, ga, gb), hide_index=True, key="compare_table")
+    table(compare(usage, ga, gb), key="compare_table")

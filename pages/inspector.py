@@ -16,7 +16,7 @@ from esmsae.render import (
     truncation_warnings,
 )
 from esmsae.steer import EDITS, WHERE, Edit, perplexity_name
-from esmsae.ui import analyzer_of, feature_link, feature_url, index_of, pick_run
+from esmsae.ui import analyzer_of, feature_link, feature_url, index_of, pick_run, table
 
 run = pick_run()
 if run is None:
@@ -89,8 +89,8 @@ if state:
     with c1:
         st.markdown("**Features that fire most**")
         top["page"] = [feature_url(f, run) for f in top["feature"]]
-        st.dataframe(top, hide_index=True, key="top_feats",
-                     column_config={"page": st.column_config.LinkColumn("feature page", display_text="open")})
+        table(top.rename(columns={"page": "feature page", "n_residues": "residues where it fires"}), key="top_feats",
+              link={"feature page": "open"})
         for f in top["feature"].head(5):
             feature_link(int(f), run)
     with c2:

@@ -67,14 +67,16 @@ def test_feature_browser_table_search_and_deep_link(env):
     assert len(table) > 10 and {
         "feature",
         "label",
-        "best_concept",
-        "best_f1",
-        "best_aa_rule_f1",
-        "aa_purity",
-        "freq_residue",
-        "max_act",
-        "top_group",
+        "best concept",
+        "best concept F1 (test)",
+        "single-residue rule F1 (test)",
+        "share of firing on it",
+        "residue frequency",
+        "max activation",
+        "top group",
     } <= set(table.columns)
+    raw = {"grp", "n_fire", "frac", "log_odds", "max_pos", "other_sae", "match_rate_live", "best_f1", "freq_residue"}
+    assert not raw & set(table.columns)  # readable column names (esmsae.columns)
     # residue detectors vs context features: two disjoint subsets of the live features
     at.selectbox(key="kind_filter").set_value("residue detectors").run()
     det = set(at.dataframe[0].value["feature"])
@@ -86,6 +88,7 @@ def test_feature_browser_table_search_and_deep_link(env):
     f = int(idx.q("SELECT feature FROM features WHERE NOT dead ORDER BY n_proteins DESC LIMIT 1").iloc[0, 0])
     at.text_input(key="search").input(str(f)).run()
     assert f in at.dataframe[0].value["feature"].tolist()
+    assert "relevance (BM25)" in at.dataframe[0].value.columns  # a search is ranked
     at = ok(page("features", feature=str(f)))
     assert at.title[0].value.startswith(f"Feature {f}")
     assert len(at.tabs) == 6  # ..., Structure, Related features
@@ -212,15 +215,16 @@ def test_groups(env):
             assert (
                 got["feature"].tolist() == want["feature"].tolist()
             )  # the enriched table is exactly the significant rows, by effect
-            assert (got["q"] <= 0.05).all() and (got["grp"] == grp).all()
+            assert (got["q (FDR)"] <= 0.05).all() and (got["group"] == grp).all()  # readable names
         if len(groups) >= 2:
             cmp_ = at.dataframe[1].value
             a, b = at.selectbox(key="ga").value, at.selectbox(key="gb").value
             f0 = int(cmp_["feature"].iloc[0])
             fa = usage[(usage.grp == a) & (usage.feature == f0)]["frac"].sum()
             fb = usage[(usage.grp == b) & (usage.feature == f0)]["frac"].sum()
-            assert cmp_["difference"].iloc[0] == pytest.approx(fa - fb)
-            assert abs(cmp_["difference"].iloc[0]) == pytest.approx(cmp_["difference"].abs().max())
+            d = cmp_["difference (A - B)"]
+            assert d.iloc[0] == pytest.approx(fa - fb)
+            assert abs(d.iloc[0]) == pytest.approx(d.abs().max())
 
 
 def test_enriched_and_compare_known_answer():
@@ -372,6 +376,16 @@ def test_demo_bundle_pages(monkeypatch):
     f = con.execute("SELECT feature FROM features ORDER BY best_f1 DESC LIMIT 1").fetchall()[0][0]
     at = ok(page("features", feature=str(f)))
     assert at.title[0].value.startswith(f"Feature {f}")
+    # the demo's feature page: a sequence logo of the top examples (logomaker), links out for UniProt
+    # proteins, readable tables with no "nan"/"None" cells, and the match rate's verdict against chance
+    assert at.get("image"), "no sequence logo"
+    md = " ".join(m.value for m in at.markdown)
+    assert "https://www.uniprot.org/uniprotkb/" in md and "https://alphafold.ebi.ac.uk/entry/" in md
+    assert ("above chance" in md or "at chance" in md) and "untrained SAE of the same shape" in md
+    for d in at.dataframe:
+        v = d.value
+        assert not {"grp", "n_fire", "frac", "log_odds", "other_sae", "match_rate_live"} & set(v.columns), v.columns
+        assert not v.astype(str).isin(["nan", "None", "NaN"]).any().any(), v.columns
 
 
 def test_pages_open_an_index_with_no_concepts_groups_or_structures(tmp_path, tiny_sae, mgen_fasta, monkeypatch):

@@ -15,9 +15,10 @@ page can show where every word comes from:
 No description is "dead" or "no clear evidence" when nothing qualifies.
 
 DuckDB's full-text-search extension cannot be installed offline (it is downloaded on first
-use), so search is the documented fallback :func:`search_sql`: every query term must occur
-(case-insensitive) in the feature's search text (description, concept, top protein ids and
-names), ranked by how many fields hit; user labels are matched the same way by the app.
+use), so search filters in pandas: every query term must occur (case-insensitive, taken literally:
+``%`` and ``_`` are characters) in the feature's search text (description, concept, top protein ids
+and names) or user label; the hits are ranked by Okapi BM25 (the ``rank_bm25`` library) over the
+same text, with features that match a concept first and residue detectors last.
 """
 from __future__ import annotations
 
@@ -126,13 +127,10 @@ def search_text(desc: pd.DataFrame, features: pd.DataFrame, top_ids: dict[int, l
     )
 
 
+def tokens(text: str) -> list[str]:
+    """Words for BM25 ranking: lower-case runs of letters and digits (UniProt ids stay whole)."""
+    return re.findall(r"[a-z0-9]+", (text or "").lower())
+
+
 def search_terms(query: str) -> list[str]:
     return [t for t in re.split(r"\s+", query.strip().lower()) if t]
-
-
-def search_sql(query: str) -> tuple[str, list[str]]:
-    """(WHERE clause, parameters): every term occurs in ``search_text`` (case-insensitive)."""
-    terms = search_terms(query)
-    if not terms:
-        return "TRUE", []
-    return " AND ".join(["search_text ILIKE ?"] * len(terms)), [f"%{t}%" for t in terms]

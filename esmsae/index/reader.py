@@ -225,9 +225,8 @@ class FeatureIndex:
             params.append(concept)
         df = self.q(
             f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, f.best_aa_rule_f1, f.aa_top,
-            f.aa_purity, f.description, f.search_text, f.freq_residue,
-            f.freq_protein, f.max_act,
-                        f.top_group, f.cluster FROM features f WHERE {' AND '.join(where)}""",
+            f.aa_purity, f.description, f.search_text, f.freq_residue, f.freq_protein, f.max_act, f.top_group,
+            f.cluster, f.matches_concept, f.residue_detector FROM features f WHERE {' AND '.join(where)}""",
             params,
         )
         labels = self.labels()
@@ -249,14 +248,34 @@ class FeatureIndex:
             s = search.strip()
             if s.isdigit():
                 hit |= (df["feature"] == int(s)).to_numpy()
-            df = df[hit]
-        if sort in df.columns:
+            df = df[hit].copy()
+            df["relevance"] = self._bm25_scores(search, labels)[df["feature"].to_numpy()]
+        if search and sort == "feature":
+            # ranked: features matching a concept first, residue detectors last, then BM25 within each tier
+            tier = np.where(df["matches_concept"], 0, np.where(df["residue_detector"], 2, 1))
+            df = df.assign(_tier=tier).sort_values(["_tier", "relevance", "feature"], ascending=[True, False, True])
+        elif sort in df.columns:
             df = df.sort_values(sort, ascending=not descending, kind="stable")
         cols = (
             ["feature", "label", "description", "best_concept", "best_f1", "best_aa_rule_f1", "aa_top", "aa_purity"]
             + ["freq_residue", "freq_protein", "max_act", "top_group"]
+            + (["relevance"] if search else [])
         )
         return df[cols].head(limit).reset_index(drop=True)
+
+    def _bm25_scores(self, query: str, labels: dict[int, str]) -> np.ndarray:
+        """[F] Okapi BM25 score of every feature's search text (description, concept, top protein ids and
+        names) and user label for ``query`` (rank_bm25; the model is built once per index and label set)."""
+        from rank_bm25 import BM25Okapi
+
+        from .describe import tokens
+
+        key = tuple(sorted(labels.items()))
+        if getattr(self, "_bm25", (None,))[0] != key:
+            docs = self.q("SELECT feature, search_text FROM features ORDER BY feature")
+            text = docs["search_text"].fillna("") + " " + docs["feature"].map(labels).fillna("")
+            self._bm25 = (key, BM25Okapi([tokens(t) or ["_"] for t in text]))
+        return np.asarray(self._bm25[1].get_scores(tokens(query)), float)
 
     def feature(self, f: int) -> dict[str, Any]:
         self._check(f)
