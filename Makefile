@@ -60,6 +60,8 @@ bench: venv
 	$(BIN)/python bench/inspector_latency.py
 	$(BIN)/python bench/lm_amp.py
 	$(BIN)/python bench/distributed.py
+	# needs the demo's activation store (make demo): mixed-precision training at UniRep-1900 width
+	$(BIN)/python bench/train_precision.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .npm static/3Dmol-min.js

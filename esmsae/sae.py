@@ -81,6 +81,7 @@ class SAE(nn.Module):
         # Inference only: the encoder matmul's input dtype (None = the weights' dtype); see
         # set_encode_dtype. The low-precision copy of W_enc is cached with the version it came from.
         self.encode_dtype: torch.dtype | None = None
+        self.train_dtype: torch.dtype | None = None  # mixed-precision training (set_train_dtype)
         self._W_enc_lp: tuple[int, Tensor] | None = None
         # how pre-activations become latents: one small object per architecture, chosen once
         self.activation = ACTIVATIONS[cfg.architecture](cfg)
@@ -167,15 +168,37 @@ class SAE(nn.Module):
             buf = self._pre_buf_BF
             if buf is None or buf.shape != shape or buf.dtype != xc_BD.dtype or buf.device != xc_BD.device:
                 buf = self._pre_buf_BF = torch.empty(shape, dtype=xc_BD.dtype, device=xc_BD.device)
-            return torch.addmm(self.b_enc, xc_BD, self.W_enc.t(), out=buf)
+            lp = self.train_dtype
+            if lp is None:
+                return torch.addmm(self.b_enc, xc_BD, self.W_enc.t(), out=buf)
+            # mixed precision (Micikevicius et al. 2018): bf16 operands, fp32 master weights; the product
+            # lands in the fp32 buffer, so top-k selection and AuxK read fp32 values
+            return buf.copy_(torch.mm(xc_BD.to(lp), self.W_enc.detach().to(lp).t())).add_(self.b_enc)
 
     def pre_acts(self, xn_BD: Tensor) -> Tensor:
         return torch.addmm(self.b_enc, xn_BD - self.b_dec, self.W_enc.t())
 
     def _pre(self, xc_BD: Tensor, train: bool) -> Tensor:
-        """Pre-activations of centred inputs: differentiable in training, else the inference encode
-        (which may run in ``encode_dtype``)."""
-        return torch.addmm(self.b_enc, xc_BD, self.W_enc.t()) if train else self._pre_eval(xc_BD)
+        """Pre-activations of centred inputs: differentiable in training (under bf16 autocast with
+        ``train_dtype``: the gradients reach the fp32 weights), else the inference encode (which may run
+        in ``encode_dtype``)."""
+        if not train:
+            return self._pre_eval(xc_BD)
+        if self.train_dtype is None:
+            return torch.addmm(self.b_enc, xc_BD, self.W_enc.t())
+        with torch.autocast(device_type=xc_BD.device.type, dtype=self.train_dtype):
+            return torch.addmm(self.b_enc, xc_BD, self.W_enc.t()).float()
+
+    def set_train_dtype(self, dtype: str | torch.dtype | None) -> "SAE":
+        """Mixed-precision training: the encoder's dense matmul in ``dtype`` ("bfloat16"), everything
+        else (weights, Adam, top-k, AuxK, the sparse decoder and gradients) in fp32. None / "float32"
+        = fp32 throughout."""
+        if isinstance(dtype, str):
+            if dtype not in ("float32", "bfloat16"):
+                raise ValueError(f"training precision must be 'float32' or 'bfloat16', got {dtype!r}")
+            dtype = getattr(torch, dtype)
+        self.train_dtype = None if dtype in (None, self.W_enc.dtype) else dtype
+        return self
 
     def set_encode_dtype(self, dtype: str | torch.dtype | None) -> "SAE":
         """Run the inference encoder's matmul in ``dtype`` ("bfloat16"): inputs, weights and the

@@ -190,7 +190,10 @@ class _Run:
         torch.manual_seed(tcfg.seed)
         # built on the CPU from the seed (the same initial weights on every device and rank:
         # the seed follows the layer's place in the whole run, not in this rank's share), then moved
-        self.saes = {all_names[j]: SAE(scfg, store.d_in, seed=tcfg.seed + j).to(self.device) for j in mine}
+        self.saes = {
+            all_names[j]: SAE(scfg, store.d_in, seed=tcfg.seed + j).to(self.device).set_train_dtype(tcfg.precision)
+            for j in mine
+        }
         # fused=True: one kernel over each parameter instead of a chain of foreach ops with
         # F x D temporaries; 8x faster Adam at d_in 960 x 16,384 latents on this CPU (same maths).
         self.opts = {n: torch.optim.Adam(s.parameters(), lr=self.base_lr, betas=(0.9, 0.999), eps=1e-8, fused=True)

@@ -111,3 +111,31 @@ def test_jumprelu_is_refused_by_train(tmp_path, small_store):
             TrainConfig(store=str(small_store), out=str(tmp_path), layers=[4]),
             SAEConfig(architecture="jumprelu", n_latents=16, k=0),
         )
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_training_matches_fp32(tmp_path, small_store):
+    """Mixed precision (bf16 encoder matmul, fp32 master weights, Adam, top-k and AuxK) on the same
+    tokens and seed ends no more than 2% worse in held-out FVU than fp32 and within 5% either way (on
+    this store: 2.1% and 1.3% *lower* on seeds 0 and 1, where two fp32 seeds differ by 14%), with dead
+    latents within 1% of the dictionary; the run records its precision."""
+    from esmsae.checkpoint import load_sae
+    from esmsae.evaluate import evaluate
+    from esmsae.train import train
+
+    cards, dead = {}, {}
+    for prec in ("float32", "bfloat16"):
+        (d,) = train(
+            TrainConfig(store=str(small_store), out=str(tmp_path / prec), layers=[4], token_budget=200_000,
+                        batch_size=512, seed=0, precision=prec, checkpoint_every=1000),
+            SAEConfig(architecture="topk", n_latents=512, k=16, dead_tokens=20_000),
+            progress=False,
+        )
+        cards[prec] = evaluate(d, EvalConfig(lm_proteins=0))
+        rows = [json.loads(x) for x in (tmp_path / prec / "metrics.jsonl").read_text().splitlines()]
+        dead[prec] = rows[-1]["dead_frac"] * 512
+        assert load_sae(d).meta["train"]["precision"] == prec
+    f32, b16 = cards["float32"]["fvu"], cards["bfloat16"]["fvu"]
+    assert b16 <= 1.02 * f32 and abs(b16 - f32) / f32 < 0.05, (f32, b16)
+    assert abs(dead["bfloat16"] - dead["float32"]) <= 0.01 * 512, dead
+    assert f32 < 0.5  # both learned

@@ -118,6 +118,13 @@ class TrainConfig:
         "Device for the SAEs and batches: auto (CUDA when present), cpu, cuda, cuda:N; checkpoints load on CPU",
         ui=False,
     )
+    precision: str = opt(
+        "float32",
+        "Encoder matmul precision in training: bfloat16 = mixed precision (bf16 matmul inputs, fp32 master weights,"
+        " optimiser, top-k selection, AuxK and decoder; bench/train_throughput.py has its speed and FVU)",
+        choices=("float32", "bfloat16"),
+        label="Training matmul precision",
+    )
     parallel: str = opt(
         "data",
         "Under torchrun: data = DDP over one global batch (batch_size is global, split over ranks); "
