@@ -69,34 +69,9 @@ def summary(card: dict) -> dict:
     if "downstream" in card:
         d = card["downstream"]
         s.update({k: d[k] for k in ("ce_orig", "ce_sae", "ce_mean", "delta_ce_nats", "pct_loss_recovered") if k in d})
-        if "next" in d:
-            s["next"] = {
-                k: d["next"][k]
-                for k in (
-                    "ce_orig",
-                    "ce_sae",
-                    "ce_mean",
-                    "ce_unigram",
-                    "ce_zero",
-                    "delta_ce_nats",
-                    "pct_loss_recovered",
-                    "pct_recovered_vs_zero_ablation",
-                )
-                if k in d["next"]
-            }
-        if "masked" in d:
-            s["masked"] = {
-                k: d["masked"][k]
-                for k in (
-                    "ce_orig",
-                    "ce_sae",
-                    "ce_mean",
-                    "ce_unigram",
-                    "ce_zero",
-                    "delta_ce_nats",
-                    "pct_loss_recovered",
-                    "pct_recovered_vs_zero_ablation",
-                )
-                if k in d["masked"]
-            }
+        protocol = ("ce_orig", "ce_sae", "ce_mean", "ce_unigram", "ce_zero", "delta_ce_nats", "pct_loss_recovered",
+                    "pct_recovered_vs_zero_ablation")
+        for name in ("next", "masked"):
+            if name in d:
+                s[name] = {k: d[name][k] for k in protocol if k in d[name]}
     return s

@@ -34,66 +34,17 @@ def test_init_model_writes_a_loadable_esm2(tmp_path, shared, capsys):
 
 def test_train_lm_command_reports_masked_perplexity(tmp_path, shared, capsys):
     fa = shared / "af3_samples" / "uniref90__subsampled_1000.fasta"
-    assert (
-        main(
-            [
-                "train-lm",
-                "--config-dir",
-                str(shared / "esm2_t6_8M_config"),
-                "--out",
-                str(tmp_path / "lm"),
-                "--fasta",
-                str(fa),
-                "--crop",
-                "62",
-                "--batch-tokens",
-                "1024",
-                "--token-budget",
-                "5120",
-                "--warmup-steps",
-                "2",
-                "--eval-proteins",
-                "20",
-                "--checkpoint-every",
-                "5",
-                "--holdout-fraction",
-                "0.05",
-            ]
-        )
-        == 0
-    )
+    args = [
+        "train-lm", "--config-dir", str(shared / "esm2_t6_8M_config"), "--out", str(tmp_path / "lm"),
+        "--fasta", str(fa), "--crop", "62", "--batch-tokens", "1024", "--token-budget", "5120", "--warmup-steps", "2",
+        "--eval-proteins", "20", "--checkpoint-every", "5", "--holdout-fraction", "0.05",
+    ]
+    assert main(args) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"masked_ppl", "masked_unigram_ppl", "heldout_ppl", "unigram_ppl", "steps"} <= set(out) and out["steps"] == 5
     assert (tmp_path / "lm" / "model.safetensors").exists() and (tmp_path / "lm" / "lm_state.pt").exists()
     # rerunning the finished run resumes at its end instead of starting again
-    assert (
-        main(
-            [
-                "train-lm",
-                "--config-dir",
-                str(shared / "esm2_t6_8M_config"),
-                "--out",
-                str(tmp_path / "lm"),
-                "--fasta",
-                str(fa),
-                "--crop",
-                "62",
-                "--batch-tokens",
-                "1024",
-                "--token-budget",
-                "5120",
-                "--warmup-steps",
-                "2",
-                "--eval-proteins",
-                "20",
-                "--checkpoint-every",
-                "5",
-                "--holdout-fraction",
-                "0.05",
-            ]
-        )
-        == 0
-    )
+    assert main(args) == 0
     assert len((tmp_path / "lm" / "lm_metrics.jsonl").read_text().splitlines()) == 1
 
 

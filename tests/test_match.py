@@ -131,22 +131,9 @@ def test_matches_stored_in_the_index_feed_the_related_panel(built_index, tiny_sa
 
     idx_path = tmp_path / "index.duckdb"
     shutil.copy(built_index[0], idx_path)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "esmsae",
-            "match",
-            str(tiny_sae),
-            str(tiny_sae),
-            "--index",
-            str(idx_path),
-            "--name",
-            "itself",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    cmd = [sys.executable, "-m", "esmsae", "match", str(tiny_sae), str(tiny_sae)]
+    cmd += ["--index", str(idx_path), "--name", "itself"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     idx = FeatureIndex(idx_path)
     for f in (0, 7, 100):
@@ -156,22 +143,7 @@ def test_matches_stored_in_the_index_feed_the_related_panel(built_index, tiny_sa
     # storing again replaces the rows for that SAE, it does not duplicate them
     n = len(idx.related(0))
     idx.con.close()
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "esmsae",
-            "match",
-            str(tiny_sae),
-            str(tiny_sae),
-            "--index",
-            str(idx_path),
-            "--name",
-            "itself",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0 and len(FeatureIndex(idx_path).related(0)) == n
     # the summary per method, next to its chance level (an untrained SAE of B's shape)
     sm = FeatureIndex(idx_path).match_summaries()
