@@ -342,21 +342,25 @@ def heatmap(m: pd.DataFrame, title: str, xlab: str = "feature", ylab: str = "", 
     return fig
 
 
-def firing_windows(examples: pd.DataFrame, flank: int = 7) -> list[str]:
-    """The residues around each example's strongest position (``flank`` either side), padded with '-'
-    at the protein's ends: the input of :func:`sequence_logo`."""
+def firing_windows(examples: pd.DataFrame, flank: int = 7, frac: float = 0.5, cap: int = 400) -> list[str]:
+    """The residues around every firing position of the examples (value >= ``frac`` x that example's
+    max; ``flank`` either side), padded with '-' at the protein's ends: the input of
+    :func:`sequence_logo`. At most ``cap`` windows, strongest examples first."""
     out = []
     for _, r in examples.iterrows():
-        s, p = r["sequence"], int(r["max_pos"])
-        left = s[max(0, p - flank):p].rjust(flank, "-")
-        right = s[p + 1:p + 1 + flank].ljust(flank, "-")
-        out.append(left + s[p] + right)
+        s, vals = r["sequence"], np.asarray(r["values"], float)
+        pos = np.asarray(r["positions"], int)[vals >= frac * float(r["max_act"])]
+        for p in pos:
+            left = s[max(0, p - flank):p].rjust(flank, "-")
+            out.append(left + s[p] + s[p + 1:p + 1 + flank].ljust(flank, "-"))
+            if len(out) >= cap:
+                return out
     return out
 
 
 def sequence_logo(windows: list[str], flank: int = 7):
     """A sequence logo (information content, bits) of the windows around firing positions, drawn by
-    logomaker (Tareen & Kinney 2020) with its standard amino-acid colours; position 0 is the maximum."""
+    logomaker (Tareen & Kinney 2020) in its chemistry colours; position 0 is the firing residue."""
     import logomaker
     import matplotlib
 
@@ -368,8 +372,8 @@ def sequence_logo(windows: list[str], flank: int = 7):
     info.index = info.index - flank
     fig, ax = plt.subplots(figsize=(8, 2.2))
     logomaker.Logo(info, ax=ax, color_scheme="chemistry")
-    ax.set_xlabel("position relative to the strongest residue")
+    ax.set_xlabel("position relative to the firing residue")
     ax.set_ylabel("bits")
-    ax.set_title(f"{len(windows)} top examples", fontsize=9)
+    ax.set_title(f"{len(windows)} firing residues of the top examples", fontsize=9)
     fig.tight_layout()
     return fig

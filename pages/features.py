@@ -112,12 +112,13 @@ def show_examples(f: int, scale) -> None:
     if ex.empty:
         st.info("No examples: the feature never fires.")
         return
-    if len(ex) >= 3:
-        with st.expander("Sequence logo of the residues around each top example's maximum", expanded=False):
+    # drawn on request: a logo of a few hundred windows takes a second or two (matplotlib)
+    if len(ex) and st.toggle("Sequence logo of the residues around the firing positions", key="show_logo"):
+        with st.container(border=True):
             st.pyplot(sequence_logo(firing_windows(ex)), clear_figure=True)
-            st.caption("Information content (bits) at each position relative to the strongest residue of each of the "
-                       "top examples (logomaker). A tall letter at 0 alone is a residue detector; letters either side "
-                       "show the context the feature reads.")
+            st.caption("Information content (bits) at each position relative to every residue of the top examples "
+                       "where the feature reaches half its max in that protein (logomaker). A tall letter at 0 alone "
+                       "is a residue detector; letters either side show the context the feature reads.")
     for _, r in ex.iterrows():
         name = protein_name(r)
         title = (

@@ -378,6 +378,7 @@ def test_demo_bundle_pages(monkeypatch):
     assert at.title[0].value.startswith(f"Feature {f}")
     # the demo's feature page: a sequence logo of the top examples (logomaker), links out for UniProt
     # proteins, readable tables with no "nan"/"None" cells, and the match rate's verdict against chance
+    at.toggle(key="show_logo").set_value(True).run()
     assert at.get("image"), "no sequence logo"
     md = " ".join(m.value for m in at.markdown)
     assert "https://www.uniprot.org/uniprotkb/" in md and "https://alphafold.ebi.ac.uk/entry/" in md

@@ -55,6 +55,8 @@ def test_search_is_ranked_by_tier_then_bm25_and_takes_wildcards_literally():
             assert (np.diff(rel) <= 1e-12).all(), (query, t)
     tm = idx.features(search="transmembrane", hide_dead=False)
     assert info.loc[int(tm["feature"].iloc[0]), "matches_concept"]  # the first hit matches a concept
+    # "transmembrane" also finds TMbed's "TM helix" / "TM strand" features (describe.SYNONYMS)
+    assert tm["best_concept"].head(5).str.startswith("TMbed: TM").all(), tm.head(5)
     # every word must occur, taken literally: SQL wildcards are characters ("e_e" would match "ere" in LIKE)
     text = idx.q("SELECT feature, search_text FROM features").set_index("feature")["search_text"].fillna("").str.lower()
     for q in ("%", "e_e", "100%"):

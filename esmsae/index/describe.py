@@ -127,6 +127,24 @@ def search_text(desc: pd.DataFrame, features: pd.DataFrame, top_ids: dict[int, l
     )
 
 
+# A search word also finds the names the label sets use for it (TMbed's concepts say "TM helix", not
+# "transmembrane"): a term hits when it or one of these occurs, and BM25 scores them too.
+SYNONYMS = {
+    "transmembrane": ("tm helix", "tm strand", "tm-helix", "membrane"),
+    "membrane": ("tm helix", "tm strand"),
+    "helical": ("helix",),
+    "disorder": ("disordered", "chezod"),
+    "disordered": ("disorder", "chezod"),
+    "beta": ("strand", "sheet"),
+    "sheet": ("strand",),
+}
+
+
+def term_variants(term: str) -> tuple[str, ...]:
+    """A search term and the label sets' names for it (:data:`SYNONYMS`)."""
+    return (term, *SYNONYMS.get(term, ()))
+
+
 def tokens(text: str) -> list[str]:
     """Words for BM25 ranking: lower-case runs of letters and digits (UniProt ids stay whole)."""
     return re.findall(r"[a-z0-9]+", (text or "").lower())

@@ -234,7 +234,7 @@ class FeatureIndex:
         if search:
             # every term in the description, concept, top proteins' ids / names or the user label
             # (DuckDB's FTS extension is not installable offline: see index/describe.py)
-            from .describe import search_terms
+            from .describe import search_terms, term_variants
 
             terms = search_terms(search)
             hay = (
@@ -243,8 +243,8 @@ class FeatureIndex:
                 + df["label"].fillna("").str.lower()
             )
             hit = np.ones(len(df), bool)
-            for t in terms:
-                hit &= hay.str.contains(t, regex=False).to_numpy()
+            for t in terms:  # each term, or the label sets' name for it (describe.SYNONYMS)
+                hit &= np.logical_or.reduce([hay.str.contains(v, regex=False).to_numpy() for v in term_variants(t)])
             s = search.strip()
             if s.isdigit():
                 hit |= (df["feature"] == int(s)).to_numpy()
@@ -268,14 +268,15 @@ class FeatureIndex:
         names) and user label for ``query`` (rank_bm25; the model is built once per index and label set)."""
         from rank_bm25 import BM25Okapi
 
-        from .describe import tokens
+        from .describe import search_terms, term_variants, tokens
 
         key = tuple(sorted(labels.items()))
         if getattr(self, "_bm25", (None,))[0] != key:
             docs = self.q("SELECT feature, search_text FROM features ORDER BY feature")
             text = docs["search_text"].fillna("") + " " + docs["feature"].map(labels).fillna("")
             self._bm25 = (key, BM25Okapi([tokens(t) or ["_"] for t in text]))
-        return np.asarray(self._bm25[1].get_scores(tokens(query)), float)
+        words = [w for t in search_terms(query) for v in term_variants(t) for w in tokens(v)]
+        return np.asarray(self._bm25[1].get_scores(words), float)
 
     def feature(self, f: int) -> dict[str, Any]:
         self._check(f)
