@@ -62,6 +62,8 @@ bench: venv
 	$(BIN)/python bench/distributed.py
 	# needs the demo's activation store (make demo): mixed-precision training at UniRep-1900 width
 	$(BIN)/python bench/train_precision.py
+	# page loads in Debian's Chromium (make browser)
+	$(BIN)/python bench/pages.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .npm static/3Dmol-min.js
