@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import islice
 from pathlib import Path
 
 from .config import layer_range
-from .fasta import SequenceError, clean_sequence, open_text
+from .fasta import SequenceError, open_text, read_proteins
 from .lm_names import KNOWN_HUB_MODELS, UNIREP_MODELS
 from .paths import DEMO, ROOT, shared_data, workspace
+from .published.catalogue import KNOWN_MODELS
 
-# blocks of the models esmsae knows by name (the hub ones are read from their config when cached)
-KNOWN_LAYERS = {"esmc_300m": 30, "esmc_600m": 36, **{k: cells for k, (_, cells) in UNIREP_MODELS.items()}}
+# blocks of the local models esmsae knows by name (hub models are read from their config when cached)
+KNOWN_LAYERS = {k: n for k, (fam, n, _) in KNOWN_MODELS.items() if fam in ("esmc", "unirep") and n}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 FASTA_RECORDS_CHECKED = 5
 
@@ -107,26 +109,16 @@ def check_fasta(path: str, field: str = "Proteins (FASTA path)") -> Path:
         raise FormError(f"{field}: {text!r} is a folder, not a FASTA file")
     try:
         with open_text(p) as fh:
-            head = [line.rstrip("\n") for _, line in zip(range(2000), fh)]
+            first = next((line for line in fh if line.strip()), "")
+        if not first.startswith(">"):
+            raise FormError(f"{field}: {text!r} is not a FASTA file (its first line does not start with '>')")
+        # the first records parse as proteins (the reader the job itself uses)
+        for _ in islice(read_proteins(p, unique_ids=False), FASTA_RECORDS_CHECKED):
+            pass
+    except SequenceError as e:
+        raise FormError(f"{field}: {text!r} is not a protein FASTA file: {e}") from None
     except (OSError, UnicodeDecodeError, EOFError) as e:
         raise FormError(f"{field}: {text!r} cannot be read as text ({type(e).__name__})") from None
-    lines = [x for x in head if x.strip()]
-    if not lines or not lines[0].startswith(">"):
-        raise FormError(f"{field}: {text!r} is not a FASTA file (its first line does not start with '>')")
-    records, seq, name = 0, [], lines[0][1:].split()[0] if lines[0][1:].split() else "record 1"
-    for line in lines[1:] + [">"]:
-        if line.startswith(">"):
-            if seq or records < FASTA_RECORDS_CHECKED:
-                try:
-                    clean_sequence("".join(seq), record=name)
-                except SequenceError as e:
-                    raise FormError(f"{field}: {text!r} is not a protein FASTA file: {e}") from None
-            records += 1
-            if records >= FASTA_RECORDS_CHECKED:
-                break
-            seq, name = [], (line[1:].split() or [f"record {records + 1}"])[0]
-        else:
-            seq.append(line.strip())
     return p
 
 

@@ -38,6 +38,7 @@ class FeatureIndex:
         self.con.execute("USE idx")
         self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta").fetchall()}
         check_format(self.meta, self.path)
+        self._bm25: tuple | None = None  # (labels it was built with, BM25Okapi), built on the first search
         self.n_features = int(self.meta["n_latents"])
 
     @functools.cached_property
@@ -271,7 +272,7 @@ class FeatureIndex:
         from .describe import search_terms, term_variants, tokens
 
         key = tuple(sorted(labels.items()))
-        if getattr(self, "_bm25", (None,))[0] != key:
+        if self._bm25 is None or self._bm25[0] != key:
             docs = self.q("SELECT feature, search_text FROM features ORDER BY feature")
             text = docs["search_text"].fillna("") + " " + docs["feature"].map(labels).fillna("")
             self._bm25 = (key, BM25Okapi([tokens(t) or ["_"] for t in text]))
