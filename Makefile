@@ -62,6 +62,10 @@ bench: venv
 	$(BIN)/python bench/distributed.py
 	# needs the demo's activation store (make demo): mixed-precision training at UniRep-1900 width
 	$(BIN)/python bench/train_precision.py
+	# time to a fixed held-out FVU against sparsify on the demo store's UniRep-1900 states (~25 min)
+	$(BIN)/python bench/time_to_quality.py
+	# the UniRep-1900 recurrent forward against this machine's GEMM limit
+	$(BIN)/python bench/unirep_forward.py
 	# page loads in Debian's Chromium (make browser)
 	$(BIN)/python bench/pages.py
 

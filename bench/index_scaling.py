@@ -38,14 +38,15 @@ def make_sae() -> Path:
     from bench.train_throughput import real_acts
     from esmsae.checkpoint import read_cfg, save_sae
     from esmsae.config import SAEConfig
-    from esmsae.sae import SAE, default_lr
+    from esmsae.optim import default_lr
+    from esmsae.sae import SAE
     from esmsae.train import train_step
 
     torch.manual_seed(0)
     X = torch.from_numpy(np.load(real_acts()))
     sae = SAE(SAEConfig(architecture="topk", n_latents=N_LATENTS, k=K, normalize="scalar"), X.shape[1], seed=0)
     sae.fit_normalization(X[:65536])
-    opt = torch.optim.Adam(sae.parameters(), lr=default_lr(N_LATENTS), fused=True)
+    opt = torch.optim.Adam(sae.parameters(), lr=default_lr("adam", N_LATENTS), fused=True)
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
         o = train_step(sae, opt, X[torch.randint(len(X), (4096,), generator=g)])

@@ -1,6 +1,9 @@
 """Page loads in a real browser (Debian's Chromium through Playwright, as tests/test_browser.py drives
 it): for each page of the demo, the time from navigation until its content is on screen, warm (the
 server has opened the index and models once), REPEATS times; and the feature page's tab switches.
+Also, in the same run: in-app navigation (a click on the sidebar link, as a user moves between pages:
+no new browser session), the feature page opened by a click on a row of the feature browser, and the
+floor: a Streamlit page that only writes one line (bench/floor/floor_app.py), loaded the same way.
 Writes bench/results/pages.json with p50 / p95 per page in seconds. Usage: python bench/pages.py"""
 from __future__ import annotations
 
@@ -28,12 +31,14 @@ PAGES = [
     ("sequence inspector", "/inspector", re.compile(r"^Protein sequence or FASTA")),
     ("training", "/training", re.compile(r"^Jobs$")),
 ]
+SIDEBAR = {"overview": "Overview", "feature browser": "Feature browser", "group comparison": "Group comparison",
+           "sequence inspector": "Sequence inspector", "training": "Training"}
 TABS = ["Activation ranges", "Concepts", "Groups", "Structure", "Related features", "Top examples"]
 TAB_CONTENT = {
     "Activation ranges": re.compile(r"^Range "),
     "Concepts": re.compile(r"^Thresholds are fractions"),
     "Groups": re.compile(r"^Grouping$"),
-    "Structure": re.compile(r"^(Protein with a structure|None of the proteins)"),
+    "Structure": re.compile(r"^(\d+ of the top examples|None of the proteins)"),
     "Related features": re.compile(r"^Best matches of this feature"),
     "Top examples": re.compile(r"^#1 "),
 }
@@ -48,6 +53,34 @@ def _free_port() -> int:
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def _floor(b) -> dict:
+    """A one-line Streamlit page, loaded as the app's pages are: the load time no page can beat here."""
+    port = _free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "bench" / "floor" / "floor_app.py"),
+                            "--server.port", str(port), "--server.headless", "true"], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        page = b.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        for _ in range(60):
+            try:
+                page.goto(f"http://127.0.0.1:{port}")
+                page.get_by_text("floor page ready").first.wait_for(timeout=30_000)
+                break
+            except Exception:
+                time.sleep(1)
+        ts = []
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            page.goto(f"http://127.0.0.1:{port}")
+            page.get_by_text("floor page ready").first.wait_for(timeout=60_000)
+            ts.append(time.perf_counter() - t)
+        return {"p50_s": round(statistics.median(ts), 3), "p95_s": round(pct(ts, 0.95), 3),
+                "runs_s": [round(x, 3) for x in ts],
+                "what": "a one-line Streamlit page (bench/floor/floor_app.py), full load: the floor of any page"}
+    finally:
+        srv.terminate()
 
 
 def main() -> None:
@@ -78,6 +111,36 @@ def main() -> None:
                 out["pages"][name] = {"p50_s": round(statistics.median(ts), 3), "p95_s": round(pct(ts, 0.95), 3),
                                       "runs_s": [round(x, 3) for x in ts]}
                 print(name, out["pages"][name], flush=True)
+            # in-app navigation: the sidebar links, round the pages (no new session)
+            ready = {name: r for name, _, r in PAGES}
+            order = ["overview", "feature browser", "group comparison", "sequence inspector", "training"]
+            page.goto(url + "/training")
+            page.get_by_text(ready["training"]).first.wait_for(timeout=120_000)
+            nav: dict[str, list[float]] = {}
+            for _ in range(REPEATS):
+                for name in order:
+                    time.sleep(0.5)
+                    t = time.perf_counter()
+                    page.get_by_test_id("stSidebar").get_by_text(SIDEBAR[name], exact=True).click()
+                    page.get_by_text(ready[name]).first.wait_for(timeout=120_000)
+                    nav.setdefault(name, []).append(time.perf_counter() - t)
+            # the feature page from a click on the feature browser's row (the search narrows it to one row)
+            for _ in range(REPEATS):
+                page.goto(url + "/features")
+                box = page.get_by_label("Search (description, concept, label, protein name or id, feature id)",
+                                        exact=True)
+                box.fill(str(FEATURE))
+                box.press("Enter")
+                page.get_by_text(re.compile(r"^[1-9] features - click a row")).first.wait_for(timeout=120_000)
+                time.sleep(1)
+                bb = page.get_by_test_id("stDataFrame").first.bounding_box()
+                t = time.perf_counter()
+                page.mouse.click(bb["x"] + 12, bb["y"] + 35 + 17)
+                page.get_by_text(ready["feature page"]).first.wait_for(timeout=120_000)
+                nav.setdefault("feature page", []).append(time.perf_counter() - t)
+            out["in_app_navigation"] = {k: {"p50_s": round(statistics.median(v), 3), "p95_s": round(pct(v, 0.95), 3),
+                                            "runs_s": [round(x, 3) for x in v]} for k, v in nav.items()}
+            print("in-app", out["in_app_navigation"], flush=True)
             page.goto(url + f"/features?feature={FEATURE}")
             page.get_by_text(TAB_CONTENT["Top examples"]).first.wait_for(timeout=120_000)
             for _ in range(3):
@@ -88,11 +151,14 @@ def main() -> None:
                     out["tabs"].setdefault(tab, []).append(time.perf_counter() - t)
             out["tabs"] = {k: {"p50_s": round(statistics.median(v), 3), "p95_s": round(pct(v, 0.95), 3)}
                            for k, v in out["tabs"].items()}
+            out["floor"] = _floor(b)
             b.close()
     finally:
         srv.terminate()
     out["settings"] = {"repeats": REPEATS, "feature": FEATURE, "browser": "Debian chromium, headless, 1400x1000",
-                       "what": "navigation until the page's content text is visible (warm server)"}
+                       "what": "pages: a full load (new session) until the page's content text is visible (warm "
+                               "server); in_app_navigation: a sidebar click (or a row click for the feature page) "
+                               "until the content is visible; floor: a one-line Streamlit page, full load"}
     out["targets"] = {"page_p50_s": 1.0, "tab_switch_s": 0.5}
     (ROOT / "bench" / "results" / "pages.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

@@ -16,7 +16,7 @@ import torch
 NORM = "none"  # the same raw activations for both sides
 
 
-def make(impl: str, d: int, n_latents: int, k: int, sample: torch.Tensor):
+def make(impl: str, d: int, n_latents: int, k: int, sample: torch.Tensor, precision: str = "float32"):
     if impl == "esmsae":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from esmsae.config import SAEConfig
@@ -24,6 +24,7 @@ def make(impl: str, d: int, n_latents: int, k: int, sample: torch.Tensor):
 
         sae = SAE(SAEConfig(architecture="topk", n_latents=n_latents, k=k, normalize=NORM), d, seed=0)
         sae.fit_normalization(sample)  # b_dec = data mean, as esmsae's trainer (and sparsify's) do
+        sae.set_train_dtype(precision)  # "bfloat16": `train --precision bfloat16` (fp32 master weights)
 
         def loss(x, dead):
             o = sae(x, dead_mask_F=dead)
@@ -90,8 +91,19 @@ def main() -> None:
     ap.add_argument("--train-tokens", type=int, default=0, help="instead: train this many tokens, report held-out FVU")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--adam", choices=("own", "fused"), default="own")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="esmsae only")
+    ap.add_argument("--curve", type=int, default=0,
+                    help="instead: train through --acts in file order for --train-tokens, evaluating the held-out "
+                         "FVU on --heldout every N steps (untimed); prints the curve")
+    ap.add_argument("--heldout", default="", help=".npy held-out activations for --curve")
+    ap.add_argument("--warmup-steps", type=int, default=32, help="--curve: linear lr warm-up, then constant")
+    ap.add_argument("--recipe", choices=("adam", "signum"), default="adam", help="--curve: see curve()")
+    ap.add_argument("--autocast-bf16", action="store_true", help="--curve: CPU bf16 autocast around the forward")
+    ap.add_argument("--stop-below", type=float, default=0.0, help="--curve: stop at the first FVU at or below this")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.curve:
+        return curve(a)
     X = torch.from_numpy(np.load(a.acts)).float()
     n_hold = min(20_000, len(X) // 5)
     held, train = X[:n_hold], X[n_hold:]
@@ -154,6 +166,104 @@ def main() -> None:
             }
         )
     )
+
+
+def _heldout_fvu(impl: str, sae, held: torch.Tensor) -> float:
+    sae.eval()
+    with torch.no_grad():
+        if impl.startswith("saelens"):
+            rec = sae(held)
+        else:
+            rec = torch.cat([sae(h).sae_out if impl != "esmsae" else sae(h).recon_BD for h in held.split(4096)])
+        fvu = float((rec - held).pow(2).sum(-1).mean() / (held - held.mean(0)).pow(2).sum(-1).mean())
+    sae.train()
+    return fvu
+
+
+def curve(a) -> None:
+    """Time to quality (bench/time_to_quality.py): one pass in file order (the file is pre-shuffled),
+    training time only (the held-out evaluations are not timed), the FVU every ``a.curve`` steps.
+
+    ``--recipe adam``: Adam at the Gao et al. learning rate, linear warm-up then constant, decoder rows
+    re-normalised after each step; AuxK off (no latent is marked dead: sparsify's default auxk_alpha
+    is 0, and esmsae's 1 M-token dead window would only start to count at the end of the run): esmsae's trainer, and
+    sparsify stepped the same way.
+    ``--recipe signum``: for sparsify its 1.3.3 default trainer recipe, SignSGD wrapped in
+    schedule-free (momentum 0.95) at lr 5e-3 / sqrt(latents / 2^14), no AuxK (auxk_alpha = 0), the
+    gradient along decoder rows removed but no per-step re-normalisation; evaluated with the
+    schedule-free averaged weights (``optimizer.eval()``), as its checkpoints are saved; for esmsae
+    ``train --optimizer signum`` (esmsae.optim: the same recipe, AuxK off here as on the other side)."""
+    X = np.load(a.acts, mmap_mode="r")  # float16 [N, d]: read a batch at a time, bounded memory
+    held = torch.from_numpy(np.load(a.heldout).astype(np.float32))
+    d = X.shape[1]
+    sample = torch.from_numpy(np.asarray(X[:8192], dtype=np.float32))
+    sae, loss_fn, post, after = make(a.impl, d, a.n_latents, a.k, sample, a.precision)
+    fused = a.adam == "fused" or a.impl == "esmsae"
+    if a.recipe == "signum" and a.impl == "esmsae":  # `train --optimizer signum`: esmsae.optim
+        from esmsae.optim import averaged_copy, default_lr, make_optimizer
+
+        base_lr = default_lr("signum", a.n_latents)
+        opt = make_optimizer("signum", sae.parameters(), base_lr)
+
+        def after():  # noqa: F811 -- no per-step decoder re-normalisation under schedule-free
+            pass
+    elif a.recipe == "signum":
+        from schedulefree import ScheduleFreeWrapper
+        from sparsify.sign_sgd import SignSGD
+
+        base_lr = 5e-3 / (a.n_latents / 2**14) ** 0.5
+        opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=base_lr)]), momentum=0.95)
+        opt.train()
+
+        def loss_fn(x, dead):  # noqa: F811 -- auxk_alpha = 0: the loss is the FVU alone
+            o = sae(x, dead_mask=None)
+            return o.fvu, o.fvu
+
+        def after():  # noqa: F811 -- sparsify 1.3.3 no longer re-normalises the decoder every step
+            pass
+        fused = False
+    else:
+        base_lr = 2e-4 / (a.n_latents / 2**14) ** 0.5  # both trainers' default (Gao et al. 2024)
+        opt = torch.optim.Adam(sae.parameters(), lr=base_lr, eps=6.25e-10, fused=fused)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast_bf16)
+    dead = torch.zeros(a.n_latents, dtype=torch.bool)
+
+    def evaluate() -> float:
+        if a.recipe == "signum" and a.impl == "esmsae":  # the averaged weights, as a checkpoint saves them
+            return _heldout_fvu(a.impl, averaged_copy(sae, opt), held)
+        if a.recipe == "signum":
+            opt.eval()
+        f = _heldout_fvu(a.impl, sae, held)
+        if a.recipe == "signum":
+            opt.train()
+        return f
+
+    steps = min(a.train_tokens, len(X)) // a.batch
+    points, t_train = [{"step": 0, "tokens": 0, "train_s": 0.0, "fvu": round(evaluate(), 5)}], 0.0
+    for s in range(steps):
+        t = time.perf_counter()
+        x = torch.from_numpy(np.asarray(X[s * a.batch:(s + 1) * a.batch], dtype=np.float32))
+        if a.recipe != "signum":
+            for g in opt.param_groups:
+                g["lr"] = base_lr * min(1.0, (s + 1) / a.warmup_steps)
+        with amp:
+            loss, _ = loss_fn(x, dead)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        post()
+        opt.step()
+        after()
+        t_train += time.perf_counter() - t
+        if (s + 1) % a.curve == 0 or s + 1 == steps:
+            points.append({"step": s + 1, "tokens": (s + 1) * a.batch, "train_s": round(t_train, 3),
+                           "fvu": round(evaluate(), 5)})
+            print(json.dumps(points[-1]), file=sys.stderr, flush=True)
+            if a.stop_below and points[-1]["fvu"] <= a.stop_below:
+                break
+    print(json.dumps({"impl": a.impl, "recipe": a.recipe, "precision": a.precision,
+                      "autocast_bf16": a.autocast_bf16, "adam_fused": fused, "batch": a.batch,
+                      "n_latents": a.n_latents, "k": a.k, "d_in": d, "threads": a.threads, "base_lr": base_lr,
+                      "warmup_steps": a.warmup_steps, "curve": points}))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def format_number(v) -> str:
     v = float(v)
     if not np.isfinite(v):
         return str(v)
-    if v != 0 and abs(v) < 1e-3:
-        return f"{v:.2e}"
+    if v != 0 and abs(v) < 1e-3:  # "3.1e-5": fits a metric tile, where "3.10e-05" was cut to "3.10..."
+        m, e = f"{v:.1e}".split("e")
+        return f"{m}e{int(e)}"
     if abs(v) >= 1e4:
         return f"{v:,.0f}"
     return f"{v:.3g}"
@@ -222,6 +223,70 @@ def track_html(sequence: str, positions, values, vmax: float, highlight: int | N
         ' style="font-family:monospace;font-size:12px;line-height:1.5;word-break:break-all;'
         f'letter-spacing:0.5px">{"".join(cells)}</div>'
     )
+
+
+# categorical palette (Okabe-Ito, readable by colour-blind viewers), then greys
+_LANE_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
+                 "#999999", "#666666")
+
+
+def label_lanes_html(length: int, positions, values, vmax: float, spans: pd.DataFrame, first: str = "") -> str:
+    """Where the feature fires next to the protein's labels, on one position axis (as InterPro draws
+    domains under a sequence): an activation lane, then one lane per label source with its spans
+    coloured by concept (hover: concept and residue range, 1-based). ``spans``: rows of
+    ``FeatureIndex.label_spans`` for this protein; ``first``: a concept whose source goes first (the
+    feature's best concept). Returns "" when the protein has no labels."""
+    if spans is None or spans.empty or length <= 0:
+        return ""
+    vmax = vmax if vmax > 0 else 1.0
+    w = max(100.0 / length, 0.25)
+
+    def bar(a: int, b: int, colour: str, tip: str) -> str:
+        return (f'<span title="{html.escape(tip)}" style="position:absolute;left:{100.0 * a / length:.3f}%;'
+                f'width:{max(100.0 * (b - a) / length, w):.3f}%;top:0;bottom:0;background:{colour}"></span>')
+
+    def lane(name: str, body: str, bold: bool = False) -> str:
+        weight = "font-weight:600;" if bold else ""
+        return (f'<div style="display:flex;align-items:center;gap:6px;margin:1px 0"><div style="width:150px;'
+                f'font-size:11px;{weight}white-space:nowrap;overflow:hidden;text-overflow:ellipsis" '
+                f'title="{html.escape(name)}">{html.escape(name)}</div><div style="position:relative;flex:1;'
+                f'height:10px;background:#f4f4f4">{body}</div></div>')
+
+    acts = "".join(bar(int(p), int(p) + 1, _hex(float(v) / vmax), f"{p + 1}: {float(v):.3f}")
+                   for p, v in zip(positions, values) if float(v) > 0)
+    out = [lane("activation", acts)]
+    first_source = spans.loc[spans["concept"] == first, "source"].iloc[0] if (spans["concept"] == first).any() else ""
+    sources = sorted(spans["source"].unique(), key=lambda s: (s != first_source, s))
+    legend, n_concepts = [], 0  # one colour per concept across all lanes: the legend is shared
+    for src in sources:
+        rows = spans[spans["source"] == src]
+        body, stops = [], []
+        dense = sum(len(x) for x in rows["starts"]) > 60  # per-residue partitions (conservation, SS): one gradient
+        for _, r in rows.iterrows():
+            colour = _LANE_COLOURS[n_concepts % len(_LANE_COLOURS)]
+            n_concepts += 1
+            short = r["concept"].split(": ", 1)[-1]
+            for a, b in zip(r["starts"], r["ends"]):
+                if dense:
+                    stops.append((int(a), int(b), colour))
+                else:
+                    body.append(bar(int(a), int(b), colour, f"{short}: {int(a) + 1}-{int(b)}"))
+            legend.append(f'<span style="white-space:nowrap;margin-right:10px"><span style="display:inline-block;'
+                          f'width:9px;height:9px;background:{colour};margin-right:3px"></span>'
+                          + ("<b>" if r["concept"] == first else "") + html.escape(r["concept"])
+                          + ("</b>" if r["concept"] == first else "") + "</span>")
+        if stops:  # a gradient with hard stops: a few bytes a span instead of an element each
+            g, at = [], 0
+            for a, b, colour in sorted(stops):
+                if a > at:
+                    g.append(f"#f4f4f4 {100.0 * at / length:.2f}% {100.0 * a / length:.2f}%")
+                g.append(f"{colour} {100.0 * a / length:.2f}% {100.0 * b / length:.2f}%")
+                at = b
+            body.append(f'<span title="{html.escape(src)}: {len(stops)} labelled segments" style="position:absolute;'
+                        f'inset:0;background:linear-gradient(to right,{",".join(g)})"></span>')
+        out.append(lane(src, "".join(body), bold=src == first_source))
+    return ('<div class="esmsae-lanes" style="margin:2px 0 10px 0">' + "".join(out)
+            + f'<div style="font-size:11px;color:#444;margin-top:2px">{"".join(legend)}</div></div>')
 
 
 def freq_histogram(features: pd.DataFrame):

@@ -401,8 +401,3 @@ def local_error_variance(e_BD: Tensor) -> Tensor:
     gradient differently and the replicas drift from one process (1.1e-2 after 40 steps, vs 1.8e-7
     with the global value: shared/design/scale_out.md; sparsify #119)."""
     return (e_BD - e_BD.mean(0)).pow(2).sum(-1).mean()
-
-
-def default_lr(n_latents: int) -> float:
-    """Learning-rate scaling with dictionary size (Gao et al. 2024, sec. 2.4)."""
-    return 2e-4 / math.sqrt(n_latents / 2**14)

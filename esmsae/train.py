@@ -27,7 +27,8 @@ from .checkpoint import save_sae
 from .config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, resolve_device, save_json
 from .dist import World, process_group
 from .loader import ShardBatches, TrainError
-from .sae import SAE, default_lr
+from .optim import averaged_copy, default_lr, make_optimizer
+from .sae import SAE
 from .store import ActivationStore
 
 STATE = "state.pt"
@@ -50,11 +51,13 @@ def lr_at(step: int, tcfg: TrainConfig, base_lr: float) -> float:
 
 
 def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_mask_F: torch.Tensor | None = None,
-               l1_coef: float | None = None, lr: float | None = None, forward=None, **batch_stats):
+               l1_coef: float | None = None, lr: float | None = None, forward=None, renorm_decoder: bool = True,
+               **batch_stats):
     """One optimisation step of an SAE (the one copy: the trainer, the tests and the benches):
     forward, backward, remove the gradient component along each decoder row (it would only
     change the row's norm), Adam, re-normalise the decoder rows to unit norm. Returns the
-    forward output (losses, latents). ``forward``: the DDP wrapper of ``sae`` under torchrun,
+    forward output (losses, latents); ``renorm_decoder=False`` for the schedule-free optimiser,
+    whose parameters are an interpolation point. ``forward``: the DDP wrapper of ``sae`` under torchrun,
     whose backward averages the gradients over ranks, with ``batch_stats`` (``error_variance``,
     ``batch_threshold``) computing the global batch's statistics."""
     if lr is not None:
@@ -65,7 +68,8 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_ma
     o.loss.backward()
     sae.remove_gradient_parallel_to_decoder()
     opt.step()
-    sae.set_decoder_norm_to_unit()
+    if renorm_decoder:  # not under schedule-free (signum): rescaling y alone would break its averaging, as in sparsify
+        sae.set_decoder_norm_to_unit()
     return o
 
 
@@ -185,7 +189,7 @@ class _Run:
         self.out.mkdir(parents=True, exist_ok=True)
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
-        self.base_lr = tcfg.lr or default_lr(scfg.n_latents)
+        self.base_lr = tcfg.lr or default_lr(tcfg.optimizer, scfg.n_latents)
         self.device = torch.device(w.device(resolve_device(tcfg.device)))
         torch.manual_seed(tcfg.seed)
         # built on the CPU from the seed (the same initial weights on every device and rank:
@@ -194,10 +198,7 @@ class _Run:
             all_names[j]: SAE(scfg, store.d_in, seed=tcfg.seed + j).to(self.device).set_train_dtype(tcfg.precision)
             for j in mine
         }
-        # fused=True: one kernel over each parameter instead of a chain of foreach ops with
-        # F x D temporaries; 8x faster Adam at d_in 960 x 16,384 latents on this CPU (same maths).
-        self.opts = {n: torch.optim.Adam(s.parameters(), lr=self.base_lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
-                     for n, s in self.saes.items()}
+        self.opts = {n: make_optimizer(tcfg.optimizer, s.parameters(), self.base_lr) for n, s in self.saes.items()}
         self.since_fired = {n: torch.zeros(scfg.n_latents, dtype=torch.long, device=self.device) for n in self.names}
         # data-parallel: each rank draws the same global batch and keeps its rows of it
         part = (w.rank, w.size) if self.data_parallel else (0, 1)
@@ -269,7 +270,8 @@ class _Run:
         for layer, n in zip(self.layers, self.names):
             # BatchTopK is saved as JumpReLU with its learned threshold (the inference form, as SAELens)
             meta = sae_meta(self.store, layer, self.tcfg, self.step, tokens, trained_as=self.scfg.architecture)
-            save_sae(self.saes[n].for_inference(), self.out / n, meta)
+            # schedule-free: the averaged weights x, not the training point y (esmsae.optim)
+            save_sae(averaged_copy(self.saes[n], self.opts[n]).for_inference(), self.out / n, meta)
         _atomic_torch_save(
             {
                 "step": self.step,
@@ -287,7 +289,8 @@ class _Run:
     def step_all(self, batch: dict[str, torch.Tensor], acc: dict[str, dict[str, float]]) -> float:
         """One optimisation step of every layer's SAE on its batch; running sums go to ``acc``."""
         scfg = self.scfg
-        lr = lr_at(self.step, self.tcfg, self.base_lr)
+        # signum is schedule-free: a constant rate (the averaging does what a decay would)
+        lr = self.base_lr if self.tcfg.optimizer == "signum" else lr_at(self.step, self.tcfg, self.base_lr)
         l1c = scfg.l1_coef * min(1.0, (self.step + 1) / max(1, self.tcfg.l1_warmup_steps))
         for n in self.names:
             sae, x = self.saes[n], batch[n].to(self.device, non_blocking=True)
@@ -298,6 +301,7 @@ class _Run:
                 dead_mask_F=self.since_fired[n] >= scfg.dead_tokens,
                 l1_coef=l1c,
                 lr=lr,
+                renorm_decoder=self.tcfg.optimizer != "signum",
                 forward=self.forwards.get(n),
                 **self.batch_stats,
             )

@@ -13,6 +13,23 @@ def _index(path: str, mtime: float) -> FeatureIndex:
     return FeatureIndex(path)
 
 
+def ensure_navigation() -> None:
+    """Serve every page through app.py's navigation (sidebar links, wide layout, the run picker).
+
+    Streamlit decides per process, from the folder name ``pages/``, to run a deep link such as
+    /features?feature=3 as a v1 multipage app: the page file alone, without app.py, until some
+    session has run app.py's ``st.navigation`` (its PagesManager flag). A page reached that way
+    turns the flag off and reruns, once per server process, so the rerun goes through app.py."""
+    import sys
+
+    from streamlit.runtime.pages_manager import PagesManager
+
+    # a server only: AppTest opens page files itself, by their v1 page hashes, which app.py's pages lack
+    if PagesManager.uses_pages_directory and "streamlit.testing.v1.app_test" not in sys.modules:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def index_of(run: Run) -> FeatureIndex | None:
     if run.index is None or not run.index.exists():
         return None
@@ -24,6 +41,21 @@ def _analyzer(sae_dir: str, mtime: float):
     from .analyze import Analyzer
 
     return Analyzer(sae_dir)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _cached(path: str, mtime: float, name: str, args: tuple, _fn):
+    return _fn(*args)
+
+
+def cached(idx: FeatureIndex, name: str, fn, *args):
+    """``fn(*args)`` computed once per index file (its path and mtime: a rebuilt index gets a fresh
+    value) and ``name`` / ``args``: figures and tables every visit of a page would rebuild (the feature
+    map of every feature, the frequency histogram). Shared by all sessions, never mutated by a page."""
+    from pathlib import Path
+
+    p = Path(idx.path)
+    return _cached(str(p), p.stat().st_mtime, name, tuple(args), fn)
 
 
 def analyzer_of(run: Run):

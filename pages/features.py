@@ -1,7 +1,7 @@
 """Feature browser: searchable table; a feature's page (deep link ?feature=N)."""
 import json
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -10,19 +10,19 @@ from esmsae.index.reader import LabelStoreBusy, set_label
 from esmsae.links import links_markdown
 from esmsae.render import (
     activation_hist,
-    align_positions,
     firing_windows,
     format_number,
     group_bar,
-    parse_structure,
+    label_lanes_html,
     sequence_logo,
-    structure_html,
     track_html,
 )
-from esmsae.runs import read_text, structure_file, structure_info
+from esmsae.runs import structure_info
 from esmsae.scale import FeatureScale, display_scale
-from esmsae.ui import pick_run, require_index, table
+from esmsae.structure_view import colour_chain, structures_for
+from esmsae.ui import ensure_navigation, pick_run, require_index, table
 
+ensure_navigation()
 run = pick_run()
 idx = require_index(run)
 
@@ -107,7 +107,7 @@ def protein_name(r) -> str:
     return name
 
 
-def show_examples(f: int, scale) -> None:
+def show_examples(f: int, scale, best_concept: str = "") -> None:
     ex = idx.examples(f, "top", 20)
     if ex.empty:
         st.info("No examples: the feature never fires.")
@@ -119,6 +119,11 @@ def show_examples(f: int, scale) -> None:
             st.caption("Information content (bits) at each position relative to every residue of the top examples "
                        "where the feature reaches half its max in that protein (logomaker). A tall letter at 0 alone "
                        "is a residue detector; letters either side show the context the feature reads.")
+    spans = idx.label_spans(ex["pidx"])
+    lanes = not spans.empty and st.toggle("Labels under each track", value=True, key="show_lanes",
+                                          help="the protein's per-residue labels (UniProt, TMbed, secondary structure,"
+                                               " binding, conservation, disorder, solvent accessibility) on the same"
+                                               " position axis as the feature's activation")
     for _, r in ex.iterrows():
         name = protein_name(r)
         title = (
@@ -130,6 +135,10 @@ def show_examples(f: int, scale) -> None:
                 r["sequence"], r["positions"], scale(r["values"]), scale.vmax, highlight=int(r["max_pos"]), title=title
             )
         )
+        lane_html = label_lanes_html(int(r["length"]), r["positions"], scale(r["values"]), scale.vmax,
+                                     spans[spans["pidx"] == r["pidx"]], first=best_concept) if lanes else ""
+        if lane_html:
+            st.html(lane_html)
         links = links_markdown(r["id"], r.get("structure") or "")
         if links:
             st.markdown(links)
@@ -162,54 +171,94 @@ def show_groups(f: int) -> None:
         table(gt, key="feature_group_table")
 
 
-def show_structure(f: int) -> None:
-    sx = idx.structure_examples(f)
-    if sx.empty:
-        st.info("None of the proteins with a structure activates this feature.")
+def structure_candidates(f: int) -> list[dict]:
+    """The feature's top examples that have a structure (their own chain, or one the shared links tie to
+    them), then the proteins with a structure that activate it most; one entry per chain."""
+    out, seen = [], set()
+    top = idx.examples(f, "top", 20)
+    rows = [("top example", r) for _, r in top.iterrows()] + [
+        ("protein with a structure", r) for _, r in idx.structure_examples(f, 8).iterrows()]
+    for kind, r in rows:
+        for rel, chain in structures_for(r["id"], r["sequence"], r.get("structure") or "", r.get("chain") or "")[:1]:
+            if (rel, chain) not in seen:
+                seen.add((rel, chain))
+                out.append({"kind": kind, "rank": int(r["rank"]) + 1 if kind == "top example" else None,
+                            "rel": rel, "chain": chain, "row": r})
+    return out
+
+
+def show_structure(f: int, vmax: float) -> None:
+    cands = structure_candidates(f)
+    if not cands:
+        st.info("None of the proteins with a structure activates this feature, and none of its top examples has a"
+                " structure in the shared structure links.")
         return
-    choice = st.selectbox(
-        "Protein with a structure",
-        list(range(len(sx))),
-        key="struct_pick",
-        format_func=lambda i: (
-            f"{sx.iloc[i]['id']} ({sx.iloc[i]['structure']} chain {sx.iloc[i]['chain']}, "
-            f"max {sx.iloc[i]['max_act']:.3f})"
-        ),
+    n_top = sum(c["kind"] == "top example" for c in cands)
+    st.caption(f"{n_top} of the top examples {'has' if n_top == 1 else 'have'} a structure here; "
+               f"{len(cands) - n_top} more proteins with a structure activate the feature. Each chain is coloured by "
+               "the feature on one scale (the feature's max), mapped through a sequence alignment, so unresolved "
+               "residues are skipped.")
+    shown = cands[:4]
+    cols = st.columns(2)
+    for i, c in enumerate(shown):
+        r = c["row"]
+        with cols[i % 2]:
+            about = structure_info(c["rel"], c["chain"])
+            name = protein_name(r) or about.get("title", "").capitalize()
+            where = f"top example #{c['rank']}" if c["rank"] else "protein with a structure"
+            st.markdown(f"**{r['id']}** ({where}, max {r['max_act']:.3f}) {name[:70]}  \n"
+                        + links_markdown(r["id"], c["rel"]) + f" · chain {c['chain']}")
+            v = colour_chain(idx, c["rel"], c["chain"], r["sequence"], r["positions"], r["values"], vmax, height=320)
+            if v.error:
+                st.warning(v.error)
+                continue
+            if v.note:
+                st.caption(v.note)
+            st.iframe(v.html, height=340)
+    if len(cands) > len(shown):
+        st.caption("More chains: " + ", ".join(f"{c['row']['id']} ({Path(c['rel']).name} {c['chain']})"
+                                              for c in cands[len(shown):]))
+
+
+def show_concepts(f: int) -> None:
+    st.caption(
+        "Thresholds are fractions of the feature's max (InterPLM); precision per labelled residue, recall per"
+        " domain or per residue by concept kind. Threshold and F1 (valid) chosen on validation proteins; F1 (test),"
+        " precision and recall on held-out test proteins, next to the fire-everywhere F1 and the best"
+        " single-residue rule's F1."
     )
-    r = sx.iloc[choice]
-    about = structure_info(r["structure"], r["chain"])
-    name = protein_name(r)
-    st.markdown(f"**{name or r['id']}**" + (f" ({about['organism'].capitalize()})" if about.get("organism") else "")
-                + "  " + links_markdown(r["id"], r["structure"])
-                + (f" · [UniProt {about['uniprot']}](https://www.uniprot.org/uniprotkb/{about['uniprot']}/entry)"
-                   if about.get("uniprot") else ""))
-    path = structure_file(idx, r["structure"])
-    if path is None:
-        st.warning(f"Structure file {r['structure']} is not available here.")
-        return
-    fmt = "cif" if ".cif" in path.name else "pdb"
-    text = read_text(path)
-    seq, resi = parse_structure(text, fmt).get(r["chain"], ("", []))
-    # the chain's atom sequence may lack residues (unresolved) or differ at ends: map by aligned blocks
-    to_chain = align_positions(r["sequence"], seq)
-    pos = np.asarray(r["positions"], int)
-    hit = np.array([p in to_chain for p in pos], bool)
-    if not len(seq) or len(to_chain) < 0.5 * min(len(seq), len(r["sequence"])):
-        st.warning(f"Chain {r['chain']} of {path.name} does not align with the indexed sequence; colouring skipped.")
-        return
-    vals = np.zeros(len(seq))
-    vals[[to_chain[p] for p in pos[hit]]] = np.asarray(r["values"])[hit]
-    if seq != r["sequence"]:
+    table(idx.concept_table(f), key="concept_table")
+
+
+def show_related(f: int) -> None:
+    rel = idx.related(f)
+    if rel.empty:
+        st.info(
+            "No other SAE matched into this index yet: `python -m esmsae match THIS_SAE OTHER_SAE --index"
+            " THIS_INDEX` stores the best matches (decoder cosine, same width; activation correlation with --fasta,"
+            " any two SAEs)."
+        )
+    else:
         st.caption(
-            f"The chain's atom sequence differs from the indexed sequence ({len(seq)} vs {len(r['sequence'])}"
-            f" residues): {len(to_chain)} residues aligned, {int(hit.sum())} of {len(pos)} firing residues coloured."
+            "Best matches of this feature in other SAEs; split = several features of the other SAE map to this one "
+            "(feature splitting)."
         )
-    st.iframe(structure_html(text, fmt, r["chain"], resi, vals, float(r["max_act"])), height=440)
-    st.html(
-        track_html(
-            r["sequence"], r["positions"], r["values"], float(r["max_act"]), title=f"{r['id']} chain {r['chain']}"
-        )
-    )
+        sm = idx.match_summaries()
+        if not sm.empty:
+            st.caption(
+                "How often a feature has a counterpart (best score >= threshold), next to the chance level: the"
+                " same comparison against an untrained SAE of the other SAE's shape. A method whose rate is near"
+                " chance says little here."
+            )
+            for _, m in sm.iterrows():
+                live = m.get("match_rate_live")
+                use_live = live is not None and not pd.isna(live)
+                rate, chance = (live, m.get("chance_match_rate_live")) if use_live else (
+                    m["match_rate"], m.get("chance_match_rate"))
+                st.markdown(f"**{m['method'].replace('_', ' ')}** against {m['other_sae']}: "
+                            f"{match_verdict(rate, chance)}" + (" (live features)" if use_live else ""))
+            table(sm, key="match_summary_table")
+        table(rel, key="related_table")
 
 
 def show_feature(f: int) -> None:
@@ -220,53 +269,34 @@ def show_feature(f: int) -> None:
                     format_func={"raw": "raw", "max": "/ feature max (0-1)", "max_idf": "/ max x IDF (ESM C SAE)"}.get,
                     help=f"max and IDF from {ref_from}")
     scale = FeatureScale(info, mode)
-    tabs = st.tabs(["Top examples", "Activation ranges", "Concepts", "Groups", "Structure", "Related features"])
-    with tabs[0]:
-        show_examples(f, scale)
-    with tabs[1]:
-        show_ranges(f, scale)
-    with tabs[2]:
-        st.caption(
-            "Thresholds are fractions of the feature's max (InterPLM); precision per labelled residue, recall per"
-            " domain or per residue by concept kind. Threshold and F1 (valid) chosen on validation proteins; F1 (test),"
-            " precision and recall on held-out test proteins, next to the fire-everywhere F1 and the best"
-            " single-residue rule's F1."
-        )
-        table(idx.concept_table(f), key="concept_table")
-    with tabs[3]:
-        show_groups(f)
-    with tabs[4]:
-        show_structure(f)
-    with tabs[5]:
-        rel = idx.related(f)
-        if rel.empty:
-            st.info(
-                "No other SAE matched into this index yet: `python -m esmsae match THIS_SAE OTHER_SAE --index"
-                " THIS_INDEX` stores the best matches (decoder cosine, same width; activation correlation with --fasta,"
-                " any two SAEs)."
-            )
-        else:
-            st.caption(
-                "Best matches of this feature in other SAEs; split = several features of the other SAE map to this one "
-                "(feature splitting)."
-            )
-            sm = idx.match_summaries()
-            if not sm.empty:
-                st.caption(
-                    "How often a feature has a counterpart (best score >= threshold), next to the chance level: the"
-                    " same comparison against an untrained SAE of the other SAE's shape. A method whose rate is near"
-                    " chance says little here."
-                )
-                for _, m in sm.iterrows():
-                    live = m.get("match_rate_live")
-                    use_live = live is not None and not pd.isna(live)
-                    rate, chance = (live, m.get("chance_match_rate_live")) if use_live else (
-                        m["match_rate"], m.get("chance_match_rate"))
-                    st.markdown(f"**{m['method'].replace('_', ' ')}** against {m['other_sae']}: "
-                                f"{match_verdict(rate, chance)}" + (" (live features)" if use_live else ""))
-                table(sm, key="match_summary_table")
-            table(rel, key="related_table")
+    feature_tabs(f, info, scale)
 
+
+@st.fragment
+def feature_tabs(f: int, info: dict, scale) -> None:
+    """Lazy tabs: only the open tab's content runs (a page load or a tab switch pays for one tab), and a
+    switch reruns this fragment only, not the header above it. The open tab is in the URL
+    (?tab=Structure), so a link can open a feature on any tab."""
+    names = ["Top examples", "Activation ranges", "Concepts", "Groups", "Structure", "Related features"]
+    tabs = dict(zip(names, st.tabs(names, key="tab", bind="query-params")))
+    with tabs["Top examples"]:
+        if tabs["Top examples"].open is not False:
+            show_examples(f, scale, info.get("best_concept") or "")
+    with tabs["Activation ranges"]:
+        if tabs["Activation ranges"].open:
+            show_ranges(f, scale)
+    with tabs["Concepts"]:
+        if tabs["Concepts"].open:
+            show_concepts(f)
+    with tabs["Groups"]:
+        if tabs["Groups"].open:
+            show_groups(f)
+    with tabs["Structure"]:
+        if tabs["Structure"].open:
+            show_structure(f, float(info["max_act"] or 0))
+    with tabs["Related features"]:
+        if tabs["Related features"].open:
+            show_related(f)
 
 q = st.query_params.get("feature")
 if q is None:

@@ -6,7 +6,7 @@ import streamlit as st
 from esmsae.analyze import InputError, group_usage, read_uploaded_grouping
 from esmsae.groups import compare, coverage_note, enriched, group_heatmap
 from esmsae.render import heatmap
-from esmsae.ui import analyzer_of, pick_run, require_index, table
+from esmsae.ui import analyzer_of, ensure_navigation, pick_run, require_index, table
 
 
 def group_test_note(t: dict) -> str:
@@ -22,6 +22,7 @@ def group_test_note(t: dict) -> str:
         " Benjamini-Hochberg FDR (q); effect size = log odds ratio."
     )
 
+ensure_navigation()
 run = pick_run()
 idx = require_index(run)
 st.title("Group comparison")

@@ -16,8 +16,9 @@ from esmsae.render import (
     truncation_warnings,
 )
 from esmsae.steer import EDITS, WHERE, Edit, perplexity_name
-from esmsae.ui import analyzer_of, feature_link, feature_url, index_of, pick_run, table
+from esmsae.ui import analyzer_of, ensure_navigation, feature_link, feature_url, index_of, pick_run, table
 
+ensure_navigation()
 run = pick_run()
 if run is None:
     st.stop()

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from esmsae.render import feature_map, format_number, freq_histogram, lm_curve_figure
-from esmsae.ui import feature_query, pick_run, require_index
+from esmsae.ui import cached, ensure_navigation, feature_query, pick_run, require_index
 
 
 def precision_note(encode_dtype: str) -> str:
@@ -36,6 +36,7 @@ def lm_note(ev: dict) -> str:
     )
 
 
+ensure_navigation()
 run = pick_run()
 idx = require_index(run)
 st.title("esmsae: sparse autoencoder features of protein language models")
@@ -73,9 +74,8 @@ cols = st.columns(6)
 for i, (k, v) in enumerate(card.items()):
     cols[i % 6].metric(k, format_number(v))
 left, right = st.columns([1, 2])
-feats = idx.features(hide_dead=False)
 with left:
-    st.plotly_chart(freq_histogram(feats), key="freq_hist")
+    st.plotly_chart(cached(idx, "freq_hist", lambda: freq_histogram(idx.features(hide_dead=False))), key="freq_hist")
     st.markdown("**Concepts: the best feature against the best baseline**")
     st.dataframe(idx.concept_summary().head(40), hide_index=True, key="concept_summary")
     st.caption(
@@ -89,7 +89,8 @@ with right:
     color = st.radio("Colour by", ["best concept", "frequency", "cluster", "dead"], horizontal=True, key="map_color",
                      help="cluster: k-means of the decoder directions; dead: never fired on the indexed proteins")
     ev = st.plotly_chart(
-        feature_map(idx.feature_points(), {"best concept": "best_concept"}.get(color, color)),
+        cached(idx, "feature_map", lambda c: feature_map(idx.feature_points(), c),
+               {"best concept": "best_concept"}.get(color, color)),
         key="fmap",
         on_select="rerun",
         selection_mode="points",

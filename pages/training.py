@@ -11,6 +11,7 @@ from esmsae.form_checks import form_message
 from esmsae.paths import DEMO, shared_data, workspace
 from esmsae.published import import_catalogue
 from esmsae.train import read_metrics
+from esmsae.ui import ensure_navigation
 
 
 def parse_optional_int(text: str, field_name: str) -> int | None:
@@ -27,6 +28,7 @@ def parse_optional_int(text: str, field_name: str) -> int | None:
     return v
 
 
+ensure_navigation()
 st.title("Train an SAE")
 ws = workspace()
 # what the pipeline sets itself (store and run folders, the evaluation seed) is not asked for;

@@ -154,3 +154,19 @@ def built_index(tmp_path_factory, tiny_sae, mgen_full, shared, esm2_dir):
     finally:
         idx_mod.EXAMPLE_BLOCK = block
     return path, cfg
+
+
+@pytest.fixture(scope="session")
+def plain_run(tmp_path_factory, tiny_sae, mgen_fasta):
+    """A checkpoint folder with the README's simplest index (no --concepts, no groups, no structures),
+    shared by the AppTest and the browser journey that open every page on it."""
+    import shutil
+
+    from esmsae.config import IndexConfig
+    from esmsae.index import build_index
+
+    ck = tmp_path_factory.mktemp("plain") / "L4_resid"
+    shutil.copytree(tiny_sae, ck)
+    build_index(IndexConfig(sae=str(ck), out=str(ck / "index.duckdb"), fasta=[str(mgen_fasta)], top_n=3, umap=False,
+                            batch_tokens=2048), progress=False)
+    return ck

@@ -14,6 +14,7 @@ from esmsae.runs import list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
+FEATURE_TABS = ("Top examples", "Activation ranges", "Concepts", "Groups", "Structure", "Related features")
 
 
 @pytest.fixture()
@@ -111,8 +112,11 @@ def test_feature_page_structure(env):
     s = idx.q("SELECT feature FROM structure_tracks ORDER BY max_act DESC LIMIT 1")
     assert len(s), "the tiny index has structure proteins"
     at = ok(page("features", feature=str(int(s.iloc[0, 0]))))
+    assert not at.get("iframe"), "tabs are lazy: the Structure tab runs only when it is open"
+    at = ok(page("features", feature=str(int(s.iloc[0, 0])), tab="Structure"))
     frames = at.get("iframe")
     assert frames and "3Dmol-min.js" in str(frames[0].proto)
+    assert any("have a structure here" in c.value or "has a structure here" in c.value for c in at.caption)
 
 
 def test_inspector(env):
@@ -382,29 +386,29 @@ def test_demo_bundle_pages(monkeypatch):
     assert at.get("image"), "no sequence logo"
     md = " ".join(m.value for m in at.markdown)
     assert "https://www.uniprot.org/uniprotkb/" in md and "https://alphafold.ebi.ac.uk/entry/" in md
+    # the labels under each track (label_spans): the protein's own labels on the activation's axis
+    lanes = [h.proto.body for h in at.get("html") if "esmsae-lanes" in h.proto.body]
+    assert lanes and "activation" in lanes[0], "no label lanes under the top examples"
+    md, frames = "", []
+    for tab in FEATURE_TABS:  # tabs are lazy: open each one
+        at = ok(page("features", feature=str(f), tab=tab))
+        md += " ".join(m.value for m in at.markdown)
+        frames += at.get("iframe")
+        for d in at.dataframe:
+            v = d.value
+            assert not {"grp", "n_fire", "frac", "log_odds", "other_sae", "match_rate_live"} & set(v.columns), v.columns
+            assert not v.astype(str).isin(["nan", "None", "NaN"]).any().any(), v.columns
     assert ("above chance" in md or "at chance" in md) and "untrained SAE of the same shape" in md
-    for d in at.dataframe:
-        v = d.value
-        assert not {"grp", "n_fire", "frac", "log_odds", "other_sae", "match_rate_live"} & set(v.columns), v.columns
-        assert not v.astype(str).isin(["nan", "None", "NaN"]).any().any(), v.columns
+    assert frames, "the Structure tab shows no structure for the demo's best feature"
 
 
-def test_pages_open_an_index_with_no_concepts_groups_or_structures(tmp_path, tiny_sae, mgen_fasta, monkeypatch):
+def test_pages_open_an_index_with_no_concepts_groups_or_structures(tmp_path, plain_run, monkeypatch):
     """The README's simplest index (no --concepts, no groups, no structures) opens on every page."""
     import shutil
 
-    from esmsae.config import IndexConfig
-    from esmsae.index import build_index
-
     ws = tmp_path / "ws"
     ck = ws / "plain" / "L4_resid"
-    shutil.copytree(tiny_sae, ck)
-    build_index(
-        IndexConfig(
-            sae=str(ck), out=str(ck / "index.duckdb"), fasta=[str(mgen_fasta)], top_n=3, umap=False, batch_tokens=2048
-        ),
-        progress=False,
-    )
+    shutil.copytree(plain_run, ck)
     monkeypatch.setenv("ESMSAE_WORKSPACE", str(ws))
     monkeypatch.setenv("ESMSAE_DEMO", str(tmp_path / "no-demo"))
     monkeypatch.chdir(ROOT)
@@ -413,4 +417,5 @@ def test_pages_open_an_index_with_no_concepts_groups_or_structures(tmp_path, tin
     f = int(
         FeatureIndex(ck / "index.duckdb").q("SELECT feature FROM features WHERE NOT dead LIMIT 1")["feature"].iloc[0]
     )
-    ok(page("features", feature=str(f)))
+    for tab in FEATURE_TABS:
+        ok(page("features", feature=str(f), tab=tab))

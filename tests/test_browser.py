@@ -1,6 +1,7 @@
 """The main user journeys in a real browser: Playwright driving Debian's Chromium against
 `streamlit run` on a free localhost port. Screenshots go to test-artifacts/."""
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -110,9 +111,13 @@ def _page(browser):
 
 
 def _structure_feature(index: Path) -> int:
+    """A feature whose top examples include a protein with a structure (else: the strongest structure track)."""
     con = duckdb.connect(str(index), read_only=True)
     try:
-        return int(con.execute("SELECT feature FROM structure_tracks ORDER BY max_act DESC LIMIT 1").fetchall()[0][0])
+        r = con.execute("""SELECT t.feature FROM top_examples t JOIN proteins p USING (pidx) WHERE p.structure <> ''
+                           ORDER BY t.rank, t.max_act DESC LIMIT 1""").fetchall()
+        return int(r[0][0]) if r else int(
+            con.execute("SELECT feature FROM structure_tracks ORDER BY max_act DESC LIMIT 1").fetchall()[0][0])
     finally:
         con.close()
 
@@ -126,8 +131,16 @@ def test_journey_feature_deep_link_with_structure(server, browser):
     page = _page(browser)
     page.goto(f"{url}/features?feature={f}{run_q}")
     page.get_by_role("heading", name=f"Feature {f}").first.wait_for(timeout=90_000)
+    # the first page a fresh server serves is a deep link: it still goes through app.py (sidebar links;
+    # Streamlit ran it as a bare v1 page, without them, until some session had opened "/")
+    page.get_by_test_id("stSidebar").get_by_text("Sequence inspector", exact=True).wait_for(timeout=30_000)
     page.locator(".esmsae-track").first.wait_for(timeout=60_000)  # top examples drawn as residue tracks
+    if run_q == "":  # the demo's labels drawn under the tracks, on the activation's axis
+        page.locator(".esmsae-lanes").first.wait_for(timeout=30_000)
     page.get_by_role("tab", name="Structure").click()
+    if run_q == "":  # a top example's own structure, coloured by the feature, beside the others
+        page.get_by_text(re.compile(r"top example #\d+")).first.wait_for(timeout=60_000)
+        assert "tab=Structure" in page.url  # the open tab is in the address
     frame_el = page.locator("iframe").first
     frame_el.wait_for(timeout=60_000)
     frame = frame_el.content_frame
@@ -216,6 +229,8 @@ def test_journey_steer_in_inspector(server, browser):
     page.get_by_role("button", name="Download the steered sequence (FASTA)").wait_for(timeout=60_000)
     assert page.get_by_text("Residues changed").count() >= 1
     # generate designs with the edit held, and see the check on each
+    page.get_by_label("Designs", exact=True).fill("2")  # the flow, not the sampler (tests/test_steer.py)
+    page.get_by_label("Rounds", exact=True).fill("2")
     gen = page.get_by_role("button", name="Generate", exact=True)
     gen.click()
     fired = page.get_by_text("Designs in which the feature fires")
@@ -384,3 +399,117 @@ def test_journey_search_description_and_related(server, browser):
     else:
         page.get_by_text("No other SAE matched into this index yet").wait_for(timeout=30_000)
     page.screenshot(path=str(ART / "journey_search_related.png"), full_page=True)
+
+
+def test_journey_search_ranks_concept_matches_first(server, browser):
+    """A search is ranked: "transmembrane" puts a feature that matches a TM concept in the first row, and
+    clicking that row opens it."""
+    url, _ = server
+    if not (DEMO / "index.duckdb").exists():
+        pytest.skip("needs the demo bundle")
+    page = _page(browser)
+    page.goto(f"{url}/features")
+    box = page.get_by_label("Search (description, concept, label, protein name or id, feature id)", exact=True)
+    box.wait_for(timeout=90_000)
+    box.fill("transmembrane")
+    box.press("Enter")
+    page.get_by_text("A search is ranked").wait_for(timeout=60_000)
+    grid = page.get_by_test_id("stDataFrame").first
+    grid.wait_for(timeout=60_000)
+    time.sleep(1)
+    bb = grid.bounding_box()
+    for _ in range(3):  # the row-selection column, first data row (a click during a rerun can be lost)
+        page.mouse.click(bb["x"] + 12, bb["y"] + 35 + 17)
+        try:
+            page.get_by_role("heading", name=re.compile(r"^Feature \d+")).first.wait_for(timeout=20_000)
+            break
+        except Exception:
+            continue
+    head = page.get_by_role("heading", name=re.compile(r"^Feature \d+")).first.inner_text()
+    page.screenshot(path=str(ART / "journey_search_ranked.png"), full_page=True)
+    assert "TM helix" in head or "TM strand" in head or "transmembrane" in head, head
+
+
+def test_journey_truncated_structure_upload_is_flagged(server, browser, shared, tmp_path):
+    """The first half of an mmCIF file: analysed for what it holds, with a warning that it is cut short."""
+    url, _ = server
+    cif = next(p for p in sorted((shared / "structures" / "pdb").iterdir()) if p.suffix == ".cif"
+               and p.stat().st_size > 60_000)
+    cut = tmp_path / ("half-" + cif.name)
+    data = cif.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # ends inside the atom records
+    page = _page(browser)
+    page.goto(f"{url}/inspector")
+    page.get_by_label("Protein sequence or FASTA", exact=True).wait_for(timeout=90_000)
+    page.locator("input[type=file]").first.set_input_files(str(cut))
+    page.get_by_text(cut.name).first.wait_for(timeout=30_000)
+    time.sleep(2)
+    warn = page.get_by_text(f"{cut.name} looks truncated")
+    for attempt in range(3):
+        page.get_by_role("button", name="Analyse").click()
+        try:
+            warn.wait_for(timeout=60_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+    page.screenshot(path=str(ART / "journey_truncated_upload.png"), full_page=True)
+
+
+def test_journey_concurrent_analyse(server, browser):
+    """Three sessions press Analyse within a second on the same model: each gets its own features (one
+    shared model, forwards serialised by its lock), no 'hooks never fired' and no exception."""
+    url, _ = server
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ",
+            "MSLLTEVETPIRNEWGCRCNDSSDPLVVAASIIGILHLILWILDRLFFKCIYRFFKHGLKRGPSTEGVPESMREEYRKEQ",
+            "GSHMKVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLC"]
+    pages = []
+    for i, s in enumerate(seqs):
+        page = _page(browser)
+        page.goto(f"{url}/inspector")
+        box = page.get_by_label("Protein sequence or FASTA", exact=True)
+        box.wait_for(timeout=90_000)
+        box.fill(f">c{i}\n{s}")
+        pages.append(page)
+    time.sleep(2)
+    for page in pages:  # all three within a second
+        page.get_by_role("button", name="Analyse").click(no_wait_after=True)
+    for i, (page, s) in enumerate(zip(pages, seqs)):
+        page.get_by_text(f"{len(s)} residues - protein LM + SAE").wait_for(timeout=180_000)
+        page.get_by_text("Features that fire most").wait_for(timeout=60_000)
+        assert page.get_by_text("hooks never fired").count() == 0
+        assert page.get_by_test_id("stException").count() == 0
+    pages[0].screenshot(path=str(ART / "journey_concurrent_analyse.png"), full_page=True)
+
+
+def _settled(page) -> None:
+    """Wait until the script run has finished (Streamlit's running indicator is gone)."""
+    time.sleep(0.3)
+    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=60_000)
+
+
+def test_journey_pages_on_an_index_without_concepts(server, browser, plain_run):
+    """The README's simplest index (no --concepts, no groups, no structures): every page and every tab
+    of a feature page opens in the browser without an exception."""
+    url, ws = server
+    ck = ws / "plain" / "L4_resid"
+    if not ck.exists():
+        shutil.copytree(plain_run, ck)
+    con = duckdb.connect(str(ck / "index.duckdb"), read_only=True)
+    f = int(con.execute("SELECT feature FROM features WHERE NOT dead LIMIT 1").fetchall()[0][0])
+    con.close()
+    page = _page(browser)
+    q = "run=plain/L4_resid"
+    for path, heading in (("/overview", "esmsae: sparse autoencoder features"), ("/features", "Feature browser"),
+                          ("/groups", "Group comparison")):
+        page.goto(f"{url}{path}?{q}")
+        page.get_by_role("heading", name=heading).first.wait_for(timeout=90_000)
+        _settled(page)
+        assert page.get_by_test_id("stException").count() == 0, path
+    for tab in ("Top examples", "Activation ranges", "Concepts", "Groups", "Structure", "Related features"):
+        page.goto(f"{url}/features?feature={f}&{q}&tab={tab.replace(' ', '+')}")
+        page.get_by_role("heading", name=re.compile(rf"^Feature {f}\b")).first.wait_for(timeout=90_000)
+        page.get_by_role("tab", name=tab, selected=True).wait_for(timeout=30_000)
+        _settled(page)
+        assert page.get_by_test_id("stException").count() == 0, tab
+    page.screenshot(path=str(ART / "journey_plain_index.png"), full_page=True)

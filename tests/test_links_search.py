@@ -66,3 +66,61 @@ def test_search_is_ranked_by_tier_then_bm25_and_takes_wildcards_literally():
     # explicit sort order is kept when asked
     by_freq = idx.features(search="transmembrane", hide_dead=False, sort="freq_protein", descending=True)
     assert (np.diff(by_freq["freq_protein"].to_numpy()) <= 0).all()
+
+
+def test_structures_for_a_protein_by_its_chain_accession_or_sequence(shared):
+    """A top example finds its structure: its own indexed chain, else a chain the shared links tie to
+    its UniProt accession or to its exact sequence; an unlinked protein finds none."""
+    import csv
+
+    from esmsae.structure_view import structures_for
+
+    assert structures_for("x", "MKV", "pdb/1aki.cif", "A") == [("pdb/1aki.cif", "A")]
+    assert ("plip/1acj.pdb", "A") in structures_for("sp|P04058|ACES_TORCA", "")
+    with open(shared / "structures" / "links" / "structure_chains.tsv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh, delimiter="\t") if not r["uniprot"] and r["atom_seq"])
+    assert (row["file"].removeprefix("structures/"), row["chain"]) in structures_for("query_1", row["atom_seq"])
+    assert structures_for("query_1", "MKVLAAGIVGLLLA") == []
+
+
+def test_label_lanes_put_spans_and_activations_on_one_axis():
+    from esmsae.render import label_lanes_html
+
+    spans = pd.DataFrame({"pidx": [0, 0], "source": ["UniProt", "TMbed"],
+                          "concept": ["UniProt: domain", "TMbed: TM helix"], "starts": [[2], [0]], "ends": [[5], [1]]})
+    h = label_lanes_html(10, [3], [0.5], 1.0, spans, first="TMbed: TM helix")
+    assert "left:20.000%;width:30.000%" in h and 'title="domain: 3-5"' in h  # residues 3-5 of 10
+    assert 'title="4: 0.500"' in h and "left:30.000%" in h  # the firing residue, 1-based in the tip
+    assert h.index(">TMbed<") < h.index(">UniProt<")  # the feature's best concept's source first
+    import re
+
+    swatches = re.findall(r"width:9px;height:9px;background:(#[0-9A-Fa-f]+)", h)
+    assert len(swatches) == 2 and len(set(swatches)) == 2  # one shared legend: no two concepts share a colour
+    assert label_lanes_html(10, [3], [0.5], 1.0, spans.iloc[:0]) == ""
+    dense = pd.DataFrame({"pidx": [0], "source": ["FLIP conservation"], "concept": ["FLIP conservation: high (7-9)"],
+                          "starts": [list(range(0, 200, 2))], "ends": [list(range(1, 201, 2))]})
+    g = label_lanes_html(200, [], [], 1.0, dense)
+    assert "linear-gradient" in g and g.count("<span") < 10  # per-residue partitions: one gradient, not 100 bars
+
+
+def test_index_keeps_the_labels_of_its_example_proteins(built_index, shared):
+    """label_spans holds, for every example protein with labels, exactly the spans of its label
+    records (known answer: the label files, read again here), and no protein that is not an example."""
+    from esmsae.concepts import load_all
+    from esmsae.fasta import seq_md5
+
+    path, _ = built_index
+    idx = FeatureIndex(path)
+    ex = set(idx.q("SELECT pidx FROM top_examples UNION SELECT pidx FROM quantile_examples")["pidx"])
+    spans = idx.q("SELECT * FROM label_spans")
+    assert len(spans) and set(spans["pidx"]) <= ex
+    prot = idx.q("SELECT pidx, sequence, length FROM proteins").set_index("pidx")
+    by_md5 = {}
+    for lab in load_all(shared):
+        by_md5.setdefault(seq_md5(lab.sequence), {}).setdefault(lab.source, lab)
+    for _, r in spans.iterrows():
+        assert all(0 <= a < b <= prot.at[r["pidx"], "length"] for a, b in zip(r["starts"], r["ends"]))
+        lab = by_md5[seq_md5(prot.at[r["pidx"], "sequence"])][r["source"]]
+        assert sorted(lab.spans[r["concept"]]) == [(int(a), int(b)) for a, b in zip(r["starts"], r["ends"])]
+    got = idx.label_spans(list(spans["pidx"][:1]))
+    assert set(got["pidx"]) == {spans["pidx"].iloc[0]}

@@ -113,6 +113,38 @@ def test_resume_gives_identical_parameters(tmp_path, small_store):
         train(_tcfg(small_store, tmp_path / "part", lr=1e-3), scfg, progress=False)
 
 
+def test_signum_resumes_bit_for_bit_and_saves_the_averaged_weights(tmp_path, small_store):
+    """`--optimizer signum` (schedule-free sign descent): an interrupted run resumes to the same
+    checkpoint bit for bit (a checkpoint never moves the training point y), and the checkpoint holds
+    the averaged weights x = y + (1 - 1/beta)(z - y), not y."""
+    from esmsae.optim import SIGNUM_MOMENTUM
+
+    scfg = SAEConfig(n_latents=256, k=8, dead_tokens=1000)
+    kw = dict(optimizer="signum", token_budget=12 * 256, checkpoint_every=4)
+    full = train(_tcfg(small_store, tmp_path / "full", **kw), scfg, progress=False)
+    part = _tcfg(small_store, tmp_path / "part", **kw)
+    train(part, scfg, progress=False, stop_after_steps=6)  # between the checkpoints at 4 and 8
+    train(part, scfg, progress=False)
+    for d in full:
+        a, b = load_sae(d), load_sae(tmp_path / "part" / d.name)
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(va, vb), k
+    st = torch.load(tmp_path / "full" / "state.pt", weights_only=False)
+    name = full[0].name
+    y = st["saes"][name]["W_enc"]
+    saved_sae = load_sae(full[0])
+    i = [n for n, _ in saved_sae.named_parameters()].index("W_enc")  # the optimiser's state follows this order
+    z = st["opts"][name]["state"][i]["z"]
+    saved = saved_sae.W_enc.detach()
+    torch.testing.assert_close(saved, torch.lerp(y, z, 1 - 1 / SIGNUM_MOMENTUM), rtol=0, atol=1e-6)
+    assert not torch.allclose(saved, y, atol=1e-4)  # the training point is not what is saved
+    rows = [r for r in read_metrics(tmp_path / "full") if r["sae"] == name]
+    assert len({r["lr"] for r in rows}) == 1  # schedule-free: one constant rate
+    assert rows[-1]["fvu"] < rows[0]["fvu"]
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(store=str(small_store), out=str(tmp_path / "x"), optimizer="sgd")
+
+
 def test_checkpoint_metadata_and_mismatch_errors(tmp_path, small_store, esm2_dir, esmc_file):
     dirs = train(
         _tcfg(small_store, tmp_path / "run", layers=[4], token_budget=6 * 256),

@@ -63,6 +63,7 @@ from .frames import (
     _with_descriptions,
 )
 from .group_stats import length_bin, usage_frame
+from .label_spans import write_label_spans
 from .protein_table import ProteinTable
 from .proteins import IndexBuildError, Item
 from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, TrackSpill
@@ -176,6 +177,7 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
             )
         spill.finish()
         _write_tables(con, cfg, st, spill, features, concepts_df, f1_df, groups_df, usage)
+        write_label_spans(con, table.labels)
         _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, table.report, t0, w.size)
         con.execute("CHECKPOINT")
         con.close()

@@ -310,6 +310,17 @@ class FeatureIndex:
                      JOIN proteins p USING (pidx) WHERE e.feature = ? ORDER BY e.bin DESC, e.max_act DESC LIMIT ?"""
         return self.q(sql, [f, n])
 
+    def label_spans(self, pidxs) -> pd.DataFrame:
+        """Per-residue labels of example proteins as spans (pidx, source, concept, starts, ends), or empty
+        (an index built without --concepts, or before the table existed)."""
+        pidxs = [int(p) for p in pidxs]
+        if "label_spans" not in self.tables or not pidxs:
+            return pd.DataFrame(columns=["pidx", "source", "concept", "starts", "ends"])
+        return self.q(
+            f"SELECT * FROM label_spans WHERE pidx IN ({', '.join('?' * len(pidxs))}) ORDER BY pidx, source, concept",
+            pidxs,
+        )
+
     def concept_table(self, f: int, n: int = 15) -> pd.DataFrame:
         """A feature's concepts: threshold and F1 chosen on valid proteins, F1 / precision / recall
         on test proteins, next to the trivial and the single-residue rule on the same residues."""

@@ -62,6 +62,9 @@ def slim_index(path: Path, top_n: int, per_bin: int) -> dict:
             )
         else:
             con.execute(f"CREATE TABLE {t} AS SELECT * FROM s.{t}")
+    if "label_spans" in tables:  # the labels of proteins that are still examples
+        con.execute("DELETE FROM label_spans WHERE pidx NOT IN (SELECT pidx FROM top_examples UNION SELECT pidx FROM"
+                    " quantile_examples UNION SELECT pidx FROM structure_tracks)")
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     icfg = json.loads(meta["index_config"])
     icfg.update(
