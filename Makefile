@@ -42,7 +42,7 @@ lint: venv
 	$(BIN)/ruff check esmsae pages app.py tests bench
 
 test: venv browser lint
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra --durations=20 tests
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests

@@ -4,6 +4,7 @@ only its own package). Prints one JSON line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -118,13 +119,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
 
     def step(x):
-        loss, fvu = loss_fn(x, dead)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        post()
-        opt.step()
-        after()
-        return float(fvu.detach())
+        return _step(loss_fn, opt, post, after, x, dead)
 
     if a.train_tokens:
         n = 0
@@ -166,6 +161,19 @@ def main() -> None:
             }
         )
     )
+
+
+def _step(loss_fn, opt, post, after, x, dead, amp=None) -> float:
+    """One optimiser step, the same for both trainers: loss (under `amp` if given), backward, the
+    trainer's gradient hook (`post`), the update, its post-update hook (`after`); returns the batch FVU."""
+    with amp if amp is not None else contextlib.nullcontext():
+        loss, fvu = loss_fn(x, dead)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    post()
+    opt.step()
+    after()
+    return float(fvu.detach())
 
 
 def _heldout_fvu(impl: str, sae, held: torch.Tensor) -> float:
@@ -246,13 +254,7 @@ def curve(a) -> None:
         if a.recipe != "signum":
             for g in opt.param_groups:
                 g["lr"] = base_lr * min(1.0, (s + 1) / a.warmup_steps)
-        with amp:
-            loss, _ = loss_fn(x, dead)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        post()
-        opt.step()
-        after()
+        _step(loss_fn, opt, post, after, x, dead, amp)
         t_train += time.perf_counter() - t
         if (s + 1) % a.curve == 0 or s + 1 == steps:
             points.append({"step": s + 1, "tokens": (s + 1) * a.batch, "train_s": round(t_train, 3),

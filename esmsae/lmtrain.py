@@ -33,6 +33,7 @@ from .atomic import write_atomic
 from .config import LMTrainConfig, resolve_device, save_json
 from .fasta import SequenceError, clean_sequence, read_fasta
 from .plm import ESM_VOCAB, EsmTokens, make_esm2_model, save_hf
+from .precision import usable_dtype
 from .store import is_heldout
 
 EVAL_MASK_PROB = 0.15  # ESM-2's rate; fixed so that recipes with other training rates compare
@@ -321,8 +322,9 @@ def _lm_step(
     for g in opt_.param_groups:
         g["lr"] = lr
     x = inp.to(device)
+    amp = "none" if cfg.amp == "none" else usable_dtype(cfg.amp, device, "LM training autocast")
     with torch.autocast(
-        torch.device(device).type, dtype=getattr(torch, cfg.amp, torch.float32), enabled=cfg.amp != "none"
+        torch.device(device).type, dtype=getattr(torch, amp, torch.float32), enabled=amp not in ("none", "float32")
     ):
         logits = model(input_ids=x, attention_mask=(x != tok.pad)).logits
     sel = chosen.to(device)

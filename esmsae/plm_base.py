@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .config import SITES, ModelConfig, hook_name, layer_range, resolve_device
 from .fasta import ALPHABET, SequenceError
+from .precision import usable_dtype
 
 ESM_VOCAB = [
     "<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D",
@@ -79,7 +80,8 @@ class ProteinLM:
         self.n_layers = n_layers
         self.d_model = d_model
         self.device = torch.device(resolve_device(cfg.device))
-        self.dtype = getattr(torch, cfg.dtype)
+        # bf16 only where the device runs it natively (an AVX2-only CPU emulates it ~40x slower)
+        self.dtype = getattr(torch, usable_dtype(cfg.dtype, self.device, "protein LM"))
         self.model.to(self.device, self.dtype)
         self.max_residues = cfg.max_residues or self.default_max_residues
         # one forward at a time: hooks are registered on shared modules, and the app shares one model

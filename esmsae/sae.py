@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import TOKEN_NORMALIZATIONS, SAEConfig
+from .precision import usable_dtype
 from .sae_activations import ACTIVATIONS, BatchThreshold
 from .sae_kernels import Latents, _GatheredPre
 
@@ -193,10 +194,12 @@ class SAE(nn.Module):
         """Mixed-precision training: the encoder's dense matmul in ``dtype`` ("bfloat16"), everything
         else (weights, Adam, top-k, AuxK, the sparse decoder and gradients) in fp32. None / "float32"
         = fp32 throughout."""
-        if isinstance(dtype, str):
+        if isinstance(dtype, torch.dtype):
+            dtype = str(dtype).removeprefix("torch.")
+        if dtype is not None:
             if dtype not in ("float32", "bfloat16"):
                 raise ValueError(f"training precision must be 'float32' or 'bfloat16', got {dtype!r}")
-            dtype = getattr(torch, dtype)
+            dtype = getattr(torch, usable_dtype(dtype, self.W_enc.device, "SAE training precision"))
         self.train_dtype = None if dtype in (None, self.W_enc.dtype) else dtype
         return self
 
@@ -210,10 +213,12 @@ class SAE(nn.Module):
         the demo SAE's codes 12x more than a bf16 encode does, and the encode runs 2.8x-3.8x
         faster on this AMX CPU (bench/encode_precision.py; GPUs not measured). Training never
         uses it."""
-        if isinstance(dtype, str):
+        if isinstance(dtype, torch.dtype):
+            dtype = str(dtype).removeprefix("torch.")
+        if dtype is not None:
             if dtype not in ("float32", "bfloat16"):
                 raise ValueError(f"encode dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-            dtype = getattr(torch, dtype)
+            dtype = getattr(torch, usable_dtype(dtype, self.W_enc.device, "SAE encode"))
         self.encode_dtype = None if dtype in (None, self.W_enc.dtype) else dtype
         self._W_enc_lp = None
         return self

@@ -21,6 +21,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: runs on CUDA; skipped where torch sees no CUDA device")
 
 
+@pytest.fixture
+def keep_dtype(monkeypatch):
+    """For the tests of bf16 numerics: keep bf16 even on a CPU that would emulate it (esmsae.precision
+    falls back to fp32 there); they are small enough to run emulated."""
+    monkeypatch.setenv("ESMSAE_KEEP_DTYPE", "1")
+
+
 @pytest.fixture(scope="session")
 def shared():
     if not SHARED.exists():

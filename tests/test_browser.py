@@ -375,10 +375,7 @@ def test_journey_search_description_and_related(server, browser):
     assert want
     page = _page(browser)
     page.goto(f"{url}/features{run_q}")
-    box = page.get_by_label("Search (description, concept, label, protein name or id, feature id)", exact=True)
-    box.wait_for(timeout=90_000)
-    box.fill("residue detector")
-    box.press("Enter")
+    _search(page, "residue detector")
     # every word must occur: at least the features whose description says it, far fewer than all live ones
     cap = page.get_by_text(re.compile(r"^\d+ features - click a row"))
     cap.wait_for(timeout=60_000)
@@ -409,10 +406,7 @@ def test_journey_search_ranks_concept_matches_first(server, browser):
         pytest.skip("needs the demo bundle")
     page = _page(browser)
     page.goto(f"{url}/features")
-    box = page.get_by_label("Search (description, concept, label, protein name or id, feature id)", exact=True)
-    box.wait_for(timeout=90_000)
-    box.fill("transmembrane")
-    box.press("Enter")
+    _search(page, "transmembrane")
     page.get_by_text("A search is ranked").wait_for(timeout=60_000)
     grid = page.get_by_test_id("stDataFrame").first
     grid.wait_for(timeout=60_000)
@@ -480,6 +474,14 @@ def test_journey_concurrent_analyse(server, browser):
         assert page.get_by_text("hooks never fired").count() == 0
         assert page.get_by_test_id("stException").count() == 0
     pages[0].screenshot(path=str(ART / "journey_concurrent_analyse.png"), full_page=True)
+
+
+def _search(page, words: str) -> None:
+    """Type `words` into the Feature browser's search box and submit."""
+    box = page.get_by_label("Search (description, concept, label, protein name or id, feature id)", exact=True)
+    box.wait_for(timeout=90_000)
+    box.fill(words)
+    box.press("Enter")
 
 
 def _settled(page) -> None:

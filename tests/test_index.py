@@ -383,7 +383,7 @@ def test_reference_stats_written_into_the_checkpoint(built_index, tiny_sae, tmp_
     assert r3.returncode == 2 and "another SAE" in r3.stderr
 
 
-def test_bf16_encode_index_is_the_bf16_brute_force(built_index, esm2_dir, tiny_sae, tmp_path):
+def test_bf16_encode_index_is_the_bf16_brute_force(built_index, esm2_dir, tiny_sae, tmp_path, keep_dtype):
     """``--encode-dtype bfloat16``: the index's per-feature maxima and firing counts are those of
     the SAE encoding in bf16 protein by protein (to one bf16 step), not the fp32 ones, and the
     choice is recorded in meta."""

@@ -114,7 +114,7 @@ def test_jumprelu_is_refused_by_train(tmp_path, small_store):
 
 
 @pytest.mark.slow
-def test_bf16_mixed_precision_training_matches_fp32(tmp_path, small_store):
+def test_bf16_mixed_precision_training_matches_fp32(tmp_path, small_store, keep_dtype):
     """Mixed precision (bf16 encoder matmul, fp32 master weights, Adam, top-k and AuxK) on the same
     tokens and seed ends no more than 2% worse in held-out FVU than fp32 and within 5% either way (on
     this store: 2.1% and 1.3% *lower* on seeds 0 and 1, where two fp32 seeds differ by 14%), with dead

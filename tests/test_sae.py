@@ -214,7 +214,7 @@ def test_chunked_encode_equals_whole(arch):
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
-def test_bf16_encode_rounds_the_matmul_and_nothing_else(arch):
+def test_bf16_encode_rounds_the_matmul_and_nothing_else(arch, keep_dtype):
     """set_encode_dtype("bfloat16"): the encoder matmul's operands and its result are bf16 (products
     accumulated in fp32), the bias, ReLU / threshold and top-k work on that result as in fp32.
     Known answer: an fp32 matmul of the rounded operands, rounded to bf16 (equal up to summation

@@ -56,11 +56,9 @@ def add_label_spans(index_path: str | Path, labelled: list[Labeled]) -> int:
     import duckdb
 
     from ..fasta import seq_md5
-    from .proteins import Item, add_label
+    from .proteins import labels_by_md5
 
-    by_md5: dict[str, list[Labeled]] = {}
-    for lab in labelled:
-        by_md5.setdefault(seq_md5(lab.sequence), []).append(lab)
+    by_md5, _ = labels_by_md5(labelled)
     con = duckdb.connect(str(index_path))
     try:
         keep = example_pidx(con)
@@ -69,10 +67,7 @@ def add_label_spans(index_path: str | Path, labelled: list[Labeled]) -> int:
             con.register("_keep", pd.DataFrame({"pidx": sorted(keep)}))
             for pidx, seq in con.execute("SELECT pidx, sequence FROM proteins JOIN _keep USING (pidx)").fetchall():
                 if seq_md5(seq) in by_md5:
-                    it = Item("", seq)
-                    for lab in by_md5[seq_md5(seq)]:
-                        add_label(it, lab)  # one record per source, as the build keeps them
-                    labels[int(pidx)] = it.labels
+                    labels[int(pidx)] = by_md5[seq_md5(seq)]
             con.unregister("_keep")
         n = write_label_spans(con, labels)
         con.execute("CHECKPOINT")

@@ -33,10 +33,10 @@ import pandas as pd
 from ..atomic import write_text_atomic
 from ..concepts import Labeled, kingdom_of
 from ..config import IndexConfig
-from ..fasta import SequenceError, read_proteins, seq_md5
+from ..fasta import SequenceError, read_proteins
 from .protein_groups import _cap, _groupings, _read_grouping, _taxonomy
 from .protein_sql import FASTA, FILLED, LABEL, _first, _lit, _Raw
-from .proteins import Item, add_label
+from .proteins import Item, labels_by_md5
 
 # proteins per Parquet row group and per read: the file is length-sorted, so the last groups hold the longest proteins
 ROW_GROUP = 8192
@@ -330,25 +330,14 @@ def _build(con, cfg: IndexConfig, labelled: list[Labeled], folder: Path) -> dict
 
 def _labels_by_pidx(con, labelled: list[Labeled], report: dict) -> dict[int, list[Labeled]]:
     """Label records of the proteins in the set, one per (protein, source)."""
-    by_md5: dict[str, list[Labeled]] = {}
-    for lab in labelled:
-        by_md5.setdefault(seq_md5(lab.sequence), []).append(lab)
+    by_md5, dropped = labels_by_md5(labelled)
     pidx_of: dict[str, int] = {}
     if by_md5:
         con.register("_lab", pd.DataFrame({"md5": list(by_md5)}))
         pidx_of = dict(con.execute("SELECT md5, pidx FROM p JOIN _lab USING (md5)").fetchall())
         con.unregister("_lab")
-    out: dict[int, list[Labeled]] = {}
-    dropped = 0
-    for h, labs in by_md5.items():
-        if h not in pidx_of:
-            continue
-        it = Item("", labs[0].sequence)
-        for lab in labs:
-            dropped += not add_label(it, lab)
-        out[int(pidx_of[h])] = it.labels
-    report["duplicate_label_records"] = dropped
-    return out
+    report["duplicate_label_records"] = sum(n for h, n in dropped.items() if h in pidx_of)
+    return {int(pidx_of[h]): labs for h, labs in by_md5.items() if h in pidx_of}
 
 
 def _write(con, folder: Path, labels: dict[int, list[Labeled]]) -> list[str]:

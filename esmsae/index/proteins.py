@@ -140,3 +140,17 @@ def add_label(it: "Item", lab: Labeled) -> bool:
         return False
     it.labels.append(lab)
     return True
+
+
+def labels_by_md5(labelled: list[Labeled]) -> tuple[dict[str, list[Labeled]], dict[str, int]]:
+    """Label records merged per sequence (its md5), one per (protein, source) as ``add_label`` keeps
+    them; returns the merged lists and, per sequence, how many duplicate records were dropped. The
+    build and ``label_spans.add_label_spans`` both match labels to proteins through this."""
+    items: dict[str, Item] = {}
+    dropped: dict[str, int] = {}
+    for lab in labelled:
+        h = seq_md5(lab.sequence)
+        if h not in items:
+            items[h] = Item("", lab.sequence)
+        dropped[h] = dropped.get(h, 0) + (not add_label(items[h], lab))
+    return {h: it.labels for h, it in items.items()}, dropped
