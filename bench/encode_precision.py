@@ -15,12 +15,15 @@ Writes bench/results/encode_precision.json.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 
 
 def fidelity(n_proteins: int = 200, top: int = 20) -> dict:

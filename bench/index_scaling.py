@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 CACHE = ROOT / "bench" / "cache"
 N_LATENTS, K = 10_240, 32
 

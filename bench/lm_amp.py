@@ -7,6 +7,7 @@ Writes bench/results/lm_amp.json.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 from esmsae.paths import shared_data  # noqa: E402
 from esmsae.plm import make_esm2_model  # noqa: E402
 

@@ -27,6 +27,7 @@ Writes bench/results/time_to_quality.json with ratio_vs_sparsify = sparsify time
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 sys.path.insert(0, str(ROOT / "bench"))
 
 from train_precision import _cpu  # noqa: E402

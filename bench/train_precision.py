@@ -6,6 +6,7 @@ built the store): python bench/train_precision.py [STORE]. Writes bench/results/
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -15,6 +16,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 
 from esmsae.config import SAEConfig  # noqa: E402
 from esmsae.sae import SAE  # noqa: E402

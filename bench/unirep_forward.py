@@ -15,12 +15,15 @@ Writes bench/results/unirep_forward.json.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 
 
 def _best(fn, reps: int = 3) -> float:
@@ -36,6 +39,7 @@ def _best(fn, reps: int = 3) -> float:
 def main(batches=(32, 64, 128, 256), L: int = 128) -> dict:
     import torch
 
+    from esmsae.precision import cpu_native
     from esmsae.unirep import UniRepNet, weights_file
 
     torch.manual_seed(0)
@@ -73,6 +77,8 @@ def main(batches=(32, 64, 128, 256), L: int = 128) -> dict:
         "what": "UniRep-1900 recurrent forward (one mLSTM layer) vs the same run's two-GEMM limit per step",
         "rows": rows,
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_native("bfloat16"),
         "real_proteins": real_proteins(),
         "drift": drift(),
     }

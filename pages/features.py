@@ -1,6 +1,7 @@
 """Feature browser: searchable table; a feature's page (deep link ?feature=N)."""
 import json
 from pathlib import Path
+from textwrap import shorten
 
 import pandas as pd
 import streamlit as st
@@ -127,7 +128,8 @@ def show_examples(f: int, scale, best_concept: str = "") -> None:
     for _, r in ex.iterrows():
         name = protein_name(r)
         title = (
-            f"#{r['rank'] + 1}  {r['id']}  {name[:80]}  {r['organism'] or ''}  (max {r['max_act']:.3f} at"
+            f"#{r['rank'] + 1}  {r['id']}  {shorten(name, 80, placeholder=' ...')}  {r['organism'] or ''}"
+            f"  (max {r['max_act']:.3f} at"
             f" {r['sequence'][r['max_pos']]}{r['max_pos'] + 1}, {r['length']} aa)"
         )
         st.html(
@@ -206,7 +208,7 @@ def show_structure(f: int, vmax: float) -> None:
             about = structure_info(c["rel"], c["chain"])
             name = protein_name(r) or about.get("title", "").capitalize()
             where = f"top example #{c['rank']}" if c["rank"] else "protein with a structure"
-            st.markdown(f"**{r['id']}** ({where}, max {r['max_act']:.3f}) {name[:70]}  \n"
+            st.markdown(f"**{r['id']}** ({where}, max {r['max_act']:.3f}) {shorten(name, 90, placeholder=' ...')}  \n"
                         + links_markdown(r["id"], c["rel"]) + f" · chain {c['chain']}")
             v = colour_chain(idx, c["rel"], c["chain"], r["sequence"], r["positions"], r["values"], vmax, height=320)
             if v.error:

@@ -86,21 +86,19 @@ if state:
         feats = idx.features(hide_dead=False).set_index("feature")
         top["label"] = top["feature"].map(feats["label"]).fillna("")
         top["best_concept"] = top["feature"].map(feats["best_concept"]).fillna("")
-    c1, c2 = st.columns([2, 3])
-    with c1:
-        st.markdown("**Features that fire most**")
-        top["page"] = [feature_url(f, run) for f in top["feature"]]
-        table(top.rename(columns={"page": "feature page", "n_residues": "residues where it fires"}), key="top_feats",
-              link={"feature page": "open"})
-        for f in top["feature"].head(5):
-            feature_link(int(f), run)
-    with c2:
-        m = pd.DataFrame(
-            res.dense(top["feature"].tolist()).T,
-            index=[f"f{f}" for f in top["feature"]],
-            columns=[f"{a}{i + 1}" for i, a in enumerate(seq)],
-        )
-        st.plotly_chart(heatmap(m, "Residues x top features", xlab="residue", ylab="feature"), key="inspect_heat")
+    # one below the other: side by side, the table's seven columns were cut at the column's edge
+    st.markdown("**Features that fire most**")
+    top["page"] = [feature_url(f, run) for f in top["feature"]]
+    table(top.rename(columns={"page": "feature page", "n_residues": "residues where it fires"}), key="top_feats",
+          link={"feature page": "open"})
+    for f in top["feature"].head(5):
+        feature_link(int(f), run)
+    m = pd.DataFrame(
+        res.dense(top["feature"].tolist()).T,
+        index=[f"f{f}" for f in top["feature"]],
+        columns=[f"{a}{i + 1}" for i, a in enumerate(seq)],
+    )
+    st.plotly_chart(heatmap(m, "Residues x top features", xlab="residue", ylab="feature"), key="inspect_heat")
     f = st.selectbox("Feature track", top["feature"].tolist(), key="inspect_feature")
     pos, vals = res.track(int(f))
     st.html(track_html(seq, pos, vals, float(vals.max()) if len(vals) else 1.0, title=f"feature {f} on {name}"))
