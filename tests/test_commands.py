@@ -77,6 +77,8 @@ def test_demo_command_builds_a_bundle_the_app_opens(tmp_path, monkeypatch, capsy
                 "2",
                 "--dtype",
                 "float32",
+                "--probe-proteins",  # the representation card, small (500 a task took 270 s of this test)
+                "30",
             ]
         )
         == 0
@@ -84,6 +86,10 @@ def test_demo_command_builds_a_bundle_the_app_opens(tmp_path, monkeypatch, capsy
     report = json.loads((out / "demo.json").read_text())
     assert report["sae"]["l0"] == 4.0 and report["index_meta"]["n_proteins"] > 20
     assert json.loads((out / "sae" / "cfg.json").read_text())["base_model"]["name"] == "../model"
+    card = json.loads((out / "sae" / "representation.json").read_text())["rows"]
+    assert {r["task"] for r in card} == {"TM helix (TMbed)", "secondary structure (FLIP, 3 states)"}
+    assert {"one-hot window +-10 (control)", "SAE codes (64 latents)"} <= {r["representation"] for r in card}
+    assert all(r["n_train_proteins"] <= 30 and 0 <= r["value"] <= 1 for r in card)
     from esmsae.analyze import Analyzer
     from esmsae.runs import list_runs
 

@@ -70,14 +70,14 @@ def test_steering_result_and_the_check_on_the_demo(unirep_demo):
     feats = idx.q(
         "SELECT feature, max_act FROM features WHERE NOT dead AND freq_residue < 0.02 AND freq_residue > 0.001 "
         "ORDER BY feature LIMIT 200"
-    ).sample(8, random_state=0)
+    ).sample(4, random_state=0)
     seqs = [
         s
         for _, (h, s) in zip(
             range(200), read_fasta(ROOT.parent / "shared" / "data" / "uniprot" / "mgenitalium" / "mgenitalium.fasta")
         )
         if 60 <= len(s) <= 150
-    ][:4]
+    ][:3]
     raised, changed = 0, []
     for _, r in feats.iterrows():
         for s in seqs:
@@ -85,7 +85,7 @@ def test_steering_result_and_the_check_on_the_demo(unirep_demo):
             raised += out.target_after_L.max(initial=0) > out.target_before_L.max(initial=0)
             changed.append(out.summary()["residues_changed"])
     assert min(changed) > 0  # every edit moved the predictions enough to rewrite residues
-    assert raised <= 8, raised  # measured 0 of 32: the check reports it instead of assuming success
+    assert raised <= 3, raised  # 0 of 32 measured on 8 x 4; the check reports it instead of assuming success
     # the check is the unmodified model on the steered sequence, recomputed here independently
     f0 = int(feats.iloc[0].feature)
     out = steer(lm, sae, seqs[0], Edit(f0, "clamp", float(feats.iloc[0].max_act) * 50), pppl=False)
