@@ -293,8 +293,13 @@ def feature_tabs(f: int, info: dict, scale) -> None:
     with tabs["Groups"]:
         if tabs["Groups"].open:
             show_groups(f)
+    # once opened, the Structure tab stays drawn (hidden) while other tabs are open: removing its 3D
+    # viewers on every switch away cost ~2 s in Chromium (bench/pages.py), drawing them hidden ~0.1 s
+    seen = st.session_state.setdefault("structure_tab_seen", set())
+    if tabs["Structure"].open:
+        seen.add(f)
     with tabs["Structure"]:
-        if tabs["Structure"].open:
+        if f in seen:
             show_structure(f, float(info["max_act"] or 0))
     with tabs["Related features"]:
         if tabs["Related features"].open:
