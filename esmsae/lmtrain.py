@@ -322,10 +322,8 @@ def _lm_step(
     for g in opt_.param_groups:
         g["lr"] = lr
     x = inp.to(device)
-    amp = "none" if cfg.amp == "none" else usable_dtype(cfg.amp, device, "LM training autocast")
-    with torch.autocast(
-        torch.device(device).type, dtype=getattr(torch, amp, torch.float32), enabled=amp not in ("none", "float32")
-    ):
+    amp = "float32" if cfg.amp == "none" else usable_dtype(cfg.amp, device, "LM training autocast")
+    with torch.autocast(torch.device(device).type, dtype=getattr(torch, amp), enabled=amp != "float32"):
         logits = model(input_ids=x, attention_mask=(x != tok.pad)).logits
     sel = chosen.to(device)
     loss = F.cross_entropy(logits[sel].float(), ids.to(device)[sel])

@@ -19,10 +19,16 @@ OPTIMIZERS = ("adam", "signum")
 SIGNUM_MOMENTUM = 0.95  # sparsify's
 
 
+def schedule_free(optimizer: str) -> bool:
+    """Whether the named optimiser is schedule-free: a constant rate (its averaging does what a decay
+    would) and no decoder renorm after each step (rescaling y alone would break the averaging)."""
+    return optimizer == "signum"
+
+
 def default_lr(optimizer: str, n_latents: int) -> float:
     """The learning rate scaled with dictionary size (Gao et al. 2024, sec. 2.4): 2e-4 at 2^14 latents
     for Adam, 5e-3 for sign descent (sparsify's defaults)."""
-    base = 5e-3 if optimizer == "signum" else 2e-4
+    base = 5e-3 if schedule_free(optimizer) else 2e-4
     return base / math.sqrt(n_latents / 2**14)
 
 
@@ -68,7 +74,7 @@ def averaged_copy(module: torch.nn.Module, opt: torch.optim.Optimizer) -> torch.
     out = copy.deepcopy(module)
     w = 1 - 1 / opt.momentum
     with torch.no_grad():
-        for (name, p), q in zip(module.named_parameters(), out.parameters()):
+        for p, q in zip(module.parameters(), out.parameters()):
             z = opt.state.get(p, {}).get("z")
             if z is not None:
                 q.copy_(torch.lerp(p, z, w))

@@ -80,16 +80,28 @@ def _structure_chains(path: str) -> dict[tuple[str, str], dict[str, str]]:
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
             rel = row["file"].removeprefix("structures/")
-            out[(rel, row["chain"])] = {"title": row.get("title", ""), "uniprot": row.get("uniprot", ""),
-                                        "organism": row.get("organism", "")}
+            out[(rel, row["chain"])] = {k: row.get(k) or "" for k in ("title", "uniprot", "organism", "atom_seq",
+                                                                       "seqres")}
     return out
 
 
-def structure_info(rel: str, chain: str) -> dict[str, str]:
-    """The PDB title, UniProt accession (SIFTS db reference) and organism of a structure chain, from the
-    shared data's structure links table; {} where that table is not here."""
+def structure_chains_file() -> str:
+    """The shared data's structure links table, or "" where it is not here."""
     p = shared_data() / "structures" / "links" / "structure_chains.tsv"
-    if not rel or not p.exists():
+    return str(p) if p.exists() else ""
+
+
+def structure_chains(path: str | None = None) -> dict[tuple[str, str], dict[str, str]]:
+    """The structure links table (``path``, default ``structure_chains_file()``), read once per file: (file
+    relative to the structures folder, chain) -> its PDB title, UniProt accession (SIFTS), organism, atom
+    sequence and SEQRES; {} where it is not here."""
+    p = structure_chains_file() if path is None else path
+    return _structure_chains(p) if p else {}
+
+
+def structure_info(rel: str, chain: str) -> dict[str, str]:
+    """The PDB title, UniProt accession and organism of a structure chain (``structure_chains``)."""
+    if not rel:
         return {}
-    table = _structure_chains(str(p))
+    table = structure_chains()
     return table.get((rel, chain)) or table.get((rel.rsplit(".", 1)[0], chain)) or {}

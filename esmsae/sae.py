@@ -190,16 +190,22 @@ class SAE(nn.Module):
         with torch.autocast(device_type=xc_BD.device.type, dtype=self.train_dtype):
             return torch.addmm(self.b_enc, xc_BD, self.W_enc.t()).float()
 
+    def _low_precision(self, dtype: str | torch.dtype | None, kind: str, what: str) -> torch.dtype | None:
+        """A float32 / bfloat16 name or dtype as a torch dtype (None stays None); bf16 only where this
+        device runs it natively (esmsae.precision)."""
+        if isinstance(dtype, torch.dtype):
+            dtype = str(dtype).removeprefix("torch.")
+        if dtype is None:
+            return None
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"{kind} must be 'float32' or 'bfloat16', got {dtype!r}")
+        return getattr(torch, usable_dtype(dtype, self.W_enc.device, what))
+
     def set_train_dtype(self, dtype: str | torch.dtype | None) -> "SAE":
         """Mixed-precision training: the encoder's dense matmul in ``dtype`` ("bfloat16"), everything
         else (weights, Adam, top-k, AuxK, the sparse decoder and gradients) in fp32. None / "float32"
         = fp32 throughout."""
-        if isinstance(dtype, torch.dtype):
-            dtype = str(dtype).removeprefix("torch.")
-        if dtype is not None:
-            if dtype not in ("float32", "bfloat16"):
-                raise ValueError(f"training precision must be 'float32' or 'bfloat16', got {dtype!r}")
-            dtype = getattr(torch, usable_dtype(dtype, self.W_enc.device, "SAE training precision"))
+        dtype = self._low_precision(dtype, "training precision", "SAE training precision")
         self.train_dtype = None if dtype in (None, self.W_enc.dtype) else dtype
         return self
 
@@ -213,12 +219,7 @@ class SAE(nn.Module):
         the demo SAE's codes 12x more than a bf16 encode does, and the encode runs 2.8x-3.8x
         faster on this AMX CPU (bench/encode_precision.py; GPUs not measured). Training never
         uses it."""
-        if isinstance(dtype, torch.dtype):
-            dtype = str(dtype).removeprefix("torch.")
-        if dtype is not None:
-            if dtype not in ("float32", "bfloat16"):
-                raise ValueError(f"encode dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-            dtype = getattr(torch, usable_dtype(dtype, self.W_enc.device, "SAE encode"))
+        dtype = self._low_precision(dtype, "encode dtype", "SAE encode")
         self.encode_dtype = None if dtype in (None, self.W_enc.dtype) else dtype
         self._W_enc_lp = None
         return self

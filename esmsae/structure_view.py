@@ -4,7 +4,6 @@ coloured by the feature's activation on the indexed sequence, mapped through a s
 so a chain with unresolved residues still colours (InterProt shows its top examples this way)."""
 from __future__ import annotations
 
-import csv
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,22 +11,20 @@ from pathlib import Path
 import numpy as np
 
 from .links import uniprot_accession
-from .paths import shared_data
 from .render import align_positions, parse_structure, structure_html
-from .runs import read_text, structure_file
+from .runs import read_text, structure_chains, structure_chains_file, structure_file
 
 
 @functools.lru_cache(maxsize=4)
-def _links(path: str) -> tuple[dict[str, list[tuple[str, str]]], dict[str, list[tuple[str, str]]]]:
+def _lookups(path: str) -> tuple[dict[str, list[tuple[str, str]]], dict[str, list[tuple[str, str]]]]:
+    """UniProt accession -> chains and exact sequence (atoms or SEQRES) -> chains, from the links table."""
     by_acc: dict[str, list[tuple[str, str]]] = {}
     by_seq: dict[str, list[tuple[str, str]]] = {}
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            key = (row["file"].removeprefix("structures/"), row["chain"])
-            if row.get("uniprot"):
-                by_acc.setdefault(row["uniprot"], []).append(key)
-            for s in {row.get("atom_seq", ""), row.get("seqres", "")} - {""}:
-                by_seq.setdefault(s, []).append(key)
+    for key, row in structure_chains(path).items():
+        if row["uniprot"]:
+            by_acc.setdefault(row["uniprot"], []).append(key)
+        for s in {row["atom_seq"], row["seqres"]} - {""}:
+            by_seq.setdefault(s, []).append(key)
     return by_acc, by_seq
 
 
@@ -37,12 +34,34 @@ def structures_for(pid: str, sequence: str, structure: str = "", chain: str = ""
     or to its exact sequence (atom records or SEQRES)."""
     if structure:
         return [(structure, chain)]
-    p = shared_data() / "structures" / "links" / "structure_chains.tsv"
-    if not p.exists():
-        return []
-    by_acc, by_seq = _links(str(p))
+    by_acc, by_seq = _lookups(structure_chains_file())
     out = list(by_acc.get(uniprot_accession(pid), [])) + list(by_seq.get(sequence, []))
     return list(dict.fromkeys(out))
+
+
+def structure_candidates(index, f: int) -> list[dict]:
+    """Feature ``f``'s top examples that have a structure (their own chain, or one the shared links tie
+    to them), then the proteins with a structure that activate it most; one entry per chain:
+    kind, rank (1-based, top examples only), rel, chain and the example's row."""
+    out, seen = [], set()
+    rows = [("top example", r) for _, r in index.examples(f, "top", 20).iterrows()] + [
+        ("protein with a structure", r) for _, r in index.structure_examples(f, 8).iterrows()]
+    for kind, r in rows:
+        for rel, chain in structures_for(r["id"], r["sequence"], r.get("structure") or "", r.get("chain") or "")[:1]:
+            if (rel, chain) not in seen:
+                seen.add((rel, chain))
+                out.append({"kind": kind, "rank": int(r["rank"]) + 1 if kind == "top example" else None,
+                            "rel": rel, "chain": chain, "row": r})
+    return out
+
+
+def feature_structures(index, f: int, vmax: float, n: int = 4, height: int = 320) -> tuple[list[dict], list[ChainView]]:
+    """The candidates (``structure_candidates``) and the first ``n`` of them coloured (``colour_chain``):
+    what the feature page's Structure tab shows, computed in one place so a page can cache it."""
+    cands = structure_candidates(index, f)
+    views = [colour_chain(index, c["rel"], c["chain"], c["row"]["sequence"], c["row"]["positions"],
+                          c["row"]["values"], vmax, height=height) for c in cands[:n]]
+    return cands, views
 
 
 @dataclass

@@ -27,7 +27,7 @@ from .checkpoint import save_sae
 from .config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, resolve_device, save_json
 from .dist import World, process_group
 from .loader import ShardBatches, TrainError
-from .optim import averaged_copy, default_lr, make_optimizer
+from .optim import averaged_copy, default_lr, make_optimizer, schedule_free
 from .sae import SAE
 from .store import ActivationStore
 
@@ -289,8 +289,8 @@ class _Run:
     def step_all(self, batch: dict[str, torch.Tensor], acc: dict[str, dict[str, float]]) -> float:
         """One optimisation step of every layer's SAE on its batch; running sums go to ``acc``."""
         scfg = self.scfg
-        # signum is schedule-free: a constant rate (the averaging does what a decay would)
-        lr = self.base_lr if self.tcfg.optimizer == "signum" else lr_at(self.step, self.tcfg, self.base_lr)
+        sf = schedule_free(self.tcfg.optimizer)
+        lr = self.base_lr if sf else lr_at(self.step, self.tcfg, self.base_lr)
         l1c = scfg.l1_coef * min(1.0, (self.step + 1) / max(1, self.tcfg.l1_warmup_steps))
         for n in self.names:
             sae, x = self.saes[n], batch[n].to(self.device, non_blocking=True)
@@ -301,7 +301,7 @@ class _Run:
                 dead_mask_F=self.since_fired[n] >= scfg.dead_tokens,
                 l1_coef=l1c,
                 lr=lr,
-                renorm_decoder=self.tcfg.optimizer != "signum",
+                renorm_decoder=not sf,
                 forward=self.forwards.get(n),
                 **self.batch_stats,
             )

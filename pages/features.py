@@ -1,4 +1,5 @@
 """Feature browser: searchable table; a feature's page (deep link ?feature=N)."""
+import functools
 import json
 from pathlib import Path
 from textwrap import shorten
@@ -20,8 +21,8 @@ from esmsae.render import (
 )
 from esmsae.runs import structure_info
 from esmsae.scale import FeatureScale, display_scale
-from esmsae.structure_view import colour_chain, structures_for
-from esmsae.ui import ensure_navigation, pick_run, require_index, table
+from esmsae.structure_view import feature_structures
+from esmsae.ui import cached, ensure_navigation, pick_run, require_index, table
 
 ensure_navigation()
 run = pick_run()
@@ -173,24 +174,10 @@ def show_groups(f: int) -> None:
         table(gt, key="feature_group_table")
 
 
-def structure_candidates(f: int) -> list[dict]:
-    """The feature's top examples that have a structure (their own chain, or one the shared links tie to
-    them), then the proteins with a structure that activate it most; one entry per chain."""
-    out, seen = [], set()
-    top = idx.examples(f, "top", 20)
-    rows = [("top example", r) for _, r in top.iterrows()] + [
-        ("protein with a structure", r) for _, r in idx.structure_examples(f, 8).iterrows()]
-    for kind, r in rows:
-        for rel, chain in structures_for(r["id"], r["sequence"], r.get("structure") or "", r.get("chain") or "")[:1]:
-            if (rel, chain) not in seen:
-                seen.add((rel, chain))
-                out.append({"kind": kind, "rank": int(r["rank"]) + 1 if kind == "top example" else None,
-                            "rel": rel, "chain": chain, "row": r})
-    return out
-
-
 def show_structure(f: int, vmax: float) -> None:
-    cands = structure_candidates(f)
+    # cached per index file: the tab stays drawn once opened, so it reruns on every switch (4 files read,
+    # parsed and aligned each time without the cache)
+    cands, views = cached(idx, "feature_structures", functools.partial(feature_structures, idx), f, vmax)
     if not cands:
         st.info("None of the proteins with a structure activates this feature, and none of its top examples has a"
                 " structure in the shared structure links.")
@@ -200,9 +187,9 @@ def show_structure(f: int, vmax: float) -> None:
                f"{len(cands) - n_top} more proteins with a structure activate the feature. Each chain is coloured by "
                "the feature on one scale (the feature's max), mapped through a sequence alignment, so unresolved "
                "residues are skipped.")
-    shown = cands[:4]
+    shown = cands[:len(views)]
     cols = st.columns(2)
-    for i, c in enumerate(shown):
+    for i, (c, v) in enumerate(zip(shown, views)):
         r = c["row"]
         with cols[i % 2]:
             about = structure_info(c["rel"], c["chain"])
@@ -210,7 +197,6 @@ def show_structure(f: int, vmax: float) -> None:
             where = f"top example #{c['rank']}" if c["rank"] else "protein with a structure"
             st.markdown(f"**{r['id']}** ({where}, max {r['max_act']:.3f}) {shorten(name, 90, placeholder=' ...')}  \n"
                         + links_markdown(r["id"], c["rel"]) + f" · chain {c['chain']}")
-            v = colour_chain(idx, c["rel"], c["chain"], r["sequence"], r["positions"], r["values"], vmax, height=320)
             if v.error:
                 st.warning(v.error)
                 continue

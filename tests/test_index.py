@@ -472,3 +472,28 @@ def test_batched_example_offers_equal_one_at_a_time(tmp_path):
             for pidx, v, o, n in res.items[f].values():
                 q = pairs.index((f, pidx))
                 assert spill.get(o, n)[0].tolist() == track[q][0].tolist() and v == float(v_Q[q])
+
+
+def test_slim_keeps_the_labels_of_the_examples_it_keeps(built_index, tmp_path):
+    """``slim_index`` drops examples; ``label_spans`` keeps exactly the rows of proteins still shown."""
+    import shutil
+    from pathlib import Path
+
+    from esmsae.index.slim import slim_index
+
+    path = tmp_path / "slim.duckdb"
+    shutil.copy(built_index[0], path)
+    con = duckdb.connect(str(path))
+    full = con.execute("SELECT pidx, source, concept FROM label_spans").fetchall()
+    assert full  # UniProt labels of M. genitalium example proteins
+    # every protein of this small index stays an example, so add the labels of one that is none
+    gone = (10**6, "UniProt", "UniProt: transmembrane")
+    con.execute("INSERT INTO label_spans VALUES (?, ?, ?, [0], [5])", list(gone))
+    con.close()
+    slim_index(Path(path), 1, 1)
+    con = duckdb.connect(str(path), read_only=True)
+    kept = set(con.execute("SELECT pidx, source, concept FROM label_spans").fetchall())
+    examples = {r[0] for r in con.execute("SELECT pidx FROM top_examples UNION SELECT pidx FROM quantile_examples"
+                                          " UNION SELECT pidx FROM structure_tracks").fetchall()}
+    con.close()
+    assert kept == {r for r in full if r[0] in examples} and gone not in kept

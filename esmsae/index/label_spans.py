@@ -29,12 +29,22 @@ def spans_frame(labels: dict[int, list[Labeled]], keep: set[int] | None = None) 
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def _examples_sql(con) -> str:
+    """SQL for the pidx of every example protein (the example tables this index has), or ""."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables"
+                                         " WHERE table_catalog = current_database()").fetchall()}
+    return " UNION ".join(f"SELECT DISTINCT pidx FROM {t}" for t in EXAMPLE_TABLES if t in tables)
+
+
 def example_pidx(con) -> set[int]:
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    parts = [f"SELECT DISTINCT pidx FROM {t}" for t in EXAMPLE_TABLES if t in tables]
-    if not parts:
-        return set()
-    return {int(r[0]) for r in con.execute(" UNION ".join(parts)).fetchall()}
+    sql = _examples_sql(con)
+    return {int(r[0]) for r in con.execute(sql).fetchall()} if sql else set()
+
+
+def prune_label_spans(con) -> None:
+    """Keep the labels of proteins that are still examples (after ``slim`` dropped some)."""
+    sql = _examples_sql(con)
+    con.execute("DELETE FROM label_spans" + (f" WHERE pidx NOT IN ({sql})" if sql else ""))
 
 
 def write_label_spans(con, labels: dict[int, list[Labeled]]) -> int:

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import duckdb
 
+from .label_spans import prune_label_spans
+
 
 def slim_index(path: Path, top_n: int, per_bin: int) -> dict:
     """Shrink a built index for the committed bundle (size budget: 80 MB with a 31 MB SAE): keep each
@@ -62,9 +64,8 @@ def slim_index(path: Path, top_n: int, per_bin: int) -> dict:
             )
         else:
             con.execute(f"CREATE TABLE {t} AS SELECT * FROM s.{t}")
-    if "label_spans" in tables:  # the labels of proteins that are still examples
-        con.execute("DELETE FROM label_spans WHERE pidx NOT IN (SELECT pidx FROM top_examples UNION SELECT pidx FROM"
-                    " quantile_examples UNION SELECT pidx FROM structure_tracks)")
+    if "label_spans" in tables:
+        prune_label_spans(con)
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     icfg = json.loads(meta["index_config"])
     icfg.update(
