@@ -4,7 +4,9 @@ server has opened the index and models once), REPEATS times; and the feature pag
 Also, in the same run: in-app navigation (a click on the sidebar link, as a user moves between pages:
 no new browser session), the feature page opened by a click on a row of the feature browser, and the
 floor: a Streamlit page that only writes one line (bench/floor/floor_app.py), loaded the same way.
-Writes bench/results/pages.json with p50 / p95 per page in seconds. Usage: python bench/pages.py"""
+Also the tab pairs: (from, to) switches that tell a tab's own cost from the cost of leaving the tab
+before it. Writes bench/results/pages.json with p50 / p95 per page in seconds. Usage: python
+bench/pages.py [--tab-pairs: only the tab pairs, merged into the existing pages.json]"""
 from __future__ import annotations
 
 import json
@@ -42,6 +44,12 @@ TAB_CONTENT = {
     "Related features": re.compile(r"^Best matches of this feature"),
     "Top examples": re.compile(r"^#1 "),
 }
+
+
+def _cpu() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def _free_port() -> int:
@@ -83,8 +91,35 @@ def _floor(b) -> dict:
         srv.terminate()
 
 
+# (from, to) tab switches that separate a tab's own cost from the cost of leaving the one before it
+TAB_PAIRS = [("Top examples", "Related features"), ("Groups", "Related features"), ("Structure", "Related features"),
+             ("Structure", "Groups"), ("Related features", "Groups")]
+
+
+def tab_pairs(page, url: str, repeats: int = 3) -> dict:
+    """Each (from, to) switch on the feature page, after a 1 s pause on the first tab."""
+    page.goto(url + f"/features?feature={FEATURE}")
+    page.get_by_text(TAB_CONTENT["Top examples"]).first.wait_for(timeout=300_000)
+    out = {}
+    for a, z in TAB_PAIRS:
+        ts = []
+        for _ in range(repeats):
+            page.get_by_role("tab", name=a).click()
+            page.get_by_text(TAB_CONTENT[a]).first.wait_for(state="visible", timeout=120_000)
+            time.sleep(1.0)
+            t = time.perf_counter()
+            page.get_by_role("tab", name=z).click()
+            page.get_by_text(TAB_CONTENT[z]).first.wait_for(state="visible", timeout=120_000)
+            ts.append(round(time.perf_counter() - t, 3))
+        out[f"{a} -> {z}"] = {"runs_s": ts, "p50_s": round(statistics.median(ts), 3)}
+        print(a, "->", z, ts, flush=True)
+    return out
+
+
 def main() -> None:
     from playwright.sync_api import sync_playwright
+
+    only_pairs = "--tab-pairs" in sys.argv  # just the tab-pair switches, merged into pages.json
 
     port = _free_port()
     env = {**os.environ, "ESMSAE_WORKSPACE": str(ROOT / "bench" / "cache" / "pages_ws")}
@@ -98,6 +133,12 @@ def main() -> None:
             b = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True,
                                    args=["--no-sandbox"])
             page = b.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            if only_pairs:
+                out = json.loads((ROOT / "bench" / "results" / "pages.json").read_text())
+                out["tab_pairs"] = tab_pairs(page, url)
+                out["tab_pairs_machine"] = {"cpu_capability": _cpu(), "date": time.strftime("%Y-%m-%d")}
+                (ROOT / "bench" / "results" / "pages.json").write_text(json.dumps(out, indent=2) + "\n")
+                return
             for name, path, ready in PAGES:  # warm-up: the server opens the index and models once
                 page.goto(url + path)
                 page.get_by_text(ready).first.wait_for(timeout=300_000)
@@ -151,6 +192,7 @@ def main() -> None:
                     out["tabs"].setdefault(tab, []).append(time.perf_counter() - t)
             out["tabs"] = {k: {"p50_s": round(statistics.median(v), 3), "p95_s": round(pct(v, 0.95), 3)}
                            for k, v in out["tabs"].items()}
+            out["tab_pairs"] = tab_pairs(page, url)
             out["floor"] = _floor(b)
             b.close()
     finally:
