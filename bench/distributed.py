@@ -41,8 +41,8 @@ def timed(cmd: list[str], threads: int) -> float:
 
 
 def main() -> None:
-    from esmsae.fasta import read_fasta, write_fasta
-    from esmsae.plm import save_initial_esm2
+    from esmsae.core.fasta import read_fasta, write_fasta
+    from esmsae.lm.plm import save_initial_esm2
 
     work = Path(tempfile.mkdtemp(prefix="esmsae_dist_"))
     try:

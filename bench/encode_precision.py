@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.core.precision)
 os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 
 
@@ -30,9 +30,10 @@ def fidelity(n_proteins: int = 200, top: int = 20) -> dict:
     import torch
 
     from bench.extract_throughput import sample_proteins
-    from esmsae.checkpoint import load_sae, model_config_of
     from esmsae.index.build import hook_of
-    from esmsae.plm import load_plm
+    from esmsae.lm.plm import load_plm
+    from esmsae.published.load import load_sae
+    from esmsae.sae.checkpoint import model_config_of
 
     sae = load_sae(ROOT / "data" / "esm_lm" / "sae")
     meta = sae.meta
@@ -92,7 +93,7 @@ def speed(repeats: int = 10) -> dict:
     import torch
 
     from esmsae.config import SAEConfig
-    from esmsae.sae import SAE
+    from esmsae.sae.model import SAE
 
     torch.set_num_threads(2)
     rows = {}

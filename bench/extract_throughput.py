@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from esmsae.config import ModelConfig  # noqa: E402
-from esmsae.fasta import read_fasta  # noqa: E402
-from esmsae.paths import shared_data  # noqa: E402
-from esmsae.plm import Hook, length_batches, load_plm  # noqa: E402
+from esmsae.core.fasta import read_fasta  # noqa: E402
+from esmsae.core.paths import shared_data  # noqa: E402
+from esmsae.lm.plm import Hook, length_batches, load_plm  # noqa: E402
 
 PROTEOMES = shared_data() / "uniprot" / "proteomes15"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.core.precision)
 os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 CACHE = ROOT / "bench" / "cache"
 N_LATENTS, K = 10_240, 32
@@ -38,11 +38,11 @@ def make_sae() -> Path:
     import torch
 
     from bench.train_throughput import real_acts
-    from esmsae.checkpoint import read_cfg, save_sae
     from esmsae.config import SAEConfig
-    from esmsae.optim import default_lr
-    from esmsae.sae import SAE
-    from esmsae.train import train_step
+    from esmsae.sae.checkpoint import read_cfg, save_sae
+    from esmsae.sae.model import SAE
+    from esmsae.sae.optim import default_lr
+    from esmsae.sae.train import train_step
 
     torch.manual_seed(0)
     X = torch.from_numpy(np.load(real_acts()))
@@ -76,10 +76,10 @@ def make_sized(size: str) -> Path:
         return out
     import torch
 
-    from esmsae.checkpoint import read_cfg, save_sae
     from esmsae.config import ModelConfig, SAEConfig
-    from esmsae.plm import Hook, load_plm, make_esm2_model, save_hf
-    from esmsae.sae import SAE
+    from esmsae.lm.plm import Hook, load_plm, make_esm2_model, save_hf
+    from esmsae.sae.checkpoint import read_cfg, save_sae
+    from esmsae.sae.model import SAE
 
     hidden, layers, heads, ffn = SIZES[size]
     cfg_dir = ROOT.parent / "shared" / "data" / "esm2_t6_8M_config"
@@ -138,10 +138,10 @@ def one(n: int, size: str = "8M", encode_dtype: str = "float32") -> dict:
     """Runs in its own process: build the index of n proteins, time the forward inside it."""
     import torch
 
-    from esmsae.checkpoint import model_config_of, read_cfg
     from esmsae.config import IndexConfig
-    from esmsae.index import build_index
-    from esmsae.plm import load_plm
+    from esmsae.index.build import build_index
+    from esmsae.lm.plm import load_plm
+    from esmsae.sae.checkpoint import model_config_of, read_cfg
 
     torch.set_num_threads(2)
     sae_dir = (

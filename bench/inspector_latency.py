@@ -14,9 +14,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from esmsae.analyze import Analyzer  # noqa: E402
-from esmsae.fasta import read_fasta  # noqa: E402
-from esmsae.paths import shared_data  # noqa: E402
+from esmsae.app.analyze import Analyzer  # noqa: E402
+from esmsae.core.fasta import read_fasta  # noqa: E402
+from esmsae.core.paths import shared_data  # noqa: E402
 
 MGEN = shared_data() / "uniprot" / "mgenitalium" / "mgenitalium.fasta"
 

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.core.precision)
 os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
-from esmsae.paths import shared_data  # noqa: E402
-from esmsae.plm import make_esm2_model  # noqa: E402
+from esmsae.core.paths import shared_data  # noqa: E402
+from esmsae.lm.plm import make_esm2_model  # noqa: E402
 
 CONFIG = shared_data() / "esm2_t6_8M_config"
 

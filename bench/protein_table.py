@@ -59,7 +59,7 @@ def child(kind: str, n: int) -> dict:
     import numpy as np
 
     from esmsae.config import IndexConfig
-    from esmsae.fasta import read_proteins
+    from esmsae.core.fasta import read_proteins
     from esmsae.index.build import _batches, batch_plan
     from esmsae.index.protein_table import ProteinTable
     from esmsae.index.proteins import Item

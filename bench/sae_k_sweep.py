@@ -6,11 +6,11 @@ import sys
 import time
 from pathlib import Path
 
-from esmsae.checkpoint import load_sae
 from esmsae.config import SAEConfig, TrainConfig
-from esmsae.evaluate import reconstruction_metrics
-from esmsae.store import ActivationStore
-from esmsae.train import train
+from esmsae.published.load import load_sae
+from esmsae.sae.evaluate import reconstruction_metrics
+from esmsae.sae.train import train
+from esmsae.store.activations import ActivationStore
 
 k, n = int(sys.argv[1]), int(sys.argv[2])
 STORE = str(Path.home() / ".cache" / "esmsae" / "demo_work" / "sae" / "store")

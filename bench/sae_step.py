@@ -21,7 +21,7 @@ def make(impl: str, d: int, n_latents: int, k: int, sample: torch.Tensor, precis
     if impl == "esmsae":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from esmsae.config import SAEConfig
-        from esmsae.sae import SAE
+        from esmsae.sae.model import SAE
 
         sae = SAE(SAEConfig(architecture="topk", n_latents=n_latents, k=k, normalize=NORM), d, seed=0)
         sae.fit_normalization(sample)  # b_dec = data mean, as esmsae's trainer (and sparsify's) do
@@ -200,15 +200,15 @@ def curve(a) -> None:
     schedule-free (momentum 0.95) at lr 5e-3 / sqrt(latents / 2^14), no AuxK (auxk_alpha = 0), the
     gradient along decoder rows removed but no per-step re-normalisation; evaluated with the
     schedule-free averaged weights (``optimizer.eval()``), as its checkpoints are saved; for esmsae
-    ``train --optimizer signum`` (esmsae.optim: the same recipe, AuxK off here as on the other side)."""
+    ``train --optimizer signum`` (esmsae.sae.optim: the same recipe, AuxK off here as on the other side)."""
     X = np.load(a.acts, mmap_mode="r")  # float16 [N, d]: read a batch at a time, bounded memory
     held = torch.from_numpy(np.load(a.heldout).astype(np.float32))
     d = X.shape[1]
     sample = torch.from_numpy(np.asarray(X[:8192], dtype=np.float32))
     sae, loss_fn, post, after = make(a.impl, d, a.n_latents, a.k, sample, a.precision)
     fused = a.adam == "fused" or a.impl == "esmsae"
-    if a.recipe == "signum" and a.impl == "esmsae":  # `train --optimizer signum`: esmsae.optim
-        from esmsae.optim import averaged_copy, default_lr, make_optimizer
+    if a.recipe == "signum" and a.impl == "esmsae":  # `train --optimizer signum`: esmsae.sae.optim
+        from esmsae.sae.optim import averaged_copy, default_lr, make_optimizer
 
         base_lr = default_lr("signum", a.n_latents)
         opt = make_optimizer("signum", sae.parameters(), base_lr)

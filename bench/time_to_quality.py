@@ -36,14 +36,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.core.precision)
 os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 sys.path.insert(0, str(ROOT / "bench"))
 
 from train_precision import _cpu  # noqa: E402
 from train_throughput import peer_python  # noqa: E402
 
-from esmsae.store import ActivationStore  # noqa: E402
+from esmsae.store.activations import ActivationStore  # noqa: E402
 
 TOKENS = 2_097_152  # in the file: esmsae may train past sparsify's budget to reach the target
 TARGET_TOKENS = 1_048_576  # sparsify's budget: 256 steps of 4,096

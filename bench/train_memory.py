@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.core.precision)
 os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 CACHE = ROOT / "bench" / "cache"
 SHARD_TOKENS = 32_768
@@ -30,7 +30,7 @@ def make_store(n_proteins: int = 3000) -> Path:
         return out
     from bench.index_scaling import proteins_fasta
     from esmsae.config import EmbedConfig, HookConfig, ModelConfig
-    from esmsae.store import embed_fasta
+    from esmsae.store.activations import embed_fasta
 
     embed_fasta(
         EmbedConfig(fasta=str(proteins_fasta(n_proteins)), store=str(out), shard_tokens=SHARD_TOKENS),
@@ -58,8 +58,8 @@ def view(store: Path, n_shards: int) -> Path:
 
 def one(store: str, steps: int) -> dict:
     from esmsae.config import SAEConfig, TrainConfig
-    from esmsae.store import ActivationStore
-    from esmsae.train import train
+    from esmsae.sae.train import train
+    from esmsae.store.activations import ActivationStore
 
     with tempfile.TemporaryDirectory() as tmp:
         tcfg = TrainConfig(store=store, out=tmp, token_budget=steps * 4096, batch_size=4096, buffer_shards=4,

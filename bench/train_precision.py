@@ -16,13 +16,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.core.precision)
 os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 
 from esmsae.config import SAEConfig  # noqa: E402
-from esmsae.sae import SAE  # noqa: E402
-from esmsae.store import ActivationStore  # noqa: E402
-from esmsae.train import train_step  # noqa: E402
+from esmsae.sae.model import SAE  # noqa: E402
+from esmsae.sae.train import train_step  # noqa: E402
+from esmsae.store.activations import ActivationStore  # noqa: E402
 
 D_LAT, K, B, N_TOK, STEPS, ROUNDS = 16384, 32, 4096, 65_536, 12, 3
 

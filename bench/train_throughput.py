@@ -22,7 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from esmsae.paths import shared_data  # noqa: E402
+from esmsae.core.paths import shared_data  # noqa: E402
 
 CACHE = ROOT / "bench" / "cache"
 PEERS = {  # impl -> (venv, pip requirement)
@@ -46,8 +46,8 @@ def real_acts(n_proteins: int = 700) -> Path:
     out = CACHE / "demo_L3_acts.npy"
     if out.exists():
         return out
-    from esmsae.analyze import Analyzer
-    from esmsae.fasta import read_fasta
+    from esmsae.app.analyze import Analyzer
+    from esmsae.core.fasta import read_fasta
 
     an = Analyzer(ROOT / "data" / "esm_lm" / "sae")
     seqs = [

@@ -1,7 +1,7 @@
 """UniRep-1900's recurrent forward against this machine's own GEMM limit, and bf16 drift.
 
 Per step the mLSTM runs two GEMMs that the equations make sequential, (B x 1900) @ (1900 x 1900)
-and (B x 1900) @ (1900 x 7600), ~36 MFLOP per residue (esmsae.unirep). The limit is the time of
+and (B x 1900) @ (1900 x 7600), ~36 MFLOP per residue (esmsae.lm.unirep). The limit is the time of
 exactly those two GEMMs at the same B and dtype, measured in the same run: residues/s = B / t.
 The forward is timed on B equal-length rows (L steps, so every step runs B rows), with the input
 projections, gates, state updates and output writes included; and on real proteome proteins of
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.precision)
+# a bench measures the dtype it names, also where the CPU only emulates bf16 (esmsae.core.precision)
 os.environ.setdefault("ESMSAE_KEEP_DTYPE", "1")
 
 
@@ -39,8 +39,8 @@ def _best(fn, reps: int = 3) -> float:
 def main(batches=(32, 64, 128, 256), L: int = 128) -> dict:
     import torch
 
-    from esmsae.precision import cpu_native
-    from esmsae.unirep import UniRepNet, weights_file
+    from esmsae.core.precision import cpu_native
+    from esmsae.lm.unirep import UniRepNet, weights_file
 
     torch.manual_seed(0)
     rows = []
@@ -96,7 +96,7 @@ def _proteins(n: int, seed: int = 3) -> list[str]:
 def real_proteins(n: int = 300) -> dict:
     """Residues/s of ProteinLM.embed on real proteome proteins (mixed lengths), fp32 and bf16."""
     from esmsae.config import ModelConfig
-    from esmsae.plm import Hook, load_plm
+    from esmsae.lm.plm import Hook, load_plm
 
     seqs = _proteins(n)
     out = {"n_proteins": len(seqs), "residues": sum(map(len, seqs))}
@@ -113,7 +113,7 @@ def drift(n: int = 40) -> dict:
     import torch
 
     from esmsae.config import ModelConfig
-    from esmsae.plm import Hook, load_plm
+    from esmsae.lm.plm import Hook, load_plm
 
     seqs = [s[:400] for s in _proteins(n, seed=4)]
     hook = Hook(1, "resid")
@@ -126,7 +126,7 @@ def drift(n: int = 40) -> dict:
     if (sae_dir / "cfg.json").exists() and json.loads((sae_dir / "cfg.json").read_text())["base_model"][
         "name"
     ] == "unirep1900":
-        from esmsae.checkpoint import load_sae
+        from esmsae.published.load import load_sae
 
         sae = load_sae(sae_dir)
         with torch.no_grad():

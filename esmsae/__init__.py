@@ -3,14 +3,14 @@
 The Python API (``load_model``, ``load_sae``, ``features``) lives in :mod:`esmsae.api` and is
 imported lazily, so ``python -m esmsae --help`` does not import torch.
 """
-from ._version import __version__
+from esmsae.core.version import __version__
 
 _API = ("load_model", "load_sae", "features", "Model")
 
 
 def __getattr__(name: str):
     if name in _API:
-        from . import api
+        from esmsae import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'esmsae' has no attribute {name!r}")

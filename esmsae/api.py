@@ -12,8 +12,8 @@ scaled by the SAE's reference max / max x IDF) and ``sae.encode_sparse`` / ``sae
 """
 from __future__ import annotations
 
-from .checkpoint import load_sae
-from .model import Model, features, load_model, pool_residues
+from esmsae.analysis.model import Model, features, load_model, pool_residues
+from esmsae.published.load import load_sae
 
 # A facade: nothing inside the package imports this module.
 __all__ = ["Model", "load_model", "load_sae", "features", "pool_residues"]

@@ -13,9 +13,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import ConfigError, LMTrainConfig, from_dict
-from .fields import add_args, from_args
-from .pipeline import SECTIONS, SKIPS
+from esmsae.config import ConfigError, LMTrainConfig, from_dict
+from esmsae.config.fields import add_args, from_args
+from esmsae.sae.pipeline import SECTIONS, SKIPS
 
 
 def _build(sub: argparse.ArgumentParser, cmd: str) -> None:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Build the demo bundle from ../shared/data: protein LM, SAE on a middle layer, feature index.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from .demo import add_demo_args
+    from esmsae.demo.build import add_demo_args
 
     jb = subs.add_parser(
         "job", help="run a job folder written by the app's training page (embed, train, evaluate, index)"
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(ns: argparse.Namespace) -> int:
-    from .commands import COMMANDS, CONFIGURED
+    from esmsae.commands import COMMANDS, CONFIGURED
 
     if ns.cmd in COMMANDS:
         return COMMANDS[ns.cmd](ns)

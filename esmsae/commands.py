@@ -10,17 +10,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, LMTrainConfig, TrainConfig
-from .fields import from_args
-from .pipeline import run_pipeline, summary
+from esmsae.config import ConfigError, LMTrainConfig, TrainConfig
+from esmsae.config.fields import from_args
+from esmsae.sae.pipeline import run_pipeline, summary
 
 
 def cmd_match(ns: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .checkpoint import load_sae
-    from .fasta import read_proteins
-    from .match import match_saes, untrained_like, with_chance
+    from esmsae.analysis.match import match_saes, untrained_like, with_chance
+    from esmsae.core.fasta import read_proteins
+    from esmsae.published.load import load_sae
 
     seqs = (
         [p.sequence for i, p in zip(range(ns.max_proteins), read_proteins(ns.fasta, on_invalid="skip"))]
@@ -33,12 +33,12 @@ def cmd_match(ns: argparse.Namespace) -> int:
     rows = with_chance(results, match_saes(sae_a, untrained_like(sae_b), seqs, ns.top), ns.threshold)
     print(json.dumps(rows, indent=2))
     if ns.out:
-        from .atomic import write_atomic
+        from esmsae.core.atomic import write_atomic
 
         pairs = pd.concat([r.pairs.assign(method=r.method) for r in results])
         write_atomic(ns.out, lambda tmp: pairs.to_csv(tmp, index=False), "match table")
     if ns.index:
-        from .match import store_matches
+        from esmsae.analysis.match import store_matches
 
         n = store_matches(ns.index, results, ns.name or ns.b, ns.threshold, rows)
         print(f"stored {n} pairs in {ns.index}", file=sys.stderr)
@@ -46,12 +46,14 @@ def cmd_match(ns: argparse.Namespace) -> int:
 
 
 def cmd_import(ns: argparse.Namespace) -> int:
-    from .published import import_sae
+    from esmsae.published.convert import import_sae
 
     out = import_sae(
         ns.source, ns.out, ns.format, layer=ns.layer, k=ns.k, model=ns.model, file=ns.file, input_norm=ns.input_norm
     )
-    meta = json.loads((out / "cfg.json").read_text())
+    from esmsae.sae.checkpoint import read_cfg
+
+    meta = read_cfg(out)
     print(
         json.dumps(
             {
@@ -72,15 +74,15 @@ def cmd_import(ns: argparse.Namespace) -> int:
 
 
 def cmd_steer(ns: argparse.Namespace) -> int:
-    from .checkpoint import load_sae
-    from .fasta import write_fasta
-    from .model import load_model
-    from .steer import Edit, steer
+    from esmsae.analysis.model import load_model
+    from esmsae.analysis.steer import Edit, steer
+    from esmsae.core.fasta import write_fasta
+    from esmsae.published.load import load_sae
 
     sae = load_sae(ns.sae)
     edit = Edit(ns.feature, ns.edit, ns.value, ns.where, ns.start, ns.end)
     if ns.generate:
-        from .steer import generate
+        from esmsae.analysis.steer import generate
 
         d = generate(
             load_model(sae.meta["base_model"]["name"]),
@@ -116,14 +118,14 @@ def cmd_steer(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from .published import export_sae
+    from esmsae.published.convert import export_sae
 
     print(f"exported: {export_sae(ns.checkpoint, ns.out, ns.format)}")
     return 0
 
 
 def cmd_search(ns: argparse.Namespace) -> int:
-    from .index.reader import FeatureIndex
+    from esmsae.index.reader import FeatureIndex
 
     df = FeatureIndex(ns.index).features(search=ns.query, hide_dead=False, limit=ns.limit)
     cols = [c for c in ("feature", "label", "description", "best_concept", "best_f1") if c in df]
@@ -132,7 +134,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
 
 
 def cmd_probe(ns: argparse.Namespace) -> int:
-    from .probe import probe_checkpoint
+    from esmsae.analysis.probe import probe_checkpoint
 
     df = probe_checkpoint(ns.checkpoint, ns.shared or None, ns.n_train, ns.n_test, ns.seed)
     print(df[["task", "metric", "representation", "value", "minus_window10"]].to_string(index=False))
@@ -140,14 +142,14 @@ def cmd_probe(ns: argparse.Namespace) -> int:
 
 
 def cmd_reference_stats(ns: argparse.Namespace) -> int:
-    from .checkpoint import write_reference_stats
+    from esmsae.index.reference import write_reference_stats
 
     print(json.dumps(write_reference_stats(ns.checkpoint, ns.index)))
     return 0
 
 
 def cmd_train_lm(ns: argparse.Namespace) -> int:
-    from .lmtrain import train_lm
+    from esmsae.lm.train import train_lm
 
     lcfg = from_args(LMTrainConfig, ns)
     report = train_lm(lcfg)
@@ -171,27 +173,27 @@ def cmd_train_lm(ns: argparse.Namespace) -> int:
 
 
 def cmd_job(ns: argparse.Namespace) -> int:
-    from .jobs import run_job
+    from esmsae.app.jobs import run_job
 
     return run_job(ns.run_dir)
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from .demo import build_demo
+    from esmsae.demo.build import build_demo
 
     print(json.dumps(build_demo(ns), indent=2, default=str))
     return 0
 
 
 def cmd_init_model(ns: argparse.Namespace) -> int:
-    from .plm import save_initial_esm2
+    from esmsae.lm.plm import save_initial_esm2
 
     print(save_initial_esm2(ns.config_dir, ns.out, ns.seed))
     return 0
 
 
 def cmd_embed(ns: argparse.Namespace, cfg: dict) -> int:
-    from .store import embed_fasta
+    from esmsae.store.activations import embed_fasta
 
     path = embed_fasta(cfg["embed"], cfg["model"], cfg["hook"])
     print(f"activation store: {path}")
@@ -199,11 +201,11 @@ def cmd_embed(ns: argparse.Namespace, cfg: dict) -> int:
 
 
 def cmd_train(ns: argparse.Namespace, cfg: dict) -> int:
-    from .train import train
+    from esmsae.sae.train import train
 
     tcfg = cfg["train"]
     if ns.npy_dir:
-        from .store_npy import store_from_npy
+        from esmsae.store.npy import store_from_npy
 
         if not tcfg.out:
             raise ConfigError("TrainConfig.out: give the run folder (--out)")
@@ -215,7 +217,7 @@ def cmd_train(ns: argparse.Namespace, cfg: dict) -> int:
 
 
 def cmd_evaluate(ns: argparse.Namespace, cfg: dict) -> int:
-    from .evaluate import evaluate
+    from esmsae.sae.evaluate import evaluate
 
     for ck in ns.checkpoint:
         card = evaluate(ck, cfg["eval"], store_path=ns.store, model_name=ns.model_name)
@@ -229,11 +231,11 @@ def cmd_pipeline(ns: argparse.Namespace, cfg: dict) -> int:
 
 
 def cmd_index(ns: argparse.Namespace, cfg: dict) -> int:
-    from .index.build import build_index
+    from esmsae.index.build import build_index
 
     path = build_index(cfg["index"])
-    from .dist import world
-    from .index.reader import FeatureIndex
+    from esmsae.core.dist import world
+    from esmsae.index.reader import FeatureIndex
 
     if not world().main:  # under torchrun rank 0 wrote the index and reports it
         return 0
@@ -245,7 +247,7 @@ def cmd_index(ns: argparse.Namespace, cfg: dict) -> int:
             " is indexed once, under its first id",
             file=sys.stderr,
         )
-    from .groups import coverage_note
+    from esmsae.app.groups import coverage_note
 
     fi = FeatureIndex(path)
     for g in fi.groupings():

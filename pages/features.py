@@ -7,10 +7,9 @@ from textwrap import shorten
 import pandas as pd
 import streamlit as st
 
-from esmsae.columns import match_verdict
-from esmsae.index.reader import LabelStoreBusy, set_label
-from esmsae.links import links_markdown
-from esmsae.render import (
+from esmsae.app.columns import match_verdict
+from esmsae.app.links import links_markdown
+from esmsae.app.render import (
     activation_hist,
     firing_windows,
     format_number,
@@ -19,10 +18,11 @@ from esmsae.render import (
     sequence_logo,
     track_html,
 )
-from esmsae.runs import structure_info
-from esmsae.scale import FeatureScale, display_scale
-from esmsae.structure_view import feature_structures
-from esmsae.ui import cached, ensure_navigation, pick_run, require_index, table
+from esmsae.app.runs import structure_info
+from esmsae.app.structure_view import feature_structures
+from esmsae.app.ui import cached, ensure_navigation, pick_run, require_index, table
+from esmsae.index.reader import LabelStoreBusy, set_label
+from esmsae.sae.scale import FeatureScale, display_scale
 
 ensure_navigation()
 run = pick_run()

@@ -3,10 +3,11 @@ import hashlib
 
 import streamlit as st
 
-from esmsae.analyze import InputError, group_usage, read_uploaded_grouping
-from esmsae.groups import compare, coverage_note, enriched, group_heatmap
-from esmsae.render import heatmap
-from esmsae.ui import analyzer_of, ensure_navigation, pick_run, require_index, table
+from esmsae.app.analyze import InputError
+from esmsae.app.group_upload import group_usage, read_uploaded_grouping
+from esmsae.app.groups import compare, coverage_note, enriched, group_heatmap
+from esmsae.app.render import heatmap
+from esmsae.app.ui import analyzer_of, ensure_navigation, pick_run, require_index, table
 
 
 def group_test_note(t: dict) -> str:

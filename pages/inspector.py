@@ -3,8 +3,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from esmsae.analyze import InputError, generate_in_app, parse_input, steer_in_app
-from esmsae.render import (
+from esmsae.analysis.steer import EDITS, WHERE, Edit, perplexity_name
+from esmsae.app.analyze import InputError, generate_in_app, parse_input, steer_in_app
+from esmsae.app.render import (
     StructureError,
     chain_breaks,
     format_number,
@@ -15,8 +16,7 @@ from esmsae.render import (
     track_html,
     truncation_warnings,
 )
-from esmsae.steer import EDITS, WHERE, Edit, perplexity_name
-from esmsae.ui import analyzer_of, ensure_navigation, feature_link, feature_url, index_of, pick_run, table
+from esmsae.app.ui import analyzer_of, ensure_navigation, feature_link, feature_url, index_of, pick_run, table
 
 ensure_navigation()
 run = pick_run()

@@ -1,8 +1,8 @@
 """Overview: the run card, frequency histogram and the feature map."""
 import streamlit as st
 
-from esmsae.render import feature_map, format_number, freq_histogram, lm_curve_figure
-from esmsae.ui import cached, ensure_navigation, feature_query, pick_run, require_index
+from esmsae.app.render import feature_map, format_number, freq_histogram, lm_curve_figure
+from esmsae.app.ui import cached, ensure_navigation, feature_query, pick_run, require_index
 
 
 def precision_note(encode_dtype: str) -> str:

@@ -4,14 +4,14 @@ import time
 import pandas as pd
 import streamlit as st
 
-from esmsae import jobs
+from esmsae.app import jobs
+from esmsae.app.form_checks import form_message
+from esmsae.app.ui import ensure_navigation
 from esmsae.config import ConfigError
-from esmsae.fields import field_specs, parse_int_list, parse_zero_number
-from esmsae.form_checks import form_message
-from esmsae.paths import DEMO, shared_data, workspace
-from esmsae.published import import_catalogue
-from esmsae.train import read_metrics
-from esmsae.ui import ensure_navigation
+from esmsae.config.fields import field_specs, parse_int_list, parse_zero_number
+from esmsae.core.paths import DEMO, shared_data, workspace
+from esmsae.published.catalogue import import_catalogue
+from esmsae.sae.train import read_metrics
 
 
 def parse_optional_int(text: str, field_name: str) -> int | None:

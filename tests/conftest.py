@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from esmsae.fasta import read_fasta, write_fasta
-from esmsae.paths import shared_data
+from esmsae.core.fasta import read_fasta, write_fasta
+from esmsae.core.paths import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = shared_data()
@@ -23,7 +23,7 @@ def pytest_configure(config):
 
 @pytest.fixture
 def keep_dtype(monkeypatch):
-    """For the tests of bf16 numerics: keep bf16 even on a CPU that would emulate it (esmsae.precision
+    """For the tests of bf16 numerics: keep bf16 even on a CPU that would emulate it (esmsae.core.precision
     falls back to fp32 there); they are small enough to run emulated."""
     monkeypatch.setenv("ESMSAE_KEEP_DTYPE", "1")
 
@@ -38,7 +38,7 @@ def shared():
 @pytest.fixture(scope="session")
 def esm2_dir(tmp_path_factory, shared):
     """ESM-2 8M architecture (real config from ../shared/data), random weights, HF format."""
-    from esmsae.plm import save_initial_esm2
+    from esmsae.lm.plm import save_initial_esm2
 
     return save_initial_esm2(ESM2_CONFIG, tmp_path_factory.mktemp("esm2") / "esm2_8M_init", seed=0)
 
@@ -46,7 +46,7 @@ def esm2_dir(tmp_path_factory, shared):
 @pytest.fixture(scope="session")
 def esmc_file(tmp_path_factory):
     """A small ESM C (real architecture, 3 blocks, d_model 128) saved as a weights file."""
-    from esmsae.plm import build_esmc
+    from esmsae.lm.plm import build_esmc
 
     m = build_esmc(128, 2, 3, seed=0)
     p = tmp_path_factory.mktemp("esmc") / "esmc_tiny.pth"
@@ -57,7 +57,7 @@ def esmc_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mgen_fasta(tmp_path_factory, shared):
     """The first 120 M. genitalium proteins (real UniProt records, cut to 150 residues to keep tests fast)."""
-    from esmsae.fasta import read_fasta
+    from esmsae.core.fasta import read_fasta
 
     return write_fasta(tmp_path_factory.mktemp("fa") / "mgen120.fasta", read_fasta(MGEN), max_len=150, limit=120)
 
@@ -65,7 +65,7 @@ def mgen_fasta(tmp_path_factory, shared):
 @pytest.fixture(scope="session")
 def small_store(tmp_path_factory, esm2_dir, mgen_fasta):
     from esmsae.config import EmbedConfig, HookConfig, ModelConfig
-    from esmsae.store import embed_fasta
+    from esmsae.store.activations import embed_fasta
 
     out = tmp_path_factory.mktemp("store") / "store"
     embed_fasta(EmbedConfig(fasta=str(mgen_fasta), store=str(out), shard_tokens=4096, holdout_fraction=0.15),
@@ -85,7 +85,7 @@ def mgen_full(tmp_path_factory, shared):
 def tiny_sae(tmp_path_factory, small_store):
     """A 128-latent TopK SAE on layer 4 of the random ESM-2 8M model."""
     from esmsae.config import SAEConfig, TrainConfig
-    from esmsae.train import train
+    from esmsae.sae.train import train
 
     out = tmp_path_factory.mktemp("sae")
     (d,) = train(
@@ -114,7 +114,7 @@ def structure_fasta(tmp_path_factory, shared):
 def app_workspace(tmp_path_factory, tiny_sae, mgen_full, structure_fasta, shared):
     """A workspace with one run (the tiny SAE) and its index, as a training job leaves it."""
     from esmsae.config import IndexConfig
-    from esmsae.index import build_index
+    from esmsae.index.build import build_index
 
     ws = tmp_path_factory.mktemp("ws")
     ck = ws / "tiny" / "L4_resid"
@@ -140,8 +140,8 @@ def built_index(tmp_path_factory, tiny_sae, mgen_full, shared, esm2_dir):
     (one id unknown), shared by the brute-force tests of test_index.py and test_science.py."""
     import esmsae.index.write as idx_mod
     from esmsae.config import IndexConfig
-    from esmsae.fasta import read_fasta
-    from esmsae.index import build_index
+    from esmsae.core.fasta import read_fasta
+    from esmsae.index.build import build_index
 
     tmp = tmp_path_factory.mktemp("idx")
     groups = tmp / "half.tsv"
@@ -170,7 +170,7 @@ def plain_run(tmp_path_factory, tiny_sae, mgen_fasta):
     import shutil
 
     from esmsae.config import IndexConfig
-    from esmsae.index import build_index
+    from esmsae.index.build import build_index
 
     ck = tmp_path_factory.mktemp("plain") / "L4_resid"
     shutil.copytree(tiny_sae, ck)

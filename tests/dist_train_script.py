@@ -5,7 +5,7 @@ import os
 import sys
 
 from esmsae.config import SAEConfig, TrainConfig
-from esmsae.train import train
+from esmsae.sae.train import train
 
 cfg = json.loads(sys.argv[1])
 stop = int(sys.argv[2]) if len(sys.argv) > 2 else None

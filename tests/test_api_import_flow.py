@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 import esmsae
 from esmsae.cli import main
-from esmsae.fasta import read_fasta
+from esmsae.core.fasta import read_fasta
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_LM = ROOT / "data" / "esm_lm" / "model"
@@ -66,7 +66,7 @@ def test_api_batch_pool_sparse_and_scaled(lm, mgen_fasta, tmp_path):
     live = ref_max > 0
     torch.testing.assert_close(scaled[:, live], dense[0][:, live] / ref_max[live])
     from esmsae.config import SAEConfig
-    from esmsae.sae import SAE
+    from esmsae.sae.model import SAE
 
     with pytest.raises(ValueError, match="no reference display statistics"):
         SAE(SAEConfig(n_latents=16, k=2), 8, seed=0).encode_scaled(torch.randn(2, 8), "max")
@@ -82,10 +82,10 @@ def test_api_batch_pool_sparse_and_scaled(lm, mgen_fasta, tmp_path):
     torch.testing.assert_close(scaled[:, 1:], raw[:, 1:] / mx[1:] * 2.0)
     assert torch.all(scaled[:, 0] == 0)
     # the inspector's analyzer runs the imported checkpoint at its recorded layer, with the recorded model
-    from esmsae.analyze import Analyzer
-    from esmsae.checkpoint import check_compatible
-    from esmsae.plm import ModelMismatchError
-    from esmsae.published import import_sae
+    from esmsae.app.analyze import Analyzer
+    from esmsae.lm.plm import ModelMismatchError
+    from esmsae.published.convert import import_sae
+    from esmsae.sae.checkpoint import check_compatible
 
     ck = import_sae(str(repo), tmp_path / "ck", model=str(DEMO_LM))
     res = Analyzer(ck).run("p", seqs[0])
@@ -120,7 +120,7 @@ def test_embed_pool_last_store_and_npy_dir_training(tmp_path, mgen_fasta, lm):
         )
         == 0
     )
-    from esmsae.store import ActivationStore
+    from esmsae.store.activations import ActivationStore
 
     st = ActivationStore(tmp_path / "pooled")
     assert st.manifest["n_tokens"] == 30  # one vector per protein
@@ -179,7 +179,7 @@ def test_embed_pool_last_store_and_npy_dir_training(tmp_path, mgen_fasta, lm):
         "500",
     ]
     assert main(args) == 0
-    from esmsae.store import ActivationStore
+    from esmsae.store.activations import ActivationStore
 
     ns = ActivationStore(tmp_path / "nrun" / "npy_store")
     assert ns.manifest["n_tokens"] == 5000 and ns.d_in == 48
@@ -223,14 +223,14 @@ def test_import_tab_runs_an_import_and_index_job(tmp_path, monkeypatch, mgen_ful
     at.text_input(key=f"imp_layer_{other}").input("")
     at.button(key="FormSubmitter:import_form-Import and index").click().run()
     assert not at.exception and "Started import imp1" in at.success[0].value
-    from esmsae import jobs
+    from esmsae.app import jobs
 
     d = ws / "imp1"
     st = jobs.wait(d, lambda st: st["state"] in ("done", "failed"), 180)
     assert st["state"] == "done", (d / "job.log").read_text()[-3000:]
     assert (d / "sae" / "index.duckdb").exists()
     # the imported run is an ordinary run: the overview and feature pages open it
-    from esmsae.runs import list_runs
+    from esmsae.app.runs import list_runs
 
     runs = list_runs(ws, tmp_path / "no-demo")
     assert [r.name for r in runs] == ["imp1/sae"]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from esmsae.app.render import parse_structure, structure_html, track_html
+from esmsae.app.runs import list_runs
+from esmsae.core.paths import DEMO
 from esmsae.index.reader import FeatureIndex, get_labels
-from esmsae.paths import DEMO
-from esmsae.render import parse_structure, structure_html, track_html
-from esmsae.runs import list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -77,7 +77,7 @@ def test_feature_browser_table_search_and_deep_link(env):
         "top group",
     } <= set(table.columns)
     raw = {"grp", "n_fire", "frac", "log_odds", "max_pos", "other_sae", "match_rate_live", "best_f1", "freq_residue"}
-    assert not raw & set(table.columns)  # readable column names (esmsae.columns)
+    assert not raw & set(table.columns)  # readable column names (esmsae.app.columns)
     # residue detectors vs context features: two disjoint subsets of the live features
     at.selectbox(key="kind_filter").set_value("residue detectors").run()
     det = set(at.dataframe[0].value["feature"])
@@ -235,7 +235,7 @@ def test_enriched_and_compare_known_answer():
     """The group tables on a usage frame with a known answer (the tiny index has no q < 0.05 feature)."""
     import pandas as pd
 
-    from esmsae.groups import compare, enriched, group_heatmap
+    from esmsae.app.groups import compare, enriched, group_heatmap
 
     rows = []
     for grp, fr in (("A", {0: 0.9, 1: 0.5, 2: 0.1}), ("B", {0: 0.1, 1: 0.5, 2: 0.2})):
@@ -263,8 +263,9 @@ def test_enriched_and_compare_known_answer():
 
 
 def test_uploaded_grouping(env, mgen_full, esm2_dir):
-    from esmsae.analyze import Analyzer, InputError, group_usage, read_uploaded_grouping
-    from esmsae.fasta import read_fasta
+    from esmsae.app.analyze import Analyzer, InputError
+    from esmsae.app.group_upload import group_usage, read_uploaded_grouping
+    from esmsae.core.fasta import read_fasta
 
     idx = FeatureIndex(env / "tiny" / "L4_resid" / "index.duckdb")
     recs = list(read_fasta(mgen_full))[:12]

@@ -32,7 +32,7 @@ def test_empty_fasta_is_an_error_and_leaves_no_store(tmp_path, capsys):
 def test_windows_line_endings_read_like_unix(tmp_path):
     crlf = tmp_path / "crlf.fasta"
     crlf.write_bytes(b">p1 test\r\nMKTAYIAK\r\nQRQISF\r\n>p2\r\nMKV\r\n")
-    from esmsae.fasta import read_proteins
+    from esmsae.core.fasta import read_proteins
 
     assert [(p.id, p.sequence) for p in read_proteins(crlf)] == [("p1", "MKTAYIAKQRQISF"), ("p2", "MKV")]
 
@@ -42,7 +42,7 @@ def test_truncated_checkpoint_names_the_file(tmp_path, capsys):
     shutil.copytree(ROOT / "data" / "esm_lm" / "sae", ck, ignore=shutil.ignore_patterns("eval.json"))
     w = ck / "sae.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 3])
-    from esmsae.checkpoint import load_sae
+    from esmsae.published.load import load_sae
 
     with pytest.raises(ValueError, match=r"sae\.safetensors cannot be read \(truncated or corrupt\?\)"):
         load_sae(ck)
@@ -67,7 +67,7 @@ def test_a_bad_layer_list_is_refused(tmp_path, capsys):
         main(["embed", "--fasta", "x.fasta", "--store", str(tmp_path / "s"), "--layers", "3,x"])
     assert "expected comma-separated integers, got '3,x'" in capsys.readouterr().err
     from esmsae.config import ConfigError
-    from esmsae.fields import parse_int_list
+    from esmsae.config.fields import parse_int_list
 
     with pytest.raises(ConfigError, match="hook.layers: expected comma-separated whole numbers, got '3,x'"):
         parse_int_list("3,x", "hook.layers")
@@ -88,7 +88,7 @@ def test_stale_index_scratch_of_a_killed_indexer_is_swept(tmp_path):
 
 
 def test_a_copied_checkpoint_says_where_its_relative_model_went(tmp_path):
-    from esmsae.checkpoint import model_config_of, read_cfg
+    from esmsae.sae.checkpoint import model_config_of, read_cfg
 
     ck = tmp_path / "elsewhere" / "sae"
     shutil.copytree(ROOT / "data" / "esm_lm" / "sae", ck)

@@ -14,7 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from esmsae.paths import shared_data
+from esmsae.core.paths import shared_data
 
 SHARED = shared_data()
 
@@ -284,7 +284,7 @@ def test_journey_training(server, browser):
     page.get_by_label("Run name", exact=True).wait_for(timeout=90_000)
     page.get_by_label("Run name", exact=True).fill("browser-run")
     fasta = ws / "train.fasta"
-    from esmsae.fasta import read_fasta, write_fasta
+    from esmsae.core.fasta import read_fasta, write_fasta
 
     write_fasta(fasta, read_fasta(SHARED / "uniprot" / "mgenitalium" / "mgenitalium.fasta"), max_len=200, limit=80)
     model = (
@@ -327,7 +327,7 @@ def test_journey_training(server, browser):
 
 
 def _tiny_model(ws: Path) -> str:
-    from esmsae.plm import save_initial_esm2
+    from esmsae.lm.plm import save_initial_esm2
 
     out = ws / "_model"
     if not out.exists():

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from esmsae.config import IndexConfig
-from esmsae.fasta import write_fasta
+from esmsae.core.fasta import write_fasta
 from esmsae.index.clusters import cluster_profiles, cluster_vectors
 
 
@@ -19,7 +19,7 @@ def _families(n=24, seed=0):
 
 
 def test_two_separated_families_make_two_clusters_deterministically(tmp_path, tiny_sae):
-    from esmsae.index import build_index
+    from esmsae.index.build import build_index
 
     a, b = _families()
     fa = write_fasta(

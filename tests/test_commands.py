@@ -90,8 +90,8 @@ def test_demo_command_builds_a_bundle_the_app_opens(tmp_path, monkeypatch, capsy
     assert {r["task"] for r in card} == {"TM helix (TMbed)", "secondary structure (FLIP, 3 states)"}
     assert {"one-hot window +-10 (control)", "SAE codes (64 latents)"} <= {r["representation"] for r in card}
     assert all(r["n_train_proteins"] <= 30 and 0 <= r["value"] <= 1 for r in card)
-    from esmsae.analyze import Analyzer
-    from esmsae.runs import list_runs
+    from esmsae.app.analyze import Analyzer
+    from esmsae.app.runs import list_runs
 
     runs = list_runs(tmp_path / "no-ws", demo=out)
     assert runs[0].name == "demo" and runs[0].index.exists()

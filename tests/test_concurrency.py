@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from esmsae.config import ModelConfig
-from esmsae.plm import Hook, load_plm
+from esmsae.lm.plm import Hook, load_plm
 
 
 def test_concurrent_embeds_and_spliced_logits_equal_serial(esm2_dir):

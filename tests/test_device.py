@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from esmsae.config import ConfigError, IndexConfig, ModelConfig, TrainConfig, resolve_device
-from esmsae.fasta import read_fasta, write_fasta
+from esmsae.core.fasta import read_fasta, write_fasta
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -30,7 +30,7 @@ def test_a_cuda_run_of_a_checkpoint_loads_on_cpu(tiny_sae, tmp_path):
     """A checkpoint records the device it ran on; loading it never requires that device."""
     import shutil
 
-    from esmsae.checkpoint import model_config_of, read_cfg
+    from esmsae.sae.checkpoint import model_config_of, read_cfg
 
     ck = tmp_path / "ck"
     shutil.copytree(tiny_sae, ck)
@@ -133,7 +133,7 @@ def test_pipeline_and_index_on_cuda(tmp_path, shared, esm2_dir):
         text=True,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    from esmsae.checkpoint import load_sae
+    from esmsae.published.load import load_sae
 
     sae = load_sae(out / "L3_resid")
     assert sae.W_dec.device.type == "cpu" and sae.encode_dense(torch.randn(3, sae.d_in)).shape == (3, 256)

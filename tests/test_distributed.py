@@ -176,7 +176,7 @@ def test_layer_parallel_is_bit_identical(tmp_path, small_store):
     """--parallel layers on 2 ranks: rank r trains layer r; each sae.safetensors is byte-identical
     to the one-process run over both layers, cfg.json equal but for the run folder, and the
     metrics of both layers are read back."""
-    from esmsae.train import read_metrics
+    from esmsae.sae.train import read_metrics
 
     args = ["--n-latents", "256", "--k", "8"]
     both = [a if a != "4" else "2,4" for a in _train_args(small_store, tmp_path / "one", *args)]
@@ -254,7 +254,7 @@ def test_two_rank_index_equals_one_process(tmp_path, tiny_sae, mgen_full, shared
     import duckdb
     import pandas as pd
 
-    from esmsae.fasta import read_fasta
+    from esmsae.core.fasta import read_fasta
 
     groups = tmp_path / "half.tsv"
     ids = [h.split()[0] for h, _ in read_fasta(mgen_full)]

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from esmsae.fasta import read_fasta, write_fasta
+from esmsae.core.fasta import read_fasta, write_fasta
 
 
 @pytest.mark.slow

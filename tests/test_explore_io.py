@@ -64,7 +64,7 @@ def test_concurrent_label_saves_and_reads(tmp_path):
 
 
 def test_runs_are_found_wherever_the_cli_put_them(tmp_path):
-    from esmsae.runs import list_runs
+    from esmsae.app.runs import list_runs
 
     def ck(rel, index=None):
         d = tmp_path / rel

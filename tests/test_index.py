@@ -8,12 +8,15 @@ import pytest
 import torch
 from scipy.stats import fisher_exact
 
-from esmsae.checkpoint import load_sae
-from esmsae.concepts import load_all, load_tmbed, runs
 from esmsae.config import ConfigError, IndexConfig, ModelConfig
-from esmsae.fasta import read_fasta
-from esmsae.index import IndexError_, ProteinTable, build_index, enrichment, read_grouping
-from esmsae.plm import Hook, ModelMismatchError, load_plm
+from esmsae.core.fasta import read_fasta
+from esmsae.index.build import build_index
+from esmsae.index.group_stats import enrichment
+from esmsae.index.labels import load_all, load_tmbed, runs
+from esmsae.index.protein_table import ProteinTable
+from esmsae.index.proteins import IndexBuildError, read_grouping
+from esmsae.lm.plm import Hook, ModelMismatchError, load_plm
+from esmsae.published.load import load_sae
 
 _DENSE: dict = {}
 
@@ -187,7 +190,7 @@ def test_bh_and_enrichment_known_answer():
 def test_bad_index_input(tmp_path, tiny_sae, mgen_full, esm2_dir, shared):
     bad = tmp_path / "g.tsv"
     bad.write_text("P99999\tX\n")
-    with pytest.raises(IndexError_, match="none of its 1 protein ids"):
+    with pytest.raises(IndexBuildError, match="none of its 1 protein ids"):
         ProteinTable.build(
             IndexConfig(sae=str(tiny_sae), out=str(tmp_path / "i.duckdb"), fasta=[str(mgen_full)], groups=[str(bad)]),
             [],
@@ -206,7 +209,7 @@ def test_bad_index_input(tmp_path, tiny_sae, mgen_full, esm2_dir, shared):
     with pytest.raises(ConfigError, match="top_n"):
         IndexConfig(top_n=0)
     # an SAE whose d_in does not fit the model: clear error, nothing written
-    from esmsae.plm import build_esmc
+    from esmsae.lm.plm import build_esmc
 
     esmc = tmp_path / "esmc.pth"
     torch.save(build_esmc(128, 2, 3, seed=0).state_dict(), esmc)
@@ -318,8 +321,8 @@ def test_concept_loaders_on_shared(shared):
 
 
 def test_user_labels_survive_a_rebuild(built_index):
-    from esmsae.index import labels_path
     from esmsae.index.reader import get_labels, set_label
+    from esmsae.index.tables import labels_path
 
     path, cfg = built_index
     set_label(path, 3, "kept across rebuilds")

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from esmsae import jobs
+from esmsae.app import jobs
 from esmsae.config import ConfigError
 
 
@@ -41,7 +41,7 @@ def test_the_form_refuses_what_the_job_would(tmp_path, esm2_dir, mgen_fasta, tin
     """Layer out of the model's range (read from its config), a server file that is not FASTA, a model or
     an SAE hub id that is not in the (offline) cache, a folder that holds no SAE: refused before
     anything is written, each naming the form's field; and config errors in the form's words."""
-    from esmsae.form_checks import form_message
+    from esmsae.app.form_checks import form_message
 
     cases = [
         ({"hook": {"layers": [99], "site": "resid"}}, "Layer(s): 99 does not exist in"),

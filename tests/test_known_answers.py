@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from esmsae.config import EvalConfig, HookConfig, SAEConfig, TrainConfig
-from esmsae.fields import add_args, from_args
-from esmsae.sae import SAE
-from esmsae.train import lr_at
+from esmsae.config.fields import add_args, from_args
+from esmsae.sae.model import SAE
+from esmsae.sae.train import lr_at
 
 
 def test_learning_rate_schedule():
@@ -26,7 +26,7 @@ def test_learning_rate_schedule():
 
 def test_reconstruction_metrics_known_answer():
     """An SAE that reconstructs every token as the batch mean has FVU exactly 1; a perfect one 0."""
-    from esmsae.evaluate import reconstruction_metrics
+    from esmsae.sae.evaluate import reconstruction_metrics
 
     torch.manual_seed(0)
     x = torch.randn(500, 8) * torch.tensor([1, 2, 3, 4, 5, 6, 7, 8.0]) + 3
@@ -69,9 +69,9 @@ def test_add_args_parses_lists_and_booleans():
 
 @pytest.mark.parametrize("arch", ["relu", "batchtopk"])
 def test_train_other_architectures(tmp_path, small_store, arch):
-    from esmsae.checkpoint import load_sae
-    from esmsae.evaluate import evaluate
-    from esmsae.train import train
+    from esmsae.published.load import load_sae
+    from esmsae.sae.evaluate import evaluate
+    from esmsae.sae.train import train
 
     (d,) = train(
         TrainConfig(
@@ -104,7 +104,7 @@ def test_train_other_architectures(tmp_path, small_store, arch):
 
 
 def test_jumprelu_is_refused_by_train(tmp_path, small_store):
-    from esmsae.train import TrainError, train
+    from esmsae.sae.train import TrainError, train
 
     with pytest.raises(TrainError, match="can be imported"):
         train(
@@ -119,9 +119,9 @@ def test_bf16_mixed_precision_training_matches_fp32(tmp_path, small_store, keep_
     tokens and seed ends no more than 2% worse in held-out FVU than fp32 and within 5% either way (on
     this store: 2.1% and 1.3% *lower* on seeds 0 and 1, where two fp32 seeds differ by 14%), with dead
     latents within 3% of the dictionary (57 vs 65 of 512 here); the run records its precision."""
-    from esmsae.checkpoint import load_sae
-    from esmsae.evaluate import evaluate
-    from esmsae.train import train
+    from esmsae.published.load import load_sae
+    from esmsae.sae.evaluate import evaluate
+    from esmsae.sae.train import train
 
     cards, dead = {}, {}
     for prec in ("float32", "bfloat16"):

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from esmsae.columns import formats, human, match_verdict
+from esmsae.app.columns import formats, human, match_verdict
+from esmsae.app.links import pdb_id, protein_links, uniprot_accession
+from esmsae.core.paths import DEMO
 from esmsae.index.reader import FeatureIndex
-from esmsae.links import pdb_id, protein_links, uniprot_accession
-from esmsae.paths import DEMO
 
 
 def test_links_from_ids_and_structure_files():
@@ -24,7 +24,7 @@ def test_links_from_ids_and_structure_files():
 
 
 def test_structure_names_come_from_the_shared_links_table(shared):
-    from esmsae.runs import structure_info
+    from esmsae.app.runs import structure_info
 
     info = structure_info("plip/1acj.pdb", "A")
     assert "ACETYLCHOLINESTERASE" in info["title"] and info["uniprot"] == "P04058"
@@ -73,7 +73,7 @@ def test_structures_for_a_protein_by_its_chain_accession_or_sequence(shared):
     its UniProt accession or to its exact sequence; an unlinked protein finds none."""
     import csv
 
-    from esmsae.structure_view import structures_for
+    from esmsae.app.structure_view import structures_for
 
     assert structures_for("x", "MKV", "pdb/1aki.cif", "A") == [("pdb/1aki.cif", "A")]
     assert ("plip/1acj.pdb", "A") in structures_for("sp|P04058|ACES_TORCA", "")
@@ -84,7 +84,7 @@ def test_structures_for_a_protein_by_its_chain_accession_or_sequence(shared):
 
 
 def test_label_lanes_put_spans_and_activations_on_one_axis():
-    from esmsae.render import label_lanes_html
+    from esmsae.app.render import label_lanes_html
 
     spans = pd.DataFrame({"pidx": [0, 0], "source": ["UniProt", "TMbed"],
                           "concept": ["UniProt: domain", "TMbed: TM helix"], "starts": [[2], [0]], "ends": [[5], [1]]})
@@ -106,8 +106,8 @@ def test_label_lanes_put_spans_and_activations_on_one_axis():
 def test_index_keeps_the_labels_of_its_example_proteins(built_index, shared):
     """label_spans holds, for every example protein with labels, exactly the spans of its label
     records (known answer: the label files, read again here), and no protein that is not an example."""
-    from esmsae.concepts import load_all
-    from esmsae.fasta import seq_md5
+    from esmsae.core.fasta import seq_md5
+    from esmsae.index.labels import load_all
 
     path, _ = built_index
     idx = FeatureIndex(path)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from esmsae.config import LMTrainConfig, ModelConfig
-from esmsae.fasta import write_fasta
-from esmsae.lmtrain import load_corpus, mask_tokens, train_lm
-from esmsae.plm import EsmTokens, Hook, load_plm
+from esmsae.core.fasta import write_fasta
+from esmsae.lm.plm import EsmTokens, Hook, load_plm
+from esmsae.lm.train import load_corpus, mask_tokens, train_lm
 
 
 def test_masking_follows_80_10_10_and_skips_special_tokens():

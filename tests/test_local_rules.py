@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from test_science import _counts
 
-from esmsae.concepts import Labeled
 from esmsae.index.concept_f1 import AMINO_ACIDS, eligible, report, rule_f1, select, split_of
+from esmsae.index.labels import Labeled
 from esmsae.index.local_rules import KYTE_DOOLITTLE, RULE_NAMES, fire_matrix
 from esmsae.index.proteins import Item
 

@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
+from esmsae.analysis.match import activation_correlation, decoder_cosine
 from esmsae.config import SAEConfig
-from esmsae.match import activation_correlation, decoder_cosine
-from esmsae.sae import SAE
+from esmsae.sae.model import SAE
 
 
 def _sae(F=96, d=32, seed=0):
@@ -57,9 +57,9 @@ def test_splitting_is_reported():
 
 
 def test_two_seeds_on_the_same_activations_match_above_chance(tmp_path, small_store):
-    from esmsae.checkpoint import load_sae
     from esmsae.config import TrainConfig
-    from esmsae.train import train
+    from esmsae.published.load import load_sae
+    from esmsae.sae.train import train
 
     saes = []
     for seed in (0, 1):
@@ -83,7 +83,7 @@ def test_two_seeds_on_the_same_activations_match_above_chance(tmp_path, small_st
     assert chance["match_rate"] == 0.0 and real["match_rate"] > 0.15, (real, chance)  # measured 0.28 (cosine > 0.7)
     assert real["median_best_score"] > chance["median_best_score"] + 0.2
     # the same through with_chance / untrained_like, over live features
-    from esmsae.match import untrained_like, with_chance
+    from esmsae.analysis.match import untrained_like, with_chance
 
     saes[1].meta = saes[0].meta = {}
     live = saes[0].encode_dense(torch.randn(2000, 320)).gt(0).any(0).numpy()
@@ -162,12 +162,12 @@ def test_matches_survive_a_rebuild(built_index, tiny_sae, tmp_path):
 
     import duckdb
 
-    from esmsae.checkpoint import load_sae
+    from esmsae.analysis.match import match_saes, store_matches
     from esmsae.config import IndexConfig
-    from esmsae.index import build_index
+    from esmsae.index.build import build_index
     from esmsae.index.reader import FeatureIndex
     from esmsae.index.tables import matches_path
-    from esmsae.match import match_saes, store_matches
+    from esmsae.published.load import load_sae
 
     ck = tmp_path / "ck"
     shutil.copytree(tiny_sae, ck)

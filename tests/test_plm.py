@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from esmsae.config import ModelConfig
-from esmsae.fasta import SequenceError, clean_sequence, parse_fasta_text, parse_header
-from esmsae.plm import Hook, ModelMismatchError, fairesm_to_hf_state_dict, length_batches, load_plm
+from esmsae.core.fasta import SequenceError, clean_sequence, parse_fasta_text, parse_header
+from esmsae.lm.plm import Hook, ModelMismatchError, fairesm_to_hf_state_dict, length_batches, load_plm
 
 SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "ACDEFGHIKLMNPQRSTVWYXBZUO", "MSL"]
 

@@ -1,5 +1,5 @@
 """bf16 only where the device runs it natively: an AVX2-only CPU emulates bf16 matmuls about 40x
-slower than fp32, so a requested bf16 becomes fp32 there (esmsae.precision)."""
+slower than fp32, so a requested bf16 becomes fp32 there (esmsae.core.precision)."""
 from __future__ import annotations
 
 import warnings
@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-from esmsae import precision
 from esmsae.config import ModelConfig, SAEConfig
-from esmsae.plm import load_plm
-from esmsae.sae import SAE
+from esmsae.core import precision
+from esmsae.lm.plm import load_plm
+from esmsae.sae.model import SAE
 
 
 @pytest.fixture

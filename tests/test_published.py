@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from esmsae.checkpoint import load_sae
 from esmsae.cli import main
+from esmsae.published.load import load_sae
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_LM = ROOT / "data" / "esm_lm" / "model"
@@ -26,7 +26,7 @@ D, F, K, LAYER = 320, 512, 16, 4
 def acts(mgen_fasta):
     """[N, 320] float32: layer-4 residual activations of the demo LM on 6 real proteins."""
     import esmsae
-    from esmsae.fasta import read_fasta
+    from esmsae.core.fasta import read_fasta
 
     lm = esmsae.load_model(str(DEMO_LM))
     seqs = [s for _, s in read_fasta(mgen_fasta)][:6]
@@ -179,7 +179,7 @@ def test_biohub_residual_update_repo_is_marked(tmp_path, acts):
     )
     assert meta["site"] == "resid_update" and any("residual-update" in n for n in meta["provenance"]["notes"])
     import esmsae
-    from esmsae.plm import Hook, ModelMismatchError
+    from esmsae.lm.plm import Hook, ModelMismatchError
 
     lm = esmsae.load_model(str(DEMO_LM))
     with pytest.raises(ModelMismatchError, match="resid_update"):

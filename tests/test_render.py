@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from esmsae.render import parse_structure, script_json, structure_html, track_html
+from esmsae.app.render import parse_structure, script_json, structure_html, track_html
 
 EVIL = "</script><script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 
@@ -51,7 +51,7 @@ def _pdb(residues):
 
 
 def test_insertion_codes_and_chain_breaks():
-    from esmsae.render import chain_breaks
+    from esmsae.app.render import chain_breaks
 
     text = _pdb([("ALA", 1, ""), ("GLY", 2, ""), ("GLY", 2, "A"), ("SER", 5, ""), ("LYS", 6, "")])
     seq, resi = parse_structure(text, "pdb")["A"]
@@ -64,7 +64,7 @@ def test_insertion_codes_and_chain_breaks():
 
 @pytest.mark.parametrize("case", ["empty", "water_only", "truncated_cif", "not_utf8", "garbage"])
 def test_bad_structures_are_named(shared, case):
-    from esmsae.render import StructureError
+    from esmsae.app.render import StructureError
 
     cif = (shared / "structures" / "pdb" / "1igy.cif").read_text()
     text, fmt = {
@@ -75,7 +75,7 @@ def test_bad_structures_are_named(shared, case):
         "garbage": ("this is not a structure\n", "cif"),
     }[case]
     if case == "truncated_cif":  # cut in the middle: what is whole is read, and it is flagged as cut short
-        from esmsae.render import truncation_warnings
+        from esmsae.app.render import truncation_warnings
 
         try:
             chains = parse_structure(text, fmt)

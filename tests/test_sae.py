@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from esmsae.config import SAEConfig
-from esmsae.sae import SAE
-from esmsae.train import train_step
+from esmsae.sae.model import SAE
+from esmsae.sae.train import train_step
 
 
 def _data(n=512, d=32, seed=0):
@@ -183,7 +183,7 @@ def test_fvu_drops_when_trained():
 def test_topk_rows_is_exact(shape, k):
     """The group-max prefilter returns exactly torch.topk's values, with matching indices,
     including rows full of ties."""
-    from esmsae.sae_kernels import topk_rows
+    from esmsae.sae.kernels import topk_rows
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g)

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from esmsae.concepts import Labeled, concept_kind, is_catch_all, load_uniprot
 from esmsae.config import IndexConfig, ModelConfig, SAEConfig
-from esmsae.fasta import seq_md5
+from esmsae.core.fasta import seq_md5
 from esmsae.index.concept_f1 import (
     AMINO_ACIDS,
     THRESHOLDS,
@@ -24,6 +23,7 @@ from esmsae.index.concept_f1 import (
     trivial_f1,
 )
 from esmsae.index.group_stats import enrichment, top_groups
+from esmsae.index.labels import Labeled, concept_kind, is_catch_all, load_uniprot
 from esmsae.index.protein_table import ProteinTable
 from esmsae.index.proteins import Item, grouping_tsv, read_taxonomy
 from esmsae.index.streaming import LATENT_BITS
@@ -375,8 +375,8 @@ def test_protein_table_dedup_rules(tmp_path):
 def test_masked_only_perplexity_equals_hand_computation():
     """A toy model whose logits ignore the input: CE at <mask> positions = mean -log p(target)
     over exactly those positions."""
-    from esmsae.lmtrain import heldout_ce, mask_tokens
-    from esmsae.plm import EsmTokens
+    from esmsae.lm.plm import EsmTokens
+    from esmsae.lm.train import heldout_ce, mask_tokens
 
     tok = EsmTokens()
     logp = torch.log_softmax(torch.randn(33, generator=torch.Generator().manual_seed(0)), 0)
@@ -399,7 +399,7 @@ def test_masked_only_perplexity_equals_hand_computation():
 
 
 def _identity_sae(d):
-    from esmsae.sae import SAE
+    from esmsae.sae.model import SAE
 
     sae = SAE(SAEConfig(architecture="topk", n_latents=2 * d, k=2 * d, normalize="none"), d, seed=0)
     eye = torch.eye(d)
@@ -414,8 +414,8 @@ def _identity_sae(d):
 def test_identity_splice_and_mean_ablation(esm2_dir):
     """Splicing an SAE that reconstructs exactly changes nothing (delta CE 0, 100% recovered);
     mean ablation equals filling the hooked residues with the mean by hand."""
-    from esmsae.evaluate import spliced_lm_loss
-    from esmsae.plm import Hook, load_plm
+    from esmsae.lm.plm import Hook, load_plm
+    from esmsae.sae.evaluate import spliced_lm_loss
 
     plm = load_plm(ModelConfig(name=str(esm2_dir)))
     hook = Hook(3, "resid")
@@ -450,8 +450,8 @@ def test_identity_splice_and_mean_ablation(esm2_dir):
 def test_neighbour_model_uses_neighbours_and_nothing_else():
     """Alternating ACAC...: a masked residue is fixed by its neighbours (CE near 0); on random
     sequences the neighbour model is no better than residue frequencies."""
-    from esmsae.lmtrain import mask_tokens, neighbour_ce, unigram_ce
-    from esmsae.plm import EsmTokens
+    from esmsae.lm.plm import EsmTokens
+    from esmsae.lm.train import mask_tokens, neighbour_ce, unigram_ce
 
     tok = EsmTokens()
     alt = ["AC" * 60] * 50
@@ -487,7 +487,7 @@ def test_committed_demo_bundle_has_no_machine_paths():
         if m in v
     }
     assert not bad, bad
-    from esmsae.demo_bundle import portable
+    from esmsae.demo.bundle import portable
 
     assert portable(
         {"a": ["/x/y/shared/data/uniprot/f.fasta", "/root/.cache/esmsae/demo_work/index.duckdb", "rel/p", 3]},
@@ -593,8 +593,9 @@ def test_aa_lookup_fvu_is_zero_when_residue_identity_is_everything(tmp_path):
 
     import pandas as pd
 
-    from esmsae.evaluate import aa_lookup_fvu
-    from esmsae.store import ActivationStore, is_heldout
+    from esmsae.core.fasta import is_heldout
+    from esmsae.sae.evaluate import aa_lookup_fvu
+    from esmsae.store.activations import ActivationStore
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(20, 8))

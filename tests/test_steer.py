@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import esmsae
-from esmsae.checkpoint import hook_of
-from esmsae.steer import Edit, _logits, _residue_fn, steer, steer_activations
+from esmsae.analysis.steer import Edit, _logits, _residue_fn, steer, steer_activations
+from esmsae.sae.checkpoint import hook_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ"
@@ -63,7 +63,7 @@ def test_steering_result_and_the_check_on_the_demo(unirep_demo):
     feature came up in 0 of 32 trials (8 features x 4 proteins) although every edit rewrote the argmax
     sequence. That is what the check is for; here it must be computed from the re-embedded sequence."""
     lm, sae = unirep_demo
-    from esmsae.fasta import read_fasta
+    from esmsae.core.fasta import read_fasta
     from esmsae.index.reader import FeatureIndex
 
     idx = FeatureIndex(ROOT / "data" / "demo" / "index.duckdb")
@@ -152,8 +152,8 @@ def test_generation_is_seeded_and_checked(demo, tmp_path, capsys):
     with the unmodified model (fires, target max, pseudo-perplexity)."""
     import json
 
+    from esmsae.analysis.steer import generate
     from esmsae.cli import main
-    from esmsae.steer import generate
 
     lm, sae = demo
     e = Edit(7, "clamp", 40.0)
@@ -201,7 +201,7 @@ def test_generation_is_seeded_and_checked(demo, tmp_path, capsys):
 def test_dead_features_are_refused_and_degenerate_designs_flagged(demo):
     """Steering a feature that never fired on the reference proteins is refused with a message; a
     low-complexity design is flagged with its reasons; a natural protein is not."""
-    from esmsae.steer import degenerate_reasons
+    from esmsae.analysis.steer import degenerate_reasons
 
     lm, sae = demo
     mx, _ = sae.display_stats()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from esmsae.checkpoint import load_sae, read_cfg
 from esmsae.config import (
     ConfigError,
     EmbedConfig,
@@ -15,10 +14,12 @@ from esmsae.config import (
     load_json,
     save_json,
 )
-from esmsae.fasta import SequenceError
-from esmsae.plm import ModelMismatchError, load_plm
-from esmsae.store import ActivationStore, StoreError, embed_fasta
-from esmsae.train import TrainError, read_metrics, train
+from esmsae.core.fasta import SequenceError
+from esmsae.lm.plm import ModelMismatchError, load_plm
+from esmsae.published.load import load_sae
+from esmsae.sae.checkpoint import read_cfg
+from esmsae.sae.train import TrainError, read_metrics, train
+from esmsae.store.activations import ActivationStore, StoreError, embed_fasta
 
 
 def test_store_contents_match_direct_embedding(small_store, esm2_dir, mgen_fasta):
@@ -33,7 +34,7 @@ def test_store_contents_match_direct_embedding(small_store, esm2_dir, mgen_fasta
     assert 0 < (prots["split"] == "heldout").sum() < 120
     # activations of protein 5 equal a direct forward pass (fp16 storage)
     plm = load_plm(ModelConfig(name=str(esm2_dir)))
-    from esmsae.plm import Hook
+    from esmsae.lm.plm import Hook
 
     direct = plm.embed([prots.loc[5, "sequence"]], [Hook(4, "resid")])[0]["L4_resid"].numpy()
     for i in range(len(st.shards)):
@@ -117,7 +118,7 @@ def test_signum_resumes_bit_for_bit_and_saves_the_averaged_weights(tmp_path, sma
     """`--optimizer signum` (schedule-free sign descent): an interrupted run resumes to the same
     checkpoint bit for bit (a checkpoint never moves the training point y), and the checkpoint holds
     the averaged weights x = y + (1 - 1/beta)(z - y), not y."""
-    from esmsae.optim import SIGNUM_MOMENTUM
+    from esmsae.sae.optim import SIGNUM_MOMENTUM
 
     scfg = SAEConfig(n_latents=256, k=8, dead_tokens=1000)
     kw = dict(optimizer="signum", token_budget=12 * 256, checkpoint_every=4)
@@ -186,7 +187,7 @@ def test_a_store_in_another_format_is_refused(tmp_path, small_store):
     message naming it and what to do, not a KeyError later."""
     import shutil
 
-    from esmsae.store import STORE_VERSION, ActivationStore, StoreError
+    from esmsae.store.activations import STORE_VERSION, ActivationStore, StoreError
 
     copy = tmp_path / "store"
     shutil.copytree(small_store, copy)

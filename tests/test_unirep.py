@@ -1,4 +1,4 @@
-"""UniRep (esmsae.unirep): the PyTorch mLSTM against the package's own JAX forward, the head's class
+"""UniRep (esmsae.lm.unirep): the PyTorch mLSTM against the package's own JAX forward, the head's class
 order, next-residue perplexity against its baselines, causality, and clear errors."""
 from pathlib import Path
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from esmsae.config import ModelConfig
-from esmsae.fasta import read_fasta
-from esmsae.lm_eval import next_residue_eval
-from esmsae.plm import Hook, ModelMismatchError, load_plm
-from esmsae.unirep import UNIREP_MODELS, UniRepNet, UniRepTokens, UniRepUnavailable, weights_file
+from esmsae.core.fasta import read_fasta
+from esmsae.lm.evaluate import next_residue_eval
+from esmsae.lm.plm import Hook, ModelMismatchError, load_plm
+from esmsae.lm.unirep import UNIREP_MODELS, UniRepNet, UniRepTokens, UniRepUnavailable, weights_file
 
 FIXTURE = Path(__file__).parent / "data" / "unirep_jax_known_answers.npz"
 
@@ -136,10 +136,10 @@ def test_steering_and_generation_on_a_causal_lm(mgen):
     forward, equal to next_residue_eval's on the same protein), and generation resamples left to right
     with seeded, reproducible designs."""
     import esmsae
+    from esmsae.analysis.steer import Edit, generate, perplexity_name, pseudo_perplexity, steer
     from esmsae.config import SAEConfig
-    from esmsae.lm_eval import next_residue_eval
-    from esmsae.sae import SAE
-    from esmsae.steer import Edit, generate, perplexity_name, pseudo_perplexity, steer
+    from esmsae.lm.evaluate import next_residue_eval
+    from esmsae.sae.model import SAE
 
     lm = esmsae.load_model("unirep64")
     torch.manual_seed(0)

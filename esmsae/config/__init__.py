@@ -1,15 +1,16 @@
 """Configuration dataclasses: one per concern, validated in ``__post_init__``; ``base.py`` (shared
 helpers and the JSON round trip), ``model.py`` (protein LM, hook, embedding, LM training), ``sae.py``
-(SAE, training, evaluation), ``index.py`` (the feature index), all re-exported here.
+(SAE, training, evaluation), ``index.py`` (the feature index), all re-exported here, and ``fields.py``,
+which generates the command line (every command's options) and the app's settings page from them.
 
 Every dataclass round-trips through JSON (:func:`to_dict` / :func:`from_dict`) and
-generates its own argparse options (:func:`esmsae.fields.add_args` / :func:`~esmsae.fields.from_args`), so the
-CLI and the app's settings page are built from the same definitions.
+generates its own argparse options (:func:`esmsae.config.fields.add_args` / :func:`~esmsae.config.fields.from_args`),
+so the CLI and the app's settings page are built from the same definitions.
 """
 
 from __future__ import annotations
 
-from .base import (
+from esmsae.config.base import (
     ARCHITECTURES,
     DENSE_FREQ,
     FAMILIES,
@@ -29,8 +30,8 @@ from .base import (
     save_json,
     to_dict,
 )
-from .index import IndexConfig
-from .model import (
+from esmsae.config.index import IndexConfig
+from esmsae.config.model import (
     DEVICE_RE,
     EmbedConfig,
     HookConfig,
@@ -40,7 +41,7 @@ from .model import (
     check_device,
     resolve_device,
 )
-from .sae import EvalConfig, SAEConfig, TrainConfig
+from esmsae.config.sae import EvalConfig, SAEConfig, TrainConfig
 
 __all__ = [
     "ARCHITECTURES",

@@ -107,7 +107,9 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON atomically (temp file, then rename)."""
-    from ..atomic import write_text_atomic  # a temp name per writer: a job and the app may write one file at once
+    from esmsae.core.atomic import (
+        write_text_atomic,  # a temp name per writer: a job and the app may write one file at once
+    )
 
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

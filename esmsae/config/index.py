@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import (
+from esmsae.config.base import (
     DENSE_FREQ,
     _check,
     _check_choices,
     opt,
 )
-from .model import (
+from esmsae.config.model import (
     check_device,
 )
 

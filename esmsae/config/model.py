@@ -5,7 +5,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .base import (
+from esmsae.config.base import (
     FAMILIES,
     SITES,
     ConfigError,

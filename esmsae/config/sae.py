@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import (
+from esmsae.config.base import (
     ARCHITECTURES,
     DENSE_FREQ,
     NORMALIZATIONS,
@@ -12,7 +12,7 @@ from .base import (
     _check_choices,
     opt,
 )
-from .model import (
+from esmsae.config.model import (
     check_device,
 )
 

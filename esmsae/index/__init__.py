@@ -1,38 +1,30 @@
 """The feature index (DuckDB): one streaming pass of a protein set through protein LM + SAE.
 
-====================  ==========================================================================
-``proteins.py``       one protein record, grouping / taxonomy file readers, one label per source
-``protein_table.py``  the protein set as a columnar table (DuckDB, Parquet): de-duplicated, ranked reads
-``streaming.py``      bounded-memory accumulators: top-N, reservoir, track spill, CSR, heap trim
-``concept_f1.py``     concept F1 with baselines, valid/test split and the amino-acid control
-``group_stats.py``    group enrichment: log odds, one-sided Fisher, Benjamini-Hochberg
-``tables.py``         schema and table writers (no torch: the app's read path imports it)
-``build.py``          :func:`build_index`, the build as a sequence of phases
-====================  ==========================================================================
+=====================  ==============================================================================
+``build.py``           :func:`build_index`, the build as a sequence of phases
+``labels.py``          per-residue concepts and protein taxonomy from the label sets in ../shared/data
+``proteins.py``        one protein record, grouping / taxonomy file readers, one label per source
+``protein_table.py``   the protein set as a columnar table (DuckDB, Parquet): de-duplicated, ranked reads
+``protein_groups.py``  grouping files (TSV, JSON, MMseqs2 clusters) into the protein table
+``protein_sql.py``     small DuckDB helpers of the protein table
+``streaming.py``       bounded-memory accumulators: top-N, reservoir, track spill, CSR, heap trim
+``accumulate.py``      what the streaming pass accumulates, per batch
+``frames.py``          the index tables as DataFrames, computed from the stream once the pass is over
+``concept_f1.py``      concept F1 with baselines, valid/test split and the amino-acid control
+``local_rules.py``     local-sequence baselines of concepts (hydropathy, amino-acid window, position)
+``describe.py``        grounded one-line feature descriptions and search terms
+``group_stats.py``     group enrichment: log odds, CMH / Fisher, Benjamini-Hochberg
+``composition.py``     the composition control of group enrichment
+``clusters.py``        embedding clusters as a grouping
+``label_spans.py``     the ``label_spans`` table drawn under activation tracks
+``tables.py``          schema and table writers (no torch: the app's read path imports it)
+``write.py``           writing the built index into its DuckDB file
+``reader.py``          :class:`FeatureIndex`: every query of the index (the app's read path)
+``matches.py``         cross-SAE matches in a side file a rebuild keeps
+``reference.py``       reference display statistics written into the SAE checkpoint
+``slim.py``            index files rewritten for a committed bundle
+=====================  ==============================================================================
 
-Names are re-exported lazily, so importing :mod:`esmsae.index.tables` (the app) does not
-import the build side (torch).
+Nothing is re-exported: import each name from the module that owns it, so that importing
+:mod:`esmsae.index.reader` (the app) does not import the build side (torch).
 """
-from __future__ import annotations
-
-from importlib import import_module
-
-_WHERE = {
-    "build_index": "build", "EXAMPLE_BLOCK": "write",
-    "Item": "proteins", "IndexBuildError": "proteins", "ProteinTable": "protein_table", "grouping_json": "proteins",
-    "grouping_tsv": "proteins", "read_grouping": "proteins",
-    "enrichment": "group_stats", "benjamini_hochberg": "group_stats",
-    "THRESHOLDS": "concept_f1", "MIN_DOMAINS": "concept_f1", "MIN_RESIDUES": "concept_f1", "MARGIN": "concept_f1",
-    "labels_path": "tables", "SCHEMA": "tables", "HIST_EDGES": "tables",
-}
-
-
-def __getattr__(name: str):
-    if name == "IndexError_":  # the old name
-        name = "IndexBuildError"
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module 'esmsae.index' has no attribute {name!r}")
-
-
-__all__ = sorted(_WHERE)

@@ -9,19 +9,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..config import IndexConfig
-from .clusters import (
+from esmsae.config import IndexConfig
+from esmsae.index.clusters import (
     ClusterSpill,
 )
-from .composition import FiringSpill
-from .concept_f1 import (
+from esmsae.index.composition import FiringSpill
+from esmsae.index.concept_f1 import (
     aa_codes,
 )
-from .group_stats import length_bin, length_edges
-from .protein_table import ProteinTable
-from .proteins import Item
-from .streaming import CSRWriter, Reservoir, TopN, TrackSpill
-from .tables import HIST_EDGES
+from esmsae.index.group_stats import length_bin, length_edges
+from esmsae.index.protein_table import ProteinTable
+from esmsae.index.proteins import Item
+from esmsae.index.streaming import CSRWriter, Reservoir, TopN, TrackSpill
+from esmsae.index.tables import HIST_EDGES
 
 
 @dataclass
@@ -111,7 +111,7 @@ class Stream:
 def _reduce_stream(st: "Stream") -> None:
     """All-reduce the running statistics in place: counts and sums add, maxima take the max.
     Integer sums are exact; float64 sums change only in their last bits (summation order)."""
-    from ..dist import all_reduce_
+    from esmsae.core.dist import all_reduce_
 
     arrays = [
         st.fire_res_F,

@@ -29,18 +29,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import explain
-from ..checkpoint import check_compatible, hook_of, load_sae, model_config_of
-from ..concepts import Labeled, load_all
-from ..config import IndexConfig, auto_batch_tokens, resolve_device
-from ..dist import World, barrier, process_group
-from ..fasta import SequenceError
-from ..plm import ProteinLM, load_plm
-from .accumulate import Layout, Stream, _add_batch, _reduce_stream
-from .clusters import (
+from esmsae.config import IndexConfig, auto_batch_tokens, resolve_device
+from esmsae.core.atomic import explain
+from esmsae.core.dist import World, barrier, process_group
+from esmsae.core.fasta import SequenceError
+from esmsae.index.accumulate import Layout, Stream, _add_batch, _reduce_stream
+from esmsae.index.clusters import (
     GROUPING as CLUSTER_GROUPING,
 )
-from .clusters import (
+from esmsae.index.clusters import (
     ClusterData,
     ClusterSpill,
     cluster_counts,
@@ -48,11 +45,11 @@ from .clusters import (
     cluster_profiles,
     cluster_vectors,
 )
-from .composition import FiringSpill, composition_counts
-from .concept_f1 import (
+from esmsae.index.composition import FiringSpill, composition_counts
+from esmsae.index.concept_f1 import (
     aa_codes,
 )
-from .frames import (
+from esmsae.index.frames import (
     USAGE_COLUMNS,
     _composition_counts,
     _concept_frames,
@@ -62,12 +59,16 @@ from .frames import (
     _with_composition,
     _with_descriptions,
 )
-from .group_stats import length_bin, usage_frame
-from .label_spans import write_label_spans
-from .protein_table import ProteinTable
-from .proteins import IndexBuildError, Item
-from .streaming import MAX_LATENTS, CSRWriter, HeapTrim, TrackSpill
-from .write import _table, _write_meta, _write_proteins, _write_tables
+from esmsae.index.group_stats import length_bin, usage_frame
+from esmsae.index.label_spans import write_label_spans
+from esmsae.index.labels import Labeled, load_all
+from esmsae.index.protein_table import ProteinTable
+from esmsae.index.proteins import IndexBuildError, Item
+from esmsae.index.streaming import MAX_LATENTS, CSRWriter, HeapTrim, TrackSpill
+from esmsae.index.write import _table, _write_meta, _write_proteins, _write_tables
+from esmsae.lm.plm import ProteinLM, load_plm
+from esmsae.published.load import load_sae
+from esmsae.sae.checkpoint import check_compatible, hook_of, model_config_of
 
 
 def _sweep_stale_scratch(folder: Path) -> None:

@@ -167,8 +167,8 @@ def cluster_profiles(labels_P: np.ndarray, proteins: pd.DataFrame, usage: pd.Dat
     """One row per cluster: size, length quartiles, kingdom shares, top organisms and protein names (with
     counts), and the best concepts of its most enriched features (q < 0.05, not composition-driven).
     ``proteins``: the clustered proteins in spill order (columns length, kingdom, organism, description)."""
-    from ..concepts import is_catch_all
-    from .describe import _name
+    from esmsae.index.describe import _name
+    from esmsae.index.labels import is_catch_all
 
     rows = []
     matched = features.set_index("feature")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .group_stats import enrichment
+from esmsae.index.group_stats import enrichment
 
 COMP_BINS = (0.75, 1.25)  # fractions of the amino acid's overall frequency
 N_COMP = len(COMP_BINS) + 1
@@ -123,7 +123,7 @@ def composition_enrichment(
 ) -> dict[str, np.ndarray]:
     """CMH over length x composition strata, one feature set per top amino acid -> log_odds, p, q [G, F]
     (q: Benjamini-Hochberg over all tested cells, as the length-only test)."""
-    from .group_stats import benjamini_hochberg
+    from esmsae.index.group_stats import benjamini_hochberg
 
     G, S, F = n_fire_GSF.shape
     lo, p = np.zeros((G, F)), np.ones((G, F))

@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..concepts import concept_kind, is_catch_all
-from .local_rules import FAMILIES as RULE_FAMILIES
-from .local_rules import N_RULES, RULE_NAMES, best_in_family, fire_matrix
-from .streaming import LATENT_BITS, MAX_LATENTS
+from esmsae.index.labels import concept_kind, is_catch_all
+from esmsae.index.local_rules import FAMILIES as RULE_FAMILIES
+from esmsae.index.local_rules import N_RULES, RULE_NAMES, best_in_family, fire_matrix
+from esmsae.index.streaming import LATENT_BITS, MAX_LATENTS
 
 if TYPE_CHECKING:
-    from .proteins import Item
-    from .streaming import CSRWriter
+    from esmsae.index.proteins import Item
+    from esmsae.index.streaming import CSRWriter
 
 THRESHOLDS = (0.0, 0.15, 0.5, 0.6, 0.8)  # fractions of each feature's max (InterPLM)
 SPLITS = ("valid", "test")

@@ -29,8 +29,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ..concepts import is_catch_all
-from .concept_f1 import DETECTOR_PURITY
+from esmsae.index.concept_f1 import DETECTOR_PURITY
+from esmsae.index.labels import is_catch_all
 
 PURITY_PHRASE = 0.5  # name the residue type when it takes at least this share of the firing
 END_FOLD = 3.0  # "N-terminal" when the first tenth holds >= 3x the 10% expected by chance

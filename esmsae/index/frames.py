@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import IndexConfig
-from ..dist import World
-from .accumulate import Layout, Stream
-from .composition import composition_counts, composition_enrichment
-from .concept_f1 import (
+from esmsae.config import IndexConfig
+from esmsae.core.dist import World
+from esmsae.index.accumulate import Layout, Stream
+from esmsae.index.composition import composition_counts, composition_enrichment
+from esmsae.index.concept_f1 import (
     DETECTOR_PURITY,
     aa_purity,
     concept_counts,
@@ -20,15 +20,15 @@ from .concept_f1 import (
     eligible,
     select,
 )
-from .concept_f1 import (
+from esmsae.index.concept_f1 import (
     report as concept_report,
 )
-from .describe import describe, search_text
-from .group_stats import top_group_q, top_groups, usage_frame
-from .protein_table import ProteinTable
-from .proteins import Item
-from .streaming import CSRWriter
-from .tables import feature_map, hist_quantiles
+from esmsae.index.describe import describe, search_text
+from esmsae.index.group_stats import top_group_q, top_groups, usage_frame
+from esmsae.index.protein_table import ProteinTable
+from esmsae.index.proteins import Item
+from esmsae.index.streaming import CSRWriter
+from esmsae.index.tables import feature_map, hist_quantiles
 
 
 def _concept_halves(csr: CSRWriter, items: dict[int, Item], layout: Layout, st: "Stream", w: World = World()):
@@ -39,7 +39,7 @@ def _concept_halves(csr: CSRWriter, items: dict[int, Item], layout: Layout, st: 
     if w.distributed:
         from dataclasses import fields
 
-        from ..dist import all_reduce_
+        from esmsae.core.dist import all_reduce_
 
         for h in halves:
             for fld in fields(h):
@@ -113,7 +113,7 @@ def _composition_counts(st: Stream, layout: Layout, w: World = World()) -> dict 
     n_groups = [len(layout.group_names[g]) for g in layout.groupings]
     counts = composition_counts(st.firing, top_aa_F, freq_A, n_groups, len(layout.length_edges) + 1)
     if w.distributed:
-        from ..dist import all_reduce_
+        from esmsae.core.dist import all_reduce_
 
         for fire, prot in counts:
             all_reduce_(torch.from_numpy(fire), "sum")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..concepts import Labeled
+from esmsae.index.labels import Labeled
 
 EXAMPLE_TABLES = ("top_examples", "quantile_examples", "structure_tracks")
 COLUMNS = ("pidx", "source", "concept", "starts", "ends")
@@ -65,8 +65,8 @@ def add_label_spans(index_path: str | Path, labelled: list[Labeled]) -> int:
     as the build matches them): for an index built before the table existed."""
     import duckdb
 
-    from ..fasta import seq_md5
-    from .proteins import labels_by_md5
+    from esmsae.core.fasta import seq_md5
+    from esmsae.index.proteins import labels_by_md5
 
     by_md5, _ = labels_by_md5(labelled)
     con = duckdb.connect(str(index_path))

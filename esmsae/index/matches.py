@@ -3,7 +3,7 @@
 
 Two tables: ``feature_matches`` (per feature of this SAE its best counterparts in another SAE, with
 the feature-splitting flag) and ``match_summaries`` (per other SAE and method the match rate next to
-its chance level). The maths lives in :mod:`esmsae.match`; this module only stores and reads.
+its chance level). The maths lives in :mod:`esmsae.analysis.match`; this module only stores and reads.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 import duckdb
 import pandas as pd
 
-from .tables import matches_path
+from esmsae.index.tables import matches_path
 
 PAIRS_DDL = (
     "CREATE TABLE IF NOT EXISTS feature_matches (feature INTEGER, rank INTEGER, other_sae VARCHAR, other_feature"

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..concepts import Labeled
-from ..fasta import Protein, clean_sequence, parse_header, seq_md5
+from esmsae.core.fasta import Protein, clean_sequence, parse_header, seq_md5
+from esmsae.index.labels import Labeled
 
 
 class IndexBuildError(ValueError):

@@ -19,8 +19,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from . import matches
-from .tables import check_format, labels_path
+from esmsae.index import matches
+from esmsae.index.tables import check_format, labels_path
 
 
 class FeatureIndex:
@@ -235,7 +235,7 @@ class FeatureIndex:
         if search:
             # every term in the description, concept, top proteins' ids / names or the user label
             # (DuckDB's FTS extension is not installable offline: see index/describe.py)
-            from .describe import search_terms, term_variants
+            from esmsae.index.describe import search_terms, term_variants
 
             terms = search_terms(search)
             hay = (
@@ -269,7 +269,7 @@ class FeatureIndex:
         names) and user label for ``query`` (rank_bm25; the model is built once per index and label set)."""
         from rank_bm25 import BM25Okapi
 
-        from .describe import search_terms, term_variants, tokens
+        from esmsae.index.describe import search_terms, term_variants, tokens
 
         key = tuple(sorted(labels.items()))
         if self._bm25 is None or self._bm25[0] != key:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import duckdb
 
-from .label_spans import prune_label_spans
+from esmsae.index.label_spans import prune_label_spans
 
 
 def slim_index(path: Path, top_n: int, per_bin: int) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .streaming import Reservoir, TopN, TrackSpill
+from esmsae.index.streaming import Reservoir, TopN, TrackSpill
 
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-4, 4, 161)])  # activation histogram bin edges (20 per decade)
 

@@ -3,25 +3,23 @@ and the meta table (format version, SAE, model, settings, what was skipped)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .._version import __version__
-from ..checkpoint import WEIGHTS, read_eval
-from ..config import IndexConfig
-from .accumulate import Stream
-from .concept_f1 import (
+from esmsae.config import IndexConfig
+from esmsae.core.version import __version__
+from esmsae.index.accumulate import Stream
+from esmsae.index.concept_f1 import (
     THRESHOLDS,
 )
-from .protein_table import COLUMNS, MEMORY_LIMIT, ProteinTable
-from .streaming import TrackSpill
-from .tables import FORMAT_VERSION, HIST_EDGES, SCHEMA, quantile_frame, top_frame
+from esmsae.index.protein_table import COLUMNS, MEMORY_LIMIT, ProteinTable
+from esmsae.index.streaming import TrackSpill
+from esmsae.index.tables import FORMAT_VERSION, HIST_EDGES, SCHEMA, quantile_frame, top_frame
+from esmsae.sae.checkpoint import read_eval, weights_sha256
 
 EXAMPLE_BLOCK = 2048  # features per block when the example tables are written
 
@@ -106,7 +104,7 @@ def _write_meta(
     t0: float,
     world_size: int = 1,
 ) -> None:
-    wsha = hashlib.sha256((Path(cfg.sae) / WEIGHTS).read_bytes()).hexdigest()[:16]
+    wsha = weights_sha256(cfg.sae)
     info = {
         "format_version": FORMAT_VERSION,
         "esmsae_version": __version__,

@@ -1,5 +1,5 @@
 """Published protein SAEs as esmsae checkpoints: ``python -m esmsae import`` / ``export``, and
-:func:`esmsae.checkpoint.load_sae` on anything that is not an esmsae folder.
+:func:`esmsae.published.load.load_sae` on anything that is not an esmsae folder.
 
 Each reader turns one source's own on-disk layout into one canonical form (encoder
 ``W_enc [d, F]``, ``b_enc [F]``, decoder ``W_dec [F, d]``, ``b_dec [d]`` subtracted from the
@@ -26,28 +26,11 @@ sparsify's ``encoder.layer.i`` and SAELens' ``blocks.i.hook_resid_post`` are lay
 
 Import needs no model weights: the base model is recorded and checked when the SAE is used.
 
-One module per format (``interplm.py`` ... ``sparsify.py``, each a ``read(path, opts) -> Canonical``);
+One module per format (``interplm.py``, ``interprot.py``, ``esmc.py``, ``plm_sae.py``, ``esm_sae.py``,
+``saelens.py``, ``sparsify.py``: each a ``read(path, opts) -> Canonical``);
 ``canonical.py`` (the canonical form and its conversion to an SAE), ``catalogue.py`` (known models
 and releases), ``hub.py`` (fetching), ``source.py`` (detection and dispatch: a new source touches
 its reader and the ``READERS`` table), ``convert.py`` (import and export, which write checkpoints).
-Names are re-exported lazily, so ``checkpoint`` can read through ``source`` without a cycle.
+Nothing is re-exported: import each name from the module that owns it. ``load.py`` holds
+:func:`~esmsae.published.load.load_sae`, the one loader of any SAE (an esmsae folder or a published one).
 """
-from __future__ import annotations
-
-from importlib import import_module
-
-_WHERE = {
-    "FORMATS": "catalogue", "KNOWN_MODELS": "catalogue", "CATALOGUE": "catalogue", "import_catalogue": "catalogue",
-    "hub_format": "catalogue", "Canonical": "canonical", "PublishedFormatError": "canonical", "to_sae": "canonical",
-    "canonical_meta": "canonical", "detect_format": "source", "read_source": "source", "READERS": "source",
-    "fetch_hub": "hub", "import_sae": "convert", "export_sae": "convert",
-}
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module 'esmsae.published' has no attribute {name!r}")
-
-
-__all__ = sorted(_WHERE)

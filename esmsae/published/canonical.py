@@ -1,5 +1,5 @@
 """esmsae's canonical form of a published SAE (:class:`Canonical`), the error every reader raises,
-and the conversion to an esmsae :class:`~esmsae.sae.SAE` with its checkpoint metadata."""
+and the conversion to an esmsae :class:`~esmsae.sae.model.SAE` with its checkpoint metadata."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._version import __version__
-from ..config import SAEConfig
-from .catalogue import KNOWN_MODELS
+from esmsae.config import SAEConfig
+from esmsae.core.version import __version__
+from esmsae.published.catalogue import KNOWN_MODELS
 
 
 class PublishedFormatError(ValueError):
@@ -92,8 +92,8 @@ def _model_by_width(d: int, fmt: str) -> str:
 
 
 def to_sae(c: Canonical):
-    """The esmsae :class:`~esmsae.sae.SAE` computing exactly the source's features."""
-    from ..sae import SAE
+    """The esmsae :class:`~esmsae.sae.model.SAE` computing exactly the source's features."""
+    from esmsae.sae.model import SAE
 
     arch = c.architecture
     cfg = SAEConfig(architecture=arch, n_latents=c.n_latents, k=c.k if arch in ("topk", "batchtopk") else 0,

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checkpoint import load_sae, save_sae
-from .canonical import PublishedFormatError, canonical_meta, to_sae
-from .source import read_source
+from esmsae.published.canonical import PublishedFormatError, canonical_meta, to_sae
+from esmsae.published.source import read_source
+from esmsae.sae.checkpoint import load_checkpoint, save_sae
 
 
 def import_sae(source: str, out: str | os.PathLike, fmt: str = "auto", **kw: Any) -> Path:
@@ -42,7 +42,7 @@ def export_sae(folder: str | os.PathLike, out: str | os.PathLike, fmt: str) -> P
     from safetensors.torch import save_file
 
 
-    sae = load_sae(folder)
+    sae = load_checkpoint(folder)
     meta = sae.meta
     W_enc, b_enc, W_dec, b_dec, norm = _folded_weights(sae)
     arch = sae.cfg.architecture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .canonical import Canonical, PublishedFormatError
+from esmsae.published.canonical import Canonical, PublishedFormatError
 
 
 def read(path: Path, opts: dict) -> Canonical:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .canonical import PublishedFormatError
+from esmsae.published.canonical import PublishedFormatError
 
 
 def fetch_hub(repo_id: str, fmt: str | None, opts: dict) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .canonical import Canonical, PublishedFormatError
+from esmsae.published.canonical import Canonical, PublishedFormatError
 
 _INTERPROT_NAME = re.compile(r"plm(\d+).*?l(\d+).*?sae(\d+)")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .canonical import Canonical, PublishedFormatError
+from esmsae.published.canonical import Canonical, PublishedFormatError
 
 
 def read(folder: Path, opts: dict) -> Canonical:

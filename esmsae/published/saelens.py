@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .canonical import Canonical, PublishedFormatError, _fold_no_input_bias
+from esmsae.published.canonical import Canonical, PublishedFormatError, _fold_no_input_bias
 
 _SAELENS_NORM = {"none": "none", "layer_norm": "layernorm_eps", "constant_norm_rescale": "unit_norm_sqrt_d",
                  "expected_average_only_in": "scalar", False: "none", True: "scalar", None: "none"}

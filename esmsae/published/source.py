@@ -7,12 +7,13 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from . import esm_sae, esmc, interplm, interprot, plm_sae, saelens, sparsify
-from .canonical import Canonical, PublishedFormatError, _model_by_width
-from .catalogue import FORMATS, hub_format
-from .hub import fetch_hub
-from .interprot import _INTERPROT_NAME
-from .saelens import _hook_to_layer
+from esmsae.published import esm_sae, esmc, interplm, interprot, plm_sae, saelens, sparsify
+from esmsae.published.canonical import Canonical, PublishedFormatError, _model_by_width
+from esmsae.published.catalogue import FORMATS, hub_format
+from esmsae.published.hub import fetch_hub
+from esmsae.published.interprot import _INTERPROT_NAME
+from esmsae.published.saelens import _hook_to_layer
+from esmsae.sae.checkpoint import is_checkpoint
 
 READERS: dict[str, Callable[[Path, dict], Canonical]] = {
     "interplm": interplm.read, "interprot": interprot.read, "esmc": esmc.read, "plm-sae": plm_sae.read,
@@ -44,9 +45,10 @@ def detect_format(path: Path) -> str:
         )
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if (path / "sae.safetensors").exists() and (path / "cfg.json").exists():
-        cfg = json.loads((path / "cfg.json").read_text())
-        return "esmsae" if "esmsae_version" in cfg else "sparsify"
+    if is_checkpoint(path):
+        return "esmsae"
+    if (path / "sae.safetensors").exists() and (path / "cfg.json").exists():  # sparsify's own layout
+        return "sparsify"
     if (path / "sae_weights.safetensors").exists():
         return "saelens"
     cfgp = path / "config.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .canonical import Canonical, PublishedFormatError, _fold_no_input_bias
-from .saelens import _hook_to_layer
+from esmsae.published.canonical import Canonical, PublishedFormatError, _fold_no_input_bias
+from esmsae.published.saelens import _hook_to_layer
 
 
 def read(folder: Path, opts: dict) -> Canonical:

