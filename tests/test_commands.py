@@ -97,3 +97,32 @@ def test_demo_command_builds_a_bundle_the_app_opens(tmp_path, monkeypatch, capsy
     assert runs[0].name == "demo" and runs[0].index.exists()
     res = Analyzer(runs[0].sae_dir).run("q", "MKTAYIAKQRQISFVKSHFSRQ")  # the relative model path, resolved
     assert res.acts_LK.shape[0] == 22
+
+
+def test_every_option_is_generated_from_one_declaration(monkeypatch):
+    """cli.py holds no per-option code: every option of every command is a field of a config dataclass
+    named in the command table, and docs/cli.md is exactly what the parser prints."""
+    import argparse
+    import ast
+    import dataclasses
+
+    from esmsae import cli
+
+    tree = ast.parse((ROOT / "esmsae" / "cli.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "add_argument"]
+    assert calls == [], "cli.py adds options by hand"
+    subs = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subs.choices) == set(cli.BY_NAME)
+    for name, sub in subs.choices.items():
+        cmd = cli.BY_NAME[name]
+        declared = {f.name for _, cls, _ in cmd.sections for f in dataclasses.fields(cls)}
+        declared |= {f.name for cls in cmd.args for f in dataclasses.fields(cls)}
+        dests = {a.dest for a in sub._actions if a.dest != "help"}
+        assert dests <= declared, (name, dests - declared)
+    monkeypatch.setenv("COLUMNS", "100")
+    assert (ROOT / "docs" / "cli.md").read_text() == cli.usage_markdown(), "regenerate: python -m esmsae.cli > docs/cli.md"
+
+
+def test_a_command_option_is_validated_by_its_dataclass(capsys):
+    assert main(["steer", "x", "--sequence", "MKV", "--feature", "1", "--mask-frac", "2"]) == 2
+    assert "SteerArgs.mask_frac: must be in (0, 1], got 2.0" in capsys.readouterr().err

@@ -226,7 +226,8 @@ def checkpoint_file_handlers(sources: dict[str, str]) -> list[str]:
     out = []
     for rel, text in sources.items():
         for n in ast.walk(ast.parse(text)):
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.rsplit("/", 1)[-1] in CHECKPOINT_FILES:
+            is_str = isinstance(n, ast.Constant) and isinstance(n.value, str)
+            if is_str and n.value.rsplit("/", 1)[-1] in CHECKPOINT_FILES:
                 out.append(f"{rel}:{n.lineno} {n.value!r}")
             elif isinstance(n, ast.ImportFrom) and n.module == "esmsae.sae.checkpoint":
                 out += [f"{rel}:{n.lineno} imports {a.name}" for a in n.names if a.name in ("WEIGHTS", "CFG")]

@@ -37,14 +37,21 @@ class ConfigError(ValueError):
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None, ui: bool = True,
-        ui_choices: tuple | None = None, label: str = "", main: bool = False, zero: str = "", **kw: Any) -> Any:
+        ui_choices: tuple | None = None, label: str = "", main: bool = False, zero: str = "",
+        positional: bool = False, required: bool = False, **kw: Any) -> Any:
     """A dataclass field with CLI/UI help text (optional choices, optional CLI flag name).
 
     For the settings page: ``label`` is the human label (default: the field name in words),
     ``main`` puts the field on the form's front rather than under "Advanced settings", ``zero``
     names what 0 means ("auto", "all") so the form shows that word instead of 0, ``ui=False``
-    keeps a field off the page and ``ui_choices`` narrows the choices it offers."""
+    keeps a field off the page and ``ui_choices`` narrows the choices it offers. On the command line
+    ``positional`` makes the field an argument rather than an ``--option`` and ``required`` an option
+    that must be given."""
     meta: dict[str, Any] = {"help": help, "label": label, "main": main, "zero": zero}
+    if positional:
+        meta["positional"] = True
+    if required:
+        meta["required"] = True
     if flag:
         meta["flag"] = flag
     if choices:

@@ -12,7 +12,12 @@ from esmsae.config import ConfigError, T, to_dict
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
-    return typing.get_type_hints(cls)[f.name]
+    """The field's type; ``X | None`` is X (None is then only ever the default)."""
+    typ = typing.get_type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    if type(None) in typing.get_args(typ) and len(args) == 1:
+        return args[0]
+    return typ
 
 
 def parse_int_list(s: str, field_name: str = "value") -> list[int]:
@@ -41,15 +46,20 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
-def add_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (), prefix: str = "") -> None:
-    """Add one ``--option`` per dataclass field, with its help text and default."""
+def add_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (), prefix: str = "",
+             keep_defaults: bool = False) -> None:
+    """Add one ``--option`` (or argument) per dataclass field, with its help text and default.
+
+    A pipeline section leaves options not given off the namespace (``keep_defaults=False``), so
+    that :func:`from_args` can lay them over a ``--config`` file; a command's own options
+    (:mod:`esmsae.config.commands`) put their defaults on it."""
     group = parser.add_argument_group(f"{cls.__name__} ({(cls.__doc__ or '').strip().splitlines()[0]})")
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         typ = _field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kw: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS}
+        kw: dict[str, Any] = {"dest": prefix + f.name, "default": default if keep_defaults else argparse.SUPPRESS}
         helptext = f.metadata.get("help", "")
         if typ in (list, "list"):
             kw["nargs"] = "+"
@@ -67,7 +77,18 @@ def add_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...
             kw["type"] = {int: int, float: float, str: str, "int": int, "float": float, "str": str}[typ]
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
-        kw["help"] = f"{helptext} (default: {default!r})"
+        if f.metadata.get("positional"):
+            del kw["dest"], kw["default"]  # argparse names a positional by its dest
+            if kw.get("nargs") != "+":
+                kw.pop("nargs", None)
+            kw["help"] = helptext
+            group.add_argument(prefix + f.name, **kw)
+            continue
+        if f.metadata.get("required"):
+            kw["required"] = True
+            kw["help"] = helptext
+        else:
+            kw["help"] = f"{helptext} (default: {default!r})"
         flag = f.metadata.get("flag", f.name)
         group.add_argument("--" + (prefix + flag).replace("_", "-"), **kw)
 

