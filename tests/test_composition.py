@@ -59,3 +59,33 @@ def test_grouping_coverage_note_and_kingdom_by_organism_name():
     assert kingdom_of(None, organism="Pyrococcus furiosus DSM 3638") == "Archaea"
     assert kingdom_of(None, organism="Homo sapiens") == "Eukaryota" and kingdom_of(272561) == "Bacteria"
     assert kingdom_of(None, organism="Unknownia obscura") == ""
+
+
+def test_two_length_bin_composition_table_equals_hand_count(tmp_path):
+    """The strata are length bin x composition bin: every count of a two-length-bin spill, by hand."""
+    rng = np.random.default_rng(3)
+    freq = np.full(20, 0.05)
+    top_aa = np.array([3, 0, 7])
+    sp = FiringSpill(tmp_path, ["g"])
+    recs = []
+    for p in range(80):
+        lb, g = int(rng.integers(0, 2)), int(rng.integers(-1, 3))  # -1: the protein has no group
+        aa = rng.integers(0, 12, 20)
+        aa[int(rng.integers(0, 20))] += int(rng.integers(0, 40))
+        feats = np.flatnonzero(rng.random(3) < 0.5).astype(np.int32)
+        sp.put(lb, [g], aa, feats)
+        recs.append((lb, g, aa, feats))
+    (fire, prot), = composition_counts(sp, top_aa, freq, [3], 2)
+    S = 2 * N_COMP
+    want_fire, want_prot = np.zeros((3, S, 3), int), np.zeros((20, 3, S), int)
+    for lb, g, aa, feats in recs:
+        if g < 0:
+            continue
+        cb = composition_bins(aa[None], freq)[0]
+        for a in range(20):
+            want_prot[a, g, lb * N_COMP + cb[a]] += 1
+        for f in feats:
+            want_fire[g, lb * N_COMP + cb[top_aa[f]], f] += 1
+    assert (fire == want_fire).all() and (prot == want_prot).all()
+    assert fire[:, N_COMP:].sum() > 0 and fire[:, :N_COMP].sum() > 0  # both length bins are used
+    sp.close()

@@ -260,3 +260,59 @@ def test_bf16_encode_rounds_the_matmul_and_nothing_else(arch, keep_dtype):
         assert torch.equal(trained_with_bf16_set, sae.set_encode_dtype(None)(x).recon_BD)
     with pytest.raises(ValueError, match="float16"):
         sae.set_encode_dtype("float16")
+
+
+def _batchtopk(seed=0, F_=64):
+    torch.manual_seed(seed)
+    sae = SAE(SAEConfig(n_latents=F_, k=4, architecture="batchtopk", normalize="none"), 16)
+    sae.train()
+    return sae
+
+
+def test_batchtopk_threshold_is_the_running_mean_of_the_batch_minima():
+    """The inference threshold after N steps is the running mean (lerp 0.01, the first batch as is) of each
+    batch's smallest kept value: the k x B-th largest ReLU'd pre-activation, computed here by hand."""
+    sae = _batchtopk()
+    want = None
+    for step in range(25):
+        x = _data(32, 16, seed=step)
+        with torch.no_grad():
+            flat = torch.relu(sae.pre(x, True)).flatten()
+            m = flat.topk(4 * 32).values.min()
+        want = m if want is None else want + 0.01 * (m - want)
+        sae.activation.latents(sae, x, train=True)
+        assert float(sae.threshold) == pytest.approx(float(want), rel=1e-6), step
+    assert float(sae.threshold) != pytest.approx(float(m), rel=1e-3)  # not the last batch's minimum
+
+
+def test_batchtopk_threshold_under_data_parallel_equals_one_process():
+    """Two ranks, each with half the batch and the global threshold passed in (as global_batch_threshold
+    computes it), keep the same inference threshold as one process on the whole batch, to a relative
+    1e-6 (each rank's own smallest kept value differs; lerping toward it makes the ranks drift)."""
+    one, r0, r1 = _batchtopk(), _batchtopk(), _batchtopk()
+    for step in range(30):
+        x = _data(32, 16, seed=100 + step)
+        with torch.no_grad():
+            t_glob = torch.relu(one.pre(x, True)).flatten().topk(4 * 32).values.min()
+        one.activation.latents(one, x, train=True)
+        r0.activation.latents(r0, x[:16], train=True, batch_threshold=lambda pre, k: t_glob)
+        r1.activation.latents(r1, x[16:], train=True, batch_threshold=lambda pre, k: t_glob)
+    t = float(one.threshold)
+    assert t > 0
+    assert float(r0.threshold) == pytest.approx(t, rel=1e-6) and float(r1.threshold) == pytest.approx(t, rel=1e-6)
+
+
+def test_relu_training_honours_bf16(keep_dtype):
+    """ReLU's training forward runs the encoder matmul in the SAE's training precision: under bf16 the loss
+    moves (by bf16 rounding, not more), where fp32 gives the same loss twice."""
+    x = _data(64, 32)
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(n_latents=128, k=8, architecture="relu", normalize="none"), 32)
+    sae.train()
+    fp32 = sae(x, l1_coef=1e-3)
+    again = sae(x, l1_coef=1e-3)
+    sae.set_train_dtype("bfloat16")
+    bf16 = sae(x, l1_coef=1e-3)
+    assert float(fp32.loss) == float(again.loss)
+    assert float(bf16.loss) != float(fp32.loss)
+    assert float(bf16.loss) == pytest.approx(float(fp32.loss), rel=2e-2)

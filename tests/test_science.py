@@ -18,12 +18,15 @@ from esmsae.index.concept_f1 import (
     eligible,
     feature_prf,
     report,
+    rule_f1,
     select,
     split_of,
     trivial_f1,
 )
 from esmsae.index.group_stats import enrichment, top_groups
 from esmsae.index.labels import Labeled, concept_kind, is_catch_all, load_uniprot
+from esmsae.index.local_rules import FAMILIES as RULE_FAMILIES
+from esmsae.index.local_rules import best_in_family
 from esmsae.index.protein_table import ProteinTable
 from esmsae.index.proteins import Item, grouping_tsv, read_taxonomy
 from esmsae.index.streaming import LATENT_BITS
@@ -199,10 +202,23 @@ def test_selection_never_reads_test_proteins():
         sel = select(halves[0], lay, ok)
         return halves, lay, names, sel, report(halves, lay, sel, ok, np.zeros(F))
 
-    h1, lay, names, s1, (df1, _, _) = run(False)
-    h2, _, _, s2, (df2, _, _) = run(True)
+    h1, lay, names, s1, (df1, pc1, _) = run(False)
+    h2, _, _, s2, (df2, pc2, _) = run(True)
     assert (h1[1].tp != h2[1].tp).any()  # the test half did change
     assert (s1.t_CF == s2.t_CF).all() and (s1.best_c_F == s2.best_c_F).all() and (s1.aa_rule_C == s2.aa_rule_C).all()
+    # each family's local rule is chosen on valid too (report() receives both halves): the same rules
+    # after the re-draw, and each reported rule F1 is the test F1 of that valid-chosen rule
+    assert (s1.rule_CK == s2.rule_CK).all()
+    rule_cols = [f"{fam}_rule" for fam in RULE_FAMILIES] + ["local_rule", "best_baseline"]
+    assert pc1[rule_cols].equals(pc2[rule_cols])
+    differs = 0
+    for (halves, sel, pc) in ((h1, s1, pc1), (h2, s2, pc2)):
+        for c in range(len(names)):
+            rf_test = rule_f1(halves[1], lay, c)
+            for k, fam in enumerate(RULE_FAMILIES):
+                assert pc.iloc[c][f"{fam}_f1"] == pytest.approx(rf_test[sel.rule_CK[c, k]])
+                differs += int(best_in_family(rf_test)[k] != sel.rule_CK[c, k])
+    assert differs, "the data must make a test-chosen rule differ from the valid-chosen one"
     assert np.allclose(s1.f1_valid_CF, s2.f1_valid_CF)
     for c, name in enumerate(names):
         _, _, f1_test = feature_prf(h1[1], lay, c)

@@ -72,7 +72,7 @@ def test_head_class_k_is_token_k_plus_1(mgen):
     assert right / n < 2.9 < 3.5 < wrong / n
 
 
-@pytest.mark.parametrize("name", ["unirep64", "unirep1900"])
+@pytest.mark.parametrize("name", ["unirep64"])  # UniRep-1900's forward is pinned by the JAX known answers
 def test_next_residue_perplexity_beats_unigram_and_bigram(mgen, name):
     plm = load_plm(ModelConfig(name=name))
     ev = next_residue_eval(plm, mgen[:60], mgen[100:])
@@ -94,6 +94,27 @@ def test_embed_is_causal_and_independent_of_batching(mgen):
     a, b = together[0][hook.name], plm.embed([mutated], [hook])[0][hook.name]
     torch.testing.assert_close(a[:60], b[:60], atol=1e-6, rtol=0)  # before the change: identical
     assert (a[60:] - b[60:]).abs().max() > 1e-3  # from the change on: different
+
+
+def test_shrinking_batch_keeps_unsorted_rows_in_the_callers_order(mgen):
+    """Rows of unsorted lengths (ties included) through the net's length-shrinking recurrence come back in
+    the caller's order, each equal to that row run alone (the recurrence sorts longest first inside)."""
+    net = UniRepNet.from_npz(weights_file("unirep64"))
+    tok = UniRepTokens()
+    seqs = [mgen[3][:18], mgen[4][:61], mgen[5][:35], mgen[6][:61], mgen[7][:4], mgen[8][:47]]
+    ids = tok.batch(seqs)
+    lengths = torch.tensor([len(s) + 2 for s in seqs])
+    assert (lengths.diff() > 0).any() and (lengths.diff() < 0).any()  # neither sorted nor reversed
+    with torch.no_grad():
+        together = net(ids, lengths)
+        for i, s in enumerate(seqs):
+            alone = net(tok.batch([s]))
+            n = len(s) + 2
+            torch.testing.assert_close(together[i, :n], alone[0, :n], atol=1e-5, rtol=0)
+    plm = load_plm(ModelConfig(name="unirep64"))
+    hook = Hook(1, "resid")
+    for s, got in zip(seqs, plm.embed(seqs, [hook])):
+        torch.testing.assert_close(got[hook.name], plm.embed([s], [hook])[0][hook.name], atol=1e-5, rtol=0)
 
 
 def test_bf16_keeps_the_states_close(mgen, keep_dtype):

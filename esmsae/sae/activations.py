@@ -23,7 +23,8 @@ BatchThreshold = Callable[[Tensor, int], Tensor]
 
 class Activation:
     """Base: latents of centred inputs; the forward pass's reconstruction and L1 term. ``sae`` is the
-    :class:`esmsae.sae.model.SAE` that owns the activation (typed loosely: sae.py imports this module)."""
+    :class:`esmsae.sae.model.SAE` that owns the activation (typed loosely: model.py imports this module);
+    only its public encode / decode methods are used (``dense_pre``, ``pre``, ``decode_normalized``)."""
 
     name = ""
     auxk = True  # AuxK (dead latents model the residual) applies
@@ -44,7 +45,7 @@ class Activation:
     ) -> tuple[Latents, Tensor, Tensor, Tensor | None]:
         """(latents, reconstruction in normalised space, L1 term, dense pre-activations or None)."""
         lat, pre_BF = self.latents(sae, xc_BD, train=train, batch_threshold=batch_threshold)
-        return lat, sae._decode_norm(*lat), xc_BD.new_zeros(()), pre_BF
+        return lat, sae.decode_normalized(*lat), xc_BD.new_zeros(()), pre_BF
 
 
 class TopK(Activation):
@@ -54,7 +55,7 @@ class TopK(Activation):
     name = "topk"
 
     def latents(self, sae, xc_BD, *, train, batch_threshold=None):
-        pre_BF = sae._dense_pre(xc_BD)
+        pre_BF = sae.dense_pre(xc_BD)
         vals_BK, idx_BK = topk_rows(pre_BF, self.k)
         acts_BK = F.relu(_GatheredPre.apply(xc_BD, sae.W_enc, sae.b_enc, vals_BK, idx_BK))
         return Latents(acts_BK, idx_BK), pre_BF
@@ -68,7 +69,7 @@ class BatchTopK(Activation):
     name = "batchtopk"
 
     def latents(self, sae, xc_BD, *, train, batch_threshold=None):
-        pre_BF = F.relu(sae._pre(xc_BD, train))
+        pre_BF = F.relu(sae.pre(xc_BD, train))
         if not train:
             return _to_sparse(pre_BF * (pre_BF > sae.threshold)), None
         flat = pre_BF.flatten()
@@ -81,6 +82,11 @@ class BatchTopK(Activation):
                 t_glob = batch_threshold(pre_BF.detach(), self.k)
             mask = (flat >= t_glob) & (flat > 0)
             vals = flat[mask]
+            if t_glob > 0:
+                # the global batch's smallest kept value, the same on every rank; each rank's own smallest
+                # kept value differs, and ranks that lerp toward it drift apart (one process keeps t_glob)
+                self.update_threshold(sae, t_glob)
+                return _to_sparse(pre_BF * mask.view_as(pre_BF)), None
         kept = vals[vals > 0]
         if kept.numel():
             self.update_threshold(sae, kept.detach().min())
@@ -105,10 +111,10 @@ class ReLU(Activation):
     l1 = True
 
     def latents(self, sae, xc_BD, *, train, batch_threshold=None):
-        return _to_sparse(F.relu(sae._pre(xc_BD, train))), None
+        return _to_sparse(F.relu(sae.pre(xc_BD, train))), None
 
     def forward_outputs(self, sae, xc_BD, *, train, batch_threshold=None):
-        pre_BF = F.relu(torch.addmm(sae.b_enc, xc_BD, sae.W_enc.t()))
+        pre_BF = F.relu(sae.pre(xc_BD, train))  # the SAE's own encode: bf16 under set_train_dtype
         recon_BD = pre_BF @ sae.W_dec + sae.b_dec
         B = xc_BD.shape[0]
         lat = (
@@ -126,7 +132,7 @@ class JumpReLU(Activation):
     name = "jumprelu"
 
     def latents(self, sae, xc_BD, *, train, batch_threshold=None):
-        pre_BF = sae._pre(xc_BD, train)
+        pre_BF = sae.pre(xc_BD, train)
         return _to_sparse(F.relu(pre_BF) * (pre_BF > sae.threshold)), None
 
 

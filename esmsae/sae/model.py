@@ -78,7 +78,7 @@ class SAE(nn.Module):
         # smallest activation kept in each training batch. JumpReLU SAEs (Rajamanoharan et
         # al. 2024; imported from SAELens) have one threshold per latent instead.
         self.register_buffer("threshold", torch.zeros(Fn) if cfg.architecture == "jumprelu" else torch.zeros(()))
-        self._pre_buf_BF: Tensor | None = None  # training-only workspace, see _dense_pre
+        self._pre_buf_BF: Tensor | None = None  # training-only workspace, see dense_pre
         # Inference only: the encoder matmul's input dtype (None = the weights' dtype); see
         # set_encode_dtype. The low-precision copy of W_enc is cached with the version it came from.
         self.encode_dtype: torch.dtype | None = None
@@ -154,7 +154,7 @@ class SAE(nn.Module):
         return xn_BD / self.norm_scale + self.norm_mean
 
     # ------------------------------------------------------------ encode / decode
-    def _dense_pre(self, xc_BD: Tensor) -> Tensor:
+    def dense_pre(self, xc_BD: Tensor) -> Tensor:
         """Dense pre-activations of centred inputs, computed without an autograd graph.
 
         In training mode the [B, F] result is written into a buffer kept across steps: a
@@ -179,7 +179,7 @@ class SAE(nn.Module):
     def pre_acts(self, xn_BD: Tensor) -> Tensor:
         return torch.addmm(self.b_enc, xn_BD - self.b_dec, self.W_enc.t())
 
-    def _pre(self, xc_BD: Tensor, train: bool) -> Tensor:
+    def pre(self, xc_BD: Tensor, train: bool) -> Tensor:
         """Pre-activations of centred inputs: differentiable in training (under bf16 autocast with
         ``train_dtype``: the gradients reach the fp32 weights), else the inference encode (which may run
         in ``encode_dtype``)."""
@@ -295,7 +295,7 @@ class SAE(nn.Module):
             raise ValueError(f"SAE input must be [N, {self.d_in}] activations, got shape {tuple(x_BD.shape)}")
         return x_BD.to(self.W_enc.device)
 
-    def _decode_norm(self, acts_BK: Tensor, idx_BK: Tensor) -> Tensor:
+    def decode_normalized(self, acts_BK: Tensor, idx_BK: Tensor) -> Tensor:
         return F.embedding_bag(idx_BK, self.W_dec, per_sample_weights=acts_BK, mode="sum") + self.b_dec
 
     def decode_dense(self, dense_BF: Tensor, x_BD: Tensor) -> Tensor:
@@ -314,7 +314,7 @@ class SAE(nn.Module):
         With per-token normalisation the statistics come from ``x_BD``.
         """
         if not (self.cfg.decode_denormalize if denormalize is None else denormalize):
-            return self._decode_norm(acts_BK, idx_BK)
+            return self.decode_normalized(acts_BK, idx_BK)
         stats = None
         if self.cfg.normalize in TOKEN_NORMALIZATIONS:
             if x_BD is None:
@@ -322,7 +322,7 @@ class SAE(nn.Module):
                     f"decode() with {self.cfg.normalize} normalisation needs the input x_BD for its statistics"
                 )
             _, stats = self.normalize(x_BD.to(self.W_enc.dtype))
-        return self.denormalize(self._decode_norm(acts_BK, idx_BK), stats)
+        return self.denormalize(self.decode_normalized(acts_BK, idx_BK), stats)
 
     # ------------------------------------------------------------ forward / loss
     def forward(
@@ -358,7 +358,7 @@ class SAE(nn.Module):
             # second one), and their gradient is sparse like the TopK latents'.
             k_aux = min(self.cfg.auxk_k, int(dead_mask_F.sum()))
             if pre_BF is None:
-                pre_BF = self._dense_pre(xc_BD)
+                pre_BF = self.dense_pre(xc_BD)
             pre_BF.masked_fill_(~dead_mask_F, -torch.inf)
             a_pre, a_idx = pre_BF.topk(k_aux, dim=-1, sorted=False)
             a_vals = F.relu(_GatheredPre.apply(xc_BD, self.W_enc, self.b_enc, a_pre, a_idx))
