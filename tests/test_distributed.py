@@ -171,9 +171,10 @@ def test_ddp_matches_one_process_relu_and_batchtopk(tmp_path, small_store, arch)
     one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
     d = _max_diff(one, two)
     assert d < 1e-5, d
-    if arch == "batchtopk":  # the threshold is small (~1e-3..1e-2): an absolute 1e-5 cannot see a rank drift
+    if arch == "batchtopk":  # the threshold is ~0.04: an absolute 1e-5 cannot see a rank drift
         t1, t2 = one["threshold"].double(), two["threshold"].double()
-        assert float(t1.min()) > 0 and float(((t1 - t2).abs() / t1).max()) < 1e-4
+        # measured: 0 with the ranks lerping toward the global threshold, 2.5e-5 toward their own minima
+        assert float(t1.min()) > 0 and float(((t1 - t2).abs() / t1).max()) < 1e-6
 
 
 def test_layer_parallel_is_bit_identical(tmp_path, small_store):
