@@ -1,4 +1,4 @@
-"""esmsae: sparse autoencoders for protein language models (ESM-2, ESM C).
+"""esmsae: sparse autoencoders for protein language models (ESM-2, ESM C, UniRep).
 
 The Python API (``load_model``, ``load_sae``, ``features``) lives in :mod:`esmsae.api` and is
 imported lazily, so ``python -m esmsae --help`` does not import torch.

@@ -1,3 +1,4 @@
+"""``python -m esmsae``: the command line (:mod:`esmsae.cli`), as the ``esmsae`` console script."""
 import os
 import sys
 

@@ -161,9 +161,9 @@ def demo_markdown(bundle: Path = DEMO) -> str:
         "",
     ]
     c = q(
-        """SELECT concept, best_feature AS "best feature", best_feature_f1 AS "its test F1", best_baseline AS "best
-        baseline",
-             best_baseline_f1 AS "its test F1 ", baseline_max_f1 AS "best baseline F1 (any)",
+        """SELECT concept, best_feature AS "best feature", best_feature_f1 AS "its test F1",
+             best_baseline AS "best baseline", best_baseline_f1 AS "its test F1 ",
+             baseline_max_f1 AS "best baseline F1 (any)",
              n_features_beat_baselines AS "features beating every baseline"
              FROM concepts WHERE eligible AND NOT catch_all ORDER BY n_features_beat_baselines DESC, best_feature_f1 -
              baseline_max_f1 DESC"""
@@ -194,6 +194,30 @@ def demo_markdown(bundle: Path = DEMO) -> str:
         _table(g),
         "",
     ]
+    cross = rep.get("cross_seed") or {}
+    if cross.get("results"):
+        live = fig["live_features"]
+        rows = [
+            {
+                "method": r["method"].replace("_", " "),
+                "match rate, live features": f"{100 * r['match_rate_live']:.1f}%",
+                "features split": r["split_features"],
+                "chance (untrained SAE)": f"{100 * r['chance_match_rate_live']:.1f}%",
+            }
+            for r in cross["results"]
+        ]
+        lines += [
+            "## Matching against a second seed",
+            "",
+            (
+                f"Each of the {live:,} live features against the {cross['other']}, threshold {cross['threshold']}"
+                f" (activation correlation on {cross['n_proteins']} index proteins); chance is the same comparison"
+                " against an untrained SAE of the second SAE's shape (`esmsae.analysis.match.untrained_like`):"
+            ),
+            "",
+            _table(pd.DataFrame(rows)),
+            "",
+        ]
     if "cluster_profiles" in idx.tables:
         p = q(
             "SELECT cluster, n_proteins, length_median, kingdoms, top_organisms, enriched_concepts FROM"
