@@ -1,6 +1,7 @@
 """Configuration dataclasses: one per concern, validated in ``__post_init__``; ``base.py`` (shared
 helpers and the JSON round trip), ``model.py`` (protein LM, hook, embedding, LM training), ``sae.py``
-(SAE, training, evaluation), ``index.py`` (the feature index), all re-exported here, and ``fields.py``,
+(SAE, training, evaluation), ``index.py`` (the feature index), all re-exported here; ``commands.py``
+(the options of every other command: ``import``, ``match``, ``steer``, ``demo`` ...), and ``fields.py``,
 which generates the command line (every command's options) and the app's settings page from them.
 
 Every dataclass round-trips through JSON (:func:`to_dict` / :func:`from_dict`) and
