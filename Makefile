@@ -8,7 +8,7 @@ THREEDMOL := static/3Dmol-min.js
 
 .PHONY: venv app test test-fast lint browser demo bench clean
 
-$(STAMP): requirements.txt requirements-esm.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-esm.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel (a bare `torch` would pull GBs of CUDA packages)
@@ -17,7 +17,10 @@ $(STAMP): requirements.txt requirements-esm.txt requirements-dev.txt
 	# esm without its declared deps: they pull torchvision/torchtext builds that break
 	# transformers next to a CPU torch; its real runtime needs are in requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-esm.txt
+	# esmsae itself, editable: the `esmsae` command (esmsae index ..., as InterPLM and SAELens users expect)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -c "import esm.models.esmc, transformers, torch, duckdb, streamlit; print('esmsae environment ok, torch', torch.__version__)"
+	$(BIN)/esmsae --help >/dev/null
 	touch $(STAMP)
 
 # 3Dmol.js served by Streamlit's static file serving (py3Dmol would fetch it from a CDN, which fails offline)

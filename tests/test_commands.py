@@ -124,3 +124,15 @@ def test_every_option_is_generated_from_one_declaration():
 def test_a_command_option_is_validated_by_its_dataclass(capsys):
     assert main(["steer", "x", "--sequence", "MKV", "--feature", "1", "--mask-frac", "2"]) == 2
     assert "SteerArgs.mask_frac: must be in (0, 1], got 2.0" in capsys.readouterr().err
+
+
+def test_the_esmsae_console_script_runs():
+    """`make venv` installs esmsae itself (editable), so `esmsae index ...` works as InterPLM and SAELens users
+    expect; the script is the same CLI as python -m esmsae."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "esmsae"
+    assert script.exists(), f"no console script at {script}: the set-up must `pip install -e .`"
+    p = subprocess.run([str(script), "index", "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "usage: esmsae index" in p.stdout, p.stderr[-500:]
