@@ -226,7 +226,7 @@ def test_import_tab_runs_an_import_and_index_job(tmp_path, monkeypatch, mgen_ful
     from esmsae.app import jobs
 
     d = ws / "imp1"
-    st = jobs.wait(d, lambda st: st["state"] in ("done", "failed"), 180)
+    st = jobs.wait(d, lambda st: st["state"] in ("done", "failed"), 3600)  # ends when the job does
     assert st["state"] == "done", (d / "job.log").read_text()[-3000:]
     assert (d / "sae" / "index.duckdb").exists()
     # the imported run is an ordinary run: the overview and feature pages open it

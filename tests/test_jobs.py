@@ -72,12 +72,11 @@ def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
     cfg = _cfg(esm2_dir, mgen_fasta, 400_000)
     cfg["train"]["checkpoint_every"] = 100_000  # cancel comes before the first periodic checkpoint
     d = jobs.start(tmp_path, "run1", cfg)
-    st = jobs.wait(
-        d, lambda st: st["state"] == "failed" or (st.get("stage") == "train" and (d / "metrics.jsonl").exists()), 120
-    )
-    assert st["state"] not in ("failed",), (d / "job.log").read_text()
+    # every wait ends on the job's own state (or its exit); the long limits only stop a hung job
+    st = jobs.wait(d, lambda st: st.get("stage") == "train" and (d / "metrics.jsonl").exists(), 1800)
+    assert st["alive"] and st.get("stage") == "train", (d / "job.log").read_text()
     assert jobs.cancel(d)
-    st = jobs.wait(d, lambda st: not st["alive"], 30, 0.1)  # the job finishes its step, writes a checkpoint and exits
+    st = jobs.wait(d, lambda st: not st["alive"], 600, 0.1)  # the job finishes its step, writes a checkpoint and exits
     assert st["state"] == "cancelled" and not st["alive"]
     import torch
 
@@ -89,7 +88,7 @@ def test_cancel_then_resume_finishes(tmp_path, esm2_dir, mgen_fasta):
     with pytest.raises(jobs.JobError, match="another configuration"):
         jobs.start(tmp_path, "run1", _cfg(esm2_dir, mgen_fasta, 500_000))
     jobs.launch(d)
-    st = jobs.wait(d, lambda st: st["state"] in ("done", "failed"), 300)
+    st = jobs.wait(d, lambda st: st["state"] in ("done", "failed"), 3600)
     assert st["state"] == "done", (d / "job.log").read_text()[-2000:]
     assert (d / "L2_resid" / "index.duckdb").exists() and (d / "L2_resid" / "eval.json").exists()
     steps = [json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines()]
@@ -111,5 +110,5 @@ def test_two_jobs_at_once_and_the_same_job_twice(tmp_path, esm2_dir, mgen_fasta)
         for d in (a, b):
             jobs.cancel(d)
         for d in (a, b):
-            jobs.wait(d, lambda st: not st["alive"], 30, 0.1)
+            jobs.wait(d, lambda st: not st["alive"], 600, 0.1)
     assert not jobs.status(a)["alive"] and not jobs.status(b)["alive"]
