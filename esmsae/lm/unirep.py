@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from esmsae.lm.base import ModelMismatchError, ProteinLM
 from esmsae.lm.names import UNIREP_ABOUT, UNIREP_MODELS, UNIREP_PACKAGE, is_unirep_name  # noqa: F401 (re-exported)
 
 UNIREP_RESIDUES = "MRHKDESTNQCUGPAVIFYWLO"  # tokens 1..22
@@ -237,47 +238,44 @@ UNIREP_VOCAB = ["<pad>"] + list(UNIREP_RESIDUES) + ["X", "<cls>", "<eos>"]  # in
 
 
 # ====================================================================== the ProteinLM adapter
-def load_unirep(cfg):
-    """``ModelConfig`` -> :class:`UniRepLM` (imported lazily by :func:`esmsae.lm.plm.load_plm`)."""
-    from esmsae.lm.base import ProteinLM
+class UniRepLM(ProteinLM):
+    """UniRep behind esmsae's model interface. Hook layer l (1..cells, site ``resid``) is cell l's
+    hidden state h_t. ``objective = "causal"``: logits at position t predict token t+1, there is
+    no ``<mask>`` token, and evaluation, steering and the inspector use next-residue protocols."""
 
-    class UniRepLM(ProteinLM):
-        """UniRep behind esmsae's model interface. Hook layer l (1..cells, site ``resid``) is cell l's
-        hidden state h_t. ``objective = "causal"``: logits at position t predict token t+1, there is
-        no ``<mask>`` token, and evaluation, steering and the inspector use next-residue protocols."""
+    family = "unirep"
+    objective = "causal"
+    default_max_residues = 4096  # no position limit; windows only bound memory for very long proteins
 
-        family = "unirep"
-        objective = "causal"
-        default_max_residues = 4096  # no position limit; windows only bound memory for very long proteins
+    def __init__(self, net: UniRepNet, cfg):
+        super().__init__(net, cfg, UNIREP_VOCAB, net.n_cells, net.width, tokens=UniRepTokens())
+        # fp32 everywhere except the two recurrent GEMMs: the input table, the cell state and
+        # the head stay exact, bf16 only where the FLOPs are
+        net.float()
+        if self.dtype != torch.float32:
+            for layer in net.layers:
+                layer.wmh.data = layer.wmh.data.to(self.dtype)
+                layer.wh.data = layer.wh.data.to(self.dtype)
 
-        def __init__(self, net: UniRepNet, cfg):
-            super().__init__(net, cfg, UNIREP_VOCAB, net.n_cells, net.width, tokens=UniRepTokens())
-            # fp32 everywhere except the two recurrent GEMMs: the input table, the cell state and
-            # the head stay exact, bf16 only where the FLOPs are
-            net.float()
-            if self.dtype != torch.float32:
-                for layer in net.layers:
-                    layer.wmh.data = layer.wmh.data.to(self.dtype)
-                    layer.wh.data = layer.wh.data.to(self.dtype)
+    def describe(self) -> dict:
+        return {**super().describe(), "objective": self.objective}
 
-        def describe(self) -> dict:
-            return {**super().describe(), "objective": self.objective}
+    def check_hook(self, hook) -> None:
+        if hook.site != "resid":
+            raise ModelMismatchError(
+                f"{self.name} is an mLSTM: it has hidden states (site 'resid') only, not {hook.site!r}"
+            )
+        if not 1 <= hook.layer <= self.n_layers:
+            raise ModelMismatchError(f"layer {hook.layer} does not exist in {self.name} ({self.n_layers} mLSTM cell"
+                                     f"{'s' if self.n_layers > 1 else ''}: valid layers are 1..{self.n_layers})")
 
-        def check_hook(self, hook) -> None:
-            from esmsae.lm.base import ModelMismatchError
+    def _hook_target(self, hook):
+        return (self.model.layers[hook.layer - 1], lambda o: o, lambda o, new: new)
 
-            if hook.site != "resid":
-                raise ModelMismatchError(
-                    f"{self.name} is an mLSTM: it has hidden states (site 'resid') only, not {hook.site!r}"
-                )
-            if not 1 <= hook.layer <= self.n_layers:
-                raise ModelMismatchError(f"layer {hook.layer} does not exist in {self.name} ({self.n_layers} mLSTM cell"
-                                         f"{'s' if self.n_layers > 1 else ''}: valid layers are 1..{self.n_layers})")
+    def _run(self, ids_BL: Tensor, mask_BL: Tensor) -> Tensor:
+        return self.model(ids_BL, mask_BL.sum(1))
 
-        def _hook_target(self, hook):
-            return (self.model.layers[hook.layer - 1], lambda o: o, lambda o, new: new)
 
-        def _run(self, ids_BL: Tensor, mask_BL: Tensor) -> Tensor:
-            return self.model(ids_BL, mask_BL.sum(1))
-
+def load_unirep(cfg) -> UniRepLM:
+    """``ModelConfig`` -> :class:`UniRepLM` (called by :func:`esmsae.lm.plm.load_plm`)."""
     return UniRepLM(UniRepNet.from_npz(weights_file(cfg.name)), cfg)
