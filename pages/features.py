@@ -22,6 +22,7 @@ from esmsae.app.runs import structure_info
 from esmsae.app.structure_view import feature_structures
 from esmsae.app.ui import cached, ensure_navigation, pick_run, require_index, table
 from esmsae.index.reader import LabelStoreBusy, set_label
+from esmsae.index.verdicts import concept_rows
 from esmsae.sae.scale import FeatureScale, display_scale
 
 ensure_navigation()
@@ -34,17 +35,19 @@ def show_table() -> None:
     c1, c2, c3, c4, c5 = st.columns([2, 2, 1.4, 1, 1])
     search = c1.text_input("Search (description, concept, label, protein name or id, feature id)", key="search",
                            help="every word must occur, e.g. 'zinc', 'transmembrane Archaea', 'P47294'")
-    concept = c2.selectbox("Best concept", [""] + idx.concepts(), key="concept_filter")
+    concept = c2.selectbox("Matched concept", [""] + idx.matched_concepts(), key="concept_filter",
+                           help="features that match the concept: they beat every baseline on valid and test proteins")
     kind = c3.selectbox("Kind", idx.KINDS, key="kind_filter",
                         help="residue detectors put >= 90% of their firing on one amino acid; context features do not")
     min_freq = c4.number_input("Min. protein frequency", 0.0, 1.0, 0.0, 0.01, key="min_freq")
     hide_dead = c5.checkbox("Hide dead", True, key="hide_dead")
     df = idx.features(search=search, concept=concept, min_freq=min_freq, hide_dead=hide_dead, kind=kind)
     st.caption(
-        "Best concept F1 (test): F1 on held-out test proteins of the concept chosen on validation proteins; "
-        "single-residue rule F1: the best rule 'fire on every L' for that concept on the same test residues."
-        + (" A search is ranked: features matching a concept first, residue detectors last, then by BM25 relevance."
-           if search else "")
+        "A concept is named only where the feature matches it (its F1 beats fire-everywhere, the single-residue rule"
+        " and every local-sequence rule on validation and on held-out test proteins); otherwise the row says which"
+        " baseline beats it."
+        + (" Search looks in what the pages show (label, concept, description, top proteins' ids and names), every"
+           " word whole, ranked by relevance; a number also opens that feature." if search else "")
     )
     st.caption(f"{len(df)} features - click a row to open it, or use ?feature=N")
     ev = table(df, key="ftable", on_select="rerun", selection_mode="single-row")
@@ -58,9 +61,10 @@ def show_header(f: int, info: dict) -> None:
     if st.button("Back to all features"):
         del st.query_params["feature"]
         st.rerun()
-    st.title(
-        f"Feature {f}" + (f": {info['user_label'] or info['label']}" if (info["user_label"] or info["label"]) else "")
-    )
+    v = idx.verdicts().set_index("feature").loc[f]
+    title = info["user_label"] or (f"{v['concept']} (test F1 {v['f1']:.2f} vs {v['baseline_f1']:.2f} for"
+                                   f" {v['baseline']})" if v["matches"] else "")
+    st.title(f"Feature {f}" + (f": {title}" if title else ""))
     m = st.columns(6)
     m[0].metric(
         "Residue freq.", format_number(info["freq_residue"]), help="fraction of indexed residues where it fires"
@@ -71,16 +75,10 @@ def show_header(f: int, info: dict) -> None:
     m[2].metric("Max", format_number(info["max_act"]), help="largest activation on the indexed proteins")
     m[3].metric("IDF", format_number(info["idf"]), help="log(N proteins / proteins where it fires)")
     m[4].metric(
-        "Best F1 (test)",
-        format_number(info["best_f1"]),
-        help=f"best concept (chosen on validation proteins): {info['best_concept'] or 'none'}"
-        + (
-            f"; single-residue rule {format_number(info['best_aa_rule_f1'])}, fire-everywhere"
-            f" {format_number(info['best_trivial_f1'])}; {info['aa_purity']:.0%} of its firing on"
-            f" {info['aa_top'] or '-'}"
-            if "aa_purity" in info
-            else ""
-        ),
+        "Matched concept F1 (test)" if v["matches"] else "Concept match",
+        format_number(v["f1"]) if v["matches"] else "none",
+        help=v["verdict"] + (f"; {info['aa_purity']:.0%} of its firing on {info['aa_top']}"
+                             if info.get("aa_top") else ""),
     )
     m[5].metric("Top group", info["top_group"] or "-")
     if info.get("description"):
@@ -210,12 +208,15 @@ def show_structure(f: int, vmax: float) -> None:
 
 def show_concepts(f: int) -> None:
     st.caption(
-        "Thresholds are fractions of the feature's max (InterPLM); precision per labelled residue, recall per"
-        " domain or per residue by concept kind. Threshold and F1 (valid) chosen on validation proteins; F1 (test),"
-        " precision and recall on held-out test proteins, next to the fire-everywhere F1 and the best"
-        " single-residue rule's F1."
+        "The verdict first: a match beats every baseline on validation and on held-out test proteins; otherwise the"
+        " deciding baseline (the strongest on test: fire everywhere, the single-residue rule or a local-sequence rule"
+        " such as a Kyte-Doolittle window, each chosen on validation proteins) is named with its F1. Thresholds are"
+        " fractions of the feature's max (InterPLM); precision per labelled residue, recall per domain or per residue"
+        " by concept kind."
     )
-    table(idx.concept_table(f), key="concept_table")
+    table(concept_rows(idx, f), key="concept_table",
+          column_config={"verdict": st.column_config.TextColumn(pinned=True),
+                         "concept": st.column_config.TextColumn(pinned=True)})
 
 
 def show_related(f: int) -> None:
@@ -269,7 +270,7 @@ def feature_tabs(f: int, info: dict, scale) -> None:
     tabs = dict(zip(names, st.tabs(names, key="tab", bind="query-params")))
     with tabs["Top examples"]:
         if tabs["Top examples"].open is not False:
-            show_examples(f, scale, info.get("best_concept") or "")
+            show_examples(f, scale, idx.verdicts().set_index("feature").at[f, "about"] or "")
     with tabs["Activation ranges"]:
         if tabs["Activation ranges"].open:
             show_ranges(f, scale)

@@ -5,6 +5,7 @@ import streamlit as st
 
 from esmsae.analysis.steer import EDITS, WHERE, Edit, perplexity_name
 from esmsae.app.analyze import InputError, generate_in_app, parse_input, steer_in_app
+from esmsae.app.concepts import concept_columns
 from esmsae.app.render import (
     StructureError,
     chain_breaks,
@@ -82,10 +83,8 @@ if state:
     if top.empty:
         st.warning("No feature fires on this sequence.")
         st.stop()
-    if idx is not None:
-        feats = idx.features(hide_dead=False).set_index("feature")
-        top["label"] = top["feature"].map(feats["label"]).fillna("")
-        top["best_concept"] = top["feature"].map(feats["best_concept"]).fillna("")
+    if idx is not None:  # one rule: a concept is named only where the feature matches it (index/verdicts.py)
+        top = concept_columns(top, idx.verdicts(), idx.labels())
     # one below the other: side by side, the table's seven columns were cut at the column's edge
     st.markdown("**Features that fire most**")
     top["page"] = [feature_url(f, run) for f in top["feature"]]

@@ -1,7 +1,8 @@
 """Overview: the run card, frequency histogram and the feature map."""
 import streamlit as st
 
-from esmsae.app.render import feature_map, format_number, freq_histogram, lm_curve_figure
+from esmsae.app.concepts import card_sections, found_table
+from esmsae.app.render import feature_map, freq_histogram, lm_curve_figure
 from esmsae.app.ui import cached, ensure_navigation, feature_query, pick_run, require_index
 
 
@@ -70,27 +71,37 @@ if not rep.empty:
             " representation knows more than local sequence where it beats the +-10 window."
         )
 card = idx.card()
-cols = st.columns(6)
-for i, (k, v) in enumerate(card.items()):
-    cols[i % 6].metric(k, format_number(v))
+verdicts = idx.verdicts()
+for title, keys in card_sections(card, verdicts, idx.meta.get("eval")):
+    st.markdown(f"**{title}**")
+    cols = st.columns(len(keys))
+    for col, (label, value, why) in zip(cols, keys):
+        col.metric(label, value, help=why)
+found = found_table(None, verdicts)
+st.markdown("**What was found: the concepts a feature matches, each with its best feature (chosen on validation"
+            " proteins) and the baseline that came closest**")
+st.dataframe(found, hide_index=True, key="found_table", width="stretch")
+st.caption(
+    "A feature matches a concept when its F1 beats every baseline by 0.05 on the validation proteins and again on"
+    " the held-out test proteins: fire everywhere, the best single-residue rule, and local-sequence rules (a"
+    " Kyte-Doolittle hydropathy window, an amino-acid window, the first / last w residues, the N-terminus with"
+    " hydropathy), each rule chosen on validation proteins. It must not be an amino-acid detector; catch-all"
+    f" UniProt types are not counted. {len(idx.eligible_concepts()) - len(found)} other eligible concepts are matched"
+    " by no feature (every concept, with all its baselines, is in the table below the map)."
+)
 left, right = st.columns([1, 2])
 with left:
     st.plotly_chart(cached(idx, "freq_hist", lambda: freq_histogram(idx.features(hide_dead=False))), key="freq_hist")
-    st.markdown("**Concepts: the best feature against the best baseline**")
-    st.dataframe(idx.concept_summary().head(40), hide_index=True, key="concept_summary")
-    st.caption(
-        "A feature matches a concept when its F1 beats every baseline by 0.05 on the valid proteins and again on the"
-        " held-out test proteins: fire everywhere, the best single-residue rule, and local-sequence rules (a"
-        " Kyte-Doolittle hydropathy window, an amino-acid window, the first / last w residues, the N-terminus with"
-        " hydropathy), each rule chosen on valid. It must not be an amino-acid detector. Catch-all UniProt types are"
-        " not counted."
-    )
+    with st.expander("Every concept: the best feature against every baseline"):
+        st.dataframe(idx.concept_summary().head(60), hide_index=True, key="concept_summary")
 with right:
-    color = st.radio("Colour by", ["best concept", "frequency", "cluster", "dead"], horizontal=True, key="map_color",
-                     help="cluster: k-means of the decoder directions; dead: never fired on the indexed proteins")
+    color = st.radio("Colour by", ["matched concept", "frequency", "cluster", "dead"], horizontal=True,
+                     key="map_color", help="matched concept: the concept a feature matches (grey: none); cluster:"
+                                           " k-means of the decoder directions; dead: never fired on the indexed"
+                                           " proteins")
     ev = st.plotly_chart(
         cached(idx, "feature_map", lambda c: feature_map(idx.feature_points(), c),
-               {"best concept": "best_concept"}.get(color, color)),
+               {"matched concept": "concept"}.get(color, color)),
         key="fmap",
         on_select="rerun",
         selection_mode="points",

@@ -7,6 +7,7 @@ import pandas as pd
 
 HUMAN = {
     # features
+    "verdict": "concept (named only where the feature matches it)",
     "best_concept": "best concept",
     "best_f1": "best concept F1 (test)",
     "best_aa_rule_f1": "single-residue rule F1 (test)",

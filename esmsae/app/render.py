@@ -331,26 +331,29 @@ def lm_curve_figure(curve: pd.DataFrame):
     return fig
 
 
-def feature_map(points: pd.DataFrame, color: str = "best_concept"):
-    """UMAP of decoder directions, one WebGL point per feature (``FeatureIndex.feature_points``)."""
+def feature_map(points: pd.DataFrame, color: str = "concept"):
+    """UMAP of decoder directions, one WebGL point per feature (``FeatureIndex.feature_points``), coloured by
+    the concept each feature *matches* (index/verdicts.py; grey where it matches none), frequency, cluster
+    or state."""
     import plotly.express as px
 
     df = points.copy()
     df["log10_freq"] = np.log10(df["freq_residue"].clip(lower=1e-7))
-    df["best_concept"] = np.where(df["best_f1"] > 0.5, df["best_concept"], "(none > 0.5)")
+    df["concept"] = np.where(df["concept"].fillna("") != "", df["concept"], "(no match)")
     df["state"] = np.where(df["dead"], "dead", "live")
     df["cluster"] = df["cluster"].astype(str)
-    c = {"frequency": "log10_freq", "cluster": "cluster", "dead": "state"}.get(color, "best_concept")
+    c = {"frequency": "log10_freq", "cluster": "cluster", "dead": "state"}.get(color, "concept")
     fig = px.scatter(
         df,
         x="umap_x",
         y="umap_y",
         color=c,
-        hover_data=["feature", "label", "best_f1", "freq_residue", "cluster"],
+        hover_data=["feature", "label", "verdict", "freq_residue", "cluster"],
         render_mode="webgl",
         custom_data=["feature"],
-        labels={"log10_freq": "log10 frequency", "best_concept": "best concept", "state": ""},
+        labels={"log10_freq": "log10 frequency", "concept": "matched concept", "state": ""},
         color_discrete_sequence=px.colors.qualitative.Dark24,
+        color_discrete_map={"(no match)": "lightgrey"},
     )
     fig.update_traces(marker=dict(size=4))
     # many categories (40 clusters, dozens of concepts): a compact legend beside the map, or none for clusters

@@ -38,7 +38,8 @@ class FeatureIndex:
         self.con.execute("USE idx")
         self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta").fetchall()}
         check_format(self.meta, self.path)
-        self._bm25: tuple | None = None  # (labels it was built with, BM25Okapi), built on the first search
+        self._searcher: tuple | None = None  # (labels it was built with, index.search.Searcher), on first search
+        self._verdicts: pd.DataFrame | None = None  # index.verdicts.feature_verdicts, on first use
         self.n_features = int(self.meta["n_latents"])
 
     @functools.cached_property
@@ -157,10 +158,13 @@ class FeatureIndex:
         )
 
     def feature_points(self) -> pd.DataFrame:
-        """Per feature: its UMAP position (decoder directions), best concept, frequency, cluster, state."""
-        return self.q(
-            "SELECT feature, umap_x, umap_y, best_concept, best_f1, freq_residue, cluster, dead, label FROM features"
-        )
+        """Per feature: its UMAP position (decoder directions), the concept it matches (or its verdict),
+        frequency, cluster, state, label."""
+        df = self.q("SELECT feature, umap_x, umap_y, freq_residue, cluster, dead FROM features ORDER BY feature")
+        v = self.verdicts().set_index("feature")
+        df["concept"], df["verdict"] = df["feature"].map(v["concept"]), df["feature"].map(v["verdict"])
+        df["label"] = df["feature"].map(self.labels()).fillna(df["concept"])
+        return df
 
     def concept_summary(self) -> pd.DataFrame:
         """Per concept: support, baselines on test proteins, and features beating them."""
@@ -221,63 +225,46 @@ class FeatureIndex:
         if min_freq > 0:
             where.append("f.freq_protein >= ?")
             params.append(min_freq)
-        if concept:
-            where.append("f.best_concept = ?")
-            params.append(concept)
         df = self.q(
-            f"""SELECT f.feature, f.label AS auto_label, f.best_concept, f.best_f1, f.best_aa_rule_f1, f.aa_top,
-            f.aa_purity, f.description, f.search_text, f.freq_residue, f.freq_protein, f.max_act, f.top_group,
-            f.cluster, f.matches_concept, f.residue_detector FROM features f WHERE {' AND '.join(where)}""",
+            f"""SELECT f.feature, f.description, f.best_aa_rule_f1, f.aa_top, f.aa_purity, f.freq_residue,
+            f.freq_protein, f.max_act, f.top_group, f.cluster, f.residue_detector FROM features f
+            WHERE {' AND '.join(where)}""",
             params,
         )
+        v = self.verdicts().set_index("feature")  # one rule for every screen (index/verdicts.py)
+        for col in ("concept", "verdict", "matches", "f1", "baseline", "baseline_f1"):
+            df[col] = df["feature"].map(v[col])
+        if concept:  # the features that match this concept
+            df = df[df["concept"] == concept]
         labels = self.labels()
-        df["label"] = df["feature"].map(labels).fillna(df["auto_label"])
-        if search:
-            # every term in the description, concept, top proteins' ids / names or the user label
-            # (DuckDB's FTS extension is not installable offline: see index/describe.py)
-            from esmsae.index.describe import search_terms, term_variants
+        df["label"] = df["feature"].map(labels).fillna(df["concept"])
+        if search:  # what the user sees, ranked by relevance (index/search.py)
+            from esmsae.index.search import search as find
 
-            terms = search_terms(search)
-            hay = (
-                df["search_text"].fillna("").str.lower()
-                + " | "
-                + df["label"].fillna("").str.lower()
-            )
-            hit = np.ones(len(df), bool)
-            for t in terms:  # each term, or the label sets' name for it (describe.SYNONYMS)
-                hit &= np.logical_or.reduce([hay.str.contains(v, regex=False).to_numpy() for v in term_variants(t)])
-            s = search.strip()
-            if s.isdigit():
-                hit |= (df["feature"] == int(s)).to_numpy()
-            df = df[hit].copy()
-            df["relevance"] = self._bm25_scores(search, labels)[df["feature"].to_numpy()]
-        if search and sort == "feature":
-            # ranked: features matching a concept first, residue detectors last, then BM25 within each tier
-            tier = np.where(df["matches_concept"], 0, np.where(df["residue_detector"], 2, 1))
-            df = df.assign(_tier=tier).sort_values(["_tier", "relevance", "feature"], ascending=[True, False, True])
-        elif sort in df.columns:
+            df = find(self, df, search, labels)
+        if sort != "feature" and sort in df.columns:
             df = df.sort_values(sort, ascending=not descending, kind="stable")
+        elif not search:
+            df = df.sort_values("feature", kind="stable")
         cols = (
-            ["feature", "label", "description", "best_concept", "best_f1", "best_aa_rule_f1", "aa_top", "aa_purity"]
+            ["feature", "label", "verdict", "description", "aa_top", "aa_purity"]
             + ["freq_residue", "freq_protein", "max_act", "top_group"]
             + (["relevance"] if search else [])
         )
         return df[cols].head(limit).reset_index(drop=True)
 
-    def _bm25_scores(self, query: str, labels: dict[int, str]) -> np.ndarray:
-        """[F] Okapi BM25 score of every feature's search text (description, concept, top protein ids and
-        names) and user label for ``query`` (rank_bm25; the model is built once per index and label set)."""
-        from rank_bm25 import BM25Okapi
+    def verdicts(self) -> pd.DataFrame:
+        """Per feature: the concept it matches (or none, and why), computed once per reader
+        (:func:`esmsae.index.verdicts.feature_verdicts`)."""
+        if self._verdicts is None:
+            from esmsae.index.verdicts import feature_verdicts
 
-        from esmsae.index.describe import search_terms, term_variants, tokens
+            self._verdicts = feature_verdicts(self)
+        return self._verdicts
 
-        key = tuple(sorted(labels.items()))
-        if self._bm25 is None or self._bm25[0] != key:
-            docs = self.q("SELECT feature, search_text FROM features ORDER BY feature")
-            text = docs["search_text"].fillna("") + " " + docs["feature"].map(labels).fillna("")
-            self._bm25 = (key, BM25Okapi([tokens(t) or ["_"] for t in text]))
-        words = [w for t in search_terms(query) for v in term_variants(t) for w in tokens(v)]
-        return np.asarray(self._bm25[1].get_scores(words), float)
+    def matched_concepts(self) -> list[str]:
+        """The concepts at least one feature matches (the browser's filter)."""
+        return sorted(set(self.verdicts()["concept"]) - {""})
 
     def feature(self, f: int) -> dict[str, Any]:
         self._check(f)
