@@ -41,28 +41,19 @@ def test_readable_tables_have_no_raw_names_or_nan_cells():
 
 
 @pytest.mark.skipif(not (DEMO / "index.duckdb").exists(), reason="demo bundle not built")
-def test_search_is_ranked_by_tier_then_bm25_and_takes_wildcards_literally():
+def test_search_is_ranked_by_relevance_over_whole_words_and_takes_symbols_literally():
     idx = FeatureIndex(DEMO / "index.duckdb")
-    info = idx.q("SELECT feature, matches_concept, residue_detector FROM features").set_index("feature")
     for query in ("transmembrane", "signal peptide", "residue detector"):
         got = idx.features(search=query, hide_dead=False)
         assert len(got), query
-        tier = np.where(info.loc[got["feature"], "matches_concept"], 0,
-                        np.where(info.loc[got["feature"], "residue_detector"], 2, 1))
-        assert (np.diff(tier) >= 0).all(), query  # concept matches first, residue detectors last
-        for t in np.unique(tier):  # BM25 relevance descending within a tier
-            rel = got["relevance"].to_numpy()[tier == t]
-            assert (np.diff(rel) <= 1e-12).all(), (query, t)
+        rel = got["relevance"].to_numpy()
+        assert (np.diff(rel) <= 1e-12).all(), query  # relevance first, descending
     tm = idx.features(search="transmembrane", hide_dead=False)
-    assert info.loc[int(tm["feature"].iloc[0]), "matches_concept"]  # the first hit matches a concept
-    # "transmembrane" also finds TMbed's "TM helix" / "TM strand" features (describe.SYNONYMS)
-    assert tm["best_concept"].head(5).str.startswith("TMbed: TM").all(), tm.head(5)
-    # every word must occur, taken literally: SQL wildcards are characters ("e_e" would match "ere" in LIKE)
-    text = idx.q("SELECT feature, search_text FROM features").set_index("feature")["search_text"].fillna("").str.lower()
-    for q in ("%", "e_e", "100%"):
-        want = set(text.index[text.str.contains(q, regex=False)])
-        assert set(idx.features(search=q, hide_dead=False)["feature"]) == want, q
-    assert text.str.contains("e.e", regex=True).sum() > len(idx.features(search="e_e", hide_dead=False))
+    # "transmembrane" also finds TMbed's "TM helix" / "TM strand" features (describe.SYNONYMS), matches first
+    assert tm["verdict"].head(5).str.startswith("TMbed: TM").all(), tm.head(5)
+    # symbols are not words: "%", "_" and "_ %" find nothing ("_" matched 3,710 features through hidden ids)
+    for q in ("%", "_", "_ %"):
+        assert idx.features(search=q, hide_dead=False).empty, q
     # explicit sort order is kept when asked
     by_freq = idx.features(search="transmembrane", hide_dead=False, sort="freq_protein", descending=True)
     assert (np.diff(by_freq["freq_protein"].to_numpy()) <= 0).all()

@@ -586,10 +586,11 @@ def test_search_finds_features_whose_description_names_the_concept(built_index):
         named = set(all_.loc[all_["description"].str.contains(word, case=False, regex=False), "feature"])
         got = set(idx.features(search=word, hide_dead=False)["feature"])
         assert named and named <= got, word
-    # a concept name finds the features whose best concept it is
-    c = all_.loc[all_["best_concept"] != "", "best_concept"]
+    # a concept name finds the features whose concept text names it (matched, or "no match (best: ...)")
+    v = idx.verdicts()
+    c = v.loc[v["about"] != "", "about"]
     if len(c):
-        assert set(all_.loc[all_["best_concept"] == c.iloc[0], "feature"]) <= set(
+        assert set(v.loc[v["about"] == c.iloc[0], "feature"]) <= set(
             idx.features(search=c.iloc[0], hide_dead=False)["feature"]
         )
     # two words: both must occur

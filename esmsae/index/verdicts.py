@@ -104,6 +104,7 @@ def concept_rows(idx, f: int, n: int = 15) -> pd.DataFrame:
         for c, m in zip(rows["concept"], rows["beats_baselines"])
     ])
     rows["aa_rule"] = "every " + rows["aa_rule"].astype(str)
-    rows.insert(3, "deciding baseline", rows["concept"].map(b["baseline"]).fillna(""))
-    rows.insert(4, "its F1 (test)", rows["concept"].map(b["baseline_f1"]).astype(float))
-    return rows.drop(columns=["beats_baselines"])
+    rows["deciding baseline"] = rows["concept"].map(b["baseline"]).fillna("")
+    rows["its F1 (test)"] = rows["concept"].map(b["baseline_f1"]).astype(float)
+    first = ["verdict", "concept", "f1_test", "deciding baseline", "its F1 (test)"]
+    return rows[first + [c for c in rows.columns if c not in first and c != "beats_baselines"]]
