@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from esmsae.analysis.steer import EDITS, WHERE, Edit, perplexity_name
-from esmsae.app.analyze import InputError, generate_in_app, parse_input, steer_in_app
+from esmsae.app.analyze import MAX_PAGE_SECONDS, InputError, generate_in_app, parse_input, steer_in_app
 from esmsae.app.concepts import concept_columns
 from esmsae.app.render import (
     StructureError,
@@ -18,6 +18,57 @@ from esmsae.app.render import (
     truncation_warnings,
 )
 from esmsae.app.ui import analyzer_of, ensure_navigation, feature_link, feature_url, index_of, pick_run, table
+
+
+def _cancel() -> None:
+    job = st.session_state.pop("inspect_job", None)
+    if job is not None:
+        job.cancelled.set()  # the forward stops within a few dozen residues
+    st.session_state.pop("inspect", None)
+    st.session_state["inspect_cancelled"] = True
+
+
+def analyse(an, run_name: str, name: str, seq: str):
+    """The analysis of one record, kept for the session (a widget change does not run it again); a long one
+    in the background with progress, an estimate and a Cancel button; past about a minute of work, refused
+    with the command to use instead."""
+    key = (run_name, name, seq)
+    done = st.session_state.get("inspect_result")
+    if done and done[0] == key:
+        return done[1]
+    est = an.estimate_s(len(seq))
+    if est > MAX_PAGE_SECONDS and an.rate is None:  # judged by a guess: measure this model here first
+        with st.spinner("Measuring this model's speed on this machine ..."):
+            an.calibrate()
+        est = an.estimate_s(len(seq))
+    if est > MAX_PAGE_SECONDS:
+        st.error(
+            f"{name} has {len(seq):,} residues: about {est:.0f} s of work on this machine, more than the page does"
+            f" (up to about {an.max_residues():,} residues). Run it from the command line, e.g. `esmsae embed"
+            f" --model {an.meta.get('base_model', {}).get('name', 'MODEL')} --layers {an.hook.layer} --fasta"
+            " protein.fasta --store out/`, or in Python: `esmsae.load_model(...).embed(sequence, layer=...)`."
+        )
+        st.stop()
+    job = st.session_state.get("inspect_job")
+    if job is None or job.key != key:  # a rerun while it runs (another widget) follows the same job
+        if job is not None:
+            job.cancelled.set()
+        job = an.submit(name, seq)
+        job.key = key
+        st.session_state["inspect_job"] = job
+    bar = st.progress(0.0, text=job.status()[1])
+    st.button("Cancel", key="inspect_cancel", on_click=_cancel,
+              help="stops waiting; the model finishes the protein it has begun in the background")
+    while not job.done.wait(0.25):
+        bar.progress(*job.status())
+    bar.empty()
+    st.session_state.pop("inspect_job", None)
+    if job.error is not None:
+        st.error(f"Could not run the protein LM + SAE of run {run_name} on {name}: {job.error}")
+        st.stop()
+    st.session_state["inspect_result"] = (key, job.result)
+    st.rerun()  # draw the page without the progress bar and the Cancel button
+
 
 ensure_navigation()
 run = pick_run()
@@ -36,6 +87,7 @@ go = st.button("Analyse", type="primary")
 
 if go:
     st.session_state.pop("inspect", None)
+    st.session_state.pop("inspect_cancelled", None)
     if up is not None and text.strip():
         st.info(f"Both a paste and an uploaded structure are present: the structure {up.name} is analysed "
                 "(remove the upload to analyse the paste).")
@@ -60,6 +112,8 @@ if go:
     except (InputError, StructureError) as e:
         st.error(str(e))
 
+if st.session_state.pop("inspect_cancelled", False):
+    st.info("Analysis cancelled.")
 state = st.session_state.get("inspect")
 if state:
     records = state["records"]
@@ -68,10 +122,10 @@ if state:
     name, seq = records[names.index(pick)]
     try:
         an = analyzer_of(run)
-        res = an.run(name, seq)
     except Exception as e:  # model files missing or unreadable: a message, not a traceback
-        st.error(f"Could not run the protein LM + SAE of run {run.name}: {e}")
+        st.error(f"Could not load the protein LM + SAE of run {run.name}: {e}")
         st.stop()
+    res = analyse(an, run.name, name, seq)
     st.caption(f"{len(seq)} residues - protein LM + SAE in {res.seconds * 1000:.0f} ms")
     if getattr(an.plm, "objective", "mlm") == "causal":
         st.caption(

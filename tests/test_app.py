@@ -132,6 +132,66 @@ def test_inspector(env):
     assert at.get("download_button")
 
 
+def test_inspector_refuses_what_the_page_cannot_do_in_a_minute(env, monkeypatch):
+    """Past about a minute of work (this machine's measured speed), a paste is refused with the command to
+    use instead; below it, the run goes on in the background behind a progress bar with a Cancel button."""
+    import esmsae.app.analyze as analyze
+
+    monkeypatch.setattr(analyze, "MAX_PAGE_SECONDS", 0.6)
+    at = ok(page("inspector"))
+    at.text_area(key="seq_text").input(">long\n" + "MKTAYIAKQRQISFVKSHFSRQ" * 200).run()
+    next(b for b in at.button if b.label == "Analyse").click().run()
+    err = " ".join(e.value for e in at.error)
+    assert "long has 4,400 residues" in err and "`esmsae embed" in err, err
+
+
+def test_a_queued_analysis_says_it_is_waiting():
+    """While another analysis holds the model, a submitted one says it waits (and how many are ahead), then
+    runs; a cancelled one stops at the next step."""
+    import threading
+
+    from esmsae.app.analyze import Job
+
+    class FakeLM:
+        lock = threading.RLock()
+
+    class FakeAnalyzer:
+        rate = 100.0
+
+        def estimate_s(self, n):
+            return n / self.rate
+
+    job = Job(FakeAnalyzer(), 500)
+    job.ahead = 2
+    frac, text = job.status()
+    assert frac == 0 and text.startswith("Waiting for the model: 2 other analyses ahead")
+    job.started = job.submitted
+    frac, text = job.status()
+    assert 0 <= frac <= 0.95 and text.startswith("Analysing 500 residues: about 5 s in all")
+
+
+@pytest.mark.slow
+def test_a_cancelled_analysis_stops_and_frees_the_model(shared):
+    """Cancel on a long UniRep analysis: the recurrence stops within a step of 64 residues, the model is
+    free again at once for the next analysis."""
+    import time
+
+    from esmsae.app.analyze import Analyzer
+    from esmsae.lm.base import Cancelled
+
+    an = Analyzer(DEMO / "sae")
+    job = an.submit("long", "MKTAYIAKQRQISFVKSHFSRQ" * 200)
+    while job.started is None:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    job.cancelled.set()
+    t = time.perf_counter()
+    assert job.done.wait(30) and isinstance(job.error, Cancelled)
+    assert time.perf_counter() - t < 5  # far less than the ~4,400-residue run it cut short
+    nxt = an.submit("next", "MKTAYIAKQRQISFVKSHFSRQ")
+    assert nxt.done.wait(60) and nxt.error is None and nxt.result.top_features(5).shape[0] > 0
+
+
 def test_inspector_steer_panel(env):
     """Steer the top feature (clamp to 5 everywhere): the panel shows the check, the steered
     sequence, the delta log-probability heatmap, the moved features and a FASTA download."""

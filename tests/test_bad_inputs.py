@@ -29,6 +29,26 @@ def test_empty_fasta_is_an_error_and_leaves_no_store(tmp_path, capsys):
     assert "every record was invalid and skipped (2" in capsys.readouterr().err
 
 
+DNA = "ATGGCTAGCAAAGGAGAAGAACTTTTCACTGGAGTTGTCCCAATTCTTGTTGAATTAGATGGTGATGTTAATGGGCACAAATTTTCTGTC"  # GFP's start
+
+
+def test_a_nucleotide_fasta_is_refused_by_embed_and_the_inspector(tmp_path, capsys):
+    """DNA pasted or given as protein is refused (it was analysed as 90 'residues', and embed exited 0), while
+    a protein made of few residue types (A and C only) is still a protein."""
+    from esmsae.app.analyze import InputError, parse_input
+
+    dna = tmp_path / "gfp_cds.fasta"
+    dna.write_text(f">gfp_cds\n{DNA}\n")
+    assert main(["embed", "--model", str(DEMO_LM), "--fasta", str(dna), "--store", str(tmp_path / "s"),
+                 "--layers", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "record 'gfp_cds': this looks like a nucleotide sequence (90 letters" in err, err
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(InputError, match="looks like a nucleotide sequence"):
+        parse_input(DNA.lower())
+    assert parse_input("AC" * 60)[0][1] == "AC" * 60
+
+
 def test_windows_line_endings_read_like_unix(tmp_path):
     crlf = tmp_path / "crlf.fasta"
     crlf.write_bytes(b">p1 test\r\nMKTAYIAK\r\nQRQISF\r\n>p2\r\nMKV\r\n")

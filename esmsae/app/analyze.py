@@ -1,6 +1,7 @@
 """Run protein LM + SAE on a user's sequence (the app's sequence inspector)."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +11,15 @@ import pandas as pd
 import torch
 
 from esmsae.core.fasta import SequenceError, parse_fasta_text
+from esmsae.lm.base import check_stop, stop_when
 from esmsae.lm.plm import load_plm
 from esmsae.published.load import load_sae
 from esmsae.sae.checkpoint import hook_of, model_config_of
 
 MAX_PASTE = 200_000  # characters; a bigger paste gets a message, not a hang
 MAX_SEQUENCES = 50
+DEFAULT_RATE = 80.0  # residues/s before a run has measured this machine (UniRep-1900 fp32, 2 loaded cores)
+MAX_PAGE_SECONDS = 60.0  # past about a minute of work, the page points to the command line instead
 
 
 class InputError(ValueError):
@@ -120,15 +124,89 @@ class Analyzer:
         self.sae = self.sae.to(self.plm.device)  # one device for both
         self.sae.meta = self.meta  # what steering reads (hook, base model)
         self.hook = hook_of(self.meta)
+        self._count = threading.Lock()  # guards _inflight, the analyses submitted and not finished
+        self._inflight = 0
 
     @torch.no_grad()
     def run(self, name: str, sequence: str) -> Result:
         t = time.perf_counter()
         x_LD = self.plm.embed([sequence], [self.hook])[0][self.hook.name]
         lat = self.sae.encode(x_LD.to(self.plm.device))
-        return Result(
+        res = Result(
             name, sequence, lat.acts_BK.float().cpu().numpy(), lat.idx_BK.cpu().numpy(), time.perf_counter() - t
         )
+        if len(sequence) >= 100:  # this machine's own speed, for the next estimate (short runs are overhead)
+            r = len(sequence) / max(res.seconds, 1e-3)
+            self.rate = r if self.rate is None else 0.5 * self.rate + 0.5 * r
+        return res
+
+    # ------------------------------------------------------------ the page's view of a long run
+    rate: float | None = None  # residues per second measured here by earlier runs (None: none yet)
+
+    def estimate_s(self, n_residues: int) -> float:
+        """Seconds an analysis of ``n_residues`` should take on this machine (measured by earlier runs;
+        before any, a conservative :data:`DEFAULT_RATE`)."""
+        return 0.5 + n_residues / (self.rate or DEFAULT_RATE)
+
+    def calibrate(self) -> float:
+        """Measure this machine's speed on a 200-residue protein (a second or two for UniRep-1900), when no
+        run has yet, so that a long input is judged by what this model does here."""
+        if self.rate is None:
+            self.run("calibration", ("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ" * 4)[:200])
+        return self.rate
+
+    def max_residues(self, seconds: float = MAX_PAGE_SECONDS) -> int:
+        """The longest protein the page analyses in about ``seconds``."""
+        return int((seconds - 0.5) * (self.rate or DEFAULT_RATE))
+
+    def submit(self, name: str, sequence: str) -> "Job":
+        """Run in a thread, so that the page can show progress (and a queue) while the model works."""
+        job = Job(self, len(sequence))
+        with self._count:
+            job.ahead = self._inflight
+            self._inflight += 1
+
+        def work():
+            try:
+                with self.plm.lock, stop_when(job.cancelled):  # one forward at a time: wait here, in the open
+                    check_stop()  # cancelled while it waited
+                    job.started = time.perf_counter()
+                    job.result = self.run(name, sequence)
+            except Exception as e:  # shown by the page (Cancelled: the page has moved on)
+                job.error = e
+            finally:
+                with self._count:
+                    self._inflight -= 1
+                job.done.set()
+
+        threading.Thread(target=work, daemon=True, name=f"analyse-{name[:20]}").start()
+        return job
+
+
+
+class Job:
+    """One analysis in flight: ``done`` when finished, ``result`` or ``error``; ``started`` is None while it
+    waits for the model (``ahead`` analyses were running when it was submitted)."""
+
+    def __init__(self, analyzer: Analyzer, n_residues: int):
+        self.analyzer, self.n = analyzer, n_residues
+        self.done = threading.Event()
+        self.cancelled = threading.Event()  # set by the page's Cancel: the forward stops between steps
+        self.result: Result | None = None
+        self.error: Exception | None = None
+        self.started: float | None = None
+        self.submitted = time.perf_counter()
+        self.ahead = 0
+
+    def status(self) -> tuple[float, str]:
+        """(fraction done, a line for the progress bar): waiting, or elapsed against the estimate."""
+        now = time.perf_counter()
+        if self.started is None:
+            return 0.0, (f"Waiting for the model: {self.ahead} other {'analysis' if self.ahead == 1 else 'analyses'} ahead"
+                         f" ({now - self.submitted:.0f} s so far; one runs at a time)")
+        est = self.analyzer.estimate_s(self.n)
+        el = now - self.started
+        return min(0.95, el / est), f"Analysing {self.n:,} residues: about {est:.0f} s in all, {el:.0f} s so far"
 
 
 def steer_in_app(analyzer: "Analyzer", sequence: str, edit):

@@ -144,7 +144,25 @@ def clean_sequence(seq: str, record: str = "sequence") -> str:
                 f"{record}: invalid residue {ch!r} at position {i + 1} "
                 f"(allowed: the 20 standard amino acids and {', '.join(EXTRA)})"
             )
+    if looks_like_nucleotides(s):
+        raise SequenceError(
+            f"{record}: this looks like a nucleotide sequence ({len(s)} letters, all A, C, G, T/U or N), not a"
+            " protein: translate it first (esmsae reads amino-acid sequences)"
+        )
     return s
+
+
+def looks_like_nucleotides(s: str, min_len: int = 30, min_share: float = 0.05) -> bool:
+    """A DNA / RNA sequence pasted as protein: at least ``min_len`` letters, every one A, C, G, T, U or N,
+    and each of A, C, G and T/U at least ``min_share`` of them. As amino acids that would be a protein of
+    Ala, Cys, Gly, Thr (and Asn, selenocysteine) only, which real proteins of that length are not."""
+    if len(s) < min_len or not set(s) <= NUCLEOTIDES:
+        return False
+    n = len(s)
+    return all(s.count(a) / n >= min_share for a in "ACG") and (s.count("T") + s.count("U")) / n >= min_share
+
+
+NUCLEOTIDES = frozenset("ACGTUN")
 
 
 def read_proteins(

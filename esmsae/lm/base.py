@@ -5,6 +5,7 @@ which imports neither.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -22,6 +23,31 @@ ESM_VOCAB = [
     "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-",
     "<null_1>", "<mask>",
 ]
+
+
+class Cancelled(RuntimeError):
+    """The caller stopped waiting for this forward (the inspector's Cancel): raised between steps."""
+
+
+_STOP = threading.local()
+
+
+@contextlib.contextmanager
+def stop_when(event: threading.Event) -> Iterator[None]:
+    """Forwards run by this thread stop (raise :class:`Cancelled`) soon after ``event`` is set: between
+    batches, and between the recurrent steps of UniRep (:func:`check_stop`)."""
+    prev = getattr(_STOP, "event", None)
+    _STOP.event = event
+    try:
+        yield
+    finally:
+        _STOP.event = prev
+
+
+def check_stop() -> None:
+    ev = getattr(_STOP, "event", None)
+    if ev is not None and ev.is_set():
+        raise Cancelled("analysis cancelled")
 
 
 class ModelMismatchError(ValueError):
@@ -225,6 +251,7 @@ class ProteinLM:
             pieces.extend((i, a, b) for a, b in self.windows(len(s)))
         results: dict[tuple[int, int], dict[str, Tensor]] = {}
         for batch in length_batches([b - a for _, a, b in pieces], self.cfg.resolved_batch_tokens(), extra=2):
+            check_stop()
             sub = [seqs[pieces[j][0]][pieces[j][1] : pieces[j][2]] for j in batch]
             acts = self.forward_hooks(sub, hooks)
             for row, j in enumerate(batch):

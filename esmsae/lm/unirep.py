@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from esmsae.lm.base import ModelMismatchError, ProteinLM
+from esmsae.lm.base import ModelMismatchError, ProteinLM, check_stop
 from esmsae.lm.names import UNIREP_ABOUT, UNIREP_MODELS, UNIREP_PACKAGE, is_unirep_name  # noqa: F401 (re-exported)
 
 UNIREP_RESIDUES = "MRHKDESTNQCUGPAVIFYWLO"  # tokens 1..22
@@ -157,6 +157,8 @@ class MLSTMLayer(nn.Module):
         for t, (n, n_real) in enumerate(zip(active_L, real_L)):
             if n == 0:
                 break
+            if t % 64 == 63:
+                check_stop()  # the inspector's Cancel lands within 64 residues
             if n < h_BD.shape[0]:  # finished rows drop out of the GEMMs
                 h_BD, c_BD = h_BD[:n], c_BD[:n]
             x_t = x_at(t, n)

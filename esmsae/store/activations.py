@@ -74,16 +74,29 @@ def embed_fasta(
     done when its folder exists, so a run stopped with W ranks resumes with any W'. Rank 0 alone
     writes the manifest, from the shards' ``meta.json`` sidecars.
     """
-    from dataclasses import replace
-
-    from esmsae.config import resolve_device
-    from esmsae.core.dist import barrier, process_group
-
     if not embed.fasta:
         raise StoreError("EmbedConfig.fasta: no input FASTA given")
     if not embed.store:
         raise StoreError("EmbedConfig.store: no output folder given")
     out = Path(embed.store)
+    created = not out.exists()
+    try:
+        return _embed(out, embed, model, hooks, plm, progress)
+    except Exception:
+        # a run that failed before finishing any shard (a bad record, a wrong layer) leaves nothing behind
+        # that could pass for a store; one with finished shards is kept, so that a rerun resumes from them
+        if created and out.is_dir() and not any(d.is_dir() and not d.name.endswith(".tmp") for d in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _embed(out: Path, embed: EmbedConfig, model: ModelConfig, hooks: HookConfig, plm: ProteinLM | None,
+           progress: bool) -> Path:
+    from dataclasses import replace
+
+    from esmsae.config import resolve_device
+    from esmsae.core.dist import barrier, process_group
+
     with process_group(resolve_device(model.device)) as w:
         if w.main:
             out.mkdir(parents=True, exist_ok=True)
