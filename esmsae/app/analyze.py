@@ -202,8 +202,8 @@ class Job:
         """(fraction done, a line for the progress bar): waiting, or elapsed against the estimate."""
         now = time.perf_counter()
         if self.started is None:
-            return 0.0, (f"Waiting for the model: {self.ahead} other {'analysis' if self.ahead == 1 else 'analyses'} ahead"
-                         f" ({now - self.submitted:.0f} s so far; one runs at a time)")
+            others = f"{self.ahead} other {'analysis' if self.ahead == 1 else 'analyses'}"
+            return 0.0, f"Waiting for the model: {others} ahead ({now - self.submitted:.0f} s so far; one runs at a time)"
         est = self.analyzer.estimate_s(self.n)
         el = now - self.started
         return min(0.95, el / est), f"Analysing {self.n:,} residues: about {est:.0f} s in all, {el:.0f} s so far"
