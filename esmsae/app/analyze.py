@@ -203,7 +203,8 @@ class Job:
         now = time.perf_counter()
         if self.started is None:
             others = f"{self.ahead} other {'analysis' if self.ahead == 1 else 'analyses'}"
-            return 0.0, f"Waiting for the model: {others} ahead ({now - self.submitted:.0f} s so far; one runs at a time)"
+            waited = now - self.submitted
+            return 0.0, f"Waiting for the model: {others} ahead ({waited:.0f} s so far; one runs at a time)"
         est = self.analyzer.estimate_s(self.n)
         el = now - self.started
         return min(0.95, el / est), f"Analysing {self.n:,} residues: about {est:.0f} s in all, {el:.0f} s so far"
