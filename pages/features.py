@@ -19,7 +19,7 @@ from esmsae.app.render import (
     track_html,
 )
 from esmsae.app.runs import structure_info
-from esmsae.app.structure_view import feature_structures
+from esmsae.app.structure_view import feature_structures, structure_summary
 from esmsae.app.ui import cached, ensure_navigation, pick_run, require_index, table
 from esmsae.index.reader import LabelStoreBusy, set_label
 from esmsae.index.verdicts import concept_rows
@@ -140,6 +140,9 @@ def show_examples(f: int, scale, best_concept: str = "") -> None:
                                      spans[spans["pidx"] == r["pidx"]], first=best_concept) if lanes else ""
         if lane_html:
             st.html(lane_html)
+        elif lanes:
+            st.caption("No per-residue labels for this protein in the label sets (UniProt features, TMbed,"
+                       " secondary structure, binding, conservation, disorder, solvent accessibility).")
         links = links_markdown(r["id"], r.get("structure") or "")
         if links:
             st.markdown(links)
@@ -176,15 +179,14 @@ def show_structure(f: int, vmax: float) -> None:
     # cached per index file: the tab stays drawn once opened, so it reruns on every switch (4 files read,
     # parsed and aligned each time without the cache)
     cands, views = cached(idx, "feature_structures", functools.partial(feature_structures, idx), f, vmax)
+    summary = cached(idx, "structure_summary", lambda g: structure_summary(idx, g, vmax, cands), f)
     if not cands:
-        st.info("None of the proteins with a structure activates this feature, and none of its top examples has a"
-                " structure in the shared structure links.")
+        st.info("None of the proteins with a structure in this bundle activates this feature, and none of its top"
+                " examples has a structure in the shared structure links. " + summary.split(". ", 1)[-1])
         return
-    n_top = sum(c["kind"] == "top example" for c in cands)
-    st.caption(f"{n_top} of the top examples {'has' if n_top == 1 else 'have'} a structure here; "
-               f"{len(cands) - n_top} more proteins with a structure activate the feature. Each chain is coloured by "
-               "the feature on one scale (the feature's max), mapped through a sequence alignment, so unresolved "
-               "residues are skipped.")
+    st.info(summary)
+    st.caption("Each chain is coloured by the feature on one scale (the feature's max), mapped through a sequence"
+               " alignment, so unresolved residues are skipped.")
     shown = cands[:len(views)]
     cols = st.columns(2)
     for i, (c, v) in enumerate(zip(shown, views)):
@@ -193,7 +195,9 @@ def show_structure(f: int, vmax: float) -> None:
             about = structure_info(c["rel"], c["chain"])
             name = protein_name(r) or about.get("title", "").capitalize()
             where = f"top example #{c['rank']}" if c["rank"] else "protein with a structure"
-            st.markdown(f"**{r['id']}** ({where}, max {r['max_act']:.3f}) {shorten(name, 90, placeholder=' ...')}  \n"
+            share = f", {c['share']:.0%} of the feature's max" if c["share"] == c["share"] else ""
+            st.markdown(f"**{r['id']}** ({where}, max {r['max_act']:.3f}{share})"
+                        f" {shorten(name, 90, placeholder=' ...')}  \n"
                         + links_markdown(r["id"], c["rel"]) + f" · chain {c['chain']}")
             if v.error:
                 st.warning(v.error)

@@ -89,3 +89,27 @@ def test_search_ranks_what_the_user_sees(idx):
     # whole words: "peptide" is not found inside "oligopeptide"
     for f in idx.features(search="peptide", hide_dead=False)["feature"].head(50):
         assert re.search(r"\bpeptides?\b", _visible(idx, int(f)), re.I), f
+
+
+def test_structures_show_the_feature_or_say_why_not(idx):
+    """For the 25 best matching features (valid F1) the Structure tab shows first a chain where the feature
+    reaches half its max, or says plainly that no chain here does (with the strongest share) and names the
+    top examples that are PDB entries the bundle does not hold."""
+    from esmsae.app.structure_view import HALF, structure_candidates, structure_summary
+
+    v = idx.verdicts()
+    best = v[v["matches"]].sort_values("f1_valid", ascending=False).head(25)["feature"]
+    shows = 0
+    for f in best:
+        vmax = float(idx.feature(int(f))["max_act"])
+        cands = structure_candidates(idx, int(f), vmax)
+        text = structure_summary(idx, int(f), vmax, cands)
+        if cands and cands[0]["share"] >= HALF:
+            shows += 1
+            assert "reach" in text and "at least half" in text, text
+        else:
+            assert ("No protein with a structure here reaches half" in text or not cands), text
+    assert shows >= 5, shows  # measured on the demo: 7 of 25 (the ATP-binding and signal-peptide features)
+    text = structure_summary(idx, 3256, float(idx.feature(3256)["max_act"]),
+                             structure_candidates(idx, 3256, float(idx.feature(3256)["max_act"])))
+    assert "#3 [5yck-A](https://www.rcsb.org/structure/5yck)" in text  # its examples #3, #4 are PDB entries

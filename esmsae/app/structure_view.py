@@ -39,10 +39,14 @@ def structures_for(pid: str, sequence: str, structure: str = "", chain: str = ""
     return list(dict.fromkeys(out))
 
 
-def structure_candidates(index, f: int) -> list[dict]:
+HALF = 0.5  # a chain "shows" the feature where the feature reaches this share of its max on it
+
+
+def structure_candidates(index, f: int, vmax: float = 0.0) -> list[dict]:
     """Feature ``f``'s top examples that have a structure (their own chain, or one the shared links tie
-    to them), then the proteins with a structure that activate it most; one entry per chain:
-    kind, rank (1-based, top examples only), rel, chain and the example's row."""
+    to them), then the proteins with a structure that activate it most, those where it reaches half its
+    max first; one entry per chain: kind, rank (1-based, top examples only), rel, chain, the example's
+    row and ``share`` (its max over the feature's max)."""
     out, seen = [], set()
     rows = [("top example", r) for _, r in index.examples(f, "top", 20).iterrows()] + [
         ("protein with a structure", r) for _, r in index.structure_examples(f, 8).iterrows()]
@@ -50,15 +54,51 @@ def structure_candidates(index, f: int) -> list[dict]:
         for rel, chain in structures_for(r["id"], r["sequence"], r.get("structure") or "", r.get("chain") or "")[:1]:
             if (rel, chain) not in seen:
                 seen.add((rel, chain))
+                share = float(r["max_act"]) / vmax if vmax > 0 else float("nan")
                 out.append({"kind": kind, "rank": int(r["rank"]) + 1 if kind == "top example" else None,
-                            "rel": rel, "chain": chain, "row": r})
+                            "rel": rel, "chain": chain, "row": r, "share": share})
+    # top examples first (they are the feature), then chains where it reaches half its max, then the rest
+    return sorted(out, key=lambda c: (c["kind"] != "top example", not c["share"] >= HALF, -(c["share"] or 0)))
+
+
+def unbundled_pdb_examples(index, f: int) -> list[tuple[int, str, str]]:
+    """Top examples that are PDB chains (by their id) with no structure file here: (rank, id, RCSB link)."""
+    from esmsae.app.links import pdb_id, protein_links
+
+    out = []
+    for _, r in index.examples(f, "top", 20).iterrows():
+        if pdb_id(r["id"], r.get("structure") or "") and not structures_for(
+                r["id"], r["sequence"], r.get("structure") or "", r.get("chain") or ""):
+            out.append((int(r["rank"]) + 1, r["id"], protein_links(r["id"]).get("RCSB PDB", "")))
     return out
+
+
+def structure_summary(index, f: int, vmax: float, cands: list[dict]) -> str:
+    """One paragraph for the Structure tab: how many top examples have a structure here, whether any chain
+    shows the feature (reaches half its max) and, when none does, plainly why."""
+    n_top = sum(c["kind"] == "top example" for c in cands)
+    shares = [c["share"] for c in cands if c["share"] == c["share"]]
+    best = max(shares, default=0.0)
+    away = unbundled_pdb_examples(index, f)
+    parts = [f"{n_top} of its top examples {'has' if n_top == 1 else 'have'} a structure in this bundle."]
+    if best >= HALF:
+        k = sum(s >= HALF for s in shares)
+        parts.append(f"{k} of the chains here reach{'es' if k == 1 else ''} at least half of the feature's max"
+                     f" (the best, {best:.0%}, is shown first).")
+    elif cands:
+        parts.append(f"No protein with a structure here reaches half of the feature's max: the strongest reaches"
+                     f" {best:.0%}, so these chains show where it fires weakly, not what it is about.")
+    if away:
+        parts.append("Top examples that are PDB entries not held in this bundle (open them at RCSB): "
+                     + ", ".join(f"#{rank} [{pid}]({url})" if url else f"#{rank} {pid}" for rank, pid, url in away)
+                     + ".")
+    return " ".join(parts)
 
 
 def feature_structures(index, f: int, vmax: float, n: int = 4, height: int = 320) -> tuple[list[dict], list[ChainView]]:
     """The candidates (``structure_candidates``) and the first ``n`` of them coloured (``colour_chain``):
     what the feature page's Structure tab shows, computed in one place so a page can cache it."""
-    cands = structure_candidates(index, f)
+    cands = structure_candidates(index, f, vmax)
     views = [colour_chain(index, c["rel"], c["chain"], c["row"]["sequence"], c["row"]["positions"],
                           c["row"]["values"], vmax, height=height) for c in cands[:n]]
     return cands, views
