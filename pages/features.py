@@ -9,6 +9,7 @@ import streamlit as st
 
 from esmsae.app.columns import match_verdict
 from esmsae.app.links import links_markdown
+from esmsae.app.related import decoder_neighbours
 from esmsae.app.render import (
     activation_hist,
     firing_windows,
@@ -20,7 +21,7 @@ from esmsae.app.render import (
 )
 from esmsae.app.runs import structure_info
 from esmsae.app.structure_view import feature_structures, structure_summary
-from esmsae.app.ui import cached, ensure_navigation, pick_run, require_index, table
+from esmsae.app.ui import cached, ensure_navigation, feature_url, pick_run, require_index, table
 from esmsae.index.reader import LabelStoreBusy, set_label
 from esmsae.index.verdicts import concept_rows
 from esmsae.sae.scale import FeatureScale, display_scale
@@ -224,6 +225,19 @@ def show_concepts(f: int) -> None:
 
 
 def show_related(f: int) -> None:
+    st.markdown("**Related features in this SAE** (closest decoder directions)")
+    try:
+        near = decoder_neighbours(run.sae_dir, f)
+    except (OSError, KeyError, ValueError) as e:
+        st.info(f"The SAE's weights could not be read here ({e}).")
+    else:
+        v = idx.verdicts().set_index("feature")
+        near["concept"] = near["feature"].map(v["verdict"])
+        near["page"] = [feature_url(int(g), run) for g in near["feature"]]
+        table(near, key="near_table", link={"page": "open"})
+        st.caption("Decoder cosine between unit-norm dictionary directions: features that write into the same"
+                   " direction of the LM state. Each row opens that feature's page.")
+    st.markdown("**Matches in other SAEs**")
     rel = idx.related(f)
     if rel.empty:
         st.info(
@@ -235,6 +249,9 @@ def show_related(f: int) -> None:
         st.caption(
             "Best matches of this feature in other SAEs; split = several features of the other SAE map to this one "
             "(feature splitting)."
+            + (" The other SAE is not bundled with this run, so its features have no page here: the rows say how"
+               " this feature relates to it, they cannot be opened." if rel["other_sae"].astype(str).str.contains(
+                   "not bundled").any() else "")
         )
         sm = idx.match_summaries()
         if not sm.empty:

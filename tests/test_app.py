@@ -119,7 +119,9 @@ def test_feature_page_structure(env):
     at = ok(page("features", feature=str(int(s.iloc[0, 0])), tab="Structure"))
     frames = at.get("iframe")
     assert frames and "3Dmol-min.js" in str(frames[0].proto)
-    assert any("have a structure here" in c.value or "has a structure here" in c.value for c in at.caption)
+    info = " ".join(i.value for i in at.info)
+    assert "of its top examples" in info and "a structure in this bundle" in info, info
+    assert "of the feature's max" in " ".join(m.value for m in at.markdown)  # each chain's share of the max
 
 
 def test_inspector(env):
@@ -453,10 +455,11 @@ def test_demo_bundle_pages(monkeypatch):
     # the labels under each track (label_spans): the protein's own labels on the activation's axis
     lanes = [h.proto.body for h in at.get("html") if "esmsae-lanes" in h.proto.body]
     assert lanes and "activation" in lanes[0], "no label lanes under the top examples"
-    md, frames = "", []
+    md, frames, caps = "", [], ""
     for tab in FEATURE_TABS:  # tabs are lazy: open each one
         at = ok(page("features", feature=str(f), tab=tab))
         md += " ".join(m.value for m in at.markdown)
+        caps += " ".join(c.value for c in at.caption)
         frames += at.get("iframe")
         for d in at.dataframe:
             v = d.value
@@ -464,6 +467,8 @@ def test_demo_bundle_pages(monkeypatch):
             assert not v.astype(str).isin(["nan", "None", "NaN"]).any().any(), v.columns
     assert ("above chance" in md or "at chance" in md) and "untrained SAE of the same shape" in md
     assert frames, "the Structure tab shows no structure for the demo's best feature"
+    # related features within this SAE (decoder cosine), and the unbundled second seed said to be unbundled
+    assert "Related features in this SAE" in md and "cannot be opened" in caps
 
 
 def test_pages_open_an_index_with_no_concepts_groups_or_structures(tmp_path, plain_run, monkeypatch):
