@@ -63,9 +63,11 @@ def show_header(f: int, info: dict) -> None:
         del st.query_params["feature"]
         st.rerun()
     v = idx.verdicts().set_index("feature").loc[f]
-    title = info["user_label"] or (f"{v['concept']} (test F1 {v['f1']:.2f} vs {v['baseline_f1']:.2f} for"
-                                   f" {v['baseline']})" if v["matches"] else "")
+    title = info["user_label"] or (v["concept"] if v["matches"] else "")
     st.title(f"Feature {f}" + (f": {title}" if title else ""))
+    # the evidence right under the title, so that a concept in a title never reads as more than it is
+    st.markdown(f"Matches **{v['concept']}**: test F1 {v['f1']:.2f} against {v['baseline_f1']:.2f} for the"
+                f" strongest baseline ({v['baseline']})." if v["matches"] else f"Concept: {v['verdict']}.")
     m = st.columns(6)
     m[0].metric(
         "Residue freq.", format_number(info["freq_residue"]), help="fraction of indexed residues where it fires"
@@ -219,7 +221,12 @@ def show_concepts(f: int) -> None:
         " fractions of the feature's max (InterPLM); precision per labelled residue, recall per domain or per residue"
         " by concept kind."
     )
-    table(concept_rows(idx, f), key="concept_table",
+    rows = concept_rows(idx, f)
+    for r in rows.head(3).to_dict("records"):  # the verdicts in words, the deciding baseline named
+        st.markdown(f"- **{r['concept']}**: {'match' if r['verdict'] == 'match' else 'no match'}, test F1"
+                    f" {r['f1_test']:.2f} against the deciding baseline {r['deciding baseline']}"
+                    f" ({r['its F1 (test)']:.2f})")
+    table(rows, key="concept_table",
           column_config={"verdict": st.column_config.TextColumn(pinned=True),
                          "concept": st.column_config.TextColumn(pinned=True)})
 

@@ -145,7 +145,7 @@ if state:
     table(top.rename(columns={"page": "feature page", "n_residues": "residues where it fires"}), key="top_feats",
           link={"feature page": "open"})
     for f in top["feature"].head(5):
-        feature_link(int(f), run)
+        feature_link(int(f), run, top.set_index("feature")["verdict"].get(f, "") if "verdict" in top else "")
     m = pd.DataFrame(
         res.dense(top["feature"].tolist()).T,
         index=[f"f{f}" for f in top["feature"]],

@@ -256,7 +256,8 @@ def test_inspector_paste_probes(env):
         assert not at.exception and msg in at.error[0].value
 
 
-@pytest.mark.parametrize("text,msg", [("", "empty"), ("MKV1LL", "'1'"), ("M" * 300_000, "at most")])
+@pytest.mark.parametrize("text,msg", [("", "empty"), ("MKV1LL", "'1'"), ("M" * 300_000, "at most"),
+                                      ("ATGGCTAGCAAAGGAGAAGAACTTTTCACTGGAGTTGTCCCAATTCTT", "nucleotide sequence")])
 def test_inspector_bad_input(env, text, msg):
     at = ok(page("inspector"))
     at.text_area(key="seq_text").input(text).run()

@@ -199,7 +199,7 @@ def test_journey_inspector(server, browser):
     text, href = link.evaluate("e => [e.innerText, e.getAttribute('href')]")
     from urllib.parse import parse_qs, urljoin, urlsplit
 
-    f = int(text.split()[-1])
+    f = int(re.match(r"Open feature (\d+)", text).group(1))  # the label goes on with the concept verdict
     assert href and parse_qs(urlsplit(href).query).get("feature") == [str(f)], (text, href)
 
     page.goto(urljoin(url + "/", href))
@@ -402,16 +402,20 @@ def test_journey_search_description_and_related(server, browser):
     page.screenshot(path=str(ART / "journey_search_related.png"), full_page=True)
 
 
-def test_journey_search_ranks_concept_matches_first(server, browser):
-    """A search is ranked: "transmembrane" puts a feature that matches a TM concept in the first row, and
-    clicking that row opens it."""
+@pytest.mark.parametrize("words, want", [("transmembrane", r"TM helix|TM strand|transmembrane"),
+                                         ("signal peptide", r"signal peptide"), ("1776", r"^Feature 1776\b")])
+def test_journey_search_ranks_concept_matches_first(server, browser, words, want):
+    """A search is ranked by what the user sees: "transmembrane" and "signal peptide" put a feature that
+    matches such a concept in the first row (its title names the match), a number that feature; clicking the
+    first row opens it."""
     url, _ = server
     if not (DEMO / "index.duckdb").exists():
         pytest.skip("needs the demo bundle")
     page = _page(browser)
     page.goto(f"{url}/features")
-    _search(page, "transmembrane")
-    page.get_by_text("A search is ranked").wait_for(timeout=60_000)
+    _search(page, words)
+    page.get_by_text(re.compile("Search looks in what the pages show")).wait_for(timeout=60_000)
+    _settled(page)
     grid = page.get_by_test_id("stDataFrame").first
     grid.wait_for(timeout=60_000)
     time.sleep(1)
@@ -424,8 +428,8 @@ def test_journey_search_ranks_concept_matches_first(server, browser):
         except Exception:
             continue
     head = page.get_by_role("heading", name=re.compile(r"^Feature \d+")).first.inner_text()
-    page.screenshot(path=str(ART / "journey_search_ranked.png"), full_page=True)
-    assert "TM helix" in head or "TM strand" in head or "transmembrane" in head, head
+    page.screenshot(path=str(ART / f"journey_search_{words.replace(' ', '_')}.png"), full_page=True)
+    assert re.search(want, head), head
 
 
 def test_journey_truncated_structure_upload_is_flagged(server, browser, shared, tmp_path):
@@ -519,3 +523,82 @@ def test_journey_pages_on_an_index_without_concepts(server, browser, plain_run):
         _settled(page)
         assert page.get_by_test_id("stException").count() == 0, tab
     page.screenshot(path=str(ART / "journey_plain_index.png"), full_page=True)
+
+
+def _unseen_membrane_protein() -> tuple[str, str]:
+    """A TMbed alpha-helical membrane protein (>= 2 TM helices, 150-400 residues) that is not in the demo index."""
+    import hashlib
+
+
+    con = duckdb.connect(str(DEMO / "index.duckdb"), read_only=True)
+    try:
+        seen = {hashlib.md5(s.encode()).hexdigest() for (s,) in con.execute("SELECT sequence FROM proteins").fetchall()}
+    finally:
+        con.close()
+    lines = (ROOT.parent / "shared" / "data" / "tmbed" / "alpha.fasta").read_text().split("\n")
+    for i in range(0, len(lines) - 2, 3):
+        head, seq, lab = lines[i][1:], lines[i + 1].strip(), lines[i + 2].strip()
+        if (150 <= len(seq) <= 400 and len(re.findall(r"H+", lab)) >= 2 and set(seq) <= set("ACDEFGHIKLMNPQRSTVWY")
+                and hashlib.md5(seq.encode()).hexdigest() not in seen):
+            return head.split("|")[0], seq
+    raise AssertionError("no unseen membrane protein in tmbed/alpha.fasta")
+
+
+def test_journey_unseen_membrane_protein_names_only_matched_concepts(server, browser):
+    """An unseen membrane protein in the inspector: each top feature's link says the concept it matches, or
+    "no match (best: ..., F1 a vs <rule> b)"; no concept the feature does not match is named beside it."""
+    from esmsae.index.reader import FeatureIndex
+
+    if not (DEMO / "index.duckdb").exists():
+        pytest.skip("needs the demo bundle")
+    url, _ = server
+    name, seq = _unseen_membrane_protein()
+    page = _inspect(browser, url, name, seq)
+    links = page.get_by_role("link", name=re.compile(r"^Open feature \d+"))
+    links.first.wait_for(timeout=60_000)
+    verdicts = FeatureIndex(DEMO / "index.duckdb").verdicts().set_index("feature")
+    texts = [links.nth(i).inner_text() for i in range(links.count())]
+    assert len(texts) == 5, texts
+    for t in texts:
+        f, _, about = t.removeprefix("Open feature ").partition(": ")
+        assert about == verdicts.at[int(f), "verdict"], t
+        assert about.startswith("no match (best:") or verdicts.at[int(f), "matches"], t
+    page.screenshot(path=str(ART / "journey_unseen_membrane_protein.png"), full_page=True)
+
+
+def test_journey_concepts_tab_names_the_deciding_baseline(server, browser):
+    """Feature 3256's Concepts tab: the Kyte-Doolittle rule that beats it on UniProt's transmembrane label is on
+    the screen, with its F1 (it was on no screen)."""
+    if not (DEMO / "index.duckdb").exists():
+        pytest.skip("needs the demo bundle")
+    url, _ = server
+    page = _page(browser)
+    page.goto(f"{url}/features?feature=3256&tab=Concepts")
+    item = page.get_by_text(re.compile(r"UniProt: transmembrane: no match, test F1 0\.\d\d against the deciding"
+                                       r" baseline Kyte-Doolittle mean over \d+ residues (>=|≥) [\d.]+ \(0\.8\d\)"))
+    item.wait_for(timeout=90_000)
+    page.get_by_text(re.compile(r"TMbed: TM helix: match, test F1 0\.\d\d")).wait_for(timeout=30_000)
+    page.screenshot(path=str(ART / "journey_concepts_tab_3256.png"), full_page=True)
+
+
+def test_journey_long_paste_shows_progress_and_cancels(server, browser):
+    """A 4,000-residue paste shows a progress bar with an estimate at once (the page was blank for minutes),
+    and Cancel stops it."""
+    if not (DEMO / "index.duckdb").exists():
+        pytest.skip("needs the demo bundle")
+    url, _ = server
+    page = _inspect(browser, url, "warm", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ")  # the model is loaded and measured
+    page.get_by_role("button", name="Download activations (CSV)").wait_for(timeout=60_000)
+    _settled(page)  # that run has finished drawing
+    box = page.get_by_label("Protein sequence or FASTA", exact=True)
+    box.fill(">long\n" + ("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEV" * 60)[:4000])
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Analyse").click()
+    bar = page.get_by_text(re.compile(r"^(Analysing 4,000 residues: about \d+ s in all|Waiting for the model)"))
+    bar.first.wait_for(timeout=60_000)
+    latency = time.perf_counter() - t0
+    print(f"progress shown {latency:.2f} s after the click")
+    assert latency < 2, latency  # measured 0.35 s here
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Analysis cancelled.").wait_for(timeout=60_000)
+    page.screenshot(path=str(ART / "journey_long_paste_cancelled.png"), full_page=True)

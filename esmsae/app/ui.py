@@ -118,8 +118,10 @@ def feature_url(f: int, run: Run | None = None) -> str:
     return "/features?" + urlencode(feature_query(f, run))
 
 
-def feature_link(f: int, run: Run | None = None) -> None:
-    st.page_link("pages/features.py", label=f"Open feature {f}", query_params=feature_query(f, run))
+def feature_link(f: int, run: Run | None = None, about: str = "") -> None:
+    """A link to a feature's page; ``about``: its concept verdict, said in the link (index/verdicts.py)."""
+    st.page_link("pages/features.py", label=f"Open feature {f}" + (f": {about}" if about else ""),
+                 query_params=feature_query(f, run))
 
 
 def table(df, key: str | None = None, link: dict | None = None, **kw):
