@@ -8,6 +8,7 @@ from esmsae.app import jobs
 from esmsae.app.form_checks import form_message
 from esmsae.app.ui import ensure_navigation
 from esmsae.config import ConfigError
+from esmsae.config.commands import SAE_FORMATS
 from esmsae.config.fields import field_specs, parse_int_list, parse_zero_number
 from esmsae.core.paths import DEMO, shared_data, workspace
 from esmsae.published.catalogue import import_catalogue
@@ -97,6 +98,9 @@ with tab_import:
                 "Biohub config.json + layer_N.safetensors, plm-sae, esm-sae .npy, SAELens or sparsify folders"
             ),
         )
+        fmt = st.selectbox("Format", SAE_FORMATS, index=SAE_FORMATS.index(entry.get("format", "auto")),
+                           key=f"imp_format_{pick}", disabled=pick < len(entries),
+                           help="auto: from the hub id or the files; choose one where they do not tell")
         c1, c2, c3 = st.columns(3)
         layer_txt = c1.text_input(
             "Layer",
@@ -125,7 +129,7 @@ with tab_import:
             spec = {
                 "source": source.strip() if pick == len(entries) else entry["source"],
                 "file": entry.get("file", ""),
-                "format": entry.get("format", "auto"),
+                "format": entry.get("format", "auto") if pick < len(entries) else fmt,
                 "model": model.strip(),
                 "layer": parse_optional_int(layer_txt, "Layer"),
                 "k": parse_optional_int(k_txt, "k"),

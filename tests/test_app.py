@@ -147,6 +147,21 @@ def test_inspector_refuses_what_the_page_cannot_do_in_a_minute(env, monkeypatch)
     assert "long has 4,400 residues" in err and "`esmsae embed" in err, err
 
 
+def test_numbered_flat_file_sequence_is_cleaned_and_formats_agree():
+    """A sequence pasted from a GenBank / UniProt flat file (numbers, ORIGIN, //) is read as its residues (it
+    was refused for its digits); digits anywhere else still are errors naming the position."""
+    from esmsae.app.analyze import InputError, parse_input
+    from esmsae.config.commands import SAE_FORMATS
+    from esmsae.published.catalogue import FORMATS
+
+    flat = "ORIGIN\n        1 mkvllaglll agsdfghkli mnpqrstvwy\n       31 mkvll\n//\n"
+    assert parse_input(flat) == [("query", "MKVLLAGLLLAGSDFGHKLIMNPQRSTVWYMKVLL")]
+    with pytest.raises(InputError, match="'1' at position 4"):
+        parse_input("MKV1LL")
+    # the import form's Format choices (config) are the formats the readers know (published)
+    assert set(SAE_FORMATS) - {"auto"} == set(FORMATS) - {"esmsae"}
+
+
 def test_a_queued_analysis_says_it_is_waiting():
     """While another analysis holds the model, a submitted one says it waits (and how many are ahead), then
     runs; a cancelled one stops at the next step."""

@@ -212,3 +212,25 @@ def test_kill_9_of_the_indexer_keeps_the_old_index_and_leaves_no_scratch(tmp_pat
     assert FeatureIndex(out).meta["n_proteins"] == 5  # the old index, whole and readable
     assert not list(out.parent.glob("esmsae_index_*"))  # no scratch folder behind
     assert main([*base, "--fasta", str(small)]) == 0 and not tmp_db.exists()  # a rerun cleans the half database up
+
+
+def test_wrong_files_and_places_get_clean_messages(tmp_path, capsys):
+    """search on a file that is no index, export over an existing file or into a place that cannot exist,
+    evaluate on a bundle folder: one line each, naming the problem, and no scratch folder left behind."""
+    from esmsae.app.groups import coverage_note
+
+    assert main(["search", str(ROOT / "README.md"), "zinc"]) == 2
+    assert "README.md is not a feature index" in capsys.readouterr().err
+    f = tmp_path / "existing"
+    f.write_text("x")
+    sae = str(ROOT / "data" / "esm_lm" / "sae")
+    assert main(["export", sae, "--format", "saelens", "--out", str(f)]) == 2
+    assert "is a file: export writes a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no existing.tmp/ with the weights
+    assert main(["export", sae, "--format", "saelens", "--out", "/proc/no/such"]) == 2
+    err = capsys.readouterr().err
+    assert "could not write the exported SAE /proc/no/such" in err and ".tmp" not in err, err
+    assert main(["evaluate", str(ROOT / "data" / "demo")]) == 2
+    assert "the checkpoint inside it is" in capsys.readouterr().err
+    note = coverage_note("embedding cluster", 10, 100)
+    assert "--cluster-proteins" in note and "grouping file (--groups)" not in note

@@ -1,6 +1,7 @@
 """Run protein LM + SAE on a user's sequence (the app's sequence inspector)."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ def parse_input(text: str) -> list[tuple[str, str]]:
     if len(text) > MAX_PASTE:
         raise InputError(f"The paste is {len(text):,} characters; the inspector takes at most {MAX_PASTE:,} "
                          f"(index large sets with `python -m esmsae index`).")
-    body = text.strip()
+    body = strip_numbering(text.strip())
     if not body.startswith(">"):
         body = ">query\n" + body
     try:
@@ -52,6 +53,24 @@ def parse_input(text: str) -> list[tuple[str, str]]:
         seen[p.id] = i
         out.append((name, p.sequence))
     return out
+
+
+_NUMBERED = re.compile(r"\s*\d+(\s+[A-Za-z*]+)+\s*")
+
+
+def strip_numbering(text: str) -> str:
+    """A sequence pasted from a GenBank / UniProt flat file (``ORIGIN``, lines ``1 mkvllaglll agsdfg ...``,
+    ``//``): its numbers, ``ORIGIN`` and ``//`` dropped, so the residues are read as they are."""
+    lines = text.splitlines()
+    seq = [ln for ln in lines if ln.strip() and not ln.startswith(">") and ln.strip() not in ("ORIGIN", "//")]
+    if not seq or not all(_NUMBERED.fullmatch(ln) for ln in seq):
+        return text
+    out = []
+    for ln in lines:
+        if ln.strip() in ("ORIGIN", "//"):
+            continue
+        out.append(ln if ln.startswith(">") else re.sub(r"\d+", "", ln))
+    return "\n".join(out)
 
 
 @dataclass

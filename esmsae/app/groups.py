@@ -19,12 +19,14 @@ def coverage_note(grouping: str, covered: int, total: int) -> str:
     """A warning when a grouping covers few of the indexed proteins (empty when it covers most)."""
     if total <= 0 or covered >= 0.5 * total:
         return ""
-    how = (
-        "pass --taxonomy (a taxid -> lineage file) or a grouping file (--groups), or give FASTA headers with OX=taxid /"
-        " TaxID=; organisms esmsae knows by name are mapped to their kingdom"
-        if grouping in ("kingdom", "organism") or grouping.startswith("lineage")
-        else "pass a grouping file that lists more of the indexed proteins (--groups)"
-    )
+    if "cluster" in grouping:  # clusters come from the index's own embedding pass, not from a file
+        how = ("rebuild the index without --group-sources, so that --cluster-proteins clusters every indexed protein"
+               " (the clusters come from the index's own embedding pass, not from a grouping file)")
+    elif grouping in ("kingdom", "organism") or grouping.startswith("lineage"):
+        how = ("pass --taxonomy (a taxid -> lineage file) or a grouping file (--groups), or give FASTA headers with"
+               " OX=taxid / TaxID=; organisms esmsae knows by name are mapped to their kingdom")
+    else:
+        how = "pass a grouping file that lists more of the indexed proteins (--groups)"
     return (
         f"{total - covered:,} of {total:,} indexed proteins have no {grouping}: only {covered:,} are compared here. To"
         f" cover more, {how}."

@@ -34,9 +34,14 @@ class FeatureIndex:
         # on a path hands back the instance already open for that path in this process, which
         # still reads the old file after a rebuild renamed a new one into place.
         self.con = duckdb.connect()
-        self.con.execute("ATTACH ? AS idx (READ_ONLY)", [str(self.path)])
-        self.con.execute("USE idx")
-        self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta").fetchall()}
+        try:
+            self.con.execute("ATTACH ? AS idx (READ_ONLY)", [str(self.path)])
+            self.con.execute("USE idx")
+            self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta").fetchall()}
+        except duckdb.Error as e:  # another file, or another DuckDB database: say so, not a traceback
+            self.con.close()
+            raise ValueError(f"{self.path} is not a feature index (a DuckDB file written by `esmsae index`):"
+                             f" {str(e).splitlines()[0]}") from None
         check_format(self.meta, self.path)
         self._searcher: tuple | None = None  # (labels it was built with, index.search.Searcher), on first search
         self._verdicts: pd.DataFrame | None = None  # index.verdicts.feature_verdicts, on first use

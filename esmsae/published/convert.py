@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from esmsae.core.atomic import explain
 from esmsae.published.canonical import PublishedFormatError, canonical_meta, to_sae
 from esmsae.published.source import read_source
 from esmsae.sae.checkpoint import load_checkpoint, save_sae
@@ -39,18 +40,30 @@ def _folded_weights(sae) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
 
 def export_sae(folder: str | os.PathLike, out: str | os.PathLike, fmt: str) -> Path:
     """``python -m esmsae export``: write an esmsae checkpoint as a SAELens or sparsify folder."""
-    from safetensors.torch import save_file
-
-
     sae = load_checkpoint(folder)
-    meta = sae.meta
     W_enc, b_enc, W_dec, b_dec, norm = _folded_weights(sae)
     arch = sae.cfg.architecture
     d, Fn = W_enc.shape
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file: export writes a folder (choose a new name)")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+        return _export(sae, folder, out, tmp, fmt, W_enc, b_enc, W_dec, b_dec, norm, arch, d, Fn)
+    except OSError as e:  # an unwritable place: the user's words, no scratch left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise explain(out, e, "the exported SAE") from None
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _export(sae, folder, out: Path, tmp: Path, fmt: str, W_enc, b_enc, W_dec, b_dec, norm, arch, d, Fn) -> Path:
+    from safetensors.torch import save_file
+
+    meta = sae.meta
     layer, site = meta.get("layer"), meta.get("site", "resid")
     model = meta.get("base_model", {}).get("name", "")
     if fmt == "saelens":

@@ -203,7 +203,10 @@ def load_checkpoint(
     ``plm`` given, the SAE is checked against that model first (:func:`check_compatible`)."""
     folder = Path(folder).expanduser()
     if not is_checkpoint(folder):
-        raise FileNotFoundError(f"{folder} is not an esmsae checkpoint folder (cfg.json written by esmsae + {WEIGHTS})")
+        inside = find_checkpoints(folder, depth=2) if folder.is_dir() else []
+        hint = f"; the checkpoint inside it is {inside[0]}" if inside else ""
+        raise FileNotFoundError(
+            f"{folder} is not an esmsae checkpoint folder (cfg.json written by esmsae + {WEIGHTS}){hint}")
     sae = _load_folder(folder)
     if layer is not None and sae.meta.get("layer") != layer:
         raise ValueError(f"{folder} is the SAE of layer {sae.meta.get('layer')}, not layer {layer}")
