@@ -4,8 +4,9 @@ import hashlib
 import streamlit as st
 
 from esmsae.app.analyze import InputError
+from esmsae.app.group_upload import MIN_GROUP_SIZE as MIN_GROUP
 from esmsae.app.group_upload import group_usage, read_uploaded_grouping
-from esmsae.app.groups import compare, coverage_note, enriched, group_heatmap
+from esmsae.app.groups import compare, coverage_note, enriched, group_heatmap, testability_note
 from esmsae.app.render import heatmap
 from esmsae.app.ui import analyzer_of, ensure_navigation, pick_run, require_index, table
 
@@ -78,6 +79,8 @@ else:
 
 sizes = usage.groupby("grp")["n_proteins"].first().sort_values(ascending=False)
 st.caption(" - ".join(f"{k}: {v} proteins" for k, v in sizes.head(20).items()))
+if testability_note(sizes, MIN_GROUP):  # why the heatmap is thin and the tables empty, instead of silence
+    st.warning(testability_note(sizes, MIN_GROUP))
 value = st.radio(
     "Heatmap value",
     ["frac", "mean_act"],
@@ -98,7 +101,12 @@ st.caption(
         " FDR (q); effect size = Mantel-Haenszel log odds ratio. Groups under 5 proteins are not tested."
     )
 )
-table(idx.with_labels(enriched(usage, grp)), key="enriched_table")
+top_enriched = enriched(usage, grp)
+if top_enriched.empty:
+    st.info(f"No feature is enriched in {grp} at q < 0.05" + (f" ({grp} has {int(sizes.get(grp, 0))} proteins; groups"
+            f" under {MIN_GROUP} are not tested)." if sizes.get(grp, 0) < MIN_GROUP else "."))
+else:
+    table(idx.with_labels(top_enriched), key="enriched_table")
 if "composition_driven" in usage.columns:
     st.caption(
         "Composition control: 'q, composition-controlled' repeats the test stratified by protein length and by the"

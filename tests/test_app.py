@@ -3,6 +3,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
@@ -295,14 +296,17 @@ def test_groups(env):
         assert [sizes[x] for x in groups] == sorted(sizes.values, reverse=True)
         for grp in groups[:2]:
             at.selectbox(key="enriched_group").set_value(grp).run()
-            got = at.dataframe[0].value
             want = usage[(usage.grp == grp) & (usage.q <= 0.05)].sort_values("log_odds", ascending=False).head(20)
+            if want.empty:  # no table, and a line that says why
+                assert any(f"No feature is enriched in {grp}" in i.value for i in at.info)
+                continue
+            got = at.dataframe[0].value
             assert (
                 got["feature"].tolist() == want["feature"].tolist()
             )  # the enriched table is exactly the significant rows, by effect
             assert (got["q (FDR)"] <= 0.05).all() and (got["group"] == grp).all()  # readable names
         if len(groups) >= 2:
-            cmp_ = at.dataframe[1].value
+            cmp_ = at.dataframe[-1].value
             a, b = at.selectbox(key="ga").value, at.selectbox(key="gb").value
             f0 = int(cmp_["feature"].iloc[0])
             fa = usage[(usage.grp == a) & (usage.feature == f0)]["frac"].sum()
@@ -367,6 +371,13 @@ def test_uploaded_grouping(env, mgen_full, esm2_dir):
     assert (row.n_fire.iloc[0] if len(row) else 0) == sum(fires)
     with pytest.raises(InputError, match="none of its"):
         read_uploaded_grouping("g.tsv", b"X1\tA\n", idx.sequences)
+    # one usable protein: the page says nothing can be tested (it drew a one-row heatmap and an empty table)
+    from esmsae.app.groups import testability_note
+
+    one, _ = read_uploaded_grouping("g.tsv", f"{ids[0]}\tA\nNOPE\tB\n".encode(), idx.sequences)
+    sizes = group_usage(an, one).groupby("grp")["n_proteins"].first()
+    assert "Only 0 groups here have at least 5 proteins (1 proteins in all)" in testability_note(sizes, 5)
+    assert testability_note(pd.Series({"A": 6, "B": 6}), 5) == ""
     with pytest.raises(InputError, match="entry 0"):
         read_uploaded_grouping("g.json", b'{"A": [["MK1", "h"]]}', idx.sequences)
 

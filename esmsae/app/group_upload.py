@@ -12,6 +12,7 @@ from esmsae.index.group_stats import length_bin, length_edges, usage_frame
 from esmsae.index.proteins import grouping_json, grouping_tsv
 
 MAX_GROUP_PROTEINS = 500
+MIN_GROUP_SIZE = 5  # groups under this many proteins are not tested (as the index's default --min-group-size)
 
 
 def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, list[tuple[str, str]]], int]:
@@ -53,7 +54,7 @@ def read_uploaded_grouping(name: str, data: bytes, lookup) -> tuple[dict[str, li
 
 
 def group_usage(analyzer: Analyzer, groups: dict[str, list[tuple[str, str]]], test: str = "cmh", length_bins: int = 5,
-                min_group_size: int = 5) -> pd.DataFrame:
+                min_group_size: int = MIN_GROUP_SIZE) -> pd.DataFrame:
     """Per group x feature: proteins where it fires, fraction, mean per-protein max, and
     enrichment against the other groups as in the index (length-stratified CMH by default, BH q)."""
     names = sorted(groups)

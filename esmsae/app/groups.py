@@ -48,3 +48,17 @@ def compare(usage: pd.DataFrame, a: str, b: str, n: int = 25) -> pd.DataFrame:
     m = m[[a, b]] if a != b else m[[a]]
     m["difference"] = m[a] - m[b]
     return m.reindex(m["difference"].abs().sort_values(ascending=False).index).head(n).reset_index()
+
+
+def testability_note(sizes: pd.Series, min_group: int) -> str:
+    """A warning when fewer than two groups have ``min_group`` proteins (group -> proteins): enrichment tests a
+    group against the rest only from that size, so the page would show a thin heatmap and empty tables."""
+    testable = int((sizes >= min_group).sum())
+    if testable >= 2:
+        return ""
+    return (
+        f"Only {testable} group{'s' if testable != 1 else ''} here {'has' if testable == 1 else 'have'} at least"
+        f" {min_group} proteins ({int(sizes.sum())} proteins in all): enrichment compares groups of at least"
+        f" {min_group} proteins against the rest, so nothing can be tested. Add proteins to the groups (ids that"
+        " are in this index, or sequences) to compare them."
+    )
