@@ -6,6 +6,8 @@
 ``analyze.py``         the inspector's run of protein LM + SAE on a pasted sequence
 ``group_upload.py``    the Group comparison page's uploaded groupings and their usage
 ``groups.py``          group comparison tables from an index's usage rows
+``concepts.py``        the inspector's concept columns, the Overview's card and table of what was found
+``related.py``         related features within one SAE (decoder cosine)
 ``render.py``          per-residue tracks, structure viewers (HTML) and plotly figures
 ``structure_view.py``  which structures show a feature's examples
 ``columns.py``         readable column names and number formats for every table

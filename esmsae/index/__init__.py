@@ -13,6 +13,8 @@
 ``concept_f1.py``      concept F1 with baselines, valid/test split and the amino-acid control
 ``local_rules.py``     local-sequence baselines of concepts (hydropathy, amino-acid window, position)
 ``describe.py``        grounded one-line feature descriptions and search terms
+``verdicts.py``        one rule for every screen: the concept a feature matches, or why it matches none
+``search.py``          feature search over what the pages show, ranked by relevance
 ``group_stats.py``     group enrichment: log odds, CMH / Fisher, Benjamini-Hochberg
 ``composition.py``     the composition control of group enrichment
 ``clusters.py``        embedding clusters as a grouping
