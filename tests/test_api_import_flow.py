@@ -239,7 +239,7 @@ def test_import_tab_runs_an_import_and_index_job(tmp_path, monkeypatch, mgen_ful
     ov.run()
     assert not ov.exception
     metrics = {m.label: m.value for m in ov.metric}
-    assert metrics["latents"] == "256" and metrics["layer"] == "4"
+    assert metrics["Latents"].startswith("256 ") and metrics["Layer"] == "4 (resid)"
     fp = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     fp.switch_page("pages/features.py")
     fp.query_params["feature"] = "1"

@@ -240,9 +240,12 @@ def wait(
     can change), or the time is up; returns the last status. Tests wait on the job's own state: a job
     slowed by a loaded machine is still running, and waiting on it is not a failure."""
     deadline = time.monotonic() + timeout_s
+    gone_since = None  # a just-launched child is not yet "esmsae job" (fork before exec): wait 2 s to be sure
     while True:
         st = status(d)
-        if until(st) or not st["alive"] or time.monotonic() > deadline:
+        now = time.monotonic()
+        gone_since = None if st["alive"] else (gone_since or now)
+        if until(st) or (gone_since is not None and now - gone_since >= 2.0) or now > deadline:
             return st
         time.sleep(poll_s)
 
