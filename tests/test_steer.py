@@ -78,17 +78,17 @@ def test_steering_result_and_the_check_on_the_demo(unirep_demo):
         )
         if 60 <= len(s) <= 150
     ][:3]
-    raised, changed = 0, []
+    raised, changed, first = 0, [], None
     for _, r in feats.iterrows():
         for s in seqs:
             out = steer(lm, sae, s, Edit(int(r.feature), "clamp", float(r.max_act) * 50), pppl=False)
+            first = first or out  # feature 0 on protein 0, checked below
             raised += out.target_after_L.max(initial=0) > out.target_before_L.max(initial=0)
             changed.append(out.summary()["residues_changed"])
     assert min(changed) > 0  # every edit moved the predictions enough to rewrite residues
     assert raised <= 3, raised  # 0 of 32 measured on 8 x 4; the check reports it instead of assuming success
     # the check is the unmodified model on the steered sequence, recomputed here independently
-    f0 = int(feats.iloc[0].feature)
-    out = steer(lm, sae, seqs[0], Edit(f0, "clamp", float(feats.iloc[0].max_act) * 50), pppl=False)
+    f0, out = int(feats.iloc[0].feature), first
     want = sae.encode_dense(lm.embed(out.steered_sequence, layer=sae.meta["layer"], site=sae.meta["site"]))[
         :, f0
     ].numpy()
