@@ -124,6 +124,8 @@ def test_every_option_is_generated_from_one_declaration():
 def test_a_command_option_is_validated_by_its_dataclass(capsys):
     assert main(["steer", "x", "--sequence", "MKV", "--feature", "1", "--mask-frac", "2"]) == 2
     assert "SteerArgs.mask_frac: must be in (0, 1], got 2.0" in capsys.readouterr().err
+    assert main(["steer", "x", "--sequence", "MKV", "--feature", "-1"]) == 2
+    assert "SteerArgs.feature: must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_the_esmsae_console_script_runs():

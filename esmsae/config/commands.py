@@ -12,6 +12,13 @@ from esmsae.config.base import _check, opt
 SAE_FORMATS = ("auto", "interplm", "interprot", "esmc", "plm-sae", "esm-sae", "saelens", "sparsify")
 
 
+def _at_least(obj, low: int, *names: str) -> None:
+    """Each named field of ``obj`` is >= ``low`` (None, an option not given, passes)."""
+    for name in names:
+        v = getattr(obj, name)
+        _check(v is None or v >= low, type(obj).__name__, name, f"must be >= {low}, got {v}")
+
+
 @dataclass
 class ConfigFileArgs:
     """configuration files"""
@@ -40,7 +47,7 @@ class NpyArgs:
     npy_model: str = opt("", "with --npy-dir: the protein LM they come from (recorded)")
 
     def __post_init__(self):
-        _check(self.npy_layer >= 0, "NpyArgs", "npy_layer", f"must be >= 0, got {self.npy_layer}")
+        _at_least(self, 0, "npy_layer")
 
 
 @dataclass
@@ -92,8 +99,8 @@ class ImportArgs:
                           choices=("", "none", "layernorm"))
 
     def __post_init__(self):
-        _check(self.layer is None or self.layer >= 0, "ImportArgs", "layer", f"must be >= 0, got {self.layer}")
-        _check(self.k is None or self.k > 0, "ImportArgs", "k", f"must be > 0, got {self.k}")
+        _at_least(self, 0, "layer")
+        _at_least(self, 1, "k")
 
 
 @dataclass
@@ -121,8 +128,7 @@ class MatchArgs:
     name: str = opt("", "how B is named in the index (default: its path or hub id)")
 
     def __post_init__(self):
-        _check(self.max_proteins > 0, "MatchArgs", "max_proteins", f"must be > 0, got {self.max_proteins}")
-        _check(self.top > 0, "MatchArgs", "top", f"must be > 0, got {self.top}")
+        _at_least(self, 1, "max_proteins", "top")
         _check(-1 <= self.threshold <= 1, "MatchArgs", "threshold", f"must be in [-1, 1], got {self.threshold}")
 
 
@@ -148,11 +154,10 @@ class SteerArgs:
     seed: int = opt(0, "with --generate: random seed (same seed, same designs)")
 
     def __post_init__(self):
-        _check(self.feature >= 0, "SteerArgs", "feature", f"must be >= 0, got {self.feature}")
-        _check(self.generate >= 0, "SteerArgs", "generate", f"must be >= 0, got {self.generate}")
+        _at_least(self, 0, "feature", "generate", "start", "end")
+        _at_least(self, 1, "rounds")
         _check(0 < self.mask_frac <= 1, "SteerArgs", "mask_frac", f"must be in (0, 1], got {self.mask_frac}")
         _check(self.temperature > 0, "SteerArgs", "temperature", f"must be > 0, got {self.temperature}")
-        _check(self.rounds > 0, "SteerArgs", "rounds", f"must be > 0, got {self.rounds}")
 
 
 @dataclass
@@ -164,7 +169,7 @@ class SearchArgs:
     limit: int = opt(20, "features listed at most")
 
     def __post_init__(self):
-        _check(self.limit > 0, "SearchArgs", "limit", f"must be > 0, got {self.limit}")
+        _at_least(self, 1, "limit")
 
 
 @dataclass
@@ -178,7 +183,7 @@ class ProbeArgs:
     seed: int = opt(0, "random seed")
 
     def __post_init__(self):
-        _check(self.n_train > 0 and self.n_test > 0, "ProbeArgs", "n_train", "n_train and n_test must be > 0")
+        _at_least(self, 1, "n_train", "n_test")
 
 
 @dataclass
@@ -232,10 +237,8 @@ class DemoArgs:
     seed: int = opt(0, "random seed")
 
     def __post_init__(self):
-        for name in ("lm_token_budget", "n_latents", "k", "sae_proteins", "sae_token_budget", "shard_tokens",
-                     "max_len"):
-            _check(getattr(self, name) > 0, "DemoArgs", name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("layer", "lm_eval_proteins", "cross_seed_tokens", "cluster_proteins", "probe_proteins",
-                     "index_proteome_sample", "labelled_limit", "bundle_top_n", "bundle_per_bin"):
-            _check(getattr(self, name) >= 0, "DemoArgs", name, f"must be >= 0, got {getattr(self, name)}")
+        _at_least(self, 1, "lm_token_budget", "n_latents", "k", "sae_proteins", "sae_token_budget", "shard_tokens",
+                  "max_len")
+        _at_least(self, 0, "layer", "lm_eval_proteins", "cross_seed_tokens", "cluster_proteins", "probe_proteins",
+                  "index_proteome_sample", "labelled_limit", "bundle_top_n", "bundle_per_bin")
         _check(self.k <= self.n_latents, "DemoArgs", "k", f"k ({self.k}) exceeds n_latents ({self.n_latents})")
