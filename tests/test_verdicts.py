@@ -113,3 +113,12 @@ def test_structures_show_the_feature_or_say_why_not(idx):
     text = structure_summary(idx, 3256, float(idx.feature(3256)["max_act"]),
                              structure_candidates(idx, 3256, float(idx.feature(3256)["max_act"])))
     assert "#3 [5yck-A](https://www.rcsb.org/structure/5yck)" in text  # its examples #3, #4 are PDB entries
+
+
+def test_loss_recovered_over_100_or_on_few_positions_is_flagged():
+    """A tiny run showed "107% loss recovered" (46 evaluation tokens) as if it were a result."""
+    from esmsae.app.concepts import loss_recovered_note
+
+    assert "over 100%" in loss_recovered_note(107.0, 46) and "46 positions" in loss_recovered_note(107.0, 46)
+    assert "rough figure" in loss_recovered_note(80.0, 300)
+    assert loss_recovered_note(71.6, 36_216) == "" and loss_recovered_note(None, None) == ""
