@@ -109,7 +109,8 @@ def main() -> None:
     n_hold = min(20_000, len(X) // 5)
     held, train = X[:n_hold], X[n_hold:]
     d = X.shape[1]
-    sae, loss_fn, post, after = make(a.impl, d, a.n_latents, a.k, train[:8192])
+    # the step mode honours --precision too (it trained fp32 whatever was asked: issue 34)
+    sae, loss_fn, post, after = make(a.impl, d, a.n_latents, a.k, train[:8192], a.precision)
     lr = 2e-4 / (a.n_latents / 2**14) ** 0.5  # both trainers' default (Gao et al. 2024)
     # --adam own: each side's own trainer's choice (esmsae: fused kernel; sparsify's trainer:
     # torch.optim.Adam defaults, i.e. foreach). --adam fused: the fused kernel on both sides.
@@ -154,6 +155,7 @@ def main() -> None:
                 "k": a.k,
                 "batch": a.batch,
                 "threads": a.threads,
+                "precision": a.precision if a.impl == "esmsae" else "float32",
                 "median_step_s": med,
                 "tokens_per_s": a.batch / med,
                 "steps": a.steps,
