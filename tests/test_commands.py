@@ -79,6 +79,10 @@ def test_demo_command_builds_a_bundle_the_app_opens(tmp_path, monkeypatch, capsy
                 "float32",
                 "--probe-proteins",  # the representation card, small (500 a task took 270 s of this test)
                 "30",
+                "--cross-seed-tokens",  # the second-seed SAE on the demo SAE's own 20,000 tokens, not 3 M
+                "0",
+                "--lm-eval-proteins",
+                "20",
             ]
         )
         == 0

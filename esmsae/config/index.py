@@ -110,7 +110,8 @@ class IndexConfig:
         choices=("skip", "error"),
         label="Invalid sequences (index)",
     )
-    umap: bool = opt(True, "Compute the 2-D UMAP feature map of decoder directions", label="UMAP feature map")
+    umap: bool = opt(True, "Compute the 2-D UMAP feature map of decoder directions (SAEs of >= 256 features; smaller"
+                           " ones get the first two principal directions)", label="UMAP feature map")
     seed: int = opt(0, "Seed (reservoir sampling, UMAP)", label="Index seed")
     threads: int = opt(0, "Torch threads (0 = default)")
     device: str = opt(

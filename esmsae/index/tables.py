@@ -64,15 +64,20 @@ def hist_quantiles(hist_FH: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
     return out
 
 
+UMAP_MIN_FEATURES = 256  # below this a 15-neighbour UMAP is mostly noise: the map is the first two PCs
+
+
 def feature_map(W_dec_FD: np.ndarray, seed: int, use_umap: bool) -> tuple[np.ndarray, np.ndarray]:
-    """2-D map of decoder directions (cosine UMAP) and k-means clusters of the directions."""
+    """2-D map of decoder directions (cosine UMAP; for fewer than :data:`UMAP_MIN_FEATURES` features, where
+    15 neighbours are a large share of all points, the first two principal directions, which also spares
+    numba's ~15 s compile of UMAP for a small SAE) and k-means clusters of the directions."""
     from sklearn.cluster import KMeans
 
     F = W_dec_FD.shape[0]
     Wn = W_dec_FD / np.maximum(np.linalg.norm(W_dec_FD, axis=1, keepdims=True), 1e-8)
     n_clusters = int(min(40, max(2, F // 64)))
     cluster = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit_predict(Wn) if F >= 4 else np.zeros(F, int)
-    if use_umap and F >= 8:
+    if use_umap and F >= UMAP_MIN_FEATURES:
         import umap
 
         xy = umap.UMAP(
