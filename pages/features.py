@@ -36,7 +36,7 @@ def show_table() -> None:
     c1, c2, c3, c4, c5 = st.columns([2, 2, 1.4, 1, 1])
     search = c1.text_input("Search (description, concept, label, protein name or id, feature id)", key="search",
                            help="every word must occur, e.g. 'zinc', 'transmembrane Archaea', 'P47294'")
-    concept = c2.selectbox("Matched concept", [""] + idx.matched_concepts(), key="concept_filter",
+    concept = c2.selectbox("Matched concept", [""] + idx.matched_concept_names(), key="concept_filter",
                            help="features that match the concept: they beat every baseline on valid and test proteins")
     kind = c3.selectbox("Kind", idx.KINDS, key="kind_filter",
                         help="residue detectors put >= 90% of their firing on one amino acid; context features do not")

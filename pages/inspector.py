@@ -144,8 +144,9 @@ if state:
     top["page"] = [feature_url(f, run) for f in top["feature"]]
     table(top.rename(columns={"page": "feature page", "n_residues": "residues where it fires"}), key="top_feats",
           link={"feature page": "open"})
+    about = top.set_index("feature")["verdict"] if "verdict" in top else {}
     for f in top["feature"].head(5):
-        feature_link(int(f), run, top.set_index("feature")["verdict"].get(f, "") if "verdict" in top else "")
+        feature_link(int(f), run, about.get(f, ""))
     m = pd.DataFrame(
         res.dense(top["feature"].tolist()).T,
         index=[f"f{f}" for f in top["feature"]],

@@ -77,7 +77,7 @@ for title, keys in card_sections(card, verdicts, idx.meta.get("eval")):
     cols = st.columns(len(keys))
     for col, (label, value, why) in zip(cols, keys):
         col.metric(label, value, help=why)
-found = found_table(None, verdicts)
+found = found_table(verdicts)
 st.markdown("**What was found: the concepts a feature matches, each with its best feature (chosen on validation"
             " proteins) and the baseline that came closest**")
 st.dataframe(found, hide_index=True, key="found_table", width="stretch")

@@ -57,7 +57,7 @@ def test_inspector_columns_and_overview_table_follow_the_rule(idx):
     out = concept_columns(top, idx.verdicts(), {})
     assert not out["verdict"].str.fullmatch("UniProt: transmembrane").any()
     assert out.set_index("feature").at[1257, "label"] == "UniProt: signal peptide"
-    found = found_table(None, idx.verdicts())
+    found = found_table(idx.verdicts())
     assert {"TMbed: TM helix", "UniProt: signal peptide"} <= set(found["concept"])
     best = found.set_index("concept")
     assert (best["its F1 (test)"] > best["baseline F1 (test)"]).all()

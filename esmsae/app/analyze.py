@@ -143,6 +143,7 @@ class Analyzer:
         self.sae = self.sae.to(self.plm.device)  # one device for both
         self.sae.meta = self.meta  # what steering reads (hook, base model)
         self.hook = hook_of(self.meta)
+        self.rate: float | None = None  # residues per second measured here by earlier runs (None: none yet)
         self._count = threading.Lock()  # guards _inflight, the analyses submitted and not finished
         self._inflight = 0
 
@@ -160,8 +161,6 @@ class Analyzer:
         return res
 
     # ------------------------------------------------------------ the page's view of a long run
-    rate: float | None = None  # residues per second measured here by earlier runs (None: none yet)
-
     def estimate_s(self, n_residues: int) -> float:
         """Seconds an analysis of ``n_residues`` should take on this machine (measured by earlier runs;
         before any, a conservative :data:`DEFAULT_RATE`)."""

@@ -1,9 +1,11 @@
 """What the pages show of concepts, under the one rule of :mod:`esmsae.index.verdicts` (a concept is named
 only where the feature matches it): the inspector's concept columns and the Overview's one-screen table
-of what was found. Pandas only."""
+of what was found."""
 from __future__ import annotations
 
 import pandas as pd
+
+from esmsae.app.render import format_number
 
 
 def concept_columns(top: pd.DataFrame, verdicts: pd.DataFrame, labels: dict[int, str]) -> pd.DataFrame:
@@ -16,7 +18,7 @@ def concept_columns(top: pd.DataFrame, verdicts: pd.DataFrame, labels: dict[int,
     return out
 
 
-def found_table(concepts: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+def found_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     """One row per concept that some feature matches: how many features match it, the best of them (chosen
     on valid, its test F1) and the deciding baseline (named, test F1); the concepts nothing matches are left
     to the note."""
@@ -37,8 +39,8 @@ def found_table(concepts: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["features matching", "its F1 (test)"], ascending=False).reset_index(drop=True)
 
 
-def _num(v, fmt: str = "{:.3g}") -> str:
-    return "n/a" if v is None or v != v else fmt.format(v)
+def _pct(v) -> str:
+    return "-" if v is None or v != v else f"{format_number(v)}%"
 
 
 def loss_recovered_note(pct: float | None, n_positions: int | None) -> str:
@@ -68,20 +70,20 @@ def card_sections(card: dict, verdicts: pd.DataFrame, ev: dict | None = None) ->
         ("Latents", f"{card['latents']:,} (k {card['k']})", f"{card['architecture']} SAE"),
     ]
     sae = [
-        ("FVU", _num(card["FVU"]), "fraction of variance unexplained on held-out tokens (0 = perfect)"),
-        ("L0", _num(card["L0"]), "active latents per token"),
+        ("FVU", format_number(card["FVU"]), "fraction of variance unexplained on held-out tokens (0 = perfect)"),
+        ("L0", format_number(card["L0"]), "active latents per token"),
         ("Loss recovered", "n/a" if pct is None else f"{pct:.1f}%" + (" (!)" if note else ""),
          "share of the LM's loss gap to mean ablation the spliced-in SAE recovers" + (f"; {note}" if note else "")),
-        ("Dead, eval", _num(card["dead % (eval)"], "{:.2f}%"),
+        ("Dead, eval", _pct(card["dead % (eval)"]),
          "latents that never fired on the held-out evaluation tokens (a small sample)"),
-        ("Dead, index", _num(card["dead % (index)"], "{:.2f}%"),
+        ("Dead, index", _pct(card["dead % (index)"]),
          "latents that never fired on any indexed protein (every residue of the index)"),
     ]
     found = [
         ("Features matching", f"{len(matched):,}",
          "features that beat every baseline on validation and test proteins for some concept (catch-alls excluded)"),
         ("Concepts matched", f"{matched['concept'].nunique()}", "distinct concepts those features match"),
-        ("Residue detectors", _num(card["residue detectors % (live)"], "{:.1f}%"),
+        ("Residue detectors", _pct(card["residue detectors % (live)"]),
          "live features with >= 90% of their firing on one amino acid"),
         ("Proteins indexed", f"{card['proteins indexed']:,}", f"{card['residues indexed']:,} residues"),
     ]

@@ -267,7 +267,7 @@ class FeatureIndex:
             self._verdicts = feature_verdicts(self)
         return self._verdicts
 
-    def matched_concepts(self) -> list[str]:
+    def matched_concept_names(self) -> list[str]:
         """The concepts at least one feature matches (the browser's filter)."""
         return sorted(set(self.verdicts()["concept"]) - {""})
 
