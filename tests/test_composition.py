@@ -49,6 +49,26 @@ def test_composition_driven_enrichment_disappears_when_stratified(tmp_path):
     sp.close()
 
 
+def test_composition_driven_is_a_lost_effect_not_a_q_crossing():
+    """An effect that keeps most of its log odds once composition is stratified is not composition-driven,
+    even where its q crosses 0.05 (fewer informative strata); one that loses more than half is."""
+    import pandas as pd
+
+    from esmsae.index import frames
+
+    enr = {"q": np.array([[0.001, 0.001, 0.001]]), "log_odds": np.array([[2.0, 2.0, 2.0]])}
+    ce = {"q": np.array([[0.2, 0.001, 0.01]]), "log_odds": np.array([[1.6, 0.5, np.nan]])}
+    orig = frames.composition_enrichment
+    frames.composition_enrichment = lambda *a, **k: ce
+    try:
+        out = frames._with_composition(pd.DataFrame({"x": [0, 1, 2]}), enr,
+                                       {"counts": {"g": (None, None)}, "top_aa_F": None}, "g", 1)
+    finally:
+        frames.composition_enrichment = orig
+    # q 0.2 but log odds 1.6 of 2.0 kept: not driven; log odds 0.5 (q 0.001): driven; untestable: driven
+    assert out.composition_driven.tolist() == [False, True, True]
+
+
 def test_grouping_coverage_note_and_kingdom_by_organism_name():
     from esmsae.app.groups import coverage_note
     from esmsae.index.labels import kingdom_of

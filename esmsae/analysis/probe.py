@@ -14,8 +14,11 @@ earns "knows more than local sequence" only where it beats the +-10 window. For 
 (UniRep) the state at t has seen residues 1..t only, so the card adds the states at t and t+10
 together (what the model knows once it has read ten residues past t).
 
-The probe is logistic regression (standardised inputs, L2), fitted with full-batch Adam in torch
-on at most ``max_train_residues`` residues; the same recipe for every representation.
+The probe is logistic regression (standardised inputs, L2), fitted to convergence with full-batch
+L-BFGS on at most ``max_train_residues`` residues (its final loss and gradient are recorded); the same
+recipe for every representation. On the SAE codes the card adds k-sparse probes (k = 1, 4, 16
+features chosen on the training residues): how much of what the LM state knows a few single features
+carry. TMbed tasks: TM helix, signal peptide, and inside / outside within membrane proteins.
 """
 from __future__ import annotations
 
@@ -51,8 +54,19 @@ def _sample(rows: list, n: int, seed: int) -> list:
     return [rows[i] for i in sorted(rng.choice(len(rows), min(n, len(rows)), replace=False))]
 
 
-def tm_helix_task(shared: Path, n_train: int = 500, n_test: int = 250, max_len: int = 1000, seed: int = 0) -> ProbeTask:
-    """TMbed: residue label 1 for H/h (TM helix), 0 for every other resolved residue, -1 for U."""
+TMBED_TASKS = {  # name -> (residue codes of the positive class, membrane proteins only)
+    "TM helix (TMbed)": ("Hh", False),
+    "TMbed inside (membrane proteins)": ("1", True),
+    "TMbed outside (membrane proteins)": ("2", True),
+    "signal peptide (TMbed)": ("S", False),
+}
+
+
+def tmbed_task(shared: Path, name: str = "TM helix (TMbed)", n_train: int = 500, n_test: int = 250,
+               max_len: int = 1000, seed: int = 0) -> ProbeTask:
+    """TMbed: residue label 1 for the task's codes, 0 for every other resolved residue, -1 for U.
+    Topology tasks keep membrane proteins only (a globular protein is all "1" by default)."""
+    codes, membrane_only = TMBED_TASKS[name]
     parts: dict[int, list] = {}
     for f in sorted((shared / "tmbed").glob("cv_0*_a.fasta")):
         part = int(f.name.split("_")[1])
@@ -61,18 +75,21 @@ def tm_helix_task(shared: Path, n_train: int = 500, n_test: int = 250, max_len: 
             seq, lab = lines[i + 1], lines[i + 2]
             if len(seq) != len(lab) or len(seq) > max_len or not set(seq) <= set(STANDARD + "XBZUO"):
                 continue
-            y = np.where(np.isin(np.frombuffer(lab.encode(), "S1"), [b"H", b"h"]), 1, 0)
-            y[np.frombuffer(lab.encode(), "S1") == b"U"] = -1
+            if membrane_only and not any(c in lab for c in "HhBb"):
+                continue
+            arr = np.frombuffer(lab.encode(), "S1")
+            y = np.where(np.isin(arr, [c.encode() for c in codes]), 1, 0)
+            y[arr == b"U"] = -1
             parts.setdefault(part, []).append((seq, y))
     test_part = max(parts)
     train = [r for p, rows in parts.items() if p != test_part for r in rows]
-    return ProbeTask(
-        "TM helix (TMbed)",
-        "F1 (TM helix)",
-        2,
-        _sample(train, n_train, seed),
-        _sample(parts[test_part], n_test, seed + 1),
-    )
+    return ProbeTask(name, f"F1 ({name.split(' (')[0]})", 2, _sample(train, n_train, seed),
+                     _sample(parts[test_part], n_test, seed + 1))
+
+
+def tm_helix_task(shared: Path, n_train: int = 500, n_test: int = 250, max_len: int = 1000, seed: int = 0) -> ProbeTask:
+    """TMbed: residue label 1 for H/h (TM helix), 0 for every other resolved residue, -1 for U."""
+    return tmbed_task(shared, "TM helix (TMbed)", n_train, n_test, max_len, seed)
 
 
 def secondary_structure_task(
@@ -109,6 +126,14 @@ def onehot_window(seq: str, w: int) -> np.ndarray:
     return out.reshape(L, -1)
 
 
+def left_window(seq: str, w: int) -> np.ndarray:
+    """[L, (w+1) x 21]: the residue types at offsets -w..0 (all a left-to-right LM has read at t)."""
+    return onehot_window(seq, w).reshape(len(seq), 2 * w + 1, 21)[:, : w + 1].reshape(len(seq), -1)
+
+
+SPARSE_K = (0, 1, 4, 16)  # SAE codes: the full probe, then k-sparse probes
+
+
 def shifted_pair(h_LD: np.ndarray, shift: int = 10) -> np.ndarray:
     """[L, 2D]: the state at t and at t+shift (zeros past the end) side by side."""
     later = np.zeros_like(h_LD)
@@ -127,10 +152,12 @@ def _stack(task_rows, featurize: Callable[[list[str]], list[np.ndarray]], max_re
     return Xc.astype(np.float32), yc
 
 
-def fit_probe(
-    X: np.ndarray, y: np.ndarray, n_classes: int, epochs: int = 300, lr: float = 0.01, l2: float = 1e-4, seed: int = 0
-):
-    """Logistic regression on standardised inputs (full-batch Adam). Returns a predict-proba function."""
+def fit_probe(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-4, seed: int = 0, max_iter: int = 500,
+              fit: dict | None = None):
+    """Logistic regression on standardised inputs, fitted to convergence by full-batch L-BFGS (strong
+    Wolfe line search). The earlier 300 Adam epochs left the SAE codes' probe under-fitted (an audit
+    found 0.70 converged against the card's lower figure). ``fit`` receives the final loss, the gradient
+    norm and the iterations, so the card shows the fit. Returns a predict-proba function."""
     torch.manual_seed(seed)
     Xt = torch.from_numpy(X)
     mu, sd = Xt.mean(0), Xt.std(0).clamp(min=1e-6)
@@ -138,12 +165,23 @@ def fit_probe(
     yt = torch.from_numpy(y).long()
     W = torch.zeros(X.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=lr)
-    for _ in range(epochs):
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
+                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
         opt.zero_grad()
         loss = F.cross_entropy(Z @ W + b, yt) + l2 * (W ** 2).sum()
         loss.backward()
-        opt.step()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+        loss = closure()  # also leaves the final gradient in .grad
+    if fit is not None:
+        grad = torch.cat([W.grad.flatten(), b.grad.flatten()])
+        state = opt.state[opt._params[0]]
+        fit.update({"fit_loss": float(loss.detach()), "fit_grad_max": float(grad.abs().max()),
+                    "fit_iterations": int(state.get("n_iter", 0))})
     W, b = W.detach(), b.detach()
 
     def proba(Xn: np.ndarray) -> np.ndarray:
@@ -152,16 +190,32 @@ def fit_probe(
     return proba
 
 
+def top_k_columns(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """The k columns whose class means differ most in units of their spread (binary tasks; for more
+    classes the largest spread of class means): the selection step of sparse probing (Gurnee et al. 2023,
+    "Finding Neurons in a Haystack"), made on the training residues only."""
+    sd = X.std(0) + 1e-6
+    means = np.stack([X[y == c].mean(0) if (y == c).any() else np.zeros(X.shape[1]) for c in np.unique(y)])
+    score = (means.max(0) - means.min(0)) / sd
+    return np.argsort(-score, kind="stable")[:k]
+
+
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:
     tp = float(((pred == 1) & (y == 1)).sum())
     p, r = tp / max((pred == 1).sum(), 1), tp / max((y == 1).sum(), 1)
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def score_probe(task: ProbeTask, featurize, max_train_residues: int = 60_000, seed: int = 0) -> dict:
+def score_probe(task: ProbeTask, featurize, max_train_residues: int = 60_000, seed: int = 0, k: int = 0) -> dict:
+    """The probe's test metric; ``k`` > 0: a k-sparse probe (the k best columns on train, then the same fit)."""
     Xtr, ytr = _stack(task.train, featurize, max_train_residues, seed)
     Xte, yte = _stack(task.test, featurize, 10 ** 9, seed)
-    proba = fit_probe(Xtr, ytr, task.n_classes, seed=seed)
+    cols = None
+    if k:
+        cols = top_k_columns(Xtr, ytr, k)
+        Xtr, Xte = np.ascontiguousarray(Xtr[:, cols]), np.ascontiguousarray(Xte[:, cols])
+    fit: dict = {}
+    proba = fit_probe(Xtr, ytr, task.n_classes, seed=seed, fit=fit)
     if task.n_classes == 2:
         ptr = proba(Xtr)[:, 1]
         grid = np.linspace(0.05, 0.95, 19)
@@ -174,6 +228,8 @@ def score_probe(task: ProbeTask, featurize, max_train_residues: int = 60_000, se
         "n_train_residues": int(len(ytr)),
         "n_test_residues": int(len(yte)),
         "dims": int(Xtr.shape[1]),
+        **fit,
+        **({"columns": [int(c) for c in cols]} if cols is not None else {}),
     }
 
 
@@ -188,20 +244,27 @@ def representation_card(
     """One row per (task, representation): the probe's test metric. ``representations`` maps a name to
     a function from sequences to per-residue feature matrices; the one-hot windows are added here."""
     tasks = tasks or [
-        tm_helix_task(shared, n_train, n_test, seed=seed),
+        *(tmbed_task(shared, name, n_train, n_test, seed=seed) for name in TMBED_TASKS),
         secondary_structure_task(shared, n_train, n_test, seed=seed),
     ]
     reps = {"one-hot window +-3 (control)": lambda seqs: [onehot_window(s, 3) for s in seqs],
-            "one-hot window +-10 (control)": lambda seqs: [onehot_window(s, 10) for s in seqs], **representations}
+            "one-hot window +-10 (control)": lambda seqs: [onehot_window(s, 10) for s in seqs],
+            "one-hot window +-20 (control)": lambda seqs: [onehot_window(s, 20) for s in seqs],
+            "one-hot left window 20 (control)": lambda seqs: [left_window(s, 20) for s in seqs], **representations}
     rows = []
     for task in tasks:
         for name, fn in reps.items():
-            r = score_probe(task, fn, seed=seed)
-            rows.append({"task": task.name, "metric": task.metric, "representation": name, **r,
-                         "n_train_proteins": len(task.train), "n_test_proteins": len(task.test)})
+            ks = SPARSE_K if name.startswith("SAE codes") and task.n_classes == 2 else (0,)
+            for k in ks:
+                r = score_probe(task, fn, seed=seed, k=k)
+                label = name if not k else f"{name.split(' (')[0]}: best {k} feature{'s' if k > 1 else ''} (sparse probe)"
+                rows.append({"task": task.name, "metric": task.metric, "representation": label, "k": k, **r,
+                             "n_train_proteins": len(task.train), "n_test_proteins": len(task.test)})
     df = pd.DataFrame(rows)
     ctl = df[df.representation == "one-hot window +-10 (control)"].set_index("task")["value"]
     df["minus_window10"] = df["value"] - df["task"].map(ctl)
+    ctl20 = df[df.representation == "one-hot window +-20 (control)"].set_index("task")["value"]
+    df["minus_window20"] = df["value"] - df["task"].map(ctl20)
     return df
 
 

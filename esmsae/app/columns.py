@@ -38,6 +38,11 @@ HUMAN = {
     "trivial_f1": "fire-everywhere F1",
     "aa_rule_f1": "single-residue rule F1",
     "beats_baselines": "beats every baseline",
+    "lag": "lag (state read at t + lag)",
+    "f1_residue": "per-residue F1 (test)",
+    "window_f1": "best learned window F1 (test)",
+    "ci_lo": "95% interval vs closest baseline: low",
+    "ci_hi": "95% interval vs closest baseline: high",
     "tp_residues": "true-positive residues",
     "hit_domains": "domains hit",
     # matches
@@ -57,7 +62,7 @@ FORMATS = {
     "max_act": "%.3f", "relevance": "%.2f", "score": "%.3f", "match_rate": "%.3f", "match_rate_live": "%.3f",
     "chance_match_rate": "%.3f", "chance_match_rate_live": "%.3f", "f1_valid": "%.3f", "f1_test": "%.3f",
     "trivial_f1": "%.3f", "aa_rule_f1": "%.3f", "precision": "%.3f", "recall": "%.3f", "threshold": "%.2f",
-    "difference": "%.3f",
+    "difference": "%.3f", "f1_residue": "%.3f", "window_f1": "%.3f", "ci_lo": "%+.3f", "ci_hi": "%+.3f",
 }
 
 

@@ -57,6 +57,12 @@ class IndexConfig:
         label="Group test",
     )
     length_bins: int = opt(5, "Protein-length bins (quantiles) the CMH test stratifies by", label="Length bins")
+    baseline_train_fraction: float = opt(
+        0.2,
+        "Share of labelled proteins (hash-drawn; TMbed: its partitions 0-2) that only fit the learned one-hot window"
+        " baselines and are not indexed; 0 = no learned baselines (then no concept is eligible for a match)",
+        label="Baseline train share",
+    )
     min_group_size: int = opt(
         20,
         "Groups with fewer proteins are listed but not tested, and never a feature's top group",
@@ -145,6 +151,7 @@ class IndexConfig:
         _check(self.lineage_rank >= 0, c, "lineage_rank", "must be >= 0")
         _check(self.length_bins >= 1, c, "length_bins", "must be >= 1")
         _check(self.min_group_size >= 1, c, "min_group_size", "must be >= 1")
+        _check(0 <= self.baseline_train_fraction < 1, c, "baseline_train_fraction", "must be in [0, 1)")
         _check(self.group_cap >= 0, c, "group_cap", "must be >= 0")
         _check(
             self.cluster_proteins == 0 or self.cluster_proteins >= 2, c, "cluster_proteins", "must be 0 (none) or >= 2"

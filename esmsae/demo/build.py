@@ -269,12 +269,18 @@ def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, rep
             group_sources=[idx_fa.name.split(".")[0]],
             cluster_proteins=ns.cluster_proteins,
         )
-        if ns.labelled_limit:  # smoke runs: a few labelled proteins of every source
+        if ns.labelled_limit:  # at most this many valid + test proteins per source; the train side stays whole
+            from esmsae.index.splits import assign_sides
+
+            assign_sides(labelled, icfg.baseline_train_fraction)
             rng = random.Random(ns.seed)
             by_src: dict[str, list] = {}
             for lab in labelled:
-                by_src.setdefault(lab.source, []).append(lab)
-            labelled = [x for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))]
+                if lab.split != "train":
+                    by_src.setdefault(lab.source, []).append(lab)
+            keep = {x.sequence for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))}
+            # a kept sequence keeps all its records (a TMbed protein and its topology record)
+            labelled = [x for x in labelled if x.split == "train" or x.sequence in keep]
         build_index(icfg, labelled=labelled)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return index_path

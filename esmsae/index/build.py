@@ -54,6 +54,7 @@ from esmsae.index.frames import (
     _composition_counts,
     _concept_frames,
     _concept_halves,
+    _concept_intervals,
     _feature_frame,
     _group_frames,
     _with_composition,
@@ -64,7 +65,9 @@ from esmsae.index.label_spans import write_label_spans
 from esmsae.index.labels import Labeled, load_all
 from esmsae.index.protein_table import ProteinTable
 from esmsae.index.proteins import IndexBuildError, Item
+from esmsae.index.splits import assign_sides
 from esmsae.index.streaming import MAX_LATENTS, CSRWriter, HeapTrim, TrackSpill
+from esmsae.index.window_model import WindowModels, fit_window_models
 from esmsae.index.write import _table, _write_meta, _write_proteins, _write_tables
 from esmsae.lm.plm import ProteinLM, load_plm
 from esmsae.published.load import load_sae
@@ -109,6 +112,23 @@ def build_index(
         return _build(cfg, plm, labelled, progress, w)
 
 
+def _split_off_train(labs: list[Labeled], train_fraction: float) -> tuple[list[Labeled], list[Labeled]]:
+    """(records to index, train-side records): the train side fits the learned window baselines only
+    (``esmsae.index.splits``), so no feature is measured on a protein a baseline was fitted on."""
+    if not labs:
+        return labs, []
+    assign_sides([lab for lab in labs if not lab.split], train_fraction)
+    return [lab for lab in labs if lab.split != "train"], [lab for lab in labs if lab.split == "train"]
+
+
+def _fit_windows(table: ProteinTable, train: list[Labeled], path: Path) -> None:
+    """Fit the window models of every concept the index counts (on the train side) into ``path``."""
+    labs = [lab for v in table.labels.values() for lab in v]
+    concept_source = {c: lab.source for lab in labs for c in lab.spans}
+    if train and concept_source:
+        fit_window_models(train, concept_source).save(path)
+
+
 def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
     t0 = time.time()
     out = Path(cfg.out)
@@ -121,11 +141,10 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         # before any rank makes its scratch folder: on several nodes another node's pid looks dead here
         _sweep_stale_scratch(out.parent)
         try:
-            table = ProteinTable.build(
-                cfg,
-                load_all(Path(cfg.concepts)) if labelled is None and cfg.concepts else labelled or [],
-                parts / "proteins",
-            )
+            labs = load_all(Path(cfg.concepts)) if labelled is None and cfg.concepts else labelled or []
+            labs, train = _split_off_train(labs, cfg.baseline_train_fraction)
+            table = ProteinTable.build(cfg, labs, parts / "proteins")
+            _fit_windows(table, train, parts / "window_models.npz")
             if not table.n:
                 raise IndexBuildError("the protein set is empty (check --fasta / --concepts --add-labelled)")
         except BaseException:
@@ -151,7 +170,11 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
     try:
         st, done = _stream(cfg, plm, sae, hook, table, layout, csr, spill, progress, w, firing, clus)
-        halves = _concept_halves(csr, table.labelled_items(), layout, st, w)
+        windows = WindowModels.load(parts / "window_models.npz") if (parts / "window_models.npz").exists() else None
+        causal = getattr(plm, "objective", "mlm") == "causal"  # UniRep: the match rule may read t + lag
+        items = table.labelled_items()
+        halves = _concept_halves(csr, items, layout, st, w, windows, causal)
+        ci = _concept_intervals(csr, items, halves, layout, st, windows, causal, w) if items else None
         comp = _composition_counts(st, layout, w)
         cdata = _gather_clusters(clus, parts, w) if clus is not None else None
         if w.distributed:
@@ -159,7 +182,7 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         if not w.main:
             return out
         n_done = _write_proteins(con, table, done)
-        concepts_df, f1_df, best, aa = _concept_frames(halves, layout, st)
+        concepts_df, f1_df, best, aa = _concept_frames(halves, layout, st, windows, causal, ci)
         groups_df, usage, (top_group, top_q) = _group_frames(cfg, table, layout, st, comp)
         if cdata is not None:
             groups_df, usage = _cluster_grouping(cfg, layout, st, cdata, groups_df, usage)

@@ -25,7 +25,6 @@ Protocol (InterPLM, Simon & Zou 2024, with the controls a reviewer asks for):
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,15 +34,27 @@ import pandas as pd
 from esmsae.index.labels import concept_kind, is_catch_all
 from esmsae.index.local_rules import FAMILIES as RULE_FAMILIES
 from esmsae.index.local_rules import N_RULES, RULE_NAMES, best_in_family, fire_matrix
+from esmsae.index.splits import side_index, split_of
 from esmsae.index.streaming import LATENT_BITS, MAX_LATENTS
+from esmsae.index.window_model import WIN_THRESHOLDS, WINDOW_NAMES, levels
 
 if TYPE_CHECKING:
     from esmsae.index.proteins import Item
     from esmsae.index.streaming import CSRWriter
+    from esmsae.index.window_model import WindowModels
+
+__all__ = ["split_of"]  # re-exported: the valid / test hash lives in esmsae.index.splits
+W_MODELS, W_T = len(WINDOW_NAMES), len(WIN_THRESHOLDS)
+WINDOW_COLUMNS = {"+-10 window": "window10", "+-20 window": "window20", "left 20 window": "left20"}
 
 THRESHOLDS = (0.0, 0.15, 0.5, 0.6, 0.8)  # fractions of each feature's max (InterPLM)
+# A left-to-right LM's state at t has read residues 1..t only: a feature marking a segment can fire
+# only once the segment has begun. For causal LMs the match rule may read the state at t + lag for
+# residue t, the lag chosen per (feature, concept) on valid with the threshold. The +-20 window
+# baseline reaches 20 residues right, so it has at least the reach of every lag here.
+CAUSAL_LAGS = (0, 4, 8, 16)
 SPLITS = ("valid", "test")
-MIN_PROTEINS = 5  # labelled proteins of the concept in each half
+MIN_PROTEINS = 20  # labelled proteins of the concept in each half (5 let TM strands rest on 6 test proteins)
 MIN_RESIDUES = 1500  # residue concepts: annotated residues over both halves (InterPLM: > 1,500)
 MIN_DOMAINS = 25  # domain concepts: annotated domains over both halves (InterPLM: > 25)
 MARGIN = 0.05  # test F1 must beat the trivial and the single-residue rule by this much
@@ -58,26 +69,24 @@ def aa_codes(seq: str) -> np.ndarray:
     return _AA_LUT[np.frombuffer(seq.encode(), np.uint8)]
 
 
-def split_of(sequence: str) -> int:
-    """0 (valid) or 1 (test), by a hash of the sequence: identical sequences never straddle
-    the halves, and the split does not depend on the order or the rest of the protein set."""
-    return int(hashlib.md5(b"concept-split:" + sequence.encode()).hexdigest()[:8], 16) & 1
-
-
 @dataclass
 class ConceptLayout:
     names: list[str]
     source: np.ndarray  # [C] source id
     is_domain: np.ndarray  # [C] bool: recall over domains (else over residues)
     catch_all: np.ndarray  # [C] bool
+    has_window: np.ndarray | None = None  # [C] bool: a learned window model exists (else not eligible)
+    lags: tuple[int, ...] = (0,)  # feature state offsets tried (causal LMs: CAUSAL_LAGS)
 
 
-def concept_layout(names: list[str], concept_source: np.ndarray) -> ConceptLayout:
+def concept_layout(names: list[str], concept_source: np.ndarray, has_window=None, lags=(0,)) -> ConceptLayout:
     return ConceptLayout(
         list(names),
         np.asarray(concept_source, np.int64),
         np.array([concept_kind(n) == "domain" for n in names], bool),
         np.array([is_catch_all(n) for n in names], bool),
+        None if has_window is None else np.asarray(has_window, bool),
+        tuple(lags),
     )
 
 
@@ -98,6 +107,9 @@ class SplitCounts:
     rule_tp: np.ndarray  # [C, R] concept residues where each local-sequence rule fires
     rule_dom: np.ndarray  # [C, R] domains with a residue where the rule fires
     rule_act: np.ndarray  # [S, R] labelled residues where the rule fires
+    win_tp: np.ndarray  # [C, M, W_T] concept residues where each learned window model fires
+    win_dom: np.ndarray  # [C, M, W_T] domains with a residue where it fires
+    win_act: np.ndarray  # [C, M, W_T] labelled residues (of the concept's source) where it fires
 
     @classmethod
     def zeros(cls, C: int, S: int, F: int, T: int) -> "SplitCounts":
@@ -116,6 +128,9 @@ class SplitCounts:
             z((C, N_RULES), np.int64),
             z((C, N_RULES), np.int64),
             z((S, N_RULES), np.int64),
+            z((C, W_MODELS, W_T), np.int64),
+            z((C, W_MODELS, W_T), np.int64),
+            z((C, W_MODELS, W_T), np.int64),
         )
 
 
@@ -138,71 +153,126 @@ def concept_counts(
     concept_ids: dict[str, int],
     source_ids: dict[str, int],
     layout: ConceptLayout,
+    windows: "WindowModels | None" = None,
 ) -> list[SplitCounts]:
-    """One pass over the labelled proteins' sparse codes -> [valid counts, test counts]."""
+    """One pass over the labelled proteins' sparse codes -> [valid counts, test counts] (train-side
+    proteins, if any were indexed, are skipped: they fitted the window models)."""
     F, C, S, T = len(fmax_F), len(concept_ids), len(source_ids), len(THRESHOLDS)
-    halves = [SplitCounts.zeros(C, S, F, T) for _ in SPLITS]
+    # the feature counts' last axis is (lag, threshold) flattened: index = lag_index * T + threshold_index
+    lags = layout.lags
+    halves = [SplitCounts.zeros(C, S, F, T * len(lags)) for _ in SPLITS]
     thr = np.asarray(THRESHOLDS, np.float32)
     safe_max = np.where(fmax_F > 0, fmax_F, 1.0).astype(np.float32)
     for pidx, key, val in csr.read():
-        res, feat = key >> LATENT_BITS, key & (MAX_LATENTS - 1)
-        o = np.argsort(res, kind="stable")
-        res, feat, val = res[o], feat[o], val[o]
-        # level = how many thresholds the normalised activation exceeds (level >= 1: fires)
-        level = (val[:, None] / safe_max[feat][:, None] > thr[None, :]).sum(1)
         it = items[pidx]
-        h = halves[split_of(it.sequence)]
-        aa_L = aa_codes(it.sequence)
-        onehot = np.zeros((len(aa_L) + 1, 20), np.int64)
-        fire_LR = fire_matrix(it.sequence)
-        cum_fire = np.vstack([np.zeros((1, N_RULES), np.int32), np.cumsum(fire_LR, 0, dtype=np.int32)])
-        for lab in it.labels:
-            s = source_ids[lab.source]
-            known = lab.known_mask()
-            h.rule_act[s] += fire_LR[known].sum(0)
-            ok = known[res]
-            h.act[s] += level_counts(feat[ok], level[ok], F, T)
-            h.src_res[s] += int(known.sum())
-            kaa = aa_L[known & (aa_L >= 0)]
-            h.aa_act[s] += np.bincount(kaa, minlength=20)
-            onehot[:] = 0
-            good = known & (aa_L >= 0)
-            onehot[1:][good, aa_L[good]] = 1
-            cum = np.cumsum(onehot, 0)
-            for cname, raw in lab.spans.items():
-                c = concept_ids[cname]
-                spans = _dedup_spans(raw, known)
-                if not spans:
-                    continue
-                mask = np.zeros(len(aa_L), bool)
-                for a, b in spans:
-                    mask[a:b] = True
-                mask &= known
-                h.n_res[c] += int(mask.sum())
-                h.n_dom[c] += len(spans)
-                h.n_prot[c] += 1
-                inside = mask[res]
-                h.tp[c] += level_counts(feat[inside], level[inside], F, T)
-                h.aa_tp[c] += np.bincount(aa_L[mask & (aa_L >= 0)], minlength=20)
-                h.rule_tp[c] += fire_LR[mask].sum(0)
-                if not layout.is_domain[c]:
-                    continue
-                ab = np.array(spans, np.int64)
+        side = side_index(it.labels[0]) if it.labels else split_of(it.sequence)
+        if side < 0:
+            continue
+        h = halves[side]
+        res0, feat0 = key >> LATENT_BITS, key & (MAX_LATENTS - 1)
+        o = np.argsort(res0, kind="stable")
+        res0, feat0, val0 = res0[o], feat0[o], val[o]
+        # level = how many thresholds the normalised activation exceeds (level >= 1: fires)
+        level0 = (val0[:, None] / safe_max[feat0][:, None] > thr[None, :]).sum(1)
+        _sequence_counts(h, it, concept_ids, source_ids, layout, windows)
+        for li, lag in enumerate(lags):
+            keep = res0 >= lag  # the state at t + lag stands for residue t
+            sl = slice(li * T, (li + 1) * T)
+            _feature_counts(h, it, res0[keep] - lag, feat0[keep], level0[keep], F, T, sl, concept_ids, source_ids,
+                            layout)
+    return halves
+
+
+def _sequence_counts(h: SplitCounts, it, concept_ids, source_ids, layout: ConceptLayout, windows) -> None:
+    """The counts that do not depend on the SAE: concept sizes, amino-acid, local-rule and window baselines."""
+    aa_L = aa_codes(it.sequence)
+    onehot = np.zeros((len(aa_L) + 1, 20), np.int64)
+    fire_LR = fire_matrix(it.sequence)
+    cum_fire = np.vstack([np.zeros((1, N_RULES), np.int32), np.cumsum(fire_LR, 0, dtype=np.int32)])
+    for lab in it.labels:
+        s = source_ids[lab.source]
+        known = lab.known_mask()
+        h.rule_act[s] += fire_LR[known].sum(0)
+        h.src_res[s] += int(known.sum())
+        kaa = aa_L[known & (aa_L >= 0)]
+        h.aa_act[s] += np.bincount(kaa, minlength=20)
+        onehot[:] = 0
+        good = known & (aa_L >= 0)
+        onehot[1:][good, aa_L[good]] = 1
+        cum = np.cumsum(onehot, 0)
+        wm = windows.by_source.get(lab.source) if windows is not None else None
+        if wm is not None:
+            wlev_LMC = levels(wm.probs(it.sequence))  # [L, M, Cs]
+            wc = np.array([concept_ids.get(c, -1) for c in wm.concepts])
+            ok_c = wc >= 0
+            h.win_act[wc[ok_c]] += _above(wlev_LMC[known])[:, ok_c].transpose(1, 0, 2)
+            wcol = {c: j for j, c in enumerate(wm.concepts)}
+        for cname, raw in lab.spans.items():
+            c = concept_ids[cname]
+            spans = _dedup_spans(raw, known)
+            if not spans:
+                continue
+            mask = _span_mask(spans, known)
+            h.n_res[c] += int(mask.sum())
+            h.n_dom[c] += len(spans)
+            h.n_prot[c] += 1
+            h.aa_tp[c] += np.bincount(aa_L[mask & (aa_L >= 0)], minlength=20)
+            h.rule_tp[c] += fire_LR[mask].sum(0)
+            ab = np.array(spans, np.int64)
+            if wm is not None and cname in wcol:
+                wl_LM = wlev_LMC[:, :, wcol[cname]]
+                h.win_tp[c] += _above(wl_LM[mask])
+                if layout.is_domain[c]:  # a domain is hit at t when its highest level exceeds t
+                    top_DM = np.stack([wl_LM[a:b][known[a:b]].max(0) for a, b in spans])
+                    h.win_dom[c] += _above(top_DM)
+            if layout.is_domain[c]:
                 h.aa_dom[c] += ((cum[ab[:, 1]] - cum[ab[:, 0]]) > 0).sum(0)
                 h.rule_dom[c] += ((cum_fire[ab[:, 1]] - cum_fire[ab[:, 0]]) > 0).sum(0)
-                # a domain is hit at threshold t when any of its residues fires at t: per
-                # (domain, feature) the highest level inside the domain, by interval membership
-                lo, hi = np.searchsorted(res, ab[:, 0]), np.searchsorted(res, ab[:, 1])
-                n = hi - lo
-                if n.sum() == 0:
-                    continue
-                idx = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(n.sum())
-                k = np.repeat(np.arange(len(spans)), n) * F + feat[idx]
-                lv = level[idx]
-                order = np.lexsort((-lv, k))
-                first = np.r_[True, k[order][1:] != k[order][:-1]]
-                h.dom[c] += level_counts(k[order][first] % F, lv[order][first], F, T)
-    return halves
+
+
+def _span_mask(spans, known: np.ndarray) -> np.ndarray:
+    mask = np.zeros(len(known), bool)
+    for a, b in spans:
+        mask[a:b] = True
+    return mask & known
+
+
+def _feature_counts(h: SplitCounts, it, res, feat, level, F: int, T: int, sl: slice, concept_ids, source_ids,
+                    layout: ConceptLayout) -> None:
+    """The SAE features' counts of one protein at one lag into ``h.tp / dom / act[..., sl]``."""
+    for lab in it.labels:
+        s = source_ids[lab.source]
+        known = lab.known_mask()
+        ok = known[res]
+        h.act[s][:, sl] += level_counts(feat[ok], level[ok], F, T)
+        for cname, raw in lab.spans.items():
+            c = concept_ids[cname]
+            spans = _dedup_spans(raw, known)
+            if not spans:
+                continue
+            mask = _span_mask(spans, known)
+            inside = mask[res]
+            h.tp[c][:, sl] += level_counts(feat[inside], level[inside], F, T)
+            if not layout.is_domain[c]:
+                continue
+            ab = np.array(spans, np.int64)
+            # a domain is hit at threshold t when any of its residues fires at t: per
+            # (domain, feature) the highest level inside the domain, by interval membership
+            lo, hi = np.searchsorted(res, ab[:, 0]), np.searchsorted(res, ab[:, 1])
+            n = hi - lo
+            if n.sum() == 0:
+                continue
+            idx = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(n.sum())
+            k = np.repeat(np.arange(len(spans)), n) * F + feat[idx]
+            lv = level[idx]
+            order = np.lexsort((-lv, k))
+            first = np.r_[True, k[order][1:] != k[order][:-1]]
+            h.dom[c][:, sl] += level_counts(k[order][first] % F, lv[order][first], F, T)
+
+
+def _above(level_NX: np.ndarray) -> np.ndarray:
+    """[N, ...] levels -> [..., W_T] how many of the N exceed each window threshold index."""
+    return (level_NX[..., None] > np.arange(W_T)).sum(0)
 
 
 def _f1(p: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -230,6 +300,23 @@ def rule_f1(h: SplitCounts, lay: ConceptLayout, c: int) -> np.ndarray:
     return _f1(prec, rec)
 
 
+def window_f1(h: SplitCounts, lay: ConceptLayout, c: int, per_residue: bool = False) -> np.ndarray:
+    """F1 [M, W_T] of each learned window model at each probability threshold for concept c on one half
+    (``per_residue``: recall over residues even for a domain concept)."""
+    prec = h.win_tp[c] / np.maximum(h.win_act[c], 1)
+    if lay.is_domain[c] and not per_residue:
+        rec = h.win_dom[c] / max(h.n_dom[c], 1)
+    else:
+        rec = h.win_tp[c] / max(h.n_res[c], 1)
+    return _f1(prec, rec)
+
+
+def residue_f1(h: SplitCounts, lay: ConceptLayout, c: int) -> np.ndarray:
+    """Plain per-residue F1 [F, T] of every feature (recall over residues, for domain concepts too)."""
+    prec = h.tp[c] / np.maximum(h.act[lay.source[c]], 1)
+    return _f1(prec, h.tp[c] / max(h.n_res[c], 1))
+
+
 def trivial_f1(h: SplitCounts, lay: ConceptLayout, c: int) -> float:
     """F1 of "fire on every labelled residue": precision = coverage, recall = 1."""
     cov = h.n_res[c] / max(h.src_res[lay.source[c]], 1)
@@ -239,7 +326,9 @@ def trivial_f1(h: SplitCounts, lay: ConceptLayout, c: int) -> float:
 def eligible(halves: list[SplitCounts], lay: ConceptLayout) -> np.ndarray:
     v, t = halves
     enough = np.where(lay.is_domain, v.n_dom + t.n_dom > MIN_DOMAINS, v.n_res + t.n_res > MIN_RESIDUES)
-    return enough & (v.n_prot >= MIN_PROTEINS) & (t.n_prot >= MIN_PROTEINS)
+    ok = enough & (v.n_prot >= MIN_PROTEINS) & (t.n_prot >= MIN_PROTEINS)
+    # a concept no learned window model could be fitted for (no train proteins) cannot be claimed
+    return ok & lay.has_window if lay.has_window is not None else ok
 
 
 @dataclass
@@ -253,7 +342,9 @@ class Selection:
     aa_f1_valid_C: np.ndarray  # [C]
     best_c_F: np.ndarray  # [F] concept index, -1 for none
     rule_CK: np.ndarray  # [C, families] the local rule of each family chosen on valid
-    baseline_valid_C: np.ndarray  # [C] the best valid F1 of any baseline (trivial, amino acid, local rules)
+    baseline_valid_C: np.ndarray  # [C] the best valid F1 of any baseline (trivial, amino acid, local rules, windows)
+    win_t_CM: np.ndarray | None = None  # [C, M] threshold index of each window model
+    win_f1_valid_CM: np.ndarray | None = None  # [C, M]
 
 
 def select(valid: SplitCounts, lay: ConceptLayout, eligible_C: np.ndarray) -> Selection:
@@ -262,7 +353,10 @@ def select(valid: SplitCounts, lay: ConceptLayout, eligible_C: np.ndarray) -> Se
     t_CF, f1_CF = np.zeros((C, F), np.int64), np.zeros((C, F))
     aa_rule, aa_f1 = np.zeros(C, np.int64), np.zeros(C)
     rule_CK, base_C = np.zeros((C, len(RULE_FAMILIES)), np.int64), np.zeros(C)
+    win_t, win_f1 = np.zeros((C, W_MODELS), np.int64), np.zeros((C, W_MODELS))
     for c in range(C):
+        wf = window_f1(valid, lay, c)
+        win_t[c], win_f1[c] = wf.argmax(1), wf.max(1)
         _, _, f1 = feature_prf(valid, lay, c)
         t_CF[c] = f1.argmax(1)
         f1_CF[c] = f1.max(1)
@@ -270,18 +364,40 @@ def select(valid: SplitCounts, lay: ConceptLayout, eligible_C: np.ndarray) -> Se
         aa_rule[c], aa_f1[c] = int(a.argmax()), float(a.max())
         rf = rule_f1(valid, lay, c)
         rule_CK[c] = best_in_family(rf)
-        base_C[c] = max(trivial_f1(valid, lay, c), aa_f1[c], float(rf[rule_CK[c]].max()))
+        base_C[c] = max(trivial_f1(valid, lay, c), aa_f1[c], float(rf[rule_CK[c]].max()), float(win_f1[c].max()))
     masked = np.where(eligible_C[:, None], f1_CF, -1.0)
     best = masked.argmax(0) if C else np.zeros(F, np.int64)
     best = np.where((masked.max(0) if C else np.zeros(F)) > 0, best, -1)
-    return Selection(t_CF, f1_CF, aa_rule, aa_f1, best, rule_CK, base_C)
+    return Selection(t_CF, f1_CF, aa_rule, aa_f1, best, rule_CK, base_C, win_t, win_f1)
 
 
-def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligible_C: np.ndarray, purity_F: np.ndarray):
-    """Test-half figures at the valid choices -> (concept_f1 rows, concepts columns, per-feature best)."""
+def point_matches(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligible_C: np.ndarray,
+                  purity_F: np.ndarray) -> np.ndarray:
+    """[C, F] the point-estimate rule: valid and test F1 each ahead of every baseline by MARGIN, not a
+    residue detector, concept eligible (the bootstrap then tests these candidates)."""
     valid, test = halves
     C, F = valid.tp.shape[:2]
-    thr = np.asarray(THRESHOLDS)
+    out = np.zeros((C, F), bool)
+    for c in range(C):
+        _, _, f1 = feature_prf(test, lay, c)
+        f1_t = f1[np.arange(F), sel.t_CF[c]]
+        base_t = max(trivial_f1(test, lay, c), float(aa_rule_f1(test, lay, c)[sel.aa_rule_C[c]]),
+                     float(rule_f1(test, lay, c)[sel.rule_CK[c]].max()), float(_window_test(test, lay, sel, c).max()))
+        out[c] = ((f1_t >= base_t + MARGIN) & (sel.f1_valid_CF[c] >= sel.baseline_valid_C[c] + MARGIN)
+                  & (purity_F < DETECTOR_PURITY) & eligible_C[c])
+    return out
+
+
+def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligible_C: np.ndarray, purity_F: np.ndarray,
+           ci: tuple[np.ndarray, np.ndarray] | None = None):
+    """Test-half figures at the valid choices -> (concept_f1 rows, concepts columns, per-feature best).
+    ``ci``: [C, F] lower and upper ends of the bootstrap interval of F1(feature) - F1(closest baseline)
+    (:mod:`esmsae.index.bootstrap`); with it a match also needs the lower end above 0."""
+    valid, test = halves
+    C, F = valid.tp.shape[:2]
+    T = len(THRESHOLDS)
+    thr = np.tile(np.asarray(THRESHOLDS), len(lay.lags))  # flat (lag, threshold) index -> threshold
+    lag_of = np.repeat(np.asarray(lay.lags), T)  # flat index -> lag
     detector_F = purity_F >= DETECTOR_PURITY
     rows, per_c = [], []
     f1_test_CF = np.zeros((C, F))
@@ -295,9 +411,12 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
         aa_t = float(aa_rule_f1(test, lay, c)[sel.aa_rule_C[c]])
         rules_t = rule_f1(test, lay, c)[sel.rule_CK[c]]  # [families] test F1 of each family's valid-chosen rule
         local_t = float(rules_t.max())
-        base_t = max(triv, aa_t, local_t)
+        win_t = _window_test(test, lay, sel, c)
+        base_t = max(triv, aa_t, local_t, float(win_t.max()))
         beats_CF[c] = ((f1_test_CF[c] >= base_t + MARGIN) & (sel.f1_valid_CF[c] >= sel.baseline_valid_C[c] + MARGIN)
                        & ~detector_F & eligible_C[c])
+        if ci is not None:
+            beats_CF[c] &= ci[0][c] > 0
         keep = np.flatnonzero((sel.f1_valid_CF[c] > 0.01) | (test.tp[c][ar, t] > 0) & (f1_test_CF[c] > 0.01))
         if len(keep):
             tk = t[keep]
@@ -307,6 +426,7 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
                         "feature": keep,
                         "concept": lay.names[c],
                         "threshold": thr[tk],
+                        "lag": lag_of[tk],
                         "f1_valid": sel.f1_valid_CF[c][keep],
                         "precision": prec[keep, tk],
                         "recall": rec[keep, tk],
@@ -317,6 +437,10 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
                         "trivial_f1": triv,
                         "aa_rule_f1": aa_t,
                         "local_rule_f1": local_t,
+                        "window_f1": float(win_t.max()),
+                        "ci_lo": ci[0][c][keep] if ci is not None else np.nan,
+                        "ci_hi": ci[1][c][keep] if ci is not None else np.nan,
+                        "f1_residue": residue_f1(test, lay, c)[keep, tk],
                         "beats_baselines": beats_CF[c][keep],
                     }
                 )
@@ -336,6 +460,12 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
                 "best_feature": best_valid,
                 "best_feature_f1": float(f1_test_CF[c][best_valid]) if F else 0.0,
                 "best_feature_f1_valid": float(sel.f1_valid_CF[c][best_valid]) if F else 0.0,
+                "best_feature_lag": int(lag_of[t[best_valid]]) if F else 0,
+                "best_feature_ci_lo": float(ci[0][c, best_valid]) if ci is not None and F else np.nan,
+                "best_feature_ci_hi": float(ci[1][c, best_valid]) if ci is not None and F else np.nan,
+                "best_feature_f1_residue": float(residue_f1(test, lay, c)[best_valid, t[best_valid]]) if F else 0.0,
+                # one feature is a lucky draw among thousands: the typical one of the top 10 on valid
+                "top10_median_f1": float(np.median(f1_test_CF[c][np.argsort(-sel.f1_valid_CF[c])[:10]])) if F else 0.0,
                 "n_features_f1_05": int((f1_test_CF[c] > 0.5).sum()),
                 "n_features_beat_baselines": int(beats_CF[c].sum()),
             }
@@ -344,6 +474,7 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
         "feature",
         "concept",
         "threshold",
+        "lag",
         "f1_valid",
         "precision",
         "recall",
@@ -354,6 +485,10 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
         "trivial_f1",
         "aa_rule_f1",
         "local_rule_f1",
+        "window_f1",
+        "ci_lo",
+        "ci_hi",
+        "f1_residue",
         "beats_baselines",
     ]
     df = pd.concat(rows) if rows else pd.DataFrame(columns=cols)
@@ -364,6 +499,7 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
     best = {
         "concept": np.where(has, np.array(lay.names + [""], dtype=object)[np.where(has, b, -1)], ""),
         "threshold": np.where(has, thr[sel.t_CF[bc, ar]] if C else 0.0, 0.0),
+        "lag": np.where(has, lag_of[sel.t_CF[bc, ar]] if C else 0, 0),
         "f1_valid": np.where(has, sel.f1_valid_CF[bc, ar] if C else 0.0, 0.0),
         "f1": np.where(has, f1_test_CF[bc, ar] if C else 0.0, 0.0),
         "trivial_f1": np.where(has, np.array([p["trivial_f1"] for p in per_c] + [0.0])[np.where(has, b, -1)], 0.0),
@@ -389,6 +525,9 @@ PER_CONCEPT_COLUMNS = (
         "local_rule",
         "local_rule_f1_valid",
         "local_rule_f1",
+    ]
+    + [f"{col}_{x}" for col in WINDOW_COLUMNS.values() for x in ("f1_valid", "f1", "f1_residue")]
+    + [
         "best_baseline",
         "best_baseline_f1_valid",
         "best_baseline_f1",
@@ -396,6 +535,11 @@ PER_CONCEPT_COLUMNS = (
         "best_feature",
         "best_feature_f1",
         "best_feature_f1_valid",
+        "best_feature_f1_residue",
+        "best_feature_lag",
+        "best_feature_ci_lo",
+        "best_feature_ci_hi",
+        "top10_median_f1",
         "n_features_f1_05",
         "n_features_beat_baselines",
     ]
@@ -425,15 +569,29 @@ def _baseline_columns(
         float(rules_v[k]),
         float(rules_t[k]),
     )
+    win_t = _window_test(test, lay, sel, c)
+    win_res = _window_test(test, lay, sel, c, per_residue=True)
     cands = [
         ("fire everywhere", trivial_f1(valid, lay, c), triv),
         (f"every {AMINO_ACIDS[sel.aa_rule_C[c]]}", sel.aa_f1_valid_C[c], aa_t),
         (out["local_rule"], float(rules_v[k]), float(rules_t[k])),
     ]
+    for m, (wname, col) in enumerate(WINDOW_COLUMNS.items()):
+        fv = float(sel.win_f1_valid_CM[c, m]) if sel.win_f1_valid_CM is not None else 0.0
+        out[f"{col}_f1_valid"], out[f"{col}_f1"], out[f"{col}_f1_residue"] = fv, float(win_t[m]), float(win_res[m])
+        cands.append((f"learned {wname} (logistic, one-hot)", fv, float(win_t[m])))
     name, fv, ft = max(cands, key=lambda x: x[1])
     out["best_baseline"], out["best_baseline_f1_valid"], out["best_baseline_f1"] = name, float(fv), float(ft)
-    out["baseline_max_f1"] = float(max(triv, aa_t, rules_t.max()))  # what a matching feature must beat on test
+    # what a matching feature must beat on test
+    out["baseline_max_f1"] = float(max(triv, aa_t, rules_t.max(), win_t.max()))
     return out
+
+
+def _window_test(test: SplitCounts, lay: ConceptLayout, sel: Selection, c: int, per_residue: bool = False):
+    """[M] test F1 of each window model at its valid-chosen threshold (zeros without window models)."""
+    if sel.win_t_CM is None:
+        return np.zeros(W_MODELS)
+    return window_f1(test, lay, c, per_residue)[np.arange(W_MODELS), sel.win_t_CM[c]]
 
 
 def aa_purity(aa_FA: np.ndarray, n_res_A: np.ndarray) -> dict[str, np.ndarray]:

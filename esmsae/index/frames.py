@@ -12,8 +12,11 @@ from esmsae.config import IndexConfig
 from esmsae.core.dist import World
 from esmsae.index.accumulate import Layout, Stream
 from esmsae.index.composition import composition_counts, composition_enrichment
+from esmsae.index.bootstrap import baseline_names, candidates, lower_bounds, protein_counts
 from esmsae.index.concept_f1 import (
+    CAUSAL_LAGS,
     DETECTOR_PURITY,
+    point_matches,
     aa_purity,
     concept_counts,
     concept_layout,
@@ -28,14 +31,24 @@ from esmsae.index.group_stats import top_group_q, top_groups, usage_frame
 from esmsae.index.protein_table import ProteinTable
 from esmsae.index.proteins import Item
 from esmsae.index.streaming import CSRWriter
+from esmsae.index.local_rules import FAMILIES as RULE_FAMILIES
 from esmsae.index.tables import feature_map, hist_quantiles
+from esmsae.index.window_model import WindowModels
 
 
-def _concept_halves(csr: CSRWriter, items: dict[int, Item], layout: Layout, st: "Stream", w: World = World()):
+def _layout(layout: Layout, windows: "WindowModels | None", causal: bool = False):
+    has = None if windows is None else [
+        windows.has_model(c, layout.source_names[s]) for c, s in zip(layout.concept_names, layout.concept_source)
+    ]
+    return concept_layout(layout.concept_names, layout.concept_source, has, CAUSAL_LAGS if causal else (0,))
+
+
+def _concept_halves(csr: CSRWriter, items: dict[int, Item], layout: Layout, st: "Stream", w: World = World(),
+                    windows: "WindowModels | None" = None, causal: bool = False):
     """Concept counts (valid and test halves) of this rank's labelled proteins, thresholded at the
     global feature maxima, then summed over ranks (integer counts: exact)."""
-    lay = concept_layout(layout.concept_names, layout.concept_source)
-    halves = concept_counts(csr, items, st.max_F, layout.concept_ids, layout.source_ids, lay)
+    lay = _layout(layout, windows, causal)
+    halves = concept_counts(csr, items, st.max_F, layout.concept_ids, layout.source_ids, lay, windows)
     if w.distributed:
         from dataclasses import fields
 
@@ -49,14 +62,36 @@ def _concept_halves(csr: CSRWriter, items: dict[int, Item], layout: Layout, st: 
     return halves
 
 
-def _concept_frames(halves, layout: Layout, st: "Stream"):
-    """The concepts table, concept F1 per (feature, concept) chosen on valid and reported on test
-    proteins, each feature's best concept and its amino-acid control (``concept_f1``)."""
-    lay = concept_layout(layout.concept_names, layout.concept_source)
+def _concept_intervals(csr: CSRWriter, items: dict[int, Item], halves, layout: Layout, st: "Stream",
+                       windows: "WindowModels | None", causal: bool, w: World = World()):
+    """Bootstrap intervals (``bootstrap``) of the point-estimate matches, from a second pass over the
+    test proteins; per-protein rows of every rank are gathered on rank 0."""
+    lay = _layout(layout, windows, causal)
     ok = eligible(halves, lay)
     sel = select(halves[0], lay, ok)
     aa = aa_purity(st.aa_FA, st.n_res_A)
-    f1_df, per_c, best = concept_report(halves, lay, sel, ok, aa["aa_purity"])
+    cands = candidates(point_matches(halves, lay, sel, ok, aa["aa_purity"]), sel.f1_valid_CF)
+    per = protein_counts(csr, items, st.max_F, layout.concept_ids, layout.source_ids, lay, sel, cands, windows)
+    if w.distributed:
+        import torch.distributed as tdist
+
+        got: list = [None] * w.size
+        tdist.all_gather_object(got, per)
+        per = {c: tuple(np.concatenate([g[c][k] for g in got if c in g]) for k in range(3))
+               for c in {c for g in got for c in g}}
+    C, F = halves[0].tp.shape[:2]
+    return lower_bounds(per, cands, lay, len(baseline_names(len(RULE_FAMILIES))), C, F)
+
+
+def _concept_frames(halves, layout: Layout, st: "Stream", windows: "WindowModels | None" = None,
+                    causal: bool = False, ci=None):
+    """The concepts table, concept F1 per (feature, concept) chosen on valid and reported on test
+    proteins, each feature's best concept and its amino-acid control (``concept_f1``)."""
+    lay = _layout(layout, windows, causal)
+    ok = eligible(halves, lay)
+    sel = select(halves[0], lay, ok)
+    aa = aa_purity(st.aa_FA, st.n_res_A)
+    f1_df, per_c, best = concept_report(halves, lay, sel, ok, aa["aa_purity"], ci)
     v, t = halves
     concepts_df = pd.DataFrame(
         {
@@ -148,18 +183,21 @@ def _group_frames(cfg: IndexConfig, table: ProteinTable, layout: Layout, st: Str
 
 
 def _with_composition(frame: pd.DataFrame, enr: dict, comp: dict | None, g: str, min_group_size: int) -> pd.DataFrame:
-    """The composition-stratified test beside the length-only one: an enrichment (q < 0.05, log odds > 0)
-    that the length x composition CMH no longer finds is composition-driven."""
+    """The composition-stratified test beside the length-only one. An enrichment (q < 0.05, log odds > 0)
+    is *composition-driven* when stratifying by composition takes away more than half of its effect
+    (log odds falling below half the length-only log odds): a lost effect, not a p-value crossing 0.05,
+    which a smaller stratum count alone can cause (Gelman & Stern 2006: the difference between
+    significant and not significant is not itself significant)."""
     if comp is None:
         return frame.assign(log_odds_composition=np.nan, q_composition=np.nan, composition_driven=False)
     fire, prot = comp["counts"][g]
     ce = composition_enrichment(fire, prot, comp["top_aa_F"], min_group_size)
     sig = (enr["q"] < 0.05) & (enr["log_odds"] > 0)
-    sig_c = (ce["q"] < 0.05) & (ce["log_odds"] > 0)
+    lost = ~(np.nan_to_num(ce["log_odds"], nan=0.0) > 0.5 * enr["log_odds"])
     return frame.assign(
         log_odds_composition=ce["log_odds"].ravel(),
         q_composition=ce["q"].ravel(),
-        composition_driven=(sig & ~sig_c).ravel(),
+        composition_driven=(sig & lost).ravel(),
     )
 
 
@@ -190,6 +228,7 @@ def _feature_frame(
             "best_f1": best["f1"],
             "best_f1_valid": best["f1_valid"],
             "best_threshold": best["threshold"],
+            "best_lag": best["lag"],
             "best_precision": best["precision"],
             "best_recall": best["recall"],
             "best_trivial_f1": best["trivial_f1"],

@@ -44,6 +44,8 @@ class Labeled:
     structure: str = ""  # structure file (relative to the structures root)
     chain: str = ""
     unknown: list[tuple[int, int]] = field(default_factory=list)  # residues this source has no label for
+    partition: int | None = None  # homology partition shipped with the label set (TMbed cv_00..cv_04)
+    split: str = ""  # 'train', 'valid' or 'test' (``esmsae.index.splits``); '' = decided by a hash
 
     def known_mask(self) -> np.ndarray:
         m = np.ones(len(self.sequence), bool)
@@ -126,7 +128,9 @@ RESIDUE_TYPES = {
     "strand",
     "turn",
 }
-RESIDUE_SOURCES = {"FLIP SS", "FLIP bind", "FLIP conservation", "CheZOD", "Structure"}
+# secondary structure from UniProt's flat file: a source of its own (see load_uniprot)
+STRUCTURE_TYPES = {"helix", "strand", "turn"}
+RESIDUE_SOURCES = {"UniProt structure", "FLIP SS", "FLIP bind", "FLIP conservation", "CheZOD", "Structure"}
 # catch-all types: "any domain", "any binding site"; their named sub-concepts are the real concepts
 CATCH_ALL_TYPES = NAMED_TYPES | {"site", "modified residue", "cross-link"}
 
@@ -161,7 +165,11 @@ def feature_name(description: str) -> str:
 
 
 def load_uniprot(proteins_tsv: Path, features_tsv: Path) -> list[Labeled]:
-    prots = {}
+    """UniProt feature spans (source "UniProt"); HELIX / STRAND / TURN go to source "UniProt structure",
+    which labels only the proteins carrying any of them: 370 of 399 shared entries carry none, and
+    scoring their helices as negatives made "UniProt: strand" a match by artefact."""
+    prots: dict[str, Labeled] = {}
+    structure: dict[str, Labeled] = {}
     with open(proteins_tsv) as fh:
         for r in csv.DictReader(fh, delimiter="\t"):
             seq = _clean(r["sequence"])
@@ -180,34 +188,53 @@ def load_uniprot(proteins_tsv: Path, features_tsv: Path) -> list[Labeled]:
             if not 0 <= s < e <= len(p.sequence):
                 continue
             sub = feature_name(r.get("description") or "") if name in NAMED_TYPES else ""
-            for cname in (f"UniProt: {name}", f"UniProt: {name} ({sub})") if sub else (f"UniProt: {name}",):
+            if name in STRUCTURE_TYPES:  # its own source: only proteins with any structure annotation label it
+                p = structure.setdefault(r["accession"], Labeled(p.id, p.sequence, "UniProt structure",
+                                                                organism=p.organism, taxid=p.taxid,
+                                                                kingdom=p.kingdom, lineage=p.lineage))
+            src = p.source
+            for cname in (f"{src}: {name}", f"{src}: {name} ({sub})") if sub else (f"{src}: {name}",):
                 spans = p.spans.setdefault(cname, [])
                 if name == "disulfide bond":  # start/end are the two bonded cysteines, not a span
                     spans.extend([(s, s + 1), (e - 1, e)])
                 else:
                     spans.append((s, e))
-    return [p for p in prots.values() if p.spans]
+    return [p for p in prots.values() if p.spans] + list(structure.values())
 
 
 # ---------------------------------------------------------------- TMbed
 TMBED_KINGDOM = {"EUKARYA": "Eukaryota", "ARCHAEA": "Archaea", "POSITIVE": "Bacteria", "NEGATIVE": "Bacteria"}
 TMBED_CODES = {"Hh": "TM helix", "Bb": "TM strand", "S": "signal peptide", "1": "inside", "2": "outside"}
+TOPOLOGY_CODES = ("1", "2")
 
 
 def load_tmbed(folder: Path) -> list[Labeled]:
+    """TM helices / strands and signal peptides (source "TMbed", every protein), and the topology
+    (source "TMbed topology": inside / outside) of membrane proteins only. A globular protein is all
+    "1" in TMbed by default, so scoring topology over it would mix "is a membrane protein" into
+    "faces the cytoplasm". The file's partition (``cv_0k``) is kept: it decides the side."""
     out = []
     for f in sorted(folder.glob("cv_*_a.fasta")):
+        digits = "".join(ch for ch in f.name.split("_")[1] if ch.isdigit())
+        part = int(digits) if digits else None
         lines = [ln.strip() for ln in open(f) if ln.strip()]
         for i in range(0, len(lines) - 2, 3):
             head, seq, lab = lines[i][1:], _clean(lines[i + 1]), lines[i + 2]
             if not seq or len(lab) != len(seq):
                 continue
             parts = head.split("|")
-            codes = TMBED_CODES if any(c in lab for c in "HhBb") else {"S": "signal peptide"}
-            # inside/outside only for membrane proteins: a globular protein is all "1" by default
-            out.append(Labeled(parts[0], seq, "TMbed", _from_codes(lab, codes, "TMbed"),
-                               kingdom=TMBED_KINGDOM.get(parts[1], "") if len(parts) > 1 else "",
-                               unknown=runs(np.frombuffer(lab.encode(), dtype="S1") == b"U")))  # U: unresolved
+            kingdom = TMBED_KINGDOM.get(parts[1], "") if len(parts) > 1 else ""
+            unknown = runs(np.frombuffer(lab.encode(), dtype="S1") == b"U")  # U: unresolved
+            membrane = any(c in lab for c in "HhBb")
+            codes = {k: v for k, v in TMBED_CODES.items() if k not in TOPOLOGY_CODES}
+            out.append(Labeled(parts[0], seq, "TMbed", _from_codes(lab, codes, "TMbed"), kingdom=kingdom,
+                               unknown=unknown, partition=part))
+            if membrane:
+                topo = {k: v for k, v in TMBED_CODES.items() if k in TOPOLOGY_CODES}
+                spans = _from_codes(lab, topo, "TMbed topology")
+                if spans:
+                    out.append(Labeled(parts[0], seq, "TMbed topology", spans, kingdom=kingdom, unknown=unknown,
+                                       partition=part))
     return out
 
 

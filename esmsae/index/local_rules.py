@@ -13,9 +13,15 @@ Families:
 * ``aa_window``: the fraction of one amino acid in a centred +-w window >= theta;
 * ``position``: the first w residues, or the last w residues;
 * ``position_hydropathy``: the first w residues AND the hydropathy rule (signal peptides are an
-  N-terminal hydrophobic stretch).
+  N-terminal hydrophobic stretch);
+* ``charge``: the fraction of K + R in a centred +-w window >= theta (the positive-inside rule of
+  membrane topology, von Heijne 1986: cytoplasmic loops are rich in K and R);
+* ``motif``: the residues of a classic PROSITE pattern (:data:`MOTIFS`, e.g. the P-loop
+  ``[AG]-x(4)-G-K-[ST]`` of ATP / GTP binding, PS00017), alone or widened by +-w residues.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -43,7 +49,7 @@ KYTE_DOOLITTLE = {
     "Y": -1.3,
     "V": 4.2,
 }
-FAMILIES = ("hydropathy", "aa_window", "position", "position_hydropathy")
+FAMILIES = ("hydropathy", "aa_window", "position", "position_hydropathy", "charge", "motif")
 
 _KD = np.zeros(256, np.float32)  # X, B, Z, U, O: 0 (neutral)
 for _a, _v in KYTE_DOOLITTLE.items():
@@ -56,6 +62,18 @@ HYDRO_THETAS = tuple(np.round(np.arange(-1.0, 3.01, 0.2), 2))
 AA_HALF_WINDOWS = (3, 7, 10)
 AA_THETAS = (0.15, 0.25, 0.35, 0.5)
 POSITIONS = (10, 15, 20, 25, 30, 40, 60)
+CHARGE_HALF_WINDOWS = (3, 7, 10, 15)
+CHARGE_THETAS = (0.1, 0.15, 0.2, 0.25, 0.35)
+# PROSITE patterns (Sigrist et al. 2013), as regular expressions; x(a,b) -> .{a,b}
+MOTIFS = {
+    "P-loop [AG]x4GK[ST] (PS00017)": r"[AG].{4}GK[ST]",
+    "C2H2 zinc finger (PS00028)": r"C.{2,4}C.{3}[LIVMFYWC].{8}H.{3,5}H",
+    "EF-hand calcium-binding (PS00018)": r"D[^W][DNS][^ILVFYW][DENSTG][DNQGHRK][^GP][LIVMC][DENQSTAGC].{2}[DE]",
+    "N-glycosylation N-{P}-[ST]-{P} (PS00001)": r"N[^P][ST][^P]",
+    "ATP synthase / kinase glycine loop G-x-G-x-x-G": r"G.G..G",
+    "Walker B [RK]x3Gx3LhhhhD": r"[RK].{3}G.{3}L[LIVMFA]{4}D",
+}
+MOTIF_WIDEN = (0, 5, 15)
 POS_HYDRO = tuple((w, h, t) for w in (20, 25, 30, 40) for h in (7, 11, 15) for t in (0.6, 1.0, 1.4, 1.8))
 
 
@@ -78,6 +96,14 @@ def _rules() -> tuple[list[str], np.ndarray]:
     for w, h, t in POS_HYDRO:
         names.append(f"first {w} residues and Kyte-Doolittle mean over {h} >= {t:g}")
         fam.append(3)
+    for w in CHARGE_HALF_WINDOWS:
+        for t in CHARGE_THETAS:
+            names.append(f"K+R in >= {t:.0%} of a +-{w} window")
+            fam.append(4)
+    for m in MOTIFS:
+        for w in MOTIF_WIDEN:
+            names.append(f"motif {m}" + (f" +-{w}" if w else ""))
+            fam.append(5)
     return names, np.asarray(fam, np.int64)
 
 
@@ -123,8 +149,39 @@ def fire_matrix(seq: str) -> np.ndarray:
         pos += [idx < w, idx >= L - w]
     cols.append(np.stack(pos, 1))
     cols.append(np.stack([(idx < w) & (_hyd(hyd, kd, h) >= t) for w, h, t in POS_HYDRO], 1))
+    kr = ((b == ord("K")) | (b == ord("R"))).astype(np.float64)
+    ckr = np.r_[0.0, np.cumsum(kr)]
+    charge = []
+    for w in CHARGE_HALF_WINDOWS:
+        lo, hi = np.clip(idx - w, 0, L), np.clip(idx + w + 1, 0, L)
+        f = (ckr[hi] - ckr[lo]) / np.maximum(hi - lo, 1)
+        charge.append(f[:, None] >= np.asarray(CHARGE_THETAS)[None, :])
+    cols.append(np.concatenate(charge, 1))
+    cols.append(motif_matrix(seq))
     out = np.concatenate(cols, 1)
     assert out.shape == (L, N_RULES)
+    return out
+
+
+def motif_matrix(seq: str) -> np.ndarray:
+    """[L, motifs * widenings] bool: residues inside a PROSITE match (overlapping matches found too),
+    widened by each of :data:`MOTIF_WIDEN` residues on either side."""
+    L = len(seq)
+    out = np.zeros((L, len(MOTIFS) * len(MOTIF_WIDEN)), bool)
+    for j, pat in enumerate(MOTIFS.values()):
+        hit = np.zeros(L + 1, np.int64)
+        for m in re.finditer(f"(?=({pat}))", seq):  # lookahead: every start, overlapping
+            a, e = m.start(), m.start() + len(m.group(1))
+            hit[a] += 1
+            hit[e] -= 1
+        core = np.cumsum(hit)[:L] > 0
+        for k, w in enumerate(MOTIF_WIDEN):
+            if w == 0:
+                out[:, j * len(MOTIF_WIDEN) + k] = core
+            else:
+                c = np.r_[0, np.cumsum(core)]
+                i = np.arange(L)
+                out[:, j * len(MOTIF_WIDEN) + k] = (c[np.clip(i + w + 1, 0, L)] - c[np.clip(i - w, 0, L)]) > 0
     return out
 
 

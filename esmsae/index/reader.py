@@ -172,9 +172,24 @@ class FeatureIndex:
         return df
 
     def concept_summary(self) -> pd.DataFrame:
-        """Per concept: support, baselines on test proteins, and features beating them."""
+        """Per concept: support, baselines on test proteins (learned windows included), and features beating them."""
+        have = set(self.q("DESCRIBE concepts")["column_name"])
+        opt = [(c, a) for c, a in (
+            ("best_feature_lag", "its lag"),
+            ("best_feature_f1_residue", "best feature per-residue F1 (test)"),
+            ("best_feature_ci_lo", "95% interval vs closest baseline: low"),
+            ("best_feature_ci_hi", "95% interval vs closest baseline: high"),
+            ("top10_median_f1", "median test F1 of the top 10 (valid)"),
+            ("window20_f1", "learned +-20 window F1"),
+            ("window20_f1_residue", "learned +-20 window per-residue F1"),
+            ("left20_f1", "learned left 20 window F1"),
+            ("window10_f1", "learned +-10 window F1"),
+            ("charge_f1", "K+R window F1"),
+            ("motif_f1", "PROSITE motif F1"),
+        ) if c in have]
+        extra = "".join(f', {c} AS "{a}"' for c, a in opt)
         return self.q(
-            """SELECT concept, source, best_feature AS "best feature", best_feature_f1 AS "best feature F1 (test)",
+            f"""SELECT concept, source, best_feature AS "best feature", best_feature_f1 AS "best feature F1 (test)"{extra},
                          best_baseline AS "best baseline (chosen on valid)", best_baseline_f1 AS "its F1 (test)",
                          baseline_max_f1 AS "best baseline F1 (test, any)", local_rule AS "best local-sequence rule",
                          local_rule_f1 AS "its F1",
@@ -183,7 +198,8 @@ class FeatureIndex:
                          aa_rule AS "single-residue rule", aa_rule_f1 AS "its F1 ", trivial_f1 AS "fire everywhere F1",
                          n_features_beat_baselines AS "features beating every baseline (valid and test)", recall_over
                          AS "recall over",
-                         n_proteins AS proteins, n_residues AS residues, n_domains AS domains, eligible, catch_all AS
+                         n_proteins AS proteins, n_valid_proteins AS "valid proteins", n_test_proteins AS
+                         "test proteins", n_residues AS residues, n_domains AS domains, eligible, catch_all AS
                          "catch-all"
                          FROM concepts ORDER BY eligible DESC, catch_all, n_features_beat_baselines DESC,
                          best_feature_f1 - baseline_max_f1 DESC"""
@@ -313,12 +329,17 @@ class FeatureIndex:
             pidxs,
         )
 
+    def _opt_cols(self, table: str, cols) -> str:
+        """"a, b, " for those of ``cols`` the table has (indexes built before a column existed lack it)."""
+        have = set(self.q(f"DESCRIBE {table}")["column_name"])
+        return "".join(f"{c}, " for c in cols if c in have)
+
     def concept_table(self, f: int, n: int = 15) -> pd.DataFrame:
         """A feature's concepts: threshold and F1 chosen on valid proteins, F1 / precision / recall
         on test proteins, next to the trivial and the single-residue rule on the same residues."""
         return self.q(
-            """SELECT concept, threshold, f1_valid, f1 AS f1_test, precision, recall, trivial_f1, aa_rule_f1,
-            beats_baselines,
+            f"""SELECT concept, threshold, {self._opt_cols("concept_f1", ("lag", "f1_residue", "window_f1"))}
+            f1_valid, f1 AS f1_test, precision, recall, trivial_f1, aa_rule_f1, beats_baselines,
                          tp_residues, hit_domains FROM concept_f1 WHERE feature = ? ORDER BY f1_valid DESC LIMIT ?""",
             [f, n],
         )

@@ -6,13 +6,19 @@ from :func:`verdict_text` through :func:`feature_verdicts`, and a feature's Conc
 deciding baseline by name (:func:`concept_rows`).
 
 The *deciding* baseline of a concept is the strongest one on the test proteins among fire everywhere,
-the single-residue rule and every local-sequence rule family (each rule chosen on valid), named."""
+the single-residue rule, every local-sequence rule family (hydropathy, amino-acid window, position,
+K+R charge, PROSITE motifs) and the three learned one-hot window models (+-10, +-20, left 20; each rule
+or threshold chosen on valid), named."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
 from esmsae.index.local_rules import FAMILIES
+
+# learned window baselines: concepts-table column prefix -> the name a screen shows
+WINDOW_BASELINES = {"window10": "learned +-10 window", "window20": "learned +-20 window",
+                    "left20": "learned left 20 window"}
 
 NO_CONCEPT = "no concept"
 
@@ -39,6 +45,7 @@ def deciding_baselines(idx) -> pd.DataFrame:
         r = r._asdict()
         cands = [("fire everywhere", r.get("trivial_f1")), (f"every {r.get('aa_rule')}", r.get("aa_rule_f1"))]
         cands += [(r[f"{fam}_rule"], r[f"{fam}_f1"]) for fam in FAMILIES if f"{fam}_rule" in cols]
+        cands += [(name, r[f"{col}_f1"]) for col, name in WINDOW_BASELINES.items() if f"{col}_f1" in cols]
         cands = [(n, float(v)) for n, v in cands if v is not None and np.isfinite(float(v))]
         name, f1 = max(cands, key=lambda x: x[1]) if cands else ("", float("nan"))
         rows.append((r["concept"], name, f1, bool(r.get("catch_all", False))))
@@ -90,9 +97,11 @@ def feature_verdicts(idx) -> pd.DataFrame:
 def concept_rows(idx, f: int, n: int = 15) -> pd.DataFrame:
     """A feature's concepts, the verdict first: its test F1 next to fire everywhere, the single-residue rule
     and the best local-sequence rule (named), and the deciding baseline with its F1."""
+    cols = set(idx.q("DESCRIBE concept_f1")["column_name"])
+    extra = "".join(f", c.{x}" for x in ("lag", "f1_residue", "window_f1", "ci_lo", "ci_hi") if x in cols)
     rows = idx.q(
-        """SELECT c.concept, c.beats_baselines, c.f1 AS f1_test, c.f1_valid, c.threshold, c.precision, c.recall,
-        c.trivial_f1, k.aa_rule, c.aa_rule_f1, k.local_rule, c.local_rule_f1, c.tp_residues, c.hit_domains
+        f"""SELECT c.concept, c.beats_baselines, c.f1 AS f1_test, c.f1_valid, c.threshold, c.precision, c.recall,
+        c.trivial_f1, k.aa_rule, c.aa_rule_f1, k.local_rule, c.local_rule_f1{extra}, c.tp_residues, c.hit_domains
         FROM concept_f1 c JOIN concepts k USING (concept) WHERE c.feature = ? ORDER BY c.f1_valid DESC LIMIT ?""",
         [f, n],
     )

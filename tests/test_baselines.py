@@ -1,0 +1,198 @@
+"""Known answers of issue 31's controls: the learned one-hot window baselines (and their reach), the
+train / valid / test sides, the causal lag, the bootstrap interval, the K+R and PROSITE rules, the
+label sources that keep unannotated proteins out of a concept's negatives, and converged sparse probes."""
+import numpy as np
+import pytest
+
+from esmsae.index.concept_f1 import (
+    CAUSAL_LAGS,
+    THRESHOLDS,
+    concept_counts,
+    concept_layout,
+    eligible,
+    point_matches,
+    report,
+    select,
+    split_of,
+    window_f1,
+)
+from esmsae.index.labels import Labeled, load_tmbed, load_uniprot
+from esmsae.index.local_rules import RULE_NAMES, fire_matrix
+from esmsae.index.proteins import Item
+from esmsae.index.splits import TMBED_PARTITION_SIDE, assign_sides, hash_side
+from esmsae.index.window_model import WINDOW_NAMES, fit_window_models
+from tests.test_science import FakeCSR
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+NO_W = AA.replace("W", "")
+
+
+def _proteins(rng, n, length=120):
+    """Random proteins without W, with a W planted at random gaps of 8-30 residues; the concept is the residue 3
+    before each W: a model that reads to the right sees it, a model of the left window cannot."""
+    out = []
+    for i in range(n):
+        s = list(rng.choice(list(NO_W), length))
+        ws = np.cumsum(rng.integers(8, 31, 12))  # random gaps: the previous W says nothing of the next
+        ws = ws[ws < length]
+        for p in ws:
+            s[p] = "W"
+        s = "".join(s)
+        spans = [(int(p) - 3, int(p) - 2) for p in ws if p >= 3]
+        out.append(Labeled(f"p{i}", s, "FLIP SS", {"FLIP SS: helix": spans}))
+    return out
+
+
+def test_window_models_learn_their_reach_and_only_their_reach():
+    rng = np.random.default_rng(0)
+    train, test = _proteins(rng, 60), _proteins(rng, 30)
+    wm = fit_window_models(train, {"FLIP SS: helix": "FLIP SS"})
+    m = wm.by_source["FLIP SS"]
+    assert m.n_train_proteins.tolist() == [60] and all(np.isfinite(v) for v in m.loss.values())
+    y = np.concatenate([np.isin(np.arange(len(p.sequence)), [a for a, _ in p.spans["FLIP SS: helix"]]) for p in test])
+    P = np.concatenate([m.probs(p.sequence)[:, :, 0] for p in test])  # [N, windows]
+    f1 = {}
+    for k, name in enumerate(WINDOW_NAMES):
+        pred = P[:, k] > 0.5
+        tp = (pred & y).sum()
+        f1[name] = 2 * tp / max(pred.sum() + y.sum(), 1)
+    assert f1["+-10 window"] > 0.95 and f1["+-20 window"] > 0.95  # "a W three residues on" is in reach
+    assert f1["left 20 window"] < 0.2  # the left window never sees the W at t + 3
+
+
+def test_sides_follow_tmbed_partitions_and_the_sequence():
+    seqs = ["".join(np.random.default_rng(i).choice(list(AA), 50)) for i in range(2000)]
+    sides = [hash_side(s) for s in seqs]
+    share = sides.count("train") / len(sides)
+    assert 0.16 < share < 0.24  # TRAIN_FRACTION 0.2
+    # the rest keep the valid / test halves of split_of
+    assert all(sd == ("valid", "test")[split_of(s)] for s, sd in zip(seqs, sides) if sd != "train")
+    # a TMbed partition decides its sequence's side, for the sequence's other records too
+    s = seqs[0]
+    recs = [Labeled("a", s, "TMbed", partition=4), Labeled("a", s, "TMbed topology", partition=4),
+            Labeled("b", s, "FLIP SS"), Labeled("c", seqs[1], "TMbed", partition=1)]
+    assign_sides(recs)
+    assert [r.split for r in recs] == ["test", "test", "test", "train"]
+    assert TMBED_PARTITION_SIDE == {0: "train", 1: "train", 2: "train", 3: "valid", 4: "test"}
+
+
+def _lag_counts(lag_true: int, lags):
+    """Domains of 10 residues; one feature fires on the residues lag_true later than each domain residue."""
+    rng = np.random.default_rng(1)
+    items, rows = [], []
+    for i in range(120):
+        s = "".join(rng.choice(list(AA), 100))
+        a = int(rng.integers(5, 60))
+        lab = Labeled(f"p{i}", s, "TMbed", {"TMbed: TM helix": [(a, a + 10)]}, split=("valid", "test")[i % 2])
+        items.append(Item(f"p{i}", s, labels=[lab]))
+        pos = np.arange(a, a + 10) + lag_true
+        rows.append((i, pos, np.zeros(10, int), np.ones(10)))
+    names = ["TMbed: TM helix"]
+    lay = concept_layout(names, np.array([0]), lags=lags)
+    halves = concept_counts(FakeCSR(rows), {i: it for i, it in enumerate(items)}, np.ones(1, np.float32),
+                            {names[0]: 0}, {"TMbed": 0}, lay)
+    return halves, lay
+
+
+def test_causal_lag_is_chosen_on_valid_and_reported():
+    halves, lay = _lag_counts(8, CAUSAL_LAGS)
+    ok = eligible(halves, lay)
+    sel = select(halves[0], lay, ok)
+    df, per_c, best = report(halves, lay, sel, ok, np.zeros(1))
+    row = df[df.feature == 0].iloc[0]
+    assert row.lag == 8 and row.f1 == pytest.approx(1.0) and row.f1_residue == pytest.approx(1.0)
+    assert per_c.best_feature_lag[0] == 8 and best["lag"][0] == 8
+    # without lags (a masked LM) the same feature is read at t: it hits only the last 2 residues of each domain
+    h0, lay0 = _lag_counts(8, (0,))
+    sel0 = select(h0[0], lay0, eligible(h0, lay0))
+    df0, _, _ = report(h0, lay0, sel0, eligible(h0, lay0), np.zeros(1))
+    r0 = df0[df0.feature == 0].iloc[0]
+    assert r0.lag == 0 and r0.f1_residue == pytest.approx(2 * 0.2 * 0.2 / 0.4)  # precision 2/10, recall 2/10
+
+
+def test_window_baseline_counts_and_eligibility():
+    """A concept without a window model is not eligible; with one, its F1 table has (windows x thresholds)."""
+    halves, lay = _lag_counts(0, (0,))
+    assert eligible(halves, lay).all()
+    lay_no = concept_layout(lay.names, lay.source, has_window=[False])
+    assert not eligible(halves, lay_no).any()
+    assert window_f1(halves[0], lay, 0).shape == (len(WINDOW_NAMES), 11)
+
+
+def test_bootstrap_interval_known_answers():
+    from esmsae.index.bootstrap import intervals
+
+    rng = np.random.default_rng(0)
+    P = 60
+    n_res = rng.integers(5, 15, P)
+    n_dom = np.ones(P, int)
+    # baseline: half of each protein's residues found, no false positives; feature A identical, B finds all
+    base = np.stack([n_res // 2, n_res // 2, np.ones(P, int)], 1)
+    same = base.copy()
+    better = np.stack([n_res, n_res, np.ones(P, int)], 1)
+    counts = np.stack([base, same, better], 1)  # [P, K=3, 3]: 1 baseline, 2 features
+    lo, hi = intervals(counts, n_res, n_dom, 1, is_domain=False)
+    assert lo[0, 0] <= 0 <= hi[0, 0]  # identical to the baseline: the interval holds 0
+    assert lo[1, 0] > 0.2  # F1 1.0 against ~0.66 on every resample
+
+
+def test_point_matches_need_every_baseline_including_the_windows():
+    halves, lay = _lag_counts(0, (0,))
+    ok = eligible(halves, lay)
+    sel = select(halves[0], lay, ok)
+    assert point_matches(halves, lay, sel, ok, np.zeros(1))[0, 0]
+    # a window model as good as the feature on valid and test takes the match away
+    for h in halves:
+        h.win_tp[0, 0, :] = h.n_res[0]
+        h.win_act[0, 0, :] = h.n_res[0]
+        h.win_dom[0, 0, :] = h.n_dom[0]
+    sel = select(halves[0], lay, ok)
+    assert not point_matches(halves, lay, sel, ok, np.zeros(1))[0, 0]
+    _, per_c, _ = report(halves, lay, sel, ok, np.zeros(1))
+    assert per_c.n_features_beat_baselines[0] == 0 and per_c.window10_f1[0] == pytest.approx(1.0)
+
+
+def test_charge_and_prosite_rules_fire_where_they_should():
+    s = "MKKLGAAAAGKSTLLRRNGSAVDDEEDDEEDDEE"
+    f = fire_matrix(s)
+    ploop = f[:, RULE_NAMES.index("motif P-loop [AG]x4GK[ST] (PS00017)")]
+    assert np.flatnonzero(ploop).tolist() == list(range(4, 12))  # GAAAAGKS
+    kr = f[:, RULE_NAMES.index("K+R in >= 25% of a +-3 window")]
+    assert kr[0] and kr[15] and not kr[28]  # K/R-rich start and RR; the acidic tail is not
+
+
+def test_topology_and_uniprot_structure_are_their_own_sources(tmp_path):
+    """Topology is labelled in membrane proteins only, and UniProt helices in proteins with any structure
+    annotation only: a globular protein (all '1' in TMbed) or an unannotated entry is no negative."""
+    (tmp_path / "cv_03_a.fasta").write_text(
+        ">A|EUKARYA|NO_SP|1\nMKTLLVAGAVLLAAGCSSKK\n1111HHHHHHHHHH222222\n"
+        ">B|EUKARYA|NO_SP|0\nMKTAYIAKQRQISFVKSHFS\n11111111111111111111\n")
+    recs = load_tmbed(tmp_path)
+    assert [(r.id, r.source, r.partition) for r in recs] == [("A", "TMbed", 3), ("A", "TMbed topology", 3),
+                                                            ("B", "TMbed", 3)]
+    assert set(recs[1].spans) == {"TMbed topology: inside", "TMbed topology: outside"}
+    assert "TMbed: inside" not in recs[0].spans and not recs[2].spans
+    prot = tmp_path / "p.tsv"
+    feat = tmp_path / "f.tsv"
+    prot.write_text("accession\tsequence\torganism\ttaxid\nP1\tMKTAYIAKQRQISFVK\tx\t1\nP2\tMKTAYIAKQRQISFVW\tx\t1\n")
+    feat.write_text("accession\tfeature_type\tstart\tend\tdescription\n"
+                    "P1\tHELIX\t2\t8\t\nP1\tDOMAIN\t1\t10\tKinase\nP2\tDOMAIN\t3\t9\tKinase\n")
+    got = {(r.id, r.source): set(r.spans) for r in load_uniprot(prot, feat)}
+    assert got[("P1", "UniProt structure")] == {"UniProt structure: helix"}
+    assert ("P2", "UniProt structure") not in got and "UniProt: helix" not in got[("P1", "UniProt")]
+
+
+def test_sparse_probe_picks_the_informative_columns_and_converges():
+    from esmsae.analysis.probe import fit_probe, top_k_columns
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 50)).astype(np.float32)
+    y = (X[:, 7] - X[:, 31] + 0.3 * rng.normal(size=3000) > 0).astype(int)
+    assert set(top_k_columns(X, y, 2).tolist()) == {7, 31}
+    fit: dict = {}
+    proba = fit_probe(X[:, [7, 31]], y, 2, fit=fit)
+    assert fit["fit_grad_max"] < 1e-3 and (proba(X[:, [7, 31]]).argmax(1) == y).mean() > 0.9
+
+
+def test_thresholds_unchanged():
+    assert THRESHOLDS == (0.0, 0.15, 0.5, 0.6, 0.8)
