@@ -1,7 +1,7 @@
 """Overview: the run card, frequency histogram and the feature map."""
 import streamlit as st
 
-from esmsae.app.concepts import card_sections, found_table
+from esmsae.app.concepts import RULE_TEXT, card_sections, found_table
 from esmsae.app.render import feature_map, freq_histogram, lm_curve_figure
 from esmsae.app.ui import cached, ensure_navigation, feature_query, pick_run, require_index
 
@@ -58,6 +58,7 @@ if not rep.empty:
                 columns={
                     "value": "test score",
                     "minus_window10": "minus the +-10 window",
+                    "minus_window20": "minus the +-20 window",
                     "n_train_proteins": "train proteins",
                     "n_test_proteins": "test proteins",
                 }
@@ -66,9 +67,11 @@ if not rep.empty:
             key="rep_card",
         )
         st.caption(
-            "Linear probes per residue, trained and tested on different proteins (TMbed's homology partitions for TM"
-            " helices, a sequence-hash split for secondary structure). The one-hot windows are the controls: a"
-            " representation knows more than local sequence where it beats the +-10 window."
+            "Linear probes per residue (logistic regression fitted to convergence), trained and tested on different"
+            " proteins (TMbed's homology partitions for TM helices, signal peptides and topology within membrane"
+            " proteins, a sequence-hash split for secondary structure). The one-hot windows are the controls: a"
+            " representation knows more than local sequence where it beats the +-20 window. 'SAE codes: best k"
+            " features' are k-sparse probes: what a few single features carry of what the LM state knows."
         )
 card = idx.card()
 verdicts = idx.verdicts()
@@ -82,11 +85,7 @@ st.markdown("**What was found: the concepts a feature matches, each with its bes
             " proteins) and the baseline that came closest**")
 st.dataframe(found, hide_index=True, key="found_table", width="stretch")
 st.caption(
-    "A feature matches a concept when its F1 beats every baseline by 0.05 on the validation proteins and again on"
-    " the held-out test proteins: fire everywhere, the best single-residue rule, and local-sequence rules (a"
-    " Kyte-Doolittle hydropathy window, an amino-acid window, the first / last w residues, the N-terminus with"
-    " hydropathy), each rule chosen on validation proteins. It must not be an amino-acid detector; catch-all"
-    f" UniProt types are not counted. {len(idx.eligible_concepts()) - len(found)} other eligible concepts are matched"
+    f"{RULE_TEXT} {len(idx.eligible_concepts()) - len(found)} other eligible concepts are matched"
     " by no feature (every concept, with all its baselines, is in the table below the map)."
 )
 left, right = st.columns([1, 2])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from esmsae.app.render import format_number
+from esmsae.index.verdicts import RULE_TEXT  # noqa: F401  (re-exported for the pages)
 
 
 def concept_columns(top: pd.DataFrame, verdicts: pd.DataFrame, labels: dict[int, str]) -> pd.DataFrame:

@@ -82,24 +82,7 @@ def demo_markdown(bundle: Path = DEMO) -> str:
     ]
     rc = bundle / "sae" / "representation.json"
     if rc.exists():
-        r = pd.DataFrame(json.loads(rc.read_text())["rows"])
-        lines += [
-            "## Representation card: does the model know more than local sequence?",
-            "",
-            (
-                "Linear probes per residue (logistic regression), trained and tested on different proteins: TM helix on"
-                " TMbed's homology partitions (F1 of the helix class), 3-state secondary structure on FLIP chains split"
-                " by sequence hash (Q3). The one-hot windows of the sequence itself are the controls (`python -m esmsae"
-                " probe`)."
-            ),
-            "",
-            _table(
-                r[
-                    ["task", "representation", "value", "minus_window10", "dims", "n_train_residues", "n_test_residues"]
-                ].rename(columns={"value": "test score", "minus_window10": "minus +-10 window"})
-            ),
-            "",
-        ]
+        lines += representation_section(pd.DataFrame(json.loads(rc.read_text())["rows"]))
     lines += [
         "## The SAE",
         "",
@@ -145,43 +128,7 @@ def demo_markdown(bundle: Path = DEMO) -> str:
             ),
             "",
         ]
-    lines += [
-        "## Features and concepts",
-        "",
-        (
-            f"{fig['live_features']:,} live features; **{100 * fig['residue_detector_share_of_live']:.1f}%** are"
-            " residue detectors (>= 90% of their firing on one amino acid)."
-            f" **{n_match} features match a concept** ({n_concepts} concepts; the rule every screen of the app"
-            " follows, `esmsae.index.verdicts`): they beat every baseline (fire everywhere, single residue, hydropathy"
-            " window, amino-acid window, position rules) by 0.05 on the valid **and** the test proteins for some"
-            f" concept; {fig['features_matching_a_concept_test']} of them for the concept they fit best on valid"
-            " proteins."
-        ),
-        "",
-        (
-            "Per concept (eligible, not catch-all), the best feature (chosen on valid) against the best baseline"
-            " (chosen on valid), both as test F1:"
-        ),
-        "",
-    ]
-    c = q(
-        """SELECT concept, best_feature AS "best feature", best_feature_f1 AS "its test F1",
-             best_baseline AS "best baseline", best_baseline_f1 AS "its test F1 ",
-             baseline_max_f1 AS "best baseline F1 (any)",
-             n_features_beat_baselines AS "features beating every baseline"
-             FROM concepts WHERE eligible AND NOT catch_all ORDER BY n_features_beat_baselines DESC, best_feature_f1 -
-             baseline_max_f1 DESC"""
-    )
-    lines += [_table(c), ""]
-    beat = c[c["features beating every baseline"] > 0]["concept"].tolist()
-    lines += [
-        f"Concepts where a UniRep feature beats the local rules on both halves: {', '.join(beat) if beat else 'none'}.",
-        (
-            f"Every other eligible concept ({len(c) - len(beat)}) is matched at least as well by a rule that reads only"
-            " the residues around the position."
-        ),
-        "",
-    ]
+    lines += concepts_section(idx, fig, n_match, n_concepts)
     g = q(
         """SELECT grouping, count(*) FILTER (WHERE q < 0.05 AND log_odds > 0) AS enriched,
              count(*) FILTER (WHERE composition_driven) AS "composition-driven" FROM group_usage GROUP BY grouping
@@ -240,6 +187,91 @@ def demo_markdown(bundle: Path = DEMO) -> str:
         ]
     idx.con.close()
     return "\n".join(lines) + "\n"
+
+
+def representation_section(r: pd.DataFrame) -> list[str]:
+    """The representation card: converged probes of the LM state, the SAE codes (full and k-sparse) and
+    the one-hot window controls, per task."""
+    cols = [c for c in ["task", "representation", "value", "minus_window10", "minus_window20", "dims", "fit_loss",
+                        "fit_grad_max", "n_train_residues", "n_test_residues"] if c in r.columns]
+    return [
+        "## Representation card: does the model know more than local sequence?",
+        "",
+        (
+            "Linear probes per residue (logistic regression fitted to convergence by L-BFGS; its final loss and"
+            " largest gradient entry are listed), trained and tested on different proteins: TM helix, signal"
+            " peptide, and inside / outside within membrane proteins on TMbed's homology partitions (F1 of the"
+            " positive class), 3-state secondary structure on FLIP chains split by sequence hash (Q3). The one-hot"
+            " windows of the sequence itself are the controls; `SAE codes: best k features` are k-sparse probes"
+            " (k features chosen on the training residues by class-mean separation, Gurnee et al. 2023): how much"
+            " of what the LM state knows a few single features carry (`python -m esmsae probe`)."
+        ),
+        "",
+        _table(r[cols].rename(columns={"value": "test score", "minus_window10": "minus +-10 window",
+                                       "minus_window20": "minus +-20 window"})),
+        "",
+    ]
+
+
+def concepts_section(idx, fig: dict, n_match: int, n_concepts: int) -> list[str]:
+    """Per eligible concept the best feature against every baseline, the learned windows included."""
+    have = set(idx.q("DESCRIBE concepts")["column_name"])
+    opt = "".join(f', {c} AS "{a}"' for c, a in (
+        ("best_feature_lag", "lag"), ("best_feature_f1_residue", "per-residue F1"),
+        ("best_feature_ci_lo", "interval low"), ("top10_median_f1", "top-10 median"),
+        ("window20_f1", "+-20 window"), ("left20_f1", "left 20 window"), ("window20_f1_residue", "+-20 per-residue"),
+        ("n_test_proteins", "test proteins")) if c in have)
+    c = idx.q(
+        f"""SELECT concept, best_feature AS "best feature", best_feature_f1 AS "its test F1"{opt},
+             best_baseline AS "best baseline (valid)", baseline_max_f1 AS "best baseline F1 (any)",
+             n_features_beat_baselines AS "features matching"
+             FROM concepts WHERE eligible AND NOT catch_all ORDER BY n_features_beat_baselines DESC, best_feature_f1 -
+             baseline_max_f1 DESC"""
+    )
+    beat = c[c["features matching"] > 0]["concept"].tolist()
+    return [
+        "## Features and concepts",
+        "",
+        (
+            f"{fig['live_features']:,} live features; **{100 * fig['residue_detector_share_of_live']:.1f}%** are"
+            " residue detectors (>= 90% of their firing on one amino acid)."
+            f" **{n_match} features match a concept** ({n_concepts} concepts; the rule every screen of the app"
+            " follows, `esmsae.index.verdicts`)."
+        ),
+        "",
+        (
+            "**The rule.** Labelled proteins fall on three sides (TMbed by its homology partitions 0-2 / 3 / 4, the"
+            " rest by a sequence hash, 20% / 40% / 40%): *train* fits the learned baselines and is never indexed,"
+            " *valid* makes every choice, *test* reports. A feature matches a concept when its F1 beats every"
+            " baseline by 0.05 on valid **and** test, and on test the 95% bootstrap interval (proteins resampled)"
+            " of F1(feature) - F1(baseline) lies above 0 for every baseline. The baselines: fire everywhere, the"
+            " best single residue, hand rules (Kyte-Doolittle hydropathy window, amino-acid window, position, N-terminal"
+            " hydropathy, K+R positive-inside window, PROSITE motifs such as the P-loop) and three learned logistic"
+            " models of the one-hot sequence window (+-10, +-20, and the left 20 residues a left-to-right LM has"
+            " read), each with its rule or threshold chosen on valid. Concepts need >= 20 proteins on each side and a"
+            " fitted window model. UniRep reads left to right, so a feature may read the state at t + lag (lag 0, 4,"
+            " 8 or 16, chosen on valid): the +-20 window reaches further right than any lag."
+        ),
+        "",
+        (
+            "**Which F1.** Domain concepts (TM helix, signal peptide, UniProt domains) are scored as InterPLM does:"
+            " precision over residues, recall over domains (a domain is found when any of its residues fires); every"
+            " baseline is scored the same way, so a baseline firing on part of each domain gets the same credit as a"
+            " feature. Matches are decided on that F1; the plain per-residue F1 is listed beside it, because a"
+            " feature firing on one residue per domain can score well on the first and poorly on the second."
+        ),
+        "",
+        "Per concept (eligible, not catch-all), the best feature (chosen on valid) against the baselines, test F1:",
+        "",
+        _table(c),
+        "",
+        f"Concepts where a UniRep feature matches: {', '.join(beat) if beat else 'none'}.",
+        (
+            f"Every other eligible concept ({len(c) - len(beat)}) is matched at least as well by a baseline that reads"
+            " only the residues around the position."
+        ),
+        "",
+    ]
 
 
 if __name__ == "__main__":

@@ -211,17 +211,10 @@ class FeatureIndex:
         for d in (f, self.path.parent / f):
             if (d / "representation.json").exists():
                 rows = json.loads((d / "representation.json").read_text())["rows"]
-                return pd.DataFrame(rows)[
-                    [
-                        "task",
-                        "metric",
-                        "representation",
-                        "value",
-                        "minus_window10",
-                        "n_train_proteins",
-                        "n_test_proteins",
-                    ]
-                ]
+                df = pd.DataFrame(rows)
+                cols = ["task", "metric", "representation", "value", "minus_window10", "minus_window20", "fit_loss",
+                        "n_train_proteins", "n_test_proteins"]
+                return df[[c for c in cols if c in df.columns]]
         return pd.DataFrame()
 
     # -------------------------------------------------------- features

@@ -21,6 +21,16 @@ WINDOW_BASELINES = {"window10": "learned +-10 window", "window20": "learned +-20
                     "left20": "learned left 20 window"}
 
 NO_CONCEPT = "no concept"
+RULE_TEXT = (
+    "A feature matches a concept when its F1 beats every baseline by 0.05 on the validation proteins and again on"
+    " the held-out test proteins, with the 95% bootstrap interval of the difference above 0 for every baseline."
+    " The baselines: fire everywhere, the best single residue, hand rules (Kyte-Doolittle hydropathy window,"
+    " amino-acid window, position, N-terminal hydropathy, K+R positive-inside window, PROSITE motifs) and learned"
+    " logistic models of the one-hot sequence window (+-10, +-20 and the left 20 residues), fitted on train-side"
+    " proteins that are never indexed; each rule or threshold chosen on validation proteins. A left-to-right LM's"
+    " feature may read the state a few residues later (lag 0-16, chosen on validation). It must not be an"
+    " amino-acid detector; catch-all UniProt types are not counted."
+)
 
 
 def verdict_text(best_concept: str, matches: bool, f1: float, baseline: str, baseline_f1: float) -> str:
