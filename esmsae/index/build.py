@@ -202,6 +202,8 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         spill.finish()
         _write_tables(con, cfg, st, spill, features, concepts_df, f1_df, groups_df, usage)
         write_label_spans(con, table.labels)
+        if windows is not None:
+            _table(con, "window_models", windows.frame())
         _write_meta(con, cfg, meta, plm, hook, sae, st, n_done, table.report, t0, w.size)
         con.execute("CHECKPOINT")
         con.close()

@@ -46,6 +46,7 @@ from esmsae.index.concept_counts import (  # noqa: F401  (the counting layer; re
 from esmsae.index.local_rules import FAMILIES as RULE_FAMILIES
 from esmsae.index.local_rules import RULE_NAMES, best_in_family
 from esmsae.index.splits import split_of
+from esmsae.index.window_model import WIN_THRESHOLDS
 
 __all__ = ["split_of"]  # re-exported: the valid / test hash lives in esmsae.index.splits
 WINDOW_COLUMNS = {"+-10 window": "window10", "+-20 window": "window20", "left 20 window": "left20"}
@@ -307,7 +308,7 @@ PER_CONCEPT_COLUMNS = (
         "local_rule_f1_valid",
         "local_rule_f1",
     ]
-    + [f"{col}_{x}" for col in WINDOW_COLUMNS.values() for x in ("f1_valid", "f1", "f1_residue")]
+    + [f"{col}_{x}" for col in WINDOW_COLUMNS.values() for x in ("f1_valid", "f1", "f1_residue", "threshold")]
     + [
         "best_baseline",
         "best_baseline_f1_valid",
@@ -360,6 +361,7 @@ def _baseline_columns(
     for m, (wname, col) in enumerate(WINDOW_COLUMNS.items()):
         fv = float(sel.win_f1_valid_CM[c, m]) if sel.win_f1_valid_CM is not None else 0.0
         out[f"{col}_f1_valid"], out[f"{col}_f1"], out[f"{col}_f1_residue"] = fv, float(win_t[m]), float(win_res[m])
+        out[f"{col}_threshold"] = float(WIN_THRESHOLDS[sel.win_t_CM[c, m]]) if sel.win_t_CM is not None else np.nan
         cands.append((f"learned {wname} (logistic, one-hot)", fv, float(win_t[m])))
     name, fv, ft = max(cands, key=lambda x: x[1])
     out["best_baseline"], out["best_baseline_f1_valid"], out["best_baseline_f1"] = name, float(fv), float(ft)

@@ -205,6 +205,14 @@ class FeatureIndex:
                          best_feature_f1 - baseline_max_f1 DESC"""
         )
 
+    def window_models(self):
+        """The learned window baselines the match rule used (``window_model.WindowModels``), or None."""
+        if "window_models" not in self.tables:
+            return None
+        from esmsae.index.window_model import WindowModels
+
+        return WindowModels.from_frame(self.q("SELECT * FROM window_models"))
+
     def representation(self) -> pd.DataFrame:
         """The representation card (``esmsae probe``) of this index's SAE, or empty."""
         f = Path(str(self.meta.get("sae", "")))

@@ -30,7 +30,7 @@ OTHER, BEYOND = 20, 21
 WINDOWS = {"+-10 window": (-10, 10), "+-20 window": (-20, 20), "left 20 window": (-20, 0)}
 WINDOW_NAMES = tuple(WINDOWS)
 WIN_THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-MAX_TRAIN_RESIDUES = 200_000  # per label source; residues drawn at random beyond it
+MAX_TRAIN_RESIDUES = 150_000  # per label source; residues drawn at random beyond it
 MIN_TRAIN_PROTEINS = 5  # a concept needs this many train proteins for a model (else: not eligible)
 L2 = 1e-4
 _SYM = np.full(256, OTHER, np.int64)
@@ -84,6 +84,35 @@ class WindowModels:
         if m is None or concept not in m.concepts:
             return False
         return bool(m.n_train_proteins[m.concepts.index(concept)] >= MIN_TRAIN_PROTEINS)
+
+    def frame(self):
+        """The models as rows (source, window, concept, bias, weights, train proteins, fit loss): the index's
+        ``window_models`` table, so a screen or an external check scores the very baselines of the match rule."""
+        import pandas as pd
+
+        rows = []
+        for s, m in self.by_source.items():
+            for name in WINDOW_NAMES:
+                for j, c in enumerate(m.concepts):
+                    rows.append((s, name, c, float(m.bias[name][j]), m.weight[name][:, j].astype(np.float32).tolist(),
+                                 int(m.n_train_proteins[j]), float(m.loss[name])))
+        return pd.DataFrame(rows, columns=["source", "window", "concept", "bias", "weights", "n_train_proteins",
+                                           "fit_loss"])
+
+    @classmethod
+    def from_frame(cls, df) -> "WindowModels":
+        out = {}
+        for s, g in df.groupby("source", sort=True):
+            concepts = sorted(g["concept"].unique())
+            weight, bias, loss = {}, {}, {}
+            for name in WINDOW_NAMES:
+                h = g[g["window"] == name].set_index("concept").loc[concepts]
+                weight[name] = np.stack([np.asarray(w, np.float32) for w in h["weights"]], 1)
+                bias[name] = h["bias"].to_numpy(np.float32)
+                loss[name] = float(h["fit_loss"].iloc[0])
+            n = g[g["window"] == WINDOW_NAMES[0]].set_index("concept").loc[concepts, "n_train_proteins"].to_numpy()
+            out[s] = SourceModels(concepts, weight, bias, loss, n)
+        return cls(out)
 
     def save(self, path) -> None:
         arrays = {}
@@ -150,7 +179,7 @@ def _fit_one(idx_NO: np.ndarray, y_NC: np.ndarray, n_cols: int) -> tuple[np.ndar
     # start the bias at the log odds of each concept: the fit then only learns what the window adds
     prior = y.mean(0).clamp(1e-4, 1 - 1e-4)
     b = torch.log(prior / (1 - prior)).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=200, history_size=20, tolerance_grad=1e-6,
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=150, history_size=20, tolerance_grad=1e-6,
                             tolerance_change=1e-9, line_search_fn="strong_wolfe")
     # EmbeddingBag(sum) gathers the O rows of each residue without materialising the one-hot [N, O * 22]
     offsets = None
