@@ -73,6 +73,13 @@ if not rep.empty:
             " representation knows more than local sequence where it beats the +-20 window. 'SAE codes: best k"
             " features' are k-sparse probes: what a few single features carry of what the LM state knows."
         )
+ext = idx.external()
+if not ext.empty:
+    with st.expander("External check: frozen choices on a benchmark no choice saw", expanded=False):
+        st.dataframe(ext.drop(columns=["set"]), hide_index=True, key="external")
+        st.caption(f"{ext['set'].iloc[0]}: each predictor (features, the local rule and the learned windows, at the"
+                   " thresholds chosen on this index's validation proteins) calls a fragment positive when it fires"
+                   " on any residue.")
 card = idx.card()
 verdicts = idx.verdicts()
 for title, keys in card_sections(card, verdicts, idx.meta.get("eval")):

@@ -257,7 +257,8 @@ def representation_card(
             ks = SPARSE_K if name.startswith("SAE codes") and task.n_classes == 2 else (0,)
             for k in ks:
                 r = score_probe(task, fn, seed=seed, k=k)
-                label = name if not k else f"{name.split(' (')[0]}: best {k} feature{'s' if k > 1 else ''} (sparse probe)"
+                plural = "s" if k > 1 else ""
+                label = name if not k else f"{name.split(' (')[0]}: best {k} feature{plural} (sparse probe)"
                 rows.append({"task": task.name, "metric": task.metric, "representation": label, "k": k, **r,
                              "n_train_proteins": len(task.train), "n_test_proteins": len(task.test)})
     df = pd.DataFrame(rows)

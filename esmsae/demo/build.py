@@ -9,7 +9,8 @@ Steps (each skipped when its output already exists in ``--work``, so a rerun res
 2. activation store of a kingdom-balanced proteome sample at the model's layer (UniRep: its one
    mLSTM cell);
 3. TopK SAE + evaluation card, and the representation card (``esmsae.analysis.probe``);
-4. feature index over every labelled protein plus a kingdom-balanced proteome sample;
+4. feature index over every labelled protein plus a kingdom-balanced proteome sample (the train side of
+   the labels fits the learned window baselines only), then the external check (``analysis.external``);
 5. a second-seed SAE the features are matched against (not bundled);
 6. copy into the bundle: SAE (fp16), index, linked structures, ATTRIBUTION.md and NOTICE (UniRep's
    weights are GPL-3.0; the bundle records the model by name and never copies them).
@@ -136,6 +137,11 @@ def build_demo(ns: argparse.Namespace) -> dict:
     labelled = load_all(shared)
     index_path = _demo_index(ns, shared, work, sae_dir, labelled, report)
     _step("index built", t0)
+    from esmsae.analysis.external import EXTERNAL, external_check
+
+    if not (sae_dir / EXTERNAL).exists():  # frozen choices on the SignalP benchmark (bundled with the SAE)
+        external_check(index_path, sae_dir, shared)
+        _step("external check done", t0)
     if ns.stop_after == "index":
         return report
     report["cross_seed"] = demo_matches(ns, work, sae_dir, index_path)

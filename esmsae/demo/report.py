@@ -129,6 +129,23 @@ def demo_markdown(bundle: Path = DEMO) -> str:
             "",
         ]
     lines += concepts_section(idx, fig, n_match, n_concepts)
+    ext = idx.external()
+    if not ext.empty:
+        lines += [
+            "## External check",
+            "",
+            (
+                f"{ext['set'].iloc[0]}: {int(ext['n_fragments'].iloc[0]):,} fragments,"
+                f" {int(ext['n_positive'].iloc[0]):,} with a signal peptide. Every predictor is frozen as chosen on"
+                " this index's valid proteins (features"
+                " at their threshold, the local rule, the learned windows at their thresholds) and calls a fragment"
+                " positive when it fires on any residue (`esmsae.analysis.external`)."
+            ),
+            "",
+            _table(ext[["concept", "predictor", "kind", "index_test_f1", "precision", "recall", "f1"]].rename(
+                columns={"index_test_f1": "F1 on the index's test proteins", "f1": "external F1"})),
+            "",
+        ]
     g = q(
         """SELECT grouping, count(*) FILTER (WHERE q < 0.05 AND log_odds > 0) AS enriched,
              count(*) FILTER (WHERE composition_driven) AS "composition-driven" FROM group_usage GROUP BY grouping
@@ -245,8 +262,9 @@ def concepts_section(idx, fig: dict, n_match: int, n_concepts: int) -> list[str]
             " *valid* makes every choice, *test* reports. A feature matches a concept when its F1 beats every"
             " baseline by 0.05 on valid **and** test, and on test the 95% bootstrap interval (proteins resampled)"
             " of F1(feature) - F1(baseline) lies above 0 for every baseline. The baselines: fire everywhere, the"
-            " best single residue, hand rules (Kyte-Doolittle hydropathy window, amino-acid window, position, N-terminal"
-            " hydropathy, K+R positive-inside window, PROSITE motifs such as the P-loop) and three learned logistic"
+            " best single residue, hand rules (Kyte-Doolittle hydropathy window, amino-acid window, position,"
+            " N-terminal hydropathy, K+R positive-inside window, PROSITE motifs such as the P-loop) and three learned"
+            " logistic"
             " models of the one-hot sequence window (+-10, +-20, and the left 20 residues a left-to-right LM has"
             " read), each with its rule or threshold chosen on valid. Concepts need >= 20 proteins on each side and a"
             " fitted window model. UniRep reads left to right, so a feature may read the state at t + lag (lag 0, 4,"

@@ -89,7 +89,8 @@ def protein_counts(csr, items, fmax_F, concept_ids: dict[str, int], source_ids: 
     out = {}
     for c, rs in rows.items():
         if rs:
-            out[c] = (np.array([r[0] for r in rs], np.int64), np.array([r[1] for r in rs]), np.array([r[2] for r in rs]))
+            out[c] = (np.array([r[0] for r in rs], np.int64), np.array([r[1] for r in rs]),
+                      np.array([r[2] for r in rs]))
     return out
 
 

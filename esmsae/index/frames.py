@@ -11,16 +11,16 @@ import torch
 from esmsae.config import IndexConfig
 from esmsae.core.dist import World
 from esmsae.index.accumulate import Layout, Stream
-from esmsae.index.composition import composition_counts, composition_enrichment
 from esmsae.index.bootstrap import baseline_names, candidates, lower_bounds, protein_counts
+from esmsae.index.composition import composition_counts, composition_enrichment
 from esmsae.index.concept_f1 import (
     CAUSAL_LAGS,
     DETECTOR_PURITY,
-    point_matches,
     aa_purity,
     concept_counts,
     concept_layout,
     eligible,
+    point_matches,
     select,
 )
 from esmsae.index.concept_f1 import (
@@ -28,10 +28,10 @@ from esmsae.index.concept_f1 import (
 )
 from esmsae.index.describe import describe, search_text
 from esmsae.index.group_stats import top_group_q, top_groups, usage_frame
+from esmsae.index.local_rules import FAMILIES as RULE_FAMILIES
 from esmsae.index.protein_table import ProteinTable
 from esmsae.index.proteins import Item
 from esmsae.index.streaming import CSRWriter
-from esmsae.index.local_rules import FAMILIES as RULE_FAMILIES
 from esmsae.index.tables import feature_map, hist_quantiles
 from esmsae.index.window_model import WindowModels
 

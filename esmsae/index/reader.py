@@ -189,7 +189,8 @@ class FeatureIndex:
         ) if c in have]
         extra = "".join(f', {c} AS "{a}"' for c, a in opt)
         return self.q(
-            f"""SELECT concept, source, best_feature AS "best feature", best_feature_f1 AS "best feature F1 (test)"{extra},
+            f"""SELECT concept, source, best_feature AS "best feature",
+                         best_feature_f1 AS "best feature F1 (test)"{extra},
                          best_baseline AS "best baseline (chosen on valid)", best_baseline_f1 AS "its F1 (test)",
                          baseline_max_f1 AS "best baseline F1 (test, any)", local_rule AS "best local-sequence rule",
                          local_rule_f1 AS "its F1",
@@ -212,6 +213,14 @@ class FeatureIndex:
         from esmsae.index.window_model import WindowModels
 
         return WindowModels.from_frame(self.q("SELECT * FROM window_models"))
+
+    def external(self) -> pd.DataFrame:
+        """The external check (``analysis.external``) of this index's SAE: frozen choices on a benchmark, or empty."""
+        f = Path(str(self.meta.get("sae", "")))
+        for d in (f, self.path.parent / f):
+            if (d / "external.json").exists():
+                return pd.DataFrame(json.loads((d / "external.json").read_text())["rows"])
+        return pd.DataFrame()
 
     def representation(self) -> pd.DataFrame:
         """The representation card (``esmsae probe``) of this index's SAE, or empty."""
