@@ -47,6 +47,8 @@ if source == "from the index":
                 "**What each cluster holds** (k-means of the proteins' mean-pooled LM embeddings at the SAE's layer)"
             )
             st.dataframe(prof, hide_index=True, key="cluster_profiles")
+            st.caption("Described, not tested: the clusters are made of the same LM states the SAE encodes, so a"
+                       " feature over-used in one is expected by construction (no p or q is shown for them).")
 else:
     g = "uploaded"
     up = st.file_uploader(

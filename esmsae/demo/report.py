@@ -196,7 +196,8 @@ def demo_markdown(bundle: Path = DEMO) -> str:
             "",
             (
                 "k-means (k = 10) of the proteome sample's mean-pooled UniRep states, described by what "
-                "they hold (`cluster_profiles`):"
+                "they hold (`cluster_profiles`); never tested for features, since they are made of the states the SAE"
+                " encodes:"
             ),
             "",
             _table(p, "{:.0f}"),

@@ -422,7 +422,9 @@ def _gather_clusters(clus: ClusterSpill, parts: Path, w: World):
 def _cluster_grouping(
     cfg: IndexConfig, layout: Layout, st: Stream, cdata, groups_df: pd.DataFrame, usage: pd.DataFrame
 ):
-    """Cluster the pooled vectors, then the grouping 'embedding cluster' with the same tests as every grouping."""
+    """Cluster the pooled vectors into the grouping 'embedding cluster', described but not tested: the clusters
+    are made of the same LM states the SAE encodes, so a feature "enriched" in one is expected by construction
+    (an audit called the earlier test circular). Usage shares and log odds are kept; p and q are NaN."""
     K = cfg.cluster_proteins
     cdata.labels = cluster_vectors(cdata.vec, K, cfg.seed)
     F = len(st.fire_prot_F)
@@ -440,6 +442,7 @@ def _cluster_grouping(
         CLUSTER_GROUPING,
         cfg.min_group_size,
     )
+    frame = frame.assign(p=np.nan, q=np.nan, q_composition=np.nan, composition_driven=False)  # descriptive only
     rows = pd.DataFrame(
         [(CLUSTER_GROUPING, nm, int(n_prot[i].sum()), bool(enr["tested"][i])) for i, nm in enumerate(names)],
         columns=["grouping", "grp", "n_proteins", "tested"],

@@ -165,7 +165,8 @@ def cluster_names(k: int) -> list[str]:
 def cluster_profiles(labels_P: np.ndarray, proteins: pd.DataFrame, usage: pd.DataFrame, features: pd.DataFrame, k: int,
                      top: int = 5) -> pd.DataFrame:
     """One row per cluster: size, length quartiles, kingdom shares, top organisms and protein names (with
-    counts), and the best concepts of its most enriched features (q < 0.05, not composition-driven).
+    counts), and, descriptively, the features it uses most over the rest (log odds > 1; never tested: the
+    clusters are of the LM states the SAE encodes) with the concepts those features match.
     ``proteins``: the clustered proteins in spill order (columns length, kingdom, organism, description)."""
     from esmsae.index.describe import _name
     from esmsae.index.labels import is_catch_all
@@ -178,9 +179,7 @@ def cluster_profiles(labels_P: np.ndarray, proteins: pd.DataFrame, usage: pd.Dat
         kd = Counter(x for x in m["kingdom"] if x)
         org = Counter(x for x in m["organism"] if x)
         names = Counter(x for x in (_name(d) for d in m["description"]) if x)
-        u = usage[(usage.grp == f"cluster {c}") & (usage.q < 0.05) & (usage.log_odds > 0)]
-        if "composition_driven" in u:
-            u = u[~u.composition_driven]
+        u = usage[(usage.grp == f"cluster {c}") & (usage.log_odds > 1)]
         u = u.sort_values("log_odds", ascending=False)
         concepts = []
         for f in u.feature.tolist():

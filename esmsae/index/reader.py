@@ -408,9 +408,9 @@ class FeatureIndex:
                 "no_kingdom": "proteins without a kingdom",
                 "top_organisms": "top organisms",
                 "top_protein_names": "most common protein names",
-                "n_enriched_features": "enriched features (q < 0.05)",
-                "top_enriched_features": "most enriched features",
-                "enriched_concepts": "concepts of its enriched features",
+                "n_enriched_features": "features over-used here (log odds > 1; descriptive, untested)",
+                "top_enriched_features": "most over-used features",
+                "enriched_concepts": "concepts those features match",
             }
         )
 
