@@ -196,3 +196,25 @@ def test_sparse_probe_picks_the_informative_columns_and_converges():
 
 def test_thresholds_unchanged():
     assert THRESHOLDS == (0.0, 0.15, 0.5, 0.6, 0.8)
+
+
+def test_protein_level_concepts_beat_composition_only_when_the_feature_knows():
+    """A feature that tracks all-alpha domains matches that class; features of noise match nothing, because
+    the composition model (fitted on separate proteins) and fire-everywhere stand in the way."""
+    from esmsae.analysis.protein_concepts import protein_concept_table, scop_sides
+    from esmsae.core.paths import shared_data
+
+    sides = scop_sides(shared_data(), n_train=600, n_valid=300, n_test=300)
+    assert {k: len(v) for k, v in sides.items()} == {"train": 600, "valid": 300, "test": 300}
+    assert not {s for s, _ in sides["test"]} & {s for s, _ in sides["train"] + sides["valid"]}
+    rng = np.random.default_rng(0)
+    codes = {}
+    for s in ("valid", "test"):
+        lab = np.array([c for _, c in sides[s]])
+        x = rng.random((len(lab), 40)).astype(np.float32)
+        x[:, 7] += (lab == "a") * 1.0
+        codes[s] = x
+    df = protein_concept_table(sides, codes).set_index("concept")
+    a = df.loc["SCOP class a (all-alpha)"]
+    assert a.best_feature == 7 and a.match and a.f1 > 0.9 and a.ci_lo > 0
+    assert not df.drop(index="SCOP class a (all-alpha)").match.any()

@@ -142,6 +142,12 @@ def build_demo(ns: argparse.Namespace) -> dict:
     if not (sae_dir / EXTERNAL).exists():  # frozen choices on the SignalP benchmark (bundled with the SAE)
         external_check(index_path, sae_dir, shared)
         _step("external check done", t0)
+    from esmsae.analysis.protein_concepts import OUT as PROTEIN_CONCEPTS
+    from esmsae.analysis.protein_concepts import protein_concepts
+
+    if not (sae_dir / PROTEIN_CONCEPTS).exists():  # fold classes, tested per protein
+        protein_concepts(sae_dir, shared)
+        _step("protein-level concepts done", t0)
     if ns.stop_after == "index":
         return report
     report["cross_seed"] = demo_matches(ns, work, sae_dir, index_path)

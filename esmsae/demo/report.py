@@ -129,6 +129,25 @@ def demo_markdown(bundle: Path = DEMO) -> str:
             "",
         ]
     lines += concepts_section(idx, fig, n_match, n_concepts)
+    pc = idx.protein_concepts()
+    if not pc.empty:
+        lines += [
+            "## Protein-level concepts: fold classes",
+            "",
+            (
+                "SCOP classes of protein domains (ProteinBERT's SCOPe benchmark), tested per protein"
+                " (`esmsae.analysis.protein_concepts`): a feature calls a protein a member when its maximum over"
+                " the protein exceeds a threshold chosen on valid; the baseline is a logistic model of amino-acid"
+                " composition and log length fitted on separate train proteins. Train and valid are drawn from"
+                " scop.train, test from scop.test (identical chains removed; homologues may straddle)."
+            ),
+            "",
+            _table(pc[["concept", "best_feature", "f1_valid", "f1", "composition_f1", "trivial_f1", "ci_lo", "ci_hi",
+                       "match", "n_test"]].rename(columns={"f1": "test F1", "composition_f1": "composition model F1",
+                                                           "trivial_f1": "fire everywhere F1",
+                                                           "n_test": "test members"})),
+            "",
+        ]
     ext = idx.external()
     if not ext.empty:
         lines += [

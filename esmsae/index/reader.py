@@ -214,13 +214,20 @@ class FeatureIndex:
 
         return WindowModels.from_frame(self.q("SELECT * FROM window_models"))
 
-    def external(self) -> pd.DataFrame:
-        """The external check (``analysis.external``) of this index's SAE: frozen choices on a benchmark, or empty."""
+    def _sae_side_rows(self, name: str) -> pd.DataFrame:
         f = Path(str(self.meta.get("sae", "")))
         for d in (f, self.path.parent / f):
-            if (d / "external.json").exists():
-                return pd.DataFrame(json.loads((d / "external.json").read_text())["rows"])
+            if (d / name).exists():
+                return pd.DataFrame(json.loads((d / name).read_text())["rows"])
         return pd.DataFrame()
+
+    def external(self) -> pd.DataFrame:
+        """The external check (``analysis.external``) of this index's SAE: frozen choices on a benchmark, or empty."""
+        return self._sae_side_rows("external.json")
+
+    def protein_concepts(self) -> pd.DataFrame:
+        """Fold classes tested per protein (``analysis.protein_concepts``) for this index's SAE, or empty."""
+        return self._sae_side_rows("protein_concepts.json")
 
     def representation(self) -> pd.DataFrame:
         """The representation card (``esmsae probe``) of this index's SAE, or empty."""

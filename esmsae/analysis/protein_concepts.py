@@ -1,0 +1,165 @@
+"""Protein-level concepts, tested per protein: does a single feature tell a protein's fold class?
+
+Fold class is a property of the whole chain that no window of a few residues shows, so it is a place
+where a protein LM could know more than local sequence. The labels: SCOP classes of protein domains
+(ProteinBERT's processed SCOPe benchmark, ``labels_proteinbert/scop.*.csv``; a all-alpha, b all-beta,
+c alpha/beta, d alpha+beta, e multi-domain, f membrane and cell surface, g small proteins).
+
+Sides: *train* (a sample of ``scop.train``) fits the learned baseline only; *valid* (another sample of
+``scop.train``) makes every choice; *test* (a sample of ``scop.test``) reports. A feature predicts class k
+for a protein when its maximum over the protein's residues exceeds a threshold (a fraction of its maximum
+over the valid proteins). Baselines, scored the same way: fire on every protein, and a learned
+**composition model** (one-vs-rest logistic regression on the 20 amino-acid fractions and log length,
+fitted on train, threshold on valid), which knows everything a bag of residues knows. A feature matches
+a class when it beats both by 0.05 on valid and test and the 95% bootstrap interval of the F1 difference
+over test proteins lies above 0 (:mod:`esmsae.index.bootstrap`).
+
+Written to ``protein_concepts.json`` in the SAE folder; shown on the Overview and in docs/demo.md.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SCOP = "labels_proteinbert/scop.{}.csv"
+CLASSES = {"a": "all-alpha", "b": "all-beta", "c": "alpha/beta", "d": "alpha+beta", "e": "multi-domain",
+           "f": "membrane / cell surface", "g": "small proteins"}
+FRACTIONS = (0.0, 0.15, 0.3, 0.5, 0.7)  # of each feature's max over the valid proteins
+PROB_GRID = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
+MARGIN = 0.05
+OUT = "protein_concepts.json"
+
+
+def scop_sides(shared: Path, n_train: int = 3000, n_valid: int = 800, n_test: int = 800, max_len: int = 600,
+               seed: int = 0) -> dict[str, list[tuple[str, str]]]:
+    """(sequence, class) per side: train and valid drawn apart from scop.train, test from scop.test."""
+    from esmsae.core.fasta import STANDARD
+
+    def read(split):
+        rows = []
+        with open(Path(shared) / SCOP.format(split)) as fh:
+            for r in csv.DictReader(fh):
+                s = r["seq"].strip().upper()
+                if s and len(s) <= max_len and set(s) <= set(STANDARD) and r["label"] in CLASSES:
+                    rows.append((s, r["label"]))
+        return list(dict(rows).items())  # one row per sequence
+
+    rng = np.random.default_rng(seed)
+    tr = read("train")
+    te = read("test")
+    seen = set()
+    te = [r for r in te if not (r[0] in seen or seen.add(r[0]))]
+    train_seqs = {s for s, _ in tr}
+    te = [r for r in te if r[0] not in train_seqs]  # an identical chain on both sides would be no test
+    order = rng.permutation(len(tr))
+    return {
+        "train": [tr[i] for i in order[:n_train]],
+        "valid": [tr[i] for i in order[n_train:n_train + n_valid]],
+        "test": [te[i] for i in rng.permutation(len(te))[:n_test]],
+    }
+
+
+def composition(seqs: list[str]) -> np.ndarray:
+    """[P, 21]: the 20 amino-acid fractions and log length."""
+    from esmsae.index.window_model import symbols
+
+    out = np.zeros((len(seqs), 21), np.float32)
+    for i, s in enumerate(seqs):
+        sym = symbols(s)
+        out[i, :20] = np.bincount(sym[sym < 20], minlength=20) / max(len(s), 1)
+        out[i, 20] = np.log(len(s))
+    return out
+
+
+def _f1(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """F1 of predictions [..., P] against labels [P]."""
+    tp = (pred & y).sum(-1)
+    p = tp / np.maximum(pred.sum(-1), 1)
+    r = tp / max(int(y.sum()), 1)
+    return np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+
+
+def pooled_max(plm, sae, hook, seqs: list[str], batch: int = 32) -> np.ndarray:
+    """[P, F]: each feature's maximum over each protein's residues."""
+    import torch
+
+    dev = next(sae.parameters()).device
+    out = np.zeros((len(seqs), sae.cfg.n_latents), np.float32)
+    for i in range(0, len(seqs), batch):
+        for j, a in enumerate(plm.embed(seqs[i:i + batch], [hook])):
+            with torch.no_grad():
+                out[i + j] = sae.encode_dense(a[hook.name].to(dev)).float().amax(0).cpu().numpy()
+    return out
+
+
+def protein_concept_table(sides: dict, codes: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per class: the best feature on valid, its test F1 and bootstrap interval against the composition
+    model and fire-everywhere, and whether it matches. ``codes``: side -> [P, F] pooled maxima (valid, test)."""
+    from esmsae.analysis.probe import fit_probe
+    from esmsae.index.bootstrap import intervals
+
+    seqs = {k: [s for s, _ in v] for k, v in sides.items()}
+    lab = {k: np.array([c for _, c in v]) for k, v in sides.items()}
+    X = {k: composition(v) for k, v in seqs.items()}
+    fmax = np.maximum(codes["valid"].max(0), 1e-9)
+    rows = []
+    for k, name in CLASSES.items():
+        y = {s: lab[s] == k for s in lab}
+        if y["train"].sum() < 20 or y["valid"].sum() < 20 or y["test"].sum() < 20:
+            continue
+        fit: dict = {}
+        proba = fit_probe(X["train"], y["train"].astype(int), 2, fit=fit)
+        pv, pt = proba(X["valid"])[:, 1], proba(X["test"])[:, 1]
+        comp_v = _f1(pv[None, :] >= np.asarray(PROB_GRID)[:, None], y["valid"])
+        cut = PROB_GRID[int(comp_v.argmax())]
+        comp = {"valid": float(comp_v.max()), "test": float(_f1(pt >= cut, y["test"]))}
+        triv = {s: float(_f1(np.ones_like(y[s]), y[s])) for s in ("valid", "test")}
+        # features: [T, P, F] predictions at each fraction of the feature's valid max
+        fr = np.asarray(FRACTIONS)[:, None, None]
+        fv = _f1(np.moveaxis(codes["valid"][None] > fr * fmax, 1, -1), y["valid"])  # [T, F]
+        t_F = fv.argmax(0)
+        f1v_F = fv.max(0)
+        best = int(np.argmax(f1v_F))
+        pred_t = codes["test"][:, best] > FRACTIONS[t_F[best]] * fmax[best]
+        f1t = float(_f1(pred_t, y["test"]))
+        base_pred = [np.ones_like(y["test"]), pt >= cut]
+        cnt = np.stack([np.stack([(p & y["test"]), p, np.zeros_like(p)], 1) for p in base_pred + [pred_t]], 1)
+        lo, hi = intervals(cnt.astype(np.int64), y["test"].astype(np.int64), np.zeros(len(y["test"])), 2, False)
+        ok = (f1v_F[best] >= max(comp["valid"], triv["valid"]) + MARGIN and f1t >= max(comp["test"], triv["test"])
+              + MARGIN and float(lo.min()) > 0)
+        rows.append({
+            "concept": f"SCOP class {k} ({name})", "best_feature": best, "threshold_fraction": FRACTIONS[t_F[best]],
+            "f1_valid": float(f1v_F[best]), "f1": f1t, "composition_f1_valid": comp["valid"],
+            "composition_f1": comp["test"],
+            "composition_fit_loss": fit.get("fit_loss"), "trivial_f1": triv["test"],
+            "ci_lo": float(lo[0].min()), "ci_hi": float(hi[0][int(lo[0].argmin())]), "match": bool(ok),
+            "n_train": int(y["train"].sum()), "n_valid": int(y["valid"].sum()), "n_test": int(y["test"].sum()),
+            "n_test_proteins": len(y["test"]),
+        })
+    return pd.DataFrame(rows)
+
+
+def protein_concepts(sae_dir, shared=None, plm=None, seed: int = 0, **sizes) -> pd.DataFrame:
+    """Run the per-protein concept test for a checkpoint; writes ``protein_concepts.json`` in its folder."""
+    from esmsae.core.atomic import write_text_atomic
+    from esmsae.core.paths import shared_data
+    from esmsae.lm.plm import load_plm
+    from esmsae.published.load import load_sae
+    from esmsae.sae.checkpoint import check_compatible, hook_of, model_config_of
+
+    shared = Path(shared) if shared else shared_data()
+    sae = load_sae(Path(sae_dir))
+    if plm is None:
+        plm = load_plm(model_config_of(sae.meta, ""))
+    check_compatible(sae.meta, plm)
+    sides = scop_sides(shared, seed=seed, **sizes)
+    codes = {s: pooled_max(plm, sae, hook_of(sae.meta), [q for q, _ in sides[s]]) for s in ("valid", "test")}
+    df = protein_concept_table(sides, codes)
+    doc = {"labels": "SCOP classes (ProteinBERT's SCOPe benchmark): train / valid from scop.train, test from scop.test",
+           "rows": df.to_dict("records")}
+    write_text_atomic(Path(sae_dir) / OUT, json.dumps(doc, indent=2) + "\n")
+    return df
