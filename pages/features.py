@@ -215,11 +215,13 @@ def show_structure(f: int, vmax: float) -> None:
 
 def show_concepts(f: int) -> None:
     st.caption(
-        "The verdict first: a match beats every baseline on validation and on held-out test proteins; otherwise the"
-        " deciding baseline (the strongest on test: fire everywhere, the single-residue rule or a local-sequence rule"
-        " such as a Kyte-Doolittle window, each chosen on validation proteins) is named with its F1. Thresholds are"
-        " fractions of the feature's max (InterPLM); precision per labelled residue, recall per domain or per residue"
-        " by concept kind."
+        "The verdict first: a match beats every baseline on validation and on held-out test proteins (with a"
+        " bootstrap interval above 0); otherwise the deciding baseline (the strongest on test: fire everywhere, the"
+        " single-residue rule, a hand rule such as a Kyte-Doolittle window, or a learned logistic model of the"
+        " one-hot sequence window, each chosen on validation proteins) is named with its F1. Thresholds are"
+        " fractions of the feature's max (InterPLM); for a left-to-right LM the lag says how many residues later"
+        " the state is read; precision per labelled residue, recall per domain or per residue by concept kind, and"
+        " the plain per-residue F1 beside it."
     )
     rows = concept_rows(idx, f)
     for r in rows.head(3).to_dict("records"):  # the verdicts in words, the deciding baseline named
