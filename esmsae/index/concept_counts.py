@@ -176,12 +176,7 @@ def _sequence_counts(h: SplitCounts, it, concept_ids, source_ids, layout: Concep
             ok_c = wc >= 0
             h.win_act[wc[ok_c]] += _above(wlev_LMC[known])[:, ok_c].transpose(1, 0, 2)
             wcol = {c: j for j, c in enumerate(wm.concepts)}
-        for cname, raw in lab.spans.items():
-            c = concept_ids[cname]
-            spans = _dedup_spans(raw, known)
-            if not spans:
-                continue
-            mask = _span_mask(spans, known)
+        for c, cname, spans, mask in _concept_masks(lab, known, concept_ids):
             h.n_res[c] += int(mask.sum())
             h.n_dom[c] += len(spans)
             h.n_prot[c] += 1
@@ -199,11 +194,17 @@ def _sequence_counts(h: SplitCounts, it, concept_ids, source_ids, layout: Concep
                 h.rule_dom[c] += ((cum_fire[ab[:, 1]] - cum_fire[ab[:, 0]]) > 0).sum(0)
 
 
-def _span_mask(spans, known: np.ndarray) -> np.ndarray:
-    mask = np.zeros(len(known), bool)
-    for a, b in spans:
-        mask[a:b] = True
-    return mask & known
+def _concept_masks(lab, known: np.ndarray, concept_ids: dict[str, int]):
+    """(concept id, name, distinct spans with a labelled residue, mask of its labelled residues) per concept
+    of one label record."""
+    for cname, raw in lab.spans.items():
+        spans = _dedup_spans(raw, known)
+        if not spans:
+            continue
+        mask = np.zeros(len(known), bool)
+        for a, b in spans:
+            mask[a:b] = True
+        yield concept_ids[cname], cname, spans, mask & known
 
 
 def _feature_counts(h: SplitCounts, it, res, feat, level, F: int, T: int, sl: slice, concept_ids, source_ids,
@@ -214,12 +215,7 @@ def _feature_counts(h: SplitCounts, it, res, feat, level, F: int, T: int, sl: sl
         known = lab.known_mask()
         ok = known[res]
         h.act[s][:, sl] += level_counts(feat[ok], level[ok], F, T)
-        for cname, raw in lab.spans.items():
-            c = concept_ids[cname]
-            spans = _dedup_spans(raw, known)
-            if not spans:
-                continue
-            mask = _span_mask(spans, known)
+        for c, _, spans, mask in _concept_masks(lab, known, concept_ids):
             inside = mask[res]
             h.tp[c][:, sl] += level_counts(feat[inside], level[inside], F, T)
             if not layout.is_domain[c]:
