@@ -83,6 +83,10 @@ def test_demo_command_builds_a_bundle_the_app_opens(tmp_path, monkeypatch, capsy
                 "0",
                 "--lm-eval-proteins",
                 "20",
+                "--train-limit",  # the learned window baselines on a few train-side proteins per source
+                "15",
+                "--check-proteins",  # the external check and the SCOP class test, small
+                "40",
             ]
         )
         == 0
@@ -91,8 +95,16 @@ def test_demo_command_builds_a_bundle_the_app_opens(tmp_path, monkeypatch, capsy
     assert report["sae"]["l0"] == 4.0 and report["index_meta"]["n_proteins"] > 20
     assert json.loads((out / "sae" / "cfg.json").read_text())["base_model"]["name"] == "../model"
     card = json.loads((out / "sae" / "representation.json").read_text())["rows"]
-    assert {r["task"] for r in card} == {"TM helix (TMbed)", "secondary structure (FLIP, 3 states)"}
-    assert {"one-hot window +-10 (control)", "SAE codes (64 latents)"} <= {r["representation"] for r in card}
+    assert {r["task"] for r in card} == {"TM helix (TMbed)", "TMbed inside (membrane proteins)",
+                                         "TMbed outside (membrane proteins)", "signal peptide (TMbed)",
+                                         "secondary structure (FLIP, 3 states)"}
+    reps = {r["representation"] for r in card}
+    assert {"one-hot window +-10 (control)", "one-hot left window 20 (control)", "SAE codes (64 latents)",
+            "SAE codes: best 4 features (sparse probe)"} <= reps
+    assert all(r["fit_grad_max"] < 1e-2 for r in card)  # converged
+    ext = json.loads((out / "sae" / "external.json").read_text())["rows"]
+    assert ext and all(r["n_fragments"] == 40 and 0 <= r["f1"] <= 1 for r in ext)
+    assert (out / "sae" / "protein_concepts.json").exists()
     assert all(r["n_train_proteins"] <= 30 and 0 <= r["value"] <= 1 for r in card)
     from esmsae.app.analyze import Analyzer
     from esmsae.app.runs import list_runs

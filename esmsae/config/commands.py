@@ -231,7 +231,11 @@ class DemoArgs:
                           choices=("", "lm", "sae", "index", "matches"))
     index_proteome_sample: int = opt(3000, "proteome proteins in the index (balanced over kingdoms)")
     max_len: int = opt(1000, "skip proteins longer than this in the samples")
-    labelled_limit: int = opt(0, "index at most this many labelled proteins per label source (0 = all)")
+    labelled_limit: int = opt(0, "index at most this many labelled valid + test proteins per label source (0 = all)")
+    train_limit: int = opt(0, "fit the learned window baselines on at most this many train-side proteins per label"
+                              " source (0 = all)")
+    check_proteins: int = opt(0, "proteins of the external check and of each side of the SCOP class test (0 = the"
+                                 " whole SignalP test set, 3,000 / 800 / 800 SCOP domains)")
     dtype: str = opt("bfloat16", "protein LM compute dtype for the store and index passes",
                      choices=("float32", "bfloat16"))
     seed: int = opt(0, "random seed")
@@ -240,5 +244,6 @@ class DemoArgs:
         _at_least(self, 1, "lm_token_budget", "n_latents", "k", "sae_proteins", "sae_token_budget", "shard_tokens",
                   "max_len")
         _at_least(self, 0, "layer", "lm_eval_proteins", "cross_seed_tokens", "cluster_proteins", "probe_proteins",
-                  "index_proteome_sample", "labelled_limit", "bundle_top_n", "bundle_per_bin")
+                  "index_proteome_sample", "labelled_limit", "train_limit", "check_proteins", "bundle_top_n",
+                  "bundle_per_bin")
         _check(self.k <= self.n_latents, "DemoArgs", "k", f"k ({self.k}) exceeds n_latents ({self.n_latents})")

@@ -139,14 +139,16 @@ def build_demo(ns: argparse.Namespace) -> dict:
     _step("index built", t0)
     from esmsae.analysis.external import EXTERNAL, external_check
 
+    n_check = getattr(ns, "check_proteins", 0)
     if not (sae_dir / EXTERNAL).exists():  # frozen choices on the SignalP benchmark (bundled with the SAE)
-        external_check(index_path, sae_dir, shared)
+        external_check(index_path, sae_dir, shared, n=n_check)
         _step("external check done", t0)
     from esmsae.analysis.protein_concepts import OUT as PROTEIN_CONCEPTS
     from esmsae.analysis.protein_concepts import protein_concepts
 
     if not (sae_dir / PROTEIN_CONCEPTS).exists():  # fold classes, tested per protein
-        protein_concepts(sae_dir, shared)
+        sizes = {"n_train": 3 * n_check, "n_valid": n_check, "n_test": n_check} if n_check else {}
+        protein_concepts(sae_dir, shared, **sizes)
         _step("protein-level concepts done", t0)
     if ns.stop_after == "index":
         return report
@@ -293,6 +295,17 @@ def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, rep
             keep = {x.sequence for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))}
             # a kept sequence keeps all its records (a TMbed protein and its topology record)
             labelled = [x for x in labelled if x.split == "train" or x.sequence in keep]
+        if getattr(ns, "train_limit", 0):  # smoke runs: a few train-side proteins per source for the windows
+            from esmsae.index.splits import assign_sides
+
+            assign_sides([x for x in labelled if not x.split], icfg.baseline_train_fraction)
+            rng, seen, cut = random.Random(ns.seed + 1), {}, set()
+            train = [x for x in labelled if x.split == "train"]
+            for x in rng.sample(train, len(train)):
+                if seen.setdefault(x.source, 0) >= ns.train_limit:
+                    cut.add(id(x))
+                seen[x.source] += 1
+            labelled = [x for x in labelled if id(x) not in cut]
         build_index(icfg, labelled=labelled)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return index_path
