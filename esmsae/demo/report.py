@@ -231,17 +231,22 @@ def representation_section(r: pd.DataFrame) -> list[str]:
     the one-hot window controls, per task."""
     cols = [c for c in ["task", "representation", "value", "minus_window10", "minus_window20", "dims", "fit_loss",
                         "fit_grad_max", "n_train_residues", "n_test_residues"] if c in r.columns]
+    new = "fit_loss" in r.columns
+    fitted = ("logistic regression fitted to convergence by L-BFGS; its final loss and largest gradient entry are"
+              " listed" if new else "logistic regression, 300 full-batch Adam epochs: this card predates the"
+              " converged fit, the topology and signal-peptide tasks and the k-sparse probes; `python -m esmsae"
+              " probe` rebuilds it")
+    tasks = ("TM helix, signal peptide, and inside / outside within membrane proteins" if new else "TM helix")
+    sparse = (" `SAE codes: best k features` are k-sparse probes (k features chosen on the training residues by"
+              " class-mean separation, Gurnee et al. 2023): how much of what the LM state knows a few single"
+              " features carry." if new else "")
     return [
         "## Representation card: does the model know more than local sequence?",
         "",
         (
-            "Linear probes per residue (logistic regression fitted to convergence by L-BFGS; its final loss and"
-            " largest gradient entry are listed), trained and tested on different proteins: TM helix, signal"
-            " peptide, and inside / outside within membrane proteins on TMbed's homology partitions (F1 of the"
-            " positive class), 3-state secondary structure on FLIP chains split by sequence hash (Q3). The one-hot"
-            " windows of the sequence itself are the controls; `SAE codes: best k features` are k-sparse probes"
-            " (k features chosen on the training residues by class-mean separation, Gurnee et al. 2023): how much"
-            " of what the LM state knows a few single features carry (`python -m esmsae probe`)."
+            f"Linear probes per residue ({fitted}), trained and tested on different proteins: {tasks} on TMbed's"
+            " homology partitions (F1 of the positive class), 3-state secondary structure on FLIP chains split by"
+            f" sequence hash (Q3). The one-hot windows of the sequence itself are the controls.{sparse}"
         ),
         "",
         _table(r[cols].rename(columns={"value": "test score", "minus_window10": "minus +-10 window",
