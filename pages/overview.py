@@ -66,8 +66,10 @@ if not rep.empty:
             hide_index=True,
             key="rep_card",
         )
+        fit_text = ("logistic regression fitted to convergence" if "fit_loss" in rep
+                    else "logistic regression, 300 Adam epochs: a card from before the converged fit")
         st.caption(
-            "Linear probes per residue (logistic regression fitted to convergence), trained and tested on different"
+            f"Linear probes per residue ({fit_text}), trained and tested on different"
             " proteins (TMbed's homology partitions for TM helices, signal peptides and topology within membrane"
             " proteins, a sequence-hash split for secondary structure). The one-hot windows are the controls: a"
             " representation knows more than local sequence where it beats the +-20 window. 'SAE codes: best k"
