@@ -619,7 +619,10 @@ def test_journey_long_paste_shows_progress_and_cancels(server, browser):
     bar.first.wait_for(timeout=60_000)
     latency = time.perf_counter() - t0
     print(f"progress shown {latency:.2f} s after the click")
-    assert latency < 2, latency  # measured 0.35 s here
+    # behaviour, not speed (a loaded CI machine must not fail it): the bar comes while the analysis, which takes
+    # minutes for 4,000 residues here, is still running (measured 0.35 s on a quiet machine)
+    assert latency < 20, latency
+    assert page.get_by_role("button", name="Cancel").is_visible()
     page.get_by_role("button", name="Cancel").click()
     page.get_by_text("Analysis cancelled.").wait_for(timeout=60_000)
     page.screenshot(path=str(ART / "journey_long_paste_cancelled.png"), full_page=True)
