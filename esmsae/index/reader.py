@@ -175,17 +175,12 @@ class FeatureIndex:
         """Per concept: support, baselines on test proteins (learned windows included), and features beating them."""
         have = set(self.q("DESCRIBE concepts")["column_name"])
         opt = [(c, a) for c, a in (
-            ("best_feature_lag", "its lag"),
-            ("best_feature_f1_residue", "best feature per-residue F1 (test)"),
+            ("best_feature_lag", "its lag"), ("best_feature_f1_residue", "best feature per-residue F1 (test)"),
             ("best_feature_ci_lo", "95% interval vs closest baseline: low"),
             ("best_feature_ci_hi", "95% interval vs closest baseline: high"),
-            ("top10_median_f1", "median test F1 of the top 10 (valid)"),
-            ("window20_f1", "learned +-20 window F1"),
-            ("window20_f1_residue", "learned +-20 window per-residue F1"),
-            ("left20_f1", "learned left 20 window F1"),
-            ("window10_f1", "learned +-10 window F1"),
-            ("charge_f1", "K+R window F1"),
-            ("motif_f1", "PROSITE motif F1"),
+            ("top10_median_f1", "median test F1 of the top 10 (valid)"), ("window20_f1", "learned +-20 window F1"),
+            ("window20_f1_residue", "learned +-20 window per-residue F1"), ("left20_f1", "learned left 20 window F1"),
+            ("window10_f1", "learned +-10 window F1"), ("charge_f1", "K+R window F1"), ("motif_f1", "PROSITE motif F1"),
         ) if c in have]
         extra = "".join(f', {c} AS "{a}"' for c, a in opt)
         return self.q(
@@ -214,7 +209,7 @@ class FeatureIndex:
 
         return WindowModels.from_frame(self.q("SELECT * FROM window_models"))
 
-    def _sae_side_rows(self, name: str) -> pd.DataFrame:
+    def _sae_side_rows(self, name: str) -> pd.DataFrame:  # a JSON file beside the SAE: {"rows": [...]}
         f = Path(str(self.meta.get("sae", "")))
         for d in (f, self.path.parent / f):
             if (d / name).exists():
@@ -348,8 +343,7 @@ class FeatureIndex:
 
     def _opt_cols(self, table: str, cols) -> str:
         """"a, b, " for those of ``cols`` the table has (indexes built before a column existed lack it)."""
-        have = set(self.q(f"DESCRIBE {table}")["column_name"])
-        return "".join(f"{c}, " for c in cols if c in have)
+        return "".join(f"{c}, " for c in cols if c in set(self.q(f"DESCRIBE {table}")["column_name"]))
 
     def concept_table(self, f: int, n: int = 15) -> pd.DataFrame:
         """A feature's concepts: threshold and F1 chosen on valid proteins, F1 / precision / recall
