@@ -71,7 +71,7 @@ def test_composition_driven_is_a_lost_effect_not_a_q_crossing():
 
 def test_grouping_coverage_note_and_kingdom_by_organism_name():
     from esmsae.app.groups import coverage_note
-    from esmsae.index.labels import kingdom_of
+    from esmsae.index.taxonomy import kingdom_of
 
     note = coverage_note("kingdom", 2, 498)
     assert "496 of 498 indexed proteins have no kingdom" in note and "--taxonomy" in note and "--groups" in note

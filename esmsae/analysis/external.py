@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from esmsae.index.window_model import WINDOW_COLUMNS, WINDOW_NAMES
+
 SIGNALP = "labels_proteinbert/signalP_binary.test.csv"
 SET_NAME = "SignalP fragments (ProteinBERT benchmark, test split; protein level)"
 CONCEPTS = ("TMbed: signal peptide", "UniProt: signal peptide")
@@ -69,7 +71,7 @@ def predictors(idx, concept: str) -> list[dict]:
             "feature": int(r.feature), "cut": float(r.threshold) * float(fmax[int(r.feature)]), "lag": int(r.lag),
             "index_test_f1": float(r.f1)} for r in rows.itertuples()]
     out.append({"kind": "rule", "name": str(c["local_rule"]), "index_test_f1": float(c["local_rule_f1"])})
-    for col, wname in (("window10", "+-10 window"), ("window20", "+-20 window"), ("left20", "left 20 window")):
+    for wname, col in WINDOW_COLUMNS.items():
         if f"{col}_threshold" in c.index and np.isfinite(c[f"{col}_threshold"]):
             out.append({"kind": "window", "name": f"learned {wname}", "window": wname,
                         "cut": float(c[f"{col}_threshold"]), "index_test_f1": float(c[f"{col}_f1"])})
@@ -126,8 +128,7 @@ def external_check(index_path, sae_dir=None, shared=None, n: int = 0, plm=None) 
                     else:
                         m = windows.by_source[src] if probs is not None else None
                         hit = bool(m is not None and concept in m.concepts and (
-                            probs[:, list(("+-10 window", "+-20 window", "left 20 window")).index(p["window"]),
-                                  m.concepts.index(concept)] > p["cut"]).any())
+                            probs[:, WINDOW_NAMES.index(p["window"]), m.concepts.index(concept)] > p["cut"]).any())
                     fired.setdefault((concept, p["name"]), []).append(hit)
     rows = []
     for concept, ps in preds.items():

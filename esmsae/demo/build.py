@@ -40,7 +40,7 @@ from esmsae.demo.bundle import (
     demo_figures,
     portable,
 )
-from esmsae.index.labels import PROTEOME_KINGDOM
+from esmsae.index.taxonomy import PROTEOME_KINGDOM
 from esmsae.lm.names import UNIREP_ABOUT, is_unirep_name
 
 # proteomes whose headers carry no taxid (taxids from their SOURCE.txt)
@@ -283,32 +283,32 @@ def _demo_index(ns, shared: Path, work: Path, sae_dir: Path, labelled: list, rep
             group_sources=[idx_fa.name.split(".")[0]],
             cluster_proteins=ns.cluster_proteins,
         )
-        if ns.labelled_limit:  # at most this many valid + test proteins per source; the train side stays whole
+        if ns.labelled_limit or getattr(ns, "train_limit", 0):
             from esmsae.index.splits import assign_sides
 
             assign_sides(labelled, icfg.baseline_train_fraction)
-            rng = random.Random(ns.seed)
-            by_src: dict[str, list] = {}
-            for lab in labelled:
-                if lab.split != "train":
-                    by_src.setdefault(lab.source, []).append(lab)
-            keep = {x.sequence for v in by_src.values() for x in rng.sample(v, min(len(v), ns.labelled_limit))}
-            # a kept sequence keeps all its records (a TMbed protein and its topology record)
-            labelled = [x for x in labelled if x.split == "train" or x.sequence in keep]
-        if getattr(ns, "train_limit", 0):  # smoke runs: a few train-side proteins per source for the windows
-            from esmsae.index.splits import assign_sides
-
-            assign_sides([x for x in labelled if not x.split], icfg.baseline_train_fraction)
-            rng, seen, cut = random.Random(ns.seed + 1), {}, set()
-            train = [x for x in labelled if x.split == "train"]
-            for x in rng.sample(train, len(train)):
-                if seen.setdefault(x.source, 0) >= ns.train_limit:
-                    cut.add(id(x))
-                seen[x.source] += 1
-            labelled = [x for x in labelled if id(x) not in cut]
+            # at most labelled_limit valid + test proteins per source (the train side stays whole), and for
+            # smoke runs at most train_limit train-side proteins per source for the window baselines
+            labelled = _cap_per_source(labelled, False, ns.labelled_limit, ns.seed)
+            labelled = _cap_per_source(labelled, True, getattr(ns, "train_limit", 0), ns.seed + 1)
         build_index(icfg, labelled=labelled)
         report["index_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return index_path
+
+
+def _cap_per_source(labelled: list, train: bool, limit: int, seed: int) -> list:
+    """At most ``limit`` sequences per label source on one side (train, or valid + test; 0 = no cap), drawn
+    with ``seed``; a kept sequence keeps all its records (a TMbed protein and its topology record), the
+    other side is untouched."""
+    if not limit:
+        return labelled
+    rng = random.Random(seed)
+    by_src: dict[str, list] = {}
+    for lab in labelled:
+        if (lab.split == "train") == train:
+            by_src.setdefault(lab.source, []).append(lab)
+    keep = {x.sequence for v in by_src.values() for x in rng.sample(v, min(len(v), limit))}
+    return [x for x in labelled if (x.split == "train") != train or x.sequence in keep]
 
 
 def round_to_fp16(sae_dir: Path) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from esmsae.index.local_rules import fire_matrix
+from esmsae.index.local_rules import FAMILIES, fire_matrix
 from esmsae.index.splits import side_index, split_of
 from esmsae.index.streaming import LATENT_BITS, MAX_LATENTS
 from esmsae.index.window_model import WIN_THRESHOLDS, WINDOW_NAMES
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from esmsae.index.window_model import WindowModels
 
 N_BOOT = 1000
+# fire everywhere, the amino-acid rule, one rule per hand-rule family, the learned windows (protein_counts' order)
+N_BASELINES = 2 + len(FAMILIES) + len(WINDOW_NAMES)
 MAX_CANDIDATES = 50  # per concept, by valid F1: the interval is for the claims a page would show
 ALPHA = 0.05
 
@@ -40,8 +42,8 @@ def _hits(fire_L: np.ndarray, mask_L: np.ndarray, known_L: np.ndarray, spans) ->
 def protein_counts(csr, items, fmax_F, concept_ids: dict[str, int], source_ids: dict[str, int], lay: "ConceptLayout",
                    sel: "Selection", cands: dict[int, np.ndarray], windows: "WindowModels | None"):
     """One pass over the test proteins -> per concept c in ``cands``: (counts [P, K, 3], n_res [P], n_dom [P])
-    with K = the baselines (:func:`baseline_names`) then the candidate features, in order."""
-    from esmsae.index.concept_f1 import THRESHOLDS, aa_codes
+    with K = the :data:`N_BASELINES` baselines then the candidate features, in order."""
+    from esmsae.index.concept_counts import THRESHOLDS, _dedup_spans, aa_codes
 
     T = len(THRESHOLDS)
     thr = np.asarray(THRESHOLDS, np.float32)
@@ -65,7 +67,7 @@ def protein_counts(csr, items, fmax_F, concept_ids: dict[str, int], source_ids: 
             wm = windows.by_source.get(lab.source) if windows is not None else None
             probs = wm.probs(it.sequence) if wm is not None else None
             for c in [c for c in cands if src_of[c] == s]:
-                spans = sorted({(a, b) for a, b in lab.spans.get(names[c], []) if known[a:b].any()})
+                spans = _dedup_spans(lab.spans.get(names[c], []), known)  # the concept pass's own spans
                 mask = np.zeros(L, bool)
                 for a, b in spans:
                     mask[a:b] = True
@@ -92,10 +94,6 @@ def protein_counts(csr, items, fmax_F, concept_ids: dict[str, int], source_ids: 
             out[c] = (np.array([r[0] for r in rs], np.int64), np.array([r[1] for r in rs]),
                       np.array([r[2] for r in rs]))
     return out
-
-
-def baseline_names(n_families: int) -> list[str]:
-    return ["fire everywhere", "amino acid"] + [f"rule {k}" for k in range(n_families)] + list(WINDOW_NAMES)
 
 
 def intervals(counts_PK3: np.ndarray, n_res_P: np.ndarray, n_dom_P: np.ndarray, n_base: int, is_domain: bool,

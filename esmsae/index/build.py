@@ -52,6 +52,7 @@ from esmsae.index.concept_f1 import (
 from esmsae.index.frames import (
     USAGE_COLUMNS,
     _composition_counts,
+    _concept_choices,
     _concept_frames,
     _concept_halves,
     _concept_intervals,
@@ -73,6 +74,7 @@ from esmsae.lm.plm import ProteinLM, load_plm
 from esmsae.published.load import load_sae
 from esmsae.sae.checkpoint import check_compatible, hook_of, model_config_of
 
+WINDOWS_FILE = "window_models.parquet"  # rank 0 fits the window baselines, every rank reads them
 
 def _sweep_stale_scratch(folder: Path) -> None:
     """Remove scratch folders left by an indexer that was killed (kill -9 skips its clean-up):
@@ -126,7 +128,7 @@ def _fit_windows(table: ProteinTable, train: list[Labeled], path: Path) -> None:
     labs = [lab for v in table.labels.values() for lab in v]
     concept_source = {c: lab.source for lab in labs for c in lab.spans}
     if train and concept_source:
-        fit_window_models(train, concept_source).save(path)
+        fit_window_models(train, concept_source).frame().to_parquet(path)  # the index's window_models rows
 
 
 def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
@@ -144,7 +146,7 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
             labs = load_all(Path(cfg.concepts)) if labelled is None and cfg.concepts else labelled or []
             labs, train = _split_off_train(labs, cfg.baseline_train_fraction)
             table = ProteinTable.build(cfg, labs, parts / "proteins")
-            _fit_windows(table, train, parts / "window_models.npz")
+            _fit_windows(table, train, parts / WINDOWS_FILE)
             if not table.n:
                 raise IndexBuildError("the protein set is empty (check --fasta / --concepts --add-labelled)")
         except BaseException:
@@ -170,11 +172,13 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
     try:
         st, done = _stream(cfg, plm, sae, hook, table, layout, csr, spill, progress, w, firing, clus)
-        windows = WindowModels.load(parts / "window_models.npz") if (parts / "window_models.npz").exists() else None
+        wf = parts / WINDOWS_FILE  # every rank reads the models rank 0 fitted
+        windows = WindowModels.from_frame(pd.read_parquet(wf)) if wf.exists() else None
         causal = getattr(plm, "objective", "mlm") == "causal"  # UniRep: the match rule may read t + lag
         items = table.labelled_items()
         halves = _concept_halves(csr, items, layout, st, w, windows, causal)
-        ci = _concept_intervals(csr, items, halves, layout, st, windows, causal, w) if items else None
+        choices = _concept_choices(halves, layout, st, windows, causal)  # made once, used twice
+        ci = _concept_intervals(csr, items, halves, layout, st, windows, choices, w) if items else None
         comp = _composition_counts(st, layout, w)
         cdata = _gather_clusters(clus, parts, w) if clus is not None else None
         if w.distributed:
@@ -182,7 +186,7 @@ def _build(cfg: IndexConfig, plm, labelled, progress: bool, w: World) -> Path:
         if not w.main:
             return out
         n_done = _write_proteins(con, table, done)
-        concepts_df, f1_df, best, aa = _concept_frames(halves, layout, st, windows, causal, ci)
+        concepts_df, f1_df, best, aa = _concept_frames(halves, layout, st, windows, causal, ci, choices)
         groups_df, usage, (top_group, top_q) = _group_frames(cfg, table, layout, st, comp)
         if cdata is not None:
             groups_df, usage = _cluster_grouping(cfg, layout, st, cdata, groups_df, usage)

@@ -46,10 +46,9 @@ from esmsae.index.concept_counts import (  # noqa: F401  (the counting layer; re
 from esmsae.index.local_rules import FAMILIES as RULE_FAMILIES
 from esmsae.index.local_rules import RULE_NAMES, best_in_family
 from esmsae.index.splits import split_of
-from esmsae.index.window_model import WIN_THRESHOLDS
+from esmsae.index.window_model import WIN_THRESHOLDS, WINDOW_COLUMNS
 
 __all__ = ["split_of"]  # re-exported: the valid / test hash lives in esmsae.index.splits
-WINDOW_COLUMNS = {"+-10 window": "window10", "+-20 window": "window20", "left 20 window": "left20"}
 MIN_PROTEINS = 20  # labelled proteins of the concept in each half (5 let TM strands rest on 6 test proteins)
 MIN_RESIDUES = 1500  # residue concepts: annotated residues over both halves (InterPLM: > 1,500)
 MIN_DOMAINS = 25  # domain concepts: annotated domains over both halves (InterPLM: > 25)
@@ -180,10 +179,11 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
     T = len(THRESHOLDS)
     thr = np.tile(np.asarray(THRESHOLDS), len(lay.lags))  # flat (lag, threshold) index -> threshold
     lag_of = np.repeat(np.asarray(lay.lags), T)  # flat index -> lag
-    detector_F = purity_F >= DETECTOR_PURITY
     rows, per_c = [], []
     f1_test_CF = np.zeros((C, F))
-    beats_CF = np.zeros((C, F), bool)
+    beats_CF = point_matches(halves, lay, sel, eligible_C, purity_F)  # the one rule; the interval is added below
+    if ci is not None:
+        beats_CF &= ci[0] > 0
     for c in range(C):
         prec, rec, f1 = feature_prf(test, lay, c)
         t = sel.t_CF[c]
@@ -194,11 +194,6 @@ def report(halves: list[SplitCounts], lay: ConceptLayout, sel: Selection, eligib
         rules_t = rule_f1(test, lay, c)[sel.rule_CK[c]]  # [families] test F1 of each family's valid-chosen rule
         local_t = float(rules_t.max())
         win_t = _window_test(test, lay, sel, c)
-        base_t = max(triv, aa_t, local_t, float(win_t.max()))
-        beats_CF[c] = ((f1_test_CF[c] >= base_t + MARGIN) & (sel.f1_valid_CF[c] >= sel.baseline_valid_C[c] + MARGIN)
-                       & ~detector_F & eligible_C[c])
-        if ci is not None:
-            beats_CF[c] &= ci[0][c] > 0
         keep = np.flatnonzero((sel.f1_valid_CF[c] > 0.01) | (test.tp[c][ar, t] > 0) & (f1_test_CF[c] > 0.01))
         if len(keep):
             tk = t[keep]

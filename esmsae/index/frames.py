@@ -4,6 +4,8 @@ with descriptions."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -11,11 +13,13 @@ import torch
 from esmsae.config import IndexConfig
 from esmsae.core.dist import World
 from esmsae.index.accumulate import Layout, Stream
-from esmsae.index.bootstrap import baseline_names, candidates, lower_bounds, protein_counts
+from esmsae.index.bootstrap import N_BASELINES, candidates, lower_bounds, protein_counts
 from esmsae.index.composition import composition_counts, composition_enrichment
 from esmsae.index.concept_f1 import (
     CAUSAL_LAGS,
     DETECTOR_PURITY,
+    ConceptLayout,
+    Selection,
     aa_purity,
     concept_counts,
     concept_layout,
@@ -28,7 +32,6 @@ from esmsae.index.concept_f1 import (
 )
 from esmsae.index.describe import describe, search_text
 from esmsae.index.group_stats import top_group_q, top_groups, usage_frame
-from esmsae.index.local_rules import FAMILIES as RULE_FAMILIES
 from esmsae.index.protein_table import ProteinTable
 from esmsae.index.proteins import Item
 from esmsae.index.streaming import CSRWriter
@@ -62,14 +65,28 @@ def _concept_halves(csr: CSRWriter, items: dict[int, Item], layout: Layout, st: 
     return halves
 
 
-def _concept_intervals(csr: CSRWriter, items: dict[int, Item], halves, layout: Layout, st: "Stream",
-                       windows: "WindowModels | None", causal: bool, w: World = World()):
-    """Bootstrap intervals (``bootstrap``) of the point-estimate matches, from a second pass over the
-    test proteins; per-protein rows of every rank are gathered on rank 0."""
+@dataclass
+class Choices:
+    """What the valid half decides, made once and used by the bootstrap pass and the tables."""
+
+    lay: ConceptLayout
+    ok: np.ndarray  # [C] eligible
+    sel: Selection
+    aa: dict  # aa_purity(...) of every feature
+
+
+def _concept_choices(halves, layout: Layout, st: "Stream", windows: "WindowModels | None" = None,
+                     causal: bool = False) -> Choices:
     lay = _layout(layout, windows, causal)
     ok = eligible(halves, lay)
-    sel = select(halves[0], lay, ok)
-    aa = aa_purity(st.aa_FA, st.n_res_A)
+    return Choices(lay, ok, select(halves[0], lay, ok), aa_purity(st.aa_FA, st.n_res_A))
+
+
+def _concept_intervals(csr: CSRWriter, items: dict[int, Item], halves, layout: Layout, st: "Stream",
+                       windows: "WindowModels | None", ch: Choices, w: World = World()):
+    """Bootstrap intervals (``bootstrap``) of the point-estimate matches, from a second pass over the
+    test proteins; per-protein rows of every rank are gathered on rank 0."""
+    lay, ok, sel, aa = ch.lay, ch.ok, ch.sel, ch.aa
     cands = candidates(point_matches(halves, lay, sel, ok, aa["aa_purity"]), sel.f1_valid_CF)
     per = protein_counts(csr, items, st.max_F, layout.concept_ids, layout.source_ids, lay, sel, cands, windows)
     if w.distributed:
@@ -80,17 +97,15 @@ def _concept_intervals(csr: CSRWriter, items: dict[int, Item], halves, layout: L
         per = {c: tuple(np.concatenate([g[c][k] for g in got if c in g]) for k in range(3))
                for c in {c for g in got for c in g}}
     C, F = halves[0].tp.shape[:2]
-    return lower_bounds(per, cands, lay, len(baseline_names(len(RULE_FAMILIES))), C, F)
+    return lower_bounds(per, cands, lay, N_BASELINES, C, F)
 
 
 def _concept_frames(halves, layout: Layout, st: "Stream", windows: "WindowModels | None" = None,
-                    causal: bool = False, ci=None):
+                    causal: bool = False, ci=None, ch: Choices | None = None):
     """The concepts table, concept F1 per (feature, concept) chosen on valid and reported on test
     proteins, each feature's best concept and its amino-acid control (``concept_f1``)."""
-    lay = _layout(layout, windows, causal)
-    ok = eligible(halves, lay)
-    sel = select(halves[0], lay, ok)
-    aa = aa_purity(st.aa_FA, st.n_res_A)
+    ch = ch or _concept_choices(halves, layout, st, windows, causal)
+    lay, ok, sel, aa = ch.lay, ch.ok, ch.sel, ch.aa
     f1_df, per_c, best = concept_report(halves, lay, sel, ok, aa["aa_purity"], ci)
     v, t = halves
     concepts_df = pd.DataFrame(

@@ -1,4 +1,4 @@
-"""Per-residue biological concepts and protein taxonomy from the label sets in ``../shared/data``.
+"""Per-residue biological concepts from the label sets in ``../shared/data`` (kingdoms: ``taxonomy``).
 
 Every loader yields :class:`Labeled` records: a sequence, the label *source* it comes
 from (a source defines which proteins are annotated, so precision is counted only on
@@ -29,7 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from esmsae.core.fasta import ALPHABET
-from esmsae.index.taxonomy import PROTEOME_KINGDOM, kingdom_of, kingdom_of_lineage  # noqa: F401  (re-exported)
+from esmsae.index.taxonomy import kingdom_of_lineage
 
 
 @dataclass

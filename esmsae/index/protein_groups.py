@@ -8,9 +8,9 @@ import pandas as pd
 
 from esmsae.config import IndexConfig
 from esmsae.core.fasta import parse_header, seq_md5
-from esmsae.index.labels import kingdom_of
 from esmsae.index.protein_sql import CHUNK, GROUP_FILE, _first, _insert, _Raw
 from esmsae.index.proteins import IndexBuildError, grouping_json, is_mmseqs_clusters, read_taxonomy, tsv_pairs
+from esmsae.index.taxonomy import kingdom_of
 
 
 def _read_grouping(con, raw: _Raw, path: str) -> str:

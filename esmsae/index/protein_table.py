@@ -33,10 +33,11 @@ import pandas as pd
 from esmsae.config import IndexConfig
 from esmsae.core.atomic import write_text_atomic
 from esmsae.core.fasta import SequenceError, read_proteins
-from esmsae.index.labels import Labeled, kingdom_of
+from esmsae.index.labels import Labeled
 from esmsae.index.protein_groups import _cap, _groupings, _read_grouping, _taxonomy
 from esmsae.index.protein_sql import FASTA, FILLED, LABEL, _first, _lit, _Raw
 from esmsae.index.proteins import Item, labels_by_md5
+from esmsae.index.taxonomy import kingdom_of
 
 # proteins per Parquet row group and per read: the file is length-sorted, so the last groups hold the longest proteins
 ROW_GROUP = 8192

@@ -15,10 +15,7 @@ import numpy as np
 import pandas as pd
 
 from esmsae.index.local_rules import FAMILIES
-
-# learned window baselines: concepts-table column prefix -> the name a screen shows
-WINDOW_BASELINES = {"window10": "learned +-10 window", "window20": "learned +-20 window",
-                    "left20": "learned left 20 window"}
+from esmsae.index.window_model import WINDOW_COLUMNS
 
 NO_CONCEPT = "no concept"
 RULE_TEXT = (
@@ -55,7 +52,7 @@ def deciding_baselines(idx) -> pd.DataFrame:
         r = r._asdict()
         cands = [("fire everywhere", r.get("trivial_f1")), (f"every {r.get('aa_rule')}", r.get("aa_rule_f1"))]
         cands += [(r[f"{fam}_rule"], r[f"{fam}_f1"]) for fam in FAMILIES if f"{fam}_rule" in cols]
-        cands += [(name, r[f"{col}_f1"]) for col, name in WINDOW_BASELINES.items() if f"{col}_f1" in cols]
+        cands += [(f"learned {name}", r[f"{col}_f1"]) for name, col in WINDOW_COLUMNS.items() if f"{col}_f1" in cols]
         cands = [(n, float(v)) for n, v in cands if v is not None and np.isfinite(float(v))]
         name, f1 = max(cands, key=lambda x: x[1]) if cands else ("", float("nan"))
         rows.append((r["concept"], name, f1, bool(r.get("catch_all", False))))

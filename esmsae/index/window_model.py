@@ -29,6 +29,7 @@ N_SYMBOLS = 22  # 20 amino acids, 20 = other, 21 = beyond the sequence
 OTHER, BEYOND = 20, 21
 WINDOWS = {"+-10 window": (-10, 10), "+-20 window": (-20, 20), "left 20 window": (-20, 0)}
 WINDOW_NAMES = tuple(WINDOWS)
+WINDOW_COLUMNS = {"+-10 window": "window10", "+-20 window": "window20", "left 20 window": "left20"}  # concepts table
 WIN_THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MAX_TRAIN_RESIDUES = 150_000  # per label source; residues drawn at random beyond it
 MIN_TRAIN_PROTEINS = 5  # a concept needs this many train proteins for a model (else: not eligible)
@@ -112,32 +113,6 @@ class WindowModels:
                 loss[name] = float(h["fit_loss"].iloc[0])
             n = g[g["window"] == WINDOW_NAMES[0]].set_index("concept").loc[concepts, "n_train_proteins"].to_numpy()
             out[s] = SourceModels(concepts, weight, bias, loss, n)
-        return cls(out)
-
-    def save(self, path) -> None:
-        arrays = {}
-        for s, m in self.by_source.items():
-            for name in WINDOW_NAMES:
-                arrays[f"{s}\x1f{name}\x1fw"] = m.weight[name]
-                arrays[f"{s}\x1f{name}\x1fb"] = m.bias[name]
-                arrays[f"{s}\x1f{name}\x1floss"] = np.float64(m.loss[name])
-            arrays[f"{s}\x1fconcepts"] = np.array(m.concepts, dtype=object).astype(str)
-            arrays[f"{s}\x1fn"] = m.n_train_proteins
-        np.savez(path, **arrays)
-
-    @classmethod
-    def load(cls, path) -> "WindowModels":
-        z = np.load(path)
-        sources = sorted({k.split("\x1f")[0] for k in z.files})
-        out = {}
-        for s in sources:
-            out[s] = SourceModels(
-                [str(c) for c in z[f"{s}\x1fconcepts"]],
-                {n: z[f"{s}\x1f{n}\x1fw"] for n in WINDOW_NAMES},
-                {n: z[f"{s}\x1f{n}\x1fb"] for n in WINDOW_NAMES},
-                {n: float(z[f"{s}\x1f{n}\x1floss"]) for n in WINDOW_NAMES},
-                z[f"{s}\x1fn"],
-            )
         return cls(out)
 
 
