@@ -138,6 +138,13 @@ def _train_args(store: Path, out: Path, *extra: str) -> list[str]:
         "cpu",
         "--threads",
         "1",
+        # DDP sums gradients in another order than one process; Adam carries that rounding as rounding,
+        # but sign descent (the default) turns a near-zero gradient's flipped sign into a 2 x lr move, so
+        # the equal-to-rounding comparisons run Adam in fp32
+        "--optimizer",
+        "adam",
+        "--precision",
+        "float32",
         *extra,
     ]
 

@@ -15,6 +15,7 @@ from esmsae.config import (
     save_json,
 )
 from esmsae.core.fasta import SequenceError
+from esmsae.core.precision import native_precision
 from esmsae.lm.plm import ModelMismatchError, load_plm
 from esmsae.published.load import load_sae
 from esmsae.sae.checkpoint import read_cfg
@@ -146,14 +147,63 @@ def test_signum_resumes_bit_for_bit_and_saves_the_averaged_weights(tmp_path, sma
         TrainConfig(store=str(small_store), out=str(tmp_path / "x"), optimizer="sgd")
 
 
+def test_fused_signum_equals_the_reference_wrapper_bit_for_bit():
+    """The fused schedule-free sign descent (esmsae.sae.optim.ScheduleFreeSignum) takes the same steps
+    as Meta's reference ScheduleFreeWrapper around sign descent, bit for bit, including a change of
+    learning rate mid-run, and its state dict loads into the wrapper (checkpoints resume either way)."""
+    from schedulefree import ScheduleFreeWrapper
+
+    from esmsae.sae.optim import SIGNUM_MOMENTUM, ScheduleFreeSignum, SignSGD, averaged_copy
+
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(64, 48, generator=g), torch.randn(48, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) for t in init]
+             for _ in range(7)]
+    ref_p = [torch.nn.Parameter(t.clone()) for t in init]
+    new_p = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = ScheduleFreeWrapper(SignSGD(ref_p, lr=5e-3), momentum=SIGNUM_MOMENTUM)
+    ref.train()
+    new = ScheduleFreeSignum(new_p, lr=5e-3)
+    for i, gs in enumerate(grads):
+        lr = 5e-3 if i < 4 else 2e-3
+        for opt, ps in ((ref, ref_p), (new, new_p)):
+            opt.param_groups[0]["lr"] = lr
+            for p, gr in zip(ps, gs):
+                p.grad = gr.clone()
+            opt.step()
+        for a, b in zip(ref_p, new_p):
+            assert torch.equal(a, b), i
+    for a, b in zip(ref_p, new_p):
+        assert torch.equal(ref.state[a]["z"], new.state[b]["z"])
+    assert ref.param_groups[0]["weight_sum"] == new.param_groups[0]["weight_sum"]
+    # the averaged weights x and the state dict round trip
+    m_ref, m_new = torch.nn.Linear(48, 64), torch.nn.Linear(48, 64)
+    ref2 = ScheduleFreeWrapper(SignSGD(list(m_ref.parameters()), lr=1e-2), momentum=SIGNUM_MOMENTUM)
+    ref2.train()
+    new2 = ScheduleFreeSignum(list(m_new.parameters()), lr=1e-2)
+    m_new.load_state_dict(m_ref.state_dict())
+    for opt, m in ((ref2, m_ref), (new2, m_new)):
+        m(torch.ones(3, 48)).square().sum().backward()
+        opt.step()
+    new2.load_state_dict(ref2.state_dict())
+    x_ref, x_new = averaged_copy(m_ref, ref2), averaged_copy(m_new, new2)
+    for a, b in zip(x_ref.parameters(), x_new.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="lr"):
+        ScheduleFreeSignum(new_p, lr=0.0)
+
+
 def test_checkpoint_metadata_and_mismatch_errors(tmp_path, small_store, esm2_dir, esmc_file):
     dirs = train(
-        _tcfg(small_store, tmp_path / "run", layers=[4], token_budget=6 * 256),
+        # Adam renormalises decoder rows after every step (schedule-free signum, the default, leaves them free)
+        _tcfg(small_store, tmp_path / "run", layers=[4], token_budget=6 * 256, optimizer="adam"),
         SAEConfig(n_latents=256, k=4),
         progress=False,
     )
     assert [d.name for d in dirs] == ["L4_resid"]
     cfg = read_cfg(dirs[0])
+    # precision "auto" is recorded as what ran
+    assert cfg["train"]["precision"] == native_precision("cpu") and cfg["train"]["optimizer"] == "adam"
     assert cfg["d_in"] == 320 and cfg["layer"] == 4 and cfg["site"] == "resid" and cfg["bos_eos"] == "stripped"
     assert (
         cfg["base_model"]["n_layers"] == 6

@@ -89,16 +89,16 @@ class TrainConfig:
     lr: float = opt(
         0.0,
         "Learning rate (0 = auto: adam 2e-4 / sqrt(n_latents / 16384), the scaling of Gao et al. 2024; signum"
-        " 5e-3 / sqrt(n_latents / 16384), sparsify's)",
+        " 5e-3 / sqrt(max(n_latents, 16384) / 16384): sparsify's 5e-3, never larger)",
         label="Learning rate",
         main=True,
         zero="auto",
     )
     optimizer: str = opt(
-        "adam",
-        "adam = Adam with warm-up and linear decay (Gao et al. 2024); signum = sign descent in schedule-free form"
-        " (Defazio et al. 2024; sparsify's default), no schedule: reaches a given FVU in fewer tokens"
-        " (bench/time_to_quality.py)",
+        "signum",
+        "signum = sign descent in schedule-free form (Defazio et al. 2024; sparsify's default), no schedule:"
+        " reaches a given held-out FVU first (bench/time_to_quality.py); adam = Adam with warm-up and linear"
+        " decay (Gao et al. 2024)",
         choices=("adam", "signum"),
         label="Optimiser",
     )
@@ -128,10 +128,11 @@ class TrainConfig:
         ui=False,
     )
     precision: str = opt(
-        "float32",
+        "auto",
         "Encoder matmul precision in training: bfloat16 = mixed precision (bf16 matmul inputs, fp32 master weights,"
-        " optimiser, top-k selection, AuxK and decoder; bench/train_throughput.py has its speed and FVU)",
-        choices=("float32", "bfloat16"),
+        " optimiser, top-k selection, AuxK and decoder; bench/train_throughput.py has its speed and FVU); auto ="
+        " bfloat16 where the device multiplies it natively (GPUs, CPUs with AVX512-BF16 or AMX), else float32",
+        choices=("auto", "float32", "bfloat16"),
         label="Training matmul precision",
     )
     parallel: str = opt(

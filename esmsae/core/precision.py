@@ -50,3 +50,12 @@ def usable_dtype(dtype: str, device: str | torch.device = "cpu", what: str = "co
         return dtype
     _warn_once(dtype, what)
     return "float32"
+
+
+def native_precision(device: str | torch.device = "cpu") -> str:
+    """The fastest training precision ``device`` runs natively: "bfloat16" on a GPU with bf16 or a CPU
+    with AVX512-BF16 / AMX, else "float32" (what ``precision="auto"`` becomes)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if dev.type == "cpu" and cpu_native("bfloat16") else "float32"

@@ -27,9 +27,13 @@ def schedule_free(optimizer: str) -> bool:
 
 def default_lr(optimizer: str, n_latents: int) -> float:
     """The learning rate scaled with dictionary size (Gao et al. 2024, sec. 2.4): 2e-4 at 2^14 latents
-    for Adam, 5e-3 for sign descent (sparsify's defaults)."""
-    base = 5e-3 if schedule_free(optimizer) else 2e-4
-    return base / math.sqrt(n_latents / 2**14)
+    for Adam; 5e-3 for sign descent (sparsify's) at 2^14 latents and above, never more. A sign step
+    moves every weight by lr whatever its gradient, so scaling it up for small dictionaries (0.057 at
+    128 latents, about the weights' own size at d_in 320) killed every latent in tests/test_known_answers.py."""
+    scale = math.sqrt(n_latents / 2**14)
+    if schedule_free(optimizer):
+        return 5e-3 / max(1.0, scale)
+    return 2e-4 / scale
 
 
 class SignSGD(torch.optim.Optimizer):
@@ -48,13 +52,66 @@ class SignSGD(torch.optim.Optimizer):
                     p.add_(p.grad.sign(), alpha=-group["lr"])
 
 
+class ScheduleFreeSignum(torch.optim.Optimizer):
+    """Schedule-free sign descent (Defazio et al. 2024 around Bernstein et al. 2018's signSGD), fused.
+
+    The same arithmetic as ``schedulefree.ScheduleFreeWrapper(SignSGD(...))`` (Meta's reference
+    implementation, which the tests compare against bit for bit) and the same state layout (``z`` per
+    parameter; ``k``, ``lr_max``, ``weight_sum`` per group), so a checkpoint of either resumes in the
+    other. The wrapper swaps y and z through three XOR passes before and after the inner step and
+    allocates ``sign(g)``; here each parameter takes five in-place passes and no temporary:
+
+        y -> x   = lerp(y, z, 1 - 1/beta)        (the average the gradient was not taken at)
+        g -> sign(g)                              (in the gradient's own storage)
+        z       -= lr * sign(g)
+        x       = lerp(x, z, c_k)                 (c_k = w_k / sum w, w = lr_max^2)
+        y       = lerp(x, z, 1 - beta)            (the next point where the gradient is taken)
+
+    ``p.grad`` holds sign(g) afterwards (the trainer zeroes gradients before every backward)."""
+
+    def __init__(self, params, lr: float, momentum: float = SIGNUM_MOMENTUM, weight_lr_power: float = 2.0):
+        if lr <= 0:
+            raise ValueError(f"ScheduleFreeSignum: lr must be > 0, got {lr}")
+        if not 0.0 < momentum < 1.0:
+            raise ValueError(f"ScheduleFreeSignum: momentum must be in (0, 1), got {momentum}")
+        super().__init__(params, {"lr": lr})
+        self.momentum, self.weight_lr_power = momentum, weight_lr_power
+        self.train_mode = True  # parameters hold y, the point where gradients are taken
+
+    def train(self) -> None:  # the wrapper's interface (averaged_copy reads x out of place instead)
+        self.train_mode = True
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        beta = self.momentum
+        for group in self.param_groups:
+            lr = group["lr"]
+            lr_max = group["lr_max"] = max(lr, group.get("lr_max", 0.0))
+            weight = lr_max ** self.weight_lr_power
+            weight_sum = group["weight_sum"] = group.get("weight_sum", 0.0) + weight
+            c = weight / weight_sum
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "z" not in state:
+                    state["z"] = torch.clone(p, memory_format=torch.preserve_format)
+                z = state["z"]
+                p.lerp_(z, 1 - 1 / beta)
+                z.add_(p.grad.sign_(), alpha=-lr)
+                p.lerp_(z, c)
+                p.lerp_(z, 1 - beta)
+            group["k"] = group.get("k", 0) + 1
+        return loss
+
+
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     if name == "signum":
-        from schedulefree import ScheduleFreeWrapper  # Meta's reference implementation
-
-        opt = ScheduleFreeWrapper(SignSGD(params, lr=lr), momentum=SIGNUM_MOMENTUM)
-        opt.train()  # parameters hold y, the point where gradients are taken
-        return opt
+        return ScheduleFreeSignum(params, lr=lr)
     if name != "adam":
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     # fused=True: one kernel over each parameter instead of a chain of foreach ops with F x D

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from esmsae.config import TRAINABLE_ARCHITECTURES, SAEConfig, TrainConfig, hook_name, resolve_device, save_json
 from esmsae.core.atomic import write_atomic, write_text_atomic
 from esmsae.core.dist import World, process_group
+from esmsae.core.precision import native_precision
 from esmsae.core.version import __version__
 from esmsae.sae.checkpoint import save_sae
 from esmsae.sae.model import SAE
@@ -184,6 +185,10 @@ class _Run:
         mine = list(range(w.rank, len(all_names), w.size)) if self.layer_parallel else list(range(len(all_names)))
         self.layers = [all_layers[j] for j in mine]
         self.names = [all_names[j] for j in mine]
+        # precision "auto": bf16 where this device multiplies it natively (the default recipe's speed,
+        # bench/time_to_quality.py), else fp32; resolved here so the run's records name what ran
+        if tcfg.precision == "auto":
+            tcfg = replace(tcfg, precision=native_precision(resolve_device(tcfg.device)))
         self.tcfg, self.scfg = tcfg, scfg
         self.out = Path(tcfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
