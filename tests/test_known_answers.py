@@ -126,8 +126,8 @@ def test_bf16_mixed_precision_training_matches_fp32(tmp_path, small_store, keep_
     cards, dead = {}, {}
     for prec in ("float32", "bfloat16"):
         (d,) = train(
-            TrainConfig(store=str(small_store), out=str(tmp_path / prec), layers=[4], token_budget=200_000, optimizer="adam",
-                        batch_size=512, seed=0, precision=prec, checkpoint_every=1000),
+            TrainConfig(store=str(small_store), out=str(tmp_path / prec), layers=[4], token_budget=200_000,
+                        optimizer="adam", batch_size=512, seed=0, precision=prec, checkpoint_every=1000),
             SAEConfig(architecture="topk", n_latents=512, k=16, dead_tokens=20_000),
             progress=False,
         )
