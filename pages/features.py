@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from esmsae.app.columns import match_verdict
-from esmsae.app.links import links_markdown
+from esmsae.app.links import links_html, links_markdown
 from esmsae.app.related import decoder_neighbours
 from esmsae.app.render import (
     activation_hist,
@@ -25,6 +25,8 @@ from esmsae.app.ui import cached, ensure_navigation, feature_url, pick_run, requ
 from esmsae.index.reader import LabelStoreBusy, set_label
 from esmsae.index.verdicts import concept_rows
 from esmsae.sae.scale import FeatureScale, display_scale
+
+NOTE = '<div style="color:#666;font-size:0.85em;margin:2px 0 8px 0">{}</div>'
 
 ensure_navigation()
 run = pick_run()
@@ -127,6 +129,9 @@ def show_examples(f: int, scale, best_concept: str = "") -> None:
                                           help="the protein's per-residue labels (UniProt, TMbed, secondary structure,"
                                                " binding, conservation, disorder, solvent accessibility) on the same"
                                                " position axis as the feature's activation")
+    # one HTML element for all 20 examples (tracks, label lanes, links): 60 separate elements cost the
+    # browser most of the page's time (bench/pages.py)
+    parts = []
     for _, r in ex.iterrows():
         name = protein_name(r)
         title = (
@@ -134,39 +139,32 @@ def show_examples(f: int, scale, best_concept: str = "") -> None:
             f"  (max {r['max_act']:.3f} at"
             f" {r['sequence'][r['max_pos']]}{r['max_pos'] + 1}, {r['length']} aa)"
         )
-        st.html(
-            track_html(
-                r["sequence"], r["positions"], scale(r["values"]), scale.vmax, highlight=int(r["max_pos"]), title=title
-            )
-        )
+        parts.append(track_html(r["sequence"], r["positions"], scale(r["values"]), scale.vmax,
+                                highlight=int(r["max_pos"]), title=title))
         lane_html = label_lanes_html(int(r["length"]), r["positions"], scale(r["values"]), scale.vmax,
                                      spans[spans["pidx"] == r["pidx"]], first=best_concept) if lanes else ""
         if lane_html:
-            st.html(lane_html)
+            parts.append(lane_html)
         elif lanes:
-            st.caption("No per-residue labels for this protein in the label sets (UniProt features, TMbed,"
-                       " secondary structure, binding, conservation, disorder, solvent accessibility).")
-        links = links_markdown(r["id"], r.get("structure") or "")
+            parts.append(NOTE.format("No per-residue labels for this protein in the label sets (UniProt features,"
+                                     " TMbed, secondary structure, binding, conservation, disorder, solvent"
+                                     " accessibility)."))
+        links = links_html(r["id"], r.get("structure") or "")
         if links:
-            st.markdown(links)
+            parts.append(f'<div class="esmsae-links" style="margin:2px 0 12px 0">{links}</div>')
+    st.html("".join(parts))
 
 
 def show_ranges(f: int, scale) -> None:
     st.plotly_chart(activation_hist(idx.feature_hist(f)), key="ahist")
     qx = idx.examples(f, "quantile", 100)
+    parts = []  # one HTML element for the whole tab (as the top examples)
     for b, grp in qx.groupby("bin", sort=False):
-        st.markdown(f"**Range {grp['bin_lo'].iloc[0]:.3f} - {grp['bin_hi'].iloc[0]:.3f}**")
-        for _, r in grp.iterrows():
-            st.html(
-                track_html(
-                    r["sequence"],
-                    r["positions"],
-                    scale(r["values"]),
-                    scale.vmax,
-                    highlight=int(r["max_pos"]),
-                    title=f"{r['id']} (max {r['max_act']:.3f})",
-                )
-            )
+        parts.append(f"<p><b>Range {grp['bin_lo'].iloc[0]:.3f} - {grp['bin_hi'].iloc[0]:.3f}</b></p>")
+        parts += [track_html(r["sequence"], r["positions"], scale(r["values"]), scale.vmax, highlight=int(r["max_pos"]),
+                             title=f"{r['id']} (max {r['max_act']:.3f})") for _, r in grp.iterrows()]
+    if parts:
+        st.html("".join(parts))
 
 
 def show_groups(f: int) -> None:

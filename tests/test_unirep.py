@@ -10,7 +10,7 @@ from esmsae.config import ModelConfig
 from esmsae.core.fasta import read_fasta
 from esmsae.lm.evaluate import next_residue_eval
 from esmsae.lm.plm import Hook, ModelMismatchError, load_plm
-from esmsae.lm.unirep import UNIREP_MODELS, UniRepNet, UniRepTokens, UniRepUnavailable, weights_file
+from esmsae.lm.unirep import PAD, START, UNIREP_MODELS, UniRepNet, UniRepTokens, UniRepUnavailable, weights_file
 
 FIXTURE = Path(__file__).parent / "data" / "unirep_jax_known_answers.npz"
 
@@ -115,6 +115,74 @@ def test_shrinking_batch_keeps_unsorted_rows_in_the_callers_order(mgen):
     hook = Hook(1, "resid")
     for s, got in zip(seqs, plm.embed(seqs, [hook])):
         torch.testing.assert_close(got[hook.name], plm.embed([s], [hook])[0][hook.name], atol=1e-5, rtol=0)
+
+
+def test_packed_rows_equal_each_protein_alone(mgen):
+    """Proteins packed one after another into a row (the cell restarts at each start token) give
+    every layer's states and the next-residue logits of each protein run alone; embed packs (fewer
+    rows than proteins) and returns them in the caller's order."""
+    from esmsae.lm.base import pack_tokens
+
+    net = UniRepNet.from_npz(weights_file("unirep64"))
+    tok = UniRepTokens()
+    rows = [[mgen[9][:40], mgen[10][:25], mgen[11][:9]], [mgen[12][:80]], [mgen[13][:5], mgen[14][:50]]]
+    ids = pack_tokens(tok, rows)
+    assert ids.shape == (3, 80 + 2)
+    lengths = (ids != PAD).sum(1)
+    with torch.no_grad():
+        got = net(ids, lengths)
+        x = net.embed(ids).float()
+        states = []
+        for i, layer in enumerate(net.layers):  # every cell's output, packed
+            x = (layer(ids, lengths, layer.input_table(net.embed.weight), ids == START) if i == 0
+                 else layer(x, lengths, starts_BL=ids == START))
+            states.append(x)
+        for r, row in enumerate(rows):
+            off = 0
+            for s in row:
+                n = len(s) + 2
+                alone_ids = tok.batch([s])
+                torch.testing.assert_close(got[r, off:off + n], net(alone_ids)[0], atol=1e-5, rtol=0)
+                y = net.embed(alone_ids).float()
+                for i, layer in enumerate(net.layers):
+                    y = layer(alone_ids, torch.tensor([n]), layer.input_table(net.embed.weight)) if i == 0 else (
+                        layer(y, torch.tensor([n])))
+                    torch.testing.assert_close(states[i][r, off:off + n], y[0], atol=1e-5, rtol=0)
+                off += n
+    plm = load_plm(ModelConfig(name="unirep64", batch_tokens=4096))
+    seqs = [mgen[i][: 20 + 13 * i] for i in range(15, 27)]
+    calls = []
+    orig = plm._collect
+    plm._collect = lambda ids, mask, hooks: calls.append(ids.shape) or orig(ids, mask, hooks)
+    hook = Hook(2, "resid")
+    together = plm.embed(seqs, [hook])
+    assert sum(shape[0] for shape in calls) < len(seqs)  # packed: fewer rows than proteins
+    plm._collect = orig
+    for s, t in zip(seqs, together):
+        assert t[hook.name].shape == (len(s), plm.d_model)
+        torch.testing.assert_close(t[hook.name], plm.embed([s], [hook])[0][hook.name], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pack_rows_places_every_item_once_within_the_budgets(seed):
+    """Known invariants of the row packing: every item exactly once, at most max_rows rows per batch,
+    and rows x row length within batch_tokens (an item longer than that fills a batch of its own)."""
+    from esmsae.lm.packing import pack_rows
+
+    rng = np.random.default_rng(seed)
+    lengths = [int(x) for x in rng.integers(3, 900, size=int(rng.integers(1, 400)))] + [5000] * (seed % 2)
+    batch_tokens, max_rows = int(rng.choice([2048, 8192, 65536])), int(rng.choice([1, 7, 64, 256]))
+    seen = []
+    for rows in pack_rows(lengths, batch_tokens, max_rows):
+        assert 1 <= len(rows) <= max_rows
+        loads = [sum(lengths[i] for i in row) for row in rows]
+        longest = max(lengths[i] for row in rows for i in row)
+        if longest <= batch_tokens:
+            assert len(rows) * max(loads) <= max(batch_tokens, longest * len(rows))
+        seen += [i for row in rows for i in row]
+    assert sorted(seen) == list(range(len(lengths)))
+    with pytest.raises(ValueError, match="max_rows"):
+        next(pack_rows([3], 100, 0))
 
 
 def test_bf16_keeps_the_states_close(mgen, keep_dtype):

@@ -46,6 +46,14 @@ def protein_links(protein_id: str, structure: str = "") -> dict[str, str]:
     return out
 
 
+def links_html(protein_id: str, structure: str = "") -> str:
+    """The links as one HTML line, each opening in a new tab ("" when there are none)."""
+    import html
+
+    return " · ".join(f'<a href="{html.escape(url)}" target="_blank" rel="noopener">{html.escape(name)}</a>'
+                      for name, url in protein_links(protein_id, structure).items())
+
+
 def links_markdown(protein_id: str, structure: str = "") -> str:
     """The links as one Markdown line ("" when there are none)."""
     return " · ".join(f"[{name}]({url})" for name, url in protein_links(protein_id, structure).items())

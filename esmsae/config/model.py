@@ -105,10 +105,11 @@ def auto_batch_tokens(device: str, family: str = "esm2") -> int:
     """Forward-batch size in padded tokens when the config says 0. On a 2-core CPU 1,024
     tokens ran 1.8x faster per residue than 8,192 (intermediates stay in cache); a GPU
     needs large batches to fill it. A recurrent model (UniRep) runs one step for all rows at
-    once, so it wants many rows: in bench/results/unirep_forward.json 128 rows ran at 14.5k residues/s
-    (47% of the same run's bf16 GEMM limit), 32 rows at 10.2k (75%) on a 2-core CPU."""
+    once, so it wants many full rows (embed packs proteins into them, esmsae.lm.packing): the
+    budget is the forward's fp32 output, 262,144 tokens x 1,900 = 2 GB at UniRep-1900, enough for
+    ~100 rows of a 2,500-residue batch (bench/results/unirep_forward.json: rows per step)."""
     if family == "unirep":
-        return 32768 if str(device).startswith("cpu") else 262144
+        return 262144
     return 1024 if str(device).startswith("cpu") else 16384
 
 

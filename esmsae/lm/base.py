@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from esmsae.config import SITES, ModelConfig, hook_name, layer_range, resolve_device
 from esmsae.core.fasta import ALPHABET, SequenceError
 from esmsae.core.precision import usable_dtype
+from esmsae.lm.packing import pack_rows
 
 ESM_VOCAB = [
     "<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D",
@@ -88,6 +89,21 @@ class EsmTokens:
         return torch.from_numpy(ids)
 
 
+def pack_tokens(tokens, rows: Sequence[Sequence[str]]) -> Tensor:
+    """Token ids ``[rows, longest row]``: each row its sequences' BOS + residues + EOS one after the
+    other, right-padded (a row of one sequence is ``tokens.batch``'s row)."""
+    width = max(sum(len(s) + 2 for s in row) for row in rows)
+    ids = np.full((len(rows), width), tokens.pad, dtype=np.int64)
+    for r, row in enumerate(rows):
+        off = 0
+        for s in row:
+            ids[r, off] = tokens.cls
+            ids[r, off + 1 : off + len(s) + 1] = tokens.lut[np.frombuffer(s.encode("ascii"), dtype=np.uint8)]
+            ids[r, off + len(s) + 1] = tokens.eos
+            off += len(s) + 2
+    return torch.from_numpy(ids)
+
+
 class ProteinLM:
     """Common machinery; subclasses say where each hook lives and how to run the model.
     ``objective``: ``"mlm"`` (ESM: logits at t predict token t, a ``<mask>`` token exists) or
@@ -96,6 +112,9 @@ class ProteinLM:
     family: str = ""
     objective: str = "mlm"
     default_max_residues: int = 1022
+    # > 0: a recurrent model whose cell resets at every BOS, so embed packs several proteins into a
+    # row, up to this many rows per forward (esmsae.lm.packing); 0: one protein per row (attention)
+    max_rows: int = 0
 
     def __init__(
         self, model: nn.Module, cfg: ModelConfig, vocab: Sequence[str], n_layers: int, d_model: int, tokens=None
@@ -250,13 +269,22 @@ class ProteinLM:
         for i, s in enumerate(seqs):
             pieces.extend((i, a, b) for a, b in self.windows(len(s)))
         results: dict[tuple[int, int], dict[str, Tensor]] = {}
-        for batch in length_batches([b - a for _, a, b in pieces], self.cfg.resolved_batch_tokens(), extra=2):
+        lengths = [b - a + 2 for _, a, b in pieces]  # + BOS / EOS
+        if self.max_rows:  # a recurrent model: proteins packed into full rows (esmsae.lm.packing)
+            batches = list(pack_rows(lengths, self.cfg.resolved_batch_tokens(), self.max_rows))
+        else:
+            batches = [[[j] for j in b] for b in length_batches(lengths, self.cfg.resolved_batch_tokens())]
+        for rows in batches:
             check_stop()
-            sub = [seqs[pieces[j][0]][pieces[j][1] : pieces[j][2]] for j in batch]
-            acts = self.forward_hooks(sub, hooks)
-            for row, j in enumerate(batch):
-                i, a, b = pieces[j]
-                results[(i, a)] = {k: v[row, 1 : b - a + 1].float().cpu() for k, v in acts.items()}
+            sub = [[seqs[pieces[j][0]][pieces[j][1] : pieces[j][2]] for j in row] for row in rows]
+            ids = pack_tokens(self.tokens, sub).to(self.device)
+            acts = self._collect(ids, ids != self.pad_id, hooks)
+            for r, row in enumerate(rows):
+                off = 0
+                for j in row:
+                    i, a, b = pieces[j]
+                    results[(i, a)] = {k: v[r, off + 1 : off + b - a + 1].float().cpu() for k, v in acts.items()}
+                    off += b - a + 2
         out: list[dict[str, Tensor]] = []
         for i, s in enumerate(seqs):
             wins = self.windows(len(s))

@@ -114,15 +114,22 @@ class MLSTMLayer(nn.Module):
             self.wmh.copy_(torch.from_numpy(_weight_norm(a[f"mlstm.{layer}.wmh"], a[f"mlstm.{layer}.gmh"])))
             self.wh.copy_(torch.from_numpy(_weight_norm(a[f"mlstm.{layer}.wh"], a[f"mlstm.{layer}.gh"])))
 
-    def forward(self, x_BL: Tensor, lengths_B: Tensor, table_V5: Tensor | None = None) -> Tensor:
+    def forward(self, x_BL: Tensor, lengths_B: Tensor, table_V5: Tensor | None = None,
+                starts_BL: Tensor | None = None) -> Tensor:
         """``x_BL``: the layer's input [B, L, d_in], or token ids [B, L] with ``table_V5`` (the first
         layer's input projection of each of the 26 tokens, so no [B, L, 5d] tensor is built);
-        ``lengths_B``: tokens per row. Returns h [B, L, d] in fp32, 0 past a row's end, rows in the
-        caller's order."""
+        ``lengths_B``: tokens per row; ``starts_BL``: True where a packed protein begins (its start
+        token): h and c are zeroed before that step, as at the start of a row (esmsae.lm.packing).
+        Returns h [B, L, d] in fp32, 0 past a row's end, rows in the caller's order."""
         lengths_B = lengths_B.cpu()
         order = torch.argsort(-lengths_B, stable=True)
         # time-major and longest first: step t reads rows [:n_t] of one contiguous [B, *] slab
         x_LB = x_BL[order.to(x_BL.device)].transpose(0, 1)
+        restarts = {}  # step -> keep mask [B', 1] of the sorted rows (steps where some row restarts)
+        if starts_BL is not None and starts_BL.shape[1] > 1:
+            starts_LB = starts_BL[order.to(starts_BL.device)].transpose(0, 1)
+            for t in (starts_LB[1:].any(1).nonzero().flatten() + 1).tolist():
+                restarts[t] = (~starts_LB[t]).to(torch.float32)[:, None]
         if table_V5 is None:
             L, B, E = x_LB.shape
             xin = torch.addmm(self.b_in.float(), x_LB.reshape(-1, E).float(), self.w_in.float()).view(L, B, -1)
@@ -132,13 +139,13 @@ class MLSTMLayer(nn.Module):
             ids_LB = x_LB.contiguous()
             def x_at(t: int, n: int) -> Tensor:
                 return table_V5.index_select(0, ids_LB[t, :n])
-        return self._scan(x_at, lengths_B[order], order.to(x_BL.device), x_LB.shape[0], x_BL.device)
+        return self._scan(x_at, lengths_B[order], order.to(x_BL.device), x_LB.shape[0], x_BL.device, restarts)
 
     def input_table(self, embed_VE: Tensor) -> Tensor:
         """[26, 5d]: the input projection of every token (the first layer's input is one of 26 rows)."""
         return torch.addmm(self.b_in.float(), embed_VE.float(), self.w_in.float())
 
-    def _scan(self, x_at, lengths_B: Tensor, order_B: Tensor, L: int, device) -> Tensor:
+    def _scan(self, x_at, lengths_B: Tensor, order_B: Tensor, L: int, device, restarts: dict | None = None) -> Tensor:
         """The recurrence over rows sorted by length, longest first: step t multiplies only the
         ``n_t`` rows still running, so no FLOP goes to padding. Sorted row i is the caller's row
         ``order_B[i]``; h is written straight into the caller's order. Returns h [B, L, d] (fp32)."""
@@ -161,6 +168,9 @@ class MLSTMLayer(nn.Module):
                 check_stop()  # the inspector's Cancel lands within 64 residues
             if n < h_BD.shape[0]:  # finished rows drop out of the GEMMs
                 h_BD, c_BD = h_BD[:n], c_BD[:n]
+            if restarts and t in restarts:  # a packed protein begins: its row's state starts from zero
+                keep = restarts[t][:n]
+                h_BD, c_BD = h_BD * keep, c_BD * keep
             x_t = x_at(t, n)
             m_BD = x_t[:, :d] * (h_BD.to(mm_dtype) @ self.wmh).float()
             if mm_dtype == torch.float32:
@@ -210,8 +220,10 @@ class UniRepNet(nn.Module):
         if lengths_B is None:
             lengths_B = torch.full((B,), L, dtype=torch.long)
         x = self.embed(ids_BL).float()  # layer 0 (a hook reads it; the first cell uses the token table)
+        starts_BL = ids_BL == START  # packed rows: every protein after the first restarts the cell
         for i, layer in enumerate(self.layers):
-            x = layer(ids_BL, lengths_B, layer.input_table(self.embed.weight)) if i == 0 else layer(x, lengths_B)
+            x = (layer(ids_BL, lengths_B, layer.input_table(self.embed.weight), starts_BL) if i == 0
+                 else layer(x, lengths_B, starts_BL=starts_BL))
         logits = self.head(x.to(self.head.weight.dtype)).float()
         return torch.cat([torch.full_like(logits[..., :1], -1e4), logits], -1)
 
@@ -248,6 +260,7 @@ class UniRepLM(ProteinLM):
     family = "unirep"
     objective = "causal"
     default_max_residues = 4096  # no position limit; windows only bound memory for very long proteins
+    max_rows = 256  # embed packs proteins into up to 256 full rows per forward (esmsae.lm.packing)
 
     def __init__(self, net: UniRepNet, cfg):
         super().__init__(net, cfg, UNIREP_VOCAB, net.n_cells, net.width, tokens=UniRepTokens())
