@@ -22,11 +22,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 7
-FEATURE = 3256  # the demo's best TM-helix feature
+FEATURE = 3509  # the demo's best signal-peptide feature (a match: the page shows every part)
 
 # (name, path, what must be on screen when the content is there)
 PAGES = [
-    ("overview", "/overview", re.compile(r"^Concepts: the best feature against the best baseline")),
+    ("overview", "/overview", re.compile(r"^Select a point to open that feature")),
     ("feature browser", "/features", re.compile(r"^\d+ features - click a row")),
     ("feature page", f"/features?feature={FEATURE}", re.compile(r"^#1 ")),
     ("group comparison", "/groups", re.compile(r"^Two groups side by side")),
@@ -38,9 +38,9 @@ SIDEBAR = {"overview": "Overview", "feature browser": "Feature browser", "group 
 TABS = ["Activation ranges", "Concepts", "Groups", "Structure", "Related features", "Top examples"]
 TAB_CONTENT = {
     "Activation ranges": re.compile(r"^Range "),
-    "Concepts": re.compile(r"^Thresholds are fractions"),
+    "Concepts": re.compile(r"^The verdict first"),
     "Groups": re.compile(r"^Grouping$"),
-    "Structure": re.compile(r"^(\d+ of the top examples|None of the proteins)"),
+    "Structure": re.compile(r"^(\d+ of its top examples|None of the proteins)"),
     "Related features": re.compile(r"^Best matches of this feature"),
     "Top examples": re.compile(r"^#1 "),
 }
@@ -182,18 +182,22 @@ def main() -> None:
             out["in_app_navigation"] = {k: {"p50_s": round(statistics.median(v), 3), "p95_s": round(pct(v, 0.95), 3),
                                             "runs_s": [round(x, 3) for x in v]} for k, v in nav.items()}
             print("in-app", out["in_app_navigation"], flush=True)
+            out["floor"] = _floor(b)
             page.goto(url + f"/features?feature={FEATURE}")
             page.get_by_text(TAB_CONTENT["Top examples"]).first.wait_for(timeout=120_000)
             for _ in range(3):
                 for tab in TABS:
                     t = time.perf_counter()
                     page.get_by_role("tab", name=tab).click()
-                    page.get_by_text(TAB_CONTENT[tab]).first.wait_for(state="visible", timeout=120_000)
+                    try:  # a tab whose text this bench no longer knows is recorded, not the whole run lost
+                        page.get_by_text(TAB_CONTENT[tab]).first.wait_for(state="visible", timeout=60_000)
+                    except Exception as e:  # noqa: BLE001 -- playwright's TimeoutError
+                        out.setdefault("tab_errors", {})[tab] = str(e).splitlines()[0]
+                        continue
                     out["tabs"].setdefault(tab, []).append(time.perf_counter() - t)
             out["tabs"] = {k: {"p50_s": round(statistics.median(v), 3), "p95_s": round(pct(v, 0.95), 3)}
                            for k, v in out["tabs"].items()}
             out["tab_pairs"] = tab_pairs(page, url)
-            out["floor"] = _floor(b)
             b.close()
     finally:
         srv.terminate()
@@ -201,7 +205,8 @@ def main() -> None:
                        "what": "pages: a full load (new session) until the page's content text is visible (warm "
                                "server); in_app_navigation: a sidebar click (or a row click for the feature page) "
                                "until the content is visible; floor: a one-line Streamlit page, full load"}
-    out["targets"] = {"page_p50_s": 1.0, "tab_switch_s": 0.5}
+    # issue 34: every full load p95 <= 1.5 s, in-app navigation p95 <= 0.8 s, feature-page tab switches p95 <= 0.5 s
+    out["targets"] = {"page_p95_s": 1.5, "in_app_p95_s": 0.8, "tab_switch_p95_s": 0.5}
     (ROOT / "bench" / "results" / "pages.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 

@@ -17,13 +17,14 @@ import torch
 NORM = "none"  # the same raw activations for both sides
 
 
-def make(impl: str, d: int, n_latents: int, k: int, sample: torch.Tensor, precision: str = "float32"):
+def make(impl: str, d: int, n_latents: int, k: int, sample: torch.Tensor, precision: str = "float32",
+         normalize: str = NORM):
     if impl == "esmsae":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from esmsae.config import SAEConfig
         from esmsae.sae.model import SAE
 
-        sae = SAE(SAEConfig(architecture="topk", n_latents=n_latents, k=k, normalize=NORM), d, seed=0)
+        sae = SAE(SAEConfig(architecture="topk", n_latents=n_latents, k=k, normalize=normalize), d, seed=0)
         sae.fit_normalization(sample)  # b_dec = data mean, as esmsae's trainer (and sparsify's) do
         sae.set_train_dtype(precision)  # "bfloat16": `train --precision bfloat16` (fp32 master weights)
 
@@ -101,6 +102,8 @@ def main() -> None:
     ap.add_argument("--recipe", choices=("adam", "signum"), default="adam", help="--curve: see curve()")
     ap.add_argument("--autocast-bf16", action="store_true", help="--curve: CPU bf16 autocast around the forward")
     ap.add_argument("--stop-below", type=float, default=0.0, help="--curve: stop at the first FVU at or below this")
+    ap.add_argument("--normalize", default=NORM, help="esmsae only: SAEConfig.normalize")
+    ap.add_argument("--lr", type=float, default=0.0, help="--curve, esmsae only: instead of the default learning rate")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.curve:
@@ -207,12 +210,12 @@ def curve(a) -> None:
     held = torch.from_numpy(np.load(a.heldout).astype(np.float32))
     d = X.shape[1]
     sample = torch.from_numpy(np.asarray(X[:8192], dtype=np.float32))
-    sae, loss_fn, post, after = make(a.impl, d, a.n_latents, a.k, sample, a.precision)
+    sae, loss_fn, post, after = make(a.impl, d, a.n_latents, a.k, sample, a.precision, a.normalize)
     fused = a.adam == "fused" or a.impl == "esmsae"
     if a.recipe == "signum" and a.impl == "esmsae":  # `train --optimizer signum`: esmsae.sae.optim
         from esmsae.sae.optim import averaged_copy, default_lr, make_optimizer
 
-        base_lr = default_lr("signum", a.n_latents)
+        base_lr = a.lr or default_lr("signum", a.n_latents)
         opt = make_optimizer("signum", sae.parameters(), base_lr)
 
         def after():  # noqa: F811 -- no per-step decoder re-normalisation under schedule-free
@@ -264,7 +267,7 @@ def curve(a) -> None:
             print(json.dumps(points[-1]), file=sys.stderr, flush=True)
             if a.stop_below and points[-1]["fvu"] <= a.stop_below:
                 break
-    print(json.dumps({"impl": a.impl, "recipe": a.recipe, "precision": a.precision,
+    print(json.dumps({"impl": a.impl, "recipe": a.recipe, "precision": a.precision, "normalize": a.normalize,
                       "autocast_bf16": a.autocast_bf16, "adam_fused": fused, "batch": a.batch,
                       "n_latents": a.n_latents, "k": a.k, "d_in": d, "threads": a.threads, "base_lr": base_lr,
                       "warmup_steps": a.warmup_steps, "curve": points}))

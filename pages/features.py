@@ -53,11 +53,17 @@ def show_table() -> None:
            " word whole, ranked by relevance; a number also opens that feature." if search else "")
     )
     st.caption(f"{len(df)} features - click a row to open it, or use ?feature=N")
-    ev = table(df, key="ftable", on_select="rerun", selection_mode="single-row")
-    rows = ev.selection.rows if ev and hasattr(ev, "selection") else []
+    # the click opens the feature in the callback, before the rerun: one script run instead of two
+    # (a rerun with the selection, then st.rerun() to the feature; bench/pages.py in-app navigation)
+    st.session_state["ftable_features"] = df["feature"].tolist()
+    table(df, key="ftable", on_select=_open_selected, selection_mode="single-row")
+
+
+def _open_selected() -> None:
+    ev = st.session_state.get("ftable")
+    rows = ev.selection.rows if ev is not None and hasattr(ev, "selection") else []
     if rows:
-        st.query_params["feature"] = str(int(df.iloc[rows[0]]["feature"]))
-        st.rerun()
+        st.query_params["feature"] = str(int(st.session_state["ftable_features"][rows[0]]))
 
 
 def show_header(f: int, info: dict) -> None:

@@ -37,6 +37,19 @@ def test_reduced_precision_falls_back_to_fp32_on_an_emulating_cpu(emulating_cpu,
     assert precision.usable_dtype("bfloat16", "cpu") == "bfloat16"
 
 
+def test_auto_training_precision_is_bf16_only_where_native(emulating_cpu, monkeypatch):
+    """`train --precision auto` (the default) becomes float32 on a CPU that would emulate bf16, with no
+    warning (nothing was asked for), and bfloat16 on one that has it."""
+    from esmsae.config import TrainConfig
+
+    assert TrainConfig().precision == "auto" and TrainConfig().optimizer == "signum"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert precision.native_precision("cpu") == "float32"
+    monkeypatch.setattr(precision, "cpu_native", lambda dtype: True)
+    assert precision.native_precision("cpu") == "bfloat16"
+
+
 def test_model_and_sae_run_fp32_when_bf16_would_be_emulated(emulating_cpu, esm2_dir):
     with pytest.warns(RuntimeWarning, match="protein LM"):
         plm = load_plm(ModelConfig(name=str(esm2_dir), dtype="bfloat16"))

@@ -131,8 +131,8 @@ class IndexConfig:
     )
     encode_dtype: str = opt(
         "float32",
-        "SAE encoder matmul precision: float32 = exact; bfloat16 = encode 2.8-3.8x faster on an AMX CPU (GPUs not"
-        " measured), moving codes ~12x less than running the LM in bfloat16 does (bench/encode_precision.py)",
+        "SAE encoder matmul precision: float32 = exact; bfloat16 = encode 2.8-3.8x faster on an AVX512-BF16 CPU"
+        " (GPUs not measured), moving codes ~12x less than running the LM in bfloat16 does (bench/encode_precision.py)",
         choices=("float32", "bfloat16"),
         label="SAE encode precision",
     )

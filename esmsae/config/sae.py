@@ -89,7 +89,7 @@ class TrainConfig:
     lr: float = opt(
         0.0,
         "Learning rate (0 = auto: adam 2e-4 / sqrt(n_latents / 16384), the scaling of Gao et al. 2024; signum"
-        " 5e-3 / sqrt(max(n_latents, 16384) / 16384): sparsify's 5e-3, never larger)",
+        " 2.5e-3 / sqrt(max(n_latents, 16384) / 16384), never larger: esmsae.sae.optim.default_lr)",
         label="Learning rate",
         main=True,
         zero="auto",

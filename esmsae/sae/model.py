@@ -218,7 +218,7 @@ class SAE(nn.Module):
 
         For the index, where the LM already runs in bfloat16: the LM's own bf16 rounding moves
         the demo SAE's codes 12x more than a bf16 encode does, and the encode runs 2.8x-3.8x
-        faster on this AMX CPU (bench/encode_precision.py; GPUs not measured). Training never
+        faster on this AVX512-BF16 CPU, no AMX (bench/encode_precision.py; GPUs not measured). Training never
         uses it."""
         dtype = self._low_precision(dtype, "encode dtype", "SAE encode")
         self.encode_dtype = None if dtype in (None, self.W_enc.dtype) else dtype

@@ -27,12 +27,17 @@ def schedule_free(optimizer: str) -> bool:
 
 def default_lr(optimizer: str, n_latents: int) -> float:
     """The learning rate scaled with dictionary size (Gao et al. 2024, sec. 2.4): 2e-4 at 2^14 latents
-    for Adam; 5e-3 for sign descent (sparsify's) at 2^14 latents and above, never more. A sign step
-    moves every weight by lr whatever its gradient, so scaling it up for small dictionaries (0.057 at
-    128 latents, about the weights' own size at d_in 320) killed every latent in tests/test_known_answers.py."""
+    for Adam; 2.5e-3 for sign descent at 2^14 latents and above, never more.
+
+    Sign descent: sparsify uses 5e-3 on raw activations; esmsae's default input normalisation (scalar:
+    unit mean squared norm) makes every bias step relatively larger, and on real UniRep-1900 states
+    (bench/time_to_quality.py's data, one run each, 16,384 latents, k 32) 2.5e-3 reached sparsify's
+    held-out FVU in 458,752 tokens against 524,288 at 5e-3, while 1e-2 had not after 5 minutes. A sign
+    step moves every weight by lr whatever its gradient, so the rate is not scaled up for small
+    dictionaries (0.057 at 128 latents killed every latent in tests/test_known_answers.py)."""
     scale = math.sqrt(n_latents / 2**14)
     if schedule_free(optimizer):
-        return 5e-3 / max(1.0, scale)
+        return 2.5e-3 / max(1.0, scale)
     return 2e-4 / scale
 
 
