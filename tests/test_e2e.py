@@ -30,7 +30,9 @@ def test_cli_pipeline_learns_on_real_uniref90_proteins(tmp_path, shared, esm2_di
     card = json.loads((out / "L3_resid" / "eval.json").read_text())
     assert card["n_tokens"] > 2000
     assert card["fvu"] < 0.3, card  # the SAE learns: held-out FVU well below 1
-    assert abs(card["l0"] - 16) < 1e-6
+    # TopK keeps at most k; the ReLU after the top-k may zero a few (the default schedule-free sign
+    # descent's averaged weights: 15.8 of 16 here; Adam's kept exactly 16)
+    assert 0.9 * 16 <= card["l0"] <= 16
     # dead = never fired in the evaluated window: the count behind the fraction is reported and consistent
     assert card["dead_window_tokens"] == card["n_tokens"]
     assert card["freq_histogram"]["n_dead"] == round(card["dead_fraction"] * 1024)

@@ -254,6 +254,7 @@ class ProteinLM:
         starts = list(range(0, n - W, stride)) + [n - W]
         return [(s, s + W) for s in starts]
 
+    @torch.inference_mode()
     def embed(self, seqs: Sequence[str], hooks: Sequence[Hook]) -> list[dict[str, Tensor]]:
         """Per-residue activations for each sequence: ``[{hook: [L_i, D]}, ...]`` (float32, CPU).
 
