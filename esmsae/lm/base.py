@@ -81,12 +81,7 @@ class EsmTokens:
 
     def batch(self, seqs: Sequence[str]) -> Tensor:
         """Token ids ``[B, Lmax + 2]`` for validated (upper-case) sequences."""
-        ids = np.full((len(seqs), max(len(s) for s in seqs) + 2), self.pad, dtype=np.int64)
-        for i, s in enumerate(seqs):
-            ids[i, 0] = self.cls
-            ids[i, 1 : len(s) + 1] = self.lut[np.frombuffer(s.encode("ascii"), dtype=np.uint8)]
-            ids[i, len(s) + 1] = self.eos
-        return torch.from_numpy(ids)
+        return pack_tokens(self, [[s] for s in seqs])
 
 
 def pack_tokens(tokens, rows: Sequence[Sequence[str]]) -> Tensor:

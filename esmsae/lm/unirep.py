@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from esmsae.lm.base import ModelMismatchError, ProteinLM, check_stop
+from esmsae.lm.base import ModelMismatchError, ProteinLM, check_stop, pack_tokens
 from esmsae.lm.names import UNIREP_ABOUT, UNIREP_MODELS, UNIREP_PACKAGE, is_unirep_name  # noqa: F401 (re-exported)
 
 UNIREP_RESIDUES = "MRHKDESTNQCUGPAVIFYWLO"  # tokens 1..22
@@ -246,12 +246,7 @@ class UniRepTokens:
             self.lut[ord(aa)] = i + 1
 
     def batch(self, seqs) -> Tensor:
-        ids = np.full((len(seqs), max(len(s) for s in seqs) + 2), PAD, dtype=np.int64)
-        for i, s in enumerate(seqs):
-            ids[i, 0] = START
-            ids[i, 1: len(s) + 1] = self.lut[np.frombuffer(s.encode("ascii"), dtype=np.uint8)]
-            ids[i, len(s) + 1] = STOP
-        return torch.from_numpy(ids)
+        return pack_tokens(self, [[s] for s in seqs])
 
 
 UNIREP_VOCAB = ["<pad>"] + list(UNIREP_RESIDUES) + ["X", "<cls>", "<eos>"]  # index = token id
