@@ -217,6 +217,10 @@ class DemoArgs:
     n_latents: int = opt(4096, "SAE latents (4096 = 2.2x UniRep-1900's width: a fp16 d1900 x 4096 SAE is 31 MB, which "
                                "keeps the committed bundle under 80 MB; 16,384 would be 125 MB)")
     k: int = opt(32, "TopK active latents")
+    architecture: str = opt("topk", "SAE architecture (bench/sae_sweep.py compares them on the demo store)",
+                            choices=("topk", "batchtopk"))
+    optimizer: str = opt("signum", "SAE optimiser (the committed bundle's SAE records the one it was trained with)",
+                         choices=("adam", "signum"))
     sae_proteins: int = opt(8000, "proteome proteins embedded for SAE training")
     sae_token_budget: int = opt(8_000_000, "SAE training tokens (about three epochs over the store)")
     shard_tokens: int = opt(65_536, "residues per store shard (65,536 x 1900 wide x fp16 = 250 MB)")

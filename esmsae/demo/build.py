@@ -225,6 +225,20 @@ def _unirep_lm_eval(ns, shared: Path, work: Path, device: str) -> dict:
     return ev
 
 
+def demo_sae_config(ns, sae_fa: Path, model_name: str) -> dict:
+    """The demo SAE's pipeline sections (store, SAE, training, evaluation); `bench/sae_sweep.py` embeds the same
+    store and varies the SAE and training sections."""
+    return {
+        "model": ModelConfig(name=model_name, dtype=ns.dtype),
+        "hook": HookConfig(layers=[ns.layer], site="resid"),
+        "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=ns.shard_tokens, holdout_fraction=0.05),
+        "sae": SAEConfig(architecture=ns.architecture, n_latents=ns.n_latents, k=ns.k, normalize=ns.normalize),
+        "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed, buffer_shards=8,
+                             optimizer=ns.optimizer),
+        "eval": EvalConfig(lm_proteins=128),
+    }
+
+
 def _demo_sae(ns, shared: Path, work: Path, model_name: str, report: dict) -> Path:
     """2-3. A balanced proteome sample, then the `esmsae pipeline` steps on it (each resumable).
     bf16 forward (1.3x faster than fp32 on an AVX512-BF16 CPU); it is recorded in cfg.json, so the
@@ -236,15 +250,7 @@ def _demo_sae(ns, shared: Path, work: Path, model_name: str, report: dict) -> Pa
         balanced_sample(shared, ns.sae_proteins, sae_fa, ns.seed + 1, ns.max_len)
     sae_dir = work / "sae" / f"L{ns.layer}_resid"
     if not (sae_dir / "eval.json").exists():
-        cfg = {
-            "model": ModelConfig(name=model_name, dtype=ns.dtype),
-            "hook": HookConfig(layers=[ns.layer], site="resid"),
-            "embed": EmbedConfig(fasta=str(sae_fa), shard_tokens=ns.shard_tokens, holdout_fraction=0.05),
-            "sae": SAEConfig(architecture="topk", n_latents=ns.n_latents, k=ns.k, normalize=ns.normalize),
-            "train": TrainConfig(token_budget=ns.sae_token_budget, batch_size=4096, seed=ns.seed, buffer_shards=8),
-            "eval": EvalConfig(lm_proteins=128),
-        }
-        (sae_dir,) = run_pipeline(cfg, str(work / "sae"))
+        (sae_dir,) = run_pipeline(demo_sae_config(ns, sae_fa, model_name), str(work / "sae"))
     report["sae"] = summary(json.loads((sae_dir / "eval.json").read_text()))
     if ns.probe_proteins and not (sae_dir / "representation.json").exists():
         from esmsae.analysis.probe import probe_checkpoint
