@@ -201,10 +201,10 @@ def test_thresholds_unchanged():
 def test_protein_level_concepts_beat_composition_only_when_the_feature_knows():
     """A feature that tracks all-alpha domains matches that class; features of noise match nothing, because
     the composition model (fitted on separate proteins) and fire-everywhere stand in the way."""
-    from esmsae.analysis.protein_concepts import protein_concept_table, scop_sides
+    from esmsae.analysis.protein_concepts import label_sides, protein_concept_table
     from esmsae.core.paths import shared_data
 
-    sides = scop_sides(shared_data(), n_train=600, n_valid=300, n_test=300)
+    sides = label_sides(shared_data(), "scop", n_train=600, n_valid=300, n_test=300)
     assert {k: len(v) for k, v in sides.items()} == {"train": 600, "valid": 300, "test": 300}
     assert not {s for s, _ in sides["test"]} & {s for s, _ in sides["train"] + sides["valid"]}
     rng = np.random.default_rng(0)
@@ -218,3 +218,30 @@ def test_protein_level_concepts_beat_composition_only_when_the_feature_knows():
     a = df.loc["SCOP class a (all-alpha)"]
     assert a.best_feature == 7 and a.match and a.f1 > 0.9 and a.ci_lo > 0
     assert not df.drop(index="SCOP class a (all-alpha)").match.any()
+
+
+def test_folds_are_tested_on_held_out_superfamilies_where_every_side_has_members():
+    """TAPE folds: test is the benchmark's test file (no chain shared with train or valid); only folds with
+    >= 20 members on every side become concepts; a feature tracking one fold matches it and nothing else."""
+    from esmsae.analysis.protein_concepts import MIN_MEMBERS, concept_names, label_sides, protein_concept_table
+    from esmsae.core.paths import shared_data
+
+    sides = label_sides(shared_data(), "fold", n_train=3000, n_valid=1500)
+    assert not {s for s, _ in sides["test"]} & {s for s, _ in sides["train"] + sides["valid"]}
+    names = concept_names(sides, "fold")
+    assert names and all(n.startswith("TAPE fold ") for n in names.values())
+    for c in names:
+        assert all(sum(lab == c for _, lab in v) >= MIN_MEMBERS for v in sides.values())
+    target = next(iter(names))
+    rng = np.random.default_rng(1)
+    codes = {}
+    for s in ("valid", "test"):
+        lab = np.array([c for _, c in sides[s]])
+        x = rng.random((len(lab), 30)).astype(np.float32)
+        x[:, 3] += (lab == target) * 1.0
+        codes[s] = x
+    df = protein_concept_table(sides, codes, "fold").set_index("concept")
+    assert set(df.labels) == {"fold"} and len(df) == len(names)
+    hit = df.loc[names[target]]
+    assert hit.best_feature == 3 and hit.match and hit.f1 > 0.9
+    assert not df.drop(index=names[target]).match.any()

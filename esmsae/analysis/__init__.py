@@ -6,6 +6,6 @@
 ``probe.py``     the representation card: linear probes of LM states and SAE codes vs sequence windows
 ``match.py``     relating the features of two SAEs (decoder cosine, activation correlation)
 ``external.py``  frozen concept choices scored on a benchmark no choice saw (SignalP fragments)
-``protein_concepts.py``  protein-level concepts (SCOP fold classes) tested per protein
+``protein_concepts.py``  protein-level concepts (SCOP fold classes, TAPE folds) tested per protein
 ===============  ===========================================================================
 """

@@ -1,12 +1,18 @@
-"""Protein-level concepts, tested per protein: does a single feature tell a protein's fold class?
+"""Protein-level concepts, tested per protein: does a single feature tell a protein's fold class, or its fold?
 
-Fold class is a property of the whole chain that no window of a few residues shows, so it is a place
-where a protein LM could know more than local sequence. The labels: SCOP classes of protein domains
-(ProteinBERT's processed SCOPe benchmark, ``labels_proteinbert/scop.*.csv``; a all-alpha, b all-beta,
-c alpha/beta, d alpha+beta, e multi-domain, f membrane and cell surface, g small proteins).
+Fold class and fold are properties of the whole chain that no window of a few residues shows, so they are
+where a protein LM could know more than local sequence. Two label sets (``LABEL_SETS``), both from
+ProteinBERT's processed benchmarks in ``labels_proteinbert/``:
 
-Sides: *train* (a sample of ``scop.train``) fits the learned baseline only; *valid* (another sample of
-``scop.train``) makes every choice; *test* (a sample of ``scop.test``) reports. A feature predicts class k
+- ``scop``: SCOP classes of protein domains (``scop.*.csv``; a all-alpha, b all-beta, c alpha/beta,
+  d alpha+beta, e multi-domain, f membrane and cell surface, g small proteins);
+- ``fold``: TAPE's remote-homology fold labels (``remote_homology.*.csv``, 1,195 SCOP folds, given as integers
+  without names). TAPE's test file holds out whole superfamilies of the training folds, so a feature chosen on
+  training superfamilies must carry the fold to superfamilies it never saw: the remote-homology setting
+  where sequence-level models fail. Folds with >= 20 domains on every side are tested.
+
+Sides: *train* (a sample of the benchmark's train file) fits the learned baseline only; *valid* (another
+sample of the train file) makes every choice; *test* (the benchmark's test file) reports. A feature predicts class k
 for a protein when its maximum over the protein's residues exceeds a threshold (a fraction of its maximum
 over the valid proteins). Baselines, scored the same way: fire on every protein, and a learned
 **composition model** (one-vs-rest logistic regression on the 20 amino-acid fractions and log length,
@@ -28,23 +34,36 @@ import pandas as pd
 SCOP = "labels_proteinbert/scop.{}.csv"
 CLASSES = {"a": "all-alpha", "b": "all-beta", "c": "alpha/beta", "d": "alpha+beta", "e": "multi-domain",
            "f": "membrane / cell surface", "g": "small proteins"}
+# label set -> (file pattern, concept names (None: every label, named by number), default side sizes)
+LABEL_SETS = {
+    "scop": (SCOP, CLASSES, {"n_train": 3000, "n_valid": 800, "n_test": 800}),
+    # valid is larger than SCOP's: folds are rarer than classes (the largest three hold 3-8% of train domains)
+    "fold": ("labels_proteinbert/remote_homology.{}.csv", None, {"n_train": 9000, "n_valid": 2500, "n_test": 800}),
+}
+MIN_MEMBERS = 20  # per side, as the per-residue concepts
 FRACTIONS = (0.0, 0.15, 0.3, 0.5, 0.7)  # of each feature's max over the valid proteins
 PROB_GRID = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 MARGIN = 0.05
 OUT = "protein_concepts.json"
 
 
-def scop_sides(shared: Path, n_train: int = 3000, n_valid: int = 800, n_test: int = 800, max_len: int = 600,
-               seed: int = 0) -> dict[str, list[tuple[str, str]]]:
-    """(sequence, class) per side: train and valid drawn apart from scop.train, test from scop.test."""
+def label_sides(shared: Path, label_set: str = "scop", n_train: int | None = None, n_valid: int | None = None,
+                n_test: int | None = None, max_len: int = 600, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
+    """(sequence, label) per side: train and valid drawn apart from the set's train file, test from its test
+    file (at most ``n_test``; None: the set's default sizes)."""
     from esmsae.core.fasta import STANDARD
+
+    pattern, names, sizes = LABEL_SETS[label_set]
+    n_train = sizes["n_train"] if n_train is None else n_train
+    n_valid = sizes["n_valid"] if n_valid is None else n_valid
+    n_test = sizes["n_test"] if n_test is None else n_test
 
     def read(split):
         rows = []
-        with open(Path(shared) / SCOP.format(split)) as fh:
+        with open(Path(shared) / pattern.format(split)) as fh:
             for r in csv.DictReader(fh):
                 s = r["seq"].strip().upper()
-                if s and len(s) <= max_len and set(s) <= set(STANDARD) and r["label"] in CLASSES:
+                if s and len(s) <= max_len and set(s) <= set(STANDARD) and (names is None or r["label"] in names):
                     rows.append((s, r["label"]))
         return list(dict(rows).items())  # one row per sequence
 
@@ -96,8 +115,18 @@ def pooled_max(plm, sae, hook, seqs: list[str], batch: int = 32) -> np.ndarray:
     return out
 
 
-def protein_concept_table(sides: dict, codes: dict[str, np.ndarray]) -> pd.DataFrame:
-    """One row per class: the best feature on valid, its test F1 and bootstrap interval against the composition
+def concept_names(sides: dict, label_set: str = "scop") -> dict[str, str]:
+    """label -> concept name for the labels with >= MIN_MEMBERS members on every side."""
+    names = LABEL_SETS[label_set][1]
+    counts = [pd.Series([c for _, c in v]).value_counts() for v in sides.values()]
+    keep = [c for c in counts[0].index if all(cnt.get(c, 0) >= MIN_MEMBERS for cnt in counts)]
+    if names is not None:
+        return {c: f"SCOP class {c} ({names[c]})" for c in names if c in keep}
+    return {c: f"TAPE fold {c} (remote homology)" for c in sorted(keep, key=int)}
+
+
+def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: str = "scop") -> pd.DataFrame:
+    """One row per concept: the best feature on valid, its test F1 and bootstrap interval against the composition
     model and fire-everywhere, and whether it matches. ``codes``: side -> [P, F] pooled maxima (valid, test)."""
     from esmsae.analysis.probe import fit_probe
     from esmsae.index.bootstrap import intervals
@@ -107,10 +136,8 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray]) -> pd.DataF
     X = {k: composition(v) for k, v in seqs.items()}
     fmax = np.maximum(codes["valid"].max(0), 1e-9)
     rows = []
-    for k, name in CLASSES.items():
+    for k, name in concept_names(sides, label_set).items():
         y = {s: lab[s] == k for s in lab}
-        if y["train"].sum() < 20 or y["valid"].sum() < 20 or y["test"].sum() < 20:
-            continue
         fit: dict = {}
         proba = fit_probe(X["train"], y["train"].astype(int), 2, fit=fit)
         pv, pt = proba(X["valid"])[:, 1], proba(X["test"])[:, 1]
@@ -132,7 +159,7 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray]) -> pd.DataF
         ok = (f1v_F[best] >= max(comp["valid"], triv["valid"]) + MARGIN and f1t >= max(comp["test"], triv["test"])
               + MARGIN and float(lo.min()) > 0)
         rows.append({
-            "concept": f"SCOP class {k} ({name})", "best_feature": best, "threshold_fraction": FRACTIONS[t_F[best]],
+            "concept": name, "labels": label_set, "best_feature": best, "threshold_fraction": FRACTIONS[t_F[best]],
             "f1_valid": float(f1v_F[best]), "f1": f1t, "composition_f1_valid": comp["valid"],
             "composition_f1": comp["test"],
             "composition_fit_loss": fit.get("fit_loss"), "trivial_f1": triv["test"],
@@ -143,8 +170,10 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def protein_concepts(sae_dir, shared=None, plm=None, seed: int = 0, **sizes) -> pd.DataFrame:
-    """Run the per-protein concept test for a checkpoint; writes ``protein_concepts.json`` in its folder."""
+def protein_concepts(sae_dir, shared=None, plm=None, seed: int = 0, label_sets=tuple(LABEL_SETS), **sizes
+                     ) -> pd.DataFrame:
+    """Run the per-protein concept tests for a checkpoint; writes ``protein_concepts.json`` in its folder.
+    ``sizes`` (n_train, n_valid, n_test) override every label set's defaults (smoke runs)."""
     from esmsae.core.atomic import write_text_atomic
     from esmsae.core.paths import shared_data
     from esmsae.lm.plm import load_plm
@@ -156,10 +185,16 @@ def protein_concepts(sae_dir, shared=None, plm=None, seed: int = 0, **sizes) -> 
     if plm is None:
         plm = load_plm(model_config_of(sae.meta, ""))
     check_compatible(sae.meta, plm)
-    sides = scop_sides(shared, seed=seed, **sizes)
-    codes = {s: pooled_max(plm, sae, hook_of(sae.meta), [q for q, _ in sides[s]]) for s in ("valid", "test")}
-    df = protein_concept_table(sides, codes)
-    doc = {"labels": "SCOP classes (ProteinBERT's SCOPe benchmark): train / valid from scop.train, test from scop.test",
+    tables = []
+    for label_set in label_sets:
+        sides = label_sides(shared, label_set, seed=seed, **sizes)
+        codes = {s: pooled_max(plm, sae, hook_of(sae.meta), [q for q, _ in sides[s]]) for s in ("valid", "test")}
+        tables.append(protein_concept_table(sides, codes, label_set))
+    df = pd.concat(tables, ignore_index=True)
+    doc = {"labels": {"scop": "SCOP classes (ProteinBERT's SCOPe benchmark): train / valid from scop.train, test"
+                              " from scop.test",
+                      "fold": "TAPE remote-homology folds (ProteinBERT's copy): train / valid from"
+                              " remote_homology.train, test from remote_homology.test (superfamilies held out)"},
            "rows": df.to_dict("records")}
     write_text_atomic(Path(sae_dir) / OUT, json.dumps(doc, indent=2) + "\n")
     return df

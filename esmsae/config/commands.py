@@ -238,8 +238,9 @@ class DemoArgs:
     labelled_limit: int = opt(0, "index at most this many labelled valid + test proteins per label source (0 = all)")
     train_limit: int = opt(0, "fit the learned window baselines on at most this many train-side proteins per label"
                               " source (0 = all)")
-    check_proteins: int = opt(0, "proteins of the external check and of each side of the SCOP class test (0 = the"
-                                 " whole SignalP test set, 3,000 / 800 / 800 SCOP domains)")
+    check_proteins: int = opt(0, "proteins of the external check and of each side of the per-protein tests (0 = the"
+                                 " whole SignalP test set; train / valid / test: 3,000 / 800 / 800 SCOP domains,"
+                                 " 9,000 / 2,500 / 800 fold domains)")
     dtype: str = opt("bfloat16", "protein LM compute dtype for the store and index passes",
                      choices=("float32", "bfloat16"))
     seed: int = opt(0, "random seed")

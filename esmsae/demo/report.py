@@ -132,14 +132,17 @@ def demo_markdown(bundle: Path = DEMO) -> str:
     pc = idx.protein_concepts()
     if not pc.empty:
         lines += [
-            "## Protein-level concepts: fold classes",
+            "## Protein-level concepts: fold classes and folds",
             "",
             (
-                "SCOP classes of protein domains (ProteinBERT's SCOPe benchmark), tested per protein"
-                " (`esmsae.analysis.protein_concepts`): a feature calls a protein a member when its maximum over"
-                " the protein exceeds a threshold chosen on valid; the baseline is a logistic model of amino-acid"
-                " composition and log length fitted on separate train proteins. Train and valid are drawn from"
-                " scop.train, test from scop.test (identical chains removed; homologues may straddle)."
+                "SCOP classes of protein domains (ProteinBERT's SCOPe benchmark) and TAPE's remote-homology folds"
+                " (SCOP folds, numbered without names in the benchmark; folds with >= 20 domains on every side),"
+                " tested per protein (`esmsae.analysis.protein_concepts`): a feature calls a protein a member when"
+                " its maximum over the protein exceeds a threshold chosen on valid; the baseline is a logistic model"
+                " of amino-acid composition and log length fitted on separate train proteins. Train and valid are"
+                " drawn from each benchmark's train file, test from its test file (identical chains removed). SCOP"
+                " class: homologues may straddle the split. Folds: TAPE's test file holds out whole superfamilies,"
+                " so a fold match carries the fold to superfamilies no choice saw (remote homology)."
             ),
             "",
             _table(pc[["concept", "best_feature", "f1_valid", "f1", "composition_f1", "trivial_f1", "ci_lo", "ci_hi",
