@@ -259,3 +259,20 @@ def test_an_unknown_model_name_fails_at_once_listing_the_known_ones(monkeypatch,
     with pytest.raises(FileNotFoundError, match="facebook/esm2_t6_8M_UR50D.*unirep1900"):
         load_plm(ModelConfig(name="someone/not-a-model"))
     assert time.perf_counter() - t < 5  # no hub retries
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_gates_equal_the_autograd_path_bit_for_bit(mgen, dtype):
+    """Without autograd (embed, the inspector) the cell updates its gates in place; with autograd it keeps every
+    intermediate. Both are the same maths: equal bit for bit, in fp32 and with bf16 GEMMs."""
+    net = UniRepNet.from_npz(weights_file("unirep64")).to(dtype)
+    tok = UniRepTokens()
+    seqs = [mgen[20][:60], mgen[21][:33], mgen[22][:7]]
+    ids = tok.batch(seqs)
+    lengths = (ids != PAD).sum(1)
+    with torch.no_grad():
+        fast = net(ids, lengths)
+    with torch.enable_grad():
+        slow = net(ids, lengths)
+    assert slow.requires_grad and not fast.requires_grad
+    assert torch.equal(fast, slow.detach())

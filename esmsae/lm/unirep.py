@@ -162,6 +162,7 @@ class MLSTMLayer(nn.Module):
         active_L = torch.minimum((real_L + 15) // 16 * 16, torch.tensor(B)).masked_fill(real_L == 0, 0).tolist()
         real_L = real_L.tolist()
         mm_dtype = self.wmh.dtype  # bf16 weights: bf16 GEMMs, fp32 state
+        in_place = not torch.is_grad_enabled()
         h_BD = torch.zeros(B, d, dtype=torch.float32, device=device)
         c_BD = torch.zeros_like(h_BD)
         out_BLD = torch.empty(B, L, d, dtype=torch.float32, device=device)
@@ -178,15 +179,22 @@ class MLSTMLayer(nn.Module):
                 keep = restarts[t][:n]
                 h_BD, c_BD = h_BD * keep, c_BD * keep
             x_t = x_at(t, n)
-            m_BD = x_t[:, :d] * (h_BD.to(mm_dtype) @ self.wmh).float()
+            # fp32 x times a bf16 product promotes in the one kernel (no separate .float() pass)
+            m_BD = x_t[:, :d] * (h_BD.to(mm_dtype) @ self.wmh)
             if mm_dtype == torch.float32:
                 z_B4 = torch.addmm(x_t[:, d:], m_BD, self.wh)
             else:
-                z_B4 = (m_BD.to(mm_dtype) @ self.wh).float().add_(x_t[:, d:])
-            ifo = torch.sigmoid(z_B4[:, : 3 * d])
-            u = torch.tanh(z_B4[:, 3 * d:])
-            c_BD = torch.addcmul(ifo[:, d:2 * d] * c_BD, ifo[:, :d], u)
-            h_BD = ifo[:, 2 * d:3 * d] * torch.tanh(c_BD)
+                z_B4 = torch.add(x_t[:, d:], m_BD.to(mm_dtype) @ self.wh)
+            if in_place:  # the same maths without three [n, d..3d] temporaries a step (embed, the inspector)
+                ifo = torch.sigmoid_(z_B4[:, : 3 * d])
+                u = torch.tanh_(z_B4[:, 3 * d:])
+                c_BD = c_BD.mul_(ifo[:, d:2 * d]).addcmul_(ifo[:, :d], u)
+                h_BD = torch.tanh(c_BD).mul_(ifo[:, 2 * d:3 * d])
+            else:  # autograd may need every intermediate
+                ifo = torch.sigmoid(z_B4[:, : 3 * d])
+                u = torch.tanh(z_B4[:, 3 * d:])
+                c_BD = torch.addcmul(ifo[:, d:2 * d] * c_BD, ifo[:, :d], u)
+                h_BD = ifo[:, 2 * d:3 * d] * torch.tanh(c_BD)
             out_BLD[:, t].index_copy_(0, order_B[:n_real], h_BD[:n_real])
         return out_BLD
 
