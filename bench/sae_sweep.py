@@ -43,6 +43,8 @@ RUNS = {
     "topk_4k_k64_8M_signum": ("topk", 4096, 64, 8_000_000, "signum"),
     "batchtopk_4k_k64_8M_signum": ("batchtopk", 4096, 64, 8_000_000, "signum"),
     "topk_8k_k64_8M_signum": ("topk", 8192, 64, 8_000_000, "signum"),
+    "topk_8k_k64_4M_signum": ("topk", 8192, 64, 4_000_000, "signum"),
+    "batchtopk_4k_k64_4M_signum": ("batchtopk", 4096, 64, 4_000_000, "signum"),
     "topk_4k_k64_16M_signum": ("topk", 4096, 64, 16_000_000, "signum"),
     "topk_4k_k64_8M_adam": ("topk", 4096, 64, 8_000_000, "adam"),
 }

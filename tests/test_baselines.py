@@ -245,3 +245,31 @@ def test_folds_are_tested_on_held_out_superfamilies_where_every_side_has_members
     hit = df.loc[names[target]]
     assert hit.best_feature == 3 and hit.match and hit.f1 > 0.9
     assert not df.drop(index=names[target]).match.any()
+
+
+def test_named_folds_hold_the_structure_they_are_named_after():
+    """Each fold name rests on a chain of the shared structures that is one of the fold's domains (>= 85% of the
+    domain's 5-mers in the chain), and on no domain of another fold at that level."""
+    import csv
+
+    from esmsae.analysis.protein_concepts import FOLD_NAMES, LABEL_SETS
+    from esmsae.core.paths import shared_data
+
+    shared = shared_data()
+    rows = [r for split in ("train", "valid", "test")
+            for r in csv.DictReader(open(shared / LABEL_SETS["fold"][0].format(split)))]
+    chains = list(csv.DictReader(open(shared / "structures" / "links" / "structure_chains.tsv"), delimiter="\t"))
+
+    def kmers(s):
+        return {s[i:i + 5] for i in range(len(s) - 4)}
+
+    for fold, (name, pdb) in FOLD_NAMES.items():
+        chain = kmers(next(c["atom_seq"] for c in chains if c["file"].split("/")[-1].startswith(pdb)))
+        cover = {}
+        for r in rows:
+            k = kmers(r["seq"])
+            if k:
+                f = len(k & chain) / len(k)
+                cover[r["label"]] = max(cover.get(r["label"], 0.0), f)
+        assert cover[fold] >= 0.85, (fold, name, pdb, cover[fold])
+        assert max(v for lab, v in cover.items() if lab != fold) < 0.85, (fold, pdb)
