@@ -273,3 +273,28 @@ def test_named_folds_hold_the_structure_they_are_named_after():
                 cover[r["label"]] = max(cover.get(r["label"], 0.0), f)
         assert cover[fold] >= 0.85, (fold, name, pdb, cover[fold])
         assert max(v for lab, v in cover.items() if lab != fold) < 0.85, (fold, pdb)
+
+
+def test_name_families_split_by_organism_and_motifs_find_their_family():
+    """UniProt-name families: whole organisms per side (relatives together), no sequence on two sides, every
+    member of a side's organisms kept; the kinase active-site motif finds kinases far above their share."""
+    from esmsae.analysis.name_families import ORGANISM_SIDE, family_of, motif_predictions
+    from esmsae.analysis.protein_concepts import concept_names, label_sides
+    from esmsae.core.paths import shared_data
+
+    assert family_of("Serine/threonine-protein kinase PRKX") == "protein kinase"
+    assert family_of("Alanine--tRNA ligase") == "aminoacyl-tRNA ligase"
+    assert family_of("50S ribosomal protein L2") == "ribosomal protein"
+    assert family_of("Uncharacterized protein") == "other"
+    # E. coli and the two Salmonella proteomes on one side
+    assert ORGANISM_SIDE["UP000000625"] == ORGANISM_SIDE["UP000001014"] == ORGANISM_SIDE["UP000008962"]
+    sides = label_sides(shared_data(), "name", n_train=300, n_valid=300, n_test=300)
+    seqs = {k: {s for s, _ in v} for k, v in sides.items()}
+    assert not seqs["train"] & seqs["valid"] and not seqs["train"] & seqs["test"] and not seqs["valid"] & seqs["test"]
+    assert all(sum(c == "other" for _, c in v) == 300 for v in sides.values())
+    names = concept_names(sides, "name")
+    assert "UniProt name: protein kinase" in names.values()
+    test = sides["test"]
+    y = np.array([c == "protein kinase" for _, c in test])
+    m = motif_predictions([s for s, _ in test], "protein kinase")
+    assert y.sum() >= 20 and (m & y).sum() / m.sum() > 0.8 and (m & y).sum() / y.sum() > 0.5

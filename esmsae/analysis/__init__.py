@@ -6,6 +6,7 @@
 ``probe.py``     the representation card: linear probes of LM states and SAE codes vs sequence windows
 ``match.py``     relating the features of two SAEs (decoder cosine, activation correlation)
 ``external.py``  frozen concept choices scored on a benchmark no choice saw (SignalP fragments)
-``protein_concepts.py``  protein-level concepts (SCOP fold classes, TAPE folds) tested per protein
+``protein_concepts.py``  protein-level concepts (SCOP fold classes, TAPE folds, name families) tested per protein
+``name_families.py``  protein families by UniProt name, sides by organism, with their classic motifs
 ===============  ===========================================================================
 """

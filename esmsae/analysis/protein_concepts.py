@@ -39,6 +39,9 @@ LABEL_SETS = {
     "scop": (SCOP, CLASSES, {"n_train": 3000, "n_valid": 800, "n_test": 800}),
     # valid is larger than SCOP's: folds are rarer than classes (the largest three hold 3-8% of train domains)
     "fold": ("labels_proteinbert/remote_homology.{}.csv", None, {"n_train": 9000, "n_valid": 2500, "n_test": 800}),
+    # UniProt protein-name families of the proteomes, sides by organism (esmsae.analysis.name_families; sizes:
+    # the other proteins sampled beside every family member)
+    "name": ("uniprot/proteomes15", {}, {"n_train": 4000, "n_valid": 2000, "n_test": 2000}),
 }
 MIN_MEMBERS = 20  # per side, as the per-residue concepts
 # the learned baselines (name -> dipeptides?): logistic models of what a bag of residues, or of adjacent residue
@@ -68,6 +71,10 @@ def label_sides(shared: Path, label_set: str = "scop", n_train: int | None = Non
     n_train = sizes["n_train"] if n_train is None else n_train
     n_valid = sizes["n_valid"] if n_valid is None else n_valid
     n_test = sizes["n_test"] if n_test is None else n_test
+    if label_set == "name":
+        from esmsae.analysis.name_families import name_family_sides
+
+        return name_family_sides(shared, n_train, n_valid, n_test, seed=seed)
 
     def read(split):
         rows = []
@@ -136,6 +143,10 @@ def concept_names(sides: dict, label_set: str = "scop") -> dict[str, str]:
     names = LABEL_SETS[label_set][1]
     counts = [pd.Series([c for _, c in v]).value_counts() for v in sides.values()]
     keep = [c for c in counts[0].index if all(cnt.get(c, 0) >= MIN_MEMBERS for cnt in counts)]
+    if label_set == "name":
+        from esmsae.analysis.name_families import FAMILIES
+
+        return {c: f"UniProt name: {c}" for c in FAMILIES if c in keep}
     if names is not None:
         return {c: f"SCOP class {c} ({names[c]})" for c in names if c in keep}
     return {c: f"TAPE fold {c}" + (f" ({FOLD_NAMES[c][0]})" if c in FOLD_NAMES else "") for c in sorted(keep, key=int)}
@@ -162,6 +173,7 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: 
     """One row per concept: the best feature on valid, its test F1 and bootstrap interval against every baseline
     (fire-everywhere, the composition model, the dipeptide-composition model), and whether it matches.
     ``codes``: side -> [P, F] pooled maxima (valid, test)."""
+    from esmsae.analysis.name_families import motif_predictions
     from esmsae.index.bootstrap import intervals
 
     seqs = {k: [s for s, _ in v] for k, v in sides.items()}
@@ -173,7 +185,10 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: 
         y = {s: lab[s] == k for s in lab}
         learned = {b: _learned_baseline(X[b], y) for b in LEARNED}
         triv = {s: float(_f1(np.ones_like(y[s]), y[s])) for s in ("valid", "test")}
-        best_base = {s: max([triv[s]] + [m[s] for m in learned.values()]) for s in ("valid", "test")}
+        motif = {s: motif_predictions(seqs[s], k) if label_set == "name" else None for s in ("valid", "test")}
+        motif_f1 = {s: float(_f1(m, y[s])) for s, m in motif.items() if m is not None}
+        best_base = {s: max([triv[s]] + [m[s] for m in learned.values()] + [motif_f1.get(s, 0.0)])
+                     for s in ("valid", "test")}
         # features: [T, P, F] predictions at each fraction of the feature's valid max
         fr = np.asarray(FRACTIONS)[:, None, None]
         fv = _f1(np.moveaxis(codes["valid"][None] > fr * fmax, 1, -1), y["valid"])  # [T, F]
@@ -183,6 +198,8 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: 
         pred_t = codes["test"][:, best] > FRACTIONS[t_F[best]] * fmax[best]
         f1t = float(_f1(pred_t, y["test"]))
         base_pred = [np.ones_like(y["test"])] + [m["pred_test"] for m in learned.values()]
+        if motif["test"] is not None:
+            base_pred.append(motif["test"])
         cnt = np.stack([np.stack([(p & y["test"]), p, np.zeros_like(p)], 1) for p in base_pred + [pred_t]], 1)
         lo, hi = intervals(cnt.astype(np.int64), y["test"].astype(np.int64), np.zeros(len(y["test"])),
                            len(base_pred), False)
@@ -196,6 +213,7 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: 
             "composition_f1": comp["test"], "composition_fit_loss": comp["fit"].get("fit_loss"),
             "dipeptide_f1_valid": di["valid"], "dipeptide_f1": di["test"],
             "dipeptide_fit_loss": di["fit"].get("fit_loss"), "dipeptide_l2": di["l2"], "trivial_f1": triv["test"],
+            "motif_f1_valid": motif_f1.get("valid"), "motif_f1": motif_f1.get("test"),
             "ci_lo": float(lo[0, worst]), "ci_hi": float(hi[0, worst]), "match": bool(ok),
             "n_train": int(y["train"].sum()), "n_valid": int(y["valid"].sum()), "n_test": int(y["test"].sum()),
             "n_test_proteins": len(y["test"]),
@@ -233,8 +251,11 @@ def write_protein_concepts(sae_dir, df: pd.DataFrame) -> Path:
     doc = {"labels": {"scop": "SCOP classes (ProteinBERT's SCOPe benchmark): train / valid from scop.train, test"
                               " from scop.test",
                       "fold": "TAPE remote-homology folds (ProteinBERT's copy): train / valid from"
-                              " remote_homology.train, test from remote_homology.test (superfamilies held out)"},
+                              " remote_homology.train, test from remote_homology.test (superfamilies held out)",
+                      "name": "UniProt protein-name families of the 15 proteomes, sides by organism"
+                              " (esmsae.analysis.name_families)"},
            "baselines": "fire on every protein; logistic models of amino-acid composition + log length and of"
-                        " dipeptide composition, fitted on train, L2 weight and threshold chosen on valid",
+                        " dipeptide composition, fitted on train, L2 weight and threshold chosen on valid; for"
+                        " name families with a classic motif, the motif anywhere in the protein",
            "rows": df.to_dict("records")}
     return write_text_atomic(Path(sae_dir) / OUT, json.dumps(doc, indent=2) + "\n")

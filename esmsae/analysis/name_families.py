@@ -1,0 +1,100 @@
+"""Protein families by UniProt protein name, split by organism: a protein-level concept set for
+:mod:`esmsae.analysis.protein_concepts`.
+
+The 15 UniProt proteomes of the shared data name each protein (``>sp|ACC|ENTRY Name OS=... OX=...``).
+A family here is a name pattern (``FAMILIES``): protein kinases, aminoacyl-tRNA ligases, ribosomal
+proteins, ABC transporter ATP-binding proteins. Names are UniProt's (curated, or assigned by its
+automatic rules), so a few members are missed or misnamed; every predictor is scored against the
+same labels.
+
+Sides are whole organisms (``ORGANISM_SIDE``), with close relatives kept on one side (E. coli and the
+two Salmonella; the three Plasmodium): *train* fits the learned baselines, *valid* makes every
+choice, *test* reports, so a match is a feature chosen on some organisms that finds the family in
+others. Each side holds every member of a family and a seeded sample of the other proteins (the
+F1 therefore reads at that mix, for the feature and every baseline alike).
+
+A classic motif is a baseline where the family has one (``MOTIFS``: PROSITE-style patterns, a protein
+is called a member when the pattern occurs anywhere in it).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = {
+    "protein kinase": r"\bprotein kinase\b|serine/threonine-protein kinase|tyrosine-protein kinase",
+    "aminoacyl-tRNA ligase": r"tRNA ligase|tRNA synthetase",
+    "ribosomal protein": r"\bribosomal protein\b",
+    "ABC transporter ATP-binding protein": r"ABC transporter.*ATP-binding|ATP-binding.*ABC",
+}
+MOTIFS = {
+    # PROSITE PS00108 (Ser/Thr kinase active site) or PS00109 (Tyr kinase active site)
+    "protein kinase": r"[LIVMFYC].[HY].D[LIVMFY]K..N[LIVMFYCT]{3}|[LIVMFYC].[HY].D[LIVMFY][RSTAC][AP]RN[LIVMFYC]",
+    # class I synthetases' HIGH and KMSKS signatures (class II has no short universal motif)
+    "aminoacyl-tRNA ligase": r"H[IL]GH|KMSKS",
+    # PROSITE PS00211 core: the ABC signature LSGGQ
+    "ABC transporter ATP-binding protein": r"LSGGQ",
+}
+OTHER = "other"
+# proteome file (UniProt proteome id) -> side; relatives together, kingdoms spread over the sides
+ORGANISM_SIDE = {
+    "UP000000625": "train",  # E. coli
+    "UP000001014": "train",  # S. typhimurium
+    "UP000008962": "train",  # S. typhimurium
+    "UP000001450": "train",  # P. falciparum
+    "UP000031513": "train",  # P. knowlesi
+    "UP000074855": "train",  # P. berghei
+    "UP000001203": "train",  # Cyanothece
+    "UP000002311": "valid",  # S. cerevisiae
+    "UP000001197": "valid",  # P. anserina
+    "UP000001425": "valid",  # Synechocystis
+    "UP000002483": "valid",  # Anabaena PCC 7120
+    "UP000008066": "test",  # C. thermophilum
+    "UP000008524": "test",  # T. brucei
+    "UP000002717": "test",  # S. elongatus
+    "UP000221734": "test",  # K. stuttgartiensis
+}
+
+
+def family_of(name: str) -> str:
+    """The first family whose pattern the UniProt protein name matches, else ``OTHER``."""
+    return next((f for f, p in FAMILIES.items() if re.search(p, name, re.I)), OTHER)
+
+
+def name_family_sides(shared: Path, n_train: int | None = None, n_valid: int | None = None,
+                      n_test: int | None = None, max_len: int = 1000, seed: int = 0
+                      ) -> dict[str, list[tuple[str, str]]]:
+    """(sequence, family or 'other') per side: every family member of the side's organisms and a seeded sample
+    of n_side other proteins (defaults: 4,000 train, 2,000 valid and test)."""
+    from esmsae.core.fasta import STANDARD, read_fasta
+
+    n_other = {"train": n_train or 4000, "valid": n_valid or 2000, "test": n_test or 2000}
+    members: dict[str, list] = {s: [] for s in n_other}
+    others: dict[str, list] = {s: [] for s in n_other}
+    seen: set[str] = set()
+    for f in sorted((Path(shared) / "uniprot" / "proteomes15").glob("*.fasta.gz")):
+        side = ORGANISM_SIDE.get(f.name.split("-")[0])
+        if side is None:
+            continue
+        for h, s in read_fasta(f):
+            if len(s) > max_len or s in seen or not set(s) <= set(STANDARD):
+                continue
+            seen.add(s)
+            name = h.split(" ", 1)[1].split(" OS=")[0] if " " in h else ""
+            fam = family_of(name)
+            (others if fam == OTHER else members)[side].append((s, fam))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for side, n in n_other.items():
+        pick = rng.permutation(len(others[side]))[:n]
+        rows = members[side] + [others[side][i] for i in pick]
+        out[side] = [rows[i] for i in rng.permutation(len(rows))]
+    return out
+
+
+def motif_predictions(seqs: list[str], family: str) -> np.ndarray | None:
+    """[P] bool: the family's motif occurs in the protein (None: no classic motif)."""
+    pat = MOTIFS.get(family)
+    return None if pat is None else np.array([re.search(pat, s) is not None for s in seqs])
