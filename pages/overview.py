@@ -84,13 +84,15 @@ if not ext.empty:
                    " on any residue.")
 pc = idx.protein_concepts()
 if not pc.empty:
-    with st.expander("Protein-level concepts: SCOP fold classes and TAPE folds, tested per protein", expanded=False):
+    with st.expander("Protein-level concepts: fold classes, folds and protein families, tested per protein",
+                     expanded=False):
         st.dataframe(pc, hide_index=True, key="protein_concepts")
         st.caption("A feature calls a protein a member of the class or fold when its maximum over the protein"
                    " exceeds a threshold (chosen on validation proteins); the baselines are logistic models of the"
                    " amino-acid composition and length, and of dipeptide composition, fitted on separate proteins."
                    " 'match': ahead of them and of fire-everywhere by 0.05 on validation and test, with the"
-                   " bootstrap interval above 0. Fold test"
+                   " bootstrap interval above 0. Families (UniProt names) also face their classic motif and are"
+                   " tested on organisms no choice saw. Fold test"
                    " domains come from superfamilies held out of the choices (TAPE's remote-homology split).")
 card = idx.card()
 verdicts = idx.verdicts()

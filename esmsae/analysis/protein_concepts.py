@@ -125,8 +125,9 @@ def _f1(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
 
 
-def pooled_max(plm, sae, hook, seqs: list[str], batch: int = 32) -> np.ndarray:
-    """[P, F]: each feature's maximum over each protein's residues."""
+def pooled_max(plm, sae, hook, seqs: list[str], batch: int = 128) -> np.ndarray:
+    """[P, F]: each feature's maximum over each protein's residues (``batch`` proteins an embed call, so a
+    recurrent LM packs full rows: 32 left most rows short)."""
     import torch
 
     dev = next(sae.parameters()).device
