@@ -66,8 +66,8 @@ def family_of(name: str) -> str:
 def name_family_sides(shared: Path, n_train: int | None = None, n_valid: int | None = None,
                       n_test: int | None = None, max_len: int = 1000, seed: int = 0
                       ) -> dict[str, list[tuple[str, str]]]:
-    """(sequence, family or 'other') per side: every family member of the side's organisms and a seeded sample
-    of n_side other proteins (defaults: 4,000 train, 2,000 valid and test)."""
+    """(sequence, family or 'other') per side: every family member of the side's organisms (at most n_side a
+    family) and a seeded sample of n_side other proteins (defaults: 4,000 train, 2,000 valid and test)."""
     from esmsae.core.fasta import STANDARD, read_fasta
 
     n_other = {"train": n_train or 4000, "valid": n_valid or 2000, "test": n_test or 2000}
@@ -88,8 +88,14 @@ def name_family_sides(shared: Path, n_train: int | None = None, n_valid: int | N
     rng = np.random.default_rng(seed)
     out = {}
     for side, n in n_other.items():
-        pick = rng.permutation(len(others[side]))[:n]
-        rows = members[side] + [others[side][i] for i in pick]
+        # every member, up to n a family (the defaults keep all; a smoke run stays small), in file order
+        cap = np.random.default_rng([seed, 1])  # its own draws: the sample below is the same with or without a cap
+        keep = set()
+        for fam in FAMILIES:
+            idx = [i for i, r in enumerate(members[side]) if r[1] == fam]
+            keep.update(idx if len(idx) <= n else [idx[j] for j in cap.permutation(len(idx))[:n]])
+        rows = [r for i, r in enumerate(members[side]) if i in keep]
+        rows += [others[side][i] for i in rng.permutation(len(others[side]))[:n]]
         out[side] = [rows[i] for i in rng.permutation(len(rows))]
     return out
 
