@@ -21,7 +21,8 @@ SIGNUM_MOMENTUM = 0.95  # sparsify's
 
 def schedule_free(optimizer: str) -> bool:
     """Whether the named optimiser is schedule-free: a constant rate (its averaging does what a decay
-    would) and no decoder renorm after each step (rescaling y alone would break the averaging)."""
+    would), and the decoder rows held at unit norm through both of its sequences
+    (:meth:`ScheduleFreeSignum.unit_rows_`: rescaling y alone would break the averaging)."""
     return optimizer == "signum"
 
 
@@ -112,6 +113,27 @@ class ScheduleFreeSignum(torch.optim.Optimizer):
                 p.lerp_(z, 1 - beta)
             group["k"] = group.get("k", 0) + 1
         return loss
+
+
+    @torch.no_grad()
+    def unit_rows_(self, p: torch.Tensor) -> None:
+        """Scale each row of y (the parameter) and of z by one factor per row so that the average x has unit
+        rows: x is linear in (y, z), so this is the unit-norm decoder constraint (Gao et al. 2024) applied
+        to the point that is evaluated and saved, without breaking the averaging. Without it sign descent
+        grows the decoder rows (each step moves every weight by lr, orthogonally to the row as much as
+        along it): on the demo's UniRep-1900 store, 4,096 latents, k 64, row norms reached 7.3 after 1,340
+        steps while L0 fell from 64 to 34 and the FVU rose from 0.26 to 0.55."""
+        z = self.state.get(p, {}).get("z")
+        if z is None:
+            return
+        w = 1 - 1 / self.momentum  # x = y + w (z - y) = (1 - w) y + w z
+        yy = torch.linalg.vector_norm(p, dim=1).square_()
+        zz = torch.linalg.vector_norm(z, dim=1).square_()
+        yz = torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1)
+        xx = (1 - w) ** 2 * yy + 2 * w * (1 - w) * yz + w ** 2 * zz
+        scale_F1 = xx.clamp_min(1e-16).rsqrt_().unsqueeze(1)
+        p.mul_(scale_F1)
+        z.mul_(scale_F1)
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:

@@ -57,10 +57,10 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_ma
     """One optimisation step of an SAE (the one copy: the trainer, the tests and the benches):
     forward, backward, remove the gradient component along each decoder row (it would only
     change the row's norm), Adam, re-normalise the decoder rows to unit norm. Returns the
-    forward output (losses, latents); ``renorm_decoder=False`` for the schedule-free optimiser,
-    whose parameters are an interpolation point. ``forward``: the DDP wrapper of ``sae`` under torchrun,
-    whose backward averages the gradients over ranks, with ``batch_stats`` (``error_variance``,
-    ``batch_threshold``) computing the global batch's statistics."""
+    forward output (losses, latents); under the schedule-free optimiser the renorm rescales both of
+    its sequences so that the averaged weights have unit decoder rows. ``forward``: the DDP wrapper
+    of ``sae`` under torchrun, whose backward averages the gradients over ranks, with ``batch_stats``
+    (``error_variance``, ``batch_threshold``) computing the global batch's statistics."""
     if lr is not None:
         for g in opt.param_groups:
             g["lr"] = lr
@@ -69,7 +69,9 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_ma
     o.loss.backward()
     sae.remove_gradient_parallel_to_decoder()
     opt.step()
-    if renorm_decoder:  # not under schedule-free (signum): rescaling y alone would break its averaging, as in sparsify
+    if renorm_decoder and hasattr(opt, "unit_rows_"):  # schedule-free: y and z rescaled together
+        opt.unit_rows_(sae.W_dec)
+    elif renorm_decoder:
         sae.set_decoder_norm_to_unit()
     return o
 
@@ -306,7 +308,6 @@ class _Run:
                 dead_mask_F=self.since_fired[n] >= scfg.dead_tokens,
                 l1_coef=l1c,
                 lr=lr,
-                renorm_decoder=not sf,
                 forward=self.forwards.get(n),
                 **self.batch_stats,
             )
