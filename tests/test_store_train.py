@@ -193,6 +193,32 @@ def test_fused_signum_equals_the_reference_wrapper_bit_for_bit():
         ScheduleFreeSignum(new_p, lr=0.0)
 
 
+def test_sign_descent_keeps_the_averaged_decoder_rows_at_unit_norm():
+    """unit_rows_ rescales y and z row by row so that the averaged weights x (what is saved) have unit rows,
+    and x stays the same average of y and z; over many sign steps without it the rows grow (the defect the
+    demo store showed: norms near 7 and a collapsing L0)."""
+    from esmsae.sae.optim import ScheduleFreeSignum, averaged_copy
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.nn.functional.normalize(torch.randn(32, 24, generator=g), dim=1)
+    free, held = torch.nn.Parameter(rows.clone()), torch.nn.Parameter(rows.clone())
+    opt_free, opt_held = ScheduleFreeSignum([free], lr=2e-2), ScheduleFreeSignum([held], lr=2e-2)
+    for _ in range(300):
+        grad = torch.randn(rows.shape, generator=g)
+        for p, opt in ((free, opt_free), (held, opt_held)):
+            p.grad = grad.clone()
+            opt.step()
+        y, z = held.detach().clone(), opt_held.state[held]["z"].clone()
+        opt_held.unit_rows_(held)
+        scale = held.detach() / y  # one factor per row, the same for y and z
+        assert torch.allclose(scale, scale[:, :1].expand_as(scale), rtol=1e-5)
+        assert torch.allclose(opt_held.state[held]["z"], z * scale[:, :1], rtol=1e-5, atol=1e-7)
+    x_held = averaged_copy(torch.nn.ParameterList([held]), opt_held)[0]
+    x_free = averaged_copy(torch.nn.ParameterList([free]), opt_free)[0]
+    assert torch.allclose(x_held.norm(dim=1), torch.ones(32), atol=1e-5)
+    assert x_free.norm(dim=1).mean() > 1.2  # without the constraint the rows grow (random sign steps)
+
+
 def test_checkpoint_metadata_and_mismatch_errors(tmp_path, small_store, esm2_dir, esmc_file):
     dirs = train(
         # Adam renormalises decoder rows after every step (schedule-free signum, the default, leaves them free)
