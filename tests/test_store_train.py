@@ -221,15 +221,15 @@ def test_sign_descent_keeps_the_averaged_decoder_rows_at_unit_norm():
 
 def test_checkpoint_metadata_and_mismatch_errors(tmp_path, small_store, esm2_dir, esmc_file):
     dirs = train(
-        # Adam renormalises decoder rows after every step (schedule-free signum, the default, leaves them free)
-        _tcfg(small_store, tmp_path / "run", layers=[4], token_budget=6 * 256, optimizer="adam"),
+        # the default optimiser (schedule-free sign descent): its averaged decoder is saved with unit rows
+        _tcfg(small_store, tmp_path / "run", layers=[4], token_budget=6 * 256),
         SAEConfig(n_latents=256, k=4),
         progress=False,
     )
     assert [d.name for d in dirs] == ["L4_resid"]
     cfg = read_cfg(dirs[0])
     # precision "auto" is recorded as what ran
-    assert cfg["train"]["precision"] == native_precision("cpu") and cfg["train"]["optimizer"] == "adam"
+    assert cfg["train"]["precision"] == native_precision("cpu") and cfg["train"]["optimizer"] == "signum"
     assert cfg["d_in"] == 320 and cfg["layer"] == 4 and cfg["site"] == "resid" and cfg["bos_eos"] == "stripped"
     assert (
         cfg["base_model"]["n_layers"] == 6
