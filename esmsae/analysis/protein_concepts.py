@@ -1,24 +1,27 @@
-"""Protein-level concepts, tested per protein: does a single feature tell a protein's fold class, or its fold?
+"""Protein-level concepts, tested per protein: does a single feature tell a protein's fold class, fold or family?
 
-Fold class and fold are properties of the whole chain that no window of a few residues shows, so they are
-where a protein LM could know more than local sequence. Two label sets (``LABEL_SETS``), both from
-ProteinBERT's processed benchmarks in ``labels_proteinbert/``:
+Fold class and fold are properties of the whole chain that no window of a few residues shows, and family
+membership rests on domains a short window does not hold, so they are where a protein LM could know more
+than local sequence. Three label sets (``LABEL_SETS``):
 
-- ``scop``: SCOP classes of protein domains (``scop.*.csv``; a all-alpha, b all-beta, c alpha/beta,
-  d alpha+beta, e multi-domain, f membrane and cell surface, g small proteins);
+- ``scop``: SCOP classes of protein domains (ProteinBERT's ``labels_proteinbert/scop.*.csv``; a all-alpha,
+  b all-beta, c alpha/beta, d alpha+beta, e multi-domain, f membrane and cell surface, g small proteins);
 - ``fold``: TAPE's remote-homology fold labels (``remote_homology.*.csv``, 1,195 SCOP folds, given as integers
-  without names). TAPE's test file holds out whole superfamilies of the training folds, so a feature chosen on
-  training superfamilies must carry the fold to superfamilies it never saw: the remote-homology setting
-  where sequence-level models fail. Folds with >= 20 domains on every side are tested.
+  without names; ``FOLD_NAMES`` names three from shared structures). TAPE's test file holds out whole
+  superfamilies of the training folds, so a feature chosen on training superfamilies must carry the fold to
+  superfamilies it never saw: the remote-homology setting where sequence-level models fail;
+- ``name``: UniProt protein-name families of the 15 proteomes, sides by organism
+  (:mod:`esmsae.analysis.name_families`).
 
-Sides: *train* (a sample of the benchmark's train file) fits the learned baseline only; *valid* (another
-sample of the train file) makes every choice; *test* (the benchmark's test file) reports. A feature predicts class k
-for a protein when its maximum over the protein's residues exceeds a threshold (a fraction of its maximum
-over the valid proteins). Baselines, scored the same way: fire on every protein, and a learned
-**composition model** (one-vs-rest logistic regression on the 20 amino-acid fractions and log length,
-fitted on train, threshold on valid), which knows everything a bag of residues knows. A feature matches
-a class when it beats both by 0.05 on valid and test and the 95% bootstrap interval of the F1 difference
-over test proteins lies above 0 (:mod:`esmsae.index.bootstrap`).
+Sides: *train* fits the learned baselines only; *valid* makes every choice; *test* reports (SCOP and folds:
+train and valid are samples of the benchmark's train file, test its test file). Concepts need >= 20 members
+on every side. A feature predicts membership when its maximum over the protein's residues exceeds a
+threshold (a fraction of its maximum over the valid proteins). Baselines, scored the same way: fire on every
+protein; two learned logistic models, of **composition** (the 20 amino-acid fractions and log length: what
+a bag of residues knows) and of **dipeptide composition** (also the 400 adjacent pairs), each fitted on train
+with its L2 weight and threshold chosen on valid; and a family's classic motif where it has one. A feature
+matches when it beats every baseline by 0.05 on valid and test and the 95% bootstrap interval of the F1
+difference to each, over test proteins, lies above 0 (:mod:`esmsae.index.bootstrap`).
 
 Written to ``protein_concepts.json`` in the SAE folder; shown on the Overview and in docs/demo.md.
 """
@@ -41,7 +44,7 @@ LABEL_SETS = {
     "fold": ("labels_proteinbert/remote_homology.{}.csv", None, {"n_train": 9000, "n_valid": 2500, "n_test": 800}),
     # UniProt protein-name families of the proteomes, sides by organism (esmsae.analysis.name_families; sizes:
     # the other proteins sampled beside every family member)
-    "name": ("uniprot/proteomes15", {}, {"n_train": 4000, "n_valid": 2000, "n_test": 2000}),
+    "name": ("uniprot/proteomes15", None, {"n_train": 4000, "n_valid": 2000, "n_test": 2000}),
 }
 MIN_MEMBERS = 20  # per side, as the per-residue concepts
 # the learned baselines (name -> dipeptides?): logistic models of what a bag of residues, or of adjacent residue

@@ -128,6 +128,15 @@ def demo_markdown(bundle: Path = DEMO) -> str:
             ),
             "",
         ]
+    if rep.get("sae_sweep"):
+        lines += [
+            "Toward issue 31's SAE targets (held-out FVU <= 0.15 and >= 85% loss recovered against mean ablation, at"
+            " L0 <= 64): `bench/sae_sweep.py` on the same store, each SAE scored by the same evaluation card"
+            " (`bench/results/sae_sweep.json`; sign descent with the decoder rows held at unit norm):",
+            "",
+            _table(pd.DataFrame(rep["sae_sweep"])),
+            "",
+        ]
     lines += concepts_section(idx, fig, n_match, n_concepts)
     pc = idx.protein_concepts()
     if "motif_f1" in pc:  # a concept without a classic motif has no motif baseline
