@@ -132,7 +132,9 @@ def demo_markdown(bundle: Path = DEMO) -> str:
         lines += [
             "Toward issue 31's SAE targets (held-out FVU <= 0.15 and >= 85% loss recovered against mean ablation, at"
             " L0 <= 64): `bench/sae_sweep.py` on the same store, each SAE scored by the same evaluation card"
-            " (`bench/results/sae_sweep.json`; sign descent with the decoder rows held at unit norm):",
+            " (`bench/results/sae_sweep.json`; sign descent with the decoder rows held at unit norm). The first"
+            " row is the bundled SAE's own card, from the store of the build that made it; the others share one"
+            " re-embedded store (the unmodified LM's CE on its 128 proteins: 2.634 there, 2.601 in the card):",
             "",
             _table(pd.DataFrame(rep["sae_sweep"])),
             "",
