@@ -298,3 +298,20 @@ def test_name_families_split_by_organism_and_motifs_find_their_family():
     y = np.array([c == "protein kinase" for _, c in test])
     m = motif_predictions([s for s, _ in test], "protein kinase")
     assert y.sum() >= 20 and (m & y).sum() / m.sum() > 0.8 and (m & y).sum() / y.sum() > 0.5
+    # the table: a feature that knows kinases beats the motif and matches; the motif is a baseline only where
+    # the family has one
+    from esmsae.analysis.protein_concepts import protein_concept_table
+
+    rng = np.random.default_rng(2)
+    codes = {}
+    for s in ("valid", "test"):
+        lab = np.array([c for _, c in sides[s]])
+        x = rng.random((len(lab), 20)).astype(np.float32)
+        x[:, 5] += (lab == "protein kinase") * 1.0
+        codes[s] = x
+    df = protein_concept_table(sides, codes, "name").set_index("concept")
+    kin = df.loc["UniProt name: protein kinase"]
+    assert kin.best_feature == 5 and kin.match and kin.f1 >= kin.motif_f1 + 0.05
+    assert not df.drop(index="UniProt name: protein kinase").match.any()
+    if "UniProt name: ribosomal protein" in df.index:
+        assert np.isnan(float(df.loc["UniProt name: ribosomal protein"].motif_f1))

@@ -147,7 +147,10 @@ def build_demo(ns: argparse.Namespace) -> dict:
     from esmsae.analysis.protein_concepts import protein_concepts
 
     if not (sae_dir / PROTEIN_CONCEPTS).exists():  # fold classes, tested per protein
-        sizes = {"n_train": 3 * n_check, "n_valid": n_check, "n_test": n_check} if n_check else {}
+        # a smoke build (--check-proteins): SCOP classes only (no fold or name family reaches 20 members a side
+        # in a few dozen proteins; their tables are tested on real labels in tests/test_baselines.py)
+        sizes = ({"n_train": 3 * n_check, "n_valid": n_check, "n_test": n_check, "label_sets": ("scop",)}
+                 if n_check else {})
         protein_concepts(sae_dir, shared, **sizes)
         _step("protein-level concepts done", t0)
     if ns.stop_after == "index":
