@@ -207,13 +207,7 @@ def test_protein_level_concepts_beat_composition_only_when_the_feature_knows():
     sides = label_sides(shared_data(), "scop", n_train=600, n_valid=300, n_test=300)
     assert {k: len(v) for k, v in sides.items()} == {"train": 600, "valid": 300, "test": 300}
     assert not {s for s, _ in sides["test"]} & {s for s, _ in sides["train"] + sides["valid"]}
-    rng = np.random.default_rng(0)
-    codes = {}
-    for s in ("valid", "test"):
-        lab = np.array([c for _, c in sides[s]])
-        x = rng.random((len(lab), 40)).astype(np.float32)
-        x[:, 7] += (lab == "a") * 1.0
-        codes[s] = x
+    codes = _codes_knowing(sides, "a", 40, 7, seed=0)
     df = protein_concept_table(sides, codes).set_index("concept")
     a = df.loc["SCOP class a (all-alpha)"]
     assert a.best_feature == 7 and a.match and a.f1 > 0.9 and a.ci_lo > 0
@@ -233,13 +227,7 @@ def test_folds_are_tested_on_held_out_superfamilies_where_every_side_has_members
     for c in names:
         assert all(sum(lab == c for _, lab in v) >= MIN_MEMBERS for v in sides.values())
     target = next(iter(names))
-    rng = np.random.default_rng(1)
-    codes = {}
-    for s in ("valid", "test"):
-        lab = np.array([c for _, c in sides[s]])
-        x = rng.random((len(lab), 30)).astype(np.float32)
-        x[:, 3] += (lab == target) * 1.0
-        codes[s] = x
+    codes = _codes_knowing(sides, target, 30, 3, seed=1)
     df = protein_concept_table(sides, codes, "fold").set_index("concept")
     assert set(df.labels) == {"fold"} and len(df) == len(names)
     hit = df.loc[names[target]]
@@ -302,16 +290,22 @@ def test_name_families_split_by_organism_and_motifs_find_their_family():
     # the family has one
     from esmsae.analysis.protein_concepts import protein_concept_table
 
-    rng = np.random.default_rng(2)
-    codes = {}
-    for s in ("valid", "test"):
-        lab = np.array([c for _, c in sides[s]])
-        x = rng.random((len(lab), 20)).astype(np.float32)
-        x[:, 5] += (lab == "protein kinase") * 1.0
-        codes[s] = x
+    codes = _codes_knowing(sides, "protein kinase", 20, 5, seed=2)
     df = protein_concept_table(sides, codes, "name").set_index("concept")
     kin = df.loc["UniProt name: protein kinase"]
     assert kin.best_feature == 5 and kin.match and kin.f1 >= kin.motif_f1 + 0.05
     assert not df.drop(index="UniProt name: protein kinase").match.any()
     if "UniProt name: ribosomal protein" in df.index:
         assert np.isnan(float(df.loc["UniProt name: ribosomal protein"].motif_f1))
+
+
+def _codes_knowing(sides: dict, label: str, width: int, column: int, seed: int) -> dict:
+    """Per side, random pooled codes [P, width] where ``column`` is 1 higher on the proteins labelled ``label``."""
+    rng = np.random.default_rng(seed)
+    codes = {}
+    for s in ("valid", "test"):
+        lab = np.array([c for _, c in sides[s]])
+        x = rng.random((len(lab), width)).astype(np.float32)
+        x[:, column] += (lab == label) * 1.0
+        codes[s] = x
+    return codes

@@ -68,7 +68,7 @@ def name_family_sides(shared: Path, n_train: int | None = None, n_valid: int | N
                       ) -> dict[str, list[tuple[str, str]]]:
     """(sequence, family or 'other') per side: every family member of the side's organisms (at most n_side a
     family) and a seeded sample of n_side other proteins (defaults: 4,000 train, 2,000 valid and test)."""
-    from esmsae.core.fasta import STANDARD, read_fasta
+    from esmsae.core.fasta import STANDARD, parse_header, read_fasta
 
     n_other = {"train": n_train or 4000, "valid": n_valid or 2000, "test": n_test or 2000}
     members: dict[str, list] = {s: [] for s in n_other}
@@ -82,8 +82,7 @@ def name_family_sides(shared: Path, n_train: int | None = None, n_valid: int | N
             if len(s) > max_len or s in seen or not set(s) <= set(STANDARD):
                 continue
             seen.add(s)
-            name = h.split(" ", 1)[1].split(" OS=")[0] if " " in h else ""
-            fam = family_of(name)
+            fam = family_of(parse_header(h)[1].split(" OS=")[0])  # UniProt's name: the description before OS=
             (others if fam == OTHER else members)[side].append((s, fam))
     rng = np.random.default_rng(seed)
     out = {}

@@ -52,7 +52,7 @@ def lr_at(step: int, tcfg: TrainConfig, base_lr: float) -> float:
 
 
 def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_mask_F: torch.Tensor | None = None,
-               l1_coef: float | None = None, lr: float | None = None, forward=None, renorm_decoder: bool = True,
+               l1_coef: float | None = None, lr: float | None = None, forward=None,
                **batch_stats):
     """One optimisation step of an SAE (the one copy: the trainer, the tests and the benches):
     forward, backward, remove the gradient component along each decoder row (it would only
@@ -69,9 +69,9 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_ma
     o.loss.backward()
     sae.remove_gradient_parallel_to_decoder()
     opt.step()
-    if renorm_decoder and hasattr(opt, "unit_rows_"):  # schedule-free: y and z rescaled together
+    if hasattr(opt, "unit_rows_"):  # schedule-free: y and z rescaled together, so their average has unit rows
         opt.unit_rows_(sae.W_dec)
-    elif renorm_decoder:
+    else:
         sae.set_decoder_norm_to_unit()
     return o
 
