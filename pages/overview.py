@@ -89,7 +89,9 @@ if not pc.empty:
         st.dataframe(pc, hide_index=True, key="protein_concepts")
         st.caption("A feature calls a protein a member of the class or fold when its maximum over the protein"
                    " exceeds a threshold (chosen on validation proteins); the baselines are logistic models of the"
-                   " amino-acid composition and length, and of dipeptide composition, fitted on separate proteins."
+                   " amino-acid composition and length, and of dipeptide composition, and a learned filter of the"
+                   " one-hot +-10 / +-20 window maximised over the protein (window10 / window20: what local"
+                   " sequence tells, pooled as the feature is), all fitted on separate proteins."
                    " 'match': ahead of them and of fire-everywhere by 0.05 on validation and test, with the"
                    " bootstrap interval above 0. Families (UniProt names) also face their classic motif and are"
                    " tested on organisms no choice saw. Fold test"

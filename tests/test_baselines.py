@@ -208,10 +208,46 @@ def test_protein_level_concepts_beat_composition_only_when_the_feature_knows():
     assert {k: len(v) for k, v in sides.items()} == {"train": 600, "valid": 300, "test": 300}
     assert not {s for s, _ in sides["test"]} & {s for s, _ in sides["train"] + sides["valid"]}
     codes = _codes_knowing(sides, "a", 40, 7, seed=0)
-    df = protein_concept_table(sides, codes).set_index("concept")
+    df = protein_concept_table(sides, codes, windows=()).set_index("concept")  # windows: tested below
     a = df.loc["SCOP class a (all-alpha)"]
     assert a.best_feature == 7 and a.match and a.f1 > 0.9 and a.ci_lo > 0
     assert not df.drop(index="SCOP class a (all-alpha)").match.any()
+
+
+def test_window_filter_finds_a_planted_motif_and_stops_a_feature_that_knows_no_more(monkeypatch):
+    """Random proteins, members carry a motif at a random place: the max-pooled +-10 window filter (fitted on
+    train) finds them on test, and a feature that fires on the members but misses a tenth of them does not
+    match; the fit is reported."""
+    from esmsae.analysis.protein_concepts import protein_concept_table
+
+    rng = np.random.default_rng(3)
+    aa = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+
+    def side(n):
+        rows = []
+        for i in range(n):
+            s = "".join(rng.choice(aa, rng.integers(80, 200)))
+            member = i % 4 == 0
+            if member:
+                at = int(rng.integers(0, len(s) - 8))
+                s = s[:at] + "HRDLKPEN" + s[at + 8:]
+            rows.append((s, "kin" if member else "other"))
+        return rows
+
+    sides = {"train": side(400), "valid": side(200), "test": side(200)}
+    codes = {}
+    for s in ("valid", "test"):
+        y = np.array([c == "kin" for _, c in sides[s]])
+        x = rng.random((len(y), 6)).astype(np.float32) * 0.5
+        x[:, 2] += y & (rng.random(len(y)) > 0.1)  # knows the members, misses a tenth
+        codes[s] = x
+    import esmsae.analysis.protein_concepts as pc
+
+    monkeypatch.setattr(pc, "concept_names", lambda sides, label_set="scop": {"kin": "planted motif"})
+    r = protein_concept_table(sides, codes, "name", windows=("+-10 window",), window_l2=(1e-3,)).iloc[0]
+    assert r.window10_f1 > 0.95 and r.window10_f1_valid > 0.95 and r.window10_fit_loss < 0.3
+    assert r.best_feature == 2 and 0.85 < r.f1 < r.window10_f1 and not r.match
+    assert r.window20_f1 is None  # not fitted
 
 
 def test_folds_are_tested_on_held_out_superfamilies_where_every_side_has_members():
@@ -228,7 +264,7 @@ def test_folds_are_tested_on_held_out_superfamilies_where_every_side_has_members
         assert all(sum(lab == c for _, lab in v) >= MIN_MEMBERS for v in sides.values())
     target = next(iter(names))
     codes = _codes_knowing(sides, target, 30, 3, seed=1)
-    df = protein_concept_table(sides, codes, "fold").set_index("concept")
+    df = protein_concept_table(sides, codes, "fold", windows=()).set_index("concept")
     assert set(df.labels) == {"fold"} and len(df) == len(names)
     hit = df.loc[names[target]]
     assert hit.best_feature == 3 and hit.match and hit.f1 > 0.9
@@ -263,7 +299,7 @@ def test_named_folds_hold_the_structure_they_are_named_after():
         assert max(v for lab, v in cover.items() if lab != fold) < 0.85, (fold, pdb)
 
 
-def test_name_families_split_by_organism_and_motifs_find_their_family():
+def test_name_families_split_by_organism_and_motifs_find_their_family(monkeypatch):
     """UniProt-name families: whole organisms per side (relatives together), no sequence on two sides, every
     member of a side's organisms kept; the kinase active-site motif finds kinases far above their share."""
     from esmsae.analysis.name_families import ORGANISM_SIDE, family_of, motif_predictions
@@ -274,6 +310,9 @@ def test_name_families_split_by_organism_and_motifs_find_their_family():
     assert family_of("Alanine--tRNA ligase") == "aminoacyl-tRNA ligase"
     assert family_of("50S ribosomal protein L2") == "ribosomal protein"
     assert family_of("Uncharacterized protein") == "other"
+    assert family_of("Sensor histidine protein kinase") == "two-component histidine kinase"  # not a Hanks kinase
+    assert family_of("Rab GTPase-activating protein") == "other" and family_of("GTPase Era") == "GTPase"
+    assert family_of("Serine/threonine-protein phosphatase 2A activator") == "other"
     # E. coli and the two Salmonella proteomes on one side
     assert ORGANISM_SIDE["UP000000625"] == ORGANISM_SIDE["UP000001014"] == ORGANISM_SIDE["UP000008962"]
     sides = label_sides(shared_data(), "name", n_train=300, n_valid=300, n_test=300)
@@ -291,12 +330,17 @@ def test_name_families_split_by_organism_and_motifs_find_their_family():
     from esmsae.analysis.protein_concepts import protein_concept_table
 
     codes = _codes_knowing(sides, "protein kinase", 20, 5, seed=2)
-    df = protein_concept_table(sides, codes, "name").set_index("concept")
+    # the table on three families (each family's learned baselines are six logistic fits)
+    import esmsae.analysis.protein_concepts as pc
+
+    three = {k: v for k, v in names.items() if k in ("protein kinase", "ribosomal protein", "GTPase")}
+    monkeypatch.setattr(pc, "concept_names", lambda sides, label_set="scop": three)
+    df = protein_concept_table(sides, codes, "name", windows=()).set_index("concept")
     kin = df.loc["UniProt name: protein kinase"]
     assert kin.best_feature == 5 and kin.match and kin.f1 >= kin.motif_f1 + 0.05
     assert not df.drop(index="UniProt name: protein kinase").match.any()
-    if "UniProt name: ribosomal protein" in df.index:
-        assert np.isnan(float(df.loc["UniProt name: ribosomal protein"].motif_f1))
+    assert np.isnan(float(df.loc["UniProt name: ribosomal protein"].motif_f1))  # no classic motif
+    assert float(df.loc["UniProt name: GTPase"].motif_f1) > 0  # the P-loop
 
 
 def _codes_knowing(sides: dict, label: str, width: int, column: int, seed: int) -> dict:

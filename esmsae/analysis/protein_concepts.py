@@ -18,8 +18,11 @@ train and valid are samples of the benchmark's train file, test its test file). 
 on every side. A feature predicts membership when its maximum over the protein's residues exceeds a
 threshold (a fraction of its maximum over the valid proteins). Baselines, scored the same way: fire on every
 protein; two learned logistic models, of **composition** (the 20 amino-acid fractions and log length: what
-a bag of residues knows) and of **dipeptide composition** (also the 400 adjacent pairs), each fitted on train
-with its L2 weight and threshold chosen on valid; and a family's classic motif where it has one. A feature
+a bag of residues knows) and of **dipeptide composition** (also the 400 adjacent pairs); two learned
+**window filters**, a logistic score of the one-hot +-10 and +-20 window maximised over the protein
+(:mod:`esmsae.analysis.window_max`: what a window of local sequence knows, pooled as the feature is); each
+fitted on train with its L2 weight and threshold chosen on valid; and a family's classic motif where it has
+one. A feature
 matches when it beats every baseline by 0.05 on valid and test and the 95% bootstrap interval of the F1
 difference to each, over test proteins, lies above 0 (:mod:`esmsae.index.bootstrap`).
 
@@ -33,6 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from esmsae.analysis.window_max import L2_GRID as WINDOW_L2
+from esmsae.analysis.window_max import WINDOWS
 
 SCOP = "labels_proteinbert/scop.{}.csv"
 CLASSES = {"a": "all-alpha", "b": "all-beta", "c": "alpha/beta", "d": "alpha+beta", "e": "multi-domain",
@@ -62,6 +68,8 @@ FRACTIONS = (0.0, 0.15, 0.3, 0.5, 0.7)  # of each feature's max over the valid p
 PROB_GRID = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 MARGIN = 0.05
 OUT = "protein_concepts.json"
+WINDOW_MAX = tuple(WINDOWS)  # the max-pooled window filters (esmsae.analysis.window_max)
+WINDOW_COLUMNS = {"+-10 window": "window10", "+-20 window": "window20"}
 
 
 def label_sides(shared: Path, label_set: str = "scop", n_train: int | None = None, n_valid: int | None = None,
@@ -173,21 +181,27 @@ def _learned_baseline(X: dict, y: dict) -> dict:
     return best
 
 
-def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: str = "scop") -> pd.DataFrame:
+def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: str = "scop",
+                          windows=tuple(WINDOW_MAX), window_l2=WINDOW_L2) -> pd.DataFrame:
     """One row per concept: the best feature on valid, its test F1 and bootstrap interval against every baseline
-    (fire-everywhere, the composition model, the dipeptide-composition model), and whether it matches.
+    (fire-everywhere, the composition and dipeptide-composition models, the max-pooled window filters of
+    ``windows`` fitted with each L2 of ``window_l2``, the motif), and whether it matches.
     ``codes``: side -> [P, F] pooled maxima (valid, test)."""
     from esmsae.analysis.name_families import motif_predictions
+    from esmsae.analysis.window_max import window_baselines
     from esmsae.index.bootstrap import intervals
 
     seqs = {k: [s for s, _ in v] for k, v in sides.items()}
     lab = {k: np.array([c for _, c in v]) for k, v in sides.items()}
     X = {name: {k: composition(v, dipeptides=di) for k, v in seqs.items()} for name, di in LEARNED.items()}
     fmax = np.maximum(codes["valid"].max(0), 1e-9)
+    names = concept_names(sides, label_set)
+    win = window_baselines(sides, list(names), PROB_GRID, windows, window_l2) if names else {}
     rows = []
-    for k, name in concept_names(sides, label_set).items():
+    for k, name in names.items():
         y = {s: lab[s] == k for s in lab}
         learned = {b: _learned_baseline(X[b], y) for b in LEARNED}
+        learned.update({w: win[w][k] for w in win})
         triv = {s: float(_f1(np.ones_like(y[s]), y[s])) for s in ("valid", "test")}
         motif = {s: motif_predictions(seqs[s], k) if label_set == "name" else None for s in ("valid", "test")}
         motif_f1 = {s: float(_f1(m, y[s])) for s, m in motif.items() if m is not None}
@@ -211,13 +225,18 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: 
         ok = (f1v_F[best] >= best_base["valid"] + MARGIN and f1t >= best_base["test"] + MARGIN
               and float(lo[0, worst]) > 0)
         comp, di = learned["composition"], learned["dipeptide composition"]
+        wcols = {}
+        for w, col in WINDOW_COLUMNS.items():
+            b = learned.get(w)
+            wcols.update({f"{col}_f1_valid": b and b["valid"], f"{col}_f1": b and b["test"],
+                          f"{col}_fit_loss": b and b["fit_loss"], f"{col}_l2": b and b["l2"]})
         rows.append({
             "concept": name, "labels": label_set, "best_feature": best, "threshold_fraction": FRACTIONS[t_F[best]],
             "f1_valid": float(f1v_F[best]), "f1": f1t, "composition_f1_valid": comp["valid"],
             "composition_f1": comp["test"], "composition_fit_loss": comp["fit"].get("fit_loss"),
             "dipeptide_f1_valid": di["valid"], "dipeptide_f1": di["test"],
             "dipeptide_fit_loss": di["fit"].get("fit_loss"), "dipeptide_l2": di["l2"], "trivial_f1": triv["test"],
-            "motif_f1_valid": motif_f1.get("valid"), "motif_f1": motif_f1.get("test"),
+            **wcols, "motif_f1_valid": motif_f1.get("valid"), "motif_f1": motif_f1.get("test"),
             "ci_lo": float(lo[0, worst]), "ci_hi": float(hi[0, worst]), "match": bool(ok),
             "n_train": int(y["train"].sum()), "n_valid": int(y["valid"].sum()), "n_test": int(y["test"].sum()),
             "n_test_proteins": len(y["test"]),
@@ -227,7 +246,8 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: 
 
 def protein_concepts(sae_dir, shared=None, plm=None, seed: int = 0, label_sets=tuple(LABEL_SETS), **sizes
                      ) -> pd.DataFrame:
-    """Run the per-protein concept tests for a checkpoint; writes ``protein_concepts.json`` in its folder.
+    """Run the per-protein concept tests for a checkpoint; writes ``protein_concepts.json`` in its folder,
+    keeping the rows already there of label sets not in ``label_sets`` (one set can be re-run alone).
     ``sizes`` (n_train, n_valid, n_test) override every label set's defaults (smoke runs)."""
     from esmsae.core.paths import shared_data
     from esmsae.lm.plm import load_plm
@@ -244,7 +264,13 @@ def protein_concepts(sae_dir, shared=None, plm=None, seed: int = 0, label_sets=t
         sides = label_sides(shared, label_set, seed=seed, **sizes)
         codes = {s: pooled_max(plm, sae, hook_of(sae.meta), [q for q, _ in sides[s]]) for s in ("valid", "test")}
         tables.append(protein_concept_table(sides, codes, label_set))
-    df = pd.concat(tables, ignore_index=True)
+    old = Path(sae_dir) / OUT
+    if old.exists():
+        kept = [r for r in json.loads(old.read_text())["rows"] if r["labels"] not in label_sets]
+        tables.insert(0, pd.DataFrame(kept))
+    order = {k: i for i, k in enumerate(LABEL_SETS)}
+    df = pd.concat([t for t in tables if len(t)], ignore_index=True)
+    df = df.sort_values("labels", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
     write_protein_concepts(sae_dir, df)
     return df
 
@@ -259,7 +285,8 @@ def write_protein_concepts(sae_dir, df: pd.DataFrame) -> Path:
                       "name": "UniProt protein-name families of the 15 proteomes, sides by organism"
                               " (esmsae.analysis.name_families)"},
            "baselines": "fire on every protein; logistic models of amino-acid composition + log length and of"
-                        " dipeptide composition, fitted on train, L2 weight and threshold chosen on valid; for"
-                        " name families with a classic motif, the motif anywhere in the protein",
+                        " dipeptide composition, and max-pooled one-hot window filters (+-10, +-20), fitted on"
+                        " train, L2 weight and threshold chosen on valid; for name families with a classic motif,"
+                        " the motif anywhere in the protein",
            "rows": df.to_dict("records")}
     return write_text_atomic(Path(sae_dir) / OUT, json.dumps(doc, indent=2) + "\n")
