@@ -8,5 +8,6 @@
 ``external.py``  frozen concept choices scored on a benchmark no choice saw (SignalP fragments)
 ``protein_concepts.py``  protein-level concepts (SCOP fold classes, TAPE folds, name families) tested per protein
 ``name_families.py``  protein families by UniProt name, sides by organism, with their classic motifs
+``window_max.py``  the protein-level learned window: a one-hot window filter maximised over the protein
 ===============  ===========================================================================
 """

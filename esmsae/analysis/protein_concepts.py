@@ -181,6 +181,34 @@ def _learned_baseline(X: dict, y: dict) -> dict:
     return best
 
 
+def _window_baselines(sides: dict, concepts: list[str], prob_grid, windows, l2_grid, seed: int = 0
+                      ) -> dict[str, dict[str, dict]]:
+    """window name -> concept -> {valid, test (F1), pred_test [P] bool, l2, cut, fit_loss}: the filters fitted
+    on train for every L2 weight, each concept's L2 and probability threshold chosen on valid."""
+    from esmsae.analysis.window_max import fit_window_max, train_sample
+
+    lab = {k: np.array([c for _, c in v]) for k, v in sides.items()}
+    sel = train_sample(lab["train"], concepts, np.random.default_rng(seed))
+    seqs_tr = [sides["train"][i][0] for i in sel]
+    y_tr = np.stack([lab["train"][sel] == c for c in concepts], 1)
+    grid = np.asarray(prob_grid)[:, None]
+    out: dict[str, dict[str, dict]] = {}
+    for name in windows:
+        best: dict[str, dict] = {}
+        for l2 in l2_grid:
+            m = fit_window_max(seqs_tr, y_tr, WINDOWS[name], l2, seed=seed)
+            p = {s: m.proba([q for q, _ in sides[s]]) for s in ("valid", "test")}
+            for j, c in enumerate(concepts):
+                f1v = _f1(p["valid"][:, j][None, :] >= grid, lab["valid"] == c)
+                if c not in best or f1v.max() > best[c]["valid"]:
+                    cut = float(grid[int(f1v.argmax()), 0])
+                    pred = p["test"][:, j] >= cut
+                    best[c] = {"valid": float(f1v.max()), "test": float(_f1(pred, lab["test"] == c)),
+                               "pred_test": pred, "l2": l2, "cut": cut, "fit_loss": m.fit_loss}
+        out[name] = best
+    return out
+
+
 def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: str = "scop",
                           windows=tuple(WINDOW_MAX), window_l2=WINDOW_L2) -> pd.DataFrame:
     """One row per concept: the best feature on valid, its test F1 and bootstrap interval against every baseline
@@ -188,7 +216,6 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: 
     ``windows`` fitted with each L2 of ``window_l2``, the motif), and whether it matches.
     ``codes``: side -> [P, F] pooled maxima (valid, test)."""
     from esmsae.analysis.name_families import motif_predictions
-    from esmsae.analysis.window_max import window_baselines
     from esmsae.index.bootstrap import intervals
 
     seqs = {k: [s for s, _ in v] for k, v in sides.items()}
@@ -196,7 +223,7 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: 
     X = {name: {k: composition(v, dipeptides=di) for k, v in seqs.items()} for name, di in LEARNED.items()}
     fmax = np.maximum(codes["valid"].max(0), 1e-9)
     names = concept_names(sides, label_set)
-    win = window_baselines(sides, list(names), PROB_GRID, windows, window_l2) if names else {}
+    win = _window_baselines(sides, list(names), PROB_GRID, windows, window_l2) if names else {}
     rows = []
     for k, name in names.items():
         y = {s: lab[s] == k for s in lab}
@@ -269,7 +296,8 @@ def protein_concepts(sae_dir, shared=None, plm=None, seed: int = 0, label_sets=t
         kept = [r for r in json.loads(old.read_text())["rows"] if r["labels"] not in label_sets]
         tables.insert(0, pd.DataFrame(kept))
     order = {k: i for i, k in enumerate(LABEL_SETS)}
-    df = pd.concat([t for t in tables if len(t)], ignore_index=True)
+    tables = [t for t in tables if len(t)]
+    df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["labels"])
     df = df.sort_values("labels", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
     write_protein_concepts(sae_dir, df)
     return df

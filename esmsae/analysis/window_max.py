@@ -108,34 +108,6 @@ def fit_window_max(seqs: list[str], y_PC: np.ndarray, w: int, l2: float, seed: i
     return WindowMax(w, weight.numpy(), bias.numpy(), loss)
 
 
-def window_baselines(sides: dict, concepts: list[str], prob_grid, windows=tuple(WINDOWS), l2_grid=L2_GRID,
-                     seed: int = 0) -> dict[str, dict[str, dict]]:
-    """window name -> concept -> {valid, test (F1), pred_test [P] bool, l2, cut, fit_loss}: the filters fitted
-    on train for every L2 weight, each concept's L2 and probability threshold chosen on valid."""
-    from esmsae.analysis.protein_concepts import _f1
-
-    lab = {k: np.array([c for _, c in v]) for k, v in sides.items()}
-    sel = train_sample(lab["train"], concepts, np.random.default_rng(seed))
-    seqs_tr = [sides["train"][i][0] for i in sel]
-    y_tr = np.stack([lab["train"][sel] == c for c in concepts], 1)
-    grid = np.asarray(prob_grid)[:, None]
-    out: dict[str, dict[str, dict]] = {}
-    for name in windows:
-        best: dict[str, dict] = {}
-        for l2 in l2_grid:
-            m = fit_window_max(seqs_tr, y_tr, WINDOWS[name], l2, seed=seed)
-            p = {s: m.proba([q for q, _ in sides[s]]) for s in ("valid", "test")}
-            for j, c in enumerate(concepts):
-                f1v = _f1(p["valid"][:, j][None, :] >= grid, lab["valid"] == c)
-                if c not in best or f1v.max() > best[c]["valid"]:
-                    cut = float(grid[int(f1v.argmax()), 0])
-                    pred = p["test"][:, j] >= cut
-                    best[c] = {"valid": float(f1v.max()), "test": float(_f1(pred, lab["test"] == c)),
-                               "pred_test": pred, "l2": l2, "cut": cut, "fit_loss": m.fit_loss}
-        out[name] = best
-    return out
-
-
 def train_sample(labels: np.ndarray, concepts: list[str], rng: np.random.Generator) -> np.ndarray:
     """Indices of the train proteins to fit on: every member of each concept, then others at random up to
     ``MAX_TRAIN_PROTEINS`` (bounded time; the threshold chosen on valid absorbs the changed base rate)."""

@@ -144,32 +144,43 @@ def _residues(train: list[Labeled], concepts: list[str], rng: np.random.Generato
 
 
 def _fit_one(idx_NO: np.ndarray, y_NC: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Logistic regression sum_o W[idx[n, o]] + b, fitted to convergence by full-batch L-BFGS."""
+    """Logistic regression sum_o W[idx[n, o]] + b, fitted to convergence by full-batch L-BFGS.
+
+    The gradient is written out: d loss / d W = X^T (p - y) / (N C) with X the one-hot [N, n_cols] design, a
+    sparse product with X^T built once (the same numbers as autograd's embedding-bag backward, which
+    scatters N * O rows one by one: 0.75 s against 0.03 s a step at 150,000 residues here)."""
+    import warnings
+
     import torch
 
     idx = torch.from_numpy(idx_NO)
     y = torch.from_numpy(y_NC)
+    N, n_off = idx.shape
     C = y.shape[1]
-    W = torch.zeros(n_cols, C, dtype=torch.float32, requires_grad=True)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": a plain CSR x dense product
+        warnings.simplefilter("ignore", UserWarning)
+        xt = torch.sparse_coo_tensor(torch.stack([idx.flatten(), torch.arange(N).repeat_interleave(n_off)]),
+                                     torch.ones(N * n_off), (n_cols, N)).coalesce().to_sparse_csr()
+    W = torch.zeros(n_cols, C, dtype=torch.float32)
     # start the bias at the log odds of each concept: the fit then only learns what the window adds
     prior = y.mean(0).clamp(1e-4, 1 - 1e-4)
-    b = torch.log(prior / (1 - prior)).clone().requires_grad_(True)
+    b = torch.log(prior / (1 - prior)).clone()
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=150, history_size=20, tolerance_grad=1e-6,
                             tolerance_change=1e-9, line_search_fn="strong_wolfe")
-    # EmbeddingBag(sum) gathers the O rows of each residue without materialising the one-hot [N, O * 22]
-    offsets = None
 
     def closure():
-        opt.zero_grad()
-        z = torch.nn.functional.embedding_bag(idx, W, offsets, mode="sum") + b
+        # EmbeddingBag(sum) gathers the O rows of each residue without materialising the one-hot [N, O * 22]
+        z = torch.nn.functional.embedding_bag(idx, W, None, mode="sum") + b
         loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y) + L2 * (W * W).sum()
-        loss.backward()
+        r_NC = (torch.sigmoid(z) - y) / (N * C)  # d mean loss / d logit
+        W.grad = xt @ r_NC + 2 * L2 * W
+        b.grad = r_NC.sum(0)
         return loss
 
-    with torch.enable_grad():
+    with torch.no_grad():
         opt.step(closure)
-        final = float(closure().detach())
-    return W.detach().numpy().copy(), b.detach().numpy().copy(), final
+        final = float(closure())
+    return W.numpy().copy(), b.numpy().copy(), final
 
 
 def fit_window_models(train: list[Labeled], concept_source: dict[str, str], seed: int = 0) -> WindowModels:
