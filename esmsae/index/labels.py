@@ -59,14 +59,16 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """Contiguous True segments of a boolean array as [(start, end)) pairs."""
     m = np.concatenate([[False], np.asarray(mask, bool), [False]])
     d = np.flatnonzero(m[1:] != m[:-1])
-    return [(int(a), int(b)) for a, b in zip(d[::2], d[1::2])]
+    return list(zip(d[::2].tolist(), d[1::2].tolist()))  # Python ints in one call each (not int() per element)
 
 
 def _from_codes(codes: str, mapping: dict[str, str], source: str) -> dict[str, list[tuple[int, int]]]:
-    arr = np.frombuffer(codes.encode(), dtype="S1")
+    arr = np.frombuffer(codes.encode(), dtype=np.uint8)
     out = {}
     for chars, name in mapping.items():
-        spans = runs(np.isin(arr, [c.encode() for c in chars]))
+        is_code = np.zeros(256, bool)  # a byte lookup: np.isin sorts both sides on every call (~5x slower here)
+        is_code[np.frombuffer(chars.encode(), np.uint8)] = True
+        spans = runs(is_code[arr])
         if spans:
             out[f"{source}: {name}"] = spans
     return out
