@@ -39,6 +39,7 @@ import pandas as pd
 
 from esmsae.analysis.window_max import L2_GRID as WINDOW_L2
 from esmsae.analysis.window_max import WINDOWS
+from esmsae.index.window_model import WINDOW_COLUMNS as INDEX_WINDOW_COLUMNS
 
 SCOP = "labels_proteinbert/scop.{}.csv"
 CLASSES = {"a": "all-alpha", "b": "all-beta", "c": "alpha/beta", "d": "alpha+beta", "e": "multi-domain",
@@ -68,8 +69,8 @@ FRACTIONS = (0.0, 0.15, 0.3, 0.5, 0.7)  # of each feature's max over the valid p
 PROB_GRID = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 MARGIN = 0.05
 OUT = "protein_concepts.json"
-WINDOW_MAX = tuple(WINDOWS)  # the max-pooled window filters (esmsae.analysis.window_max)
-WINDOW_COLUMNS = {"+-10 window": "window10", "+-20 window": "window20"}
+# the max-pooled window filters' table columns: the per-residue windows' names (esmsae.index.window_model)
+WINDOW_COLUMNS = {name: col for name, col in INDEX_WINDOW_COLUMNS.items() if name in WINDOWS}
 
 
 def label_sides(shared: Path, label_set: str = "scop", n_train: int | None = None, n_valid: int | None = None,
@@ -164,6 +165,12 @@ def concept_names(sides: dict, label_set: str = "scop") -> dict[str, str]:
     return {c: f"TAPE fold {c}" + (f" ({FOLD_NAMES[c][0]})" if c in FOLD_NAMES else "") for c in sorted(keep, key=int)}
 
 
+def _cut_on_valid(p_valid: np.ndarray, y_valid: np.ndarray) -> tuple[float, float]:
+    """(best valid F1, its probability threshold) over ``PROB_GRID``: every learned baseline's threshold."""
+    f1v = _f1(p_valid[None, :] >= np.asarray(PROB_GRID)[:, None], y_valid)
+    return float(f1v.max()), float(PROB_GRID[int(f1v.argmax())])
+
+
 def _learned_baseline(X: dict, y: dict) -> dict:
     """A logistic model fitted on train; its L2 weight and probability threshold chosen on valid."""
     from esmsae.analysis.probe import fit_probe
@@ -172,16 +179,15 @@ def _learned_baseline(X: dict, y: dict) -> dict:
     for l2 in L2_GRID:
         fit: dict = {}
         proba = fit_probe(X["train"], y["train"].astype(int), 2, l2=l2, fit=fit)
-        f1v = _f1(proba(X["valid"])[:, 1][None, :] >= np.asarray(PROB_GRID)[:, None], y["valid"])
-        if best is None or f1v.max() > best["valid"]:
-            best = {"valid": float(f1v.max()), "cut": PROB_GRID[int(f1v.argmax())], "proba": proba, "fit": fit,
-                    "l2": l2}
+        f1v, cut = _cut_on_valid(proba(X["valid"])[:, 1], y["valid"])
+        if best is None or f1v > best["valid"]:
+            best = {"valid": f1v, "cut": cut, "proba": proba, "fit": fit, "l2": l2}
     best["pred_test"] = best["proba"](X["test"])[:, 1] >= best["cut"]
     best["test"] = float(_f1(best["pred_test"], y["test"]))
     return best
 
 
-def _window_baselines(sides: dict, concepts: list[str], prob_grid, windows, l2_grid, seed: int = 0
+def _window_baselines(sides: dict, concepts: list[str], windows, l2_grid, seed: int = 0
                       ) -> dict[str, dict[str, dict]]:
     """window name -> concept -> {valid, test (F1), pred_test [P] bool, l2, cut, fit_loss}: the filters fitted
     on train for every L2 weight, each concept's L2 and probability threshold chosen on valid."""
@@ -191,7 +197,6 @@ def _window_baselines(sides: dict, concepts: list[str], prob_grid, windows, l2_g
     sel = train_sample(lab["train"], concepts, np.random.default_rng(seed))
     seqs_tr = [sides["train"][i][0] for i in sel]
     y_tr = np.stack([lab["train"][sel] == c for c in concepts], 1)
-    grid = np.asarray(prob_grid)[:, None]
     out: dict[str, dict[str, dict]] = {}
     for name in windows:
         best: dict[str, dict] = {}
@@ -199,18 +204,17 @@ def _window_baselines(sides: dict, concepts: list[str], prob_grid, windows, l2_g
             m = fit_window_max(seqs_tr, y_tr, WINDOWS[name], l2, seed=seed)
             p = {s: m.proba([q for q, _ in sides[s]]) for s in ("valid", "test")}
             for j, c in enumerate(concepts):
-                f1v = _f1(p["valid"][:, j][None, :] >= grid, lab["valid"] == c)
-                if c not in best or f1v.max() > best[c]["valid"]:
-                    cut = float(grid[int(f1v.argmax()), 0])
+                f1v, cut = _cut_on_valid(p["valid"][:, j], lab["valid"] == c)
+                if c not in best or f1v > best[c]["valid"]:
                     pred = p["test"][:, j] >= cut
-                    best[c] = {"valid": float(f1v.max()), "test": float(_f1(pred, lab["test"] == c)),
+                    best[c] = {"valid": f1v, "test": float(_f1(pred, lab["test"] == c)),
                                "pred_test": pred, "l2": l2, "cut": cut, "fit_loss": m.fit_loss}
         out[name] = best
     return out
 
 
 def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: str = "scop",
-                          windows=tuple(WINDOW_MAX), window_l2=WINDOW_L2) -> pd.DataFrame:
+                          windows=tuple(WINDOWS), window_l2=WINDOW_L2) -> pd.DataFrame:
     """One row per concept: the best feature on valid, its test F1 and bootstrap interval against every baseline
     (fire-everywhere, the composition and dipeptide-composition models, the max-pooled window filters of
     ``windows`` fitted with each L2 of ``window_l2``, the motif), and whether it matches.
@@ -223,7 +227,7 @@ def protein_concept_table(sides: dict, codes: dict[str, np.ndarray], label_set: 
     X = {name: {k: composition(v, dipeptides=di) for k, v in seqs.items()} for name, di in LEARNED.items()}
     fmax = np.maximum(codes["valid"].max(0), 1e-9)
     names = concept_names(sides, label_set)
-    win = _window_baselines(sides, list(names), PROB_GRID, windows, window_l2) if names else {}
+    win = _window_baselines(sides, list(names), windows, window_l2) if names else {}
     rows = []
     for k, name in names.items():
         y = {s: lab[s] == k for s in lab}
