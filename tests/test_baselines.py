@@ -353,3 +353,55 @@ def _codes_knowing(sides: dict, label: str, width: int, column: int, seed: int) 
         x[:, column] += (lab == label) * 1.0
         codes[s] = x
     return codes
+
+
+def test_hand_written_window_gradients_equal_autograd(monkeypatch):
+    """The per-residue window model's sparse X^T (p - y) gradient and the protein-level filter's
+    gradient through the max (to the maximising residue only) are autograd's numbers."""
+    import torch
+
+    import esmsae.analysis.window_max as wm
+    import esmsae.index.window_model as wmod
+
+    rng = np.random.default_rng(0)
+    aa = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    seqs = ["".join(rng.choice(aa, rng.integers(10, 40))) for _ in range(20)]
+    idx, seg = wm._index(seqs, 3)
+    idx_t, seg_t = torch.from_numpy(idx), torch.from_numpy(seg)
+    # protein level: one Adam step from the same start equals one step on autograd's gradient
+    y_PC = (rng.random((20, 3)) < 0.4)
+    monkeypatch.setattr(wm, "STEPS", 1)
+    got = wm.fit_window_max(seqs, y_PC, 3, l2=1e-3, seed=5)
+    g = torch.Generator().manual_seed(5)
+    W = (0.01 * torch.randn(7 * 22, 3, generator=g)).requires_grad_()
+    y = torch.from_numpy(y_PC.astype(np.float32))
+    prior = y.mean(0).clamp(1e-3, 1 - 1e-3)
+    b = torch.log(prior / (1 - prior)).requires_grad_()
+    opt = torch.optim.Adam([W, b], lr=wm.LR)
+    s = wm._protein_max(W, idx_t, seg_t, 20) + b
+    (torch.nn.functional.binary_cross_entropy_with_logits(s, y) + 1e-3 * W.pow(2).sum()).backward()
+    opt.step()
+    np.testing.assert_allclose(got.weight_OC, W.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(got.bias_C, b.detach().numpy(), atol=1e-6)
+    # residue level: the L-BFGS fit reaches the same optimum as autograd's on the same design
+    y_NC = (rng.random((len(idx), 2)) < 0.3).astype(np.float32)
+    W_hand, b_hand, loss_hand = wmod._fit_one(idx, y_NC, 7 * 22)
+    W2 = torch.zeros(7 * 22, 2, requires_grad=True)
+    p2 = torch.from_numpy(y_NC).mean(0)
+    b2 = torch.log(p2 / (1 - p2)).clone().requires_grad_()
+    opt2 = torch.optim.LBFGS([W2, b2], lr=1, max_iter=150, history_size=20, tolerance_grad=1e-6,
+                             tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt2.zero_grad()
+        z = torch.nn.functional.embedding_bag(idx_t, W2, None, mode="sum") + b2
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(z, torch.from_numpy(y_NC))
+        loss = bce + wmod.L2 * (W2 * W2).sum()
+        loss.backward()
+        return loss
+
+    opt2.step(closure)
+    # a convex loss: both reach its minimum (their L-BFGS paths part in the last float bits, so the weights agree
+    # to the tolerance of convergence, not to rounding)
+    assert abs(loss_hand - float(closure())) < 1e-6
+    np.testing.assert_allclose(W_hand, W2.detach().numpy(), atol=2e-3)
