@@ -262,9 +262,11 @@ def test_an_unknown_model_name_fails_at_once_listing_the_known_ones(monkeypatch,
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_in_place_gates_equal_the_autograd_path_bit_for_bit(mgen, dtype):
-    """Without autograd (embed, the inspector) the cell updates its gates in place; with autograd it keeps every
-    intermediate. Both are the same maths: equal bit for bit, in fp32 and with bf16 GEMMs."""
+def test_in_place_gates_equal_the_autograd_path(mgen, dtype):
+    """Without autograd (embed, the inspector) the cell updates its gates in place and reads tanh as
+    2 sigmoid(2x) - 1 (one kernel for all four gates); with autograd it keeps every intermediate and calls tanh.
+    The same maths: equal to fp32 rounding, in fp32 and with bf16 GEMMs (where a state that rounds to the other
+    bf16 neighbour may move a bf16 logit by one step), over 60 steps of the recurrence."""
     net = UniRepNet.from_npz(weights_file("unirep64")).to(dtype)
     tok = UniRepTokens()
     seqs = [mgen[20][:60], mgen[21][:33], mgen[22][:7]]
@@ -275,4 +277,8 @@ def test_in_place_gates_equal_the_autograd_path_bit_for_bit(mgen, dtype):
     with torch.enable_grad():
         slow = net(ids, lengths)
     assert slow.requires_grad and not fast.requires_grad
-    assert torch.equal(fast, slow.detach())
+    fast, slow = fast[..., 1:].float(), slow.detach()[..., 1:].float()  # column 0 is pad's constant -1e4
+    # relative to the largest logit: fp32 to its rounding, bf16 logits (the head runs in bf16 too) to one bf16 step
+    rel = ((fast.float() - slow).abs().max() / slow.abs().max()).item()
+    assert rel < (1e-6 if dtype == torch.float32 else 2 ** -7), rel
+    assert not torch.equal(fast[0, :5], fast[1, :5])  # distinct proteins, distinct logits (the test can fail)
