@@ -146,5 +146,46 @@ def drift(n: int = 40) -> dict:
     return out
 
 
+def step_parts(rows=(32, 38, 40, 44, 48, 56, 64)) -> dict:
+    """The two measurements behind the step's design (esmsae.lm.unirep): fp32 tanh against sigmoid per call on
+    [38, 1900] (why tanh is read as 2 sigmoid(2x) - 1), and the two bf16 GEMMs per row count near a real
+    batch's ~38 running rows (why rows round up to a multiple of 8). Best of 3 x 50 calls; writes
+    bench/results/unirep_step_parts.json. Usage: python bench/unirep_forward.py --step-parts"""
+    import torch
+
+    def best_us(fn, k: int = 50) -> float:
+        fn()
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(k):
+                fn()
+            ts.append((time.perf_counter() - t) / k)
+        return min(ts) * 1e6
+
+    torch.manual_seed(0)
+    d = 1900
+    x = torch.randn(38, d) * 3
+    w1 = torch.randn(d, d).to(torch.bfloat16).t().contiguous().t()  # the forward's column-major layout
+    w2 = torch.randn(d, 4 * d).to(torch.bfloat16).t().contiguous().t()
+    with torch.no_grad():
+        gemm = {}
+        for n in rows:
+            h = torch.randn(n, d).to(torch.bfloat16)
+            gemm[n] = best_us(lambda: (h @ w1, h @ w2))
+        out = {
+            "tanh_us": best_us(lambda: torch.tanh(x)),
+            "sigmoid_us": best_us(lambda: torch.sigmoid(x)),
+            "tanh_as_sigmoid_us": best_us(lambda: torch.sigmoid(x * 2).mul_(2).sub_(1)),
+            "tanh_as_sigmoid_max_abs_error": float((torch.sigmoid(x * 2) * 2 - 1 - torch.tanh(x)).abs().max()),
+            "two_bf16_gemms_us_by_rows": gemm,
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        }
+    (ROOT / "bench" / "results" / "unirep_step_parts.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    return out
+
+
 if __name__ == "__main__":
-    main()
+    step_parts() if "--step-parts" in sys.argv else main()

@@ -52,8 +52,8 @@ N_TOKENS = 26
 
 # rows a step's GEMMs run, rounded up to this: a GEMM of a new shape costs a kernel set-up (oneDNN on CPU),
 # and one per step made a real batch 3x slower than equal lengths. 8, not 16: 38 running rows padded to 48
-# took 3.4 ms for the two bf16 GEMMs against 2.4 ms at 40 (Zen 4, bench/unirep_forward.py's rows), and
-# the 300 real proteins of that bench ran 8% faster
+# took 3.4-3.7 ms for the two bf16 GEMMs against 2.2-2.4 ms at 40 on a Zen 4
+# (bench/results/unirep_step_parts.json), and the 300 real proteins of bench/unirep_forward.py ran 8% faster
 ROW_QUANTUM = 8
 
 
@@ -194,8 +194,9 @@ class MLSTMLayer(nn.Module):
             else:
                 z_B4 = torch.add(x_t[:, d:], m_BD.to(mm_dtype) @ self.wh)
             if in_place:  # the same maths without [n, d..4d] temporaries (embed, the inspector)
-                # tanh(x) = 2 sigmoid(2x) - 1 (to 2e-7): ATen's fp32 tanh ran 7x slower per element than
-                # its sigmoid on this CPU, so one sigmoid covers all four gates and tanh(c) is one more
+                # tanh(x) = 2 sigmoid(2x) - 1 (to 2e-7): ATen's fp32 tanh ran 7-8x slower per element than
+                # its sigmoid on a Zen 4 (bench/results/unirep_step_parts.json), so one sigmoid covers all
+                # four gates and tanh(c) is one more
                 z_B4[:, 3 * d:].mul_(2)
                 g = torch.sigmoid_(z_B4)
                 u = g[:, 3 * d:].mul_(2).sub_(1)
